@@ -1,0 +1,55 @@
+use std::io::{BufWriter, Write};
+
+use anyhow::{Context, Result};
+use ociup_core::layer::LayerBuilder;
+
+use super::{compression_name, layer_options};
+use crate::args::LayerCreateArgs;
+use crate::output;
+
+pub fn create(args: LayerCreateArgs) -> Result<()> {
+    let opts = layer_options(&args.layer)?;
+    let mut builder = LayerBuilder::new(opts);
+    for src in &args.sources {
+        builder
+            .add_into(src, &args.to)
+            .with_context(|| format!("adding {}", src.display()))?;
+    }
+    // Write next to the output and rename, so a failed build leaves no partial file.
+    let dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".ociup-layer-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let (layer, out) = builder.build(BufWriter::with_capacity(1 << 20, tmp))?;
+    let mut tmp = out.into_inner().map_err(|e| e.into_error())?;
+    tmp.flush()?;
+    tmp.persist(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+
+    let media_type = layer
+        .compression
+        .layer_media_type(ociup_core::media_type::Family::Oci)?;
+    if args.json {
+        output::json(&serde_json::json!({
+            "mediaType": media_type,
+            "digest": layer.digest.to_string(),
+            "size": layer.size,
+            "diffID": layer.diff_id.to_string(),
+            "compression": compression_name(layer.compression),
+            "path": args.output,
+        }))
+    } else {
+        output::line(format!(
+            "{}\n  mediaType  {media_type}\n  size       {}\n  diff_id    {}\n  written to {}",
+            layer.digest,
+            layer.size,
+            layer.diff_id,
+            args.output.display()
+        ))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,715 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::gzip::ParallelGzip;
+use super::tar::{Entry, Kind, TarWriter};
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, Result};
+use crate::media_type::Compression;
+
+/// Who owns the files in a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Owner {
+    /// 0:0, whoever owns them on disk (the default: layers do not depend on the build user).
+    #[default]
+    Root,
+    /// This uid:gid for every entry.
+    Fixed {
+        /// User id.
+        uid: u64,
+        /// Group id.
+        gid: u64,
+    },
+    /// The owners on disk.
+    Keep,
+}
+
+/// How a layer is built.
+#[derive(Clone, Debug)]
+pub struct LayerOptions {
+    /// Compression of the layer blob.
+    pub compression: Compression,
+    /// Compression level; `None` is 6 for gzip and 3 for zstd.
+    pub level: Option<u32>,
+    /// Upper bound of every mtime in the layer, in seconds since 1970 (`SOURCE_DATE_EPOCH`);
+    /// the default 0 sets every mtime to 0.
+    pub epoch: u64,
+    /// Owner of the entries.
+    pub owner: Owner,
+    /// Compression threads for gzip. The bytes are the same whatever the number.
+    pub threads: usize,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions {
+            compression: Compression::Gzip,
+            level: None,
+            epoch: 0,
+            owner: Owner::Root,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// A built layer: what a descriptor and a config's `rootfs.diff_ids` need.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Layer {
+    /// Compression of the blob.
+    #[serde(serialize_with = "ser_compression")]
+    pub compression: Compression,
+    /// Digest of the blob (compressed bytes).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the blob in bytes.
+    pub size: u64,
+}
+
+fn ser_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match c {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+        Compression::None => "none",
+    })
+}
+
+#[derive(Debug)]
+enum Data {
+    Disk(PathBuf),
+    Memory(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Planned {
+    entry: Entry,
+    data: Option<Data>,
+    /// (dev, ino) of a file with more than one link on disk.
+    inode: Option<(u64, u64)>,
+    /// Created only as the parent of something else.
+    implied: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Path,
+    Contents,
+}
+
+/// Collects what goes into a layer, then writes it in one streaming pass with
+/// [`LayerBuilder::build`]. Entries come out sorted by path whatever order they were added in;
+/// file contents are read from disk only while the layer is written.
+#[derive(Debug)]
+pub struct LayerBuilder {
+    opts: LayerOptions,
+    planned: BTreeMap<String, Planned>,
+    removals: BTreeMap<String, Removal>,
+}
+
+impl LayerBuilder {
+    /// An empty layer with these options.
+    pub fn new(opts: LayerOptions) -> Self {
+        LayerBuilder {
+            opts,
+            planned: BTreeMap::new(),
+            removals: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `src` at `dest` in the image: a file becomes the file `dest`; a directory becomes
+    /// `dest` with the tree's contents under it (`dest` `/` puts them at the root). A symlink given
+    /// as `src` is followed; symlinks inside a tree are kept as links.
+    ///
+    /// # Errors
+    /// [`Error::LayerSource`] when `src` cannot be read or holds something a layer cannot carry
+    /// (a socket, a relative symlink that climbs out of the tree, a name that is not UTF-8);
+    /// [`Error::LayerPath`] for an invalid `dest` or a path given twice.
+    pub fn add(&mut self, src: impl AsRef<Path>, dest: &str) -> Result<()> {
+        let src = src.as_ref();
+        let dest = normalize(dest)?;
+        let meta = std::fs::metadata(src).map_err(|e| source_err(src, &e))?;
+        if meta.is_dir() {
+            self.add_tree(src, &dest)
+        } else {
+            if dest.is_empty() {
+                return Err(Error::LayerPath {
+                    path: "/".into(),
+                    reason: format!(
+                        "{} is not a directory and cannot be the root",
+                        src.display()
+                    ),
+                });
+            }
+            let entry = self.entry_for(src, &dest, &meta, None)?;
+            self.plan(entry, false)
+        }
+    }
+
+    /// Adds `src` into the directory `dir`: a file as `dir/<its name>`, a directory's contents
+    /// under `dir` (as `ociup layer create` does).
+    ///
+    /// # Errors
+    /// As [`LayerBuilder::add`].
+    pub fn add_into(&mut self, src: impl AsRef<Path>, dir: &str) -> Result<()> {
+        let src = src.as_ref();
+        let meta = std::fs::metadata(src).map_err(|e| source_err(src, &e))?;
+        if meta.is_dir() {
+            return self.add(src, dir);
+        }
+        let name = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::LayerSource {
+                path: src.to_owned(),
+                reason: "has no UTF-8 file name".into(),
+            })?;
+        let dir = normalize(dir)?;
+        let dest = if dir.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{dir}/{name}")
+        };
+        self.add(src, &dest)
+    }
+
+    /// Adds a regular file with the given contents and permission bits.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for an invalid path or one given twice.
+    pub fn add_bytes(&mut self, dest: &str, contents: Vec<u8>, mode: u32) -> Result<()> {
+        let path = normalize_nonroot(dest)?;
+        let (uid, gid) = self.owner(None);
+        let entry = Entry {
+            path,
+            kind: Kind::File {
+                size: contents.len() as u64,
+            },
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            mtime: self.opts.epoch,
+            xattrs: Vec::new(),
+        };
+        self.plan(
+            Planned {
+                entry,
+                data: Some(Data::Memory(contents)),
+                inode: None,
+                implied: false,
+            },
+            false,
+        )
+    }
+
+    /// Adds a symbolic link at `dest` pointing to `target`, which is written as given.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for an invalid path or one given twice.
+    pub fn add_symlink(&mut self, dest: &str, target: &str) -> Result<()> {
+        let path = normalize_nonroot(dest)?;
+        let (uid, gid) = self.owner(None);
+        let entry = Entry {
+            path,
+            kind: Kind::Symlink {
+                target: target.to_owned(),
+            },
+            mode: 0o777,
+            uid,
+            gid,
+            mtime: self.opts.epoch,
+            xattrs: Vec::new(),
+        };
+        self.plan(
+            Planned {
+                entry,
+                data: None,
+                inode: None,
+                implied: false,
+            },
+            false,
+        )
+    }
+
+    /// Removes `path` (and everything under it) from the layers below, with a `.wh.` whiteout.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for the root or an invalid path.
+    pub fn remove(&mut self, path: &str) -> Result<()> {
+        let path = normalize_nonroot(path)?;
+        self.removals.insert(path, Removal::Path);
+        Ok(())
+    }
+
+    /// Hides everything the layers below have under the directory `path` (an opaque whiteout),
+    /// keeping the directory itself; what this layer adds under it stays.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for an invalid path.
+    pub fn clear_dir(&mut self, path: &str) -> Result<()> {
+        let path = normalize(path)?;
+        self.removals.insert(path, Removal::Contents);
+        Ok(())
+    }
+
+    fn owner(&self, meta: Option<&Metadata>) -> (u64, u64) {
+        match (self.opts.owner, meta) {
+            (Owner::Root, _) | (Owner::Keep, None) => (0, 0),
+            (Owner::Fixed { uid, gid }, _) => (uid, gid),
+            (Owner::Keep, Some(m)) => (u64::from(m.uid()), u64::from(m.gid())),
+        }
+    }
+
+    fn add_tree(&mut self, root: &Path, dest: &str) -> Result<()> {
+        for item in walkdir::WalkDir::new(root).follow_links(false) {
+            let item = item.map_err(|e| {
+                let path = e.path().unwrap_or(root).to_owned();
+                let reason = match e.io_error() {
+                    Some(io) => format!("cannot be read: {io}"),
+                    None => e.to_string(),
+                };
+                Error::LayerSource { path, reason }
+            })?;
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .unwrap_or_else(|_| unreachable!("walkdir yields paths under its root"));
+            let rel = rel.to_str().ok_or_else(|| Error::LayerSource {
+                path: item.path().to_owned(),
+                reason: "name is not UTF-8".into(),
+            })?;
+            let path = match (dest.is_empty(), rel.is_empty()) {
+                (_, true) if dest.is_empty() => continue, // the root itself has no entry
+                (_, true) => dest.to_owned(),
+                (true, false) => rel.to_owned(),
+                (false, false) => format!("{dest}/{rel}"),
+            };
+            let meta = item.metadata().map_err(|e| Error::LayerSource {
+                path: item.path().to_owned(),
+                reason: format!("cannot be read: {e}"),
+            })?;
+            let planned = self.entry_for(item.path(), &path, &meta, Some(rel))?;
+            self.plan(planned, true)?;
+        }
+        Ok(())
+    }
+
+    /// The entry for one file on disk. `tree_rel` is its path inside a source tree (for the
+    /// symlink check), `None` for a single file.
+    fn entry_for(
+        &self,
+        src: &Path,
+        path: &str,
+        meta: &Metadata,
+        tree_rel: Option<&str>,
+    ) -> Result<Planned> {
+        if let Some(name) = path.rsplit('/').next().filter(|n| n.starts_with(".wh.")) {
+            return Err(Error::LayerSource {
+                path: src.to_owned(),
+                reason: format!("the name {name:?} is reserved for whiteouts"),
+            });
+        }
+        let ft = meta.file_type();
+        let mut data = None;
+        let mut inode = None;
+        let kind = if ft.is_file() {
+            data = Some(Data::Disk(src.to_owned()));
+            if meta.nlink() > 1 {
+                inode = Some((meta.dev(), meta.ino()));
+            }
+            Kind::File { size: meta.len() }
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(src).map_err(|e| source_err(src, &e))?;
+            let target = target.to_str().ok_or_else(|| Error::LayerSource {
+                path: src.to_owned(),
+                reason: "symlink target is not UTF-8".into(),
+            })?;
+            if let Some(rel) = tree_rel
+                && climbs_out(rel, target)
+            {
+                return Err(Error::LayerSource {
+                    path: src.to_owned(),
+                    reason: format!(
+                        "symlink to {target:?} points outside the source tree (absolute \
+                         targets are kept as image paths; relative ones must stay inside)"
+                    ),
+                });
+            }
+            Kind::Symlink {
+                target: target.to_owned(),
+            }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let (major, minor) = dev_numbers(meta.rdev());
+            if ft.is_char_device() {
+                Kind::CharDevice { major, minor }
+            } else {
+                Kind::BlockDevice { major, minor }
+            }
+        } else if ft.is_socket() {
+            return Err(Error::LayerSource {
+                path: src.to_owned(),
+                reason: "is a socket, which a layer cannot carry".into(),
+            });
+        } else {
+            return Err(Error::LayerSource {
+                path: src.to_owned(),
+                reason: "is of an unknown file type".into(),
+            });
+        };
+        let (uid, gid) = self.owner(Some(meta));
+        let mtime = u64::try_from(meta.mtime())
+            .unwrap_or(0)
+            .min(self.opts.epoch);
+        let mode = if matches!(kind, Kind::Symlink { .. }) {
+            0o777
+        } else {
+            meta.permissions().mode() & 0o7777
+        };
+        Ok(Planned {
+            entry: Entry {
+                path: path.to_owned(),
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs: read_xattrs(src, ft.is_symlink())?,
+            },
+            data,
+            inode,
+            implied: false,
+        })
+    }
+
+    fn plan(&mut self, planned: Planned, from_tree: bool) -> Result<()> {
+        let path = planned.entry.path.clone();
+        // Parents first, so an explicit directory later replaces an implied one.
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            parent = p;
+            if !self.planned.contains_key(parent) {
+                let (uid, gid) = self.owner(None);
+                let implied = Planned {
+                    entry: Entry {
+                        path: parent.to_owned(),
+                        kind: Kind::Dir,
+                        mode: 0o755,
+                        uid,
+                        gid,
+                        mtime: self.opts.epoch,
+                        xattrs: Vec::new(),
+                    },
+                    data: None,
+                    inode: None,
+                    implied: true,
+                };
+                self.planned.insert(parent.to_owned(), implied);
+            }
+        }
+        match self.planned.get(&path) {
+            Some(old) if !old.implied => {
+                let both_dirs =
+                    matches!(old.entry.kind, Kind::Dir) && matches!(planned.entry.kind, Kind::Dir);
+                // Two trees may share a directory (the first one's metadata is kept); anything
+                // else given twice is ambiguous.
+                if both_dirs && from_tree {
+                    return Ok(());
+                }
+                Err(Error::LayerPath {
+                    path: format!("/{path}"),
+                    reason: "given twice".into(),
+                })
+            }
+            Some(old) if !matches!(planned.entry.kind, Kind::Dir) => {
+                let _ = old;
+                Err(Error::LayerPath {
+                    path: format!("/{path}"),
+                    reason: "is a directory of other added paths and cannot also be a file".into(),
+                })
+            }
+            _ => {
+                self.planned.insert(path, planned);
+                Ok(())
+            }
+        }
+    }
+
+    /// The final entries in order: whiteouts checked against additions, hardlinks resolved.
+    fn finish_plan(mut self) -> Result<(LayerOptions, Vec<Planned>)> {
+        for (path, removal) in &self.removals {
+            let under = format!("{path}/");
+            let clash = self.planned.keys().find(|p| match removal {
+                Removal::Path => *p == path || p.starts_with(&under),
+                Removal::Contents => false,
+            });
+            if let Some(p) = clash {
+                return Err(Error::LayerPath {
+                    path: format!("/{path}"),
+                    reason: format!("is removed and /{p} is added in the same layer"),
+                });
+            }
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((parent, name)) => (format!("{parent}/"), name),
+                None => (String::new(), path.as_str()),
+            };
+            let wh = match removal {
+                Removal::Path => format!("{parent}.wh.{name}"),
+                Removal::Contents if path.is_empty() => ".wh..wh..opq".to_owned(),
+                Removal::Contents => format!("{path}/.wh..wh..opq"),
+            };
+            let (uid, gid) = (0, 0);
+            self.planned.insert(
+                wh.clone(),
+                Planned {
+                    entry: Entry {
+                        path: wh,
+                        kind: Kind::File { size: 0 },
+                        mode: 0o644,
+                        uid,
+                        gid,
+                        mtime: self.opts.epoch,
+                        xattrs: Vec::new(),
+                    },
+                    data: Some(Data::Memory(Vec::new())),
+                    inode: None,
+                    implied: false,
+                },
+            );
+        }
+        let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
+        let mut out = Vec::with_capacity(self.planned.len());
+        for (_, mut p) in self.planned {
+            if let Some(ino) = p.inode {
+                match first_link.get(&ino) {
+                    Some(target) => {
+                        p.entry.kind = Kind::Hardlink {
+                            target: target.clone(),
+                        };
+                        p.data = None;
+                    }
+                    None => {
+                        first_link.insert(ino, p.entry.path.clone());
+                    }
+                }
+            }
+            out.push(p);
+        }
+        Ok((self.opts, out))
+    }
+
+    /// Writes the layer blob to `out` and returns its digests and size with `out`. The tar, its
+    /// digest (the diff_id), the compressed bytes and their digest come out of one pass.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for conflicting additions and removals, [`Error::LayerSource`] for a
+    /// file that cannot be read or changes while it is read, [`Error::Io`] when `out` fails.
+    pub fn build<W: Write>(self, out: W) -> Result<(Layer, W)> {
+        let (opts, entries) = self.finish_plan()?;
+        let out = HashingWriter::new(out);
+        let write_err = |e: io::Error| Error::from_io("writing the layer", e);
+        let (out, diff_id) = match opts.compression {
+            Compression::Gzip => {
+                let level = opts.level.unwrap_or(6);
+                let gz = ParallelGzip::new(out, level, opts.threads);
+                let (gz, diff_id) = write_tar(&entries, gz)?;
+                (gz.finish().map_err(write_err)?, diff_id)
+            }
+            Compression::Zstd => {
+                let level = opts.level.unwrap_or(3);
+                let level = i32::try_from(level).unwrap_or(i32::MAX);
+                let z = zstd::stream::write::Encoder::new(out, level).map_err(write_err)?;
+                let (z, diff_id) = write_tar(&entries, z)?;
+                (z.finish().map_err(write_err)?, diff_id)
+            }
+            Compression::None => write_tar(&entries, out)?,
+        };
+        let (out, digest, size) = out.finish();
+        Ok((
+            Layer {
+                compression: opts.compression,
+                digest,
+                diff_id,
+                size,
+            },
+            out,
+        ))
+    }
+}
+
+fn write_tar<W: Write>(entries: &[Planned], out: W) -> Result<(W, Digest)> {
+    let mut tar = TarWriter::new(HashingWriter::new(out));
+    for p in entries {
+        let path = || format!("/{}", p.entry.path);
+        match &p.data {
+            Some(Data::Disk(src)) => {
+                let mut f = File::open(src).map_err(|e| source_err(src, &e))?;
+                tar.append(&p.entry, Some(&mut f))
+                    .map_err(|e| data_err(src, e))?;
+                let mut probe = [0u8; 1];
+                if f.read(&mut probe).map_err(|e| source_err(src, &e))? != 0 {
+                    return Err(Error::LayerSource {
+                        path: src.clone(),
+                        reason: "grew while it was read".into(),
+                    });
+                }
+            }
+            Some(Data::Memory(bytes)) => tar
+                .append(&p.entry, Some(&mut &bytes[..]))
+                .map_err(|e| Error::from_io(format!("writing {} into the layer", path()), e))?,
+            None => tar
+                .append(&p.entry, None)
+                .map_err(|e| Error::from_io(format!("writing {} into the layer", path()), e))?,
+        }
+    }
+    let hashing = tar
+        .finish()
+        .map_err(|e| Error::from_io("writing the layer", e))?;
+    let (out, diff_id, _) = hashing.finish();
+    Ok((out, diff_id))
+}
+
+fn source_err(path: &Path, e: &io::Error) -> Error {
+    Error::LayerSource {
+        path: path.to_owned(),
+        reason: match e.kind() {
+            io::ErrorKind::NotFound => "does not exist".into(),
+            io::ErrorKind::PermissionDenied => "cannot be read: permission denied".into(),
+            _ => format!("cannot be read: {e}"),
+        },
+    }
+}
+
+/// An error while copying a file into the tar: reading the file (a source problem) or writing
+/// the output (an I/O problem) look the same from `io::copy`, so the kind tells them apart.
+fn data_err(src: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Error::LayerSource {
+            path: src.to_owned(),
+            reason: e.to_string(),
+        }
+    } else {
+        Error::from_io(format!("copying {} into the layer", src.display()), e)
+    }
+}
+
+/// `dest` as a relative path with no `.`, empty or trailing components; `""` is the root.
+fn normalize(dest: &str) -> Result<String> {
+    let mut parts = Vec::new();
+    for c in dest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(Error::LayerPath {
+                    path: dest.into(),
+                    reason: "must not contain '..'".into(),
+                });
+            }
+            c if c.contains('\0') => {
+                return Err(Error::LayerPath {
+                    path: dest.into(),
+                    reason: "must not contain NUL".into(),
+                });
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn normalize_nonroot(dest: &str) -> Result<String> {
+    let p = normalize(dest)?;
+    if p.is_empty() {
+        return Err(Error::LayerPath {
+            path: dest.into(),
+            reason: "must name something below the root".into(),
+        });
+    }
+    Ok(p)
+}
+
+/// Whether a relative symlink at `link` (a path inside a tree) climbs above the tree's root.
+fn climbs_out(link: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut depth = link.split('/').count().saturating_sub(1);
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if depth == 0 => return true,
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// Linux's encoding of device numbers (glibc `gnu_dev_major`/`gnu_dev_minor`).
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as u32, minor as u32)
+}
+
+/// Extended attributes worth carrying, sorted. `security.selinux` is left out: it is a label of
+/// the build machine's policy, differs from machine to machine, and runtimes relabel anyway.
+/// `system.*` (ACLs) are left out as Docker and BuildKit do.
+fn read_xattrs(path: &Path, is_symlink: bool) -> Result<Vec<(String, Vec<u8>)>> {
+    if is_symlink {
+        return Ok(Vec::new());
+    }
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(95) => return Ok(Vec::new()), // EOPNOTSUPP
+        Err(e) => return Err(source_err(path, &e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        if name == "security.selinux" || name.starts_with("system.") {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, name).map_err(|e| source_err(path, &e))? {
+            out.push((name.to_owned(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_destinations() {
+        assert_eq!(normalize("/usr//local/./bin/").unwrap(), "usr/local/bin");
+        assert_eq!(normalize("/").unwrap(), "");
+        assert!(normalize("/a/../b").is_err());
+        assert!(normalize_nonroot("/").is_err());
+    }
+
+    #[test]
+    fn detects_symlinks_leaving_the_tree() {
+        assert!(!climbs_out("a/link", "../b"));
+        assert!(climbs_out("a/link", "../../b"));
+        assert!(climbs_out("link", "../x"));
+        assert!(!climbs_out("link", "/etc/passwd"));
+        assert!(!climbs_out("a/b/link", "c/../../d"));
+    }
+
+    #[test]
+    fn device_numbers_decode_like_glibc() {
+        // makedev(1, 3) for /dev/null and makedev(259, 70000).
+        assert_eq!(dev_numbers(0x103), (1, 3));
+        let rdev = (70000u64 & 0xff) | ((259u64 & 0xfff) << 8) | ((70000u64 & !0xff) << 12);
+        assert_eq!(dev_numbers(rdev), (259, 70000));
+    }
+}

@@ -1,0 +1,8 @@
+//! Deterministic layer builds: files and trees from disk, in-memory files and removals (OCI
+//! whiteouts) become one layer whose bytes depend only on the inputs and the options.
+
+mod builder;
+pub mod gzip;
+mod tar;
+
+pub use builder::{Layer, LayerBuilder, LayerOptions, Owner};

@@ -1,0 +1,502 @@
+//! OCI image layout directories (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`), the embedded
+//! default store: several images per layout, tagged with `org.opencontainers.image.ref.name`.
+//!
+//! Writes never leave anything half-done: a blob is written to a hidden temporary file under
+//! `blobs/`, checked, and renamed into place; `index.json` is rewritten to a temporary file and
+//! renamed over the old one, under a lock (`.ociup.lock`) so that concurrent writers do not lose
+//! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Descriptor;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::document::{RawDocument, canonical_json};
+use crate::error::{Error, Result};
+use crate::media_type;
+use crate::mutate::annotations::REF_NAME;
+use crate::store::{BlobReader, ManifestRef, Store};
+use crate::verify::AsyncVerifyingReader;
+
+const LAYOUT_FILE: &str = "oci-layout";
+const INDEX_FILE: &str = "index.json";
+const LOCK_FILE: &str = ".ociup.lock";
+
+/// An OCI image layout directory.
+#[derive(Clone, Debug)]
+pub struct OciLayout {
+    root: PathBuf,
+}
+
+impl OciLayout {
+    /// Opens an existing layout.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLayout`] when `oci-layout` is missing or names another version, or
+    /// `index.json` is missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<OciLayout> {
+        let layout = OciLayout { root: root.into() };
+        let marker = layout.root.join(LAYOUT_FILE);
+        let bytes = std::fs::read(&marker).map_err(|e| {
+            layout.invalid(match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "no oci-layout file (not an OCI image layout)".into()
+                }
+                _ => format!("cannot read oci-layout: {e}"),
+            })
+        })?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| layout.invalid(format!("oci-layout is not JSON: {e}")))?;
+        match v.get("imageLayoutVersion").and_then(Value::as_str) {
+            Some("1.0.0") => {}
+            Some(other) => {
+                return Err(layout.invalid(format!("unsupported imageLayoutVersion {other:?}")));
+            }
+            None => return Err(layout.invalid("oci-layout has no imageLayoutVersion".into())),
+        }
+        if !layout.root.join(INDEX_FILE).is_file() {
+            return Err(layout.invalid("no index.json".into()));
+        }
+        Ok(layout)
+    }
+
+    /// Opens a layout, creating an empty one if the directory does not exist or is empty.
+    ///
+    /// # Errors
+    /// As [`OciLayout::open`]; [`Error::Io`] when it cannot be created.
+    pub fn open_or_create(root: impl Into<PathBuf>) -> Result<OciLayout> {
+        let root = root.into();
+        let empty = match std::fs::read_dir(&root) {
+            Ok(mut d) => d.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io(format!("reading {}", root.display()), e)),
+        };
+        if empty {
+            let layout = OciLayout { root };
+            std::fs::create_dir_all(layout.root.join("blobs"))
+                .map_err(|e| Error::io(format!("creating {}", layout.root.display()), e))?;
+            layout.write_atomic(
+                LAYOUT_FILE,
+                &canonical_json(&json!({"imageLayoutVersion": "1.0.0"}))?,
+            )?;
+            layout.write_atomic(
+                INDEX_FILE,
+                &canonical_json(&json!({
+                    "schemaVersion": 2,
+                    "mediaType": media_type::OCI_INDEX,
+                    "manifests": [],
+                }))?,
+            )?;
+            return Ok(layout);
+        }
+        OciLayout::open(root)
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    fn invalid(&self, reason: String) -> Error {
+        Error::InvalidLayout {
+            path: self.root.clone(),
+            reason,
+        }
+    }
+
+    /// A writer for a new blob; [`BlobWriter::commit`] checks it and moves it into place. Lets a
+    /// layer be built straight into the layout without a second copy.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the temporary file cannot be created.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let dir = self.root.join("blobs");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".ociup-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        Ok(BlobWriter {
+            layout: self.clone(),
+            inner: HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp)),
+        })
+    }
+
+    fn read_index(&self) -> Result<Map<String, Value>> {
+        let path = self.root.join(INDEX_FILE);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let what = format!("{}", path.display());
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
+                what: what.clone(),
+                source,
+            })?;
+        let Value::Object(map) = v else {
+            return Err(Error::InvalidDocument {
+                what,
+                reason: "it is not a JSON object".into(),
+            });
+        };
+        match map.get("manifests") {
+            Some(Value::Array(_)) => Ok(map),
+            _ => Err(Error::InvalidDocument {
+                what,
+                reason: "it has no \"manifests\" list".into(),
+            }),
+        }
+    }
+
+    /// The descriptors listed in `index.json`.
+    ///
+    /// # Errors
+    /// [`Error::MalformedDocument`] or [`Error::InvalidDocument`] for a broken `index.json`.
+    pub fn index_entries(&self) -> Result<Vec<Descriptor>> {
+        let index = self.read_index()?;
+        let entries = index
+            .get("manifests")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        serde_json::from_value(entries).map_err(|source| Error::MalformedDocument {
+            what: format!("{}", self.root.join(INDEX_FILE).display()),
+            source,
+        })
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .tempfile_in(&self.root)
+            .map_err(|e| Error::io(ctx("creating a temporary file for"), e))?;
+        tmp.write_all(bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| Error::io(ctx("writing"), e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io(ctx("replacing"), e.error))?;
+        Ok(())
+    }
+
+    /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
+    fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
+        let lock_path = self.root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        lock.lock()
+            .map_err(|e| Error::io(format!("locking {}", lock_path.display()), e))?;
+        let mut index = self.read_index()?;
+        if let Some(Value::Array(list)) = index.get_mut("manifests") {
+            edit(list);
+        }
+        let result = self.write_atomic(INDEX_FILE, &canonical_json(&Value::Object(index))?);
+        drop(lock); // unlocks
+        result
+    }
+
+    /// Points `tag` at `descriptor` in `index.json` (replacing what it pointed at), or adds the
+    /// descriptor untagged when `tag` is `None` and it is not listed yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidReference`] for an invalid tag; errors reading or writing `index.json`.
+    pub fn set_tag(&self, descriptor: &Descriptor, tag: Option<&str>) -> Result<()> {
+        if let Some(t) = tag {
+            validate_tag(t)?;
+        }
+        let mut entry =
+            serde_json::to_value(descriptor).map_err(|source| Error::MalformedDocument {
+                what: "descriptor".into(),
+                source,
+            })?;
+        let digest = descriptor.digest().to_string();
+        if let (Some(t), Value::Object(e)) = (tag, &mut entry) {
+            let ann = e
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(a) = ann {
+                a.insert(REF_NAME.into(), t.into());
+            }
+        }
+        self.edit_index(|list| match tag {
+            Some(t) => {
+                list.retain(|e| ref_name(e) != Some(t));
+                list.push(entry);
+            }
+            None => {
+                if !list
+                    .iter()
+                    .any(|e| e.get("digest").and_then(Value::as_str) == Some(&digest))
+                {
+                    list.push(entry);
+                }
+            }
+        })
+    }
+
+    /// The image a reference without tag or digest means: the layout's only entry.
+    ///
+    /// # Errors
+    /// [`Error::InvalidReference`] when the layout holds no image or several (naming the tags).
+    pub fn sole_image(&self) -> Result<ManifestRef> {
+        let entries = self.index_entries()?;
+        match entries.as_slice() {
+            [one] => Ok(ManifestRef::Digest(Digest::try_from(one.digest())?)),
+            _ => {
+                let tags: Vec<String> = entries
+                    .iter()
+                    .filter_map(|e| e.annotations().as_ref()?.get(REF_NAME).cloned())
+                    .collect();
+                Err(Error::InvalidReference {
+                    input: self.location(),
+                    reason: format!(
+                        "the layout holds {} images; name one as {}:<tag> or @<digest> (tags: {})",
+                        entries.len(),
+                        self.location(),
+                        if tags.is_empty() {
+                            "none".into()
+                        } else {
+                            tags.join(", ")
+                        }
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn read_blob_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::BlobNotFound {
+                digest: digest.clone(),
+                store: self.location(),
+            },
+            _ => Error::io(format!("reading {}", path.display()), e),
+        })?;
+        digest.verify(&bytes, || format!("blob {digest} in {}", self.location()))?;
+        Ok(bytes)
+    }
+}
+
+fn ref_name(entry: &Value) -> Option<&str> {
+    entry.get("annotations")?.get(REF_NAME)?.as_str()
+}
+
+/// Checks a tag as the distribution spec defines it (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
+///
+/// # Errors
+/// [`Error::InvalidReference`] naming the tag.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidReference {
+            input: tag.into(),
+            reason: "a tag is 1 to 128 of [A-Za-z0-9_.-] and does not start with '.' or '-'".into(),
+        })
+    }
+}
+
+/// A blob being written into a layout; see [`OciLayout::blob_writer`].
+#[derive(Debug)]
+pub struct BlobWriter {
+    layout: OciLayout,
+    inner: HashingWriter<std::io::BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Checks the bytes against `expected` (when given), then moves the blob into place.
+    /// Returns its digest and size.
+    ///
+    /// # Errors
+    /// [`Error::DigestMismatch`] (the temporary file is removed), [`Error::Io`].
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (buf, digest, size) = self.inner.finish();
+        if let Some(exp) = expected
+            && exp != &digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("blob written to {}", self.layout.location()),
+                expected: exp.clone(),
+                actual: digest,
+            });
+        }
+        let tmp = buf
+            .into_inner()
+            .map_err(|e| Error::io("writing a blob", e.into_error()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("writing a blob", e))?;
+        let dest = self.layout.blob_path(&digest);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        Ok((digest, size))
+    }
+}
+
+impl Store for OciLayout {
+    fn location(&self) -> String {
+        format!("oci:{}", self.root.display())
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    async fn get_blob(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+        let path = self.blob_path(digest);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::BlobNotFound {
+                    digest: digest.clone(),
+                    store: self.location(),
+                },
+                _ => Error::io(format!("opening {}", path.display()), e),
+            })?;
+        let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
+        Ok(Box::pin(AsyncVerifyingReader::new(
+            reader,
+            digest.clone(),
+            size,
+        )))
+    }
+
+    async fn put_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> Result<()> {
+        if self.blob_size(digest).await? == Some(size) {
+            return Ok(());
+        }
+        let dir = self.root.join("blobs");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".ociup-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        let (std_file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(std_file);
+        let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
+        let ctx = || format!("writing blob {digest} to {}", self.location());
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| Error::from_io(ctx(), e))?;
+        file.flush().await.map_err(|e| Error::io(ctx(), e))?;
+        file.sync_all().await.map_err(|e| Error::io(ctx(), e))?;
+        drop(file);
+        let dest = self.blob_path(digest);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        tmp_path
+            .persist(&dest)
+            .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        Ok(())
+    }
+
+    async fn get_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
+        let (digest, media_type) = match reference {
+            ManifestRef::Tag(t) => {
+                let d = self.resolve_tag(t).await?;
+                (Digest::try_from(d.digest())?, d.media_type().to_string())
+            }
+            ManifestRef::Digest(d) => {
+                // The media type is known when index.json lists the digest; otherwise the
+                // document's own mediaType decides.
+                let listed = self
+                    .index_entries()?
+                    .into_iter()
+                    .find(|e| e.digest().to_string() == d.to_string())
+                    .map(|e| e.media_type().to_string());
+                (d.clone(), listed.unwrap_or_default())
+            }
+        };
+        let bytes = self.read_blob_verified(&digest).await?;
+        RawDocument::verified(bytes, media_type, &digest)
+    }
+
+    async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> Result<()> {
+        if let Some(t) = tag {
+            validate_tag(t)?;
+        }
+        self.put_blob(document.digest(), document.size(), document.bytes())
+            .await?;
+        self.set_tag(&document.descriptor(), tag)
+    }
+
+    async fn resolve_tag(&self, tag: &str) -> Result<Descriptor> {
+        let entries = self.index_entries()?;
+        entries
+            .into_iter()
+            .find(|e| {
+                e.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .is_some_and(|t| t == tag)
+            })
+            .ok_or_else(|| Error::TagNotFound {
+                tag: tag.to_owned(),
+                store: self.location(),
+            })
+    }
+
+    async fn list_tags(&self) -> Result<Vec<String>> {
+        let mut tags: Vec<String> = self
+            .index_entries()?
+            .iter()
+            .filter_map(|e| e.annotations().as_ref()?.get(REF_NAME).cloned())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+}

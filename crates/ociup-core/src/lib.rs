@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+pub mod digest;
+pub mod error;
+pub mod layer;
+pub mod media_type;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub mod config;
+pub mod document;
+pub mod layout;
+pub mod mutate;
+pub mod ops;
+pub mod reference;
+pub mod store;
+pub mod time;
+pub mod verify;

@@ -1,0 +1,252 @@
+//! Operations that move bytes between stores around the pure transforms: load an image, append
+//! to it and store the result in the right order (blobs, config, manifest, tag).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use oci_spec::image::Descriptor;
+
+use crate::config::{Config, ConfigChange};
+use crate::digest::Digest;
+use crate::document::{Document, Index, Manifest, RawDocument};
+use crate::error::{Error, Result};
+use crate::layer::{Layer, LayerBuilder};
+use crate::mutate::{self, Base, NewLayer};
+use crate::reference::PlatformSpec;
+use crate::store::{ManifestRef, Store, copy_blob};
+
+/// An image manifest with its config, as read from a store.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The config.
+    pub config: Config,
+}
+
+/// Reads a manifest or index.
+///
+/// # Errors
+/// Whatever the store reports; [`Error::UnsupportedMediaType`] for documents that are neither.
+pub async fn load_document<S: Store>(store: &S, reference: &ManifestRef) -> Result<Document> {
+    Document::parse(store.get_manifest(reference).await?)
+}
+
+/// The descriptor in `index` for `platform`.
+///
+/// # Errors
+/// [`Error::InvalidChange`] listing the platforms there are when none matches.
+pub fn select_platform(index: &Index, platform: &PlatformSpec) -> Result<Descriptor> {
+    let mut available = Vec::new();
+    for m in index.parsed().manifests() {
+        let Some(p) = m.platform() else { continue };
+        let os = p.os().to_string();
+        let arch = p.architecture().to_string();
+        let variant = p.variant().clone();
+        let matches = os == platform.os
+            && arch == platform.architecture
+            && (platform.variant.is_none() || variant == platform.variant);
+        if matches {
+            return Ok(m.clone());
+        }
+        available.push(PlatformSpec {
+            os,
+            architecture: arch,
+            variant,
+        });
+    }
+    Err(Error::InvalidChange {
+        reason: format!(
+            "index {} has no manifest for {platform} (it has: {})",
+            index.raw().digest(),
+            available
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Loads an image, picking `platform` from an index.
+///
+/// # Errors
+/// [`Error::InvalidChange`] for an index without `platform` (or none given), and whatever the
+/// store and parsers report.
+pub async fn load_image<S: Store>(
+    store: &S,
+    reference: &ManifestRef,
+    platform: Option<&PlatformSpec>,
+) -> Result<Image> {
+    let doc = load_document(store, reference).await?;
+    image_from_document(store, doc, platform).await
+}
+
+/// The image a loaded document names: the manifest itself, or `platform`'s manifest of an index;
+/// then its config.
+///
+/// # Errors
+/// As [`load_image`].
+pub async fn image_from_document<S: Store>(
+    store: &S,
+    doc: Document,
+    platform: Option<&PlatformSpec>,
+) -> Result<Image> {
+    let manifest = match doc {
+        Document::Manifest(m) => m,
+        Document::Index(index) => {
+            let Some(platform) = platform else {
+                let platforms: Vec<String> = index
+                    .parsed()
+                    .manifests()
+                    .iter()
+                    .filter_map(|m| m.platform().as_ref())
+                    .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                    .collect();
+                return Err(Error::InvalidChange {
+                    reason: format!(
+                        "{}@{} is a multi-platform index; choose one with --platform ({})",
+                        store.location(),
+                        index.raw().digest(),
+                        platforms.join(", ")
+                    ),
+                });
+            };
+            let d = select_platform(&index, platform)?;
+            let digest = Digest::try_from(d.digest())?;
+            Manifest::parse(store.get_manifest(&ManifestRef::Digest(digest)).await?)?
+        }
+    };
+    let config_digest = manifest.config_digest()?;
+    let config_desc = manifest.parsed().config();
+    let bytes = store
+        .get_blob_bytes(&config_digest, config_desc.size())
+        .await?;
+    let config = Config::parse(RawDocument::verified(
+        bytes,
+        config_desc.media_type().to_string(),
+        &config_digest,
+    )?)?;
+    Ok(Image { manifest, config })
+}
+
+/// What to append: layers (each built from its own builder), config changes, annotations.
+#[derive(Debug, Default)]
+pub struct AppendRequest {
+    /// Layers to build and append, each with its history line.
+    pub layers: Vec<(LayerBuilder, String)>,
+    /// Config changes, in order.
+    pub changes: Vec<ConfigChange>,
+    /// Annotations for the new manifest.
+    pub annotations: BTreeMap<String, String>,
+    /// `created` of the config and history, seconds since 1970.
+    pub created: u64,
+}
+
+/// What [`append_image`] stored.
+#[derive(Clone, Debug)]
+pub struct AppendOutcome {
+    /// The new manifest.
+    pub manifest: RawDocument,
+    /// The new config.
+    pub config: RawDocument,
+    /// The layers built.
+    pub layers: Vec<Layer>,
+}
+
+/// Where an append starts.
+#[derive(Debug)]
+pub enum AppendBase<'a, S> {
+    /// An image in a store, named for the `base.name` annotation.
+    Image {
+        /// The store holding the base.
+        store: &'a S,
+        /// The loaded base.
+        image: &'a Image,
+        /// How the user named the base.
+        name: &'a str,
+    },
+    /// No base.
+    Scratch(&'a PlatformSpec),
+}
+
+/// Builds the requested layers (in `staging`, a directory for temporary files), appends them and
+/// the changes to the base, and stores everything in `dest` in order: missing base blobs, new
+/// layers, config, manifest (tagged `tag` when given). A failure at any step leaves no tag
+/// pointing at anything new.
+///
+/// # Errors
+/// Layer build errors, store errors, and those of [`mutate::append`].
+pub async fn append_image<S: Store, D: Store>(
+    base: AppendBase<'_, S>,
+    dest: &D,
+    tag: Option<&str>,
+    request: AppendRequest,
+    staging: &Path,
+) -> Result<AppendOutcome> {
+    // Copy base blobs the destination lacks (none when both are the same store).
+    if let AppendBase::Image { store, image, .. } = &base {
+        let m = image.manifest.parsed();
+        for l in m.layers() {
+            copy_blob(*store, dest, &Digest::try_from(l.digest())?, l.size()).await?;
+        }
+    }
+    let mut built = Vec::new();
+    for (builder, created_by) in request.layers {
+        let staging = staging.to_owned();
+        let (layer, file) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let tmp = tempfile::Builder::new()
+                .prefix(".ociup-layer-")
+                .tempfile_in(&staging)
+                .map_err(|e| {
+                    Error::io(
+                        format!("creating a temporary file in {}", staging.display()),
+                        e,
+                    )
+                })?;
+            let (layer, tmp) = builder.build(std::io::BufWriter::with_capacity(1 << 20, tmp))?;
+            let tmp = tmp
+                .into_inner()
+                .map_err(|e| Error::io("writing the layer", e.into_error()))?;
+            Ok((layer, tmp))
+        })
+        .await
+        .map_err(|e| Error::io("building a layer", std::io::Error::other(e)))??;
+        let reader = tokio::fs::File::open(file.path())
+            .await
+            .map_err(|e| Error::io(format!("reading {}", file.path().display()), e))?;
+        dest.put_blob(&layer.digest, layer.size, reader).await?;
+        built.push(NewLayer { layer, created_by });
+    }
+    let base_arg = match &base {
+        AppendBase::Image { image, name, .. } => Base::Image {
+            manifest: &image.manifest,
+            config: &image.config,
+            name: Some(name),
+        },
+        AppendBase::Scratch(p) => Base::Scratch {
+            os: &p.os,
+            architecture: &p.architecture,
+            variant: p.variant.as_deref(),
+        },
+    };
+    let appended = mutate::append(
+        base_arg,
+        &built,
+        &request.changes,
+        &request.annotations,
+        request.created,
+    )?;
+    dest.put_blob(
+        appended.config.digest(),
+        appended.config.size(),
+        appended.config.bytes(),
+    )
+    .await?;
+    dest.put_manifest(&appended.manifest, tag).await?;
+    Ok(AppendOutcome {
+        manifest: appended.manifest,
+        config: appended.config,
+        layers: built.into_iter().map(|n| n.layer).collect(),
+    })
+}

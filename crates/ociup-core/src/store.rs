@@ -1,0 +1,132 @@
+//! The operations every store offers: an OCI layout directory here, a registry repository in
+//! `ociup-registry`. Transforms take and return values; these move bytes.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use oci_spec::image::Descriptor;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::digest::Digest;
+use crate::document::RawDocument;
+use crate::error::{Error, Result};
+
+/// A blob being read. Readers a store returns check size and digest as they stream and fail at
+/// the end (or at the first extra byte) on a mismatch.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// What a manifest is asked for by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestRef {
+    /// A tag.
+    Tag(String),
+    /// A digest.
+    Digest(Digest),
+}
+
+impl fmt::Display for ManifestRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManifestRef::Tag(t) => write!(f, ":{t}"),
+            ManifestRef::Digest(d) => write!(f, "@{d}"),
+        }
+    }
+}
+
+/// Largest document (manifest, index, config) read whole into memory.
+pub const MAX_DOCUMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// A place that holds blobs and manifests: one repository of a registry, or one OCI layout.
+pub trait Store: Send + Sync {
+    /// How to name this store in messages (`oci:/path`, `registry/repo`).
+    fn location(&self) -> String;
+
+    /// The size of a blob, or `None` if the store does not have it.
+    fn blob_size(&self, digest: &Digest) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// A reader of a blob that checks its size and digest as it streams.
+    fn get_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<BlobReader>> + Send;
+
+    /// Stores a blob read from `data`, which must be exactly `size` bytes hashing to `digest`.
+    /// Nothing is visible under `digest` unless it matched.
+    fn put_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// A manifest or index, its bytes checked against its digest, with the media type the store
+    /// holds it under (empty when the store does not know it; the document's own field decides).
+    fn get_manifest(
+        &self,
+        reference: &ManifestRef,
+    ) -> impl Future<Output = Result<RawDocument>> + Send;
+
+    /// Stores a manifest or index, and points `tag` at it when given. Call it only after every
+    /// blob and child manifest it references is stored.
+    fn put_manifest(
+        &self,
+        document: &RawDocument,
+        tag: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// What a tag points to now (a registry answers this with one HEAD).
+    fn resolve_tag(&self, tag: &str) -> impl Future<Output = Result<Descriptor>> + Send;
+
+    /// Every tag, sorted.
+    fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Whether the store has the blob.
+    fn blob_exists(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
+        async move { Ok(self.blob_size(digest).await?.is_some()) }
+    }
+
+    /// A small blob (a config) read whole and checked.
+    fn get_blob_bytes(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        async move {
+            if size > MAX_DOCUMENT_SIZE {
+                return Err(Error::InvalidDocument {
+                    what: format!("blob {digest}"),
+                    reason: format!(
+                        "{size} bytes is larger than the {MAX_DOCUMENT_SIZE} bytes a config may have"
+                    ),
+                });
+            }
+            let mut reader = self.get_blob(digest, size).await?;
+            let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            reader
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| Error::from_io(format!("reading blob {digest}"), e))?;
+            Ok(bytes)
+        }
+    }
+}
+
+/// Copies one blob from `src` to `dst` unless `dst` has it already. Returns whether bytes moved.
+///
+/// # Errors
+/// Whatever the stores report; the blob is verified on the way.
+pub async fn copy_blob<A: Store, B: Store>(
+    src: &A,
+    dst: &B,
+    digest: &Digest,
+    size: u64,
+) -> Result<bool> {
+    if dst.blob_exists(digest).await? {
+        return Ok(false);
+    }
+    let reader = src.get_blob(digest, size).await?;
+    dst.put_blob(digest, size, reader).await?;
+    Ok(true)
+}

@@ -3,7 +3,7 @@
 //!
 //! Writes never leave anything half-done: a blob is written to a hidden temporary file under
 //! `blobs/`, checked, and renamed into place; `index.json` is rewritten to a temporary file and
-//! renamed over the old one, under a lock (`.ociup.lock`) so that concurrent writers do not lose
+//! renamed over the old one, under an exclusive `flock` of the layout directory so that concurrent writers do not lose
 //! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
 
 use std::io::Write;
@@ -23,7 +23,6 @@ use crate::verify::AsyncVerifyingReader;
 
 const LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
-const LOCK_FILE: &str = ".ociup.lock";
 
 /// An OCI image layout directory.
 #[derive(Clone, Debug)]
@@ -192,15 +191,11 @@ impl OciLayout {
 
     /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
     fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
-        let lock_path = self.root.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        // flock on the directory itself: no lock file to leave behind in the layout.
+        let lock = std::fs::File::open(&self.root)
+            .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
         lock.lock()
-            .map_err(|e| Error::io(format!("locking {}", lock_path.display()), e))?;
+            .map_err(|e| Error::io(format!("locking {}", self.root.display()), e))?;
         let mut index = self.read_index()?;
         if let Some(Value::Array(list)) = index.get_mut("manifests") {
             edit(list);

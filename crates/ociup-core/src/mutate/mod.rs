@@ -1,8 +1,10 @@
 //! Pure transforms: values in, values out, no I/O.
 
 mod append;
+mod index;
 
 pub use append::{Appended, Base, NewLayer, append};
+pub use index::new_index;
 
 /// Annotation keys ociup writes on every image it makes.
 pub mod annotations {

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `ociup` binary and the library under it, with the fixtures in
+//! `fixtures/` and tools nobody here wrote (skopeo, umoci). One binary, a module per topic.
+
+mod append;
+mod bad_input;
+mod fixtures;
+mod interop;
+mod layer;
+mod support;

@@ -1,0 +1,205 @@
+//! Helpers shared by the tests: running `ociup`, making trees, reading layers.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The committed fixtures.
+pub fn fixtures() -> PathBuf {
+    repo().join("fixtures")
+}
+
+/// Runs `ociup` with `args` and a fixed environment (no SOURCE_DATE_EPOCH from outside).
+pub fn ociup(args: &[&str]) -> Output {
+    ociup_in(args, None)
+}
+
+pub fn ociup_in(args: &[&str], cwd: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ociup"));
+    cmd.args(args).env_remove("SOURCE_DATE_EPOCH");
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    cmd.output().expect("ociup runs")
+}
+
+/// Runs `ociup` and returns stdout, failing the test with stderr when it fails.
+pub fn ociup_ok(args: &[&str]) -> String {
+    let out = ociup(args);
+    assert!(
+        out.status.success(),
+        "ociup {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `ociup`, expects it to fail, returns stderr.
+pub fn ociup_err(args: &[&str]) -> String {
+    let out = ociup(args);
+    assert!(
+        !out.status.success(),
+        "ociup {args:?} should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Runs an external tool; panics with its output when it fails or is missing.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{program} could not be run ({e}); the README's test command installs it \
+             (apt-get install -y skopeo umoci)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn write(path: &Path, contents: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A small tree with the cases a layer must keep: modes with setuid, setgid and sticky bits, a
+/// symlink, a hardlink, an empty directory, a long name. Modes are set explicitly, so the umask
+/// does not matter.
+pub fn sample_tree(root: &Path) {
+    write(&root.join("bin/tool"), b"#!/bin/sh\necho tool\n", 0o4755);
+    write(&root.join("etc/app.conf"), b"key = value\n", 0o640);
+    write(&root.join("share/data.txt"), &b"data ".repeat(1000), 0o644);
+    std::fs::create_dir_all(root.join("shared")).unwrap();
+    std::fs::set_permissions(root.join("shared"), std::fs::Permissions::from_mode(0o3775)).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::set_permissions(root.join("empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink("../share/data.txt", root.join("bin/data-link")).unwrap();
+    std::fs::hard_link(root.join("etc/app.conf"), root.join("etc/app.conf.hard")).unwrap();
+    let long = format!("{}/{}", "deep".repeat(30), "n".repeat(120));
+    write(&root.join(long), b"long name\n", 0o600);
+    for d in ["bin", "etc", "share"] {
+        std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        root.join("deep".repeat(30)),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+}
+
+/// One entry of a layer as a standard tar reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarItem {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u64,
+    pub mtime: u64,
+    pub link: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Reads a layer blob (gzip, zstd or plain tar) with the `tar` crate.
+pub fn read_layer(blob: &[u8]) -> BTreeMap<String, TarItem> {
+    let mut tar = Vec::new();
+    if blob.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(blob)
+            .read_to_end(&mut tar)
+            .unwrap();
+    } else {
+        tar = blob.to_vec();
+    }
+    let mut out = BTreeMap::new();
+    let mut ar = tar::Archive::new(&tar[..]);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let h = e.header().clone();
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned());
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        out.insert(
+            path,
+            TarItem {
+                kind: char::from(h.entry_type().as_byte()),
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                mtime: h.mtime().unwrap(),
+                link,
+                data,
+            },
+        );
+    }
+    out
+}
+
+/// The blob `digest` of a layout.
+pub fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let (alg, hex) = digest.split_once(':').unwrap();
+    std::fs::read(layout.join("blobs").join(alg).join(hex)).unwrap()
+}
+
+/// Every file of a directory tree with its bytes, for "nothing changed" checks.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir(dir) {
+        if e.is_file() {
+            out.insert(
+                e.strip_prefix(dir).unwrap().to_owned(),
+                std::fs::read(&e).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies a directory tree (for tests that damage a copy of a fixture).
+pub fn copy_tree(from: &Path, to: &Path) {
+    for p in walkdir(from) {
+        let dest = to.join(p.strip_prefix(from).unwrap());
+        if p.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}

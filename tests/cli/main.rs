@@ -1,6 +1,9 @@
 //! End-to-end tests of the `ociup` binary and the library under it, with the fixtures in
 //! `fixtures/` and tools nobody here wrote (skopeo, umoci). One binary, a module per topic.
 
+// A test binary: a panic with the failing value is the right outcome of an unexpected error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod append;
 mod bad_input;
 mod fixtures;

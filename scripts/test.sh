@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the tools the tests use (skopeo and umoci
+# from Debian), then runs the checks CI runs: formatting, clippy with warnings as errors, every
+# test and doctest of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in skopeo umoci; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+  echo "installing ${need[*]} (Debian packages)"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked

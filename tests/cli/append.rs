@@ -286,3 +286,58 @@ fn platforms_are_picked_from_an_index() {
     assert_eq!(history.last().unwrap()["empty_layer"], true);
     assert_eq!(history.last().unwrap()["created_by"], "ENV A=1");
 }
+
+#[test]
+fn platforms_are_found_in_nested_indexes() {
+    use ociup_core::document::RawDocument;
+    use ociup_core::media_type::OCI_INDEX;
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("nested");
+    crate::support::copy_tree(&repo().join("fixtures/multi"), &lay);
+    let inner = json(&crate::support::ociup_ok(&[
+        "inspect",
+        &format!("oci:{}:v1", lay.display()),
+        "--json",
+    ]));
+    let inner_digest = inner["digest"].as_str().unwrap();
+    let inner_size = blob(&lay, inner_digest).len();
+    let outer = RawDocument::canonical(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_INDEX, "digest": inner_digest, "size": inner_size}
+        ]}),
+        OCI_INDEX,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let layout = ociup_core::layout::OciLayout::open(&lay).unwrap();
+        ociup_core::store::Store::put_manifest(&layout, &outer, Some("outer"))
+            .await
+            .unwrap();
+    });
+    let to = format!("oci:{}:x", t.path().join("out").display());
+    let out = json(&crate::support::ociup_ok(&[
+        "append",
+        "--base",
+        &format!("oci:{}:outer", lay.display()),
+        "--platform",
+        "linux/arm64",
+        "--env",
+        "A=1",
+        "--to",
+        &to,
+        "--json",
+    ]));
+    let (manifest, config) = config_of(&t.path().join("out"), out["digest"].as_str().unwrap());
+    assert_eq!(config["architecture"], "arm64");
+    let arm = inner["index"]["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .unwrap();
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.base.digest"],
+        arm["digest"]
+    );
+}

@@ -495,3 +495,116 @@ impl Store for OciLayout {
         Ok(tags)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(n: u32) -> RawDocument {
+        RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [], "n": n}),
+            media_type::OCI_INDEX,
+        )
+        .unwrap()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn tags_move_and_unknown_index_fields_survive() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let index_path = layout.root().join(INDEX_FILE);
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        v["x-vendor"] = json!({"keep": [1, 2]});
+        std::fs::write(&index_path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        layout.put_manifest(&doc(1), Some("a")).await.unwrap();
+        layout.put_manifest(&doc(2), Some("b")).await.unwrap();
+        layout.put_manifest(&doc(3), Some("a")).await.unwrap();
+        layout.put_manifest(&doc(3), None).await.unwrap(); // already listed: not added twice
+        assert_eq!(layout.list_tags().await.unwrap(), ["a", "b"]);
+        let a = layout.resolve_tag("a").await.unwrap();
+        assert_eq!(a.digest().to_string(), doc(3).digest().to_string());
+        assert_eq!(layout.index_entries().unwrap().len(), 2);
+        let v: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        assert_eq!(v["x-vendor"], json!({"keep": [1, 2]}));
+        let got = layout
+            .get_manifest(&ManifestRef::Tag("b".into()))
+            .await
+            .unwrap();
+        assert_eq!(got.bytes(), doc(2).bytes());
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_does_not_match_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let before = files(layout.root());
+        let d = Digest::sha256(b"hello");
+        let err = layout.put_blob(&d, 5, &b"jello"[..]).await.unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        let err = layout.put_blob(&d, 5, &b"hello!"[..]).await.unwrap_err();
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        let mut w = layout.blob_writer().unwrap();
+        w.write_all(b"jello").unwrap();
+        assert!(w.commit(Some(&d)).is_err());
+        // blobs/ existed already; nothing else may appear.
+        assert_eq!(files(layout.root()), before);
+        layout.put_blob(&d, 5, &b"hello"[..]).await.unwrap();
+        assert_eq!(std::fs::read(layout.blob_path(&d)).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn concurrent_writers_keep_every_tag() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        std::thread::scope(|s| {
+            for w in 0..4u32 {
+                let layout = layout.clone();
+                s.spawn(move || {
+                    for i in 0..10u32 {
+                        let d = doc(w * 100 + i);
+                        layout
+                            .set_tag(&d.descriptor(), Some(&format!("w{w}-{i}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(layout.index_entries().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_layout() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("stray"), b"x").unwrap();
+        let err = OciLayout::open_or_create(t.path()).unwrap_err().to_string();
+        assert!(err.contains("no oci-layout file"), "{err}");
+        std::fs::write(
+            t.path().join(LAYOUT_FILE),
+            br#"{"imageLayoutVersion":"2.0.0"}"#,
+        )
+        .unwrap();
+        let err = OciLayout::open(t.path()).unwrap_err().to_string();
+        assert!(err.contains("unsupported imageLayoutVersion"), "{err}");
+        assert!(validate_tag("v1.2_x-y").is_ok());
+        for bad in ["", ".x", "-x", "a/b", &"x".repeat(129)] {
+            assert!(validate_tag(bad).is_err(), "{bad:?}");
+        }
+    }
+}

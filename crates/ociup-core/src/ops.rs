@@ -11,6 +11,7 @@ use crate::digest::Digest;
 use crate::document::{Document, Index, Manifest, RawDocument};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerBuilder};
+use crate::media_type::{self, DocumentKind};
 use crate::mutate::{self, Base, NewLayer};
 use crate::reference::PlatformSpec;
 use crate::store::{ManifestRef, Store, copy_blob};
@@ -32,33 +33,79 @@ pub async fn load_document<S: Store>(store: &S, reference: &ManifestRef) -> Resu
     Document::parse(store.get_manifest(reference).await?)
 }
 
-/// The descriptor in `index` for `platform`.
-///
-/// # Errors
-/// [`Error::InvalidChange`] listing the platforms there are when none matches.
-pub fn select_platform(index: &Index, platform: &PlatformSpec) -> Result<Descriptor> {
+/// How deep [`image_from_document`] follows indexes nested in indexes.
+const MAX_INDEX_NESTING: usize = 8;
+
+/// The platforms an index lists.
+pub fn platforms(index: &Index) -> Vec<PlatformSpec> {
+    index
+        .parsed()
+        .manifests()
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .map(|p| PlatformSpec {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        })
+        .collect()
+}
+
+/// The descriptor in `index` for `platform` (a platform without variant matches any variant).
+pub fn select_platform(index: &Index, platform: &PlatformSpec) -> Option<Descriptor> {
+    index
+        .parsed()
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == platform.os
+                    && p.architecture().to_string() == platform.architecture
+                    && (platform.variant.is_none() || *p.variant() == platform.variant)
+            })
+        })
+        .cloned()
+}
+
+/// The manifest for `platform` in `root` or in the indexes nested in it (depth first, in order).
+async fn find_platform<S: Store>(
+    store: &S,
+    root: Index,
+    platform: &PlatformSpec,
+) -> Result<Manifest> {
+    let root_digest = root.raw().digest().clone();
     let mut available = Vec::new();
-    for m in index.parsed().manifests() {
-        let Some(p) = m.platform() else { continue };
-        let os = p.os().to_string();
-        let arch = p.architecture().to_string();
-        let variant = p.variant().clone();
-        let matches = os == platform.os
-            && arch == platform.architecture
-            && (platform.variant.is_none() || variant == platform.variant);
-        if matches {
-            return Ok(m.clone());
+    let mut stack = vec![(root, 0usize)];
+    while let Some((index, depth)) = stack.pop() {
+        if let Some(d) = select_platform(&index, platform) {
+            let digest = Digest::try_from(d.digest())?;
+            let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
+            return Manifest::parse(raw);
         }
-        available.push(PlatformSpec {
-            os,
-            architecture: arch,
-            variant,
-        });
+        available.extend(platforms(&index));
+        if depth >= MAX_INDEX_NESTING {
+            continue;
+        }
+        let nested: Vec<&Descriptor> = index
+            .parsed()
+            .manifests()
+            .iter()
+            .filter(|m| {
+                matches!(
+                    media_type::document_kind(&m.media_type().to_string()),
+                    Ok((DocumentKind::Index, _))
+                )
+            })
+            .collect();
+        for child in nested.into_iter().rev() {
+            let digest = Digest::try_from(child.digest())?;
+            let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
+            stack.push((Index::parse(raw)?, depth + 1));
+        }
     }
     Err(Error::InvalidChange {
         reason: format!(
-            "index {} has no manifest for {platform} (it has: {})",
-            index.raw().digest(),
+            "index {root_digest} has no manifest for {platform} (it has: {})",
             available
                 .iter()
                 .map(ToString::to_string)
@@ -96,25 +143,20 @@ pub async fn image_from_document<S: Store>(
         Document::Manifest(m) => m,
         Document::Index(index) => {
             let Some(platform) = platform else {
-                let platforms: Vec<String> = index
-                    .parsed()
-                    .manifests()
-                    .iter()
-                    .filter_map(|m| m.platform().as_ref())
-                    .map(|p| format!("{}/{}", p.os(), p.architecture()))
-                    .collect();
                 return Err(Error::InvalidChange {
                     reason: format!(
                         "{}@{} is a multi-platform index; choose one with --platform ({})",
                         store.location(),
                         index.raw().digest(),
-                        platforms.join(", ")
+                        platforms(&index)
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             };
-            let d = select_platform(&index, platform)?;
-            let digest = Digest::try_from(d.digest())?;
-            Manifest::parse(store.get_manifest(&ManifestRef::Digest(digest)).await?)?
+            find_platform(store, index, platform).await?
         }
     };
     let config_digest = manifest.config_digest()?;

@@ -92,7 +92,7 @@ async fn find_platform<S: Store>(
             .iter()
             .filter(|m| {
                 matches!(
-                    media_type::document_kind(&m.media_type().to_string()),
+                    media_type::document_kind(m.media_type().as_ref()),
                     Ok((DocumentKind::Index, _))
                 )
             })

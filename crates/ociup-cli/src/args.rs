@@ -7,19 +7,47 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Keeps custom container images on the newest version of their base image, without Docker,
 /// without a daemon and without rebuilding.
 ///
-/// Images are named by store references. An OCI image layout directory is written
-/// oci:<dir>[:<tag>|@<digest>], as skopeo writes it; a layout is created when it is written to
-/// and does not exist yet.
+/// Images are named by store references, in the forms skopeo uses: an OCI image layout directory
+/// is oci:<dir>[:<tag>|@<digest>] (created when written to); a registry image is
+/// docker://host[:port]/name[:tag][@digest], or the same without docker:// (Docker Hub when no
+/// host is given).
+///
+/// Registry credentials come from --username with --password-stdin (or OCIUP_USERNAME and
+/// OCIUP_PASSWORD), else from Docker's config.json (auths, credsStore, credHelpers) and podman's
+/// auth.json.
 #[derive(Debug, Parser)]
-#[command(
-    name = "ociup",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "ociup", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Reach this registry (host[:port]) over plain HTTP. Repeatable, or comma-separated in the
+    /// environment. Loopback registries fall back to HTTP by themselves.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        value_name = "HOST[:PORT]",
+        env = "OCIUP_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure: Vec<String>,
+    /// Trust the CA certificates in this PEM file, beside the system roots.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// User name for the registries this command reaches.
+    #[arg(long, global = true, env = "OCIUP_USERNAME")]
+    pub username: Option<String>,
+    /// Read the password (or token) for --username from standard input.
+    #[arg(long, global = true, requires = "username")]
+    pub password_stdin: bool,
+    /// Show debug logs (requests retried, uploads resumed) on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +62,28 @@ pub enum Command {
     Append(Box<AppendArgs>),
     /// Show an image or index: digest, platform, config, layers.
     Inspect(InspectArgs),
+    /// Copy an image or a whole index between layouts and registries, moving only what the
+    /// destination lacks (blobs are mounted within one registry).
+    ///
+    /// Example: ociup copy oci:fixtures/multi:v1 docker://localhost:5000/base:v1
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// What to copy.
+    pub source: String,
+    /// Where to: a tag, or a layout or repository (keeping no tag).
+    pub destination: String,
+    /// Copy only this platform of an index; the destination gets that platform's manifest.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Blobs moved at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Print a JSON report instead of text, and no progress bar.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,10 +151,10 @@ pub struct LayerCreateArgs {
 
 #[derive(Debug, Args)]
 pub struct AppendArgs {
-    /// The image to start from (oci:<dir>[:<tag>|@<digest>]), or "scratch" for none.
+    /// The image to start from (a layout or registry reference), or "scratch" for none.
     #[arg(long, value_name = "REF")]
     pub base: String,
-    /// Where to write the result (oci:<dir>[:<tag>]).
+    /// Where to write the result (a layout or registry reference, with a tag).
     #[arg(long, value_name = "REF")]
     pub to: String,
     /// Platform to pick from a multi-platform base, or of a scratch image (default: this
@@ -161,7 +211,7 @@ pub struct AppendArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The image or index (oci:<dir>[:<tag>|@<digest>]).
+    /// The image or index (a layout or registry reference).
     pub reference: String,
     /// Show this platform's manifest when the reference is an index.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]

@@ -1,7 +1,8 @@
 //! Documents as stored: exact bytes, their digest and media type, plus a parsed view. A document
 //! read from a store is never re-serialized; one ociup writes is canonical JSON.
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+pub use oci_spec::image::Descriptor;
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde::Serialize;
 
 use crate::digest::Digest;

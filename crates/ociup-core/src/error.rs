@@ -116,6 +116,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A failure inside a store backend (a registry), kept whole: downcast the source to the
+    /// backend's own error type (`ociup_registry::Error`) for status codes and retryability.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// An I/O failure, with what ociup was doing when it happened.
     #[error("{context}")]
     Io {

@@ -205,7 +205,7 @@ impl OciLayout {
         result
     }
 
-    /// Points `tag` at `descriptor` in `index.json` (replacing what it pointed at), or adds the
+    /// Points `tag` at `descriptor` in `index.json` (replacing what it pointed at), or lists the
     /// descriptor untagged when `tag` is `None` and it is not listed yet.
     ///
     /// # Errors
@@ -459,13 +459,18 @@ impl Store for OciLayout {
         RawDocument::verified(bytes, media_type, &digest)
     }
 
+    /// With a tag, the manifest is listed in `index.json` under it; without, only its blob is
+    /// stored (as for the children of an index): [`OciLayout::set_tag`] lists it untagged.
     async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> Result<()> {
         if let Some(t) = tag {
             validate_tag(t)?;
         }
         self.put_blob(document.digest(), document.size(), document.bytes())
             .await?;
-        self.set_tag(&document.descriptor(), tag)
+        match tag {
+            Some(t) => self.set_tag(&document.descriptor(), Some(t)),
+            None => Ok(()),
+        }
     }
 
     async fn resolve_tag(&self, tag: &str) -> Result<Descriptor> {
@@ -536,7 +541,7 @@ mod tests {
         layout.put_manifest(&doc(1), Some("a")).await.unwrap();
         layout.put_manifest(&doc(2), Some("b")).await.unwrap();
         layout.put_manifest(&doc(3), Some("a")).await.unwrap();
-        layout.put_manifest(&doc(3), None).await.unwrap(); // already listed: not added twice
+        layout.set_tag(&doc(3).descriptor(), None).unwrap(); // already listed: not added twice
         assert_eq!(layout.list_tags().await.unwrap(), ["a", "b"]);
         let a = layout.resolve_tag("a").await.unwrap();
         assert_eq!(a.digest().to_string(), doc(3).digest().to_string());

@@ -16,3 +16,4 @@ pub mod reference;
 pub mod store;
 pub mod time;
 pub mod verify;
+pub mod copy;

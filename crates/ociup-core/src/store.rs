@@ -68,8 +68,9 @@ pub trait Store: Send + Sync {
         reference: &ManifestRef,
     ) -> impl Future<Output = Result<RawDocument>> + Send;
 
-    /// Stores a manifest or index, and points `tag` at it when given. Call it only after every
-    /// blob and child manifest it references is stored.
+    /// Stores a manifest or index, and points `tag` at it when given (without a tag it is stored
+    /// by digest only). Call it only after every blob and child manifest it references is
+    /// stored.
     fn put_manifest(
         &self,
         document: &RawDocument,
@@ -81,6 +82,27 @@ pub trait Store: Send + Sync {
 
     /// Every tag, sorted.
     fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Whether the store has the manifest `digest` (a registry answers this with one HEAD).
+    fn has_manifest(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
+        self.blob_exists(digest)
+    }
+
+    /// Where other stores of the same registry can mount this store's blobs from, if anywhere.
+    fn mount_source(&self) -> Option<MountSource> {
+        None
+    }
+
+    /// Makes `digest` of `source` available here without moving its bytes, when the store can
+    /// (a registry, for a repository of the same registry). Returns whether it did.
+    fn mount_blob(
+        &self,
+        digest: &Digest,
+        source: &MountSource,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (digest, source);
+        async { Ok(false) }
+    }
 
     /// Whether the store has the blob.
     fn blob_exists(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
@@ -113,7 +135,28 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Copies one blob from `src` to `dst` unless `dst` has it already. Returns whether bytes moved.
+/// A repository a blob can be mounted from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSource {
+    /// `host[:port]` of the registry.
+    pub registry: String,
+    /// The repository in it.
+    pub repository: String,
+}
+
+/// What [`copy_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCopy {
+    /// The destination had it.
+    Present,
+    /// Mounted from the source's repository: no bytes moved.
+    Mounted,
+    /// Streamed from source to destination.
+    Copied,
+}
+
+/// Copies one blob from `src` to `dst` unless `dst` has it already, mounting it where both are
+/// repositories of one registry. `progress` is told the bytes as they stream.
 ///
 /// # Errors
 /// Whatever the stores report; the blob is verified on the way.
@@ -122,11 +165,56 @@ pub async fn copy_blob<A: Store, B: Store>(
     dst: &B,
     digest: &Digest,
     size: u64,
-) -> Result<bool> {
+) -> Result<BlobCopy> {
+    copy_blob_with(src, dst, digest, size, |_| {}).await
+}
+
+/// [`copy_blob`] with a callback for every chunk of bytes that streams through.
+///
+/// # Errors
+/// As [`copy_blob`].
+pub async fn copy_blob_with<A: Store, B: Store>(
+    src: &A,
+    dst: &B,
+    digest: &Digest,
+    size: u64,
+    progress: impl Fn(u64) + Send + Sync,
+) -> Result<BlobCopy> {
     if dst.blob_exists(digest).await? {
-        return Ok(false);
+        return Ok(BlobCopy::Present);
+    }
+    if let Some(source) = src.mount_source()
+        && dst.mount_blob(digest, &source).await?
+    {
+        return Ok(BlobCopy::Mounted);
     }
     let reader = src.get_blob(digest, size).await?;
-    dst.put_blob(digest, size, reader).await?;
-    Ok(true)
+    let counted = Counting {
+        inner: reader,
+        progress: &progress,
+    };
+    dst.put_blob(digest, size, counted).await?;
+    Ok(BlobCopy::Copied)
+}
+
+/// An `AsyncRead` that reports how many bytes pass.
+struct Counting<'a, R, F> {
+    inner: R,
+    progress: &'a F,
+}
+
+impl<R: AsyncRead + Unpin, F: Fn(u64)> AsyncRead for Counting<'_, R, F> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            (self.progress)(n as u64);
+        }
+        r
+    }
 }

@@ -123,7 +123,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncVerifyingReader<R> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 let eof = new.is_empty() && had_room;
-                Poll::Ready(this.check.feed(new, eof))
+                let checked = this.check.feed(new, eof);
+                if checked.is_err() {
+                    // A reader that fails hands out nothing from that call.
+                    buf.set_filled(before);
+                }
+                Poll::Ready(checked)
             }
             other => other,
         }

@@ -3,12 +3,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use ociup_core::config::ConfigChange;
 use ociup_core::layer::LayerBuilder;
-use ociup_core::layout::OciLayout;
 use ociup_core::ops::{self, AppendBase, AppendRequest};
 use ociup_core::reference::PlatformSpec;
 use ociup_core::store::ManifestRef;
+use ociup_registry::{AnyStore, StoreRef};
 
-use super::{open_for_reading, parse_platform, parse_ref};
+use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::AppendArgs;
 use crate::output;
 
@@ -80,7 +80,7 @@ fn changes(args: &AppendArgs) -> Result<Vec<ConfigChange>> {
     Ok(c)
 }
 
-pub async fn run(args: AppendArgs) -> Result<()> {
+pub async fn run(ctx: &Ctx, args: AppendArgs) -> Result<()> {
     let opts = super::layer_options(&args.layer)?;
     let created = opts.epoch;
     let platform = parse_platform(args.platform.as_deref())?;
@@ -124,51 +124,62 @@ pub async fn run(args: AppendArgs) -> Result<()> {
     };
 
     let dest_ref = parse_ref(&args.to)?;
-    if let Some(ManifestRef::Digest(_)) = dest_ref.image {
-        bail!(
-            "--to {}: write to a tag (oci:<dir>:<tag>) or to the layout itself",
-            args.to
-        );
+    if dest_ref.tag().is_none() && matches!(dest_ref.image(), Some(ManifestRef::Digest(_))) {
+        bail!("--to {}: write to a tag, not a digest", args.to);
     }
-    let dest =
-        OciLayout::open_or_create(&dest_ref.dir).with_context(|| format!("opening {}", args.to))?;
-    let staging = dest.root().join("blobs");
+    let base_ref = (args.base != "scratch")
+        .then(|| parse_ref(&args.base))
+        .transpose()?;
+    let client = ctx.client(&[&dest_ref, base_ref.as_ref().unwrap_or(&dest_ref)])?;
+    let dest = dest_ref
+        .open_for_writing(&client)
+        .with_context(|| format!("opening {}", args.to))?;
+    // Layers are built into a temporary file next to the blobs of a layout (one rename away),
+    // or in the system's temporary directory on the way to a registry.
+    let staging = match &dest {
+        AnyStore::Layout(l) => l.root().join("blobs"),
+        AnyStore::Registry(_) => std::env::temp_dir(),
+    };
 
-    let outcome = if args.base == "scratch" {
-        let p = platform.unwrap_or_else(host_platform);
-        ops::append_image::<OciLayout, _>(
-            AppendBase::Scratch(&p),
-            &dest,
-            dest_ref.tag(),
-            request,
-            &staging,
-        )
-        .await
-    } else {
-        let (store, reference, _) = open_for_reading(&args.base)?;
-        let image = ops::load_image(&store, &reference, platform.as_ref())
+    let outcome = match &base_ref {
+        None => {
+            let p = platform.unwrap_or_else(host_platform);
+            ops::append_image::<AnyStore, _>(
+                AppendBase::Scratch(&p),
+                &dest,
+                dest_ref.tag(),
+                request,
+                &staging,
+            )
             .await
-            .with_context(|| format!("reading base {}", args.base))?;
-        ops::append_image(
-            AppendBase::Image {
-                store: &store,
-                image: &image,
-                name: &args.base,
-            },
-            &dest,
-            dest_ref.tag(),
-            request,
-            &staging,
-        )
-        .await
+        }
+        Some(base_ref) => {
+            let (store, reference) = open_for_reading(base_ref, &client)?;
+            let image = ops::load_image(&store, &reference, platform.as_ref())
+                .await
+                .with_context(|| format!("reading base {}", args.base))?;
+            ops::append_image(
+                AppendBase::Image {
+                    store: &store,
+                    image: &image,
+                    name: &args.base,
+                },
+                &dest,
+                dest_ref.tag(),
+                request,
+                &staging,
+            )
+            .await
+        }
     }
     .with_context(|| format!("appending to {}", args.base))?;
+    if let (AnyStore::Layout(l), None) = (&dest, dest_ref.tag()) {
+        // An untagged result is listed in index.json, so oci:<dir> finds it.
+        l.set_tag(&outcome.manifest.descriptor(), None)?;
+    }
 
     let digest = outcome.manifest.digest();
-    let written = match dest_ref.tag() {
-        Some(t) => format!("oci:{}:{t}", dest_ref.dir.display()),
-        None => format!("oci:{}@{digest}", dest_ref.dir.display()),
-    };
+    let written = pinned(&dest_ref, digest);
     if args.json {
         output::json(&serde_json::json!({
             "reference": written,
@@ -184,5 +195,16 @@ pub async fn run(args: AppendArgs) -> Result<()> {
             output::line(format!("  layer   {} ({} bytes)", l.digest, l.size))?;
         }
         Ok(())
+    }
+}
+
+/// The reference of what was written, pinned to its digest.
+fn pinned(r: &StoreRef, digest: &ociup_core::Digest) -> String {
+    match r {
+        StoreRef::Layout(l) => match l.tag() {
+            Some(t) => format!("oci:{}:{t}@{digest}", l.dir.display()),
+            None => format!("oci:{}@{digest}", l.dir.display()),
+        },
+        StoreRef::Registry(reg) => format!("docker://{}", reg.with_digest(digest.clone())),
     }
 }

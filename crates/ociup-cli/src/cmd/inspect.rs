@@ -5,12 +5,14 @@ use ociup_core::document::Document;
 use ociup_core::ops;
 use serde_json::Value;
 
-use super::{open_for_reading, parse_platform};
+use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::InspectArgs;
 use crate::output;
 
-pub async fn run(args: InspectArgs) -> Result<()> {
-    let (store, reference, _) = open_for_reading(&args.reference)?;
+pub async fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
+    let r = parse_ref(&args.reference)?;
+    let client = ctx.client(&[&r])?;
+    let (store, reference) = open_for_reading(&r, &client)?;
     let platform = parse_platform(args.platform.as_deref())?;
     let doc = ops::load_document(&store, &reference)
         .await

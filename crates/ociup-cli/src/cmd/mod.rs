@@ -1,47 +1,98 @@
 //! One module per command; each parses its arguments into library calls.
 
 mod append;
+mod copy;
 mod inspect;
 mod layer;
 
+use std::io::Read;
+
 use anyhow::{Context, Result, bail};
 use ociup_core::layer::{LayerOptions, Owner};
-use ociup_core::layout::OciLayout;
 use ociup_core::media_type::Compression;
-use ociup_core::reference::{LayoutRef, PlatformSpec};
+use ociup_core::reference::PlatformSpec;
 use ociup_core::store::ManifestRef;
+use ociup_registry::{AnyStore, Client, ClientOptions, Credential, Credentials, StoreRef};
 
-use crate::args::{Cli, Command, CompressionArg, LayerCommand, LayerOpts};
+use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerOpts};
 
 pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new(&cli.global)?;
     match cli.command {
         Command::Layer(LayerCommand::Create(args)) => layer::create(args),
-        Command::Append(args) => append::run(*args).await,
-        Command::Inspect(args) => inspect::run(args).await,
+        Command::Append(args) => append::run(&ctx, *args).await,
+        Command::Inspect(args) => inspect::run(&ctx, args).await,
+        Command::Copy(args) => copy::run(&ctx, args).await,
     }
 }
 
-/// Parses a store reference. Only layouts exist so far; registry references come with
-/// `ociup-registry`.
-fn parse_ref(input: &str) -> Result<LayoutRef> {
-    if !input.starts_with("oci:") {
-        bail!(
-            "unsupported reference {input:?}: this version reads and writes OCI layout \
-             directories, written oci:<dir>[:<tag>|@<digest>]"
-        );
-    }
-    Ok(LayoutRef::parse(input)?)
+/// What every command that reaches a store needs: the parsed global options.
+pub struct Ctx {
+    insecure: Vec<String>,
+    ca_file: Option<std::path::PathBuf>,
+    login: Option<(String, String)>,
 }
 
-/// Opens the layout of a reference for reading, and what in it the reference names.
-fn open_for_reading(input: &str) -> Result<(OciLayout, ManifestRef, LayoutRef)> {
-    let r = parse_ref(input)?;
-    let layout = OciLayout::open(&r.dir)?;
-    let image = match &r.image {
-        Some(i) => i.clone(),
-        None => layout.sole_image()?,
+impl Ctx {
+    fn new(g: &GlobalArgs) -> Result<Self> {
+        let login = match (&g.username, g.password_stdin) {
+            (Some(u), true) => {
+                let mut p = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut p)
+                    .context("reading the password from standard input")?;
+                Some((u.clone(), p.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            (Some(u), false) => match std::env::var("OCIUP_PASSWORD") {
+                Ok(p) => Some((u.clone(), p)),
+                Err(_) => bail!("--username needs --password-stdin or OCIUP_PASSWORD"),
+            },
+            (None, _) => None,
+        };
+        Ok(Ctx {
+            insecure: g.insecure.clone(),
+            ca_file: g.ca_file.clone(),
+            login,
+        })
+    }
+
+    /// A client for the registries named in `refs` (the login applies to those).
+    fn client(&self, refs: &[&StoreRef]) -> Result<Client> {
+        let mut credentials = Credentials::from_env();
+        if let Some((u, p)) = &self.login {
+            for r in refs {
+                if let StoreRef::Registry(r) = r {
+                    credentials = credentials.with(
+                        r.registry(),
+                        Credential::Basic {
+                            username: u.clone(),
+                            password: p.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(Client::new(ClientOptions {
+            credentials,
+            insecure: self.insecure.clone(),
+            ca_file: self.ca_file.clone(),
+            ..ClientOptions::default()
+        })?)
+    }
+}
+
+fn parse_ref(input: &str) -> Result<StoreRef> {
+    StoreRef::parse(input).with_context(|| format!("parsing reference {input:?}"))
+}
+
+/// Opens the store of a reference for reading, and what in it the reference names.
+fn open_for_reading(r: &StoreRef, client: &Client) -> Result<(AnyStore, ManifestRef)> {
+    let store = r.open(client)?;
+    let image = match r.image() {
+        Some(i) => i,
+        None => store.default_image()?,
     };
-    Ok((layout, image, r))
+    Ok((store, image))
 }
 
 fn parse_platform(p: Option<&str>) -> Result<Option<PlatformSpec>> {
@@ -58,12 +109,8 @@ fn layer_options(o: &LayerOpts) -> Result<LayerOptions> {
                 .split_once(':')
                 .with_context(|| format!("--owner {s:?}: expected UID:GID"))?;
             Owner::Fixed {
-                uid: u
-                    .parse()
-                    .with_context(|| format!("--owner: bad uid {u:?}"))?,
-                gid: g
-                    .parse()
-                    .with_context(|| format!("--owner: bad gid {g:?}"))?,
+                uid: u.parse().with_context(|| format!("--owner: bad uid {u:?}"))?,
+                gid: g.parse().with_context(|| format!("--owner: bad gid {g:?}"))?,
             }
         }
         (None, false) => Owner::Root,

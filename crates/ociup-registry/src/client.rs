@@ -1,0 +1,669 @@
+//! The HTTP client: one per process or per operation, shared by every repository handle made
+//! from it. It owns the connection pool, the bound on concurrent requests, what it learned about
+//! each registry (scheme, auth scheme, tokens per scope set) and the retry policy.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::{Mutex, Semaphore};
+use url::Url;
+
+use crate::auth::token::{self, Token};
+use crate::auth::{Credential, Credentials, challenge};
+use crate::error::{Error, Result, display_url};
+use crate::reference::{Reference, is_loopback_host};
+use crate::repository::Repository;
+
+/// How failed requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles with each further one, with jitter.
+    pub base_delay: Duration,
+    /// Longest single delay, `Retry-After` included.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Where credentials come from.
+    pub credentials: Credentials,
+    /// Registries (`host[:port]`) reached over plain HTTP. Loopback registries may always fall
+    /// back to plain HTTP when HTTPS fails; no other registry ever does.
+    pub insecure: Vec<String>,
+    /// A PEM file of extra CA certificates, trusted beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Requests in flight at once, across all registries of this client.
+    pub max_concurrent_requests: usize,
+    /// Retries of failed requests.
+    pub retry: RetryPolicy,
+    /// Blobs up to this size are uploaded in one PUT; larger ones in PATCH chunks of this size
+    /// (or the registry's `OCI-Chunk-Min-Length`, if larger). Also the most a single upload holds
+    /// in memory.
+    pub chunk_size: usize,
+    /// Times a broken blob download is resumed with `Range`.
+    pub download_resumes: u32,
+    /// The User-Agent header.
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            credentials: Credentials::anonymous(),
+            insecure: Vec::new(),
+            ca_file: None,
+            max_concurrent_requests: 8,
+            retry: RetryPolicy::default(),
+            chunk_size: 8 * 1024 * 1024,
+            download_resumes: 3,
+            user_agent: concat!("ociup/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+enum AuthScheme {
+    /// Not known yet: requests go without credentials until a 401 says what to do.
+    #[default]
+    Unknown,
+    Basic(HeaderValue),
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    scheme: Option<&'static str>,
+    auth: AuthScheme,
+    tokens: HashMap<String, Token>,
+    credential: Option<Credential>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    permits: Semaphore,
+    registries: Mutex<HashMap<String, RegistryState>>,
+    requests: AtomicU64,
+    token_fetches: AtomicU64,
+}
+
+/// A registry client. Cheap to clone; clones share connections, tokens and limits.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("insecure", &self.inner.opts.insecure)
+            .field("requests", &self.requests_sent())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// A path under the registry's root, starting with `/v2/`.
+    Path(String),
+    /// A full URL (an upload `Location`).
+    Url(Url),
+}
+
+/// One request, replayable: bodies are in memory so retries and re-authentication can resend.
+#[derive(Clone, Debug)]
+pub(crate) struct Request {
+    pub method: Method,
+    pub target: Target,
+    /// Token scopes the request needs (`repository:name:pull,push`).
+    pub scopes: Vec<String>,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+impl Request {
+    pub fn new(method: Method, target: Target, scopes: Vec<String>) -> Self {
+        Request {
+            method,
+            target,
+            scopes,
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+impl Client {
+    /// A client with these options.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the CA file cannot be read or parsed.
+    pub fn new(opts: ClientOptions) -> Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(opts.user_agent.clone())
+            .connect_timeout(Duration::from_secs(15))
+            .pool_idle_timeout(Duration::from_secs(60))
+            // reqwest drops Authorization (and cookies) when a redirect leaves the host, so
+            // credentials never follow a blob download to object storage.
+            .redirect(reqwest::redirect::Policy::limited(10));
+        if let Some(ca) = &opts.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::Config(format!("reading CA file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!("CA file {} holds no usable PEM certificate: {e}", ca.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "CA file {} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("setting up HTTP: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                permits: Semaphore::new(opts.max_concurrent_requests.max(1)),
+                http,
+                opts,
+                registries: Mutex::new(HashMap::new()),
+                requests: AtomicU64::new(0),
+                token_fetches: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A handle on one repository.
+    pub fn repository(&self, reference: &Reference) -> Repository {
+        Repository::new(self.clone(), reference)
+    }
+
+    /// HTTP requests sent so far (retries and token fetches not included in the latter).
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Tokens fetched so far.
+    pub fn token_fetches(&self) -> u64 {
+        self.inner.token_fetches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+
+    async fn url_for(&self, registry: &str, target: &Target) -> Result<(Url, bool)> {
+        match target {
+            Target::Url(u) => Ok((u.clone(), true)),
+            Target::Path(p) => {
+                let known = self
+                    .inner
+                    .registries
+                    .lock()
+                    .await
+                    .get(registry)
+                    .and_then(|s| s.scheme);
+                let scheme = known.unwrap_or_else(|| self.default_scheme(registry));
+                let url = Url::parse(&format!("{scheme}://{registry}{p}")).map_err(|e| {
+                    Error::Config(format!("cannot make a URL for {registry}{p}: {e}"))
+                })?;
+                Ok((url, known.is_some()))
+            }
+        }
+    }
+
+    fn default_scheme(&self, registry: &str) -> &'static str {
+        if self.inner.opts.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    async fn credential(&self, registry: &str) -> Result<Credential> {
+        if let Some(c) = self
+            .inner
+            .registries
+            .lock()
+            .await
+            .get(registry)
+            .and_then(|s| s.credential.clone())
+        {
+            return Ok(c);
+        }
+        let creds = self.inner.opts.credentials.clone();
+        let reg = registry.to_owned();
+        // A credential helper is a process; keep it off the async threads.
+        let c = tokio::task::spawn_blocking(move || creds.lookup(&reg))
+            .await
+            .map_err(|e| Error::Auth {
+                registry: registry.to_owned(),
+                reason: format!("credential lookup failed: {e}"),
+            })?
+            .map_err(|reason| Error::Auth {
+                registry: registry.to_owned(),
+                reason,
+            })?;
+        self.inner
+            .registries
+            .lock()
+            .await
+            .entry(registry.to_owned())
+            .or_default()
+            .credential = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The Authorization header for a request, fetching a token for its scopes when the registry
+    /// is known to want one and none is cached or the cached one expired.
+    async fn authorization(&self, registry: &str, scopes: &[String]) -> Result<Option<HeaderValue>> {
+        let auth = self
+            .inner
+            .registries
+            .lock()
+            .await
+            .get(registry)
+            .map(|s| s.auth.clone())
+            .unwrap_or_default();
+        match auth {
+            AuthScheme::Unknown => Ok(None),
+            AuthScheme::Basic(h) => Ok(Some(h)),
+            AuthScheme::Bearer { realm, service } => {
+                let key = scope_key(scopes);
+                let cached = self
+                    .inner
+                    .registries
+                    .lock()
+                    .await
+                    .get(registry)
+                    .and_then(|s| s.tokens.get(&key).cloned())
+                    .filter(Token::is_fresh);
+                let token = match cached {
+                    Some(t) => t,
+                    None => self.fetch_token(registry, &realm, service.as_deref(), scopes).await?,
+                };
+                Ok(HeaderValue::from_str(&format!("Bearer {}", token.value)).ok())
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Token> {
+        let credential = self.credential(registry).await?;
+        self.inner.token_fetches.fetch_add(1, Ordering::Relaxed);
+        let t = token::fetch(&self.inner.http, registry, realm, service, scopes, &credential).await?;
+        self.inner
+            .registries
+            .lock()
+            .await
+            .entry(registry.to_owned())
+            .or_default()
+            .tokens
+            .insert(scope_key(scopes), t.clone());
+        Ok(t)
+    }
+
+    /// Learns how to authenticate from a 401. Returns whether retrying with credentials makes
+    /// sense.
+    async fn learn_auth(&self, registry: &str, resp: &Response, scopes: &[String]) -> Result<bool> {
+        let challenges: Vec<challenge::Challenge> = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(challenge::parse)
+            .collect();
+        if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let Some(realm) = b.params.get("realm").cloned() else {
+                return Err(Error::Auth {
+                    registry: registry.to_owned(),
+                    reason: "the bearer challenge names no realm".into(),
+                });
+            };
+            let service = b.params.get("service").cloned();
+            let mut wanted: Vec<String> = scopes.to_vec();
+            if let Some(s) = b.params.get("scope") {
+                wanted.extend(s.split(' ').map(str::to_owned));
+            }
+            wanted.sort();
+            wanted.dedup();
+            {
+                let mut regs = self.inner.registries.lock().await;
+                let st = regs.entry(registry.to_owned()).or_default();
+                st.auth = AuthScheme::Bearer {
+                    realm: realm.clone(),
+                    service: service.clone(),
+                };
+            }
+            let token = self
+                .fetch_token(registry, &realm, service.as_deref(), &wanted)
+                .await?;
+            // Requests with the original scope set use this token too.
+            self.inner
+                .registries
+                .lock()
+                .await
+                .entry(registry.to_owned())
+                .or_default()
+                .tokens
+                .insert(scope_key(scopes), token);
+            return Ok(true);
+        }
+        if challenges.iter().any(|c| c.scheme == "basic") {
+            let Credential::Basic { username, password } = self.credential(registry).await? else {
+                return Ok(false);
+            };
+            let header = basic_header(&username, &password);
+            self.inner
+                .registries
+                .lock()
+                .await
+                .entry(registry.to_owned())
+                .or_default()
+                .auth = AuthScheme::Basic(header);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Sends a request: authenticates on a 401 (once), retries what may pass with backoff and
+    /// jitter, honours `Retry-After`, and on a loopback registry falls back from HTTPS to HTTP.
+    /// The response may still be an error status; see [`Client::check`].
+    pub(crate) async fn send(&self, registry: &str, req: &Request) -> Result<Response> {
+        let policy = &self.inner.opts.retry;
+        let mut attempt: u32 = 0;
+        let mut authenticated = false;
+        let mut fell_back = false;
+        loop {
+            let (url, scheme_known) = self.url_for(registry, &req.target).await?;
+            let auth = self.authorization(registry, &req.scopes).await?;
+            let mut rb = self
+                .inner
+                .http
+                .request(req.method.clone(), url.clone())
+                .headers(req.headers.clone());
+            if let Some(h) = auth {
+                rb = rb.header(AUTHORIZATION, h);
+            }
+            if let Some(b) = &req.body {
+                rb = rb.body(b.clone());
+            }
+            let sent = {
+                let _permit = self.inner.permits.acquire().await.map_err(|_| {
+                    Error::Config("the client's request limit was closed".into())
+                })?;
+                self.inner.requests.fetch_add(1, Ordering::Relaxed);
+                rb.send().await
+            };
+            match sent {
+                Err(e) => {
+                    if !scheme_known
+                        && !fell_back
+                        && url.scheme() == "https"
+                        && is_loopback_host(registry)
+                        && matches!(req.target, Target::Path(_))
+                    {
+                        tracing::debug!(registry, "HTTPS failed on a loopback registry, trying HTTP");
+                        fell_back = true;
+                        self.set_scheme(registry, "http").await;
+                        continue;
+                    }
+                    let err = transport_error(&req.method, &url, &e);
+                    if err.is_retryable() && attempt + 1 < policy.max_attempts {
+                        let delay = backoff(policy, attempt);
+                        attempt += 1;
+                        tracing::debug!(%err, attempt, ?delay, "retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(resp) => {
+                    if !scheme_known && matches!(req.target, Target::Path(_)) {
+                        self.set_scheme(registry, if url.scheme() == "http" { "http" } else { "https" })
+                            .await;
+                    }
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED && !authenticated {
+                        authenticated = true;
+                        if self.learn_auth(registry, &resp, &req.scopes).await? {
+                            continue;
+                        }
+                        return Ok(resp);
+                    }
+                    let retryable = matches!(status.as_u16(), 408 | 429)
+                        || (status.is_server_error() && !matches!(status.as_u16(), 501 | 505));
+                    if retryable && attempt + 1 < policy.max_attempts {
+                        let delay = retry_after(&resp)
+                            .map(|d| d.min(policy.max_delay))
+                            .unwrap_or_else(|| backoff(policy, attempt));
+                        attempt += 1;
+                        tracing::debug!(
+                            method = %req.method,
+                            url = %display_url(&url),
+                            %status,
+                            attempt,
+                            ?delay,
+                            "retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+
+    async fn set_scheme(&self, registry: &str, scheme: &'static str) {
+        self.inner
+            .registries
+            .lock()
+            .await
+            .entry(registry.to_owned())
+            .or_default()
+            .scheme = Some(scheme);
+    }
+
+    /// Sends and turns an unexpected status into [`Error::Http`].
+    pub(crate) async fn send_expect(
+        &self,
+        registry: &str,
+        req: &Request,
+        ok: &[u16],
+    ) -> Result<Response> {
+        let resp = self.send(registry, req).await?;
+        if ok.contains(&resp.status().as_u16()) {
+            Ok(resp)
+        } else {
+            Err(http_error(&req.method, resp).await)
+        }
+    }
+}
+
+fn scope_key(scopes: &[String]) -> String {
+    let mut s = scopes.to_vec();
+    s.sort();
+    s.dedup();
+    s.join(" ")
+}
+
+fn basic_header(username: &str, password: &str) -> HeaderValue {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+/// Exponential backoff with jitter: base * 2^attempt, capped, times a factor in [0.5, 1).
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy
+        .base_delay
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.max_delay);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 2000.0;
+    exp.mul_f64(jitter)
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn transport_error(method: &Method, url: &Url, e: &reqwest::Error) -> Error {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    Error::Transport {
+        method: method.to_string(),
+        url: display_url(url),
+        reason,
+        retryable: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// An [`Error::Http`] from an error response, with the registry's codes and messages, or a short
+/// description of a body that is not the spec's error JSON (an HTML page from a proxy).
+pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
+    let url = display_url(resp.url());
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    let body = &body[..body.len().min(64 * 1024)];
+    let (codes, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) if !b.errors.is_empty() => (
+            b.errors.iter().map(|e| e.code.clone()).collect(),
+            b.errors
+                .iter()
+                .map(|e| e.message.clone())
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        _ => (Vec::new(), describe_body(body)),
+    };
+    Error::Http {
+        method: method.to_string(),
+        url,
+        status,
+        codes,
+        message,
+    }
+}
+
+fn describe_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    if text.starts_with('<') {
+        let title = text
+            .find("<title>")
+            .and_then(|i| text[i + 7..].split("</title>").next())
+            .map(str::trim)
+            .unwrap_or("");
+        return if title.is_empty() {
+            "an HTML page instead of a registry answer".into()
+        } else {
+            format!("an HTML page instead of a registry answer ({title})")
+        };
+    }
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        let d0 = backoff(&p, 0);
+        assert!(d0 >= Duration::from_millis(50) && d0 < Duration::from_millis(100));
+        let d3 = backoff(&p, 3);
+        assert!(d3 >= Duration::from_millis(400) && d3 < Duration::from_millis(800));
+        assert!(backoff(&p, 10) < Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn bodies_are_described_briefly() {
+        assert_eq!(
+            describe_body(b"<html><head><title>502 Bad Gateway</title></head></html>"),
+            "an HTML page instead of a registry answer (502 Bad Gateway)"
+        );
+        assert_eq!(describe_body(b"  plain\n text "), "plain text");
+    }
+}

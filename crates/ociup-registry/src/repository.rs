@@ -1,0 +1,630 @@
+//! One repository of a registry, as a [`Store`].
+
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use oci_spec::image::{Descriptor, MediaType};
+use ociup_core::Digest;
+use ociup_core::document::RawDocument;
+use ociup_core::media_type;
+use ociup_core::store::{BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, Store};
+use ociup_core::verify::AsyncVerifyingReader;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, LOCATION, RANGE};
+use reqwest::{Method, Response};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use url::Url;
+
+use crate::client::{Client, Request, Target, http_error};
+use crate::error::{Error, Result, display_url};
+use crate::reference::Reference;
+
+/// Every manifest type ociup reads.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+const DIGEST_HEADER: &str = "docker-content-digest";
+
+/// A repository (`registry/name`) reached through a [`Client`].
+#[derive(Clone, Debug)]
+pub struct Repository {
+    client: Client,
+    registry: String,
+    api_host: String,
+    name: String,
+}
+
+impl Repository {
+    pub(crate) fn new(client: Client, reference: &Reference) -> Self {
+        Repository {
+            client,
+            registry: reference.registry().to_owned(),
+            api_host: reference.api_host().to_owned(),
+            name: reference.repository().to_owned(),
+        }
+    }
+
+    /// The registry (`host[:port]`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The repository name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client this handle uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn pull(&self) -> Vec<String> {
+        vec![format!("repository:{}:pull", self.name)]
+    }
+
+    fn push(&self) -> Vec<String> {
+        vec![format!("repository:{}:pull,push", self.name)]
+    }
+
+    fn path(&self, rest: &str) -> Target {
+        Target::Path(format!("/v2/{}/{rest}", self.name))
+    }
+
+    async fn send(&self, req: Request, ok: &[u16]) -> Result<Response> {
+        self.client.send_expect(&self.api_host, &req, ok).await
+    }
+
+    /// HEAD of a manifest: its descriptor, or `None` when the registry does not have it. Falls
+    /// back to GET when the registry leaves out `Docker-Content-Digest`.
+    ///
+    /// # Errors
+    /// Registry and transport errors other than 404.
+    pub async fn head_manifest(&self, reference: &ManifestRef) -> Result<Option<Descriptor>> {
+        let req = Request::new(Method::HEAD, self.path(&format!("manifests/{}", ref_str(reference))), self.pull())
+            .header(ACCEPT, ACCEPT_MANIFESTS);
+        let resp = self.client.send(&self.api_host, &req).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(http_error(&Method::HEAD, resp).await);
+        }
+        let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
+        let size = header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok());
+        let digest = header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok());
+        match (digest, size) {
+            (Some(d), Some(size)) if !media_type.is_empty() => {
+                if let ManifestRef::Digest(want) = reference
+                    && want != &d
+                {
+                    return Err(Error::Protocol {
+                        url: display_url(resp.url()),
+                        reason: format!("asked for {want}, the registry answered for {d}"),
+                    });
+                }
+                Ok(Some(Descriptor::new(MediaType::from(media_type.as_str()), size, d.to_oci())))
+            }
+            _ => {
+                let raw = self.fetch_manifest(reference).await?;
+                Ok(Some(raw.descriptor()))
+            }
+        }
+    }
+
+    async fn fetch_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
+        let req = Request::new(Method::GET, self.path(&format!("manifests/{}", ref_str(reference))), self.pull())
+            .header(ACCEPT, ACCEPT_MANIFESTS);
+        let resp = self.send(req, &[200]).await?;
+        let url = display_url(resp.url());
+        let headers = resp.headers().clone();
+        if let Some(len) = header_str(&headers, CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok())
+            && len > MAX_DOCUMENT_SIZE
+        {
+            return Err(Error::Protocol {
+                url,
+                reason: format!("a manifest of {len} bytes is larger than ociup accepts"),
+            });
+        }
+        let body = read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?;
+        if let ManifestRef::Digest(want) = reference {
+            want.verify(&body, || format!("manifest from {url}"))
+                .map_err(|e| Error::Protocol { url: url.clone(), reason: e.to_string() })?;
+        }
+        if let Some(header) = header_str(&headers, DIGEST_HEADER)
+            && let Ok(d) = header.parse::<Digest>()
+        {
+            let mine = d.same_algorithm_of(&body);
+            if mine != d {
+                return Err(Error::Protocol {
+                    url,
+                    reason: format!(
+                        "Docker-Content-Digest says {d} but the body hashes to {mine}"
+                    ),
+                });
+            }
+        }
+        let media_type = header_str(&headers, CONTENT_TYPE.as_str())
+            .map(|m| m.split(';').next().unwrap_or("").trim().to_owned())
+            .filter(|m| media_type::document_kind(m).is_ok())
+            .unwrap_or_default();
+        Ok(RawDocument::new(body.to_vec(), media_type))
+    }
+
+    /// Deletes a manifest by digest (where the registry allows deletion).
+    ///
+    /// # Errors
+    /// [`Error::Http`] with `UNSUPPORTED` or 405 when deletion is off.
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        let req = Request::new(Method::DELETE, self.path(&format!("manifests/{digest}")), self.push_delete());
+        self.send(req, &[202, 200]).await.map(drop)
+    }
+
+    /// Deletes a tag (distribution-spec 1.1; many registries refuse and want the digest deleted).
+    ///
+    /// # Errors
+    /// [`Error::Http`] when the registry refuses.
+    pub async fn delete_tag(&self, tag: &str) -> Result<()> {
+        let req = Request::new(Method::DELETE, self.path(&format!("manifests/{tag}")), self.push_delete());
+        self.send(req, &[202, 200]).await.map(drop)
+    }
+
+    fn push_delete(&self) -> Vec<String> {
+        vec![format!("repository:{}:delete,pull,push", self.name)]
+    }
+
+    /// Manifests that refer to `digest` (their `subject`), from the referrers API, or from the
+    /// `<alg>-<hex>` tag index where the registry has no referrers API.
+    ///
+    /// # Errors
+    /// Registry and transport errors.
+    pub async fn referrers(&self, digest: &Digest) -> Result<Vec<Descriptor>> {
+        let req = Request::new(Method::GET, self.path(&format!("referrers/{digest}")), self.pull())
+            .header(ACCEPT, media_type::OCI_INDEX);
+        let resp = self.client.send(&self.api_host, &req).await?;
+        let doc = if resp.status().is_success()
+            && header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|c| c.starts_with(media_type::OCI_INDEX))
+        {
+            let url = display_url(resp.url());
+            read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?.to_vec()
+        } else if matches!(resp.status().as_u16(), 404 | 405 | 400) || resp.status().is_success() {
+            // No referrers API: the tag schema.
+            let tag = ManifestRef::Tag(format!("{}-{}", digest.algorithm(), digest.hex()));
+            match self.fetch_manifest(&tag).await {
+                Ok(raw) => raw.bytes().to_vec(),
+                Err(Error::Http { status: 404, .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        } else {
+            return Err(http_error(&Method::GET, resp).await);
+        };
+        let index: oci_spec::image::ImageIndex = serde_json::from_slice(&doc).map_err(|e| Error::Protocol {
+            url: format!("{}/{}", self.registry, self.name),
+            reason: format!("the referrers index does not parse: {e}"),
+        })?;
+        Ok(index.manifests().clone())
+    }
+
+    /// Mounts a blob from another repository of the same registry: true when mounted, false when
+    /// the registry answered 202 (it opened an upload instead, which is left to expire).
+    async fn mount(&self, digest: &Digest, from: &str) -> Result<bool> {
+        let mut scopes = self.push();
+        scopes.push(format!("repository:{from}:pull"));
+        let target = self.path(&format!("blobs/uploads/?mount={digest}&from={from}"));
+        let req = Request::new(Method::POST, target, scopes).header(CONTENT_LENGTH, "0");
+        let resp = self.send(req, &[201, 202]).await?;
+        Ok(resp.status().as_u16() == 201)
+    }
+
+    async fn start_upload(&self) -> Result<(Url, usize)> {
+        let req = Request::new(Method::POST, self.path("blobs/uploads/"), self.push()).header(CONTENT_LENGTH, "0");
+        let resp = self.send(req, &[202]).await?;
+        let min_chunk = header_str(resp.headers(), "oci-chunk-min-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        Ok((location(&resp)?, min_chunk))
+    }
+
+    /// Uploads a blob, one PUT when it fits a chunk, else PATCH chunks, resuming a failed chunk
+    /// from the registry's `Range`.
+    async fn upload<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
+        let (mut url, min_chunk) = self.start_upload().await?;
+        let chunk_size = self.client.options().chunk_size.max(min_chunk).max(1);
+        // A source that does not match its digest fails here, before the commit.
+        let read_err = |e| ociup_core::Error::from_io(format!("reading blob {digest}"), e);
+        if size <= chunk_size as u64 {
+            let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            reader.read_to_end(&mut body).await.map_err(read_err)?;
+            let req = Request::new(Method::PUT, Target::Url(with_digest(&url, digest)), self.push())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(Bytes::from(body));
+            let resp = self.send(req, &[201]).await?;
+            return Ok(self.check_blob_digest(&resp, digest)?);
+        }
+        let mut offset: u64 = 0;
+        loop {
+            let mut chunk = BytesMut::with_capacity(chunk_size);
+            while chunk.len() < chunk_size {
+                let n = (&mut reader)
+                    .take((chunk_size - chunk.len()) as u64)
+                    .read_buf(&mut chunk)
+                    .await
+                    .map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let chunk = chunk.freeze();
+            url = self.patch_chunk(url, offset, chunk.clone()).await?;
+            offset += chunk.len() as u64;
+        }
+        // The verifying reader has seen the end: size and digest matched, or we failed above.
+        let req = Request::new(Method::PUT, Target::Url(with_digest(&url, digest)), self.push())
+            .header(CONTENT_LENGTH, "0");
+        let resp = self.send(req, &[201]).await?;
+        Ok(self.check_blob_digest(&resp, digest)?)
+    }
+
+    /// Sends one chunk; if it fails, asks the registry how much it has and sends the rest of the
+    /// chunk from there.
+    async fn patch_chunk(&self, url: Url, offset: u64, chunk: Bytes) -> Result<Url> {
+        let end = offset + chunk.len() as u64 - 1;
+        let req = Request::new(Method::PATCH, Target::Url(url.clone()), self.push())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_RANGE, &format!("{offset}-{end}"))
+            .body(chunk.clone());
+        match self.send(req, &[202]).await {
+            Ok(resp) => location(&resp),
+            Err(first) => {
+                // How much did the registry keep?
+                let status = Request::new(Method::GET, Target::Url(url.clone()), self.push());
+                let resp = self.send(status, &[204]).await.map_err(|_| first)?;
+                let have = header_str(resp.headers(), RANGE.as_str())
+                    .and_then(|r| r.split('-').nth(1).and_then(|e| e.parse::<u64>().ok()))
+                    .map_or(0, |e| e + 1);
+                let url = location(&resp).unwrap_or(url);
+                if have < offset || have > end + 1 {
+                    return Err(Error::Protocol {
+                        url: display_url(&url),
+                        reason: format!(
+                            "the upload cannot resume: the registry holds {have} bytes, the chunk \
+                             starts at {offset}"
+                        ),
+                    });
+                }
+                if have == end + 1 {
+                    return Ok(url);
+                }
+                let rest = chunk.slice(usize::try_from(have - offset).unwrap_or(0)..);
+                tracing::debug!(have, offset, "resuming an upload chunk");
+                let req = Request::new(Method::PATCH, Target::Url(url), self.push())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, &format!("{have}-{end}"))
+                    .body(rest);
+                location(&self.send(req, &[202]).await?)
+            }
+        }
+    }
+
+    fn check_blob_digest(&self, resp: &Response, digest: &Digest) -> Result<()> {
+        if let Some(d) = header_str(resp.headers(), DIGEST_HEADER)
+            && d != digest.to_string()
+        {
+            return Err(Error::Protocol {
+                url: display_url(resp.url()),
+                reason: format!("uploaded {digest}, the registry stored {d}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every tag, following `Link` pagination.
+    async fn tags(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut target = self.path("tags/list?n=1000");
+        for _ in 0..10_000 {
+            let req = Request::new(Method::GET, target.clone(), self.pull());
+            let resp = self.client.send(&self.api_host, &req).await?;
+            if resp.status().as_u16() == 404 {
+                break; // NAME_UNKNOWN: no tags
+            }
+            if !resp.status().is_success() {
+                return Err(http_error(&Method::GET, resp).await);
+            }
+            let next = header_str(resp.headers(), LINK.as_str())
+                .and_then(|l| next_link(&l))
+                .map(|n| resp.url().join(&n));
+            let url = display_url(resp.url());
+            let body = read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+                url: url.clone(),
+                reason: format!("the tag list does not parse: {e}"),
+            })?;
+            out.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(Ok(u)) => target = Target::Url(u),
+                Some(Err(e)) => {
+                    return Err(Error::Protocol { url, reason: format!("bad Link header: {e}") });
+                }
+                None => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn blob_stream(&self, digest: &Digest, size: u64) -> Result<BlobStream> {
+        let first = self.get_blob_from(digest, 0).await?;
+        let state = Download {
+            repo: self.clone(),
+            digest: digest.clone(),
+            size,
+            offset: 0,
+            skip: 0,
+            body: Box::pin(first.bytes_stream()),
+            resumes_left: self.client.options().download_resumes,
+        };
+        Ok(Box::pin(futures_util::stream::try_unfold(state, Download::next)))
+    }
+
+    async fn get_blob_from(&self, digest: &Digest, offset: u64) -> Result<Response> {
+        let mut req = Request::new(Method::GET, self.path(&format!("blobs/{digest}")), self.pull());
+        if offset > 0 {
+            req = req.header(RANGE, &format!("bytes={offset}-"));
+        }
+        self.send(req, &[200, 206]).await
+    }
+}
+
+type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A blob download that picks up where it broke off.
+struct Download {
+    repo: Repository,
+    digest: Digest,
+    size: u64,
+    offset: u64,
+    /// Bytes to drop from the body: a registry that ignored `Range` and sent it all again.
+    skip: u64,
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    resumes_left: u32,
+}
+
+impl Download {
+    async fn next(mut self) -> std::io::Result<Option<(Bytes, Download)>> {
+        loop {
+            match self.body.next().await {
+                Some(Ok(mut chunk)) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(chunk.len() as u64) as usize;
+                        self.skip -= drop as u64;
+                        chunk = chunk.slice(drop..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    self.offset += chunk.len() as u64;
+                    return Ok(Some((chunk, self)));
+                }
+                None => return Ok(None),
+                Some(Err(e)) if self.resumes_left > 0 && self.offset < self.size => {
+                    self.resumes_left -= 1;
+                    tracing::debug!(digest = %self.digest, offset = self.offset, error = %e, "resuming a blob download");
+                    let resp = self
+                        .repo
+                        .get_blob_from(&self.digest, self.offset)
+                        .await
+                        .map_err(|e| ociup_core::Error::from(e).into_io())?;
+                    self.skip = if resp.status().as_u16() == 206 { 0 } else { self.offset };
+                    self.body = Box::pin(resp.bytes_stream());
+                }
+                Some(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        format!("downloading blob {}: {e}", self.digest),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn ref_str(r: &ManifestRef) -> String {
+    match r {
+        ManifestRef::Tag(t) => t.clone(),
+        ManifestRef::Digest(d) => d.to_string(),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// The `Location` of an upload answer, relative or absolute, resolved against the request URL.
+fn location(resp: &Response) -> Result<Url> {
+    let loc = header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| Error::Protocol {
+        url: display_url(resp.url()),
+        reason: format!("{} without a Location header", resp.status()),
+    })?;
+    resp.url().join(&loc).map_err(|e| Error::Protocol {
+        url: display_url(resp.url()),
+        reason: format!("the Location {loc:?} is not a URL: {e}"),
+    })
+}
+
+fn with_digest(url: &Url, digest: &Digest) -> Url {
+    let mut u = url.clone();
+    u.query_pairs_mut().append_pair("digest", &digest.to_string());
+    u
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+async fn read_limited(resp: Response, limit: u64, url: &str) -> Result<Bytes> {
+    let mut out = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Transport {
+            method: "GET".into(),
+            url: url.to_owned(),
+            reason: e.to_string(),
+            retryable: true,
+        })?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(Error::Protocol {
+                url: url.to_owned(),
+                reason: format!("the answer is larger than {limit} bytes"),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+impl Store for Repository {
+    fn location(&self) -> String {
+        format!("{}/{}", self.registry, self.name)
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> ociup_core::Result<Option<u64>> {
+        let req = Request::new(Method::HEAD, self.path(&format!("blobs/{digest}")), self.pull());
+        let resp = self.client.send(&self.api_host, &req).await?;
+        match resp.status().as_u16() {
+            404 => Ok(None),
+            200 => Ok(header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                .and_then(|s| s.parse().ok())
+                .or(Some(0))),
+            _ => Err(http_error(&Method::HEAD, resp).await.into()),
+        }
+    }
+
+    async fn get_blob(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
+        let stream = match self.blob_stream(digest, size).await {
+            Ok(s) => s,
+            Err(Error::Http { status: 404, .. }) => {
+                return Err(ociup_core::Error::BlobNotFound {
+                    digest: digest.clone(),
+                    store: self.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let reader = tokio_util::io::StreamReader::new(stream.map_err(|e| e));
+        Ok(Box::pin(AsyncVerifyingReader::new(reader, digest.clone(), size)))
+    }
+
+    async fn put_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        if self.blob_size(digest).await?.is_some() {
+            return Ok(());
+        }
+        self.upload(digest, size, data).await
+    }
+
+    async fn get_manifest(&self, reference: &ManifestRef) -> ociup_core::Result<RawDocument> {
+        match self.fetch_manifest(reference).await {
+            Ok(raw) => Ok(raw),
+            Err(Error::Http { status: 404, .. }) => match reference {
+                ManifestRef::Tag(t) => Err(ociup_core::Error::TagNotFound { tag: t.clone(), store: self.location() }),
+                ManifestRef::Digest(d) => Err(ociup_core::Error::BlobNotFound { digest: d.clone(), store: self.location() }),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> ociup_core::Result<()> {
+        let reference = match tag {
+            Some(t) => {
+                ociup_core::layout::validate_tag(t)?;
+                t.to_owned()
+            }
+            None => document.digest().to_string(),
+        };
+        let req = Request::new(Method::PUT, self.path(&format!("manifests/{reference}")), self.push())
+            .header(CONTENT_TYPE, document.media_type())
+            .body(Bytes::copy_from_slice(document.bytes()));
+        let resp = self.send(req, &[201, 200]).await?;
+        if let Some(d) = header_str(resp.headers(), DIGEST_HEADER)
+            && d != document.digest().to_string()
+        {
+            return Err(Error::Protocol {
+                url: display_url(resp.url()),
+                reason: format!("put manifest {}, the registry stored {d}", document.digest()),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn resolve_tag(&self, tag: &str) -> ociup_core::Result<Descriptor> {
+        self.head_manifest(&ManifestRef::Tag(tag.to_owned()))
+            .await?
+            .ok_or_else(|| ociup_core::Error::TagNotFound { tag: tag.to_owned(), store: self.location() })
+    }
+
+    async fn list_tags(&self) -> ociup_core::Result<Vec<String>> {
+        Ok(self.tags().await?)
+    }
+
+    async fn has_manifest(&self, digest: &Digest) -> ociup_core::Result<bool> {
+        Ok(self.head_manifest(&ManifestRef::Digest(digest.clone())).await?.is_some())
+    }
+
+    fn mount_source(&self) -> Option<MountSource> {
+        Some(MountSource {
+            registry: self.registry.clone(),
+            repository: self.name.clone(),
+        })
+    }
+
+    async fn mount_blob(&self, digest: &Digest, source: &MountSource) -> ociup_core::Result<bool> {
+        if source.registry != self.registry || source.repository == self.name {
+            return Ok(false);
+        }
+        Ok(self.mount(digest, &source.repository).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/x/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/x/tags/list?n=2&last=b")
+        );
+        assert_eq!(next_link(r#"<https://a/b>; rel="prev""#), None);
+    }
+}

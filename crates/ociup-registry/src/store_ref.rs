@@ -1,0 +1,169 @@
+//! References to any store, in the forms skopeo uses, and one `Store` over both kinds.
+
+use std::fmt;
+
+use oci_spec::image::Descriptor;
+use ociup_core::Digest;
+use ociup_core::document::RawDocument;
+use ociup_core::layout::OciLayout;
+use ociup_core::reference::LayoutRef;
+use ociup_core::store::{BlobReader, ManifestRef, MountSource, Store};
+use tokio::io::AsyncRead;
+
+use crate::client::Client;
+use crate::reference::Reference;
+use crate::repository::Repository;
+
+/// An image in a layout (`oci:<dir>[:<tag>|@<digest>]`) or a registry
+/// (`docker://host/name[:tag][@digest]`, or the same without `docker://`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRef {
+    /// An OCI image layout directory.
+    Layout(LayoutRef),
+    /// A registry repository.
+    Registry(Reference),
+}
+
+impl StoreRef {
+    /// Parses a store reference.
+    ///
+    /// # Errors
+    /// The layout or registry reference parser's error.
+    pub fn parse(input: &str) -> ociup_core::Result<StoreRef> {
+        if input.starts_with("oci:") {
+            return Ok(StoreRef::Layout(LayoutRef::parse(input)?));
+        }
+        let bare = input.strip_prefix("docker://").unwrap_or(input);
+        Ok(StoreRef::Registry(Reference::parse(bare)?))
+    }
+
+    /// Opens the store: a layout that must exist, or a repository handle (no request made).
+    ///
+    /// # Errors
+    /// [`ociup_core::Error::InvalidLayout`] for a layout that is not one.
+    pub fn open(&self, client: &Client) -> ociup_core::Result<AnyStore> {
+        Ok(match self {
+            StoreRef::Layout(l) => AnyStore::Layout(OciLayout::open(&l.dir)?),
+            StoreRef::Registry(r) => AnyStore::Registry(client.repository(r)),
+        })
+    }
+
+    /// Opens the store for writing: a layout is created when missing.
+    ///
+    /// # Errors
+    /// As [`StoreRef::open`].
+    pub fn open_for_writing(&self, client: &Client) -> ociup_core::Result<AnyStore> {
+        Ok(match self {
+            StoreRef::Layout(l) => AnyStore::Layout(OciLayout::open_or_create(&l.dir)?),
+            StoreRef::Registry(r) => AnyStore::Registry(client.repository(r)),
+        })
+    }
+
+    /// The image the reference names in its store, when it names one.
+    pub fn image(&self) -> Option<ManifestRef> {
+        match self {
+            StoreRef::Layout(l) => l.image.clone(),
+            StoreRef::Registry(r) => Some(r.manifest_ref()),
+        }
+    }
+
+    /// The tag, if the reference has one (and no digest).
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            StoreRef::Layout(l) => l.tag(),
+            StoreRef::Registry(r) if r.digest().is_none() => r.tag(),
+            StoreRef::Registry(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for StoreRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreRef::Layout(l) => write!(f, "{l}"),
+            StoreRef::Registry(r) => write!(f, "docker://{r}"),
+        }
+    }
+}
+
+/// A layout or a registry repository, chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// An OCI image layout.
+    Layout(OciLayout),
+    /// A registry repository.
+    Registry(Repository),
+}
+
+impl AnyStore {
+    /// The image a reference without tag or digest means: the layout's only image.
+    ///
+    /// # Errors
+    /// [`ociup_core::Error::InvalidReference`] when the store cannot tell.
+    pub fn default_image(&self) -> ociup_core::Result<ManifestRef> {
+        match self {
+            AnyStore::Layout(l) => l.sole_image(),
+            AnyStore::Registry(_) => Ok(ManifestRef::Tag("latest".into())),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Layout($s) => $e,
+            AnyStore::Registry($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn location(&self) -> String {
+        delegate!(self, s => s.location())
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> ociup_core::Result<Option<u64>> {
+        delegate!(self, s => s.blob_size(digest).await)
+    }
+
+    async fn get_blob(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
+        delegate!(self, s => s.get_blob(digest, size).await)
+    }
+
+    async fn put_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        delegate!(self, s => s.put_blob(digest, size, data).await)
+    }
+
+    async fn get_manifest(&self, reference: &ManifestRef) -> ociup_core::Result<RawDocument> {
+        delegate!(self, s => s.get_manifest(reference).await)
+    }
+
+    async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> ociup_core::Result<()> {
+        delegate!(self, s => s.put_manifest(document, tag).await)
+    }
+
+    async fn resolve_tag(&self, tag: &str) -> ociup_core::Result<Descriptor> {
+        delegate!(self, s => s.resolve_tag(tag).await)
+    }
+
+    async fn list_tags(&self) -> ociup_core::Result<Vec<String>> {
+        delegate!(self, s => s.list_tags().await)
+    }
+
+    async fn has_manifest(&self, digest: &Digest) -> ociup_core::Result<bool> {
+        delegate!(self, s => s.has_manifest(digest).await)
+    }
+
+    fn mount_source(&self) -> Option<MountSource> {
+        delegate!(self, s => s.mount_source())
+    }
+
+    async fn mount_blob(&self, digest: &Digest, source: &MountSource) -> ociup_core::Result<bool> {
+        delegate!(self, s => s.mount_blob(digest, source).await)
+    }
+}

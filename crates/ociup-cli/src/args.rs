@@ -16,7 +16,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// OCIUP_PASSWORD), else from Docker's config.json (auths, credsStore, credHelpers) and podman's
 /// auth.json.
 #[derive(Debug, Parser)]
-#[command(name = "ociup", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "ociup",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

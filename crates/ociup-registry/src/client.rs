@@ -186,7 +186,10 @@ impl Client {
             let pem = std::fs::read(ca)
                 .map_err(|e| Error::Config(format!("reading CA file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Config(format!("CA file {} holds no usable PEM certificate: {e}", ca.display()))
+                Error::Config(format!(
+                    "CA file {} holds no usable PEM certificate: {e}",
+                    ca.display()
+                ))
             })?;
             if certs.is_empty() {
                 return Err(Error::Config(format!(
@@ -231,7 +234,6 @@ impl Client {
     pub(crate) fn options(&self) -> &ClientOptions {
         &self.inner.opts
     }
-
 
     async fn url_for(&self, registry: &str, target: &Target) -> Result<(Url, bool)> {
         match target {
@@ -297,7 +299,11 @@ impl Client {
 
     /// The Authorization header for a request, fetching a token for its scopes when the registry
     /// is known to want one and none is cached or the cached one expired.
-    async fn authorization(&self, registry: &str, scopes: &[String]) -> Result<Option<HeaderValue>> {
+    async fn authorization(
+        &self,
+        registry: &str,
+        scopes: &[String],
+    ) -> Result<Option<HeaderValue>> {
         let auth = self
             .inner
             .registries
@@ -321,7 +327,10 @@ impl Client {
                     .filter(Token::is_fresh);
                 let token = match cached {
                     Some(t) => t,
-                    None => self.fetch_token(registry, &realm, service.as_deref(), scopes).await?,
+                    None => {
+                        self.fetch_token(registry, &realm, service.as_deref(), scopes)
+                            .await?
+                    }
                 };
                 Ok(HeaderValue::from_str(&format!("Bearer {}", token.value)).ok())
             }
@@ -337,7 +346,15 @@ impl Client {
     ) -> Result<Token> {
         let credential = self.credential(registry).await?;
         self.inner.token_fetches.fetch_add(1, Ordering::Relaxed);
-        let t = token::fetch(&self.inner.http, registry, realm, service, scopes, &credential).await?;
+        let t = token::fetch(
+            &self.inner.http,
+            registry,
+            realm,
+            service,
+            scopes,
+            &credential,
+        )
+        .await?;
         self.inner
             .registries
             .lock()
@@ -435,9 +452,10 @@ impl Client {
                 rb = rb.body(b.clone());
             }
             let sent = {
-                let _permit = self.inner.permits.acquire().await.map_err(|_| {
-                    Error::Config("the client's request limit was closed".into())
-                })?;
+                let _permit =
+                    self.inner.permits.acquire().await.map_err(|_| {
+                        Error::Config("the client's request limit was closed".into())
+                    })?;
                 self.inner.requests.fetch_add(1, Ordering::Relaxed);
                 rb.send().await
             };
@@ -449,7 +467,10 @@ impl Client {
                         && is_loopback_host(registry)
                         && matches!(req.target, Target::Path(_))
                     {
-                        tracing::debug!(registry, "HTTPS failed on a loopback registry, trying HTTP");
+                        tracing::debug!(
+                            registry,
+                            "HTTPS failed on a loopback registry, trying HTTP"
+                        );
                         fell_back = true;
                         self.set_scheme(registry, "http").await;
                         continue;
@@ -466,8 +487,15 @@ impl Client {
                 }
                 Ok(resp) => {
                     if !scheme_known && matches!(req.target, Target::Path(_)) {
-                        self.set_scheme(registry, if url.scheme() == "http" { "http" } else { "https" })
-                            .await;
+                        self.set_scheme(
+                            registry,
+                            if url.scheme() == "http" {
+                                "http"
+                            } else {
+                                "https"
+                            },
+                        )
+                        .await;
                     }
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
@@ -536,7 +564,8 @@ fn scope_key(scopes: &[String]) -> String {
 
 fn basic_header(username: &str, password: &str) -> HeaderValue {
     use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
         .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     v.set_sensitive(true);

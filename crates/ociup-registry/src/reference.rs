@@ -201,7 +201,9 @@ fn validate_registry(r: &str) -> std::result::Result<(), String> {
                 !label.is_empty()
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !ok {
             return Err(format!("{h:?} is not a valid registry host"));
@@ -230,7 +232,8 @@ fn validate_repository(name: &str) -> std::result::Result<(), String> {
         let ok = !b.is_empty()
             && alnum(b[0])
             && alnum(b[b.len() - 1])
-            && b.iter().all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+            && b.iter()
+                .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
             && !component.contains("..")
             && !component.contains("___")
             && !component.contains("._")
@@ -256,7 +259,10 @@ mod tests {
     #[test]
     fn docker_hub_defaults() {
         let a = r("alpine");
-        assert_eq!((a.registry(), a.repository(), a.tag()), ("docker.io", "library/alpine", Some("latest")));
+        assert_eq!(
+            (a.registry(), a.repository(), a.tag()),
+            ("docker.io", "library/alpine", Some("latest"))
+        );
         assert_eq!(a.api_host(), "registry-1.docker.io");
         assert_eq!(r("index.docker.io/user/app:1").repository(), "user/app");
         assert_eq!(r("user/app:1.2").to_string(), "docker.io/user/app:1.2");
@@ -266,7 +272,10 @@ mod tests {
     fn registries_ports_ipv6_localhost_digests() {
         let d = format!("sha256:{}", "c".repeat(64));
         let a = r(&format!("localhost:5000/ns/app:v1@{d}"));
-        assert_eq!((a.registry(), a.repository(), a.tag()), ("localhost:5000", "ns/app", Some("v1")));
+        assert_eq!(
+            (a.registry(), a.repository(), a.tag()),
+            ("localhost:5000", "ns/app", Some("v1"))
+        );
         assert_eq!(a.digest().unwrap().to_string(), d);
         assert!(a.is_loopback());
         let b = r("[::1]:5000/app");

@@ -10,7 +10,9 @@ use ociup_core::document::RawDocument;
 use ociup_core::media_type;
 use ociup_core::store::{BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, Store};
 use ociup_core::verify::AsyncVerifyingReader;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, LOCATION, RANGE};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, LOCATION, RANGE,
+};
 use reqwest::{Method, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
@@ -83,8 +85,12 @@ impl Repository {
     /// # Errors
     /// Registry and transport errors other than 404.
     pub async fn head_manifest(&self, reference: &ManifestRef) -> Result<Option<Descriptor>> {
-        let req = Request::new(Method::HEAD, self.path(&format!("manifests/{}", ref_str(reference))), self.pull())
-            .header(ACCEPT, ACCEPT_MANIFESTS);
+        let req = Request::new(
+            Method::HEAD,
+            self.path(&format!("manifests/{}", ref_str(reference))),
+            self.pull(),
+        )
+        .header(ACCEPT, ACCEPT_MANIFESTS);
         let resp = self.client.send(&self.api_host, &req).await?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
@@ -93,8 +99,10 @@ impl Repository {
             return Err(http_error(&Method::HEAD, resp).await);
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
-        let size = header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok());
-        let digest = header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok());
+        let size =
+            header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok());
+        let digest =
+            header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok());
         match (digest, size) {
             (Some(d), Some(size)) if !media_type.is_empty() => {
                 if let ManifestRef::Digest(want) = reference
@@ -105,7 +113,11 @@ impl Repository {
                         reason: format!("asked for {want}, the registry answered for {d}"),
                     });
                 }
-                Ok(Some(Descriptor::new(MediaType::from(media_type.as_str()), size, d.to_oci())))
+                Ok(Some(Descriptor::new(
+                    MediaType::from(media_type.as_str()),
+                    size,
+                    d.to_oci(),
+                )))
             }
             _ => {
                 let raw = self.fetch_manifest(reference).await?;
@@ -115,12 +127,17 @@ impl Repository {
     }
 
     async fn fetch_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
-        let req = Request::new(Method::GET, self.path(&format!("manifests/{}", ref_str(reference))), self.pull())
-            .header(ACCEPT, ACCEPT_MANIFESTS);
+        let req = Request::new(
+            Method::GET,
+            self.path(&format!("manifests/{}", ref_str(reference))),
+            self.pull(),
+        )
+        .header(ACCEPT, ACCEPT_MANIFESTS);
         let resp = self.send(req, &[200]).await?;
         let url = display_url(resp.url());
         let headers = resp.headers().clone();
-        if let Some(len) = header_str(&headers, CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok())
+        if let Some(len) =
+            header_str(&headers, CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok())
             && len > MAX_DOCUMENT_SIZE
         {
             return Err(Error::Protocol {
@@ -131,7 +148,10 @@ impl Repository {
         let body = read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?;
         if let ManifestRef::Digest(want) = reference {
             want.verify(&body, || format!("manifest from {url}"))
-                .map_err(|e| Error::Protocol { url: url.clone(), reason: e.to_string() })?;
+                .map_err(|e| Error::Protocol {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         if let Some(header) = header_str(&headers, DIGEST_HEADER)
             && let Ok(d) = header.parse::<Digest>()
@@ -140,9 +160,7 @@ impl Repository {
             if mine != d {
                 return Err(Error::Protocol {
                     url,
-                    reason: format!(
-                        "Docker-Content-Digest says {d} but the body hashes to {mine}"
-                    ),
+                    reason: format!("Docker-Content-Digest says {d} but the body hashes to {mine}"),
                 });
             }
         }
@@ -158,7 +176,11 @@ impl Repository {
     /// # Errors
     /// [`Error::Http`] with `UNSUPPORTED` or 405 when deletion is off.
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
-        let req = Request::new(Method::DELETE, self.path(&format!("manifests/{digest}")), self.push_delete());
+        let req = Request::new(
+            Method::DELETE,
+            self.path(&format!("manifests/{digest}")),
+            self.push_delete(),
+        );
         self.send(req, &[202, 200]).await.map(drop)
     }
 
@@ -167,7 +189,11 @@ impl Repository {
     /// # Errors
     /// [`Error::Http`] when the registry refuses.
     pub async fn delete_tag(&self, tag: &str) -> Result<()> {
-        let req = Request::new(Method::DELETE, self.path(&format!("manifests/{tag}")), self.push_delete());
+        let req = Request::new(
+            Method::DELETE,
+            self.path(&format!("manifests/{tag}")),
+            self.push_delete(),
+        );
         self.send(req, &[202, 200]).await.map(drop)
     }
 
@@ -181,11 +207,16 @@ impl Repository {
     /// # Errors
     /// Registry and transport errors.
     pub async fn referrers(&self, digest: &Digest) -> Result<Vec<Descriptor>> {
-        let req = Request::new(Method::GET, self.path(&format!("referrers/{digest}")), self.pull())
-            .header(ACCEPT, media_type::OCI_INDEX);
+        let req = Request::new(
+            Method::GET,
+            self.path(&format!("referrers/{digest}")),
+            self.pull(),
+        )
+        .header(ACCEPT, media_type::OCI_INDEX);
         let resp = self.client.send(&self.api_host, &req).await?;
         let doc = if resp.status().is_success()
-            && header_str(resp.headers(), CONTENT_TYPE.as_str()).is_some_and(|c| c.starts_with(media_type::OCI_INDEX))
+            && header_str(resp.headers(), CONTENT_TYPE.as_str())
+                .is_some_and(|c| c.starts_with(media_type::OCI_INDEX))
         {
             let url = display_url(resp.url());
             read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?.to_vec()
@@ -200,10 +231,11 @@ impl Repository {
         } else {
             return Err(http_error(&Method::GET, resp).await);
         };
-        let index: oci_spec::image::ImageIndex = serde_json::from_slice(&doc).map_err(|e| Error::Protocol {
-            url: format!("{}/{}", self.registry, self.name),
-            reason: format!("the referrers index does not parse: {e}"),
-        })?;
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&doc).map_err(|e| Error::Protocol {
+                url: format!("{}/{}", self.registry, self.name),
+                reason: format!("the referrers index does not parse: {e}"),
+            })?;
         Ok(index.manifests().clone())
     }
 
@@ -219,7 +251,8 @@ impl Repository {
     }
 
     async fn start_upload(&self) -> Result<(Url, usize)> {
-        let req = Request::new(Method::POST, self.path("blobs/uploads/"), self.push()).header(CONTENT_LENGTH, "0");
+        let req = Request::new(Method::POST, self.path("blobs/uploads/"), self.push())
+            .header(CONTENT_LENGTH, "0");
         let resp = self.send(req, &[202]).await?;
         let min_chunk = header_str(resp.headers(), "oci-chunk-min-length")
             .and_then(|v| v.parse::<usize>().ok())
@@ -243,9 +276,13 @@ impl Repository {
         if size <= chunk_size as u64 {
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             reader.read_to_end(&mut body).await.map_err(read_err)?;
-            let req = Request::new(Method::PUT, Target::Url(with_digest(&url, digest)), self.push())
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .body(Bytes::from(body));
+            let req = Request::new(
+                Method::PUT,
+                Target::Url(with_digest(&url, digest)),
+                self.push(),
+            )
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(Bytes::from(body));
             let resp = self.send(req, &[201]).await?;
             return Ok(self.check_blob_digest(&resp, digest)?);
         }
@@ -270,8 +307,12 @@ impl Repository {
             offset += chunk.len() as u64;
         }
         // The verifying reader has seen the end: size and digest matched, or we failed above.
-        let req = Request::new(Method::PUT, Target::Url(with_digest(&url, digest)), self.push())
-            .header(CONTENT_LENGTH, "0");
+        let req = Request::new(
+            Method::PUT,
+            Target::Url(with_digest(&url, digest)),
+            self.push(),
+        )
+        .header(CONTENT_LENGTH, "0");
         let resp = self.send(req, &[201]).await?;
         Ok(self.check_blob_digest(&resp, digest)?)
     }
@@ -360,7 +401,10 @@ impl Repository {
             match next {
                 Some(Ok(u)) => target = Target::Url(u),
                 Some(Err(e)) => {
-                    return Err(Error::Protocol { url, reason: format!("bad Link header: {e}") });
+                    return Err(Error::Protocol {
+                        url,
+                        reason: format!("bad Link header: {e}"),
+                    });
                 }
                 None => break,
             }
@@ -381,11 +425,18 @@ impl Repository {
             body: Box::pin(first.bytes_stream()),
             resumes_left: self.client.options().download_resumes,
         };
-        Ok(Box::pin(futures_util::stream::try_unfold(state, Download::next)))
+        Ok(Box::pin(futures_util::stream::try_unfold(
+            state,
+            Download::next,
+        )))
     }
 
     async fn get_blob_from(&self, digest: &Digest, offset: u64) -> Result<Response> {
-        let mut req = Request::new(Method::GET, self.path(&format!("blobs/{digest}")), self.pull());
+        let mut req = Request::new(
+            Method::GET,
+            self.path(&format!("blobs/{digest}")),
+            self.pull(),
+        );
         if offset > 0 {
             req = req.header(RANGE, &format!("bytes={offset}-"));
         }
@@ -432,7 +483,11 @@ impl Download {
                         .get_blob_from(&self.digest, self.offset)
                         .await
                         .map_err(|e| ociup_core::Error::from(e).into_io())?;
-                    self.skip = if resp.status().as_u16() == 206 { 0 } else { self.offset };
+                    self.skip = if resp.status().as_u16() == 206 {
+                        0
+                    } else {
+                        self.offset
+                    };
                     self.body = Box::pin(resp.bytes_stream());
                 }
                 Some(Err(e)) => {
@@ -454,7 +509,10 @@ fn ref_str(r: &ManifestRef) -> String {
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The `Location` of an upload answer, relative or absolute, resolved against the request URL.
@@ -471,7 +529,8 @@ fn location(resp: &Response) -> Result<Url> {
 
 fn with_digest(url: &Url, digest: &Digest) -> Url {
     let mut u = url.clone();
-    u.query_pairs_mut().append_pair("digest", &digest.to_string());
+    u.query_pairs_mut()
+        .append_pair("digest", &digest.to_string());
     u
 }
 
@@ -482,7 +541,13 @@ fn next_link(header: &str) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next")
-            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
     })
 }
 
@@ -513,7 +578,11 @@ impl Store for Repository {
     }
 
     async fn blob_size(&self, digest: &Digest) -> ociup_core::Result<Option<u64>> {
-        let req = Request::new(Method::HEAD, self.path(&format!("blobs/{digest}")), self.pull());
+        let req = Request::new(
+            Method::HEAD,
+            self.path(&format!("blobs/{digest}")),
+            self.pull(),
+        );
         let resp = self.client.send(&self.api_host, &req).await?;
         match resp.status().as_u16() {
             404 => Ok(None),
@@ -536,7 +605,11 @@ impl Store for Repository {
             Err(e) => return Err(e.into()),
         };
         let reader = tokio_util::io::StreamReader::new(stream.map_err(|e| e));
-        Ok(Box::pin(AsyncVerifyingReader::new(reader, digest.clone(), size)))
+        Ok(Box::pin(AsyncVerifyingReader::new(
+            reader,
+            digest.clone(),
+            size,
+        )))
     }
 
     async fn put_blob<R: AsyncRead + Send + Unpin>(
@@ -555,14 +628,24 @@ impl Store for Repository {
         match self.fetch_manifest(reference).await {
             Ok(raw) => Ok(raw),
             Err(Error::Http { status: 404, .. }) => match reference {
-                ManifestRef::Tag(t) => Err(ociup_core::Error::TagNotFound { tag: t.clone(), store: self.location() }),
-                ManifestRef::Digest(d) => Err(ociup_core::Error::BlobNotFound { digest: d.clone(), store: self.location() }),
+                ManifestRef::Tag(t) => Err(ociup_core::Error::TagNotFound {
+                    tag: t.clone(),
+                    store: self.location(),
+                }),
+                ManifestRef::Digest(d) => Err(ociup_core::Error::BlobNotFound {
+                    digest: d.clone(),
+                    store: self.location(),
+                }),
             },
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> ociup_core::Result<()> {
+    async fn put_manifest(
+        &self,
+        document: &RawDocument,
+        tag: Option<&str>,
+    ) -> ociup_core::Result<()> {
         let reference = match tag {
             Some(t) => {
                 ociup_core::layout::validate_tag(t)?;
@@ -570,16 +653,23 @@ impl Store for Repository {
             }
             None => document.digest().to_string(),
         };
-        let req = Request::new(Method::PUT, self.path(&format!("manifests/{reference}")), self.push())
-            .header(CONTENT_TYPE, document.media_type())
-            .body(Bytes::copy_from_slice(document.bytes()));
+        let req = Request::new(
+            Method::PUT,
+            self.path(&format!("manifests/{reference}")),
+            self.push(),
+        )
+        .header(CONTENT_TYPE, document.media_type())
+        .body(Bytes::copy_from_slice(document.bytes()));
         let resp = self.send(req, &[201, 200]).await?;
         if let Some(d) = header_str(resp.headers(), DIGEST_HEADER)
             && d != document.digest().to_string()
         {
             return Err(Error::Protocol {
                 url: display_url(resp.url()),
-                reason: format!("put manifest {}, the registry stored {d}", document.digest()),
+                reason: format!(
+                    "put manifest {}, the registry stored {d}",
+                    document.digest()
+                ),
             }
             .into());
         }
@@ -589,7 +679,10 @@ impl Store for Repository {
     async fn resolve_tag(&self, tag: &str) -> ociup_core::Result<Descriptor> {
         self.head_manifest(&ManifestRef::Tag(tag.to_owned()))
             .await?
-            .ok_or_else(|| ociup_core::Error::TagNotFound { tag: tag.to_owned(), store: self.location() })
+            .ok_or_else(|| ociup_core::Error::TagNotFound {
+                tag: tag.to_owned(),
+                store: self.location(),
+            })
     }
 
     async fn list_tags(&self) -> ociup_core::Result<Vec<String>> {
@@ -597,7 +690,10 @@ impl Store for Repository {
     }
 
     async fn has_manifest(&self, digest: &Digest) -> ociup_core::Result<bool> {
-        Ok(self.head_manifest(&ManifestRef::Digest(digest.clone())).await?.is_some())
+        Ok(self
+            .head_manifest(&ManifestRef::Digest(digest.clone()))
+            .await?
+            .is_some())
     }
 
     fn mount_source(&self) -> Option<MountSource> {

@@ -143,7 +143,11 @@ impl Store for AnyStore {
         delegate!(self, s => s.get_manifest(reference).await)
     }
 
-    async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> ociup_core::Result<()> {
+    async fn put_manifest(
+        &self,
+        document: &RawDocument,
+        tag: Option<&str>,
+    ) -> ociup_core::Result<()> {
         delegate!(self, s => s.put_manifest(document, tag).await)
     }
 

@@ -109,8 +109,12 @@ fn layer_options(o: &LayerOpts) -> Result<LayerOptions> {
                 .split_once(':')
                 .with_context(|| format!("--owner {s:?}: expected UID:GID"))?;
             Owner::Fixed {
-                uid: u.parse().with_context(|| format!("--owner: bad uid {u:?}"))?,
-                gid: g.parse().with_context(|| format!("--owner: bad gid {g:?}"))?,
+                uid: u
+                    .parse()
+                    .with_context(|| format!("--owner: bad uid {u:?}"))?,
+                gid: g
+                    .parse()
+                    .with_context(|| format!("--owner: bad gid {g:?}"))?,
             }
         }
         (None, false) => Owner::Root,

@@ -18,13 +18,13 @@ pub fn parse(header: &str) -> Vec<Challenge> {
     while !rest.is_empty() {
         // A token followed by a space starts a new challenge unless it is a param (has '=').
         let token_end = rest
-            .find(|c: char| c == ' ' || c == ',' || c == '=')
+            .find([' ', ',', '='])
             .unwrap_or(rest.len());
         let token = &rest[..token_end];
         let after = &rest[token_end..];
-        if after.starts_with('=') {
+        if let Some(after_eq) = after.strip_prefix('=') {
             // key=value of the current challenge.
-            let (value, remaining) = parse_value(&after[1..]);
+            let (value, remaining) = parse_value(after_eq);
             if let Some(c) = out.last_mut() {
                 c.params.insert(token.to_ascii_lowercase(), value);
             }
@@ -82,11 +82,16 @@ mod tests {
 
     #[test]
     fn several_challenges_and_bare_tokens() {
-        let c = parse(r#"Basic realm="Registry Realm", Bearer realm=https://t/x, error="invalid_token""#);
+        let c = parse(
+            r#"Basic realm="Registry Realm", Bearer realm=https://t/x, error="invalid_token""#,
+        );
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].params["realm"], "Registry Realm");
         assert_eq!(c[1].params["realm"], "https://t/x");
         assert_eq!(c[1].params["error"], "invalid_token");
-        assert_eq!(parse(r#"Basic realm="a \"q\"""#)[0].params["realm"], r#"a "q""#);
+        assert_eq!(
+            parse(r#"Basic realm="a \"q\"""#)[0].params["realm"],
+            r#"a "q""#
+        );
     }
 }

@@ -55,7 +55,8 @@ impl Credentials {
         let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
         let home = env("HOME");
         let mut files = Vec::new();
-        if let Some(dir) = env("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker"))) {
+        if let Some(dir) = env("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")))
+        {
             files.push(dir.join("config.json"));
         }
         if let Some(f) = env("REGISTRY_AUTH_FILE") {
@@ -95,7 +96,11 @@ impl Credentials {
             return Ok(c.clone());
         }
         let keys: Vec<&str> = if registry == "docker.io" {
-            vec!["https://index.docker.io/v1/", "docker.io", "index.docker.io"]
+            vec![
+                "https://index.docker.io/v1/",
+                "docker.io",
+                "index.docker.io",
+            ]
         } else {
             vec![registry]
         };
@@ -113,7 +118,8 @@ impl Credentials {
                     }
                     Err(docker_credential::CredentialRetrievalError::NoCredentialConfigured) => {}
                     Err(docker_credential::CredentialRetrievalError::HelperFailure {
-                        helper, ..
+                        helper,
+                        ..
                     }) => {
                         return Err(format!(
                             "credential helper docker-credential-{helper} failed for {registry} \
@@ -154,15 +160,36 @@ mod tests {
         let creds = Credentials::anonymous().with_config_file(&config);
         assert_eq!(
             creds.lookup("reg.example:5000").unwrap(),
-            Credential::Basic { username: "user".into(), password: "pass".into() }
+            Credential::Basic {
+                username: "user".into(),
+                password: "pass".into()
+            }
         );
-        assert_eq!(creds.lookup("docker.io").unwrap(), Credential::IdentityToken("refresh".into()));
-        assert_eq!(creds.lookup("other.example").unwrap(), Credential::Anonymous);
+        assert_eq!(
+            creds.lookup("docker.io").unwrap(),
+            Credential::IdentityToken("refresh".into())
+        );
+        assert_eq!(
+            creds.lookup("other.example").unwrap(),
+            Credential::Anonymous
+        );
         // The helper does not exist on PATH: a clear error naming it.
         let err = creds.lookup("helped.example").unwrap_err();
         assert!(err.contains("helped.example"), "{err}");
         let explicit = creds.with("reg.example:5000", Credential::Anonymous);
-        assert_eq!(explicit.lookup("reg.example:5000").unwrap(), Credential::Anonymous);
-        assert!(!format!("{:?}", Credential::Basic { username: "u".into(), password: "secret".into() }).contains("secret"));
+        assert_eq!(
+            explicit.lookup("reg.example:5000").unwrap(),
+            Credential::Anonymous
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                Credential::Basic {
+                    username: "u".into(),
+                    password: "secret".into()
+                }
+            )
+            .contains("secret")
+        );
     }
 }

@@ -89,7 +89,12 @@ pub(crate) async fn fetch(
         .header(ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| auth_err(format!("token endpoint {}: {e}", crate::error::display_url(&url))))?;
+        .map_err(|e| {
+            auth_err(format!(
+                "token endpoint {}: {e}",
+                crate::error::display_url(&url)
+            ))
+        })?;
     let status = resp.status();
     if !status.is_success() {
         return Err(auth_err(format!(

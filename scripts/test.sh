@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs the tools the tests use (skopeo and umoci
-# from Debian), then runs the checks CI runs: formatting, clippy with warnings as errors, every
-# test and doctest of the workspace.
+# The whole test suite, from a fresh machine: installs the tools the tests use (the CNCF
+# Distribution server, skopeo and umoci, from Debian), then runs the checks CI runs: formatting,
+# clippy with warnings as errors, every test and doctest of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in skopeo umoci; do
+for tool in docker-registry skopeo umoci; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ "${#need[@]}" -gt 0 ]; then

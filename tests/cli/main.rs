@@ -6,6 +6,7 @@
 
 mod append;
 mod bad_input;
+mod copy;
 mod fixtures;
 mod interop;
 mod layer;

@@ -17,9 +17,7 @@ pub fn parse(header: &str) -> Vec<Challenge> {
     let mut rest = header.trim();
     while !rest.is_empty() {
         // A token followed by a space starts a new challenge unless it is a param (has '=').
-        let token_end = rest
-            .find([' ', ',', '='])
-            .unwrap_or(rest.len());
+        let token_end = rest.find([' ', ',', '=']).unwrap_or(rest.len());
         let token = &rest[..token_end];
         let after = &rest[token_end..];
         if let Some(after_eq) = after.strip_prefix('=') {

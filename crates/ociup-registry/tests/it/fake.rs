@@ -69,11 +69,15 @@ impl Fake {
         let log = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let handler = Arc::clone(&handler);
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
-                    let Some(req) = read_request(&mut sock).await else { return };
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
+                    };
                     log.lock().expect("log").push(req.clone());
                     let reply = handler(&req);
                     let _ = write_reply(&mut sock, &req, &reply).await;
@@ -113,7 +117,10 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         let n = sock.read(&mut tmp).await.ok()?;
@@ -122,12 +129,24 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
         }
         body.extend_from_slice(&tmp[..n]);
     }
-    Some(Seen { method, path, headers, body })
+    Some(Seen {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
-async fn write_reply(sock: &mut tokio::net::TcpStream, req: &Seen, r: &Reply) -> std::io::Result<()> {
+async fn write_reply(
+    sock: &mut tokio::net::TcpStream,
+    req: &Seen,
+    r: &Reply,
+) -> std::io::Result<()> {
     let len = r.content_length.unwrap_or(r.body.len());
-    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {len}\r\n", r.status);
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {len}\r\n",
+        r.status
+    );
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use ociup_core::Digest;
 use ociup_core::layout::OciLayout;
 use ociup_core::store::{ManifestRef, Store, copy_blob};
-use ociup_registry::{Client, ClientOptions, Credential, Credentials, Reference, Repository, RetryPolicy};
+use ociup_registry::{
+    Client, ClientOptions, Credential, Credentials, Reference, Repository, RetryPolicy,
+};
 use tokio::io::AsyncReadExt;
 
 use crate::fake::{Fake, Reply, Seen};
@@ -48,7 +50,10 @@ fn empty_layout() -> (tempfile::TempDir, OciLayout) {
 }
 
 fn blob_files(l: &OciLayout) -> usize {
-    walk(l.root()).iter().filter(|p| p.contains("blobs/")).count()
+    walk(l.root())
+        .iter()
+        .filter(|p| p.contains("blobs/"))
+        .count()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
@@ -69,16 +74,28 @@ async fn a_wrong_digest_header_is_refused() {
     let fake = Fake::start(|_| {
         Reply::new(200)
             .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .header("Docker-Content-Digest", &Digest::sha256(b"other").to_string())
+            .header(
+                "Docker-Content-Digest",
+                &Digest::sha256(b"other").to_string(),
+            )
             .body(MANIFEST)
     })
     .await;
-    let err = repo(&fake).get_manifest(&ManifestRef::Tag("v1".into())).await.unwrap_err();
-    assert!(err.to_string().contains("Docker-Content-Digest says"), "{err}");
+    let err = repo(&fake)
+        .get_manifest(&ManifestRef::Tag("v1".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Docker-Content-Digest says"),
+        "{err}"
+    );
 
     // By digest, a body that hashes to something else is refused too.
     let want = Digest::sha256(b"what we asked for");
-    let err = repo(&fake).get_manifest(&ManifestRef::Digest(want.clone())).await.unwrap_err();
+    let err = repo(&fake)
+        .get_manifest(&ManifestRef::Digest(want.clone()))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("digest mismatch"), "{err}");
 
     let (_t, layout) = empty_layout();
@@ -100,23 +117,38 @@ async fn a_wrong_digest_header_is_refused() {
 async fn blobs_shorter_or_longer_than_announced_never_reach_a_store() {
     let data = b"0123456789".repeat(100);
     let digest = Digest::sha256(&data);
-    for (label, served) in [("short", data[..900].to_vec()), ("long", [&data[..], b"extra"].concat())] {
+    for (label, served) in [
+        ("short", data[..900].to_vec()),
+        ("long", [&data[..], b"extra"].concat()),
+    ] {
         let served2 = served.clone();
         let fake = Fake::start(move |req: &Seen| match req.method.as_str() {
             "GET" => Reply::new(200).body(served2.clone()),
             _ => Reply::new(404),
         })
         .await;
-        let mut reader = repo(&fake).get_blob(&digest, data.len() as u64).await.unwrap();
+        let mut reader = repo(&fake)
+            .get_blob(&digest, data.len() as u64)
+            .await
+            .unwrap();
         let mut out = Vec::new();
         let err = reader.read_to_end(&mut out).await.unwrap_err();
         let err = ociup_core::Error::from_io("reading", err);
-        assert!(matches!(err, ociup_core::Error::SizeMismatch { .. }), "{label}: {err}");
+        assert!(
+            matches!(err, ociup_core::Error::SizeMismatch { .. }),
+            "{label}: {err}"
+        );
 
         let (_t, layout) = empty_layout();
-        let err = copy_blob(&repo(&fake), &layout, &digest, data.len() as u64).await.unwrap_err();
+        let err = copy_blob(&repo(&fake), &layout, &digest, data.len() as u64)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("size mismatch"), "{label}: {err}");
-        assert_eq!(blob_files(&layout), 0, "{label}: no blob, no temporary file");
+        assert_eq!(
+            blob_files(&layout),
+            0,
+            "{label}: no blob, no temporary file"
+        );
     }
 }
 
@@ -134,13 +166,22 @@ async fn an_html_error_page_and_registry_error_codes_are_reported() {
         }
     })
     .await;
-    let err = repo(&fake).get_manifest(&ManifestRef::Tag("v1".into())).await.unwrap_err();
+    let err = repo(&fake)
+        .get_manifest(&ManifestRef::Tag("v1".into()))
+        .await
+        .unwrap_err();
     let reg = registry_error(&err);
     assert_eq!(reg.status(), Some(403));
     assert!(!reg.is_retryable());
     let text = err.to_string();
-    assert!(text.contains("HTML page") && text.contains("Access Denied by proxy"), "{text}");
-    assert!(text.contains(&format!("http://{}/v2/test/x/manifests/v1", fake.host)), "{text}");
+    assert!(
+        text.contains("HTML page") && text.contains("Access Denied by proxy"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("http://{}/v2/test/x/manifests/v1", fake.host)),
+        "{text}"
+    );
 
     let err = repo(&fake).list_tags().await;
     // tags/list 404 means no tags; a blob GET 404 is a clear not-found.
@@ -149,7 +190,10 @@ async fn an_html_error_page_and_registry_error_codes_are_reported() {
         Err(e) => e,
         Ok(_) => panic!("a 404 blob must fail"),
     };
-    assert!(matches!(err, ociup_core::Error::BlobNotFound { .. }), "{err}");
+    assert!(
+        matches!(err, ociup_core::Error::BlobNotFound { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -157,26 +201,49 @@ async fn upload_locations_relative_and_absolute() {
     for absolute in [false, true] {
         let host = Arc::new(Mutex::new(String::new()));
         let h = Arc::clone(&host);
-        let fake = Fake::start(move |req: &Seen| match (req.method.as_str(), req.path.as_str()) {
-            ("HEAD", _) => Reply::new(404),
-            ("POST", _) => {
-                let loc = "/v2/test/x/blobs/uploads/session-1?state=abc";
-                let loc = if absolute { format!("http://{}{loc}", h.lock().unwrap()) } else { loc.to_owned() };
-                Reply::new(202).header("Location", &loc)
-            }
-            ("PUT", p) if p.starts_with("/v2/test/x/blobs/uploads/session-1?state=abc&digest=") => {
-                Reply::new(201).header("Docker-Content-Digest", &Digest::sha256(&req.body).to_string())
-            }
-            _ => Reply::new(400),
-        })
+        let fake = Fake::start(
+            move |req: &Seen| match (req.method.as_str(), req.path.as_str()) {
+                ("HEAD", _) => Reply::new(404),
+                ("POST", _) => {
+                    let loc = "/v2/test/x/blobs/uploads/session-1?state=abc";
+                    let loc = if absolute {
+                        format!("http://{}{loc}", h.lock().unwrap())
+                    } else {
+                        loc.to_owned()
+                    };
+                    Reply::new(202).header("Location", &loc)
+                }
+                ("PUT", p)
+                    if p.starts_with("/v2/test/x/blobs/uploads/session-1?state=abc&digest=") =>
+                {
+                    Reply::new(201).header(
+                        "Docker-Content-Digest",
+                        &Digest::sha256(&req.body).to_string(),
+                    )
+                }
+                _ => Reply::new(400),
+            },
+        )
         .await;
         *host.lock().unwrap() = fake.host.clone();
         let data = b"layer bytes".to_vec();
         let digest = Digest::sha256(&data);
-        repo(&fake).put_blob(&digest, data.len() as u64, &data[..]).await.unwrap();
-        let put = fake.requests().into_iter().find(|r| r.method == "PUT").expect("a PUT");
+        repo(&fake)
+            .put_blob(&digest, data.len() as u64, &data[..])
+            .await
+            .unwrap();
+        let put = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PUT")
+            .expect("a PUT");
         assert_eq!(put.body, data, "absolute={absolute}");
-        assert!(put.path.ends_with(&format!("digest=sha256%3A{}", digest.hex())), "{}", put.path);
+        assert!(
+            put.path
+                .ends_with(&format!("digest=sha256%3A{}", digest.hex())),
+            "{}",
+            put.path
+        );
     }
 }
 
@@ -200,16 +267,25 @@ async fn retry_after_on_429_and_500_then_success() {
         })
         .await;
         let started = Instant::now();
-        let raw = repo(&fake).get_manifest(&ManifestRef::Tag("v1".into())).await.unwrap();
+        let raw = repo(&fake)
+            .get_manifest(&ManifestRef::Tag("v1".into()))
+            .await
+            .unwrap();
         assert_eq!(raw.bytes(), MANIFEST);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "{status}: one retry");
         if retry_after.is_some() {
-            assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After honoured");
+            assert!(
+                started.elapsed() >= Duration::from_millis(950),
+                "Retry-After honoured"
+            );
         }
     }
     // A storm that never ends: bounded attempts, then the error, marked retryable.
     let fake = Fake::start(|_| Reply::new(503)).await;
-    let err = repo(&fake).get_manifest(&ManifestRef::Tag("v1".into())).await.unwrap_err();
+    let err = repo(&fake)
+        .get_manifest(&ManifestRef::Tag("v1".into()))
+        .await
+        .unwrap_err();
     assert!(registry_error(&err).is_retryable());
     assert_eq!(fake.requests().len(), 4, "max_attempts");
 }
@@ -227,20 +303,36 @@ async fn a_dropped_download_resumes_with_range() {
             ..Reply::default()
         },
         Some(r) => {
-            let from: usize = r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+            let from: usize = r
+                .trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .unwrap();
             Reply::new(206)
-                .header("Content-Range", &format!("bytes {from}-{}/{}", d.len() - 1, d.len()))
+                .header(
+                    "Content-Range",
+                    &format!("bytes {from}-{}/{}", d.len() - 1, d.len()),
+                )
                 .body(d[from..].to_vec())
         }
     })
     .await;
     let (_t, layout) = empty_layout();
-    copy_blob(&repo(&fake), &layout, &digest, data.len() as u64).await.unwrap();
+    copy_blob(&repo(&fake), &layout, &digest, data.len() as u64)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(layout.blob_path(&digest)).unwrap(), data);
     let gets = fake.requests();
     assert_eq!(gets.len(), 2);
-    let range = gets[1].headers.get("range").expect("the second GET asks for a range");
-    let from: usize = range.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+    let range = gets[1]
+        .headers
+        .get("range")
+        .expect("the second GET asks for a range");
+    let from: usize = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
     assert!(from > 0 && from <= 70_000, "{range}");
 }
 
@@ -251,7 +343,10 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
     let d = data.clone();
     let storage = Fake::start(move |_| Reply::new(200).body(d.clone())).await;
     // Same machine, other host name: a different origin as far as HTTP is concerned.
-    let elsewhere = format!("http://localhost:{}/bucket/blob", storage.host.rsplit(':').next().unwrap());
+    let elsewhere = format!(
+        "http://localhost:{}/bucket/blob",
+        storage.host.rsplit(':').next().unwrap()
+    );
     let registry = Fake::start(move |req: &Seen| match req.headers.get("authorization") {
         None => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
         Some(_) => Reply::new(307).header("Location", &elsewhere),
@@ -259,7 +354,10 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
     .await;
     let creds = Credentials::anonymous().with(
         registry.host.clone(),
-        Credential::Basic { username: "user".into(), password: "secret".into() },
+        Credential::Basic {
+            username: "user".into(),
+            password: "secret".into(),
+        },
     );
     let client = client_for(&registry.host, creds);
     let repo = client.repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
@@ -272,8 +370,33 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
         .unwrap();
     assert_eq!(out, data);
     let at_registry = registry.requests();
-    assert!(at_registry.last().unwrap().headers.contains_key("authorization"));
+    assert!(
+        at_registry
+            .last()
+            .unwrap()
+            .headers
+            .contains_key("authorization")
+    );
     let at_storage = storage.requests();
     assert_eq!(at_storage.len(), 1);
-    assert!(!at_storage[0].headers.contains_key("authorization"), "credentials leaked across hosts");
+    assert!(
+        !at_storage[0].headers.contains_key("authorization"),
+        "credentials leaked across hosts"
+    );
+}
+
+#[tokio::test]
+async fn tag_lists_follow_link_pagination() {
+    let fake = Fake::start(|req: &Seen| {
+        if req.path.contains("last=b") {
+            Reply::new(200).body(r#"{"name":"test/x","tags":["c"]}"#)
+        } else {
+            Reply::new(200)
+                .header("Link", r#"</v2/test/x/tags/list?n=2&last=b>; rel="next""#)
+                .body(r#"{"name":"test/x","tags":["b","a"]}"#)
+        }
+    })
+    .await;
+    assert_eq!(repo(&fake).list_tags().await.unwrap(), ["a", "b", "c"]);
+    assert_eq!(fake.requests().len(), 2);
 }

@@ -1,0 +1,63 @@
+//! `ociup copy` between layouts (registries are covered by ociup-registry's tests).
+
+use crate::support::{fixtures, json, ociup_err, ociup_ok, snapshot};
+
+#[test]
+fn copies_whole_indexes_then_nothing_the_second_time() {
+    let t = tempfile::tempdir().unwrap();
+    let src = format!("oci:{}:v1", fixtures().join("multi").display());
+    let dst = format!("oci:{}:copied", t.path().join("l").display());
+    let first = json(&ociup_ok(&["copy", &src, &dst, "--json"]));
+    let r = &first["report"];
+    assert_eq!(r["manifests_written"], 3);
+    assert_eq!(r["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let source_digest = json(&ociup_ok(&["inspect", &src, "--json"]))["digest"].clone();
+    assert_eq!(r["digest"], source_digest);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("l/index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"].as_array().unwrap().len(),
+        1,
+        "children are not listed in index.json"
+    );
+
+    let before = snapshot(&t.path().join("l"));
+    let second = json(&ociup_ok(&["copy", &src, &dst, "--json"]));
+    assert_eq!(second["report"]["manifests_present"], 1);
+    assert_eq!(second["report"]["blobs_copied"], 0);
+    assert_eq!(snapshot(&t.path().join("l")), before, "nothing rewritten");
+    // skopeo reads the copy as the original.
+    let raw = crate::support::tool("skopeo", &["inspect", "--raw", &dst]);
+    assert_eq!(
+        format!(
+            "sha256:{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes())
+        ),
+        source_digest.as_str().unwrap()
+    );
+}
+
+#[test]
+fn one_platform_of_an_index() {
+    let t = tempfile::tempdir().unwrap();
+    let src = format!("oci:{}:v2", fixtures().join("multi").display());
+    let dst = format!("oci:{}:arm", t.path().join("l").display());
+    let out = json(&ociup_ok(&[
+        "copy",
+        &src,
+        &dst,
+        "--platform",
+        "linux/arm64",
+        "--json",
+    ]));
+    assert_eq!(
+        out["report"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let seen = json(&ociup_ok(&["inspect", &dst, "--json"]));
+    assert_eq!(seen["config"]["architecture"], "arm64");
+    let err = ociup_err(&["copy", &src, &dst, "--platform", "linux/riscv64"]);
+    assert!(err.contains("no manifest for linux/riscv64"), "{err}");
+    let err = ociup_err(&["copy", &src, "Bad/Name:x"]);
+    assert!(err.contains("Bad/Name"), "{err}");
+}

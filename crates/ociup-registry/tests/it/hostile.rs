@@ -400,3 +400,59 @@ async fn tag_lists_follow_link_pagination() {
     assert_eq!(repo(&fake).list_tags().await.unwrap(), ["a", "b", "c"]);
     assert_eq!(fake.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn a_failed_upload_chunk_resumes_from_the_registry_range() {
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 253) as u8).collect();
+    let digest = Digest::sha256(&data);
+    let fake = Fake::start(|req: &Seen| {
+        let range = req
+            .headers
+            .get("content-range")
+            .cloned()
+            .unwrap_or_default();
+        match req.method.as_str() {
+            "HEAD" => Reply::new(404),
+            "POST" => Reply::new(202).header("Location", "/v2/test/x/blobs/uploads/s1"),
+            // The first chunk "fails" every time, after the registry kept 100 bytes of it.
+            "PATCH" if range.starts_with("0-") => Reply::new(500),
+            "GET" => Reply::new(204)
+                .header("Range", "0-99")
+                .header("Location", "/v2/test/x/blobs/uploads/s1"),
+            "PATCH" => Reply::new(202).header("Location", "/v2/test/x/blobs/uploads/s1"),
+            "PUT" => Reply::new(201),
+            _ => Reply::new(400),
+        }
+    })
+    .await;
+    let client = Client::new(ClientOptions {
+        insecure: vec![fake.host.clone()],
+        chunk_size: 1000,
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let repo = client.repository(&Reference::parse(&format!("{}/test/x", fake.host)).unwrap());
+    repo.put_blob(&digest, data.len() as u64, &data[..])
+        .await
+        .unwrap();
+    let patches: Vec<(String, Vec<u8>)> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| (r.headers["content-range"].clone(), r.body))
+        .collect();
+    let ok: Vec<&(String, Vec<u8>)> = patches
+        .iter()
+        .filter(|(r, _)| !r.starts_with("0-"))
+        .collect();
+    assert_eq!(ok[0].0, "100-999", "resumed where the registry stopped");
+    assert_eq!(ok[0].1, data[100..1000]);
+    assert_eq!(ok[1].0, "1000-1999");
+    assert_eq!(ok[2].0, "2000-2499");
+    assert_eq!(ok[2].1, data[2000..]);
+}

@@ -106,6 +106,9 @@ struct Inner {
     opts: ClientOptions,
     permits: Semaphore,
     registries: Mutex<HashMap<String, RegistryState>>,
+    /// Held while a token is fetched, so concurrent requests wanting the same scope set wait for
+    /// one fetch instead of each making their own.
+    token_fetch: Mutex<()>,
     requests: AtomicU64,
     token_fetches: AtomicU64,
 }
@@ -210,6 +213,7 @@ impl Client {
                 http,
                 opts,
                 registries: Mutex::new(HashMap::new()),
+                token_fetch: Mutex::new(()),
                 requests: AtomicU64::new(0),
                 token_fetches: AtomicU64::new(0),
             }),
@@ -317,24 +321,33 @@ impl Client {
             AuthScheme::Basic(h) => Ok(Some(h)),
             AuthScheme::Bearer { realm, service } => {
                 let key = scope_key(scopes);
-                let cached = self
-                    .inner
-                    .registries
-                    .lock()
-                    .await
-                    .get(registry)
-                    .and_then(|s| s.tokens.get(&key).cloned())
-                    .filter(Token::is_fresh);
-                let token = match cached {
+                let token = match self.cached_token(registry, &key).await {
                     Some(t) => t,
                     None => {
-                        self.fetch_token(registry, &realm, service.as_deref(), scopes)
-                            .await?
+                        let _one_at_a_time = self.inner.token_fetch.lock().await;
+                        // Another request may have fetched it while this one waited.
+                        match self.cached_token(registry, &key).await {
+                            Some(t) => t,
+                            None => {
+                                self.fetch_token(registry, &realm, service.as_deref(), scopes)
+                                    .await?
+                            }
+                        }
                     }
                 };
                 Ok(HeaderValue::from_str(&format!("Bearer {}", token.value)).ok())
             }
         }
+    }
+
+    async fn cached_token(&self, registry: &str, key: &str) -> Option<Token> {
+        self.inner
+            .registries
+            .lock()
+            .await
+            .get(registry)
+            .and_then(|s| s.tokens.get(key).cloned())
+            .filter(Token::is_fresh)
     }
 
     async fn fetch_token(
@@ -461,8 +474,13 @@ impl Client {
             };
             match sent {
                 Err(e) => {
+                    let err = transport_error(&req.method, &url, &e);
+                    // A certificate problem means the server speaks TLS: plain HTTP would only
+                    // hide the real error.
+                    let tls_spoken = err.to_string().to_ascii_lowercase().contains("certificate");
                     if !scheme_known
                         && !fell_back
+                        && !tls_spoken
                         && url.scheme() == "https"
                         && is_loopback_host(registry)
                         && matches!(req.target, Target::Path(_))
@@ -475,7 +493,6 @@ impl Client {
                         self.set_scheme(registry, "http").await;
                         continue;
                     }
-                    let err = transport_error(&req.method, &url, &e);
                     if err.is_retryable() && attempt + 1 < policy.max_attempts {
                         let delay = backoff(policy, attempt);
                         attempt += 1;

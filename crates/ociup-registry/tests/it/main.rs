@@ -6,3 +6,6 @@
 
 mod fake;
 mod hostile;
+mod registry;
+#[path = "../support/mod.rs"]
+mod support;

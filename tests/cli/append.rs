@@ -6,7 +6,7 @@ use crate::support::{blob, json, ociup_err, ociup_in, repo, sample_tree};
 /// `append` of `sample_tree` at /opt/app onto fixtures/base:v1 with the flags of
 /// `append_to_base_v1`. Pins the layer, config and manifest ociup writes.
 const GOLDEN_MANIFEST: &str =
-    "sha256:7de025f5095ccae20971c153bbc7453b715bcf66483b6093e8491b6c732b94d7";
+    "sha256:20ce810bb0da25b3222410970e3eb7e6ebd8aac96b96c775c9e25235cbce5575";
 /// fixtures/base:v1 (pinned by the fixtures test as well).
 const BASE_V1: &str = "sha256:5a55b077a6c9e1eaa763c0f003f97373f10fff59fbc2b8a0556518d7d6bca02b";
 
@@ -96,6 +96,10 @@ fn append_is_golden_and_reproducible_in_a_second_process() {
     );
     assert_eq!(ann["org.opencontainers.image.base.digest"], BASE_V1);
     assert_eq!(ann["dev.ociup.base.layers"], "3");
+    assert_eq!(
+        ann["dev.ociup.base.history"], "3",
+        "the base has one history entry per layer"
+    );
     assert_eq!(ann["org.example.note"], "hello");
     let rc = &config["config"];
     assert_eq!(

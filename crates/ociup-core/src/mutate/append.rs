@@ -126,6 +126,15 @@ pub fn append(
             if let Some(top) = diff_ids.last() {
                 ann.insert(annotations::BASE_TOP_DIFF_ID.to_owned(), top.to_string());
             }
+            let base_history = config
+                .value()
+                .get("history")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            ann.insert(
+                annotations::BASE_HISTORY.to_owned(),
+                base_history.to_string(),
+            );
             (family, config.value().clone(), layers, ann)
         }
     };

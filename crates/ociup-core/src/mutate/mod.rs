@@ -2,9 +2,13 @@
 
 mod append;
 mod index;
+mod rebase;
 
 pub use append::{Appended, Base, NewLayer, append};
 pub use index::new_index;
+pub use rebase::{
+    ConfigMode, FieldChange, OldBase, PlanLayer, RebaseInput, RebasePlan, Rebased, rebase,
+};
 
 /// Annotation keys ociup writes on every image it makes.
 pub mod annotations {
@@ -17,6 +21,8 @@ pub mod annotations {
     pub const BASE_LAYERS: &str = "dev.ociup.base.layers";
     /// The diff_id of the base's top layer, to check [`BASE_LAYERS`] against.
     pub const BASE_TOP_DIFF_ID: &str = "dev.ociup.base.top-diff-id";
+    /// How many of the image's history entries belong to its base.
+    pub const BASE_HISTORY: &str = "dev.ociup.base.history";
     /// A tag in an OCI layout's `index.json` (image-spec).
     pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 }

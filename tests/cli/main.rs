@@ -10,4 +10,7 @@ mod copy;
 mod fixtures;
 mod interop;
 mod layer;
+mod registry;
+#[path = "../../crates/ociup-registry/tests/support/mod.rs"]
+mod registry_support;
 mod support;

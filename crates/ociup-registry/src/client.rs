@@ -655,6 +655,14 @@ pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
         ),
         _ => (Vec::new(), describe_body(body)),
     };
+    // A HEAD answer has no body to say why; say it for the common case.
+    let message = if message.is_empty() && status == 401 {
+        "the registry wants credentials (none were found for it, or they were refused; use \
+         --username or docker login)"
+            .to_owned()
+    } else {
+        message
+    };
     Error::Http {
         method: method.to_string(),
         url,

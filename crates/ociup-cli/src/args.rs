@@ -72,6 +72,60 @@ pub enum Command {
     ///
     /// Example: ociup copy oci:fixtures/multi:v1 docker://localhost:5000/base:v1
     Copy(CopyArgs),
+    /// Put an image's own layers on another (usually newer) version of its base, rewriting only
+    /// its config and manifest: no layer is rebuilt, and within one registry no layer byte
+    /// moves (base blobs are mounted).
+    ///
+    /// The old and new base default to what the image records (its
+    /// org.opencontainers.image.base.name and .base.digest annotations): the recorded name is
+    /// looked up again for the new base. When the old base is gone, the layer boundary recorded
+    /// by ociup (dev.ociup.base.layers) is used instead. An index is rebased platform by
+    /// platform; attestation manifests of rebased platforms are dropped.
+    ///
+    /// Exit status: 0 rebased (or, with --dry-run, planned), 3 already on the new base (nothing
+    /// written), 1 failed.
+    Rebase(RebaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    /// The image to rebase (a layout or registry reference).
+    pub image: String,
+    /// The base the image was built on (default: recorded in the image).
+    #[arg(long, value_name = "REF")]
+    pub old_base: Option<String>,
+    /// The base to put it on (default: the recorded base name, looked up again).
+    #[arg(long, value_name = "REF")]
+    pub new_base: Option<String>,
+    /// Write the result under this tag of the image's repository (default: the image's tag).
+    #[arg(long, conflicts_with = "to")]
+    pub tag: Option<String>,
+    /// Write the result here instead (a layout or registry reference with a tag).
+    #[arg(long, value_name = "REF")]
+    pub to: Option<String>,
+    /// Rebase and write only this platform of an index. Repeatable.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Vec<String>,
+    /// How the config is derived: three-way keeps what the image changed and takes the rest
+    /// (PATH, JAVA_HOME, ...) from the new base; keep copies the image's config as is.
+    #[arg(long, value_enum, default_value_t = ConfigModeArg::ThreeWay)]
+    pub config: ConfigModeArg,
+    /// Show the plan (layers, config changes, blobs to mount or copy, the result's digest) and
+    /// write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result or plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// `created` of the new config, in seconds since 1970 (default: the image's).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECS")]
+    pub source_date_epoch: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConfigModeArg {
+    ThreeWay,
+    Keep,
 }
 
 #[derive(Debug, Args)]

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(cmd::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ociup: {err:#}");

@@ -4,6 +4,7 @@ mod append;
 mod copy;
 mod inspect;
 mod layer;
+mod rebase;
 
 use std::io::Read;
 
@@ -16,13 +17,15 @@ use ociup_registry::{AnyStore, Client, ClientOptions, Credential, Credentials, S
 
 use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerOpts};
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs a command; the result is the exit status.
+pub async fn run(cli: Cli) -> Result<u8> {
     let ctx = Ctx::new(&cli.global)?;
     match cli.command {
-        Command::Layer(LayerCommand::Create(args)) => layer::create(args),
-        Command::Append(args) => append::run(&ctx, *args).await,
-        Command::Inspect(args) => inspect::run(&ctx, args).await,
-        Command::Copy(args) => copy::run(&ctx, args).await,
+        Command::Layer(LayerCommand::Create(args)) => layer::create(args).map(|()| 0),
+        Command::Append(args) => append::run(&ctx, *args).await.map(|()| 0),
+        Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
+        Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
+        Command::Rebase(args) => rebase::run(&ctx, args).await,
     }
 }
 

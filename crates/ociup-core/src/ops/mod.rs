@@ -1,5 +1,7 @@
 //! Operations that move bytes between stores around the pure transforms: load an image, append
-//! to it and store the result in the right order (blobs, config, manifest, tag).
+//! to it and store the result in the right order (blobs, config, manifest, tag); rebase.
+
+pub mod rebase;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,235 @@
+use anyhow::{Context, Result, bail};
+use ociup_core::document::Document;
+use ociup_core::mutate::{ConfigMode, annotations};
+use ociup_core::ops::load_document;
+use ociup_core::ops::rebase::{OldBaseSource, RebaseOptions, RebaseOutcome, rebase_image};
+use ociup_core::reference::LayoutRef;
+use ociup_core::store::ManifestRef;
+use ociup_core::{Digest, Error};
+use ociup_registry::StoreRef;
+
+use super::{Ctx, open_for_reading, parse_ref};
+use crate::args::{ConfigModeArg, RebaseArgs};
+use crate::output;
+
+/// Exit status when the image already sits on the new base.
+pub const ALREADY_CURRENT: u8 = 3;
+
+/// The base annotations of an image: of the index itself, else of its first child.
+async fn recorded_base(
+    store: &ociup_registry::AnyStore,
+    doc: &Document,
+) -> Result<(Option<String>, Option<String>)> {
+    let ann = |m: Option<&std::collections::HashMap<String, String>>| {
+        (
+            m.and_then(|a| a.get(annotations::BASE_NAME).cloned()),
+            m.and_then(|a| a.get(annotations::BASE_DIGEST).cloned()),
+        )
+    };
+    Ok(match doc {
+        Document::Manifest(m) => ann(m.parsed().annotations().as_ref()),
+        Document::Index(i) => {
+            let own = ann(i.parsed().annotations().as_ref());
+            if own.0.is_some() {
+                own
+            } else if let Some(first) = i.parsed().manifests().first() {
+                let d = Digest::try_from(first.digest())?;
+                let child = load_document(store, &ManifestRef::Digest(d)).await?;
+                match child {
+                    Document::Manifest(m) => ann(m.parsed().annotations().as_ref()),
+                    Document::Index(_) => (None, None),
+                }
+            } else {
+                (None, None)
+            }
+        }
+    })
+}
+
+/// `name` pinned to `digest`, in the same store.
+fn pinned_ref(name: &str, digest: &str) -> Result<StoreRef> {
+    let d: Digest = digest.parse()?;
+    Ok(match parse_ref(name)? {
+        StoreRef::Layout(l) => StoreRef::Layout(LayoutRef {
+            dir: l.dir,
+            image: Some(ManifestRef::Digest(d)),
+        }),
+        StoreRef::Registry(r) => StoreRef::Registry(r.with_digest(d)),
+    })
+}
+
+pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
+    let image_ref = parse_ref(&args.image)?;
+    let client = ctx.client(&[&image_ref])?;
+    let (image_store, image) = open_for_reading(&image_ref, &client)?;
+    let doc = load_document(&image_store, &image)
+        .await
+        .with_context(|| format!("reading {}", args.image))?;
+    let (recorded_name, recorded_digest) = recorded_base(&image_store, &doc).await?;
+
+    let new_name = match (&args.new_base, &recorded_name) {
+        (Some(n), _) | (None, Some(n)) => n.clone(),
+        (None, None) => bail!(
+            "{} records no base (no {} annotation): name one with --new-base",
+            args.image,
+            annotations::BASE_NAME
+        ),
+    };
+    let new_ref = parse_ref(&new_name)?;
+    let old_ref = match (&args.old_base, &recorded_name, &recorded_digest) {
+        (Some(o), _, _) => Some((parse_ref(o)?, true)),
+        (None, Some(n), Some(d)) => Some((pinned_ref(n, d)?, false)),
+        _ => None,
+    };
+    let dest_ref = match (&args.to, &args.tag) {
+        (Some(to), _) => parse_ref(to)?,
+        (None, Some(t)) => match &image_ref {
+            StoreRef::Layout(l) => StoreRef::Layout(LayoutRef {
+                dir: l.dir.clone(),
+                image: Some(ManifestRef::Tag(t.clone())),
+            }),
+            StoreRef::Registry(r) => StoreRef::Registry(r.with_tag(t)),
+        },
+        (None, None) => {
+            if image_ref.tag().is_none() {
+                bail!(
+                    "{} is not a tag: say where to write with --tag or --to",
+                    args.image
+                );
+            }
+            image_ref.clone()
+        }
+    };
+    let mut refs = vec![&image_ref, &new_ref, &dest_ref];
+    if let Some((o, _)) = &old_ref {
+        refs.push(o);
+    }
+    let client = ctx.client(&refs)?;
+    let (new_store, new_image) = open_for_reading(&new_ref, &client)?;
+    let dest = dest_ref.open_for_writing(&client)?;
+
+    // The recorded old base may be gone (deleted, garbage-collected): then the image's own
+    // record of its base boundary is used.
+    let mut old_store = None;
+    if let Some((r, explicit)) = &old_ref {
+        let (s, m) = open_for_reading(r, &client)?;
+        match load_document(&s, &m).await {
+            Ok(_) => old_store = Some((s, m)),
+            Err(
+                e @ (Error::BlobNotFound { .. }
+                | Error::TagNotFound { .. }
+                | Error::InvalidLayout { .. }),
+            ) if !explicit => {
+                eprintln!(
+                    "ociup: the recorded old base {r} is gone ({e}); using the layer count the image records"
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading the old base {r}")),
+        }
+    }
+    let old = match &old_store {
+        Some((s, m)) => OldBaseSource::Image(s, m),
+        None => OldBaseSource::Recorded,
+    };
+    let opts = RebaseOptions {
+        config: match args.config {
+            ConfigModeArg::ThreeWay => ConfigMode::ThreeWay,
+            ConfigModeArg::Keep => ConfigMode::Keep,
+        },
+        platforms: args
+            .platform
+            .iter()
+            .map(|p| p.parse().with_context(|| format!("parsing --platform {p}")))
+            .collect::<Result<_>>()?,
+        created: args
+            .source_date_epoch
+            .as_deref()
+            .map(ociup_core::time::parse_epoch)
+            .transpose()?,
+        new_base_name: Some(new_name.clone()),
+        dry_run: args.dry_run,
+    };
+    let outcome = rebase_image(
+        &image_store,
+        doc,
+        old,
+        &new_store,
+        &new_image,
+        &dest,
+        dest_ref.tag(),
+        &opts,
+    )
+    .await
+    .with_context(|| format!("rebasing {} onto {new_name}", args.image))?;
+    print(&args, &dest_ref, &new_name, &outcome)?;
+    Ok(if outcome.already_current {
+        ALREADY_CURRENT
+    } else {
+        0
+    })
+}
+
+fn print(args: &RebaseArgs, dest: &StoreRef, new_base: &str, o: &RebaseOutcome) -> Result<()> {
+    if args.json {
+        let mut v = serde_json::to_value(o)?;
+        v["reference"] = dest.to_string().into();
+        v["new_base"] = new_base.into();
+        v["dry_run"] = args.dry_run.into();
+        return output::json(&v);
+    }
+    if o.already_current {
+        output::line(format!(
+            "{} already sits on {new_base} ({})",
+            args.image, o.digest
+        ))?;
+        return Ok(());
+    }
+    let verb = if args.dry_run { "would write" } else { "wrote" };
+    let mut lines = vec![
+        format!("{} -> {dest} on {new_base}", args.image),
+        format!("  {verb} {}", o.digest),
+    ];
+    for p in &o.platforms {
+        let label = p.platform.clone().unwrap_or_else(|| "image".into());
+        if p.plan.already_current {
+            lines.push(format!("  {label}: already current"));
+            continue;
+        }
+        lines.push(format!(
+            "  {label}: {} -> {} base layers, {} own layers kept, manifest {}",
+            p.plan.removed_layers.len(),
+            p.plan.added_layers.len(),
+            p.plan.own_layers.len(),
+            p.digest
+        ));
+        if args.dry_run {
+            for l in &p.plan.removed_layers {
+                lines.push(format!("    - {} ({} B)", l.digest, l.size));
+            }
+            for l in &p.plan.added_layers {
+                lines.push(format!("    + {} ({} B)", l.digest, l.size));
+            }
+        }
+        for c in &p.plan.config_changes {
+            lines.push(format!("    {}: {} -> {}", c.field, c.old, c.new));
+        }
+    }
+    if args.dry_run {
+        for b in &o.blobs {
+            lines.push(format!("  blob {} ({} B): {}", b.digest, b.size, b.action));
+        }
+    } else {
+        let count = |a: &str| o.blobs.iter().filter(|b| b.action == a).count();
+        lines.push(format!(
+            "  blobs: {} present, {} mounted, {} copied",
+            count("present"),
+            count("mounted"),
+            count("copied")
+        ));
+    }
+    for a in &o.dropped_attestations {
+        lines.push(format!("  dropped attestation {a}"));
+    }
+    output::line(lines.join("\n"))?;
+    Ok(())
+}

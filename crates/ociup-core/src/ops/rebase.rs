@@ -1,0 +1,473 @@
+//! Rebase across stores: load the image and both bases (in parallel), rebase each platform, and
+//! write only what is new: base blobs the destination lacks (mounted within one registry), then
+//! configs, manifests, and the index last.
+
+use futures_util::TryFutureExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{image_from_document, load_document};
+use crate::digest::Digest;
+use crate::document::{Document, Index, Manifest, RawDocument};
+use crate::error::{Error, Result};
+use crate::mutate::{self, ConfigMode, OldBase, RebaseInput, RebasePlan, annotations};
+use crate::reference::PlatformSpec;
+use crate::store::{BlobCopy, ManifestRef, Store, copy_blob};
+
+/// How to rebase.
+#[derive(Clone, Debug, Default)]
+pub struct RebaseOptions {
+    /// How configs are derived.
+    pub config: ConfigMode,
+    /// Rebase (and write) only these platforms of an index.
+    pub platforms: Vec<PlatformSpec>,
+    /// `created` of new configs; the image's when `None`.
+    pub created: Option<u64>,
+    /// `org.opencontainers.image.base.name` to record.
+    pub new_base_name: Option<String>,
+    /// Plan only: read everything, write nothing.
+    pub dry_run: bool,
+}
+
+/// What happens to one blob of the result.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlobAction {
+    /// The blob.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// `present`, `mount` or `copy` (planned), or `mounted`/`copied` (done).
+    pub action: String,
+}
+
+/// One platform's part of a rebase.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformRebase {
+    /// The platform (`linux/amd64`), when the image is an index.
+    pub platform: Option<String>,
+    /// The new manifest's digest.
+    pub digest: String,
+    /// What changed.
+    pub plan: RebasePlan,
+}
+
+/// What [`rebase_image`] did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct RebaseOutcome {
+    /// The digest of the result (the image's own when already current).
+    pub digest: String,
+    /// Its media type.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// Nothing to do: every platform already sits on the new base.
+    pub already_current: bool,
+    /// Per platform.
+    pub platforms: Vec<PlatformRebase>,
+    /// Base and own layer blobs, and what is (to be) done with each.
+    pub blobs: Vec<BlobAction>,
+    /// Attestation manifests left out of a rebased index (they describe the old children).
+    pub dropped_attestations: Vec<String>,
+    /// Whether anything was written.
+    pub written: bool,
+}
+
+/// Where the old base comes from.
+#[derive(Debug)]
+pub enum OldBaseSource<'a, B> {
+    /// An image in a store.
+    Image(&'a B, &'a ManifestRef),
+    /// What the image records of it (`dev.ociup.base.*` annotations).
+    Recorded,
+}
+
+async fn manifest_for<S: Store>(
+    store: &S,
+    doc: &Document,
+    platform: &PlatformSpec,
+) -> Result<super::Image> {
+    image_from_document(store, doc.clone(), Some(platform)).await
+}
+
+fn platform_of(m: &oci_spec::image::Descriptor) -> Option<PlatformSpec> {
+    m.platform().as_ref().map(|p| PlatformSpec {
+        os: p.os().to_string(),
+        architecture: p.architecture().to_string(),
+        variant: p.variant().clone(),
+    })
+}
+
+fn config_platform(c: &crate::config::Config) -> PlatformSpec {
+    PlatformSpec {
+        os: c.str_field("os").unwrap_or("").to_owned(),
+        architecture: c.str_field("architecture").unwrap_or("").to_owned(),
+        variant: c.str_field("variant").map(str::to_owned),
+    }
+}
+
+/// Attestations are manifests for platform `unknown/unknown` (BuildKit's provenance and SBOMs).
+fn is_attestation(m: &oci_spec::image::Descriptor) -> bool {
+    let unknown = m.platform().as_ref().is_some_and(|p| {
+        p.os().to_string() == "unknown" && p.architecture().to_string() == "unknown"
+    });
+    let typed = m.annotations().as_ref().is_some_and(|a| {
+        a.get("vnd.docker.reference.type")
+            .is_some_and(|t| t == "attestation-manifest")
+    });
+    unknown || typed
+}
+
+/// Rebases `image_doc` (a manifest or an index, loaded from `image_store` with
+/// [`load_document`]) from its old base onto `new_base`, writing the result to `dest` under
+/// `tag`. The two bases are fetched in parallel.
+///
+/// An index is rebased platform by platform against the same platform of the new base (and of
+/// the old base). Attestation manifests (`unknown/unknown`) that refer to a rebased child are
+/// dropped, as they attest a build the index no longer holds; others are kept as they are. With
+/// `platforms`, only those platforms are rebased and written.
+///
+/// # Errors
+/// Store errors, [`Error::InvalidChange`] from [`mutate::rebase`] (not built on the old base,
+/// platform mismatch) and when the new base lacks one of the image's platforms.
+#[allow(clippy::too_many_arguments)]
+pub async fn rebase_image<I: Store, B: Store, D: Store>(
+    image_store: &I,
+    image_doc: Document,
+    old_base: OldBaseSource<'_, B>,
+    new_base_store: &B,
+    new_base: &ManifestRef,
+    dest: &D,
+    tag: Option<&str>,
+    opts: &RebaseOptions,
+) -> Result<RebaseOutcome> {
+    // The three documents are independent: fetch them at once.
+    let old_fut = async {
+        match &old_base {
+            OldBaseSource::Image(s, r) => load_document(*s, r).map_ok(|d| Some((*s, d))).await,
+            OldBaseSource::Recorded => Ok(None),
+        }
+    };
+    let (new_doc, old) =
+        futures_util::future::try_join(load_document(new_base_store, new_base), old_fut).await?;
+
+    let mut outcome = RebaseOutcome {
+        digest: image_doc.raw().digest().to_string(),
+        media_type: image_doc.raw().media_type().to_owned(),
+        already_current: false,
+        platforms: Vec::new(),
+        blobs: Vec::new(),
+        dropped_attestations: Vec::new(),
+        written: false,
+    };
+
+    match &image_doc {
+        Document::Manifest(m) => {
+            let image_cfg = image_from_document(image_store, image_doc.clone(), None)
+                .await?
+                .config;
+            let platform = config_platform(&image_cfg);
+            let rebased = rebase_one(
+                m,
+                &image_cfg,
+                &platform,
+                old.as_ref(),
+                new_base_store,
+                &new_doc,
+                opts,
+            )
+            .await?;
+            outcome.already_current = rebased.plan.already_current;
+            outcome.digest = rebased.manifest.digest().to_string();
+            if !rebased.plan.already_current {
+                write_one(
+                    image_store,
+                    new_base_store,
+                    dest,
+                    &rebased,
+                    &mut outcome.blobs,
+                    opts.dry_run,
+                )
+                .await?;
+                if !opts.dry_run {
+                    dest.put_manifest(&rebased.manifest, tag).await?;
+                    outcome.written = true;
+                }
+            }
+            outcome.platforms.push(PlatformRebase {
+                platform: None,
+                digest: rebased.manifest.digest().to_string(),
+                plan: rebased.plan,
+            });
+        }
+        Document::Index(index) => {
+            rebase_index(
+                image_store,
+                index,
+                old.as_ref(),
+                new_base_store,
+                &new_doc,
+                dest,
+                tag,
+                opts,
+                &mut outcome,
+            )
+            .await?;
+        }
+    }
+    Ok(outcome)
+}
+
+type Old<'a, B> = Option<&'a (&'a B, Document)>;
+
+#[allow(clippy::too_many_arguments)]
+async fn rebase_one<B: Store>(
+    manifest: &Manifest,
+    image_cfg: &crate::config::Config,
+    platform: &PlatformSpec,
+    old: Old<'_, B>,
+    new_store: &B,
+    new_doc: &Document,
+    opts: &RebaseOptions,
+) -> Result<mutate::Rebased> {
+    let new = manifest_for(new_store, new_doc, platform)
+        .await
+        .map_err(|e| match e {
+            Error::InvalidChange { reason } => Error::InvalidChange {
+                reason: format!("the new base: {reason}"),
+            },
+            other => other,
+        })?;
+    let old_img = match old {
+        Some((s, d)) => Some(manifest_for(*s, d, platform).await?),
+        None => None,
+    };
+    let old_base = match &old_img {
+        Some(o) => OldBase::Image {
+            manifest: &o.manifest,
+            config: &o.config,
+        },
+        None => OldBase::Recorded,
+    };
+    mutate::rebase(&RebaseInput {
+        image: manifest,
+        image_config: image_cfg,
+        old_base,
+        new_base: &new.manifest,
+        new_base_config: &new.config,
+        new_base_name: opts.new_base_name.as_deref(),
+        config: opts.config,
+        created: opts.created,
+    })
+}
+
+/// Writes (or plans) the blobs and config of one rebased manifest: new base layers from the new
+/// base's store, own layers from the image's (both present already when all share a repository).
+async fn write_one<I: Store, B: Store, D: Store>(
+    image_store: &I,
+    new_store: &B,
+    dest: &D,
+    rebased: &mutate::Rebased,
+    blobs: &mut Vec<BlobAction>,
+    dry_run: bool,
+) -> Result<()> {
+    let mut base_jobs = Vec::new();
+    for l in &rebased.plan.added_layers {
+        base_jobs.push((l.digest.parse::<Digest>()?, l.size));
+    }
+    let mut own_jobs = Vec::new();
+    for l in &rebased.plan.own_layers {
+        own_jobs.push((l.digest.parse::<Digest>()?, l.size));
+    }
+    if dry_run {
+        for (d, size) in base_jobs.iter().chain(&own_jobs) {
+            let action = if dest.blob_exists(d).await? {
+                "present"
+            } else if new_store.mount_source().is_some() && dest.mount_source().is_some() {
+                "mount"
+            } else {
+                "copy"
+            };
+            blobs.push(BlobAction {
+                digest: d.to_string(),
+                size: *size,
+                action: action.into(),
+            });
+        }
+        return Ok(());
+    }
+    let base_copies = futures_util::future::try_join_all(
+        base_jobs
+            .iter()
+            .map(|(d, s)| copy_blob(new_store, dest, d, *s)),
+    );
+    let own_copies = futures_util::future::try_join_all(
+        own_jobs
+            .iter()
+            .map(|(d, s)| copy_blob(image_store, dest, d, *s)),
+    );
+    let (base_done, own_done) = futures_util::future::try_join(base_copies, own_copies).await?;
+    for ((d, size), how) in base_jobs
+        .iter()
+        .chain(&own_jobs)
+        .zip(base_done.into_iter().chain(own_done))
+    {
+        let action = match how {
+            BlobCopy::Present => "present",
+            BlobCopy::Mounted => "mounted",
+            BlobCopy::Copied => "copied",
+        };
+        blobs.push(BlobAction {
+            digest: d.to_string(),
+            size: *size,
+            action: action.into(),
+        });
+    }
+    dest.put_blob(
+        rebased.config.digest(),
+        rebased.config.size(),
+        rebased.config.bytes(),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rebase_index<I: Store, B: Store, D: Store>(
+    image_store: &I,
+    index: &Index,
+    old: Old<'_, B>,
+    new_store: &B,
+    new_doc: &Document,
+    dest: &D,
+    tag: Option<&str>,
+    opts: &RebaseOptions,
+    outcome: &mut RebaseOutcome,
+) -> Result<()> {
+    let mut value: serde_json::Map<String, Value> = serde_json::from_slice(index.raw().bytes())
+        .map_err(|source| Error::MalformedDocument {
+            what: format!("index {}", index.raw().digest()),
+            source,
+        })?;
+    let entries: Vec<Value> = value
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let descriptors = index.parsed().manifests();
+    let mut rebased_children: Vec<(String, String)> = Vec::new(); // old digest -> new digest
+    let mut new_entries = Vec::new();
+    let mut all_current = true;
+    let mut pending_attestations = Vec::new();
+    for (entry, desc) in entries.iter().zip(descriptors) {
+        if is_attestation(desc) {
+            pending_attestations.push(entry.clone());
+            continue;
+        }
+        let Some(platform) = platform_of(desc) else {
+            new_entries.push(entry.clone());
+            continue;
+        };
+        let wanted = opts.platforms.is_empty()
+            || opts.platforms.iter().any(|p| {
+                p.os == platform.os
+                    && p.architecture == platform.architecture
+                    && (p.variant.is_none() || p.variant == platform.variant)
+            });
+        if !wanted {
+            continue;
+        }
+        let digest = Digest::try_from(desc.digest())?;
+        let child = Manifest::parse(
+            image_store
+                .get_manifest(&ManifestRef::Digest(digest.clone()))
+                .await?,
+        )?;
+        let cfg = image_from_document(image_store, Document::Manifest(child.clone()), None)
+            .await?
+            .config;
+        let rebased = rebase_one(&child, &cfg, &platform, old, new_store, new_doc, opts).await?;
+        let mut e = entry.clone();
+        if !rebased.plan.already_current {
+            all_current = false;
+            write_one(
+                image_store,
+                new_store,
+                dest,
+                &rebased,
+                &mut outcome.blobs,
+                opts.dry_run,
+            )
+            .await?;
+            if !opts.dry_run {
+                dest.put_manifest(&rebased.manifest, None).await?;
+            }
+            e["digest"] = rebased.manifest.digest().to_string().into();
+            e["size"] = rebased.manifest.size().into();
+            // Platform fields (os.version, variant, os.features) as the new base has them.
+            if let Document::Index(ni) = new_doc
+                && let Some(nd) = super::select_platform(ni, &platform)
+                && let Some(np) = nd.platform()
+            {
+                e["platform"] = serde_json::to_value(np).unwrap_or_else(|_| e["platform"].clone());
+            }
+            rebased_children.push((digest.to_string(), rebased.manifest.digest().to_string()));
+        }
+        outcome.platforms.push(PlatformRebase {
+            platform: Some(platform.to_string()),
+            digest: rebased.manifest.digest().to_string(),
+            plan: rebased.plan,
+        });
+        new_entries.push(e);
+    }
+    if outcome.platforms.is_empty() {
+        return Err(Error::InvalidChange {
+            reason: format!(
+                "index {} has none of the platforms asked for",
+                index.raw().digest()
+            ),
+        });
+    }
+    // An attestation stays only while the manifest it describes is in the index unchanged.
+    let kept: Vec<String> = new_entries
+        .iter()
+        .filter_map(|e| e.get("digest").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    for a in pending_attestations {
+        let refers = a
+            .get("annotations")
+            .and_then(|x| x.get("vnd.docker.reference.digest"))
+            .and_then(Value::as_str);
+        match refers {
+            Some(r) if !kept.iter().any(|k| k == r) => outcome.dropped_attestations.push(
+                a.get("digest")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            _ => new_entries.push(a),
+        }
+    }
+    outcome.already_current = all_current && opts.platforms.is_empty();
+    if outcome.already_current {
+        return Ok(());
+    }
+    value.insert("manifests".into(), Value::Array(new_entries));
+    let mut ann: serde_json::Map<String, Value> = value
+        .get("annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(n) = &opts.new_base_name {
+        ann.insert(annotations::BASE_NAME.into(), n.clone().into());
+    }
+    ann.insert(
+        annotations::BASE_DIGEST.into(),
+        new_doc.raw().digest().to_string().into(),
+    );
+    value.insert("annotations".into(), Value::Object(ann));
+    let raw = RawDocument::canonical(&Value::Object(value), index.raw().media_type())?;
+    outcome.digest = raw.digest().to_string();
+    if !opts.dry_run {
+        dest.put_manifest(&raw, tag).await?;
+        outcome.written = true;
+    }
+    Ok(())
+}

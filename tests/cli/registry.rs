@@ -197,3 +197,223 @@ fn append_inspect_and_copy_on_a_registry() {
     );
     assert!(bundle.join("rootfs/etc/os-release").exists());
 }
+
+/// Blob upload requests (POST without mount, PATCH, PUT) for `repo` in the registry's log.
+fn uploads(reg: &TestRegistry, repo: &str) -> usize {
+    let path = format!("/v2/{repo}/blobs/uploads/");
+    reg.requests("PATCH", &path) + reg.requests("PUT", &path)
+}
+
+#[test]
+fn rebase_on_a_registry_moves_no_layer_bytes() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let host = reg.host();
+    let t = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(args, &[], "");
+        assert!(ok, "ociup {args:?}: {err}");
+        out
+    };
+    for (layout, tag, to) in [
+        ("base", "v1", "lib/base:v1"),
+        ("base", "v2", "lib/base:v2"),
+        ("multi", "v1", "lib/multi:v1"),
+        ("multi", "v2", "lib/multi:v2"),
+    ] {
+        ok(&[
+            "copy",
+            &format!("oci:{}:{tag}", fixtures().join(layout).display()),
+            &format!("{host}/{to}"),
+        ]);
+    }
+    std::fs::write(t.path().join("own"), b"own file\n").unwrap();
+    let add = format!("{}:/opt/own", t.path().join("own").display());
+    ok(&[
+        "append",
+        "--base",
+        &format!("{host}/lib/base:v1"),
+        "--add",
+        &add,
+        "--remove",
+        "/usr/share/base/VERSION",
+        "--to",
+        &format!("{host}/team/app:v1"),
+    ]);
+
+    let before = uploads(&reg, "team/app");
+    let out = json(&ok(&[
+        "rebase",
+        &format!("{host}/team/app:v1"),
+        "--new-base",
+        &format!("{host}/lib/base:v2"),
+        "--tag",
+        "v2",
+        "--json",
+    ]));
+    assert_eq!(
+        uploads(&reg, "team/app") - before,
+        1,
+        "only the config is uploaded"
+    );
+    let actions: Vec<&str> = out["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "mounted").count(),
+        3,
+        "{actions:?}"
+    );
+    assert!(!actions.contains(&"copied"), "{actions:?}");
+
+    // A second rebase onto the same base: already current, nothing written, exit 3.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args([
+            "rebase",
+            &format!("{host}/team/app:v2"),
+            "--new-base",
+            &format!("{host}/lib/base:v2"),
+        ])
+        .output()
+        .unwrap();
+    let (code, out2) = (again.status.code(), String::from_utf8_lossy(&again.stdout));
+    assert_eq!(code, Some(3), "{out2}");
+
+    // skopeo copies it out; umoci unpacks it with base v2's files and the own layer.
+    let lay = t.path().join("lay");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/team/app:v2"),
+            &format!("oci:{}:app", lay.display()),
+        ],
+    );
+    let bundle = t.path().join("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:app", lay.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let root = bundle.join("rootfs");
+    assert!(
+        std::fs::read_to_string(root.join("etc/os-release"))
+            .unwrap()
+            .contains("VERSION_ID=2")
+    );
+    assert!(root.join("usr/share/base/only-in-v2.txt").exists());
+    assert!(!root.join("usr/share/base/only-in-v1.txt").exists());
+    assert!(
+        !root.join("usr/share/base/VERSION").exists(),
+        "whiteout still applies"
+    );
+    assert_eq!(std::fs::read(root.join("opt/own")).unwrap(), b"own file\n");
+
+    // A two-platform custom index, made in a layout on multi:v1 and pushed.
+    let ml = t.path().join("multi");
+    crate::support::copy_tree(&fixtures().join("multi"), &ml);
+    let mut children = Vec::new();
+    for p in ["linux/amd64", "linux/arm64/v8"] {
+        let made = json(&ok(&[
+            "append",
+            "--base",
+            &format!("oci:{}:v1", ml.display()),
+            "--platform",
+            p,
+            "--add",
+            &add,
+            "--to",
+            &format!("oci:{}:{}", ml.display(), p.replace('/', "-")),
+            "--json",
+        ]));
+        children.push((
+            made["digest"].as_str().unwrap().to_owned(),
+            made["size"].as_u64().unwrap(),
+            p.to_owned(),
+        ));
+    }
+    let manifests: Vec<serde_json::Value> = children
+        .iter()
+        .map(|(d, size, p)| {
+            let parts: Vec<&str> = p.split('/').collect();
+            let mut platform = serde_json::json!({"os": parts[0], "architecture": parts[1]});
+            if let Some(v) = parts.get(2) {
+                platform["variant"] = (*v).into();
+            }
+            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size, "platform": platform})
+        })
+        .collect();
+    let index = ociup_core::document::RawDocument::canonical(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
+        "application/vnd.oci.image.index.v1+json",
+    )
+    .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let layout = ociup_core::layout::OciLayout::open(&ml).unwrap();
+        ociup_core::store::Store::put_manifest(&layout, &index, Some("custom"))
+            .await
+            .unwrap();
+    });
+    ok(&[
+        "copy",
+        &format!("oci:{}:custom", ml.display()),
+        &format!("{host}/team/multi:v1"),
+    ]);
+    let before = uploads(&reg, "team/multi");
+    let out = json(&ok(&[
+        "rebase",
+        &format!("{host}/team/multi:v1"),
+        "--old-base",
+        &format!("{host}/lib/multi:v1"),
+        "--new-base",
+        &format!("{host}/lib/multi:v2"),
+        "--tag",
+        "v2",
+        "--json",
+    ]));
+    assert_eq!(out["platforms"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        uploads(&reg, "team/multi") - before,
+        2,
+        "two configs, no layer"
+    );
+    let arm = t.path().join("arm");
+    ok(&[
+        "copy",
+        &format!("{host}/team/multi:v2"),
+        &format!("oci:{}:arm", arm.display()),
+        "--platform",
+        "linux/arm64",
+    ]);
+    let b2 = t.path().join("b2");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:arm", arm.display()),
+            b2.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read_to_string(b2.join("rootfs/bin/hello"))
+            .unwrap()
+            .contains("v2 (arm64/v8)")
+    );
+    assert_eq!(
+        std::fs::read(b2.join("rootfs/opt/own")).unwrap(),
+        b"own file\n"
+    );
+}

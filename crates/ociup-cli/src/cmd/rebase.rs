@@ -112,16 +112,25 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
     // record of its base boundary is used.
     let mut old_store = None;
     if let Some((r, explicit)) = &old_ref {
-        let (s, m) = open_for_reading(r, &client)?;
-        match load_document(&s, &m).await {
-            Ok(_) => old_store = Some((s, m)),
+        let attempt = async {
+            let s = r.open(&client)?;
+            let m = match r.image() {
+                Some(m) => m,
+                None => s.default_image()?,
+            };
+            load_document(&s, &m).await?;
+            Ok::<_, Error>((s, m))
+        };
+        match attempt.await {
+            Ok(found) => old_store = Some(found),
             Err(
                 e @ (Error::BlobNotFound { .. }
                 | Error::TagNotFound { .. }
                 | Error::InvalidLayout { .. }),
             ) if !explicit => {
                 eprintln!(
-                    "ociup: the recorded old base {r} is gone ({e}); using the layer count the image records"
+                    "ociup: the recorded old base {r} is gone ({e}); using the layer count the \
+                     image records"
                 );
             }
             Err(e) => return Err(e).with_context(|| format!("reading the old base {r}")),

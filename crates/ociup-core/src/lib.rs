@@ -11,6 +11,7 @@ pub mod config;
 pub mod copy;
 pub mod document;
 pub mod layout;
+pub mod managed;
 pub mod mutate;
 pub mod ops;
 pub mod reference;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::annotations;
-use crate::config::Config;
+use crate::config::{Config, ConfigChange};
 use crate::digest::Digest;
 use crate::document::{Manifest, RawDocument};
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ pub enum OldBase<'a> {
 }
 
 /// How the new config is derived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum ConfigMode {
     /// Fields the image did not change relative to the old base follow the new base; fields it
     /// changed keep its value; `Env`, `Labels`, `ExposedPorts` and `Volumes` are merged by key.
@@ -40,10 +40,13 @@ pub enum ConfigMode {
     ThreeWay,
     /// The image's config as it is (crane's behaviour), with the new base's platform fields.
     Keep,
+    /// The new base's config with these changes applied: what a managed image's recipe makes,
+    /// so the result is what building the recipe on the new base would give.
+    Derive(Vec<ConfigChange>),
 }
 
 /// The inputs of [`rebase`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RebaseInput<'a> {
     /// The image to rebase.
     pub image: &'a Manifest,
@@ -315,10 +318,21 @@ pub fn rebase(input: &RebaseInput<'_>) -> Result<Rebased> {
     // Config.
     let img_cfg = input.image_config.value();
     let new_cfg = input.new_base_config.value();
-    let mut cfg = match (input.config, old_config) {
+    let mut cfg = match (&input.config, old_config) {
         (ConfigMode::ThreeWay, Some(old)) => three_way(img_cfg, old.value(), new_cfg),
         (ConfigMode::ThreeWay, None) => keep_adding_env(img_cfg, new_cfg),
         (ConfigMode::Keep, _) => img_cfg.clone(),
+        (ConfigMode::Derive(changes), _) => {
+            let mut c = img_cfg.clone();
+            let mut derived = serde_json::Map::new();
+            derived.insert("config".into(), Value::Object(runtime(new_cfg)));
+            crate::config::apply_changes(&mut derived, changes)?;
+            c.insert(
+                "config".into(),
+                derived.remove("config").unwrap_or(Value::Null),
+            );
+            c
+        }
     };
     for key in ["os", "architecture", "variant", "os.version", "os.features"] {
         match new_cfg.get(key) {
@@ -636,7 +650,6 @@ fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<Field
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigChange;
     use crate::layer::Layer;
     use crate::media_type::Compression;
     use crate::mutate::{Base, NewLayer, append};

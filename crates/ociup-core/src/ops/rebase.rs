@@ -254,7 +254,7 @@ async fn rebase_one<B: Store>(
         new_base: &new.manifest,
         new_base_config: &new.config,
         new_base_name: opts.new_base_name.as_deref(),
-        config: opts.config,
+        config: opts.config.clone(),
         created: opts.created,
     })
 }

@@ -1,0 +1,5 @@
+//! Managed images: recipes, the catalog kept in the store, signed build manifests, and the
+//! register / resolve flows over any stores.
+
+pub mod build_manifest;
+pub mod recipe;

@@ -85,6 +85,204 @@ pub enum Command {
     /// Exit status: 0 rebased (or, with --dry-run, planned), 3 already on the new base (nothing
     /// written), 1 failed.
     Rebase(RebaseArgs),
+    /// Register a managed image under a nick and build its first version.
+    ///
+    /// The steps are the flags of `ociup append`, applied in the order given, or a recipe file
+    /// (JSON; see the README). Files named by steps are checked before anything is written. The
+    /// catalog (recipes, versions, audit trail) lives in a store: --catalog, OCIUP_CATALOG, or
+    /// a layout under the user's data directory.
+    ///
+    /// Example: ociup register trainer --base oci:fixtures/base:latest --to oci:images
+    /// --add ./train.py:/opt/train.py --env MODE=train
+    Register(Box<RegisterArgs>),
+    /// The request to run: print the digest-pinned reference of a nick's newest version,
+    /// regenerating it on the spot when its base has moved.
+    ///
+    /// Exit status 0; 1 on failure.
+    Resolve(ResolveArgs),
+    /// Every nick (or those named): current, stale (base moved), pending or failed, with one
+    /// base lookup per distinct base.
+    Status(StatusArgs),
+    /// Every version of a nick: number, digest, base digest, reason, time, actor.
+    History(HistoryArgs),
+    /// Write a new ed25519 key pair: PREFIX.key (PKCS#8 PEM, private) and PREFIX.pub.
+    Keygen(KeygenArgs),
+    /// Check an image (or a nick's current version) against its signed build manifest: the
+    /// signature, and that its own layers hold exactly the listed files and hashes.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Where the catalog lives: a layout (oci:<dir>) or a registry repository.
+    #[arg(long, env = "OCIUP_CATALOG", value_name = "REF")]
+    pub catalog: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SigningArgs {
+    /// Sign build manifests with this ed25519 private key (PKCS#8 PEM, from `ociup keygen`).
+    #[arg(long, env = "OCIUP_SIGNING_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Who is recorded with the command (default: $USER).
+    #[arg(long, env = "OCIUP_ACTOR")]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The nick: 1 to 64 of [a-z0-9_-].
+    #[arg(required_unless_present = "recipe")]
+    pub nick: Option<String>,
+    /// A recipe file instead of the flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nick", "base", "to"])]
+    pub recipe: Option<PathBuf>,
+    /// The base image, usually a moving tag.
+    #[arg(long, value_name = "REF", required_unless_present = "recipe")]
+    pub base: Option<String>,
+    /// Where versions go: a repository or a layout (oci:<dir>), without tag.
+    #[arg(long, value_name = "REPO", required_unless_present = "recipe")]
+    pub to: Option<String>,
+    /// Platform to pick from a multi-platform base.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Add a file or tree at DEST.
+    #[arg(long, value_name = "SRC:DEST")]
+    pub add: Vec<String>,
+    /// Replace a file of the base.
+    #[arg(long, value_name = "SRC:DEST")]
+    pub replace: Vec<String>,
+    /// Remove a path of the base.
+    #[arg(long, value_name = "PATH")]
+    pub remove: Vec<String>,
+    /// Hide the base's contents of a directory.
+    #[arg(long, value_name = "DIR")]
+    pub clear_dir: Vec<String>,
+    /// Set an environment variable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Set the entrypoint (JSON array or one program).
+    #[arg(long, value_name = "JSON|PATH")]
+    pub entrypoint: Vec<String>,
+    /// Set the default arguments (JSON array or one word).
+    #[arg(long, value_name = "JSON|WORD")]
+    pub cmd: Vec<String>,
+    /// Set the working directory.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Vec<String>,
+    /// Set the user.
+    #[arg(long)]
+    pub user: Vec<String>,
+    /// Set a label.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Expose a port.
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub expose: Vec<String>,
+    /// Declare a volume.
+    #[arg(long, value_name = "PATH")]
+    pub volume: Vec<String>,
+    /// Set the stop signal.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Vec<String>,
+    /// Set a manifest annotation.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub annotation: Vec<String>,
+    /// Upper bound of timestamps in what is built, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+    /// Print the version record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// The nick.
+    pub nick: String,
+    /// Say whether an upgrade is due; change nothing.
+    #[arg(long, conflicts_with = "offline")]
+    pub check: bool,
+    /// Answer the current version without asking the base.
+    #[arg(long)]
+    pub offline: bool,
+    /// When the base cannot be reached: fail, or answer the last good version marked stale.
+    #[arg(long, value_enum, default_value_t = UnreachableArg::Fail)]
+    pub if_unreachable: UnreachableArg,
+    /// Print JSON: reference, digest, version, upgraded, upgrade_due, stale, base_digest,
+    /// previous_base_digest.
+    #[arg(long)]
+    pub json: bool,
+    /// `created` of a regenerated version, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UnreachableArg {
+    Fail,
+    Stale,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Nicks to show (default: all).
+    pub nicks: Vec<String>,
+    /// One JSON object per nick.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The nick.
+    pub nick: String,
+    /// One JSON object per version.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Writes PREFIX.key and PREFIX.pub; refuses to overwrite.
+    #[arg(long, value_name = "PREFIX")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A nick (its current version) or an image reference.
+    pub target: String,
+    /// The public key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Print what was checked as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
 }
 
 #[derive(Debug, Args)]

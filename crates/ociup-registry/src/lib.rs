@@ -12,4 +12,4 @@ pub use client::{Client, ClientOptions, RetryPolicy};
 pub use error::{Error, Result};
 pub use reference::Reference;
 pub use repository::Repository;
-pub use store_ref::{AnyStore, StoreRef};
+pub use store_ref::{AnyStore, Opener, StoreRef};

@@ -171,3 +171,44 @@ impl Store for AnyStore {
         delegate!(self, s => s.mount_blob(digest, source).await)
     }
 }
+
+/// Opens the stores references name, for managed images: layouts and registry repositories
+/// through one [`Client`].
+#[derive(Clone, Debug)]
+pub struct Opener {
+    client: Client,
+}
+
+impl Opener {
+    /// An opener using `client` for registries.
+    pub fn new(client: Client) -> Self {
+        Opener { client }
+    }
+}
+
+impl ociup_core::managed::manager::Stores for Opener {
+    type Store = AnyStore;
+
+    fn open(
+        &self,
+        reference: &str,
+        write: bool,
+    ) -> ociup_core::Result<(AnyStore, Option<ManifestRef>)> {
+        let r = StoreRef::parse(reference)?;
+        let store = if write {
+            r.open_for_writing(&self.client)?
+        } else {
+            r.open(&self.client)?
+        };
+        Ok((store, r.image()))
+    }
+
+    fn pinned(&self, target: &str, digest: &Digest) -> ociup_core::Result<String> {
+        Ok(match StoreRef::parse(target)? {
+            StoreRef::Layout(l) => format!("oci:{}@{digest}", l.dir.display()),
+            StoreRef::Registry(r) => {
+                format!("docker://{}/{}@{digest}", r.registry(), r.repository())
+            }
+        })
+    }
+}

@@ -4,6 +4,7 @@ mod append;
 mod copy;
 mod inspect;
 mod layer;
+mod managed;
 mod rebase;
 
 use std::io::Read;
@@ -17,10 +18,19 @@ use ociup_registry::{AnyStore, Client, ClientOptions, Credential, Credentials, S
 
 use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerOpts};
 
-/// Runs a command; the result is the exit status.
-pub async fn run(cli: Cli) -> Result<u8> {
+/// Runs a command; the result is the exit status. `matches` gives the order of repeated flags.
+pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let ctx = Ctx::new(&cli.global)?;
     match cli.command {
+        Command::Register(args) => {
+            let sub = matches.subcommand_matches("register").unwrap_or(matches);
+            managed::register(&ctx, *args, sub).await.map(|()| 0)
+        }
+        Command::Resolve(args) => managed::resolve(&ctx, args).await.map(|()| 0),
+        Command::Status(args) => managed::status(&ctx, args).await.map(|()| 0),
+        Command::History(args) => managed::history(&ctx, args).await.map(|()| 0),
+        Command::Keygen(args) => managed::keygen(args).map(|()| 0),
+        Command::Verify(args) => managed::verify(&ctx, args).await.map(|()| 0),
         Command::Layer(LayerCommand::Create(args)) => layer::create(args).map(|()| 0),
         Command::Append(args) => append::run(&ctx, *args).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),

@@ -2,4 +2,6 @@
 //! register / resolve flows over any stores.
 
 pub mod build_manifest;
+pub mod catalog;
+pub mod manager;
 pub mod recipe;

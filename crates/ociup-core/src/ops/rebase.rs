@@ -69,6 +69,9 @@ pub struct RebaseOutcome {
     pub dropped_attestations: Vec<String>,
     /// Whether anything was written.
     pub written: bool,
+    /// The result document (the image's own when already current).
+    #[serde(skip)]
+    pub document: Option<RawDocument>,
 }
 
 /// Where the old base comes from.
@@ -157,6 +160,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
         blobs: Vec::new(),
         dropped_attestations: Vec::new(),
         written: false,
+        document: Some(image_doc.raw().clone()),
     };
 
     match &image_doc {
@@ -177,6 +181,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
             .await?;
             outcome.already_current = rebased.plan.already_current;
             outcome.digest = rebased.manifest.digest().to_string();
+            outcome.document = Some(rebased.manifest.clone());
             if !rebased.plan.already_current {
                 write_one(
                     image_store,
@@ -465,6 +470,7 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
     value.insert("annotations".into(), Value::Object(ann));
     let raw = RawDocument::canonical(&Value::Object(value), index.raw().media_type())?;
     outcome.digest = raw.digest().to_string();
+    outcome.document = Some(raw.clone());
     if !opts.dry_run {
         dest.put_manifest(&raw, tag).await?;
         outcome.written = true;

@@ -1,0 +1,339 @@
+//! register, resolve, status, history, keygen, verify.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::ArgMatches;
+use ociup_core::managed::build_manifest::{Key, PublicKey};
+use ociup_core::managed::manager::{self, Manager, ResolveOptions, Unreachable};
+use ociup_core::managed::recipe::{Recipe, Step};
+use ociup_core::store::ManifestRef;
+use ociup_registry::{AnyStore, Opener, StoreRef};
+
+use super::{Ctx, open_for_reading, parse_platform, parse_ref};
+use crate::args::{
+    CatalogArgs, HistoryArgs, KeygenArgs, RegisterArgs, ResolveArgs, SigningArgs, StatusArgs,
+    UnreachableArg, VerifyArgs,
+};
+use crate::output;
+
+/// The catalog reference: the flag, OCIUP_CATALOG, or a layout under the user's data directory.
+fn catalog_ref(args: &CatalogArgs) -> Result<String> {
+    if let Some(c) = &args.catalog {
+        return Ok(c.clone());
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("no --catalog, OCIUP_CATALOG, XDG_DATA_HOME or HOME to place the catalog")?;
+    Ok(format!("oci:{}", data.join("ociup/catalog").display()))
+}
+
+fn manager(
+    ctx: &Ctx,
+    catalog: &CatalogArgs,
+    signing: Option<&SigningArgs>,
+    epoch: u64,
+    platform: Option<&str>,
+) -> Result<Manager<Opener>> {
+    let cref = parse_ref(&catalog_ref(catalog)?)?;
+    let client = ctx.client(&[&cref])?;
+    let store = cref
+        .open_for_writing(&client)
+        .context("opening the catalog")?;
+    let key = match signing.and_then(|s| s.sign_key.as_ref()) {
+        Some(p) => Some(Key::load(p)?),
+        None => None,
+    };
+    let actor = signing
+        .and_then(|s| s.actor.clone())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Manager::new(
+        Opener::new(client),
+        store,
+        actor,
+        key,
+        epoch,
+        parse_platform(platform)?,
+    ))
+}
+
+/// The `append`-style step flags of `register`, in the order they were given.
+fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
+    let split = |flag: &str, v: &str, sep: char| -> Result<(String, String)> {
+        let (a, b) = if sep == ':' {
+            v.rsplit_once(sep)
+        } else {
+            v.split_once(sep)
+        }
+        .with_context(|| format!("--{flag} {v:?}: expected two parts separated by {sep:?}"))?;
+        Ok((a.to_owned(), b.to_owned()))
+    };
+    let list = |flag: &str, v: &str| -> Result<Vec<String>> {
+        if v.trim_start().starts_with('[') {
+            serde_json::from_str(v)
+                .with_context(|| format!("--{flag}: not a JSON array of strings"))
+        } else {
+            Ok(vec![v.to_owned()])
+        }
+    };
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    for id in [
+        "add",
+        "replace",
+        "remove",
+        "clear_dir",
+        "env",
+        "entrypoint",
+        "cmd",
+        "workdir",
+        "user",
+        "label",
+        "expose",
+        "volume",
+        "stop_signal",
+        "annotation",
+    ] {
+        let (Some(values), Some(indices)) = (m.get_many::<String>(id), m.indices_of(id)) else {
+            continue;
+        };
+        let flag = id.replace('_', "-");
+        for (v, i) in values.zip(indices) {
+            let step = match id {
+                "add" => {
+                    let (src, dest) = split(&flag, v, ':')?;
+                    Step::Add { src, dest }
+                }
+                "replace" => {
+                    let (src, dest) = split(&flag, v, ':')?;
+                    Step::Replace { src, dest }
+                }
+                "remove" => Step::Remove { path: v.clone() },
+                "clear_dir" => Step::ClearDir { path: v.clone() },
+                "env" => {
+                    let (key, value) = split(&flag, v, '=')?;
+                    Step::Env { key, value }
+                }
+                "entrypoint" => Step::Entrypoint {
+                    args: list(&flag, v)?,
+                },
+                "cmd" => Step::Cmd {
+                    args: list(&flag, v)?,
+                },
+                "workdir" => Step::Workdir { path: v.clone() },
+                "user" => Step::User { user: v.clone() },
+                "label" => {
+                    let (key, value) = split(&flag, v, '=')?;
+                    Step::Label { key, value }
+                }
+                "expose" => Step::Expose { port: v.clone() },
+                "volume" => Step::Volume { path: v.clone() },
+                "stop_signal" => Step::StopSignal { signal: v.clone() },
+                _ => {
+                    let (key, value) = split(&flag, v, '=')?;
+                    Step::Annotation { key, value }
+                }
+            };
+            steps.push((i, step));
+        }
+    }
+    steps.sort_by_key(|(i, _)| *i);
+    Ok(steps.into_iter().map(|(_, s)| s).collect())
+}
+
+pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Result<()> {
+    let (recipe, dir) = match &args.recipe {
+        Some(file) => {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading recipe {}", file.display()))?;
+            let recipe = Recipe::parse(&bytes, &file.display().to_string())?;
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            (recipe, dir)
+        }
+        None => {
+            let recipe = Recipe {
+                nick: args.nick.clone().unwrap_or_default(),
+                base: args.base.clone().unwrap_or_default(),
+                target: args.to.clone().unwrap_or_default(),
+                steps: ordered_steps(matches)?,
+            };
+            ociup_core::managed::recipe::validate_nick(&recipe.nick)?;
+            (recipe, PathBuf::from("."))
+        }
+    };
+    if let StoreRef::Layout(l) = parse_ref(&recipe.target)?
+        && l.image.is_some()
+    {
+        bail!(
+            "--to {}: name a layout (oci:<dir>) or repository, without a tag",
+            recipe.target
+        );
+    }
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    let m = manager(
+        ctx,
+        &args.catalog,
+        Some(&args.signing),
+        epoch,
+        args.platform.as_deref(),
+    )?;
+    let command = std::iter::once(format!(
+        "ociup register {} --base {} --to {}",
+        recipe.nick, recipe.base, recipe.target
+    ))
+    .chain(recipe.commands())
+    .collect::<Vec<_>>()
+    .join(" ");
+    let record = m
+        .register(recipe.clone(), &dir, command)
+        .await
+        .with_context(|| format!("registering {}", recipe.nick))?;
+    if args.json {
+        return output::json(&serde_json::to_value(&record)?);
+    }
+    output::line(format!(
+        "registered {} version {}\n  {}\n  base {} ({})",
+        record.nick, record.number, record.image, record.base, record.base_digest
+    ))?;
+    Ok(())
+}
+
+pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<()> {
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    let m = manager(ctx, &args.catalog, Some(&args.signing), epoch, None)?;
+    let r = m
+        .resolve(
+            &args.nick,
+            ResolveOptions {
+                check: args.check,
+                offline: args.offline,
+                unreachable: match args.if_unreachable {
+                    UnreachableArg::Fail => Unreachable::Fail,
+                    UnreachableArg::Stale => Unreachable::Stale,
+                },
+            },
+        )
+        .await
+        .with_context(|| format!("resolving {}", args.nick))?;
+    if args.json {
+        return output::json(&serde_json::to_value(&r)?);
+    }
+    if r.stale {
+        eprintln!(
+            "ociup: the base of {} cannot be reached; answering the last good version (stale)",
+            r.nick
+        );
+    }
+    if args.check {
+        output::line(if r.upgrade_due {
+            "upgrade due"
+        } else {
+            "current"
+        })?;
+        return Ok(());
+    }
+    if r.upgraded {
+        eprintln!(
+            "ociup: {} upgraded to version {} (base {})",
+            r.nick, r.version, r.base_digest
+        );
+    }
+    output::line(&r.reference)?;
+    Ok(())
+}
+
+pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<()> {
+    let m = manager(ctx, &args.catalog, None, 0, None)?;
+    let all = m.status(&args.nicks).await?;
+    if args.json {
+        return output::json(&serde_json::to_value(&all)?);
+    }
+    for s in &all {
+        output::line(format!(
+            "{:<20} {:<8} v{:<4} {}",
+            s.nick,
+            s.status,
+            s.version.map_or("-".into(), |v| v.to_string()),
+            s.base
+        ))?;
+    }
+    Ok(())
+}
+
+pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<()> {
+    let m = manager(ctx, &args.catalog, None, 0, None)?;
+    let versions = m.history(&args.nick).await?;
+    if args.json {
+        return output::json(&serde_json::to_value(&versions)?);
+    }
+    for v in &versions {
+        output::line(format!(
+            "v{:<4} {}  {}  base {}  {} by {}",
+            v.number, v.digest, v.reason, v.base_digest, v.time, v.actor
+        ))?;
+    }
+    Ok(())
+}
+
+pub fn keygen(args: KeygenArgs) -> Result<()> {
+    let private = PathBuf::from(format!("{}.key", args.out.display()));
+    let public = PathBuf::from(format!("{}.pub", args.out.display()));
+    for p in [&private, &public] {
+        if p.exists() {
+            bail!("{} exists; not overwriting a key", p.display());
+        }
+    }
+    let key = Key::generate()?;
+    let (priv_pem, pub_pem) = key.to_pem()?;
+    let write = |p: &Path, text: &str, mode: u32| -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+            .with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    };
+    write(&private, &priv_pem, 0o600)?;
+    write(&public, &pub_pem, 0o644)?;
+    output::line(format!(
+        "{}\n{}\n  key id {}",
+        private.display(),
+        public.display(),
+        key.key_id()
+    ))?;
+    Ok(())
+}
+
+pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
+    let key = PublicKey::load(&args.key)?;
+    let is_nick = ociup_core::managed::recipe::validate_nick(&args.target).is_ok()
+        && !args.target.contains(':');
+    let checked = if is_nick {
+        let m = manager(ctx, &args.catalog, None, 0, None)?;
+        let (store, digest) = m.current(&args.target).await?;
+        manager::verify(&store, &ManifestRef::Digest(digest), &key).await
+    } else {
+        let r = parse_ref(&args.target)?;
+        let client = ctx.client(&[&r])?;
+        let (store, image): (AnyStore, ManifestRef) = open_for_reading(&r, &client)?;
+        manager::verify(&store, &image, &key).await
+    }
+    .with_context(|| format!("verifying {}", args.target))?;
+    if args.json {
+        return output::json(&serde_json::to_value(&checked)?);
+    }
+    output::line(format!(
+        "verified {} ({} version {}): signature good, {} own layers and {} files as listed",
+        checked.digest, checked.nick, checked.version, checked.layers, checked.files
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The catalog: recipes, versions and the audit trail, kept as plain OCI artifacts in a store
+//! (a registry repository or a layout), next to the images. No database.
+//!
+//! Each nick is one artifact manifest tagged `nick.<nick>` (artifact type
+//! [`NICK_ARTIFACT`]): its layers are JSON blobs (the recipe, the current version record, the last
+//! audit entry), its annotations the state. Version records and audit entries link to the one
+//! before them by digest, so history is a content-addressed chain. Blobs are written before the
+//! manifest that names them, so the tag always points at something complete.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use super::recipe::Recipe;
+use crate::digest::Digest;
+use crate::document::{RawDocument, canonical_json};
+use crate::error::{Error, Result};
+use crate::media_type;
+use crate::store::{ManifestRef, Store};
+
+/// Artifact type of a nick's manifest.
+pub const NICK_ARTIFACT: &str = "application/vnd.ociup.nick.v1+json";
+/// Media type of a recipe blob.
+pub const RECIPE_MEDIA_TYPE: &str = "application/vnd.ociup.recipe.v1+json";
+/// Media type of a version record blob.
+pub const VERSION_MEDIA_TYPE: &str = "application/vnd.ociup.version.v1+json";
+/// Media type of an audit entry blob.
+pub const AUDIT_MEDIA_TYPE: &str = "application/vnd.ociup.audit.v1+json";
+/// The OCI empty descriptor's media type (artifact configs).
+pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// Where a nick stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Registered, first build not finished.
+    Pending,
+    /// Has a version.
+    Ready,
+    /// The first build failed.
+    Failed,
+}
+
+/// One built version of a managed image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The nick.
+    pub nick: String,
+    /// 1, 2, ...
+    pub number: u64,
+    /// Digest-pinned reference of the image.
+    pub image: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// The base reference.
+    pub base: String,
+    /// What it pointed to.
+    pub base_digest: String,
+    /// Digest of the recipe blob it was made from.
+    pub recipe: String,
+    /// `registered`, `base moved`, `recipe edited`.
+    pub reason: String,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// Who.
+    pub actor: String,
+    /// Digest of the previous version record.
+    pub previous: Option<String>,
+    /// The signed build manifest: digest and size of its envelope blob.
+    pub build_manifest: Option<(String, u64)>,
+}
+
+/// One management command applied to a nick.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The command, as a command line.
+    pub command: String,
+    /// When.
+    pub time: String,
+    /// Who.
+    pub actor: String,
+    /// Digest of the previous entry.
+    pub previous: Option<String>,
+}
+
+/// A blob of the catalog: digest and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRef {
+    /// Digest.
+    pub digest: Digest,
+    /// Size.
+    pub size: u64,
+}
+
+/// A nick as the catalog holds it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The nick.
+    pub nick: String,
+    /// State.
+    pub state: State,
+    /// Why the first build failed.
+    pub error: Option<String>,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Its blob.
+    pub recipe_blob: BlobRef,
+    /// The current version and its blob.
+    pub version: Option<(VersionRecord, BlobRef)>,
+    /// The last audit entry's blob.
+    pub audit: BlobRef,
+}
+
+/// A catalog in a store.
+#[derive(Clone, Debug)]
+pub struct Catalog<S> {
+    store: S,
+}
+
+fn tag(nick: &str) -> String {
+    format!("nick.{nick}")
+}
+
+impl<S: Store> Catalog<S> {
+    /// A catalog kept in `store`.
+    pub fn new(store: S) -> Self {
+        Catalog { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Every nick, sorted.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn nicks(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_tags()
+            .await?
+            .into_iter()
+            .filter_map(|t| t.strip_prefix("nick.").map(str::to_owned))
+            .collect())
+    }
+
+    /// Stores a JSON value as a blob (canonical JSON).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn put_json<T: Serialize>(&self, value: &T) -> Result<BlobRef> {
+        let bytes = canonical_json(value)?;
+        let digest = Digest::sha256(&bytes);
+        self.store
+            .put_blob(&digest, bytes.len() as u64, &bytes[..])
+            .await?;
+        Ok(BlobRef {
+            digest,
+            size: bytes.len() as u64,
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, blob: &BlobRef, what: &str) -> Result<T> {
+        let bytes = self.store.get_blob_bytes(&blob.digest, blob.size).await?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
+            what: format!("{what} {} in the catalog", blob.digest),
+            source,
+        })
+    }
+
+    /// A version record by the digest of its blob.
+    ///
+    /// # Errors
+    /// Store errors, [`Error::MalformedDocument`].
+    pub async fn version(&self, digest: &Digest) -> Result<VersionRecord> {
+        let size = self
+            .store
+            .blob_size(digest)
+            .await?
+            .ok_or_else(|| Error::BlobNotFound {
+                digest: digest.clone(),
+                store: self.store.location(),
+            })?;
+        self.get_json(
+            &BlobRef {
+                digest: digest.clone(),
+                size,
+            },
+            "version record",
+        )
+        .await
+    }
+
+    /// The nick's entry, or `None` when it is not registered.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::InvalidDocument`] for a nick manifest ociup did not write.
+    pub async fn get(&self, nick: &str) -> Result<Option<Entry>> {
+        let raw = match self.store.get_manifest(&ManifestRef::Tag(tag(nick))).await {
+            Ok(r) => r,
+            Err(Error::TagNotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let v: Value =
+            serde_json::from_slice(raw.bytes()).map_err(|source| Error::MalformedDocument {
+                what: format!("catalog entry of {nick}"),
+                source,
+            })?;
+        let bad = |reason: &str| Error::InvalidDocument {
+            what: format!("catalog entry of {nick}"),
+            reason: reason.into(),
+        };
+        if v.get("artifactType").and_then(Value::as_str) != Some(NICK_ARTIFACT) {
+            return Err(bad("it is not an ociup nick artifact"));
+        }
+        let mut recipe_blob = None;
+        let mut version_blob = None;
+        let mut audit_blob = None;
+        for l in v
+            .get("layers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let digest: Digest = l
+                .get("digest")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .parse()?;
+            let b = BlobRef {
+                digest,
+                size: l.get("size").and_then(Value::as_u64).unwrap_or(0),
+            };
+            match l.get("mediaType").and_then(Value::as_str) {
+                Some(RECIPE_MEDIA_TYPE) => recipe_blob = Some(b),
+                Some(VERSION_MEDIA_TYPE) => version_blob = Some(b),
+                Some(AUDIT_MEDIA_TYPE) => audit_blob = Some(b),
+                _ => {}
+            }
+        }
+        let recipe_blob = recipe_blob.ok_or_else(|| bad("no recipe"))?;
+        let audit = audit_blob.ok_or_else(|| bad("no audit entry"))?;
+        let ann = v.get("annotations").cloned().unwrap_or(Value::Null);
+        let state: State =
+            serde_json::from_value(ann.get("dev.ociup.state").cloned().unwrap_or(Value::Null))
+                .map_err(|_| bad("no valid state"))?;
+        let recipe = self.get_json(&recipe_blob, "recipe").await?;
+        let version = match version_blob {
+            Some(b) => Some((self.get_json(&b, "version record").await?, b)),
+            None => None,
+        };
+        Ok(Some(Entry {
+            nick: nick.to_owned(),
+            state,
+            error: ann
+                .get("dev.ociup.error")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            recipe,
+            recipe_blob,
+            version,
+            audit,
+        }))
+    }
+
+    /// Writes the nick's manifest (its blobs must be stored already) and points its tag at it.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn put(&self, entry: &Entry) -> Result<()> {
+        let empty = b"{}";
+        let empty_digest = Digest::sha256(empty);
+        self.store.put_blob(&empty_digest, 2, &empty[..]).await?;
+        let desc = |mt: &str, b: &BlobRef| json!({"mediaType": mt, "digest": b.digest.to_string(), "size": b.size});
+        let mut layers = vec![desc(RECIPE_MEDIA_TYPE, &entry.recipe_blob)];
+        if let Some((_, b)) = &entry.version {
+            layers.push(desc(VERSION_MEDIA_TYPE, b));
+        }
+        layers.push(desc(AUDIT_MEDIA_TYPE, &entry.audit));
+        let mut ann = serde_json::Map::new();
+        ann.insert("dev.ociup.nick".into(), entry.nick.clone().into());
+        ann.insert(
+            "dev.ociup.state".into(),
+            serde_json::to_value(entry.state).unwrap_or(Value::Null),
+        );
+        if let Some(e) = &entry.error {
+            ann.insert("dev.ociup.error".into(), e.clone().into());
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "artifactType": NICK_ARTIFACT,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.to_string(), "size": 2},
+            "layers": layers,
+            "annotations": ann,
+        });
+        let raw = RawDocument::canonical(&manifest, media_type::OCI_MANIFEST)?;
+        self.store.put_manifest(&raw, Some(&tag(&entry.nick))).await
+    }
+
+    /// Every version of a nick, newest first, following the chain from the current one.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn history(&self, entry: &Entry) -> Result<Vec<VersionRecord>> {
+        let mut out = Vec::new();
+        let mut next = entry.version.as_ref().map(|(v, _)| v.clone());
+        while let Some(v) = next {
+            next = match &v.previous {
+                Some(d) => Some(self.version(&d.parse()?).await?),
+                None => None,
+            };
+            out.push(v);
+            if out.len() > 100_000 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The audit trail, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn audit_trail(&self, entry: &Entry) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        let mut next = Some(entry.audit.clone());
+        while let Some(b) = next {
+            let a: AuditEntry = self.get_json(&b, "audit entry").await?;
+            next = match &a.previous {
+                Some(d) => {
+                    let digest: Digest = d.parse()?;
+                    let size = self.store.blob_size(&digest).await?.unwrap_or(0);
+                    Some(BlobRef { digest, size })
+                }
+                None => None,
+            };
+            out.push(a);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}

@@ -110,6 +110,25 @@ pub enum Command {
     /// Check an image (or a nick's current version) against its signed build manifest: the
     /// signature, and that its own layers hold exactly the listed files and hashes.
     Verify(VerifyArgs),
+    /// Rebuild a version from its recipe on the base digest it recorded and say whether the
+    /// same digest comes out. Source files are read relative to --dir.
+    ///
+    /// Exit status 0 when the digests match, 1 otherwise.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// NICK@VERSION (a version number), or NICK for the current version.
+    pub target: String,
+    /// Where the recipe's source files are.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
 }
 
 #[derive(Debug, Args)]

@@ -12,8 +12,8 @@ use ociup_registry::{AnyStore, Opener, StoreRef};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
-    CatalogArgs, HistoryArgs, KeygenArgs, RegisterArgs, ResolveArgs, SigningArgs, StatusArgs,
-    UnreachableArg, VerifyArgs,
+    CatalogArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs, SigningArgs,
+    StatusArgs, UnreachableArg, VerifyArgs,
 };
 use crate::output;
 
@@ -336,4 +336,39 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         checked.digest, checked.nick, checked.version, checked.layers, checked.files
     ))?;
     Ok(())
+}
+
+pub async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<u8> {
+    let m = manager(ctx, &args.catalog, None, 0, None)?;
+    let (nick, number) = match args.target.split_once('@') {
+        Some((n, v)) => (
+            n.to_owned(),
+            v.trim_start_matches('v')
+                .parse::<u64>()
+                .with_context(|| format!("{v:?} is not a version number"))?,
+        ),
+        None => {
+            let h = m.history(&args.target).await?;
+            (args.target.clone(), h.first().map_or(0, |v| v.number))
+        }
+    };
+    let (got, recorded) = m
+        .replay(&nick, number, &args.dir)
+        .await
+        .with_context(|| format!("replaying {nick}@{number}"))?;
+    let same = got == recorded;
+    if args.json {
+        output::json(
+            &serde_json::json!({"nick": nick, "version": number, "recorded": recorded, "replayed": got, "same": same}),
+        )?;
+    } else if same {
+        output::line(format!(
+            "{nick}@{number}: replay reached the recorded digest {recorded}"
+        ))?;
+    } else {
+        output::line(format!(
+            "{nick}@{number}: replay reached {got}, the recorded digest is {recorded}"
+        ))?;
+    }
+    Ok(if same { 0 } else { 1 })
 }

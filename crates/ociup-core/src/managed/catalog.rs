@@ -67,6 +67,8 @@ pub struct VersionRecord {
     pub previous: Option<String>,
     /// The signed build manifest: digest and size of its envelope blob.
     pub build_manifest: Option<(String, u64)>,
+    /// `created` of what was built (seconds since 1970), for replays.
+    pub epoch: u64,
 }
 
 /// One management command applied to a nick.

@@ -345,6 +345,7 @@ impl<P: Stores> Manager<P> {
             actor: self.actor.clone(),
             previous: None,
             build_manifest,
+            epoch: self.epoch,
         };
         let blob = self.catalog.put_json(&record).await?;
         Ok((record, blob))
@@ -502,6 +503,7 @@ impl<P: Stores> Manager<P> {
             actor: self.actor.clone(),
             previous: Some(current_blob.digest.to_string()),
             build_manifest,
+            epoch: self.epoch,
         };
         let blob = self.catalog.put_json(&record).await?;
         let mut next = entry.clone();
@@ -582,6 +584,71 @@ impl<P: Stores> Manager<P> {
             .await?
             .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
         self.catalog.history(&e).await
+    }
+
+    /// Rebuilds version `number` of a nick from its recipe (sources read from `dir`) on the base
+    /// digest it recorded, in a scratch layout, and returns the digest the rebuild reached and
+    /// the recorded one. Nothing is written to the stores.
+    ///
+    /// # Errors
+    /// An unknown nick or version, a missing source file, store errors.
+    pub async fn replay(&self, nick: &str, number: u64, dir: &Path) -> Result<(String, String)> {
+        let versions = self.history(nick).await?;
+        let v = versions
+            .iter()
+            .find(|v| v.number == number)
+            .ok_or_else(|| invalid(format!("{nick} has no version {number}")))?;
+        let recipe_digest: Digest = v.recipe.parse()?;
+        let size = self
+            .catalog
+            .store()
+            .blob_size(&recipe_digest)
+            .await?
+            .unwrap_or(0);
+        let bytes = self
+            .catalog
+            .store()
+            .get_blob_bytes(&recipe_digest, size)
+            .await?;
+        let recipe = Recipe::parse(&bytes, &format!("{nick} version {number}"))?;
+        recipe.check_sources(dir)?;
+        let (base_store, _) = self.stores.open(&recipe.base, false)?;
+        let image = ops::load_image(
+            &base_store,
+            &ManifestRef::Digest(v.base_digest.parse()?),
+            self.platform.as_ref(),
+        )
+        .await?;
+        let layer = recipe.layer(
+            dir,
+            LayerOptions {
+                epoch: v.epoch,
+                ..LayerOptions::default()
+            },
+        )?;
+        let scratch =
+            tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
+        let layout = crate::layout::OciLayout::open_or_create(scratch.path().join("replay"))?;
+        let out = ops::append_image(
+            AppendBase::Image {
+                store: &base_store,
+                image: &image,
+                name: &recipe.base,
+            },
+            &layout,
+            None,
+            AppendRequest {
+                layers: layer
+                    .map(|b| vec![(b, format!("ociup recipe {}", recipe.nick))])
+                    .unwrap_or_default(),
+                changes: recipe.config_changes(),
+                annotations: recipe.annotations(),
+                created: v.epoch,
+            },
+            scratch.path(),
+        )
+        .await?;
+        Ok((out.manifest.digest().to_string(), v.digest.clone()))
     }
 
     /// The current version of a nick: its target store and manifest digest.

@@ -274,6 +274,18 @@ impl OciLayout {
         }
     }
 
+    async fn open_blob(&self, digest: &Digest) -> Result<tokio::io::BufReader<tokio::fs::File>> {
+        let path = self.blob_path(digest);
+        let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::BlobNotFound {
+                digest: digest.clone(),
+                store: self.location(),
+            },
+            _ => Error::io(format!("opening {}", path.display()), e),
+        })?;
+        Ok(tokio::io::BufReader::with_capacity(1 << 20, file))
+    }
+
     async fn read_blob_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
         let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
@@ -381,22 +393,16 @@ impl Store for OciLayout {
     }
 
     async fn get_blob(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
-        let path = self.blob_path(digest);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::BlobNotFound {
-                    digest: digest.clone(),
-                    store: self.location(),
-                },
-                _ => Error::io(format!("opening {}", path.display()), e),
-            })?;
-        let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
+        let reader = self.open_blob(digest).await?;
         Ok(Box::pin(AsyncVerifyingReader::new(
             reader,
             digest.clone(),
             size,
         )))
+    }
+
+    async fn read_blob_raw(&self, digest: &Digest, _size: u64) -> Result<BlobReader> {
+        Ok(Box::pin(self.open_blob(digest).await?))
     }
 
     async fn put_blob<R: AsyncRead + Send + Unpin>(
@@ -417,13 +423,19 @@ impl Store for OciLayout {
             .tempfile_in(&dir)
             .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
         let (std_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(std_file);
-        let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
+        // Large buffers: each write to a tokio file is a trip to the blocking pool.
+        let mut file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
+        let mut reader = tokio::io::BufReader::with_capacity(
+            1 << 20,
+            AsyncVerifyingReader::new(data, digest.clone(), size),
+        );
         let ctx = || format!("writing blob {digest} to {}", self.location());
-        tokio::io::copy(&mut reader, &mut file)
+        tokio::io::copy_buf(&mut reader, &mut file)
             .await
             .map_err(|e| Error::from_io(ctx(), e))?;
         file.flush().await.map_err(|e| Error::io(ctx(), e))?;
+        let file = file.into_inner();
         file.sync_all().await.map_err(|e| Error::io(ctx(), e))?;
         drop(file);
         let dest = self.blob_path(digest);

@@ -83,6 +83,28 @@ pub trait Store: Send + Sync {
     /// Every tag, sorted.
     fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// Reads a blob without checking it, for a consumer that checks it itself: every
+    /// [`Store::put_blob`] verifies size and digest as it writes, so a copy hashes each blob
+    /// once, not twice. Defaults to [`Store::get_blob`].
+    fn read_blob_raw(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<BlobReader>> + Send {
+        self.get_blob(digest, size)
+    }
+
+    /// [`Store::put_blob`] for a blob the caller has just seen missing: a store may skip its own
+    /// existence check. Defaults to [`Store::put_blob`].
+    fn put_new_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.put_blob(digest, size, data)
+    }
+
     /// Whether the store has the manifest `digest` (a registry answers this with one HEAD).
     fn has_manifest(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
         self.blob_exists(digest)
@@ -188,12 +210,13 @@ pub async fn copy_blob_with<A: Store, B: Store>(
     {
         return Ok(BlobCopy::Mounted);
     }
-    let reader = src.get_blob(digest, size).await?;
+    // Verified once, by the destination as it writes.
+    let reader = src.read_blob_raw(digest, size).await?;
     let counted = Counting {
         inner: reader,
         progress: &progress,
     };
-    dst.put_blob(digest, size, counted).await?;
+    dst.put_new_blob(digest, size, counted).await?;
     Ok(BlobCopy::Copied)
 }
 

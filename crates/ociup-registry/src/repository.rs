@@ -624,6 +624,29 @@ impl Store for Repository {
         self.upload(digest, size, data).await
     }
 
+    async fn put_new_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        self.upload(digest, size, data).await
+    }
+
+    async fn read_blob_raw(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
+        let stream = match self.blob_stream(digest, size).await {
+            Ok(s) => s,
+            Err(Error::Http { status: 404, .. }) => {
+                return Err(ociup_core::Error::BlobNotFound {
+                    digest: digest.clone(),
+                    store: self.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+
     async fn get_manifest(&self, reference: &ManifestRef) -> ociup_core::Result<RawDocument> {
         match self.fetch_manifest(reference).await {
             Ok(raw) => Ok(raw),

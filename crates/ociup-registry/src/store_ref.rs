@@ -139,6 +139,19 @@ impl Store for AnyStore {
         delegate!(self, s => s.put_blob(digest, size, data).await)
     }
 
+    async fn read_blob_raw(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
+        delegate!(self, s => s.read_blob_raw(digest, size).await)
+    }
+
+    async fn put_new_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        delegate!(self, s => s.put_new_blob(digest, size, data).await)
+    }
+
     async fn get_manifest(&self, reference: &ManifestRef) -> ociup_core::Result<RawDocument> {
         delegate!(self, s => s.get_manifest(reference).await)
     }

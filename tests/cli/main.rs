@@ -10,6 +10,7 @@ mod copy;
 mod fixtures;
 mod interop;
 mod layer;
+mod managed;
 mod rebase;
 mod registry;
 #[path = "../../crates/ociup-registry/tests/support/mod.rs"]

@@ -276,13 +276,15 @@ impl OciLayout {
 
     async fn open_blob(&self, digest: &Digest) -> Result<tokio::io::BufReader<tokio::fs::File>> {
         let path = self.blob_path(digest);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::BlobNotFound {
-                digest: digest.clone(),
-                store: self.location(),
-            },
-            _ => Error::io(format!("opening {}", path.display()), e),
-        })?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::BlobNotFound {
+                    digest: digest.clone(),
+                    store: self.location(),
+                },
+                _ => Error::io(format!("opening {}", path.display()), e),
+            })?;
         Ok(tokio::io::BufReader::with_capacity(1 << 20, file))
     }
 

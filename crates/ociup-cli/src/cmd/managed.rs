@@ -174,6 +174,9 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
             recipe.target
         );
     }
+    // Everything the user gave is checked before anything (the catalog included) is written.
+    recipe.check_sources(&dir)?;
+    parse_ref(&recipe.base)?;
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
     let m = manager(
         ctx,

@@ -399,3 +399,105 @@ fn verify_fails_on_tampering_and_the_wrong_key() {
     let (code, _, err) = ociup_at(d, &["verify", "v", "--key", "k.pub"]);
     assert!(code != 0 && err.contains("mismatch"), "{err}");
 }
+
+#[test]
+fn edit_adds_a_version_that_replays_and_upgrade_all_is_eager() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    crate::support::copy_tree(&fixtures().join("base"), &d.join("base"));
+    std::fs::write(d.join("a.txt"), b"a\n").unwrap();
+    std::fs::write(d.join("b.txt"), b"b\n").unwrap();
+    ok_at(
+        d,
+        &[
+            "register",
+            "app",
+            "--base",
+            "oci:base:latest",
+            "--to",
+            "oci:img",
+            "--add",
+            "a.txt:/a.txt",
+            "--env",
+            "X=1",
+        ],
+    );
+    ok_at(
+        d,
+        &[
+            "register",
+            "web",
+            "--base",
+            "oci:base:v1",
+            "--to",
+            "oci:img",
+            "--env",
+            "W=1",
+        ],
+    );
+    let edited = json(&ok_at(
+        d,
+        &[
+            "edit",
+            "app",
+            "--add",
+            "b.txt:/b.txt",
+            "--env",
+            "Y=2",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        (edited["number"].as_u64(), edited["reason"].as_str()),
+        (Some(2), Some("recipe edited"))
+    );
+    let (code, out, err) = ociup_at(d, &["replay", "app@2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let seen = json(&ok_at(d, &["inspect", "oci:img:app", "--json"]));
+    let env = seen["config"]["config"]["Env"].as_array().unwrap().clone();
+    assert!(
+        env.contains(&serde_json::json!("X=1")) && env.contains(&serde_json::json!("Y=2")),
+        "{env:?}"
+    );
+
+    // Nothing is upgraded unless asked; upgrade --all asks for every nick.
+    ok_at(d, &["copy", "oci:base:v2", "oci:base:latest"]);
+    let status = json(&ok_at(d, &["status", "--json"]));
+    let of = |n: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["nick"] == n)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(
+        (of("app"), of("web")),
+        (serde_json::json!("stale"), serde_json::json!("current"))
+    );
+    let all = json(&ok_at(d, &["upgrade", "--all", "--json"]));
+    let upgraded: Vec<(String, bool)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["nick"].as_str().unwrap().to_owned(),
+                r["upgraded"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        upgraded,
+        [("app".to_owned(), true), ("web".to_owned(), false)]
+    );
+    let history = json(&ok_at(d, &["history", "app", "--json"]));
+    let reasons: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["base moved", "recipe edited", "registered"]);
+}

@@ -115,6 +115,57 @@ pub enum Command {
     ///
     /// Exit status 0 when the digests match, 1 otherwise.
     Replay(ReplayArgs),
+    /// Add steps to a nick's recipe (the flags of `ociup append`, in order), record the edit in
+    /// its audit trail, and build a new version from the whole recipe on the current base. Run it
+    /// where the recipe's source files are.
+    Edit(Box<EditArgs>),
+    /// Resolve every nick now (the eager path), printing each answer.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The nick.
+    pub nick: String,
+    #[command(flatten)]
+    pub steps: StepArgs,
+    /// Upper bound of timestamps in what is built, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+    /// Print the version record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Every registered nick (required: nothing is upgraded unless asked).
+    #[arg(long, required = true)]
+    pub all: bool,
+    /// One JSON object per nick.
+    #[arg(long)]
+    pub json: bool,
+    /// `created` of regenerated versions, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -165,48 +216,8 @@ pub struct RegisterArgs {
     /// Platform to pick from a multi-platform base.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
-    /// Add a file or tree at DEST.
-    #[arg(long, value_name = "SRC:DEST")]
-    pub add: Vec<String>,
-    /// Replace a file of the base.
-    #[arg(long, value_name = "SRC:DEST")]
-    pub replace: Vec<String>,
-    /// Remove a path of the base.
-    #[arg(long, value_name = "PATH")]
-    pub remove: Vec<String>,
-    /// Hide the base's contents of a directory.
-    #[arg(long, value_name = "DIR")]
-    pub clear_dir: Vec<String>,
-    /// Set an environment variable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Set the entrypoint (JSON array or one program).
-    #[arg(long, value_name = "JSON|PATH")]
-    pub entrypoint: Vec<String>,
-    /// Set the default arguments (JSON array or one word).
-    #[arg(long, value_name = "JSON|WORD")]
-    pub cmd: Vec<String>,
-    /// Set the working directory.
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Vec<String>,
-    /// Set the user.
-    #[arg(long)]
-    pub user: Vec<String>,
-    /// Set a label.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub label: Vec<String>,
-    /// Expose a port.
-    #[arg(long, value_name = "PORT[/PROTO]")]
-    pub expose: Vec<String>,
-    /// Declare a volume.
-    #[arg(long, value_name = "PATH")]
-    pub volume: Vec<String>,
-    /// Set the stop signal.
-    #[arg(long, value_name = "SIGNAL")]
-    pub stop_signal: Vec<String>,
-    /// Set a manifest annotation.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub annotation: Vec<String>,
+    #[command(flatten)]
+    pub steps: StepArgs,
     /// Upper bound of timestamps in what is built, seconds since 1970.
     #[arg(
         long,
@@ -498,4 +509,51 @@ pub struct InspectArgs {
     /// Print the manifest's exact bytes.
     #[arg(long)]
     pub raw: bool,
+}
+
+/// The steps of `register` and `edit`: the flags of `ociup append`, kept in the order given.
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// Add a file or tree at DEST.
+    #[arg(long, value_name = "SRC:DEST")]
+    pub add: Vec<String>,
+    /// Replace a file of the base.
+    #[arg(long, value_name = "SRC:DEST")]
+    pub replace: Vec<String>,
+    /// Remove a path of the base.
+    #[arg(long, value_name = "PATH")]
+    pub remove: Vec<String>,
+    /// Hide the base's contents of a directory.
+    #[arg(long, value_name = "DIR")]
+    pub clear_dir: Vec<String>,
+    /// Set an environment variable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Set the entrypoint (JSON array or one program).
+    #[arg(long, value_name = "JSON|PATH")]
+    pub entrypoint: Vec<String>,
+    /// Set the default arguments (JSON array or one word).
+    #[arg(long, value_name = "JSON|WORD")]
+    pub cmd: Vec<String>,
+    /// Set the working directory.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Vec<String>,
+    /// Set the user.
+    #[arg(long)]
+    pub user: Vec<String>,
+    /// Set a label.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Expose a port.
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub expose: Vec<String>,
+    /// Declare a volume.
+    #[arg(long, value_name = "PATH")]
+    pub volume: Vec<String>,
+    /// Set the stop signal.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Vec<String>,
+    /// Set a manifest annotation.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub annotation: Vec<String>,
 }

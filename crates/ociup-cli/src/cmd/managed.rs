@@ -12,8 +12,8 @@ use ociup_registry::{AnyStore, Opener, StoreRef};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
-    CatalogArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs, SigningArgs,
-    StatusArgs, UnreachableArg, VerifyArgs,
+    CatalogArgs, EditArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs,
+    SigningArgs, StatusArgs, UnreachableArg, UpgradeArgs, VerifyArgs,
 };
 use crate::output;
 
@@ -374,4 +374,62 @@ pub async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<u8> {
         ))?;
     }
     Ok(if same { 0 } else { 1 })
+}
+
+pub async fn edit(ctx: &Ctx, args: EditArgs, matches: &ArgMatches) -> Result<()> {
+    let steps = ordered_steps(matches)?;
+    if steps.is_empty() {
+        bail!("no steps given: say what to add, remove or set");
+    }
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    let m = manager(ctx, &args.catalog, Some(&args.signing), epoch, None)?;
+    let command = std::iter::once(format!("ociup edit {}", args.nick))
+        .chain(steps.iter().map(Step::command))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let record = m
+        .edit(&args.nick, steps, Path::new("."), command)
+        .await
+        .with_context(|| format!("editing {}", args.nick))?;
+    if args.json {
+        return output::json(&serde_json::to_value(&record)?);
+    }
+    output::line(format!(
+        "{} version {} ({}): {}",
+        record.nick, record.number, record.reason, record.image
+    ))?;
+    Ok(())
+}
+
+pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> Result<u8> {
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    let m = manager(ctx, &args.catalog, Some(&args.signing), epoch, None)?;
+    let results = m.upgrade_all().await?;
+    let mut failed = false;
+    let mut json_out = Vec::new();
+    for (nick, r) in results {
+        match r {
+            Ok(r) if args.json => json_out.push(serde_json::to_value(&r)?),
+            Ok(r) => {
+                let what = if r.upgraded {
+                    format!("upgraded to v{}", r.version)
+                } else {
+                    format!("current (v{})", r.version)
+                };
+                output::line(format!("{nick:<20} {what:<18} {}", r.reference))?;
+            }
+            Err(e) => {
+                failed = true;
+                if args.json {
+                    json_out.push(serde_json::json!({"nick": nick, "error": format!("{e:#}")}));
+                } else {
+                    eprintln!("ociup: {nick}: {e:#}");
+                }
+            }
+        }
+    }
+    if args.json {
+        output::json(&serde_json::Value::Array(json_out))?;
+    }
+    Ok(u8::from(failed))
 }

@@ -32,6 +32,11 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Keygen(args) => managed::keygen(args).map(|()| 0),
         Command::Verify(args) => managed::verify(&ctx, args).await.map(|()| 0),
         Command::Replay(args) => managed::replay(&ctx, args).await,
+        Command::Edit(args) => {
+            let sub = matches.subcommand_matches("edit").unwrap_or(matches);
+            managed::edit(&ctx, *args, sub).await.map(|()| 0)
+        }
+        Command::Upgrade(args) => managed::upgrade(&ctx, args).await,
         Command::Layer(LayerCommand::Create(args)) => layer::create(args).map(|()| 0),
         Command::Append(args) => append::run(&ctx, *args).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),

@@ -252,7 +252,10 @@ impl<P: Stores> Manager<P> {
             audit,
         };
         self.catalog.put(&entry).await?;
-        match self.build_first(&recipe, dir, &target, &entry).await {
+        match self
+            .build_version(&recipe, dir, &target, &entry, 1, "registered", None)
+            .await
+        {
             Ok((record, blob)) => {
                 entry.state = State::Ready;
                 entry.version = Some((record.clone(), blob));
@@ -269,12 +272,17 @@ impl<P: Stores> Manager<P> {
         }
     }
 
-    async fn build_first(
+    /// Builds version `number` from the recipe (sources in `dir`) on what the base points to now.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_version(
         &self,
         recipe: &Recipe,
         dir: &Path,
         target: &P::Store,
         entry: &Entry,
+        number: u64,
+        reason: &str,
+        previous: Option<&BlobRef>,
     ) -> Result<(VersionRecord, BlobRef)> {
         let (base_store, base_digest) = self.base_digest(&recipe.base).await?;
         let image = ops::load_image(
@@ -319,7 +327,7 @@ impl<P: Stores> Manager<P> {
                 let own = out.layers.len();
                 let predicate = BuildManifest {
                     nick: nick.clone(),
-                    version: 1,
+                    version: number,
                     base: BaseEntry {
                         reference: recipe.base.clone(),
                         digest: base_digest.to_string(),
@@ -334,21 +342,94 @@ impl<P: Stores> Manager<P> {
         };
         let record = VersionRecord {
             nick: nick.clone(),
-            number: 1,
+            number,
             image: pinned,
             digest: out.manifest.digest().to_string(),
             base: recipe.base.clone(),
             base_digest: base_digest.to_string(),
             recipe: entry.recipe_blob.digest.to_string(),
-            reason: "registered".into(),
+            reason: reason.into(),
             time: now(),
             actor: self.actor.clone(),
-            previous: None,
+            previous: previous.map(|b| b.digest.to_string()),
             build_manifest,
             epoch: self.epoch,
         };
         let blob = self.catalog.put_json(&record).await?;
         Ok((record, blob))
+    }
+
+    /// Appends steps to a nick's recipe, records the command in its audit trail, and builds a
+    /// new version from the whole recipe (sources in `dir`, the earlier steps' too) on what the
+    /// base points to now.
+    ///
+    /// # Errors
+    /// An unknown nick or one without a version, a missing source file (nothing written), build
+    /// and store errors.
+    pub async fn edit(
+        &self,
+        nick: &str,
+        steps: Vec<super::recipe::Step>,
+        dir: &Path,
+        command: String,
+    ) -> Result<VersionRecord> {
+        let lock = self.lock_for(nick);
+        let _held = lock.lock().await;
+        let entry = self
+            .catalog
+            .get(nick)
+            .await?
+            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let Some((current, current_blob)) = entry.version.clone() else {
+            return Err(invalid(format!("{nick} has no version yet to edit")));
+        };
+        let mut recipe = entry.recipe.clone();
+        recipe.steps.extend(steps);
+        recipe.check_sources(dir)?;
+        let (target, _) = self.stores.open(&recipe.target, true)?;
+        let recipe_blob = self.catalog.put_json(&recipe).await?;
+        let audit = self
+            .catalog
+            .put_json(&AuditEntry {
+                command,
+                time: now(),
+                actor: self.actor.clone(),
+                previous: Some(entry.audit.digest.to_string()),
+            })
+            .await?;
+        let mut next = Entry {
+            recipe: recipe.clone(),
+            recipe_blob,
+            audit,
+            ..entry
+        };
+        let (record, blob) = self
+            .build_version(
+                &recipe,
+                dir,
+                &target,
+                &next,
+                current.number + 1,
+                "recipe edited",
+                Some(&current_blob),
+            )
+            .await?;
+        next.version = Some((record.clone(), blob));
+        self.catalog.put(&next).await?;
+        Ok(record)
+    }
+
+    /// Resolves every nick (the eager path): each answer, or the error that nick met.
+    ///
+    /// # Errors
+    /// Store errors listing the catalog.
+    pub async fn upgrade_all(&self) -> Result<Vec<(String, Result<Resolution>)>> {
+        let mut out = Vec::new();
+        for nick in self.catalog.nicks().await? {
+            let r = self.resolve(&nick, ResolveOptions::default()).await;
+            out.push((nick, r));
+        }
+        Ok(out)
     }
 
     async fn commands(&self, entry: &Entry) -> Result<Vec<String>> {

@@ -501,3 +501,52 @@ fn edit_adds_a_version_that_replays_and_upgrade_all_is_eager() {
         .collect();
     assert_eq!(reasons, ["base moved", "recipe edited", "registered"]);
 }
+
+#[test]
+fn gc_keeps_the_newest_versions_and_the_whole_history() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    crate::support::copy_tree(&fixtures().join("base"), &d.join("base"));
+    ok_at(
+        d,
+        &[
+            "register",
+            "app",
+            "--base",
+            "oci:base:latest",
+            "--to",
+            "oci:img",
+            "--env",
+            "X=1",
+        ],
+    );
+    for v in ["v2", "v1"] {
+        ok_at(d, &["copy", &format!("oci:base:{v}"), "oci:base:latest"]);
+        ok_at(d, &["resolve", "app"]);
+    }
+    let history = json(&ok_at(d, &["history", "app", "--json"]));
+    assert_eq!(history.as_array().unwrap().len(), 3);
+    // Versions 1 and 3 are the same image (same base, same recipe): only version 2's goes.
+    let (code, _, err) = ociup_at(d, &["gc", "--keep", "0"]);
+    assert!(code != 0 && err.contains("at least 1"), "{err}");
+    let out = json(&ok_at(d, &["gc", "app", "--keep", "1", "--json"]));
+    assert_eq!(out[0]["deleted"], serde_json::json!([history[1]["digest"]]));
+    let index = std::fs::read_to_string(d.join("img/index.json")).unwrap();
+    assert!(!index.contains(history[1]["digest"].as_str().unwrap()));
+    assert!(
+        index.contains(history[0]["digest"].as_str().unwrap()),
+        "the current version stays"
+    );
+    assert_eq!(
+        json(&ok_at(d, &["history", "app", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let (code, out, _) = ociup_at(d, &["resolve", "app"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, history[0]["image"].as_str().unwrap())
+    );
+}

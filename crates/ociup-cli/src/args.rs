@@ -121,6 +121,24 @@ pub enum Command {
     Edit(Box<EditArgs>),
     /// Resolve every nick now (the eager path), printing each answer.
     Upgrade(UpgradeArgs),
+    /// Delete the images of old versions beyond the newest N, where the store allows deletion
+    /// (a registry with deletes enabled; a layout drops their index entries). The version records
+    /// stay, so the history keeps every version.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Nicks (default: all).
+    pub nicks: Vec<String>,
+    /// Versions to keep per nick, the current one included.
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// One JSON object per nick.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
 }
 
 #[derive(Debug, Args)]

@@ -503,6 +503,11 @@ impl Store for OciLayout {
             })
     }
 
+    async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        let d = digest.to_string();
+        self.edit_index(|list| list.retain(|e| e.get("digest").and_then(Value::as_str) != Some(&d)))
+    }
+
     async fn list_tags(&self) -> Result<Vec<String>> {
         let mut tags: Vec<String> = self
             .index_entries()?

@@ -105,6 +105,20 @@ pub trait Store: Send + Sync {
         self.put_blob(digest, size, data)
     }
 
+    /// Deletes the manifest `digest` (and, in a layout, every tag pointing at it). Blobs stay:
+    /// a registry's garbage collector or a layout's owner removes those.
+    ///
+    /// The default refuses: not every store allows deletion.
+    fn delete_manifest(&self, digest: &Digest) -> impl Future<Output = Result<()>> + Send {
+        let location = self.location();
+        let digest = digest.clone();
+        async move {
+            Err(Error::InvalidChange {
+                reason: format!("{location} does not allow deleting {digest}"),
+            })
+        }
+    }
+
     /// Whether the store has the manifest `digest` (a registry answers this with one HEAD).
     fn has_manifest(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
         self.blob_exists(digest)

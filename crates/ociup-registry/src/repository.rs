@@ -712,6 +712,10 @@ impl Store for Repository {
         Ok(self.tags().await?)
     }
 
+    async fn delete_manifest(&self, digest: &Digest) -> ociup_core::Result<()> {
+        Ok(Repository::delete_manifest(self, digest).await?)
+    }
+
     async fn has_manifest(&self, digest: &Digest) -> ociup_core::Result<bool> {
         Ok(self
             .head_manifest(&ManifestRef::Digest(digest.clone()))

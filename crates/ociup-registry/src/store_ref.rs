@@ -176,6 +176,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.has_manifest(digest).await)
     }
 
+    async fn delete_manifest(&self, digest: &Digest) -> ociup_core::Result<()> {
+        delegate!(self, s => Store::delete_manifest(s, digest).await)
+    }
+
     fn mount_source(&self) -> Option<MountSource> {
         delegate!(self, s => s.mount_source())
     }

@@ -12,7 +12,7 @@ use ociup_registry::{AnyStore, Opener, StoreRef};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
-    CatalogArgs, EditArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs,
+    CatalogArgs, EditArgs, GcArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs,
     SigningArgs, StatusArgs, UnreachableArg, UpgradeArgs, VerifyArgs,
 };
 use crate::output;
@@ -432,4 +432,32 @@ pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> Result<u8> {
         output::json(&serde_json::Value::Array(json_out))?;
     }
     Ok(u8::from(failed))
+}
+
+pub async fn gc(ctx: &Ctx, args: GcArgs) -> Result<()> {
+    let m = manager(ctx, &args.catalog, None, 0, None)?;
+    let nicks = if args.nicks.is_empty() {
+        m.catalog().nicks().await?
+    } else {
+        args.nicks.clone()
+    };
+    let mut out = Vec::new();
+    for nick in nicks {
+        let deleted = m
+            .gc(&nick, args.keep)
+            .await
+            .with_context(|| format!("collecting {nick}"))?;
+        if args.json {
+            out.push(serde_json::json!({"nick": nick, "deleted": deleted}));
+        } else {
+            output::line(format!(
+                "{nick:<20} {} old version(s) deleted",
+                deleted.len()
+            ))?;
+        }
+    }
+    if args.json {
+        output::json(&serde_json::Value::Array(out))?;
+    }
+    Ok(())
 }

@@ -419,6 +419,49 @@ impl<P: Stores> Manager<P> {
         Ok(record)
     }
 
+    /// Deletes the images of every version of `nick` but the newest `keep` (and their build
+    /// manifest tags), where the target store allows deletion. The version records stay in the
+    /// catalog, so the history keeps every version. Returns the digests deleted.
+    ///
+    /// # Errors
+    /// An unknown nick; `keep` of 0 (the current version must stay); store errors.
+    pub async fn gc(&self, nick: &str, keep: usize) -> Result<Vec<String>> {
+        if keep == 0 {
+            return Err(invalid(
+                "--keep must be at least 1: the current version stays",
+            ));
+        }
+        let lock = self.lock_for(nick);
+        let _held = lock.lock().await;
+        let e = self
+            .catalog
+            .get(nick)
+            .await?
+            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let (target, _) = self.stores.open(&e.recipe.target, false)?;
+        let versions = self.catalog.history(&e).await?;
+        // An old version can be the same image as a kept one (the base moved and came back):
+        // that image stays.
+        let kept: Vec<&str> = versions
+            .iter()
+            .take(keep)
+            .map(|v| v.digest.as_str())
+            .collect();
+        let mut deleted = Vec::new();
+        for v in versions.iter().skip(keep) {
+            if kept.contains(&v.digest.as_str()) || deleted.contains(&v.digest) {
+                continue;
+            }
+            let digest: Digest = v.digest.parse()?;
+            if !target.has_manifest(&digest).await? {
+                continue;
+            }
+            target.delete_manifest(&digest).await?;
+            deleted.push(v.digest.clone());
+        }
+        Ok(deleted)
+    }
+
     /// Resolves every nick (the eager path): each answer, or the error that nick met.
     ///
     /// # Errors

@@ -466,47 +466,8 @@ pub struct AppendArgs {
     /// machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
-    /// Add a file or directory at DEST (a directory's contents go under DEST). Repeatable.
-    #[arg(long, value_name = "SRC:DEST")]
-    pub add: Vec<String>,
-    /// Remove a path of the base (a whiteout). Repeatable.
-    #[arg(long, value_name = "PATH")]
-    pub remove: Vec<String>,
-    /// Hide everything the base has under a directory, keeping the directory (an opaque
-    /// whiteout). Repeatable.
-    #[arg(long, value_name = "DIR")]
-    pub clear_dir: Vec<String>,
-    /// Set an environment variable (replaces the base's value of KEY in place). Repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Set the entrypoint: a JSON array (["/app","--serve"]) or one program path. Clears the
-    /// base's cmd unless --cmd is given too, as a Dockerfile does.
-    #[arg(long, value_name = "JSON|PATH")]
-    pub entrypoint: Option<String>,
-    /// Set the default arguments: a JSON array or one word.
-    #[arg(long, value_name = "JSON|WORD")]
-    pub cmd: Option<String>,
-    /// Set the working directory.
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// Set the user (name, UID or UID:GID).
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Set a label. Repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub label: Vec<String>,
-    /// Expose a port (8080, 53/udp). Repeatable.
-    #[arg(long, value_name = "PORT[/PROTO]")]
-    pub expose: Vec<String>,
-    /// Declare a volume. Repeatable.
-    #[arg(long, value_name = "PATH")]
-    pub volume: Vec<String>,
-    /// Set the stop signal (SIGTERM, 15).
-    #[arg(long, value_name = "SIGNAL")]
-    pub stop_signal: Option<String>,
-    /// Set an annotation on the new manifest. Repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub annotation: Vec<String>,
+    #[command(flatten)]
+    pub steps: StepArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

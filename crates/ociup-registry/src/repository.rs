@@ -431,6 +431,22 @@ impl Repository {
         )))
     }
 
+    /// [`Repository::blob_stream`], with a 404 as [`ociup_core::Error::BlobNotFound`].
+    async fn blob_stream_or_not_found(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> ociup_core::Result<BlobStream> {
+        match self.blob_stream(digest, size).await {
+            Ok(s) => Ok(s),
+            Err(Error::Http { status: 404, .. }) => Err(ociup_core::Error::BlobNotFound {
+                digest: digest.clone(),
+                store: self.location(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn get_blob_from(&self, digest: &Digest, offset: u64) -> Result<Response> {
         let mut req = Request::new(
             Method::GET,
@@ -594,16 +610,7 @@ impl Store for Repository {
     }
 
     async fn get_blob(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
-        let stream = match self.blob_stream(digest, size).await {
-            Ok(s) => s,
-            Err(Error::Http { status: 404, .. }) => {
-                return Err(ociup_core::Error::BlobNotFound {
-                    digest: digest.clone(),
-                    store: self.location(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let stream = self.blob_stream_or_not_found(digest, size).await?;
         let reader = tokio_util::io::StreamReader::new(stream.map_err(|e| e));
         Ok(Box::pin(AsyncVerifyingReader::new(
             reader,
@@ -634,16 +641,7 @@ impl Store for Repository {
     }
 
     async fn read_blob_raw(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
-        let stream = match self.blob_stream(digest, size).await {
-            Ok(s) => s,
-            Err(Error::Http { status: 404, .. }) => {
-                return Err(ociup_core::Error::BlobNotFound {
-                    digest: digest.clone(),
-                    store: self.location(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let stream = self.blob_stream_or_not_found(digest, size).await?;
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
     }
 

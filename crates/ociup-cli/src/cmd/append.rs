@@ -1,8 +1,8 @@
-use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ociup_core::config::ConfigChange;
-use ociup_core::layer::LayerBuilder;
+use clap::ArgMatches;
+use ociup_core::managed::recipe::{Recipe, Step};
 use ociup_core::ops::{self, AppendBase, AppendRequest};
 use ociup_core::reference::PlatformSpec;
 use ociup_core::store::ManifestRef;
@@ -12,31 +12,13 @@ use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::AppendArgs;
 use crate::output;
 
-fn key_value(flag: &str, s: &str) -> Result<(String, String)> {
-    let (k, v) = s
-        .split_once('=')
-        .with_context(|| format!("--{flag} {s:?}: expected KEY=VALUE"))?;
-    if k.is_empty() {
-        bail!("--{flag} {s:?}: the key is empty");
-    }
-    Ok((k.to_owned(), v.to_owned()))
-}
-
-/// A JSON array of strings, or one string.
-fn string_list(flag: &str, s: &str) -> Result<Vec<String>> {
-    if s.trim_start().starts_with('[') {
-        serde_json::from_str(s).with_context(|| format!("--{flag}: not a JSON array of strings"))
-    } else {
-        Ok(vec![s.to_owned()])
-    }
-}
-
 fn host_platform() -> PlatformSpec {
     let architecture = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         "x86" => "386",
-        "powerpc64" => "ppc64le",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
         other => other,
     };
     PlatformSpec {
@@ -46,80 +28,37 @@ fn host_platform() -> PlatformSpec {
     }
 }
 
-fn changes(args: &AppendArgs) -> Result<Vec<ConfigChange>> {
-    let mut c = Vec::new();
-    for e in &args.env {
-        let (k, v) = key_value("env", e)?;
-        c.push(ConfigChange::Env(k, v));
-    }
-    if let Some(e) = &args.entrypoint {
-        c.push(ConfigChange::Entrypoint(string_list("entrypoint", e)?));
-    }
-    if let Some(e) = &args.cmd {
-        c.push(ConfigChange::Cmd(string_list("cmd", e)?));
-    }
-    if let Some(w) = &args.workdir {
-        c.push(ConfigChange::WorkingDir(w.clone()));
-    }
-    if let Some(u) = &args.user {
-        c.push(ConfigChange::User(u.clone()));
-    }
-    for l in &args.label {
-        let (k, v) = key_value("label", l)?;
-        c.push(ConfigChange::Label(k, v));
-    }
-    for p in &args.expose {
-        c.push(ConfigChange::ExposePort(p.clone()));
-    }
-    for v in &args.volume {
-        c.push(ConfigChange::Volume(v.clone()));
-    }
-    if let Some(s) = &args.stop_signal {
-        c.push(ConfigChange::StopSignal(s.clone()));
-    }
-    Ok(c)
-}
-
-pub async fn run(ctx: &Ctx, args: AppendArgs) -> Result<()> {
+pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()> {
     let opts = super::layer_options(&args.layer)?;
     let created = opts.epoch;
     let platform = parse_platform(args.platform.as_deref())?;
 
-    // Check everything the user gave before anything is written.
-    let mut builder = LayerBuilder::new(opts);
-    let mut steps = Vec::new();
-    for add in &args.add {
-        let (src, dest) = add
-            .rsplit_once(':')
-            .with_context(|| format!("--add {add:?}: expected SRC:DEST"))?;
-        builder
-            .add(src, dest)
-            .with_context(|| format!("--add {add}"))?;
-        steps.push(format!("ADD {dest}"));
-    }
-    for r in &args.remove {
-        builder.remove(r).with_context(|| format!("--remove {r}"))?;
-        steps.push(format!("REMOVE {r}"));
-    }
-    for d in &args.clear_dir {
-        builder
-            .clear_dir(d)
-            .with_context(|| format!("--clear-dir {d}"))?;
-        steps.push(format!("CLEAR {d}"));
-    }
-    let mut annotations = BTreeMap::new();
-    for a in &args.annotation {
-        let (k, v) = key_value("annotation", a)?;
-        annotations.insert(k, v);
-    }
+    // The steps, in the order given, checked before anything is written: the same code builds a
+    // recipe's layer and config changes.
+    let recipe = Recipe {
+        nick: String::new(),
+        base: args.base.clone(),
+        target: args.to.clone(),
+        steps: super::managed::ordered_steps(matches)?,
+    };
+    let lines: Vec<String> = recipe
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Add { dest, .. } => Some(format!("ADD {dest}")),
+            Step::Replace { dest, .. } => Some(format!("REPLACE {dest}")),
+            Step::Remove { path } => Some(format!("REMOVE {path}")),
+            Step::ClearDir { path } => Some(format!("CLEAR {path}")),
+            _ => None,
+        })
+        .collect();
+    let layer = recipe.layer(Path::new(""), opts)?;
     let request = AppendRequest {
-        layers: if steps.is_empty() {
-            Vec::new()
-        } else {
-            vec![(builder, format!("ociup append: {}", steps.join("; ")))]
-        },
-        changes: changes(&args)?,
-        annotations,
+        layers: layer
+            .map(|b| vec![(b, format!("ociup append: {}", lines.join("; ")))])
+            .unwrap_or_default(),
+        changes: recipe.config_changes(),
+        annotations: recipe.annotations(),
         created,
     };
 

@@ -59,8 +59,8 @@ fn manager(
     ))
 }
 
-/// The `append`-style step flags of `register`, in the order they were given.
-fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
+/// The step flags (of `append`, `register` and `edit`), in the order they were given.
+pub(super) fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
     let split = |flag: &str, v: &str, sep: char| -> Result<(String, String)> {
         let (a, b) = if sep == ':' {
             v.rsplit_once(sep)

@@ -39,7 +39,10 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Upgrade(args) => managed::upgrade(&ctx, args).await,
         Command::Gc(args) => managed::gc(&ctx, args).await.map(|()| 0),
         Command::Layer(LayerCommand::Create(args)) => layer::create(args).map(|()| 0),
-        Command::Append(args) => append::run(&ctx, *args).await.map(|()| 0),
+        Command::Append(args) => {
+            let sub = matches.subcommand_matches("append").unwrap_or(matches);
+            append::run(&ctx, *args, sub).await.map(|()| 0)
+        }
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
         Command::Rebase(args) => rebase::run(&ctx, args).await,

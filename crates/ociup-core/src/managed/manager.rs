@@ -187,6 +187,14 @@ impl<P: Stores> Manager<P> {
         &self.catalog
     }
 
+    /// The catalog entry of `nick`, or an error naming it.
+    async fn entry(&self, nick: &str) -> Result<Entry> {
+        self.catalog
+            .get(nick)
+            .await?
+            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))
+    }
+
     fn lock_for(&self, nick: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .locks
@@ -375,11 +383,7 @@ impl<P: Stores> Manager<P> {
     ) -> Result<VersionRecord> {
         let lock = self.lock_for(nick);
         let _held = lock.lock().await;
-        let entry = self
-            .catalog
-            .get(nick)
-            .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let entry = self.entry(nick).await?;
         let Some((current, current_blob)) = entry.version.clone() else {
             return Err(invalid(format!("{nick} has no version yet to edit")));
         };
@@ -433,11 +437,7 @@ impl<P: Stores> Manager<P> {
         }
         let lock = self.lock_for(nick);
         let _held = lock.lock().await;
-        let e = self
-            .catalog
-            .get(nick)
-            .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let e = self.entry(nick).await?;
         let (target, _) = self.stores.open(&e.recipe.target, false)?;
         let versions = self.catalog.history(&e).await?;
         // An old version can be the same image as a kept one (the base moved and came back):
@@ -496,11 +496,7 @@ impl<P: Stores> Manager<P> {
     pub async fn resolve(&self, nick: &str, opts: ResolveOptions) -> Result<Resolution> {
         let lock = self.lock_for(nick);
         let _held = lock.lock().await;
-        let entry = self
-            .catalog
-            .get(nick)
-            .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let entry = self.entry(nick).await?;
         let Some((current, current_blob)) = entry.version.clone() else {
             return Err(invalid(format!(
                 "{nick} has no version yet (state {:?}{})",
@@ -649,11 +645,7 @@ impl<P: Stores> Manager<P> {
         };
         let mut entries = Vec::new();
         for n in &names {
-            let e = self
-                .catalog
-                .get(n)
-                .await?
-                .ok_or_else(|| invalid(format!("no managed image is registered as {n:?}")))?;
+            let e = self.entry(n).await?;
             entries.push(e);
         }
         let mut bases: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
@@ -702,11 +694,7 @@ impl<P: Stores> Manager<P> {
     /// # Errors
     /// An unknown nick; store errors.
     pub async fn history(&self, nick: &str) -> Result<Vec<VersionRecord>> {
-        let e = self
-            .catalog
-            .get(nick)
-            .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let e = self.entry(nick).await?;
         self.catalog.history(&e).await
     }
 
@@ -780,11 +768,7 @@ impl<P: Stores> Manager<P> {
     /// # Errors
     /// An unknown nick or one without a version.
     pub async fn current(&self, nick: &str) -> Result<(P::Store, Digest)> {
-        let e = self
-            .catalog
-            .get(nick)
-            .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let e = self.entry(nick).await?;
         let (v, _) = e
             .version
             .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;

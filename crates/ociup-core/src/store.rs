@@ -216,6 +216,9 @@ pub async fn copy_blob_with<A: Store, B: Store>(
     size: u64,
     progress: impl Fn(u64) + Send + Sync,
 ) -> Result<BlobCopy> {
+    // Check first, then mount: mounting a blob the repository already has rewrites its link,
+    // and on Distribution that races with another writer's manifest PUT (seen as
+    // MANIFEST_BLOB_UNKNOWN with eight processes resolving one nick at once).
     if dst.blob_exists(digest).await? {
         return Ok(BlobCopy::Present);
     }

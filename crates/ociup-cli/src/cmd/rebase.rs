@@ -60,7 +60,18 @@ fn pinned_ref(name: &str, digest: &str) -> Result<StoreRef> {
 
 pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
     let image_ref = parse_ref(&args.image)?;
-    let client = ctx.client(&[&image_ref])?;
+    // One client for the whole rebase (its connections and tokens are shared); a login given
+    // on the command line applies to every reference named there.
+    let named: Vec<StoreRef> = [&args.old_base, &args.new_base, &args.to]
+        .into_iter()
+        .flatten()
+        .map(|r| parse_ref(r))
+        .collect::<Result<_>>()?;
+    let client = ctx.client(
+        &std::iter::once(&image_ref)
+            .chain(&named)
+            .collect::<Vec<_>>(),
+    )?;
     let (image_store, image) = open_for_reading(&image_ref, &client)?;
     let doc = load_document(&image_store, &image)
         .await
@@ -100,11 +111,6 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             image_ref.clone()
         }
     };
-    let mut refs = vec![&image_ref, &new_ref, &dest_ref];
-    if let Some((o, _)) = &old_ref {
-        refs.push(o);
-    }
-    let client = ctx.client(&refs)?;
     let (new_store, new_image) = open_for_reading(&new_ref, &client)?;
     let dest = dest_ref.open_for_writing(&client)?;
 
@@ -118,8 +124,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
                 Some(m) => m,
                 None => s.default_image()?,
             };
-            load_document(&s, &m).await?;
-            Ok::<_, Error>((s, m))
+            let doc = load_document(&s, &m).await?;
+            Ok::<_, Error>((s, doc))
         };
         match attempt.await {
             Ok(found) => old_store = Some(found),
@@ -136,8 +142,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             Err(e) => return Err(e).with_context(|| format!("reading the old base {r}")),
         }
     }
-    let old = match &old_store {
-        Some((s, m)) => OldBaseSource::Image(s, m),
+    let old = match old_store.as_ref() {
+        Some((s, doc)) => OldBaseSource::Loaded(s, Box::new(doc.clone())),
         None => OldBaseSource::Recorded,
     };
     let opts = RebaseOptions {

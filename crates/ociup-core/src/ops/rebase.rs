@@ -79,6 +79,8 @@ pub struct RebaseOutcome {
 pub enum OldBaseSource<'a, B> {
     /// An image in a store.
     Image(&'a B, &'a ManifestRef),
+    /// An image in a store, already loaded (as a caller that checked it exists has it).
+    Loaded(&'a B, Box<Document>),
     /// What the image records of it (`dev.ociup.base.*` annotations).
     Recorded,
 }
@@ -146,6 +148,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
     let old_fut = async {
         match &old_base {
             OldBaseSource::Image(s, r) => load_document(*s, r).map_ok(|d| Some((*s, d))).await,
+            OldBaseSource::Loaded(s, d) => Ok(Some((*s, (**d).clone()))),
             OldBaseSource::Recorded => Ok(None),
         }
     };

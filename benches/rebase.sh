@@ -31,7 +31,9 @@
 # POSTs counted apart), the blob actions ociup reports in --json (present / mounted / copied;
 # copied bytes are layer bytes that moved), and, from the registry's own log, each request's
 # server time: hence when the first request reached the registry after the process started,
-# the time spent inside requests, and the idle gaps between them.
+# the time spent inside requests, and the idle gaps between them. The CPU time other processes
+# used during the timed rounds is reported too (/proc/stat against this script's own and its
+# registries'), as a noise warning.
 #
 # Targets (reported as met or MISSED, never failing the script): at most 10 HTTP requests per
 # rebase, zero layer bytes sent, median wall time under 15 ms, and a cost independent of the
@@ -49,15 +51,16 @@
 #   BENCH_DIAG=1                   also run the nocerts and version series (0: skip them)
 #   BENCH_JSON=PATH                JSON summary (default benches/results/rebase.json)
 #   BENCH_WORKDIR=DIR              work directory, kept at exit (default: a temp dir, removed);
-#                                  each size's registry storage is removed after it is measured
-#                                  unless BENCH_KEEP=1
+#                                  the registries' storage (about 2x the base size each) is
+#                                  removed once the results are in, unless BENCH_KEEP=1
 #   BENCH_REGISTRY=docker-registry registry binary (Distribution 2.x: `serve CONFIG.yml`)
 #   OCIUP=PATH                     ociup binary (default: builds target/release/ociup); it is
 #                                  copied into the work dir first, so a concurrent cargo build
 #                                  cannot swap it mid-run
 #
 # Needs bash 5, curl, openssl, python3, sha256sum and the registry binary. Only 127.0.0.1 is
-# contacted. About 1-2 minutes with the defaults (most of it writing the 1 GB bases).
+# contacted. About 1.5-2 minutes with the defaults (most of it writing the 1 GB bases; 2 GB of
+# disk at the peak).
 set -euo pipefail
 shopt -s inherit_errexit # a failing command inside $(...) stops the script too
 export LC_ALL=C          # '.' as the decimal point of $EPOCHREALTIME
@@ -272,6 +275,26 @@ run_one() {
   fi
 }
 
+# cpu_snapshot: "busy own total" in clock ticks: all CPUs' busy time (/proc/stat), the time of
+# this shell and its waited-for children (ociup, curl, ...) plus the registries', and all time.
+# Their differences over the timed rounds tell how much of the machine other processes used.
+cpu_snapshot() {
+  python3 - "$$" "${REG_PIDS[@]}" <<'PY'
+import sys
+v = list(map(int, open("/proc/stat").readline().split()[1:9]))
+total, busy = sum(v), sum(v) - v[3] - v[4]  # minus idle and iowait
+def ticks(pid, fields):
+    try:
+        s = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return sum(int(s[i]) for i in fields)
+own = ticks(sys.argv[1], (11, 12, 13, 14))  # utime stime cutime cstime
+own += sum(ticks(p, (11, 12)) for p in sys.argv[2:])
+print(busy, own, total)
+PY
+}
+
 # use_size LABEL: point the helpers at one size's registry and files.
 declare -A HOST_OF SETUP_S_OF STORAGE_OF PID_OF
 use_size() {
@@ -344,6 +367,7 @@ if [ "$DIAG" = 1 ]; then SERIES+=(nocerts version); fi
 log "timing $RUNS rounds of: ${SERIES[*]} x ${SIZE_LIST[*]}"
 nsz=${#SIZE_LIST[@]}
 nse=${#SERIES[@]}
+CPU_BEFORE=$(cpu_snapshot)
 for ((r = 1; r <= RUNS; r++)); do
   for ((j = 0; j < nsz; j++)); do
     if [ "$r" = 1 ]; then use_size "${SIZE_LIST[j]}"; else use_size "${SIZE_LIST[(r + j) % nsz]}"; fi
@@ -354,6 +378,7 @@ for ((r = 1; r <= RUNS; r++)); do
   done
   if ((r % 5 == 0)); then log "  round $r/$RUNS done"; fi
 done
+CPU_AFTER=$(cpu_snapshot)
 
 # --- per size: slice the logs, check the results, summarise (the registry is still up) ---------
 SIZE_JSONS=()
@@ -641,7 +666,7 @@ fi
 export JSON_OUT RUNS SEED COMPRESSION GIT_REV CPU="${CPU:-unknown}" OCIUP_SRC
 export SIZE_JSON_LIST="${SIZE_JSONS[*]}" NPROC=$(nproc)
 export MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-export LOAD_START LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+export LOAD_START LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg) CPU_BEFORE CPU_AFTER
 export ELAPSED_S=$(python3 -c "print(round($EPOCHREALTIME - $T_START, 1))")
 export REG_VERSION=$("$REGISTRY" --version 2>&1 | head -n1)
 export OCIUP_VERSION=$("$OCIUP" --version 2>&1 | head -n1)
@@ -659,10 +684,16 @@ print(f"machine: {machine['nproc']} cores, {machine['cpu']}, {machine['mem_gib']
       f"load {machine['loadavg_start']} -> {machine['loadavg_end']}")
 print(f"ociup {env['GIT_REV']} ({env['OCIUP_VERSION']}), registry: {env['REG_VERSION']}, "
       f"{env['RUNS']} runs per series, whole run {env['ELAPSED_S']} s")
-busy = max(float(machine["loadavg_start"].split()[0]), float(machine["loadavg_end"].split()[0]))
-if busy > machine["nproc"] / 2:
-    print(f"note: the machine was busy (1-min load up to {busy} on {machine['nproc']} cores): "
-          "wall times are noisy")
+b0, o0, t0 = map(int, env["CPU_BEFORE"].split())
+b1, o1, t1 = map(int, env["CPU_AFTER"].split())
+cpu = {"busy_pct": 100 * (b1 - b0) / (t1 - t0), "bench_pct": 100 * (o1 - o0) / (t1 - t0)}
+cpu["others_pct"] = max(0.0, cpu["busy_pct"] - cpu["bench_pct"])
+machine["cpu_during_timing"] = cpu
+print(f"CPU during the timed rounds: {cpu['busy_pct']:.0f}% busy of {machine['nproc']} cores: "
+      f"this benchmark (ociup, registries, curl) {cpu['bench_pct']:.0f}%, other processes "
+      f"{cpu['others_pct']:.0f}%")
+if cpu["others_pct"] > 10:
+    print("note: other processes used the machine during the timed rounds: wall times are noisy")
 print()
 
 def fmt(x, nd=1):

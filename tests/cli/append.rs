@@ -82,6 +82,26 @@ fn append_is_golden_and_reproducible_in_a_second_process() {
     assert_eq!(first["digest"], second["digest"]);
     let d = first["digest"].as_str().unwrap();
     assert_eq!(blob(&out1, d), blob(&out2, d), "byte-identical manifests");
+    // The reference printed parses back, and layout files are readable by others.
+    let printed = first["reference"].as_str().unwrap();
+    assert_eq!(
+        json(&crate::support::ociup_ok(&["inspect", printed, "--json"]))["digest"],
+        d
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        out1.join("index.json"),
+        out1.join("oci-layout"),
+        out1.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:")),
+    ] {
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "{}",
+            f.display()
+        );
+    }
 
     let (manifest, config) = config_of(&out1, d);
     let base_layers = 3;

@@ -391,6 +391,16 @@ fn verify_fails_on_tampering_and_the_wrong_key() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Corrupted in its gzip trailer: the same size, and the tar still reads.
+    let original = std::fs::read(blob(&own)).unwrap();
+    let mut bad = original.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(blob(&own), &bad).unwrap();
+    let (code, _, err) = ociup_at(d, &["verify", "v", "--key", "k.pub"]);
+    assert!(code != 0 && err.contains("digest mismatch"), "{err}");
+    std::fs::write(blob(&own), &original).unwrap();
+
     let base_layer = image["manifest"]["layers"][0]["digest"]
         .as_str()
         .unwrap()
@@ -451,6 +461,13 @@ fn edit_adds_a_version_that_replays_and_upgrade_all_is_eager() {
         (edited["number"].as_u64(), edited["reason"].as_str()),
         (Some(2), Some("recipe edited"))
     );
+    let tagged = json(&ok_at(d, &["inspect", "oci:img:app-2", "--json"]));
+    assert_eq!(
+        tagged["digest"], edited["digest"],
+        "each version has its own tag"
+    );
+    let first = json(&ok_at(d, &["inspect", "oci:img:app-1", "--json"]));
+    assert_ne!(first["digest"], edited["digest"]);
     let (code, out, err) = ociup_at(d, &["replay", "app@2"]);
     assert_eq!(code, 0, "{out}{err}");
     let seen = json(&ok_at(d, &["inspect", "oci:img:app", "--json"]));
@@ -548,5 +565,61 @@ fn gc_keeps_the_newest_versions_and_the_whole_history() {
     assert_eq!(
         (code, out.trim()),
         (0, history[0]["image"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn a_base_index_that_moves_without_our_platform_is_recorded_once() {
+    use ociup_core::document::RawDocument;
+    use ociup_core::store::{ManifestRef, Store};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    crate::support::copy_tree(&fixtures().join("multi"), &d.join("multi"));
+    ok_at(d, &["copy", "oci:multi:v1", "oci:multi:latest"]);
+    ok_at(
+        d,
+        &[
+            "register",
+            "m",
+            "--base",
+            "oci:multi:latest",
+            "--platform",
+            "linux/amd64",
+            "--to",
+            "oci:img",
+            "--env",
+            "A=1",
+        ],
+    );
+    let first = json(&ok_at(d, &["resolve", "m", "--json"]));
+    // The index gets an annotation: a new digest, the same children.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let layout = ociup_core::layout::OciLayout::open(d.join("multi")).unwrap();
+        let raw = layout
+            .get_manifest(&ManifestRef::Tag("latest".into()))
+            .await
+            .unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(raw.bytes()).unwrap();
+        v["annotations"] = serde_json::json!({"org.example.rebuilt": "yes"});
+        let index = RawDocument::canonical(&v, ociup_core::media_type::OCI_INDEX).unwrap();
+        layout.put_manifest(&index, Some("latest")).await.unwrap();
+    });
+    for _ in 0..2 {
+        let r = json(&ok_at(d, &["resolve", "m", "--json"]));
+        assert_eq!(r["upgraded"], false, "{r}");
+        assert_eq!(r["digest"], first["digest"], "the same image");
+        assert_ne!(
+            r["base_digest"], first["base_digest"],
+            "recorded on the new index digest"
+        );
+    }
+    let status = json(&ok_at(d, &["status", "--json"]));
+    assert_eq!(status[0]["status"], "current");
+    assert_eq!(
+        json(&ok_at(d, &["history", "m", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
     );
 }

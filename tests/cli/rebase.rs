@@ -132,6 +132,23 @@ fn rebase_unpacks_with_the_new_base_and_the_own_layers() {
         ])
     );
 
+    // To a layout without a tag: listed, so oci:<dir> finds it.
+    let untagged = t.path().join("untagged");
+    let to = format!("oci:{}", untagged.display());
+    let (code, _, err) = status(&[
+        "rebase",
+        &format!("{lay}:app"),
+        "--new-base",
+        &new_base,
+        "--to",
+        &to,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&ociup_ok(&["inspect", &to, "--json"]))["digest"],
+        done["digest"]
+    );
+
     // Again: already current, exit 3, nothing written.
     let before = snapshot(&t.path().join("lay"));
     let (code, out, _) = status(&["rebase", &format!("{lay}:app2"), "--new-base", &new_base]);

@@ -7,6 +7,7 @@
 //! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Descriptor;
@@ -182,6 +183,7 @@ impl OciLayout {
             .tempfile_in(&self.root)
             .map_err(|e| Error::io(ctx("creating a temporary file for"), e))?;
         tmp.write_all(bytes)
+            .and_then(|()| readable(tmp.as_file()))
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| Error::io(ctx("writing"), e))?;
         tmp.persist(&path)
@@ -290,6 +292,14 @@ impl OciLayout {
 
     async fn read_blob_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
+        if let Ok(m) = tokio::fs::metadata(&path).await
+            && m.len() > crate::store::MAX_DOCUMENT_SIZE
+        {
+            return Err(Error::InvalidDocument {
+                what: format!("manifest {digest}"),
+                reason: format!("{} bytes is larger than a manifest may be", m.len()),
+            });
+        }
         let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::BlobNotFound {
                 digest: digest.clone(),
@@ -300,6 +310,11 @@ impl OciLayout {
         digest.verify(&bytes, || format!("blob {digest} in {}", self.location()))?;
         Ok(bytes)
     }
+}
+
+/// Temporary files are created 0600; what a layout holds is for every reader of the layout.
+fn readable(f: &std::fs::File) -> std::io::Result<()> {
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
 fn ref_name(entry: &Value) -> Option<&str> {
@@ -366,8 +381,8 @@ impl BlobWriter {
         let tmp = buf
             .into_inner()
             .map_err(|e| Error::io("writing a blob", e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
+        readable(tmp.as_file())
+            .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| Error::io("writing a blob", e))?;
         let dest = self.layout.blob_path(&digest);
         if let Some(parent) = dest.parent() {
@@ -438,6 +453,9 @@ impl Store for OciLayout {
             .map_err(|e| Error::from_io(ctx(), e))?;
         file.flush().await.map_err(|e| Error::io(ctx(), e))?;
         let file = file.into_inner();
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(|e| Error::io(ctx(), e))?;
         file.sync_all().await.map_err(|e| Error::io(ctx(), e))?;
         drop(file);
         let dest = self.blob_path(digest);

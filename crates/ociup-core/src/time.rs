@@ -34,9 +34,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// # Errors
 /// [`Error::InvalidChange`] naming the value when it is not a non-negative integer.
 pub fn parse_epoch(value: &str) -> Result<u64> {
-    value.trim().parse().map_err(|_| Error::InvalidChange {
-        reason: format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970"),
-    })
+    // 9999-12-31T23:59:59Z: RFC 3339 has four-digit years.
+    const LAST: u64 = 253_402_300_799;
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs <= LAST => Ok(secs),
+        _ => Err(Error::InvalidChange {
+            reason: format!(
+                "SOURCE_DATE_EPOCH={value:?} is not a number of seconds from 1970 to the year 9999"
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -49,5 +56,10 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert!(parse_epoch("12x").is_err());
+        assert!(parse_epoch("253402300800").is_err());
+        assert_eq!(
+            rfc3339(parse_epoch("253402300799").unwrap()),
+            "9999-12-31T23:59:59Z"
+        );
     }
 }

@@ -358,6 +358,17 @@ impl Client {
         scopes: &[String],
     ) -> Result<Token> {
         let credential = self.credential(registry).await?;
+        let plain_ok =
+            is_loopback_host(registry) || self.inner.opts.insecure.iter().any(|r| r == registry);
+        if realm.starts_with("http://") && credential != Credential::Anonymous && !plain_ok {
+            return Err(Error::Auth {
+                registry: registry.to_owned(),
+                reason: format!(
+                    "the token realm {realm} is plain HTTP; credentials are not sent there (name the \
+                     registry with --insecure-registry to allow it)"
+                ),
+            });
+        }
         self.inner.token_fetches.fetch_add(1, Ordering::Relaxed);
         let t = token::fetch(
             &self.inner.http,
@@ -452,7 +463,33 @@ impl Client {
         let mut fell_back = false;
         loop {
             let (url, scheme_known) = self.url_for(registry, &req.target).await?;
-            let auth = self.authorization(registry, &req.scopes).await?;
+            // Credentials go only to the registry itself: an upload Location or a Link naming
+            // another host (or plain HTTP where the registry speaks HTTPS) gets none.
+            let same_origin = match &req.target {
+                Target::Path(_) => true,
+                Target::Url(u) => {
+                    let host = u.host_str().unwrap_or("");
+                    let authority = match u.port() {
+                        Some(p) => format!("{host}:{p}"),
+                        None => host.to_owned(),
+                    };
+                    let known = self
+                        .inner
+                        .registries
+                        .lock()
+                        .await
+                        .get(registry)
+                        .and_then(|s| s.scheme);
+                    authority.trim_start_matches('[').replace(']', "")
+                        == registry.trim_start_matches('[').replace(']', "")
+                        && known.is_none_or(|k| k == u.scheme())
+                }
+            };
+            let auth = if same_origin {
+                self.authorization(registry, &req.scopes).await?
+            } else {
+                None
+            };
             let mut rb = self
                 .inner
                 .http
@@ -607,7 +644,10 @@ fn retry_after(resp: &Response) -> Option<Duration> {
 }
 
 fn transport_error(method: &Method, url: &Url, e: &reqwest::Error) -> Error {
-    let mut reason = e.to_string();
+    // reqwest's own text names the URL with its query (upload state, signed URLs): the URL is
+    // given without query beside it instead.
+    let bare = reqwest_error_without_url(e);
+    let mut reason = bare;
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         reason.push_str(": ");
@@ -620,6 +660,21 @@ fn transport_error(method: &Method, url: &Url, e: &reqwest::Error) -> Error {
         reason,
         retryable: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
     }
+}
+
+fn reqwest_error_without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer broke off"
+    } else if e.is_redirect() {
+        "too many redirects"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
 }
 
 #[derive(serde::Deserialize)]

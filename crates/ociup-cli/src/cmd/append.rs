@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
     let dest = dest_ref
         .open_for_writing(&client)
         .with_context(|| format!("opening {}", args.to))?;
-    // Layers are built into a temporary file next to the blobs of a layout (one rename away),
+    // Layers are built into a temporary file next to the blobs of a layout (same filesystem),
     // or in the system's temporary directory on the way to a registry.
     let staging = match &dest {
         AnyStore::Layout(l) => l.root().join("blobs"),
@@ -140,10 +140,9 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
 /// The reference of what was written, pinned to its digest.
 fn pinned(r: &StoreRef, digest: &ociup_core::Digest) -> String {
     match r {
-        StoreRef::Layout(l) => match l.tag() {
-            Some(t) => format!("oci:{}:{t}@{digest}", l.dir.display()),
-            None => format!("oci:{}@{digest}", l.dir.display()),
-        },
+        // `oci:<dir>@<digest>`: the form that parses back (a layout reference names a tag or a
+        // digest, not both).
+        StoreRef::Layout(l) => format!("oci:{}@{digest}", l.dir.display()),
         StoreRef::Registry(reg) => format!("docker://{}", reg.with_digest(digest.clone())),
     }
 }

@@ -1,4 +1,5 @@
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{Context, Result};
 use ociup_core::layer::LayerBuilder;
@@ -27,6 +28,9 @@ pub fn create(args: LayerCreateArgs) -> Result<()> {
     let (layer, out) = builder.build(BufWriter::with_capacity(1 << 20, tmp))?;
     let mut tmp = out.into_inner().map_err(|e| e.into_error())?;
     tmp.flush()?;
+    // Temporary files are created 0600; a layer is for others to read too.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.persist(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
 

@@ -6,7 +6,7 @@ use ociup_core::ops::rebase::{OldBaseSource, RebaseOptions, RebaseOutcome, rebas
 use ociup_core::reference::LayoutRef;
 use ociup_core::store::ManifestRef;
 use ociup_core::{Digest, Error};
-use ociup_registry::StoreRef;
+use ociup_registry::{AnyStore, StoreRef};
 
 use super::{Ctx, open_for_reading, parse_ref};
 use crate::args::{ConfigModeArg, RebaseArgs};
@@ -176,6 +176,12 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
     )
     .await
     .with_context(|| format!("rebasing {} onto {new_name}", args.image))?;
+    if let (AnyStore::Layout(l), None, Some(doc), false) =
+        (&dest, dest_ref.tag(), &outcome.document, args.dry_run)
+    {
+        // An untagged result is listed in index.json, so oci:<dir> finds it.
+        l.set_tag(&doc.descriptor(), None)?;
+    }
     print(&args, &dest_ref, &new_name, &outcome)?;
     Ok(if outcome.already_current {
         ALREADY_CURRENT

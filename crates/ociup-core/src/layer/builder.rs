@@ -389,6 +389,19 @@ impl LayerBuilder {
 
     fn plan(&mut self, planned: Planned, from_tree: bool) -> Result<()> {
         let path = planned.entry.path.clone();
+        // Nothing may go below a file or link, whichever was given first.
+        let mut ancestor = path.as_str();
+        while let Some((p, _)) = ancestor.rsplit_once('/') {
+            ancestor = p;
+            if let Some(a) = self.planned.get(ancestor)
+                && !matches!(a.entry.kind, Kind::Dir)
+            {
+                return Err(Error::LayerPath {
+                    path: format!("/{path}"),
+                    reason: format!("/{ancestor} is added as something other than a directory"),
+                });
+            }
+        }
         // Parents first, so an explicit directory later replaces an implied one.
         let mut parent = path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
@@ -616,6 +629,12 @@ fn normalize(dest: &str) -> Result<String> {
                     reason: "must not contain NUL".into(),
                 });
             }
+            c if c.starts_with(".wh.") => {
+                return Err(Error::LayerPath {
+                    path: dest.into(),
+                    reason: format!("{c:?} is reserved for whiteouts"),
+                });
+            }
             c => parts.push(c),
         }
     }
@@ -693,6 +712,7 @@ mod tests {
         assert_eq!(normalize("/usr//local/./bin/").unwrap(), "usr/local/bin");
         assert_eq!(normalize("/").unwrap(), "");
         assert!(normalize("/a/../b").is_err());
+        assert!(normalize("/a/.wh.b/c").is_err());
         assert!(normalize_nonroot("/").is_err());
     }
 
@@ -711,5 +731,27 @@ mod tests {
         assert_eq!(dev_numbers(0x103), (1, 3));
         let rdev = (70000u64 & 0xff) | ((259u64 & 0xfff) << 8) | ((70000u64 & !0xff) << 12);
         assert_eq!(dev_numbers(rdev), (259, 70000));
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_goes_below_a_file_in_either_order() {
+        for order in [["/a", "/a/b"], ["/a/b", "/a"]] {
+            let mut b = LayerBuilder::new(LayerOptions::default());
+            let first = b.add_bytes(order[0], b"x".to_vec(), 0o644);
+            let second = b.add_bytes(order[1], b"y".to_vec(), 0o644);
+            assert!(first.is_ok());
+            assert!(second.is_err(), "{order:?}");
+        }
+        let mut b = LayerBuilder::new(LayerOptions::default());
+        b.add_symlink("/l", "/etc").unwrap();
+        assert!(
+            b.add_bytes("/l/x", b"x".to_vec(), 0o644).is_err(),
+            "nothing below a symlink"
+        );
     }
 }

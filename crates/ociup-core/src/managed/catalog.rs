@@ -314,9 +314,6 @@ impl<S: Store> Catalog<S> {
                 None => None,
             };
             out.push(v);
-            if out.len() > 100_000 {
-                break;
-            }
         }
         Ok(out)
     }
@@ -333,7 +330,12 @@ impl<S: Store> Catalog<S> {
             next = match &a.previous {
                 Some(d) => {
                     let digest: Digest = d.parse()?;
-                    let size = self.store.blob_size(&digest).await?.unwrap_or(0);
+                    let size = self.store.blob_size(&digest).await?.ok_or_else(|| {
+                        Error::BlobNotFound {
+                            digest: digest.clone(),
+                            store: self.store.location(),
+                        }
+                    })?;
                     Some(BlobRef { digest, size })
                 }
                 None => None,

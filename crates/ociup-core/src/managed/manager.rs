@@ -232,12 +232,14 @@ impl<P: Stores> Manager<P> {
         let lock = self.lock_for(&recipe.nick);
         let _held = lock.lock().await;
         let prior = self.catalog.get(&recipe.nick).await?;
+        // A nick with a version is registered; one left pending or failed (its first build never
+        // finished) may be registered again.
         if let Some(e) = &prior
-            && e.state != State::Failed
+            && e.version.is_some()
         {
             return Err(invalid(format!(
-                "{} is registered already ({:?})",
-                recipe.nick, e.state
+                "{} is registered already; change it with `ociup edit`",
+                recipe.nick
             )));
         }
         let recipe_blob = self.catalog.put_json(&recipe).await?;
@@ -322,7 +324,7 @@ impl<P: Stores> Manager<P> {
                 name: &recipe.base,
             },
             target,
-            Some(&format!("{nick}-1")),
+            Some(&format!("{nick}-{number}")),
             request,
             &std::env::temp_dir(),
         )
@@ -389,6 +391,7 @@ impl<P: Stores> Manager<P> {
         };
         let mut recipe = entry.recipe.clone();
         recipe.steps.extend(steps);
+        entry.recipe.check_confined()?;
         recipe.check_sources(dir)?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let recipe_blob = self.catalog.put_json(&recipe).await?;
@@ -457,6 +460,13 @@ impl<P: Stores> Manager<P> {
                 continue;
             }
             target.delete_manifest(&digest).await?;
+            // Its build manifest's tag index goes with it.
+            let referrers = format!("{}-{}", digest.algorithm(), digest.hex());
+            if let Ok(d) = target.resolve_tag(&referrers).await {
+                target
+                    .delete_manifest(&Digest::try_from(d.digest())?)
+                    .await?;
+            }
             deleted.push(v.digest.clone());
         }
         Ok(deleted)
@@ -538,18 +548,15 @@ impl<P: Stores> Manager<P> {
         if opts.check {
             return Ok(answer(&current, false, true, false, None));
         }
-        let next = self
+        let (next, upgraded) = self
             .regenerate(&entry, &current, &current_blob, &base_store, &base_digest)
             .await?;
-        Ok(answer(
-            &next,
-            true,
-            false,
-            false,
-            Some(current.base_digest.clone()),
-        ))
+        let previous = upgraded.then(|| current.base_digest.clone());
+        Ok(answer(&next, upgraded, false, false, previous))
     }
 
+    /// Regenerates the current version on `base_digest`. Returns the version to answer and
+    /// whether it is a new image.
     async fn regenerate(
         &self,
         entry: &Entry,
@@ -557,7 +564,7 @@ impl<P: Stores> Manager<P> {
         current_blob: &BlobRef,
         base_store: &P::Store,
         base_digest: &Digest,
-    ) -> Result<VersionRecord> {
+    ) -> Result<(VersionRecord, bool)> {
         let recipe = &entry.recipe;
         let nick = &recipe.nick;
         let number = current.number + 1;
@@ -575,27 +582,50 @@ impl<P: Stores> Manager<P> {
             &RebaseOptions {
                 config: ConfigMode::Derive(recipe.config_changes()),
                 platforms: Vec::new(),
-                created: Some(self.epoch),
+                // The own layers were built with this epoch: the version keeps it, so a replay
+                // reaches the same bytes.
+                created: Some(current.epoch),
                 new_base_name: Some(recipe.base.clone()),
                 dry_run: false,
             },
         )
         .await?;
+        let latest = self.catalog.get(nick).await?;
+        if let Some(latest) = &latest {
+            // Another process may have recorded this very regeneration meanwhile: adopt it.
+            if let Some((v, _)) = &latest.version
+                && v.digest == outcome.digest
+                && v.base_digest == base_digest.to_string()
+            {
+                return Ok((v.clone(), v.number != current.number));
+            }
+            if latest.recipe_blob != entry.recipe_blob || latest.audit != entry.audit {
+                return Err(invalid(format!(
+                    "{nick} was changed by another command while it was regenerated; resolve again"
+                )));
+            }
+        }
+        if outcome.already_current {
+            // The base reference moved (an index gained or changed another platform) but the
+            // image's own platform did not: the same image, now recorded on the new digest.
+            let record = VersionRecord {
+                base_digest: base_digest.to_string(),
+                time: now(),
+                actor: self.actor.clone(),
+                ..current.clone()
+            };
+            let blob = self.catalog.put_json(&record).await?;
+            let mut next = entry.clone();
+            next.version = Some((record.clone(), blob));
+            self.catalog.put(&next).await?;
+            return Ok((record, false));
+        }
         let document = outcome
             .document
             .clone()
             .ok_or_else(|| invalid("the rebase returned no document"))?;
         target.put_manifest(&document, Some(nick)).await?;
         let pinned = self.stores.pinned(&recipe.target, document.digest())?;
-
-        // Another process may have recorded the same regeneration meanwhile: adopt it.
-        if let Some(latest) = self.catalog.get(nick).await?
-            && let Some((v, _)) = latest.version
-            && v.digest == outcome.digest
-        {
-            return Ok(v);
-        }
-
         let build_manifest = match (&self.key, &current.build_manifest) {
             (Some(key), Some((envelope, size))) => {
                 // Same own layers, same files: carry the previous predicate over.
@@ -623,13 +653,13 @@ impl<P: Stores> Manager<P> {
             actor: self.actor.clone(),
             previous: Some(current_blob.digest.to_string()),
             build_manifest,
-            epoch: self.epoch,
+            epoch: current.epoch,
         };
         let blob = self.catalog.put_json(&record).await?;
         let mut next = entry.clone();
         next.version = Some((record.clone(), blob));
         self.catalog.put(&next).await?;
-        Ok(record)
+        Ok((record, true))
     }
 
     /// Every nick (or those given): current, stale, pending or failed, with one base lookup per
@@ -723,6 +753,7 @@ impl<P: Stores> Manager<P> {
             .get_blob_bytes(&recipe_digest, size)
             .await?;
         let recipe = Recipe::parse(&bytes, &format!("{nick} version {number}"))?;
+        recipe.check_confined()?;
         recipe.check_sources(dir)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
         let image = ops::load_image(
@@ -821,9 +852,17 @@ async fn own_files<S: Store + Clone + 'static>(
         })?;
         let reader = store.get_blob(&digest, l.size()).await?;
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
-        let listed = tokio::task::spawn_blocking(move || layer_files(bridge, compression))
-            .await
-            .map_err(|e| Error::io("reading a layer", std::io::Error::other(e)))??;
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut bridge = bridge;
+            let files = layer_files(&mut bridge, compression)?;
+            // A tar reader stops at its end marker: read the rest, so the blob's size and digest
+            // are checked (a corrupted trailer would pass otherwise).
+            std::io::copy(&mut bridge, &mut std::io::sink())
+                .map_err(|e| Error::from_io(format!("reading layer {digest}"), e))?;
+            Ok::<_, Error>(files)
+        })
+        .await
+        .map_err(|e| Error::io("reading a layer", std::io::Error::other(e)))??;
         files.extend(listed);
     }
     files.sort();

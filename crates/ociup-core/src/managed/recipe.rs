@@ -236,6 +236,30 @@ impl Recipe {
         Ok(())
     }
 
+    /// Checks that every source is a relative path that stays inside the recipe's directory,
+    /// for recipes read back from a catalog (an edit or replay must not read files elsewhere on
+    /// the machine that runs it).
+    ///
+    /// # Errors
+    /// [`Error::LayerSource`] naming the first source that leaves the directory.
+    pub fn check_confined(&self) -> Result<()> {
+        for s in &self.steps {
+            if let Step::Add { src, .. } | Step::Replace { src, .. } = s {
+                let p = Path::new(src);
+                let escapes = p.is_absolute()
+                    || p.components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir));
+                if escapes {
+                    return Err(Error::LayerSource {
+                        path: p.to_owned(),
+                        reason: "a stored recipe may only name files inside its directory".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The layer of the file steps (`None` when there are none), sources resolved against `dir`.
     ///
     /// # Errors

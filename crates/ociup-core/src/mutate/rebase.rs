@@ -323,7 +323,9 @@ pub fn rebase(input: &RebaseInput<'_>) -> Result<Rebased> {
         (ConfigMode::ThreeWay, None) => keep_adding_env(img_cfg, new_cfg),
         (ConfigMode::Keep, _) => img_cfg.clone(),
         (ConfigMode::Derive(changes), _) => {
-            let mut c = img_cfg.clone();
+            // What building the recipe on the new base gives: the new base's config (all of it,
+            // its Docker-only fields too) with the changes; rootfs, history and created follow.
+            let mut c = new_cfg.clone();
             let mut derived = serde_json::Map::new();
             derived.insert("config".into(), Value::Object(runtime(new_cfg)));
             crate::config::apply_changes(&mut derived, changes)?;

@@ -289,7 +289,10 @@ async fn write_one<I: Store, B: Store, D: Store>(
         for (d, size) in base_jobs.iter().chain(&own_jobs) {
             let action = if dest.blob_exists(d).await? {
                 "present"
-            } else if new_store.mount_source().is_some() && dest.mount_source().is_some() {
+            } else if matches!(
+                (new_store.mount_source(), dest.mount_source()),
+                (Some(a), Some(b)) if a.registry == b.registry && a.repository != b.repository
+            ) {
                 "mount"
             } else {
                 "copy"
@@ -360,7 +363,6 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
         .cloned()
         .unwrap_or_default();
     let descriptors = index.parsed().manifests();
-    let mut rebased_children: Vec<(String, String)> = Vec::new(); // old digest -> new digest
     let mut new_entries = Vec::new();
     let mut all_current = true;
     let mut pending_attestations = Vec::new();
@@ -416,7 +418,6 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
             {
                 e["platform"] = serde_json::to_value(np).unwrap_or_else(|_| e["platform"].clone());
             }
-            rebased_children.push((digest.to_string(), rebased.manifest.digest().to_string()));
         }
         outcome.platforms.push(PlatformRebase {
             platform: Some(platform.to_string()),

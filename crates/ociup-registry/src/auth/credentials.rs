@@ -92,6 +92,11 @@ impl Credentials {
     /// # Errors
     /// A message naming the file or helper that failed.
     pub fn lookup(&self, registry: &str) -> Result<Credential, String> {
+        // Docker Hub answers at registry-1.docker.io but is known as docker.io.
+        let registry = match registry {
+            "registry-1.docker.io" | "index.docker.io" => "docker.io",
+            r => r,
+        };
         if let Some(c) = self.explicit.get(registry) {
             return Ok(c.clone());
         }
@@ -167,6 +172,11 @@ mod tests {
         );
         assert_eq!(
             creds.lookup("docker.io").unwrap(),
+            Credential::IdentityToken("refresh".into())
+        );
+        // The client asks by API host; Docker Hub's is registry-1.docker.io.
+        assert_eq!(
+            creds.lookup("registry-1.docker.io").unwrap(),
             Credential::IdentityToken("refresh".into())
         );
         assert_eq!(

@@ -456,3 +456,48 @@ async fn a_failed_upload_chunk_resumes_from_the_registry_range() {
     assert_eq!(ok[2].0, "2000-2499");
     assert_eq!(ok[2].1, data[2000..]);
 }
+
+#[tokio::test]
+async fn credentials_do_not_go_to_an_upload_location_on_another_host() {
+    let elsewhere = Fake::start(|req: &Seen| match req.method.as_str() {
+        "PUT" => Reply::new(201),
+        _ => Reply::new(400),
+    })
+    .await;
+    let target = format!(
+        "http://localhost:{}/uploads/s1",
+        elsewhere.host.rsplit(':').next().unwrap()
+    );
+    let registry = Fake::start(move |req: &Seen| {
+        match (req.method.as_str(), req.headers.get("authorization")) {
+            (_, None) => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
+            ("HEAD", Some(_)) => Reply::new(404),
+            ("POST", Some(_)) => Reply::new(202).header("Location", &target),
+            _ => Reply::new(400),
+        }
+    })
+    .await;
+    let creds = Credentials::anonymous().with(
+        registry.host.clone(),
+        Credential::Basic {
+            username: "user".into(),
+            password: "secret".into(),
+        },
+    );
+    let repo = client_for(&registry.host, creds)
+        .repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
+    let data = b"blob".to_vec();
+    repo.put_blob(&Digest::sha256(&data), 4, &data[..])
+        .await
+        .unwrap();
+    let put = elsewhere
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .expect("the upload went there");
+    assert!(
+        !put.headers.contains_key("authorization"),
+        "credentials sent to another host"
+    );
+    assert_eq!(put.body, data);
+}

@@ -310,11 +310,16 @@ async fn write_one<I: Store, B: Store, D: Store>(
             .iter()
             .map(|(d, s)| copy_blob(new_store, dest, d, *s)),
     );
-    let own_copies = futures_util::future::try_join_all(
-        own_jobs
-            .iter()
-            .map(|(d, s)| copy_blob(image_store, dest, d, *s)),
-    );
+    // Own layers are in the image's store by construction: nothing to check when that is the
+    // destination.
+    let own_here = image_store.location() == dest.location();
+    let own_copies = futures_util::future::try_join_all(own_jobs.iter().map(|(d, s)| async move {
+        if own_here {
+            Ok(BlobCopy::Present)
+        } else {
+            copy_blob(image_store, dest, d, *s).await
+        }
+    }));
     let (base_done, own_done) = futures_util::future::try_join(base_copies, own_copies).await?;
     for ((d, size), how) in base_jobs
         .iter()

@@ -6,9 +6,11 @@
 //! renamed over the old one, under an exclusive `flock` of the layout directory so that concurrent writers do not lose
 //! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use oci_spec::image::Descriptor;
 use serde_json::{Map, Value, json};
@@ -29,6 +31,19 @@ const INDEX_FILE: &str = "index.json";
 #[derive(Clone, Debug)]
 pub struct OciLayout {
     root: PathBuf,
+    /// `index.json` as last parsed, with what identified the file then: reading a catalog of
+    /// thousands of tags must not parse it once per tag.
+    cache: Arc<Mutex<Option<IndexCache>>>,
+}
+
+/// The entries of `index.json`, and where each tag is among them.
+type IndexView = (Arc<Vec<Descriptor>>, Arc<HashMap<String, usize>>);
+
+#[derive(Debug)]
+struct IndexCache {
+    stamp: (u64, i64, i64, u64),
+    entries: Arc<Vec<Descriptor>>,
+    by_tag: Arc<HashMap<String, usize>>,
 }
 
 impl OciLayout {
@@ -38,7 +53,10 @@ impl OciLayout {
     /// [`Error::InvalidLayout`] when `oci-layout` is missing or names another version, or
     /// `index.json` is missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<OciLayout> {
-        let layout = OciLayout { root: root.into() };
+        let layout = OciLayout {
+            root: root.into(),
+            cache: Arc::default(),
+        };
         let marker = layout.root.join(LAYOUT_FILE);
         let bytes = std::fs::read(&marker).map_err(|e| {
             layout.invalid(match e.kind() {
@@ -75,22 +93,59 @@ impl OciLayout {
             Err(e) => return Err(Error::io(format!("reading {}", root.display()), e)),
         };
         if empty {
-            let layout = OciLayout { root };
-            std::fs::create_dir_all(layout.root.join("blobs"))
-                .map_err(|e| Error::io(format!("creating {}", layout.root.display()), e))?;
-            layout.write_atomic(
-                LAYOUT_FILE,
-                &canonical_json(&json!({"imageLayoutVersion": "1.0.0"}))?,
-            )?;
-            layout.write_atomic(
-                INDEX_FILE,
-                &canonical_json(&json!({
-                    "schemaVersion": 2,
-                    "mediaType": media_type::OCI_INDEX,
-                    "manifests": [],
-                }))?,
-            )?;
-            return Ok(layout);
+            // Built aside and renamed into place: a process racing to create the same layout
+            // never sees it half made, and the loser opens the winner's.
+            let parent = match root.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            let staged = parent.join(format!(
+                ".ociup-layout-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            let made = (|| -> Result<()> {
+                std::fs::create_dir_all(staged.join("blobs"))
+                    .map_err(|e| Error::io(format!("creating {}", staged.display()), e))?;
+                std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| Error::io(format!("creating {}", staged.display()), e))?;
+                let layout = OciLayout {
+                    root: staged.clone(),
+                    cache: Arc::default(),
+                };
+                layout.write_atomic(
+                    LAYOUT_FILE,
+                    &canonical_json(&json!({"imageLayoutVersion": "1.0.0"}))?,
+                )?;
+                layout.write_atomic(
+                    INDEX_FILE,
+                    &canonical_json(&json!({
+                        "schemaVersion": 2,
+                        "mediaType": media_type::OCI_INDEX,
+                        "manifests": [],
+                    }))?,
+                )
+            })();
+            let moved = made.and_then(|()| {
+                std::fs::rename(&staged, &root)
+                    .map_err(|e| Error::io(format!("creating {}", root.display()), e))
+            });
+            if moved.is_err() {
+                let _ = std::fs::remove_dir_all(&staged);
+                // Another process may have created it first.
+                if let Ok(l) = OciLayout::open(&root) {
+                    return Ok(l);
+                }
+            }
+            moved?;
+            return Ok(OciLayout {
+                root,
+                cache: Arc::default(),
+            });
         }
         OciLayout::open(root)
     }
@@ -164,15 +219,50 @@ impl OciLayout {
     /// # Errors
     /// [`Error::MalformedDocument`] or [`Error::InvalidDocument`] for a broken `index.json`.
     pub fn index_entries(&self) -> Result<Vec<Descriptor>> {
+        Ok(self.cached_index()?.0.as_ref().clone())
+    }
+
+    /// The parsed `index.json`, reparsed only when the file changed (it is replaced by rename,
+    /// so a change is a new inode, time or size).
+    fn cached_index(&self) -> Result<IndexView> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.root.join(INDEX_FILE);
+        let m = std::fs::metadata(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let stamp = (m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.as_ref()
+            && c.stamp == stamp
+        {
+            return Ok((Arc::clone(&c.entries), Arc::clone(&c.by_tag)));
+        }
         let index = self.read_index()?;
-        let entries = index
-            .get("manifests")
-            .cloned()
-            .unwrap_or(Value::Array(Vec::new()));
-        serde_json::from_value(entries).map_err(|source| Error::MalformedDocument {
-            what: format!("{}", self.root.join(INDEX_FILE).display()),
+        let entries: Vec<Descriptor> = serde_json::from_value(
+            index
+                .get("manifests")
+                .cloned()
+                .unwrap_or(Value::Array(Vec::new())),
+        )
+        .map_err(|source| Error::MalformedDocument {
+            what: format!("{}", path.display()),
             source,
-        })
+        })?;
+        let mut by_tag = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(t) = e.annotations().as_ref().and_then(|a| a.get(REF_NAME)) {
+                by_tag.insert(t.clone(), i);
+            }
+        }
+        let (entries, by_tag) = (Arc::new(entries), Arc::new(by_tag));
+        *cache = Some(IndexCache {
+            stamp,
+            entries: Arc::clone(&entries),
+            by_tag: Arc::clone(&by_tag),
+        });
+        Ok((entries, by_tag))
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -479,10 +569,12 @@ impl Store for OciLayout {
             ManifestRef::Digest(d) => {
                 // The media type is known when index.json lists the digest; otherwise the
                 // document's own mediaType decides.
+                let wanted = d.to_string();
                 let listed = self
-                    .index_entries()?
-                    .into_iter()
-                    .find(|e| e.digest().to_string() == d.to_string())
+                    .cached_index()?
+                    .0
+                    .iter()
+                    .find(|e| e.digest().to_string() == wanted)
                     .map(|e| e.media_type().to_string());
                 (d.clone(), listed.unwrap_or_default())
             }
@@ -506,15 +598,10 @@ impl Store for OciLayout {
     }
 
     async fn resolve_tag(&self, tag: &str) -> Result<Descriptor> {
-        let entries = self.index_entries()?;
-        entries
-            .into_iter()
-            .find(|e| {
-                e.annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME))
-                    .is_some_and(|t| t == tag)
-            })
+        let (entries, by_tag) = self.cached_index()?;
+        by_tag
+            .get(tag)
+            .map(|&i| entries[i].clone())
             .ok_or_else(|| Error::TagNotFound {
                 tag: tag.to_owned(),
                 store: self.location(),
@@ -629,6 +716,33 @@ mod tests {
             }
         });
         assert_eq!(layout.index_entries().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn processes_creating_one_layout_at_once_all_get_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("new/layout");
+        let opened: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| OciLayout::open_or_create(&root)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for o in opened {
+            o.unwrap();
+        }
+        assert!(
+            OciLayout::open(&root)
+                .unwrap()
+                .index_entries()
+                .unwrap()
+                .is_empty()
+        );
+        let strays: Vec<_> = std::fs::read_dir(t.path().join("new"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(strays, ["layout"], "no staging directory left behind");
     }
 
     #[test]

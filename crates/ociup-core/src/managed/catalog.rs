@@ -110,6 +110,10 @@ pub struct Entry {
     pub version: Option<(VersionRecord, BlobRef)>,
     /// The last audit entry's blob.
     pub audit: BlobRef,
+    /// Read from the store (its manifest and empty config exist there).
+    pub stored: bool,
+    /// The digest of the manifest it was read from.
+    pub manifest: Option<Digest>,
 }
 
 /// A catalog in a store.
@@ -154,8 +158,9 @@ impl<S: Store> Catalog<S> {
     pub async fn put_json<T: Serialize>(&self, value: &T) -> Result<BlobRef> {
         let bytes = canonical_json(value)?;
         let digest = Digest::sha256(&bytes);
+        // Records are new by construction (they carry a time); a repeat upload is harmless.
         self.store
-            .put_blob(&digest, bytes.len() as u64, &bytes[..])
+            .put_new_blob(&digest, bytes.len() as u64, &bytes[..])
             .await?;
         Ok(BlobRef {
             digest,
@@ -263,6 +268,8 @@ impl<S: Store> Catalog<S> {
             recipe_blob,
             version,
             audit,
+            stored: true,
+            manifest: Some(raw.digest().clone()),
         }))
     }
 
@@ -273,7 +280,9 @@ impl<S: Store> Catalog<S> {
     pub async fn put(&self, entry: &Entry) -> Result<()> {
         let empty = b"{}";
         let empty_digest = Digest::sha256(empty);
-        self.store.put_blob(&empty_digest, 2, &empty[..]).await?;
+        if !entry.stored {
+            self.store.put_blob(&empty_digest, 2, &empty[..]).await?;
+        }
         let desc = |mt: &str, b: &BlobRef| json!({"mediaType": mt, "digest": b.digest.to_string(), "size": b.size});
         let mut layers = vec![desc(RECIPE_MEDIA_TYPE, &entry.recipe_blob)];
         if let Some((_, b)) = &entry.version {
@@ -299,6 +308,18 @@ impl<S: Store> Catalog<S> {
         });
         let raw = RawDocument::canonical(&manifest, media_type::OCI_MANIFEST)?;
         self.store.put_manifest(&raw, Some(&tag(&entry.nick))).await
+    }
+
+    /// The digest the nick's tag points at now (one HEAD on a registry), or `None`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn head(&self, nick: &str) -> Result<Option<Digest>> {
+        match self.store.resolve_tag(&tag(nick)).await {
+            Ok(d) => Ok(Some(Digest::try_from(d.digest())?)),
+            Err(Error::TagNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every version of a nick, newest first, following the chain from the current one.

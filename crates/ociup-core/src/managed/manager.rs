@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -260,6 +261,8 @@ impl<P: Stores> Manager<P> {
             recipe_blob,
             version: None,
             audit,
+            stored: false,
+            manifest: None,
         };
         self.catalog.put(&entry).await?;
         match self
@@ -590,7 +593,12 @@ impl<P: Stores> Manager<P> {
             },
         )
         .await?;
-        let latest = self.catalog.get(nick).await?;
+        // Unchanged since it was read (one HEAD), or read again to see what changed.
+        let latest = if self.catalog.head(nick).await? == entry.manifest {
+            None
+        } else {
+            self.catalog.get(nick).await?
+        };
         if let Some(latest) = &latest {
             // Another process may have recorded this very regeneration meanwhile: adopt it.
             if let Some((v, _)) = &latest.version
@@ -673,11 +681,11 @@ impl<P: Stores> Manager<P> {
         } else {
             nicks.to_vec()
         };
-        let mut entries = Vec::new();
-        for n in &names {
-            let e = self.entry(n).await?;
-            entries.push(e);
-        }
+        // Catalog reads are independent: several at once.
+        let entries: Vec<Entry> = futures_util::stream::iter(names.iter().map(|n| self.entry(n)))
+            .buffered(8)
+            .try_collect()
+            .await?;
         let mut bases: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
         for e in &entries {
             if !bases.contains_key(&e.recipe.base) {

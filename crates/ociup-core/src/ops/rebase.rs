@@ -337,7 +337,7 @@ async fn write_one<I: Store, B: Store, D: Store>(
             action: action.into(),
         });
     }
-    dest.put_blob(
+    dest.put_new_blob(
         rebased.config.digest(),
         rebased.config.size(),
         rebased.config.bytes(),

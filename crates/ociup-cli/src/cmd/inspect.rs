@@ -17,15 +17,16 @@ pub async fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
     let doc = ops::load_document(&store, &reference)
         .await
         .with_context(|| format!("reading {}", args.reference))?;
-    let show_index = matches!(doc, Document::Index(_)) && platform.is_none();
-    if args.raw && show_index {
-        std::io::stdout().lock().write_all(doc.raw().bytes())?;
-        return Ok(());
-    }
-    if show_index {
-        let Document::Index(index) = &doc else {
-            unreachable!("checked above")
-        };
+    // An index is shown as such unless a platform picks one of its manifests.
+    let index = match (&doc, &platform) {
+        (Document::Index(i), None) => Some(i),
+        _ => None,
+    };
+    if let Some(index) = index {
+        if args.raw {
+            std::io::stdout().lock().write_all(index.raw().bytes())?;
+            return Ok(());
+        }
         let value: Value = serde_json::from_slice(index.raw().bytes())?;
         if args.json {
             return output::json(&serde_json::json!({

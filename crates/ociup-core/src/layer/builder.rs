@@ -439,13 +439,10 @@ impl LayerBuilder {
                     reason: "given twice".into(),
                 })
             }
-            Some(old) if !matches!(planned.entry.kind, Kind::Dir) => {
-                let _ = old;
-                Err(Error::LayerPath {
-                    path: format!("/{path}"),
-                    reason: "is a directory of other added paths and cannot also be a file".into(),
-                })
-            }
+            Some(_) if !matches!(planned.entry.kind, Kind::Dir) => Err(Error::LayerPath {
+                path: format!("/{path}"),
+                reason: "is a directory of other added paths and cannot also be a file".into(),
+            }),
             _ => {
                 self.planned.insert(path, planned);
                 Ok(())

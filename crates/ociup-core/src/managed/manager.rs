@@ -285,6 +285,57 @@ impl<P: Stores> Manager<P> {
         }
     }
 
+    /// The recipe built on `base_digest` of `base_store` (its layer from the sources in `dir`,
+    /// the config from the base's and the recipe's changes, `created` = `epoch`), stored in
+    /// `dest` under `tag`. Registration, edits and replays all build through here, so a replay
+    /// reaches the same bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_image<D: Store>(
+        &self,
+        recipe: &Recipe,
+        dir: &Path,
+        base_store: &P::Store,
+        base_digest: &Digest,
+        epoch: u64,
+        dest: &D,
+        tag: Option<&str>,
+        staging: &Path,
+    ) -> Result<ops::AppendOutcome> {
+        let image = ops::load_image(
+            base_store,
+            &ManifestRef::Digest(base_digest.clone()),
+            self.platform.as_ref(),
+        )
+        .await?;
+        let layer = recipe.layer(
+            dir,
+            LayerOptions {
+                epoch,
+                ..LayerOptions::default()
+            },
+        )?;
+        let request = AppendRequest {
+            layers: layer
+                .map(|b| vec![(b, format!("ociup recipe {}", recipe.nick))])
+                .unwrap_or_default(),
+            changes: recipe.config_changes(),
+            annotations: recipe.annotations(),
+            created: epoch,
+        };
+        ops::append_image(
+            AppendBase::Image {
+                store: base_store,
+                image: &image,
+                name: &recipe.base,
+            },
+            dest,
+            tag,
+            request,
+            staging,
+        )
+        .await
+    }
+
     /// Builds version `number` from the recipe (sources in `dir`) on what the base points to now.
     #[allow(clippy::too_many_arguments)]
     async fn build_version(
@@ -298,40 +349,19 @@ impl<P: Stores> Manager<P> {
         previous: Option<&BlobRef>,
     ) -> Result<(VersionRecord, BlobRef)> {
         let (base_store, base_digest) = self.base_digest(&recipe.base).await?;
-        let image = ops::load_image(
-            &base_store,
-            &ManifestRef::Digest(base_digest.clone()),
-            self.platform.as_ref(),
-        )
-        .await?;
-        let layer = recipe.layer(
-            dir,
-            LayerOptions {
-                epoch: self.epoch,
-                ..LayerOptions::default()
-            },
-        )?;
-        let request = AppendRequest {
-            layers: layer
-                .map(|b| vec![(b, format!("ociup recipe {}", recipe.nick))])
-                .unwrap_or_default(),
-            changes: recipe.config_changes(),
-            annotations: recipe.annotations(),
-            created: self.epoch,
-        };
         let nick = &recipe.nick;
-        let out = ops::append_image(
-            AppendBase::Image {
-                store: &base_store,
-                image: &image,
-                name: &recipe.base,
-            },
-            target,
-            Some(&format!("{nick}-{number}")),
-            request,
-            &std::env::temp_dir(),
-        )
-        .await?;
+        let out = self
+            .build_image(
+                recipe,
+                dir,
+                &base_store,
+                &base_digest,
+                self.epoch,
+                target,
+                Some(&format!("{nick}-{number}")),
+                &std::env::temp_dir(),
+            )
+            .await?;
         target.put_manifest(&out.manifest, Some(nick)).await?;
         let manifest = Manifest::parse(out.manifest.clone())?;
         let pinned = self.stores.pinned(&recipe.target, out.manifest.digest())?;
@@ -764,41 +794,21 @@ impl<P: Stores> Manager<P> {
         recipe.check_confined()?;
         recipe.check_sources(dir)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
-        let image = ops::load_image(
-            &base_store,
-            &ManifestRef::Digest(v.base_digest.parse()?),
-            self.platform.as_ref(),
-        )
-        .await?;
-        let layer = recipe.layer(
-            dir,
-            LayerOptions {
-                epoch: v.epoch,
-                ..LayerOptions::default()
-            },
-        )?;
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
         let layout = crate::layout::OciLayout::open_or_create(scratch.path().join("replay"))?;
-        let out = ops::append_image(
-            AppendBase::Image {
-                store: &base_store,
-                image: &image,
-                name: &recipe.base,
-            },
-            &layout,
-            None,
-            AppendRequest {
-                layers: layer
-                    .map(|b| vec![(b, format!("ociup recipe {}", recipe.nick))])
-                    .unwrap_or_default(),
-                changes: recipe.config_changes(),
-                annotations: recipe.annotations(),
-                created: v.epoch,
-            },
-            scratch.path(),
-        )
-        .await?;
+        let out = self
+            .build_image(
+                &recipe,
+                dir,
+                &base_store,
+                &v.base_digest.parse()?,
+                v.epoch,
+                &layout,
+                None,
+                scratch.path(),
+            )
+            .await?;
         Ok((out.manifest.digest().to_string(), v.digest.clone()))
     }
 

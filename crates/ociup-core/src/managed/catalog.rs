@@ -116,6 +116,48 @@ pub struct Entry {
     pub manifest: Option<Digest>,
 }
 
+/// The current version as a nick's manifest annotates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Current {
+    /// Version number.
+    pub number: u64,
+    /// Digest-pinned reference.
+    pub image: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// The base digest it sits on.
+    pub base_digest: String,
+}
+
+impl Current {
+    /// The summary of a version record.
+    pub fn of(v: &VersionRecord) -> Current {
+        Current {
+            number: v.number,
+            image: v.image.clone(),
+            digest: v.digest.clone(),
+            base_digest: v.base_digest.clone(),
+        }
+    }
+}
+
+/// What a nick's manifest says of it (its annotations), read without its blobs.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The nick.
+    pub nick: String,
+    /// State.
+    pub state: State,
+    /// Why the first build failed.
+    pub error: Option<String>,
+    /// The base reference (absent in entries written before summaries were).
+    pub base: Option<String>,
+    /// The current version (absent while pending, or in older entries).
+    pub current: Option<Current>,
+    manifest: Value,
+    digest: Digest,
+}
+
 /// A catalog in a store.
 #[derive(Clone, Debug)]
 pub struct Catalog<S> {
@@ -199,11 +241,12 @@ impl<S: Store> Catalog<S> {
         .await
     }
 
-    /// The nick's entry, or `None` when it is not registered.
+    /// What the nick's manifest says, without reading its blobs (one read), or `None` when it
+    /// is not registered.
     ///
     /// # Errors
     /// Store errors; [`Error::InvalidDocument`] for a nick manifest ociup did not write.
-    pub async fn get(&self, nick: &str) -> Result<Option<Entry>> {
+    pub async fn summary(&self, nick: &str) -> Result<Option<Summary>> {
         let raw = match self.store.get_manifest(&ManifestRef::Tag(tag(nick))).await {
             Ok(r) => r,
             Err(Error::TagNotFound { .. }) => return Ok(None),
@@ -221,10 +264,50 @@ impl<S: Store> Catalog<S> {
         if v.get("artifactType").and_then(Value::as_str) != Some(NICK_ARTIFACT) {
             return Err(bad("it is not an ociup nick artifact"));
         }
+        let ann = v.get("annotations").cloned().unwrap_or(Value::Null);
+        let text = |k: &str| ann.get(k).and_then(Value::as_str).map(str::to_owned);
+        let state: State =
+            serde_json::from_value(ann.get("dev.ociup.state").cloned().unwrap_or(Value::Null))
+                .map_err(|_| bad("no valid state"))?;
+        let current = match (
+            text("dev.ociup.version").and_then(|n| n.parse().ok()),
+            text("dev.ociup.image"),
+            text("dev.ociup.digest"),
+            text("dev.ociup.base-digest"),
+        ) {
+            (Some(number), Some(image), Some(digest), Some(base_digest)) => Some(Current {
+                number,
+                image,
+                digest,
+                base_digest,
+            }),
+            _ => None,
+        };
+        Ok(Some(Summary {
+            nick: nick.to_owned(),
+            state,
+            error: text("dev.ociup.error"),
+            base: text("dev.ociup.base"),
+            current,
+            manifest: v,
+            digest: raw.digest().clone(),
+        }))
+    }
+
+    /// The whole entry a summary was read from: its recipe, version record and audit head.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::InvalidDocument`] when the manifest lacks a recipe or audit entry.
+    pub async fn entry(&self, summary: &Summary) -> Result<Entry> {
+        let bad = |reason: &str| Error::InvalidDocument {
+            what: format!("catalog entry of {}", summary.nick),
+            reason: reason.into(),
+        };
         let mut recipe_blob = None;
         let mut version_blob = None;
         let mut audit_blob = None;
-        for l in v
+        for l in summary
+            .manifest
             .get("layers")
             .and_then(Value::as_array)
             .cloned()
@@ -248,29 +331,33 @@ impl<S: Store> Catalog<S> {
         }
         let recipe_blob = recipe_blob.ok_or_else(|| bad("no recipe"))?;
         let audit = audit_blob.ok_or_else(|| bad("no audit entry"))?;
-        let ann = v.get("annotations").cloned().unwrap_or(Value::Null);
-        let state: State =
-            serde_json::from_value(ann.get("dev.ociup.state").cloned().unwrap_or(Value::Null))
-                .map_err(|_| bad("no valid state"))?;
         let recipe = self.get_json(&recipe_blob, "recipe").await?;
         let version = match version_blob {
             Some(b) => Some((self.get_json(&b, "version record").await?, b)),
             None => None,
         };
-        Ok(Some(Entry {
-            nick: nick.to_owned(),
-            state,
-            error: ann
-                .get("dev.ociup.error")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+        Ok(Entry {
+            nick: summary.nick.clone(),
+            state: summary.state,
+            error: summary.error.clone(),
             recipe,
             recipe_blob,
             version,
             audit,
             stored: true,
-            manifest: Some(raw.digest().clone()),
-        }))
+            manifest: Some(summary.digest.clone()),
+        })
+    }
+
+    /// The nick's entry, or `None` when it is not registered.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::InvalidDocument`] for a nick manifest ociup did not write.
+    pub async fn get(&self, nick: &str) -> Result<Option<Entry>> {
+        match self.summary(nick).await? {
+            Some(s) => Ok(Some(self.entry(&s).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Writes the nick's manifest (its blobs must be stored already) and points its tag at it.
@@ -297,6 +384,14 @@ impl<S: Store> Catalog<S> {
         );
         if let Some(e) = &entry.error {
             ann.insert("dev.ociup.error".into(), e.clone().into());
+        }
+        // A summary for readers that need no more (resolve with nothing due, status).
+        ann.insert("dev.ociup.base".into(), entry.recipe.base.clone().into());
+        if let Some((v, _)) = &entry.version {
+            ann.insert("dev.ociup.version".into(), v.number.to_string().into());
+            ann.insert("dev.ociup.image".into(), v.image.clone().into());
+            ann.insert("dev.ociup.digest".into(), v.digest.clone().into());
+            ann.insert("dev.ociup.base-digest".into(), v.base_digest.clone().into());
         }
         let manifest = json!({
             "schemaVersion": 2,

@@ -14,7 +14,9 @@ use super::build_manifest::{
     BaseEntry, BuildManifest, ENVELOPE_MEDIA_TYPE, FileEntry, Key, LayerEntry, PublicKey,
     layer_files, statement,
 };
-use super::catalog::{AuditEntry, BlobRef, Catalog, EMPTY_MEDIA_TYPE, Entry, State, VersionRecord};
+use super::catalog::{
+    AuditEntry, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, State, Summary, VersionRecord,
+};
 use super::recipe::{Recipe, validate_nick};
 use crate::digest::Digest;
 use crate::document::{Document, Manifest, RawDocument};
@@ -539,36 +541,50 @@ impl<P: Stores> Manager<P> {
     pub async fn resolve(&self, nick: &str, opts: ResolveOptions) -> Result<Resolution> {
         let lock = self.lock_for(nick);
         let _held = lock.lock().await;
-        let entry = self.entry(nick).await?;
-        let Some((current, current_blob)) = entry.version.clone() else {
-            return Err(invalid(format!(
-                "{nick} has no version yet (state {:?}{})",
-                entry.state,
-                entry
-                    .error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            )));
+        let summary = self
+            .catalog
+            .summary(nick)
+            .await?
+            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        // The manifest's summary answers when nothing is due; the blobs are read only for a
+        // regeneration (or for an entry written before summaries were).
+        let mut entry = None;
+        let (current, base) = match (&summary.current, &summary.base) {
+            (Some(c), Some(b)) => (c.clone(), b.clone()),
+            _ => {
+                let e = self.catalog.entry(&summary).await?;
+                let Some((v, _)) = &e.version else {
+                    return Err(invalid(format!(
+                        "{nick} has no version yet (state {:?}{})",
+                        e.state,
+                        e.error
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )));
+                };
+                let found = (Current::of(v), e.recipe.base.clone());
+                entry = Some(e);
+                found
+            }
         };
-        let answer =
-            |v: &VersionRecord, upgraded: bool, due: bool, stale: bool, prev: Option<String>| {
-                Resolution {
-                    nick: nick.to_owned(),
-                    reference: v.image.clone(),
-                    digest: v.digest.clone(),
-                    version: v.number,
-                    upgraded,
-                    upgrade_due: due,
-                    stale,
-                    base_digest: v.base_digest.clone(),
-                    previous_base_digest: prev,
-                }
-            };
+        let answer = |v: &Current, upgraded: bool, due: bool, stale: bool, prev: Option<String>| {
+            Resolution {
+                nick: nick.to_owned(),
+                reference: v.image.clone(),
+                digest: v.digest.clone(),
+                version: v.number,
+                upgraded,
+                upgrade_due: due,
+                stale,
+                base_digest: v.base_digest.clone(),
+                previous_base_digest: prev,
+            }
+        };
         if opts.offline {
             return Ok(answer(&current, false, false, false, None));
         }
-        let (base_store, base_digest) = match self.base_digest(&entry.recipe.base).await {
+        let (base_store, base_digest) = match self.base_digest(&base).await {
             Ok(x) => x,
             Err(_) if opts.unreachable == Unreachable::Stale => {
                 return Ok(answer(&current, false, false, true, None));
@@ -581,11 +597,25 @@ impl<P: Stores> Manager<P> {
         if opts.check {
             return Ok(answer(&current, false, true, false, None));
         }
+        let entry = match entry {
+            Some(e) => e,
+            None => self.catalog.entry(&summary).await?,
+        };
+        let (record, record_blob) = entry
+            .version
+            .clone()
+            .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;
         let (next, upgraded) = self
-            .regenerate(&entry, &current, &current_blob, &base_store, &base_digest)
+            .regenerate(&entry, &record, &record_blob, &base_store, &base_digest)
             .await?;
         let previous = upgraded.then(|| current.base_digest.clone());
-        Ok(answer(&next, upgraded, false, false, previous))
+        Ok(answer(
+            &Current::of(&next),
+            upgraded,
+            false,
+            false,
+            previous,
+        ))
     }
 
     /// Regenerates the current version on `base_digest`. Returns the version to answer and
@@ -711,50 +741,66 @@ impl<P: Stores> Manager<P> {
         } else {
             nicks.to_vec()
         };
-        // Catalog reads are independent: several at once.
-        let entries: Vec<Entry> = futures_util::stream::iter(names.iter().map(|n| self.entry(n)))
-            .buffered(8)
-            .try_collect()
-            .await?;
+        // One manifest read per nick (its summary), several at once.
+        let rows: Vec<(Summary, String, Option<Current>)> =
+            futures_util::stream::iter(names.iter().map(|n| self.status_row(n)))
+                .buffered(8)
+                .try_collect()
+                .await?;
         let mut bases: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
-        for e in &entries {
-            if !bases.contains_key(&e.recipe.base) {
+        for (_, base, _) in &rows {
+            if !bases.contains_key(base) {
                 let d = self
-                    .base_digest(&e.recipe.base)
+                    .base_digest(base)
                     .await
                     .map(|(_, d)| d.to_string())
                     .map_err(|e| e.to_string());
-                bases.insert(e.recipe.base.clone(), d);
+                bases.insert(base.clone(), d);
             }
         }
-        Ok(entries
+        Ok(rows
             .into_iter()
-            .map(|e| {
-                let base_now = bases
-                    .get(&e.recipe.base)
-                    .cloned()
-                    .unwrap_or(Err(String::new()));
-                let v = e.version.as_ref().map(|(v, _)| v);
-                let (status, error) = match (e.state, v, &base_now) {
+            .map(|(summary, base, current)| {
+                let base_now = bases.get(&base).cloned().unwrap_or(Err(String::new()));
+                let (status, error) = match (summary.state, &current, &base_now) {
                     (State::Pending, None, _) => ("pending", None),
-                    (State::Failed, None, _) => ("failed", e.error.clone()),
+                    (State::Failed, None, _) => ("failed", summary.error.clone()),
                     (_, Some(_), Err(err)) => ("unknown", Some(err.clone())),
                     (_, Some(v), Ok(d)) if *d == v.base_digest => ("current", None),
                     (_, Some(_), Ok(_)) => ("stale", None),
                     (_, None, _) => ("pending", None),
                 };
                 NickStatus {
-                    nick: e.nick.clone(),
+                    nick: summary.nick.clone(),
                     status: status.into(),
-                    base: e.recipe.base.clone(),
-                    version: v.map(|v| v.number),
-                    digest: v.map(|v| v.digest.clone()),
-                    base_digest: v.map(|v| v.base_digest.clone()),
+                    base,
+                    version: current.as_ref().map(|v| v.number),
+                    digest: current.as_ref().map(|v| v.digest.clone()),
+                    base_digest: current.as_ref().map(|v| v.base_digest.clone()),
                     current_base_digest: base_now.ok(),
                     error,
                 }
             })
             .collect())
+    }
+
+    /// A nick's summary, its base and current version: from the manifest's annotations, or
+    /// from the entry's blobs when they are missing (entries written before summaries were).
+    async fn status_row(&self, nick: &str) -> Result<(Summary, String, Option<Current>)> {
+        let summary = self
+            .catalog
+            .summary(nick)
+            .await?
+            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
+        let complete =
+            summary.base.is_some() && (summary.current.is_some() || summary.state != State::Ready);
+        if let (true, Some(base)) = (complete, &summary.base) {
+            let (base, current) = (base.clone(), summary.current.clone());
+            return Ok((summary, base, current));
+        }
+        let e = self.catalog.entry(&summary).await?;
+        let current = e.version.as_ref().map(|(v, _)| Current::of(v));
+        Ok((summary, e.recipe.base, current))
     }
 
     /// Every version of a nick, newest first.

@@ -291,13 +291,8 @@ impl Client {
                 registry: registry.to_owned(),
                 reason,
             })?;
-        self.inner
-            .registries
-            .lock()
-            .await
-            .entry(registry.to_owned())
-            .or_default()
-            .credential = Some(c.clone());
+        self.update(registry, |st| st.credential = Some(c.clone()))
+            .await;
         Ok(c)
     }
 
@@ -379,14 +374,10 @@ impl Client {
             &credential,
         )
         .await?;
-        self.inner
-            .registries
-            .lock()
-            .await
-            .entry(registry.to_owned())
-            .or_default()
-            .tokens
-            .insert(scope_key(scopes), t.clone());
+        self.update(registry, |st| {
+            st.tokens.insert(scope_key(scopes), t.clone());
+        })
+        .await;
         Ok(t)
     }
 
@@ -414,26 +405,21 @@ impl Client {
             }
             wanted.sort();
             wanted.dedup();
-            {
-                let mut regs = self.inner.registries.lock().await;
-                let st = regs.entry(registry.to_owned()).or_default();
+            self.update(registry, |st| {
                 st.auth = AuthScheme::Bearer {
                     realm: realm.clone(),
                     service: service.clone(),
                 };
-            }
+            })
+            .await;
             let token = self
                 .fetch_token(registry, &realm, service.as_deref(), &wanted)
                 .await?;
             // Requests with the original scope set use this token too.
-            self.inner
-                .registries
-                .lock()
-                .await
-                .entry(registry.to_owned())
-                .or_default()
-                .tokens
-                .insert(scope_key(scopes), token);
+            self.update(registry, |st| {
+                st.tokens.insert(scope_key(scopes), token);
+            })
+            .await;
             return Ok(true);
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
@@ -441,13 +427,8 @@ impl Client {
                 return Ok(false);
             };
             let header = basic_header(&username, &password);
-            self.inner
-                .registries
-                .lock()
-                .await
-                .entry(registry.to_owned())
-                .or_default()
-                .auth = AuthScheme::Basic(header);
+            self.update(registry, |st| st.auth = AuthScheme::Basic(header))
+                .await;
             return Ok(true);
         }
         Ok(false)
@@ -583,14 +564,19 @@ impl Client {
         }
     }
 
-    async fn set_scheme(&self, registry: &str, scheme: &'static str) {
-        self.inner
+    /// Changes what the client knows of `registry`.
+    async fn update(&self, registry: &str, f: impl FnOnce(&mut RegistryState)) {
+        f(self
+            .inner
             .registries
             .lock()
             .await
             .entry(registry.to_owned())
-            .or_default()
-            .scheme = Some(scheme);
+            .or_default());
+    }
+
+    async fn set_scheme(&self, registry: &str, scheme: &'static str) {
+        self.update(registry, |st| st.scheme = Some(scheme)).await;
     }
 
     /// Sends and turns an unexpected status into [`Error::Http`].

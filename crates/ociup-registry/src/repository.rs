@@ -681,7 +681,25 @@ impl Store for Repository {
         )
         .header(CONTENT_TYPE, document.media_type())
         .body(Bytes::copy_from_slice(document.bytes()));
-        let resp = self.send(req, &[201, 200]).await?;
+        // Distribution rewrites a blob's link in place when a blob it has is uploaded or mounted
+        // again; a manifest PUT that reads the link meanwhile fails with DIGEST_INVALID and
+        // MANIFEST_BLOB_UNKNOWN although the blob is there. Concurrent writers of one image hit
+        // that window: a few short retries get past it.
+        let mut attempt = 0u64;
+        let resp = loop {
+            match self.send(req.clone(), &[201, 200]).await {
+                Err(e @ Error::Http { status: 400, .. })
+                    if attempt < 4
+                        && e.codes().iter().any(|c| c == "MANIFEST_BLOB_UNKNOWN")
+                        && e.codes().iter().any(|c| c == "DIGEST_INVALID") =>
+                {
+                    attempt += 1;
+                    tracing::debug!(%e, attempt, "manifest PUT raced a blob link rewrite, retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
         if let Some(d) = header_str(resp.headers(), DIGEST_HEADER)
             && d != document.digest().to_string()
         {

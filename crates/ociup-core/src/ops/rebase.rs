@@ -337,7 +337,9 @@ async fn write_one<I: Store, B: Store, D: Store>(
             action: action.into(),
         });
     }
-    dest.put_new_blob(
+    // Check before uploading: re-uploading a config the repository has rewrites its link, which
+    // on Distribution races with another writer's manifest PUT.
+    dest.put_blob(
         rebased.config.digest(),
         rebased.config.size(),
         rebased.config.bytes(),

@@ -259,53 +259,20 @@ fn a_gone_old_base_falls_back_to_the_recorded_boundary_and_a_wrong_one_is_named(
 
 #[test]
 fn whole_indexes_with_attestations_and_platform_restriction() {
-    use ociup_core::document::RawDocument;
-    use ociup_core::media_type::{Family, OCI_MANIFEST};
     let t = tempfile::tempdir().unwrap();
     let lay = t.path().join("lay");
     copy_tree(&fixtures().join("multi"), &lay);
     std::fs::write(t.path().join("f"), b"own\n").unwrap();
     let add = format!("{}:/own", t.path().join("f").display());
-    let mut children = Vec::new();
-    for p in ["linux/amd64", "linux/arm64/v8"] {
-        let out = json(&ociup_ok(&[
-            "append",
-            "--base",
-            &format!("oci:{}:v1", lay.display()),
-            "--platform",
-            p,
-            "--add",
-            &add,
-            "--to",
-            &format!("oci:{}:{}", lay.display(), p.replace('/', "-")),
-            "--json",
-        ]));
-        children.push((
-            out["digest"].as_str().unwrap().to_owned(),
-            p.parse::<ociup_core::reference::PlatformSpec>().unwrap(),
-        ));
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let layout = ociup_core::layout::OciLayout::open(&lay).unwrap();
-    rt.block_on(async {
-        use ociup_core::store::{ManifestRef, Store};
-        let mut docs = Vec::new();
-        for (d, _) in &children {
-            docs.push(layout.get_manifest(&ManifestRef::Digest(d.parse().unwrap())).await.unwrap());
-        }
-        let docs: Vec<RawDocument> = docs.into_iter().map(|d| RawDocument::new(d.bytes().to_vec(), OCI_MANIFEST)).collect();
-        let pairs: Vec<(&RawDocument, &ociup_core::reference::PlatformSpec)> = docs.iter().zip(children.iter().map(|(_, p)| p)).collect();
-        let index = ociup_core::mutate::new_index(Family::Oci, &pairs).unwrap();
-        // An attestation for the amd64 child, as BuildKit writes them.
-        let mut v: serde_json::Value = serde_json::from_slice(index.bytes()).unwrap();
-        v["manifests"].as_array_mut().unwrap().push(serde_json::json!({
-            "mediaType": OCI_MANIFEST, "digest": children[0].0, "size": docs[0].size(),
-            "platform": {"os": "unknown", "architecture": "unknown"},
-            "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": children[0].0}
-        }));
-        let index = RawDocument::canonical(&v, ociup_core::media_type::OCI_INDEX).unwrap();
-        layout.put_manifest(&index, Some("idx")).await.unwrap();
-    });
+    let (children, mut index) = crate::support::custom_index(&lay, &add);
+    // An attestation for the amd64 child, as BuildKit writes them.
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": children[0].0, "size": children[0].1,
+        "platform": {"os": "unknown", "architecture": "unknown"},
+        "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": children[0].0}
+    }));
+    crate::support::put_index(&lay, &index, "idx");
     let img = format!("oci:{}:idx", lay.display());
     let new_base = format!("oci:{}:v2", lay.display());
     let old_base = format!("oci:{}:v1", lay.display());

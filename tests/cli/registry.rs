@@ -323,48 +323,8 @@ fn rebase_on_a_registry_moves_no_layer_bytes() {
     // A two-platform custom index, made in a layout on multi:v1 and pushed.
     let ml = t.path().join("multi");
     crate::support::copy_tree(&fixtures().join("multi"), &ml);
-    let mut children = Vec::new();
-    for p in ["linux/amd64", "linux/arm64/v8"] {
-        let made = json(&ok(&[
-            "append",
-            "--base",
-            &format!("oci:{}:v1", ml.display()),
-            "--platform",
-            p,
-            "--add",
-            &add,
-            "--to",
-            &format!("oci:{}:{}", ml.display(), p.replace('/', "-")),
-            "--json",
-        ]));
-        children.push((
-            made["digest"].as_str().unwrap().to_owned(),
-            made["size"].as_u64().unwrap(),
-            p.to_owned(),
-        ));
-    }
-    let manifests: Vec<serde_json::Value> = children
-        .iter()
-        .map(|(d, size, p)| {
-            let parts: Vec<&str> = p.split('/').collect();
-            let mut platform = serde_json::json!({"os": parts[0], "architecture": parts[1]});
-            if let Some(v) = parts.get(2) {
-                platform["variant"] = (*v).into();
-            }
-            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size, "platform": platform})
-        })
-        .collect();
-    let index = ociup_core::document::RawDocument::canonical(
-        &serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
-        "application/vnd.oci.image.index.v1+json",
-    )
-    .unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let layout = ociup_core::layout::OciLayout::open(&ml).unwrap();
-        ociup_core::store::Store::put_manifest(&layout, &index, Some("custom"))
-            .await
-            .unwrap();
-    });
+    let (_, index) = crate::support::custom_index(&ml, &add);
+    crate::support::put_index(&ml, &index, "custom");
     ok(&[
         "copy",
         &format!("oci:{}:custom", ml.display()),

@@ -203,3 +203,65 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Appends `add` (SRC:DEST) to each platform of the layout `lay`'s multi-platform `v1` (a copy
+/// of `fixtures/multi`), and returns the children (digest, size) and an OCI index over them,
+/// not yet stored.
+pub fn custom_index(lay: &Path, add: &str) -> (Vec<(String, u64)>, serde_json::Value) {
+    let mut children = Vec::new();
+    let mut manifests = Vec::new();
+    for (p, platform) in [
+        (
+            "linux/amd64",
+            serde_json::json!({"os": "linux", "architecture": "amd64"}),
+        ),
+        (
+            "linux/arm64/v8",
+            serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        ),
+    ] {
+        let made = json(&ociup_ok(&[
+            "append",
+            "--base",
+            &format!("oci:{}:v1", lay.display()),
+            "--platform",
+            p,
+            "--add",
+            add,
+            "--to",
+            &format!("oci:{}:{}", lay.display(), p.replace('/', "-")),
+            "--json",
+        ]));
+        let (digest, size) = (
+            made["digest"].as_str().unwrap().to_owned(),
+            made["size"].as_u64().unwrap(),
+        );
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": platform,
+        }));
+        children.push((digest, size));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    (children, index)
+}
+
+/// Stores an index document (canonical JSON) in the layout `lay` under `tag`.
+pub fn put_index(lay: &Path, index: &serde_json::Value, tag: &str) {
+    let raw =
+        ociup_core::document::RawDocument::canonical(index, ociup_core::media_type::OCI_INDEX)
+            .unwrap();
+    let layout = ociup_core::layout::OciLayout::open(lay).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(ociup_core::store::Store::put_manifest(
+            &layout,
+            &raw,
+            Some(tag),
+        ))
+        .unwrap();
+}

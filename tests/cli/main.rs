@@ -7,8 +7,10 @@
 mod append;
 mod bad_input;
 mod copy;
+mod faults;
 mod fixtures;
 mod interop;
+mod keys;
 mod layer;
 mod managed;
 mod rebase;

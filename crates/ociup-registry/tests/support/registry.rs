@@ -82,7 +82,8 @@ pub struct RegistryOptions {
 }
 
 /// A running registry; killed (and waited for) by [`TestRegistry::stop`] or on drop, so also
-/// when a test panics.
+/// when a test panics. [`TestRegistry::kill`] and [`TestRegistry::restart`] stop it and start it
+/// again on the same port and storage, as a crashed registry would be.
 #[derive(Debug)]
 pub struct TestRegistry {
     /// Holds the configuration, storage, key material and log; removed on drop.
@@ -139,9 +140,17 @@ impl TestRegistry {
                 storage = yaml(&file("storage")),
             );
             write_file(&file("config.yml"), config.as_bytes());
+            let from = log_len(&log_path);
             let mut child = spawn(&file("config.yml"), &log_path);
             let base_url = format!("{scheme}://127.0.0.1:{port}");
-            match wait_ready(&mut child, port, &base_url, ca_pem.as_deref(), &log_path) {
+            match wait_ready(
+                &mut child,
+                port,
+                &base_url,
+                ca_pem.as_deref(),
+                &log_path,
+                from,
+            ) {
                 Ok(()) => {
                     return TestRegistry {
                         pid: child.id(),
@@ -250,12 +259,61 @@ impl TestRegistry {
     /// Kills the registry (SIGKILL, by pid) and waits for it, and stops the token endpoint.
     /// The log stays readable. Idempotent; also done on drop.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill(&mut child);
-        }
+        self.kill();
         if let Some(token) = self.token.as_mut() {
             token.stop();
         }
+    }
+
+    /// Kills the registry process alone (SIGKILL, by pid) and waits for it: when this returns,
+    /// the process is gone and answers nothing more. The token endpoint keeps running, so that
+    /// [`TestRegistry::restart`] brings the whole set-up back. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Whether the registry process was started and not killed since (it is not probed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the registry again with the same configuration: the same port, storage,
+    /// authentication and certificate; its output is appended to the same log (so
+    /// [`TestRegistry::requests`] counts the requests of both runs, and the readiness probe of
+    /// each). Kills the running process first, if any. Waits until the new process answers
+    /// `GET /v2/`, as [`TestRegistry::start`] does. Restarting after [`TestRegistry::stop`] with
+    /// token auth gives a registry whose token endpoint is stopped: use
+    /// [`TestRegistry::kill`] there.
+    ///
+    /// # Panics
+    ///
+    /// If the registry does not come up within 15 seconds, for instance because another
+    /// process took the port meanwhile; the message then holds the registry's log.
+    pub fn restart(&mut self) {
+        self.kill();
+        let config = self.dir.path().join("config.yml");
+        let from = log_len(&self.log_path);
+        let mut child = spawn(&config, &self.log_path);
+        let base_url = self.base_url();
+        if let Err(failure) = wait_ready(
+            &mut child,
+            self.port,
+            &base_url,
+            self.ca_pem.as_deref(),
+            &self.log_path,
+            from,
+        ) {
+            kill(&mut child);
+            panic!(
+                "the registry did not come back on port {}: {failure}\n--- registry.log ---\n{}",
+                self.port,
+                self.log()
+            );
+        }
+        self.pid = child.id();
+        self.child = Some(child);
     }
 }
 
@@ -381,14 +439,16 @@ fn spawn(config: &Path, log_path: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot run `docker-registry serve` (is the docker-registry package installed?): {e}"))
 }
 
-/// Waits until the registry logs that it listens on `port` and answers `GET {base_url}/v2/`
-/// with any HTTP status (200, or 401 with auth).
+/// Waits until the registry logs (past the first `from` bytes of the log, which earlier runs
+/// wrote) that it listens on `port`, and answers `GET {base_url}/v2/` with any HTTP status
+/// (200, or 401 with auth).
 fn wait_ready(
     child: &mut Child,
     port: u16,
     base_url: &str,
     ca: Option<&Path>,
     log_path: &Path,
+    from: u64,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + START_TIMEOUT;
     let listening = format!("listening on 127.0.0.1:{port}");
@@ -400,7 +460,7 @@ fn wait_ready(
         }
         // The log line tells our registry from another process that may have taken the port;
         // the connection avoids a curl per poll while it is not yet accepting.
-        if read_log(log_path).contains(&listening)
+        if log_since(log_path, from).contains(&listening)
             && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
         {
             match probe(base_url, ca) {
@@ -469,6 +529,18 @@ fn access_log_request(line: &str) -> Option<(&str, &str)> {
         }
         _ => None,
     }
+}
+
+/// The log's length in bytes; 0 when it does not exist yet.
+fn log_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// What the log holds past its first `from` bytes.
+fn log_since(path: &Path, from: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 fn read_log(path: &Path) -> String {

@@ -10,7 +10,6 @@ mod copy;
 mod faults;
 mod fixtures;
 mod interop;
-mod keys;
 mod layer;
 mod managed;
 mod rebase;

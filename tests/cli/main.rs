@@ -10,6 +10,7 @@ mod copy;
 mod faults;
 mod fixtures;
 mod interop;
+mod keys;
 mod layer;
 mod managed;
 mod rebase;

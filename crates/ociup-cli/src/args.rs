@@ -105,7 +105,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Every version of a nick: number, digest, base digest, reason, time, actor.
     History(HistoryArgs),
-    /// Write a new ed25519 key pair: PREFIX.key (PKCS#8 PEM, private) and PREFIX.pub.
+    /// Write a new signing key pair, ed25519 (the default) or ECDSA P-256: PREFIX.key (PKCS#8
+    /// PEM, private) and PREFIX.pub (SPKI PEM, public).
+    ///
+    /// Example: ociup keygen --out signer --algorithm p256
     Keygen(KeygenArgs),
     /// Check an image (or a nick's current version) against its signed build manifest: the
     /// signature, and that its own layers hold exactly the listed files and hashes.
@@ -209,7 +212,8 @@ pub struct CatalogArgs {
 
 #[derive(Debug, Args)]
 pub struct SigningArgs {
-    /// Sign build manifests with this ed25519 private key (PKCS#8 PEM, from `ociup keygen`).
+    /// Sign build manifests with this private key, ed25519 or ECDSA P-256 (PKCS#8 PEM, from
+    /// `ociup keygen` or `openssl pkcs8 -topk8 -nocrypt`); its algorithm is read from the file.
     #[arg(long, env = "OCIUP_SIGNING_KEY", value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
     /// Who is recorded with the command (default: $USER).
@@ -317,6 +321,25 @@ pub struct KeygenArgs {
     /// Writes PREFIX.key and PREFIX.pub; refuses to overwrite.
     #[arg(long, value_name = "PREFIX")]
     pub out: PathBuf,
+    /// The key's algorithm. Both sign the same DSSE envelope; `--sign-key` and `ociup verify
+    /// --key` read the algorithm from the PEM, so it is chosen only here.
+    #[arg(
+        long,
+        value_name = "ALGORITHM",
+        default_value = "ed25519",
+        value_parser = clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new([
+                clap::builder::PossibleValue::new("ed25519")
+                    .help("Ed25519: short keys and signatures"),
+                clap::builder::PossibleValue::new("p256").help(
+                    "ECDSA on NIST P-256 with SHA-256, signatures in ASN.1 DER as cosign writes them; \
+                     for policies that ask for a NIST curve"
+                ),
+            ]),
+            |s| s.parse::<ociup_core::managed::build_manifest::Algorithm>(),
+        ),
+    )]
+    pub algorithm: ociup_core::managed::build_manifest::Algorithm,
 }
 
 #[derive(Debug, Args)]

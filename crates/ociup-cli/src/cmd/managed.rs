@@ -291,7 +291,7 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
             bail!("{} exists; not overwriting a key", p.display());
         }
     }
-    let key = Key::generate()?;
+    let key = Key::generate_with(args.algorithm)?;
     let (priv_pem, pub_pem) = key.to_pem()?;
     let write = |p: &Path, text: &str, mode: u32| -> Result<()> {
         use std::io::Write;
@@ -308,9 +308,10 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
     write(&private, &priv_pem, 0o600)?;
     write(&public, &pub_pem, 0o644)?;
     output::line(format!(
-        "{}\n{}\n  key id {}",
+        "{}\n{}\n  {} key id {}",
         private.display(),
         public.display(),
+        key.algorithm(),
         key.key_id()
     ))?;
     Ok(())

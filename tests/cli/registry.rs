@@ -244,6 +244,8 @@ fn rebase_on_a_registry_moves_no_layer_bytes() {
     ]);
 
     let before = uploads(&reg, "team/app");
+    let heads = |reg: &TestRegistry| reg.requests("HEAD", "/v2/team/app/blobs/");
+    let heads_before = heads(&reg);
     let out = json(&ok(&[
         "rebase",
         &format!("{host}/team/app:v1"),
@@ -258,6 +260,10 @@ fn rebase_on_a_registry_moves_no_layer_bytes() {
         1,
         "only the config is uploaded"
     );
+    // The manifest goes first; the registry's refusal names what it lacks (the new config and
+    // the new base layers), which is supplied without a HEAD per blob, then it goes again.
+    assert_eq!(heads(&reg) - heads_before, 0, "no blob checked one by one");
+    assert_eq!(reg.requests("PUT", "/v2/team/app/manifests/v2"), 2);
     let actions: Vec<&str> = out["blobs"]
         .as_array()
         .unwrap()
@@ -270,6 +276,42 @@ fn rebase_on_a_registry_moves_no_layer_bytes() {
         "{actions:?}"
     );
     assert!(!actions.contains(&"copied"), "{actions:?}");
+
+    // The same rebase under another tag: every blob is there, so the manifest is taken at
+    // once. With --check-blobs-first (for registries that store any manifest), each blob not
+    // known present is checked with a HEAD first instead.
+    let heads_before = heads(&reg);
+    let same = |tag: &str, extra: &[&str]| {
+        let mut args = vec![
+            "rebase".to_owned(),
+            format!("{host}/team/app:v1"),
+            "--new-base".to_owned(),
+            format!("{host}/lib/base:v2"),
+            "--tag".to_owned(),
+            tag.to_owned(),
+            "--json".to_owned(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        json(&ok(&args))
+    };
+    let fast = same("v2-again", &[]);
+    assert_eq!(fast["digest"], out["digest"]);
+    assert_eq!(heads(&reg) - heads_before, 0);
+    assert_eq!(reg.requests("PUT", "/v2/team/app/manifests/v2-again"), 1);
+    let checked = same("v2-checked", &["--check-blobs-first"]);
+    assert_eq!(checked["digest"], out["digest"]);
+    // The 3 new base layers and the config; the own layers are in this repository already.
+    assert_eq!(heads(&reg) - heads_before, 4);
+    assert_eq!(reg.requests("PUT", "/v2/team/app/manifests/v2-checked"), 1);
+    assert!(
+        checked["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["action"] == "present"),
+        "{checked}"
+    );
 
     // A second rebase onto the same base: already current, nothing written, exit 3.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_ociup"))

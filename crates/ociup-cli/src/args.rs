@@ -44,6 +44,12 @@ pub struct GlobalArgs {
     /// Trust the CA certificates in this PEM file, beside the system roots.
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+    /// Check each blob of a manifest (a HEAD per blob) before pushing the manifest. By default a
+    /// manifest is pushed first and only the blobs the registry says it lacks are sent, which
+    /// relies on the registry refusing a manifest with missing blobs (MANIFEST_BLOB_UNKNOWN), as
+    /// Distribution-based and hosted registries do. Use this for one that does not.
+    #[arg(long, global = true, env = "OCIUP_CHECK_BLOBS_FIRST")]
+    pub check_blobs_first: bool,
     /// User name for the registries this command reaches.
     #[arg(long, global = true, env = "OCIUP_USERNAME")]
     pub username: Option<String>,

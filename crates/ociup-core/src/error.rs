@@ -70,6 +70,17 @@ pub enum Error {
         /// The store asked.
         store: String,
     },
+    /// A manifest the store refused because it lacks blobs the manifest references.
+    #[error("{store} lacks {} the manifest references: {}", if digests.len() == 1 { "a blob" } else { "blobs" }, join_digests(.digests))]
+    MissingBlobs {
+        /// The store.
+        store: String,
+        /// The blobs it named (empty when it did not say which).
+        digests: Vec<Digest>,
+        /// The store's own error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
     /// A tag the store does not have.
     #[error("tag {tag:?} not found in {store}")]
     TagNotFound {
@@ -129,6 +140,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn join_digests(digests: &[Digest]) -> String {
+    if digests.is_empty() {
+        return "(it did not say which)".into();
+    }
+    digests
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `Result` with [`Error`].

@@ -140,6 +140,14 @@ pub trait Store: Send + Sync {
         async { Ok(false) }
     }
 
+    /// Whether [`Store::put_manifest`] refuses a manifest that references a blob the store lacks,
+    /// with [`Error::MissingBlobs`] naming it. A writer can then put a manifest first and supply
+    /// only the blobs named, instead of checking every blob before. Defaults to `false`: the
+    /// writer checks each blob itself.
+    fn rejects_missing_blobs(&self) -> bool {
+        false
+    }
+
     /// Whether the store has the blob.
     fn blob_exists(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
         async move { Ok(self.blob_size(digest).await?.is_some()) }
@@ -222,6 +230,20 @@ pub async fn copy_blob_with<A: Store, B: Store>(
     if dst.blob_exists(digest).await? {
         return Ok(BlobCopy::Present);
     }
+    copy_missing_blob(src, dst, digest, size, progress).await
+}
+
+/// [`copy_blob_with`] for a blob `dst` is known to lack (it said so): no existence check.
+///
+/// # Errors
+/// As [`copy_blob`].
+pub async fn copy_missing_blob<A: Store, B: Store>(
+    src: &A,
+    dst: &B,
+    digest: &Digest,
+    size: u64,
+    progress: impl Fn(u64) + Send + Sync,
+) -> Result<BlobCopy> {
     if let Some(source) = src.mount_source()
         && dst.mount_blob(digest, &source).await?
     {
@@ -235,6 +257,79 @@ pub async fn copy_blob_with<A: Store, B: Store>(
     };
     dst.put_new_blob(digest, size, counted).await?;
     Ok(BlobCopy::Copied)
+}
+
+/// Puts `document` into `dest` once `dest` has every blob in `blobs` (all the blobs the
+/// document references that may be missing), and says what was done for each.
+///
+/// `supply(i, known_missing)` must make `blobs[i]` present in `dest` (mount, copy or upload it)
+/// and say how; `known_missing` is true when `dest` has just said it lacks the blob, so the
+/// supplier may skip its own existence check.
+///
+/// Where `dest` [rejects missing blobs](Store::rejects_missing_blobs), the document is put
+/// first and only the blobs `dest` names are supplied before it is put again: within one
+/// registry, a rebase onto base layers the repository already holds costs no request per
+/// layer. Elsewhere every blob is supplied (checked) first.
+///
+/// # Errors
+/// The supplier's errors, and the store's when it still refuses the document.
+pub async fn put_manifest_with_blobs<D, F, Fut>(
+    dest: &D,
+    document: &RawDocument,
+    tag: Option<&str>,
+    blobs: &[Digest],
+    supply: F,
+) -> Result<Vec<BlobCopy>>
+where
+    D: Store,
+    F: Fn(usize, bool) -> Fut,
+    Fut: Future<Output = Result<BlobCopy>>,
+{
+    let mut done: Vec<Option<BlobCopy>> = vec![None; blobs.len()];
+    if !dest.rejects_missing_blobs() {
+        let copies =
+            futures_util::future::try_join_all((0..blobs.len()).map(|i| supply(i, false))).await?;
+        dest.put_manifest(document, tag).await?;
+        return Ok(copies);
+    }
+    // A few rounds at most: a store that names the missing blobs needs one.
+    for _ in 0..3 {
+        let named = match dest.put_manifest(document, tag).await {
+            Ok(()) => {
+                return Ok(done
+                    .into_iter()
+                    .map(|d| d.unwrap_or(BlobCopy::Present))
+                    .collect());
+            }
+            Err(Error::MissingBlobs { digests, .. }) => digests,
+            Err(e) => return Err(e),
+        };
+        let wanted: Vec<usize> = (0..blobs.len())
+            .filter(|&i| done[i].is_none() && named.contains(&blobs[i]))
+            .collect();
+        // Named nothing we can supply (or did not say which): check and supply every blob not
+        // yet supplied, then try once more.
+        let (wanted, known_missing) = if wanted.is_empty() {
+            let rest: Vec<usize> = (0..blobs.len()).filter(|&i| done[i].is_none()).collect();
+            if rest.is_empty() {
+                break;
+            }
+            (rest, false)
+        } else {
+            (wanted, true)
+        };
+        let copies =
+            futures_util::future::try_join_all(wanted.iter().map(|&i| supply(i, known_missing)))
+                .await?;
+        for (i, c) in wanted.into_iter().zip(copies) {
+            done[i] = Some(c);
+        }
+    }
+    dest.put_manifest(document, tag).await?;
+    Ok(done
+        .into_iter()
+        .map(|d| d.unwrap_or(BlobCopy::Present))
+        .collect())
 }
 
 /// An `AsyncRead` that reports how many bytes pass.

@@ -64,6 +64,12 @@ pub struct ClientOptions {
     pub download_resumes: u32,
     /// The User-Agent header.
     pub user_agent: String,
+    /// Check every blob a manifest references (one HEAD each) before putting the manifest.
+    /// Off (the default), a writer puts the manifest first and supplies only the blobs the
+    /// registry names in its `MANIFEST_BLOB_UNKNOWN` refusal: Distribution and the registries
+    /// built on it, and the hosted ones, refuse such a manifest. Turn it on for a registry that
+    /// stores a manifest whatever it references.
+    pub check_blobs_first: bool,
 }
 
 impl Default for ClientOptions {
@@ -77,6 +83,7 @@ impl Default for ClientOptions {
             chunk_size: 8 * 1024 * 1024,
             download_resumes: 3,
             user_agent: concat!("ociup/", env!("CARGO_PKG_VERSION")).to_owned(),
+            check_blobs_first: false,
         }
     }
 }
@@ -675,6 +682,8 @@ struct ErrorEntry {
     code: String,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    detail: serde_json::Value,
 }
 
 /// An [`Error::Http`] from an error response, with the registry's codes and messages, or a short
@@ -684,9 +693,17 @@ pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();
     let body = &body[..body.len().min(64 * 1024)];
-    let (codes, message) = match serde_json::from_slice::<ErrorBody>(body) {
+    let (codes, details, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(b) if !b.errors.is_empty() => (
             b.errors.iter().map(|e| e.code.clone()).collect(),
+            b.errors
+                .iter()
+                .map(|e| match &e.detail {
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
             b.errors
                 .iter()
                 .map(|e| e.message.clone())
@@ -694,7 +711,7 @@ pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-        _ => (Vec::new(), describe_body(body)),
+        _ => (Vec::new(), Vec::new(), describe_body(body)),
     };
     // A HEAD answer has no body to say why; say it for the common case.
     let message = if message.is_empty() && status == 401 {
@@ -709,6 +726,7 @@ pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
         url,
         status,
         codes,
+        details,
         message,
     }
 }

@@ -25,6 +25,9 @@ pub enum Error {
         status: u16,
         /// The registry's error codes (`MANIFEST_UNKNOWN`, `DENIED`, ...).
         codes: Vec<String>,
+        /// The `detail` of each error, beside its code: the JSON text, or the string itself
+        /// when it is one (empty when there is none).
+        details: Vec<String>,
         /// The registry's messages, or the start of a non-JSON body.
         message: String,
     },
@@ -106,6 +109,46 @@ impl Error {
             _ => &[],
         }
     }
+
+    /// The blobs the registry named as unknown (`MANIFEST_BLOB_UNKNOWN`, `BLOB_UNKNOWN`) in the
+    /// details of its errors. Registries put the digest there as a string (Distribution) or
+    /// inside an object; any digest in a detail counts.
+    pub fn unknown_blobs(&self) -> Vec<ociup_core::Digest> {
+        let Error::Http { codes, details, .. } = self else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for (code, detail) in codes.iter().zip(details) {
+            if code != "MANIFEST_BLOB_UNKNOWN" && code != "BLOB_UNKNOWN" {
+                continue;
+            }
+            for d in digests_in(detail) {
+                if !found.contains(&d) {
+                    found.push(d);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Every well-formed digest (`sha256:<64 hex>`, `sha512:<128 hex>`) in a text.
+fn digests_in(text: &str) -> Vec<ociup_core::Digest> {
+    let mut out = Vec::new();
+    for (alg, len) in [("sha256:", 64), ("sha512:", 128)] {
+        let mut rest = text;
+        while let Some(at) = rest.find(alg) {
+            let tail = &rest[at + alg.len()..];
+            let hex = tail.bytes().take_while(u8::is_ascii_hexdigit).count();
+            if hex == len
+                && let Ok(d) = format!("{alg}{}", &tail[..len]).parse()
+            {
+                out.push(d);
+            }
+            rest = tail;
+        }
+    }
+    out
 }
 
 impl From<Error> for ociup_core::Error {
@@ -125,4 +168,46 @@ pub(crate) fn display_url(url: &url::Url) -> String {
     u.set_query(None);
     u.set_fragment(None);
     u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(codes: &[&str], details: &[&str]) -> Error {
+        Error::Http {
+            method: "PUT".into(),
+            url: "http://127.0.0.1/v2/x/manifests/t".into(),
+            status: 400,
+            codes: codes.iter().map(|c| (*c).to_owned()).collect(),
+            details: details.iter().map(|d| (*d).to_owned()).collect(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_blobs_are_read_from_the_details_of_blob_codes_only() {
+        let a = ociup_core::Digest::sha256(b"a");
+        let b = ociup_core::Digest::sha256(b"b");
+        let e = http(
+            &[
+                "MANIFEST_BLOB_UNKNOWN",
+                "MANIFEST_BLOB_UNKNOWN",
+                "DENIED",
+                "MANIFEST_BLOB_UNKNOWN",
+            ],
+            &[
+                &a.to_string(),
+                &format!(r#"{{"digest":"{b}"}}"#),
+                &format!("{}", ociup_core::Digest::sha256(b"not a blob")),
+                &a.to_string(),
+            ],
+        );
+        assert_eq!(e.unknown_blobs(), vec![a.clone(), b]);
+        // Too short or too long to be a digest, or no detail: nothing.
+        let short = format!("sha256:{}", &a.to_string()[7..70]);
+        let long = format!("{a}0");
+        let e = http(&["MANIFEST_BLOB_UNKNOWN"; 3], &[&short, &long, ""]);
+        assert_eq!(e.unknown_blobs(), Vec::new());
+    }
 }

@@ -697,6 +697,16 @@ impl Store for Repository {
                     tracing::debug!(%e, attempt, "manifest PUT raced a blob link rewrite, retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
                 }
+                Err(e @ Error::Http { status: 400, .. })
+                    if e.codes().iter().any(|c| c == "MANIFEST_BLOB_UNKNOWN")
+                        && !e.codes().iter().any(|c| c == "DIGEST_INVALID") =>
+                {
+                    return Err(ociup_core::Error::MissingBlobs {
+                        store: self.location(),
+                        digests: e.unknown_blobs(),
+                        source: Some(Box::new(e)),
+                    });
+                }
                 other => break other?,
             }
         };
@@ -737,6 +747,10 @@ impl Store for Repository {
             .head_manifest(&ManifestRef::Digest(digest.clone()))
             .await?
             .is_some())
+    }
+
+    fn rejects_missing_blobs(&self) -> bool {
+        !self.client.options().check_blobs_first
     }
 
     fn mount_source(&self) -> Option<MountSource> {

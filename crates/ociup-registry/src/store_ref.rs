@@ -184,6 +184,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.mount_source())
     }
 
+    fn rejects_missing_blobs(&self) -> bool {
+        delegate!(self, s => s.rejects_missing_blobs())
+    }
+
     async fn mount_blob(&self, digest: &Digest, source: &MountSource) -> ociup_core::Result<bool> {
         delegate!(self, s => s.mount_blob(digest, source).await)
     }

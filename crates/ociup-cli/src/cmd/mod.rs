@@ -53,6 +53,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
 pub struct Ctx {
     insecure: Vec<String>,
     ca_file: Option<std::path::PathBuf>,
+    check_blobs_first: bool,
     login: Option<(String, String)>,
 }
 
@@ -75,6 +76,7 @@ impl Ctx {
         Ok(Ctx {
             insecure: g.insecure.clone(),
             ca_file: g.ca_file.clone(),
+            check_blobs_first: g.check_blobs_first,
             login,
         })
     }
@@ -99,6 +101,7 @@ impl Ctx {
             credentials,
             insecure: self.insecure.clone(),
             ca_file: self.ca_file.clone(),
+            check_blobs_first: self.check_blobs_first,
             ..ClientOptions::default()
         })?)
     }

@@ -12,7 +12,9 @@ use crate::document::{Document, Index, Manifest, RawDocument};
 use crate::error::{Error, Result};
 use crate::mutate::{self, ConfigMode, OldBase, RebaseInput, RebasePlan, annotations};
 use crate::reference::PlatformSpec;
-use crate::store::{BlobCopy, ManifestRef, Store, copy_blob};
+use crate::store::{
+    BlobCopy, ManifestRef, Store, copy_blob, copy_missing_blob, put_manifest_with_blobs,
+};
 
 /// How to rebase.
 #[derive(Clone, Debug, Default)]
@@ -85,12 +87,30 @@ pub enum OldBaseSource<'a, B> {
     Recorded,
 }
 
-async fn manifest_for<S: Store>(
-    store: &S,
-    doc: &Document,
-    platform: &PlatformSpec,
-) -> Result<super::Image> {
-    image_from_document(store, doc.clone(), Some(platform)).await
+/// A base image as loaded: its store, its document and, when that is a single manifest, the
+/// manifest with its config (read at once, in parallel with everything else).
+struct Base<'a, S> {
+    store: &'a S,
+    doc: Document,
+    image: Option<super::Image>,
+}
+
+impl<'a, S: Store> Base<'a, S> {
+    async fn load(store: &'a S, doc: Document) -> Result<Self> {
+        let image = match &doc {
+            Document::Manifest(_) => Some(image_from_document(store, doc.clone(), None).await?),
+            Document::Index(_) => None,
+        };
+        Ok(Base { store, doc, image })
+    }
+
+    /// The manifest and config for `platform`: the one image, or the index's match.
+    async fn for_platform(&self, platform: &PlatformSpec) -> Result<super::Image> {
+        match &self.image {
+            Some(i) => Ok(i.clone()),
+            None => image_from_document(self.store, self.doc.clone(), Some(platform)).await,
+        }
+    }
 }
 
 fn platform_of(m: &oci_spec::image::Descriptor) -> Option<PlatformSpec> {
@@ -144,16 +164,34 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
     tag: Option<&str>,
     opts: &RebaseOptions,
 ) -> Result<RebaseOutcome> {
-    // The three documents are independent: fetch them at once.
+    // The image's config and both bases are independent: fetch them at once, with each base's
+    // config when the base is a single manifest.
     let old_fut = async {
         match &old_base {
-            OldBaseSource::Image(s, r) => load_document(*s, r).map_ok(|d| Some((*s, d))).await,
-            OldBaseSource::Loaded(s, d) => Ok(Some((*s, (**d).clone()))),
+            OldBaseSource::Image(s, r) => {
+                let d = load_document(*s, r).await?;
+                Base::load(*s, d).map_ok(Some).await
+            }
+            OldBaseSource::Loaded(s, d) => Base::load(*s, (**d).clone()).map_ok(Some).await,
             OldBaseSource::Recorded => Ok(None),
         }
     };
-    let (new_doc, old) =
-        futures_util::future::try_join(load_document(new_base_store, new_base), old_fut).await?;
+    let new_fut = async {
+        let d = load_document(new_base_store, new_base).await?;
+        Base::load(new_base_store, d).await
+    };
+    let image_cfg_fut = async {
+        match &image_doc {
+            Document::Manifest(_) => {
+                image_from_document(image_store, image_doc.clone(), None)
+                    .map_ok(|i| Some(i.config))
+                    .await
+            }
+            Document::Index(_) => Ok(None),
+        }
+    };
+    let (new, old, image_cfg) =
+        futures_util::future::try_join3(new_fut, old_fut, image_cfg_fut).await?;
 
     let mut outcome = RebaseOutcome {
         digest: image_doc.raw().digest().to_string(),
@@ -168,20 +206,11 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
 
     match &image_doc {
         Document::Manifest(m) => {
-            let image_cfg = image_from_document(image_store, image_doc.clone(), None)
-                .await?
-                .config;
+            let image_cfg = image_cfg.ok_or_else(|| Error::InvalidChange {
+                reason: "the image's config was not read".into(),
+            })?;
             let platform = config_platform(&image_cfg);
-            let rebased = rebase_one(
-                m,
-                &image_cfg,
-                &platform,
-                old.as_ref(),
-                new_base_store,
-                &new_doc,
-                opts,
-            )
-            .await?;
+            let rebased = rebase_one(m, &image_cfg, &platform, old.as_ref(), &new, opts).await?;
             outcome.already_current = rebased.plan.already_current;
             outcome.digest = rebased.manifest.digest().to_string();
             outcome.document = Some(rebased.manifest.clone());
@@ -191,14 +220,12 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
                     new_base_store,
                     dest,
                     &rebased,
+                    tag,
                     &mut outcome.blobs,
                     opts.dry_run,
                 )
                 .await?;
-                if !opts.dry_run {
-                    dest.put_manifest(&rebased.manifest, tag).await?;
-                    outcome.written = true;
-                }
+                outcome.written = !opts.dry_run;
             }
             outcome.platforms.push(PlatformRebase {
                 platform: None,
@@ -211,8 +238,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
                 image_store,
                 index,
                 old.as_ref(),
-                new_base_store,
-                &new_doc,
+                &new,
                 dest,
                 tag,
                 opts,
@@ -224,30 +250,27 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
     Ok(outcome)
 }
 
-type Old<'a, B> = Option<&'a (&'a B, Document)>;
-
-#[allow(clippy::too_many_arguments)]
 async fn rebase_one<B: Store>(
     manifest: &Manifest,
     image_cfg: &crate::config::Config,
     platform: &PlatformSpec,
-    old: Old<'_, B>,
-    new_store: &B,
-    new_doc: &Document,
+    old: Option<&Base<'_, B>>,
+    new: &Base<'_, B>,
     opts: &RebaseOptions,
 ) -> Result<mutate::Rebased> {
-    let new = manifest_for(new_store, new_doc, platform)
-        .await
-        .map_err(|e| match e {
-            Error::InvalidChange { reason } => Error::InvalidChange {
-                reason: format!("the new base: {reason}"),
-            },
-            other => other,
-        })?;
-    let old_img = match old {
-        Some((s, d)) => Some(manifest_for(*s, d, platform).await?),
-        None => None,
+    let new_fut = new.for_platform(platform).map_err(|e| match e {
+        Error::InvalidChange { reason } => Error::InvalidChange {
+            reason: format!("the new base: {reason}"),
+        },
+        other => other,
+    });
+    let old_fut = async {
+        match old {
+            Some(o) => o.for_platform(platform).map_ok(Some).await,
+            None => Ok(None),
+        }
     };
+    let (new, old_img) = futures_util::future::try_join(new_fut, old_fut).await?;
     let old_base = match &old_img {
         Some(o) => OldBase::Image {
             manifest: &o.manifest,
@@ -267,26 +290,28 @@ async fn rebase_one<B: Store>(
     })
 }
 
-/// Writes (or plans) the blobs and config of one rebased manifest: new base layers from the new
-/// base's store, own layers from the image's (both present already when all share a repository).
+/// Writes (or plans) one rebased manifest with what it needs: new base layers from the new
+/// base's store, own layers from the image's (both present already when all share a
+/// repository), and its config.
+#[allow(clippy::too_many_arguments)]
 async fn write_one<I: Store, B: Store, D: Store>(
     image_store: &I,
     new_store: &B,
     dest: &D,
     rebased: &mutate::Rebased,
+    tag: Option<&str>,
     blobs: &mut Vec<BlobAction>,
     dry_run: bool,
 ) -> Result<()> {
-    let mut base_jobs = Vec::new();
+    let mut jobs = Vec::new();
     for l in &rebased.plan.added_layers {
-        base_jobs.push((l.digest.parse::<Digest>()?, l.size));
+        jobs.push((l.digest.parse::<Digest>()?, l.size, Source::NewBase));
     }
-    let mut own_jobs = Vec::new();
     for l in &rebased.plan.own_layers {
-        own_jobs.push((l.digest.parse::<Digest>()?, l.size));
+        jobs.push((l.digest.parse::<Digest>()?, l.size, Source::Image));
     }
     if dry_run {
-        for (d, size) in base_jobs.iter().chain(&own_jobs) {
+        for (d, size, _) in &jobs {
             let action = if dest.blob_exists(d).await? {
                 "present"
             } else if matches!(
@@ -305,27 +330,41 @@ async fn write_one<I: Store, B: Store, D: Store>(
         }
         return Ok(());
     }
-    let base_copies = futures_util::future::try_join_all(
-        base_jobs
-            .iter()
-            .map(|(d, s)| copy_blob(new_store, dest, d, *s)),
-    );
+    let layers = jobs.len();
+    let config = &rebased.config;
+    jobs.push((config.digest().clone(), config.size(), Source::Config));
+    let digests: Vec<Digest> = jobs.iter().map(|(d, _, _)| d.clone()).collect();
     // Own layers are in the image's store by construction: nothing to check when that is the
     // destination.
     let own_here = image_store.location() == dest.location();
-    let own_copies = futures_util::future::try_join_all(own_jobs.iter().map(|(d, s)| async move {
-        if own_here {
-            Ok(BlobCopy::Present)
-        } else {
-            copy_blob(image_store, dest, d, *s).await
+    let supply = |i: usize, known_missing: bool| {
+        let (digest, size, source) = &jobs[i];
+        async move {
+            match (source, known_missing) {
+                (Source::Image, false) if own_here => Ok(BlobCopy::Present),
+                (Source::Image, false) => copy_blob(image_store, dest, digest, *size).await,
+                (Source::Image, true) => {
+                    copy_missing_blob(image_store, dest, digest, *size, |_| {}).await
+                }
+                (Source::NewBase, false) => copy_blob(new_store, dest, digest, *size).await,
+                (Source::NewBase, true) => {
+                    copy_missing_blob(new_store, dest, digest, *size, |_| {}).await
+                }
+                // Checked before uploading: re-uploading a config the repository has rewrites
+                // its link, which on Distribution races with another writer's manifest PUT.
+                (Source::Config, false) => dest
+                    .put_blob(digest, *size, config.bytes())
+                    .await
+                    .map(|()| BlobCopy::Copied),
+                (Source::Config, true) => dest
+                    .put_new_blob(digest, *size, config.bytes())
+                    .await
+                    .map(|()| BlobCopy::Copied),
+            }
         }
-    }));
-    let (base_done, own_done) = futures_util::future::try_join(base_copies, own_copies).await?;
-    for ((d, size), how) in base_jobs
-        .iter()
-        .chain(&own_jobs)
-        .zip(base_done.into_iter().chain(own_done))
-    {
+    };
+    let done = put_manifest_with_blobs(dest, &rebased.manifest, tag, &digests, supply).await?;
+    for ((d, size, _), how) in jobs.iter().zip(done).take(layers) {
         let action = match how {
             BlobCopy::Present => "present",
             BlobCopy::Mounted => "mounted",
@@ -337,23 +376,22 @@ async fn write_one<I: Store, B: Store, D: Store>(
             action: action.into(),
         });
     }
-    // Check before uploading: re-uploading a config the repository has rewrites its link, which
-    // on Distribution races with another writer's manifest PUT.
-    dest.put_blob(
-        rebased.config.digest(),
-        rebased.config.size(),
-        rebased.config.bytes(),
-    )
-    .await
+    Ok(())
+}
+
+/// Where a blob of a rebased manifest comes from.
+enum Source {
+    NewBase,
+    Image,
+    Config,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn rebase_index<I: Store, B: Store, D: Store>(
     image_store: &I,
     index: &Index,
-    old: Old<'_, B>,
-    new_store: &B,
-    new_doc: &Document,
+    old: Option<&Base<'_, B>>,
+    new: &Base<'_, B>,
     dest: &D,
     tag: Option<&str>,
     opts: &RebaseOptions,
@@ -400,26 +438,24 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
         let cfg = image_from_document(image_store, Document::Manifest(child.clone()), None)
             .await?
             .config;
-        let rebased = rebase_one(&child, &cfg, &platform, old, new_store, new_doc, opts).await?;
+        let rebased = rebase_one(&child, &cfg, &platform, old, new, opts).await?;
         let mut e = entry.clone();
         if !rebased.plan.already_current {
             all_current = false;
             write_one(
                 image_store,
-                new_store,
+                new.store,
                 dest,
                 &rebased,
+                None,
                 &mut outcome.blobs,
                 opts.dry_run,
             )
             .await?;
-            if !opts.dry_run {
-                dest.put_manifest(&rebased.manifest, None).await?;
-            }
             e["digest"] = rebased.manifest.digest().to_string().into();
             e["size"] = rebased.manifest.size().into();
             // Platform fields (os.version, variant, os.features) as the new base has them.
-            if let Document::Index(ni) = new_doc
+            if let Document::Index(ni) = &new.doc
                 && let Some(nd) = super::select_platform(ni, &platform)
                 && let Some(np) = nd.platform()
             {
@@ -476,7 +512,7 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
     }
     ann.insert(
         annotations::BASE_DIGEST.into(),
-        new_doc.raw().digest().to_string().into(),
+        new.doc.raw().digest().to_string().into(),
     );
     value.insert("annotations".into(), Value::Object(ann));
     let raw = RawDocument::canonical(&Value::Object(value), index.raw().media_type())?;

@@ -501,3 +501,146 @@ async fn credentials_do_not_go_to_an_upload_location_on_another_host() {
     );
     assert_eq!(put.body, data);
 }
+
+/// A registry that refuses a manifest while a blob it references is missing, naming the missing
+/// blobs in the error detail as `detail` says (or not at all).
+fn refusing_registry(
+    present: Arc<Mutex<Vec<String>>>,
+    needed: Vec<String>,
+    detail: fn(&str) -> String,
+) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    move |req: &Seen| {
+        let have = present.lock().unwrap().clone();
+        if req.method == "HEAD" && req.path.contains("/blobs/") {
+            let d = req.path.rsplit('/').next().unwrap();
+            return Reply::new(if have.iter().any(|h| h == d) {
+                200
+            } else {
+                404
+            })
+            .header("Content-Length", "1");
+        }
+        if req.method == "PUT" && req.path.contains("/manifests/") {
+            let missing: Vec<String> = needed
+                .iter()
+                .filter(|n| !have.contains(n))
+                .map(|n| {
+                    format!(
+                        r#"{{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"{}}}"#,
+                        detail(n)
+                    )
+                })
+                .collect();
+            if missing.is_empty() {
+                return Reply::new(201).header(
+                    "Docker-Content-Digest",
+                    &Digest::sha256(&req.body).to_string(),
+                );
+            }
+            return Reply::new(400)
+                .header("Content-Type", "application/json")
+                .body(format!(r#"{{"errors":[{}]}}"#, missing.join(",")));
+        }
+        Reply::new(500)
+    }
+}
+
+/// Supplies `blobs[i]` to the fake registry, checking first unless told it is missing; records
+/// each call as (index, known_missing).
+async fn supply_to(
+    repo: &Repository,
+    present: &Mutex<Vec<String>>,
+    calls: &Mutex<Vec<(usize, bool)>>,
+    blobs: &[Digest],
+    i: usize,
+    known_missing: bool,
+) -> ociup_core::Result<ociup_core::store::BlobCopy> {
+    calls.lock().unwrap().push((i, known_missing));
+    if !known_missing && repo.blob_exists(&blobs[i]).await? {
+        return Ok(ociup_core::store::BlobCopy::Present);
+    }
+    present.lock().unwrap().push(blobs[i].to_string());
+    Ok(ociup_core::store::BlobCopy::Copied)
+}
+
+#[tokio::test]
+async fn a_manifest_goes_first_and_only_the_blobs_the_registry_names_are_supplied() {
+    use ociup_core::store::{BlobCopy, put_manifest_with_blobs};
+    let doc = ociup_core::document::RawDocument::new(
+        MANIFEST.to_vec(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let blobs = [Digest::sha256(b"a"), Digest::sha256(b"b")];
+    let needed: Vec<String> = blobs.iter().map(ToString::to_string).collect();
+    // How registries spell the detail: the digest itself (Distribution), an object holding it,
+    // or nothing at all (then every blob is checked, as with --check-blobs-first).
+    type Spelling = (&'static str, fn(&str) -> String, bool);
+    let spellings: [Spelling; 3] = [
+        ("string", |d| format!(r#","detail":"{d}""#), true),
+        (
+            "object",
+            |d| format!(r#","detail":{{"digest":"{d}"}}"#),
+            true,
+        ),
+        ("none", |_| String::new(), false),
+    ];
+    for (name, detail, named) in spellings {
+        let present = Arc::new(Mutex::new(vec![needed[0].clone()]));
+        let fake = Fake::start(refusing_registry(
+            Arc::clone(&present),
+            needed.clone(),
+            detail,
+        ))
+        .await;
+        let repo = repo(&fake);
+        assert!(repo.rejects_missing_blobs());
+        let calls = Mutex::new(Vec::new());
+        let done = put_manifest_with_blobs(&repo, &doc, Some("t"), &blobs, |i, missing| {
+            supply_to(&repo, &present, &calls, &blobs, i, missing)
+        })
+        .await
+        .unwrap();
+        assert_eq!(done, vec![BlobCopy::Present, BlobCopy::Copied], "{name}");
+        let seen: Vec<String> = fake.requests().iter().map(|r| r.method.clone()).collect();
+        if named {
+            // Only the missing blob, known missing: no HEAD at all.
+            assert_eq!(*calls.lock().unwrap(), vec![(1, true)], "{name}");
+            assert_eq!(seen, ["PUT", "PUT"], "{name}");
+        } else {
+            assert_eq!(
+                *calls.lock().unwrap(),
+                vec![(0, false), (1, false)],
+                "{name}"
+            );
+            assert_eq!(seen.iter().filter(|m| *m == "HEAD").count(), 2, "{name}");
+            assert_eq!(seen.iter().filter(|m| *m == "PUT").count(), 2, "{name}");
+        }
+    }
+
+    // A blob the caller does not know of stays missing: a clear error naming it, after the
+    // caller's blobs were checked.
+    let stranger = Digest::sha256(b"stranger");
+    let present = Arc::new(Mutex::new(needed.clone()));
+    let mut all = needed.clone();
+    all.push(stranger.to_string());
+    let fake = Fake::start(refusing_registry(Arc::clone(&present), all, |d| {
+        format!(r#","detail":"{d}""#)
+    }))
+    .await;
+    let repo = repo(&fake);
+    let calls = Mutex::new(Vec::new());
+    let err = put_manifest_with_blobs(&repo, &doc, Some("t"), &blobs, |i, missing| {
+        supply_to(&repo, &present, &calls, &blobs, i, missing)
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ociup_core::Error::MissingBlobs { digests, .. } if digests == std::slice::from_ref(&stranger)),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&stranger.to_string()) && text.contains("lacks a blob"),
+        "{text}"
+    );
+}

@@ -109,7 +109,13 @@ struct RegistryState {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    /// For plain HTTP: built without loading any root certificate, which takes several
+    /// milliseconds (a rebase on a loopback registry takes little more).
+    plain: reqwest::Client,
+    /// For HTTPS, with the system roots (and the CA file's): built on first use.
+    tls: std::sync::OnceLock<reqwest::Client>,
+    /// The CA file's certificates, for `tls`.
+    extra_roots: Vec<reqwest::Certificate>,
     opts: ClientOptions,
     permits: Semaphore,
     registries: Mutex<HashMap<String, RegistryState>>,
@@ -185,13 +191,7 @@ impl Client {
     /// # Errors
     /// [`Error::Config`] when the CA file cannot be read or parsed.
     pub fn new(opts: ClientOptions) -> Result<Client> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(opts.user_agent.clone())
-            .connect_timeout(Duration::from_secs(15))
-            .pool_idle_timeout(Duration::from_secs(60))
-            // reqwest drops Authorization (and cookies) when a redirect leaves the host, so
-            // credentials never follow a blob download to object storage.
-            .redirect(reqwest::redirect::Policy::limited(10));
+        let mut extra_roots = Vec::new();
         if let Some(ca) = &opts.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| Error::Config(format!("reading CA file {}: {e}", ca.display())))?;
@@ -207,17 +207,27 @@ impl Client {
                     ca.display()
                 )));
             }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+            extra_roots = certs;
         }
-        let http = builder
+        // A redirect from plain HTTP to HTTPS is not followed by this client (it trusts no
+        // root): `send` hands it to the HTTPS one.
+        let plain = Self::builder(&opts)
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "https" || attempt.previous().len() >= 10 {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|e| Error::Config(format!("setting up HTTP: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(opts.max_concurrent_requests.max(1)),
-                http,
+                plain,
+                tls: std::sync::OnceLock::new(),
+                extra_roots,
                 opts,
                 registries: Mutex::new(HashMap::new()),
                 token_fetch: Mutex::new(()),
@@ -225,6 +235,36 @@ impl Client {
                 token_fetches: AtomicU64::new(0),
             }),
         })
+    }
+
+    fn builder(opts: &ClientOptions) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .user_agent(opts.user_agent.clone())
+            .connect_timeout(Duration::from_secs(15))
+            .pool_idle_timeout(Duration::from_secs(60))
+            // reqwest drops Authorization (and cookies) when a redirect leaves the host, so
+            // credentials never follow a blob download to object storage.
+            .redirect(reqwest::redirect::Policy::limited(10))
+    }
+
+    /// The HTTP client for `url`: the plain one for `http://`, else the HTTPS one (built now if
+    /// this is the first HTTPS request).
+    fn http_for(&self, url: &Url) -> Result<&reqwest::Client> {
+        if url.scheme() == "http" {
+            return Ok(&self.inner.plain);
+        }
+        if let Some(c) = self.inner.tls.get() {
+            return Ok(c);
+        }
+        let mut builder = Self::builder(&self.inner.opts);
+        for c in &self.inner.extra_roots {
+            builder = builder.add_root_certificate(c.clone());
+        }
+        let built = builder
+            .build()
+            .map_err(|e| Error::Config(format!("setting up HTTPS: {e}")))?;
+        // Two first requests at once may both build one: either is fine.
+        Ok(self.inner.tls.get_or_init(|| built))
     }
 
     /// A handle on one repository.
@@ -372,8 +412,12 @@ impl Client {
             });
         }
         self.inner.token_fetches.fetch_add(1, Ordering::Relaxed);
+        let realm_url = Url::parse(realm).map_err(|e| Error::Auth {
+            registry: registry.to_owned(),
+            reason: format!("the token realm {realm:?} is not a URL: {e}"),
+        })?;
         let t = token::fetch(
-            &self.inner.http,
+            self.http_for(&realm_url)?,
             registry,
             realm,
             service,
@@ -479,8 +523,7 @@ impl Client {
                 None
             };
             let mut rb = self
-                .inner
-                .http
+                .http_for(&url)?
                 .request(req.method.clone(), url.clone())
                 .headers(req.headers.clone());
             if let Some(h) = auth {
@@ -495,7 +538,12 @@ impl Client {
                         Error::Config("the client's request limit was closed".into())
                     })?;
                 self.inner.requests.fetch_add(1, Ordering::Relaxed);
-                rb.send().await
+                match rb.send().await {
+                    Ok(r) if r.status().is_redirection() && url.scheme() == "http" => {
+                        self.follow_to_https(req, r).await
+                    }
+                    other => other,
+                }
             };
             match sent {
                 Err(e) => {
@@ -569,6 +617,36 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Follows a redirect the plain-HTTP client stopped at because it leads to HTTPS (a
+    /// registry on plain HTTP sending a blob download to object storage): the same request
+    /// goes there through the HTTPS client, without the Authorization header (another origin),
+    /// which follows any further redirects itself.
+    async fn follow_to_https(
+        &self,
+        req: &Request,
+        resp: Response,
+    ) -> std::result::Result<Response, reqwest::Error> {
+        let next = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .filter(|u| u.scheme() == "https");
+        let Some(next) = next else {
+            return Ok(resp);
+        };
+        let Ok(http) = self.http_for(&next) else {
+            return Ok(resp);
+        };
+        let mut headers = req.headers.clone();
+        headers.remove(AUTHORIZATION);
+        let mut rb = http.request(req.method.clone(), next).headers(headers);
+        if let Some(b) = &req.body {
+            rb = rb.body(b.clone());
+        }
+        rb.send().await
     }
 
     /// Changes what the client knows of `registry`.

@@ -644,3 +644,69 @@ async fn a_manifest_goes_first_and_only_the_blobs_the_registry_names_are_supplie
         "{text}"
     );
 }
+
+/// A registry on plain HTTP that sends blob downloads to storage on HTTPS: the plain-HTTP side
+/// loads no root certificates, so the HTTPS hop is made by the client that does (here with the
+/// harness CA), and without the registry's credentials.
+#[tokio::test]
+async fn a_plain_http_registry_may_redirect_a_download_to_https() {
+    use crate::support::{AuthMode, RegistryOptions, TestRegistry};
+    let storage = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: true,
+    });
+    let data = b"blob kept behind TLS".to_vec();
+    let digest = Digest::sha256(&data);
+    let tls_client = Client::new(ClientOptions {
+        ca_file: storage.ca_pem(),
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let stored =
+        tls_client.repository(&Reference::parse(&format!("{}/bucket/x", storage.host())).unwrap());
+    stored
+        .put_blob(&digest, data.len() as u64, &data[..])
+        .await
+        .unwrap();
+    let target = format!("{}/v2/bucket/x/blobs/{digest}", storage.base_url());
+    let registry = Fake::start(move |req: &Seen| match req.headers.get("authorization") {
+        None => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
+        Some(_) => Reply::new(307).header("Location", &target),
+    })
+    .await;
+    let creds = Credentials::anonymous().with(
+        registry.host.clone(),
+        Credential::Basic {
+            username: "user".into(),
+            password: "secret".into(),
+        },
+    );
+    let client = Client::new(ClientOptions {
+        credentials: creds,
+        insecure: vec![registry.host.clone()],
+        ca_file: storage.ca_pem(),
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let repo = client.repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
+    let mut out = Vec::new();
+    repo.get_blob(&digest, data.len() as u64)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, data);
+    assert_eq!(
+        storage.requests("GET", &format!("/v2/bucket/x/blobs/{digest}")),
+        1
+    );
+    // The storage's access log names the user of a request that carried Basic credentials;
+    // this one carried none.
+    let log = storage.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("GET /v2/bucket/x/blobs/{digest}")))
+        .unwrap();
+    assert!(!line.contains("user"), "{line}");
+}

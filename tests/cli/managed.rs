@@ -137,10 +137,31 @@ fn register_and_resolve_on_a_registry_whose_base_moves() {
     );
     let (code, out, _) = ociup_at(d, &["resolve", "trainer", "--check"]);
     assert_eq!((code, out.trim()), (0, "upgrade due"));
+    // The version record holds the image's manifest and config: the upgrade does not read
+    // them from the target again.
+    let v1 = json(&ok_at(
+        d,
+        &["inspect", first["reference"].as_str().unwrap(), "--json"],
+    ));
+    let v1_config = v1["manifest"]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reads_of_v1 = |reg: &TestRegistry| {
+        reg.requests(
+            "GET",
+            &format!(
+                "/v2/team/trainer/manifests/{}",
+                first["digest"].as_str().unwrap()
+            ),
+        ) + reg.requests("GET", &format!("/v2/team/trainer/blobs/{v1_config}"))
+    };
+    let read_before = reads_of_v1(&reg);
     let up = json(&ok_at(
         d,
         &["resolve", "trainer", "--json", "--sign-key", "k.key"],
     ));
+    assert_eq!(reads_of_v1(&reg), read_before);
     assert_eq!(up["upgraded"], true);
     assert_eq!(up["version"], 2);
     assert_eq!(up["previous_base_digest"], first["base_digest"]);

@@ -163,6 +163,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             .transpose()?,
         new_base_name: Some(new_name.clone()),
         dry_run: args.dry_run,
+        image_config: None,
     };
     let outcome = rebase_image(
         &image_store,

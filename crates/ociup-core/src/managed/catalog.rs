@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::recipe::Recipe;
+use crate::config::Config;
 use crate::digest::Digest;
-use crate::document::{RawDocument, canonical_json};
+use crate::document::{Manifest, RawDocument, canonical_json};
 use crate::error::{Error, Result};
 use crate::media_type;
 use crate::store::{ManifestRef, Store};
@@ -69,6 +70,69 @@ pub struct VersionRecord {
     pub build_manifest: Option<(String, u64)>,
     /// `created` of what was built (seconds since 1970), for replays.
     pub epoch: u64,
+    /// The image's manifest and config, so that a regeneration need not read them from the
+    /// target again (checked against `digest` before use). Absent in records of older ociup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<ImageDocuments>,
+}
+
+/// An image's manifest and config, their exact bytes as text (ociup writes both as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDocuments {
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest.
+    pub manifest: String,
+    /// The config.
+    pub config: String,
+}
+
+impl ImageDocuments {
+    /// The documents of a manifest and its config.
+    ///
+    /// # Errors
+    /// When either is not UTF-8 text.
+    pub fn of(manifest: &RawDocument, config: &RawDocument) -> Result<Self> {
+        let text = |d: &RawDocument| {
+            String::from_utf8(d.bytes().to_vec()).map_err(|_| Error::InvalidDocument {
+                what: format!("document {}", d.digest()),
+                reason: "not UTF-8 text".into(),
+            })
+        };
+        Ok(ImageDocuments {
+            media_type: manifest.media_type().to_owned(),
+            manifest: text(manifest)?,
+            config: text(config)?,
+        })
+    }
+
+    /// The manifest (which must hash to `digest`) and its config (checked against the
+    /// manifest's config descriptor).
+    ///
+    /// # Errors
+    /// A digest or size that does not match, or a document that does not parse.
+    pub fn load(&self, digest: &Digest) -> Result<(Manifest, Config)> {
+        let manifest = Manifest::parse(RawDocument::verified(
+            self.manifest.as_bytes().to_vec(),
+            self.media_type.clone(),
+            digest,
+        )?)?;
+        let desc = manifest.parsed().config();
+        let config_digest = manifest.config_digest()?;
+        if desc.size() != self.config.len() as u64 {
+            return Err(Error::SizeMismatch {
+                digest: config_digest,
+                expected: desc.size(),
+                actual: self.config.len() as u64,
+            });
+        }
+        let config = Config::parse(RawDocument::verified(
+            self.config.as_bytes().to_vec(),
+            desc.media_type().to_string(),
+            &config_digest,
+        )?)?;
+        Ok((manifest, config))
+    }
 }
 
 /// One management command applied to a nick.
@@ -460,5 +524,57 @@ impl<S: Store> Catalog<S> {
         }
         out.reverse();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn documents() -> (RawDocument, ImageDocuments) {
+        let config = RawDocument::canonical(
+            &json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
+            media_type::OCI_CONFIG,
+        )
+        .unwrap();
+        let manifest = RawDocument::canonical(
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": media_type::OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [],
+            }),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap();
+        let docs = ImageDocuments::of(&manifest, &config).unwrap();
+        (manifest, docs)
+    }
+
+    #[test]
+    fn recorded_documents_load_only_when_they_match_their_digests() {
+        let (manifest, docs) = documents();
+        let (m, c) = docs.load(manifest.digest()).unwrap();
+        assert_eq!(m.raw().digest(), manifest.digest());
+        assert_eq!(c.str_field("os"), Some("linux"));
+        // Another image's digest, an edited manifest, an edited config of the same size.
+        assert!(docs.load(&Digest::sha256(b"other")).is_err());
+        let mut edited = docs.clone();
+        edited.manifest = edited.manifest.replace("\"layers\":[]", "\"layers\": []");
+        assert!(matches!(
+            edited.load(manifest.digest()),
+            Err(Error::DigestMismatch { .. })
+        ));
+        let mut edited = docs.clone();
+        edited.config = edited.config.replace("amd64", "arm64");
+        assert!(matches!(
+            edited.load(manifest.digest()),
+            Err(Error::DigestMismatch { .. })
+        ));
+        edited.config.push(' ');
+        assert!(matches!(
+            edited.load(manifest.digest()),
+            Err(Error::SizeMismatch { .. })
+        ));
     }
 }

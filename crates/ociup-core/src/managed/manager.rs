@@ -15,7 +15,8 @@ use super::build_manifest::{
     layer_files, statement,
 };
 use super::catalog::{
-    AuditEntry, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, State, Summary, VersionRecord,
+    AuditEntry, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, ImageDocuments, State, Summary,
+    VersionRecord,
 };
 use super::recipe::{Recipe, validate_nick};
 use crate::digest::Digest;
@@ -399,6 +400,7 @@ impl<P: Stores> Manager<P> {
             previous: previous.map(|b| b.digest.to_string()),
             build_manifest,
             epoch: self.epoch,
+            documents: Some(ImageDocuments::of(&out.manifest, &out.config)?),
         };
         let blob = self.catalog.put_json(&record).await?;
         Ok((record, blob))
@@ -632,8 +634,16 @@ impl<P: Stores> Manager<P> {
         let nick = &recipe.nick;
         let number = current.number + 1;
         let (target, _) = self.stores.open(&recipe.target, true)?;
-        let doc =
-            ops::load_document(&target, &ManifestRef::Digest(current.digest.parse()?)).await?;
+        let digest: Digest = current.digest.parse()?;
+        // The record holds the image's manifest and config (checked against its digest): no
+        // need to read them from the target. Records of older versions of ociup do not.
+        let (doc, image_config) = match current.documents.as_ref().map(|d| d.load(&digest)) {
+            Some(Ok((manifest, config))) => (Document::Manifest(manifest), Some(config)),
+            _ => (
+                ops::load_document(&target, &ManifestRef::Digest(digest)).await?,
+                None,
+            ),
+        };
         let outcome = rebase_image(
             &target,
             doc,
@@ -650,6 +660,7 @@ impl<P: Stores> Manager<P> {
                 created: Some(current.epoch),
                 new_base_name: Some(recipe.base.clone()),
                 dry_run: false,
+                image_config,
             },
         )
         .await?;
@@ -722,6 +733,10 @@ impl<P: Stores> Manager<P> {
             previous: Some(current_blob.digest.to_string()),
             build_manifest,
             epoch: current.epoch,
+            documents: match &outcome.config {
+                Some(config) => Some(ImageDocuments::of(&document, config)?),
+                None => None,
+            },
         };
         let blob = self.catalog.put_json(&record).await?;
         let mut next = entry.clone();
@@ -747,17 +762,21 @@ impl<P: Stores> Manager<P> {
                 .buffered(8)
                 .try_collect()
                 .await?;
-        let mut bases: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
-        for (_, base, _) in &rows {
-            if !bases.contains_key(base) {
+        // One lookup per distinct base, several at once.
+        let distinct: std::collections::BTreeSet<&String> =
+            rows.iter().map(|(_, base, _)| base).collect();
+        let bases: BTreeMap<String, std::result::Result<String, String>> =
+            futures_util::stream::iter(distinct.into_iter().map(|base| async move {
                 let d = self
                     .base_digest(base)
                     .await
                     .map(|(_, d)| d.to_string())
                     .map_err(|e| e.to_string());
-                bases.insert(base.clone(), d);
-            }
-        }
+                (base.clone(), d)
+            }))
+            .buffer_unordered(8)
+            .collect()
+            .await;
         Ok(rows
             .into_iter()
             .map(|(summary, base, current)| {

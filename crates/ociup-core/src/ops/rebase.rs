@@ -29,6 +29,9 @@ pub struct RebaseOptions {
     pub new_base_name: Option<String>,
     /// Plan only: read everything, write nothing.
     pub dry_run: bool,
+    /// The config of the image (a single manifest), when the caller has it already (a managed
+    /// version records it): it is not read from the image's store again.
+    pub image_config: Option<crate::config::Config>,
 }
 
 /// What happens to one blob of the result.
@@ -74,6 +77,9 @@ pub struct RebaseOutcome {
     /// The result document (the image's own when already current).
     #[serde(skip)]
     pub document: Option<RawDocument>,
+    /// The result's config, when the result is a single manifest that was rebased.
+    #[serde(skip)]
+    pub config: Option<RawDocument>,
 }
 
 /// Where the old base comes from.
@@ -181,13 +187,14 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
         Base::load(new_base_store, d).await
     };
     let image_cfg_fut = async {
-        match &image_doc {
-            Document::Manifest(_) => {
+        match (&image_doc, &opts.image_config) {
+            (Document::Manifest(_), Some(c)) => Ok(Some(c.clone())),
+            (Document::Manifest(_), None) => {
                 image_from_document(image_store, image_doc.clone(), None)
                     .map_ok(|i| Some(i.config))
                     .await
             }
-            Document::Index(_) => Ok(None),
+            (Document::Index(_), _) => Ok(None),
         }
     };
     let (new, old, image_cfg) =
@@ -202,6 +209,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
         dropped_attestations: Vec::new(),
         written: false,
         document: Some(image_doc.raw().clone()),
+        config: None,
     };
 
     match &image_doc {
@@ -215,6 +223,7 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
             outcome.digest = rebased.manifest.digest().to_string();
             outcome.document = Some(rebased.manifest.clone());
             if !rebased.plan.already_current {
+                outcome.config = Some(rebased.config.clone());
                 write_one(
                     image_store,
                     new_base_store,

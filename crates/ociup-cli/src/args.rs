@@ -47,7 +47,7 @@ pub struct GlobalArgs {
     /// Check each blob of a manifest (a HEAD per blob) before pushing the manifest. By default a
     /// manifest is pushed first and only the blobs the registry says it lacks are sent, which
     /// relies on the registry refusing a manifest with missing blobs (MANIFEST_BLOB_UNKNOWN), as
-    /// Distribution-based and hosted registries do. Use this for one that does not.
+    /// Distribution does. Use this for a registry that stores such a manifest.
     #[arg(long, global = true, env = "OCIUP_CHECK_BLOBS_FIRST")]
     pub check_blobs_first: bool,
     /// User name for the registries this command reaches.

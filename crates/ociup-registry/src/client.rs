@@ -66,9 +66,9 @@ pub struct ClientOptions {
     pub user_agent: String,
     /// Check every blob a manifest references (one HEAD each) before putting the manifest.
     /// Off (the default), a writer puts the manifest first and supplies only the blobs the
-    /// registry names in its `MANIFEST_BLOB_UNKNOWN` refusal: Distribution and the registries
-    /// built on it, and the hosted ones, refuse such a manifest. Turn it on for a registry that
-    /// stores a manifest whatever it references.
+    /// registry names in its `MANIFEST_BLOB_UNKNOWN` refusal, as Distribution gives. The
+    /// distribution spec lets a registry store a manifest whatever it references: turn this on
+    /// for one that does.
     pub check_blobs_first: bool,
 }
 

@@ -17,6 +17,8 @@
 #   BENCH_SEED=20240601   generator seed;  BENCH_SMALL_FILES=2000  small files (the /src layer);
 #   BENCH_LARGE_SCALE=4.5 size factor of gen-tree.py's 5 large files (4.5: ~450 MiB of files)
 #   OCIUP=PATH            ociup binary to test (default: builds target/release/ociup with cargo)
+#   BENCH_IMAGE_ONLY=1    only generate the tree and build the image (with BENCH_WORKDIR: what
+#                         benches/copy-floor.sh does to get the same image), then exit
 #
 # One registry instance per round. skopeo (containers/image) keeps a blob-info cache
 # (/var/lib/containers/cache/blob-info-cache-v1.boltdb for root, no flag to move it) that
@@ -153,6 +155,11 @@ log "image oci:$IMAGE:$TAG  $IMAGE_DIGEST  $BLOB_COUNT blobs, $BLOB_BYTES bytes"
 [ "$BLOB_BYTES" -ge 200000000 ] || log "warning: the image is under 200 MB (a smoke test?)"
 # Warm the page cache: both tools read the same layout, and only the copy should be timed.
 cat "$IMAGE"/blobs/sha256/* >/dev/null
+echo "$IMAGE_INFO" >"$WORK/image.json" # for benches/copy-floor.sh
+if [ -n "${BENCH_IMAGE_ONLY:-}" ]; then
+  log "BENCH_IMAGE_ONLY: the image is ready in $IMAGE"
+  exit 0
+fi
 
 # --- registry --------------------------------------------------------------------------------
 USED_PORTS=" "

@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# Copy floor benchmark: how fast can ANY client move the copy-throughput image between a layout
+# and the real registry (CNCF Distribution, `docker-registry serve`) on this machine? Times, in
+# the same rounds and against the same fresh registry, skopeo, ociup, plain curl doing only the
+# HTTP transfers, and the disk alone, so that `skopeo time / floor time` bounds the ratio over
+# skopeo any client could reach here (floors: see the report section at the end).
+#
+#   bash benches/copy-floor.sh            # from the repository root (or from anywhere)
+#
+# Series (each round: a fresh registry on a new port; pushes first, each to a fresh repository,
+# then pulls of the image ociup pushed; the order within each direction rotates every round):
+#   push  skopeo      skopeo copy --preserve-digests oci:IMAGE:v1 docker://H/bench/skopeo-R:v1
+#   push  ociup       ociup copy oci:IMAGE:v1 H/bench/ociup-R:v1
+#   push  curl        per blob: POST /blobs/uploads/ then one monolithic PUT ?digest= of the file
+#                     (curl -T, streamed), BENCH_JOBS blobs in flight (xargs -P); then the manifest
+#   pull  skopeo      skopeo copy docker://H/bench/ociup-R:v1 oci:FRESH:v1
+#   pull  ociup       ociup copy H/bench/ociup-R:v1 oci:FRESH:v1
+#   pull  curl-files  one `curl --parallel --parallel-max BENCH_JOBS` GETs the manifest and every
+#                     blob to FRESH/blobs/sha256/<hex>: no fsync, no hashing; then `sync` is timed
+#                     on its own, and "curl-files+sync" is the sum (durable, but `sync` flushes
+#                     whatever else the machine has dirty too)
+#   pull  curl-null   the same GETs to /dev/null (network + registry only)
+#   pull  curl-fsync  per blob `curl -o FRESH/blobs/sha256/<hex> URL && sync THAT-FILE` (coreutils
+#                     sync FILE = fsync), BENCH_JOBS at once (xargs -P): durable per file like
+#                     ociup and skopeo (both fsync every blob); each blob's fsync waits for its
+#                     whole download, so this overlaps less than a client could
+#   pull  disk        no network: `cp` of every blob from the (cached) source layout to FRESH and
+#                     `sync FILE`, BENCH_JOBS at once: what the disk alone takes
+#   (with OCIUP_B=PATH, a second ociup binary runs as "ociup-b" in both directions: A/B tests)
+#
+# Per copy: wall time (date +%s%N), client CPU and peak RSS (GNU time, children included), the
+# registry's CPU (utime + stime of its pid from /proc/PID/stat, before and after). Everything is
+# checked (pushed manifests served with the image's digest, pulled blobs hash to their names)
+# outside the timed part. Settings (environment variables, all optional):
+#   BENCH_RUNS=5          rounds
+#   BENCH_JOBS=4          blobs in flight for curl (4 = ociup's default --jobs; ociup gets
+#                         --jobs only when this is set)
+#   BENCH_WORKDIR=DIR     work directory (default: a temp dir, removed at exit); the image is made
+#                         by `BENCH_IMAGE_ONLY=1 benches/copy-throughput.sh` in it (same settings:
+#                         BENCH_SEED, BENCH_SMALL_FILES, BENCH_LARGE_SCALE) and reused when there
+#   BENCH_JSON=PATH       JSON summary (default benches/results/copy-floor.json)
+#   OCIUP=PATH            ociup binary (default: builds target/release/ociup with cargo)
+#   OCIUP_B=PATH          optional second ociup binary, series "ociup-b"
+set -euo pipefail
+shopt -s inherit_errexit
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=${BENCH_RUNS:-5}
+JOBS_SET=${BENCH_JOBS:-}
+JOBS=${BENCH_JOBS:-4}
+JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/copy-floor.json}
+TAG=v1
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in python3 skopeo docker-registry curl sha256sum xargs; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
+done
+[ -x /usr/bin/time ] || die "GNU time is required at /usr/bin/time (apt-get install -y time)"
+curl --help all 2>/dev/null | grep -q -- --parallel-max || die "curl >= 7.66 (--parallel) is required"
+
+if [ -z "${OCIUP:-}" ]; then
+  log "building ociup (release)"
+  cargo build --release --quiet -p ociup-cli
+  OCIUP=$ROOT/target/release/ociup
+fi
+[ -x "$OCIUP" ] || die "no ociup binary at $OCIUP"
+[ -z "${OCIUP_B:-}" ] || [ -x "$OCIUP_B" ] || die "no ociup binary at $OCIUP_B"
+JOBS_ARGS=()
+[ -z "$JOBS_SET" ] || JOBS_ARGS=(--jobs "$JOBS_SET")
+
+REG_PID=
+if [ -n "${BENCH_WORKDIR:-}" ]; then
+  WORK=$BENCH_WORKDIR
+  KEEP_WORK=1
+  mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/ociup-copy-floor.XXXXXX")
+  KEEP_WORK=0
+fi
+stop_registry() {
+  if [ -n "$REG_PID" ]; then
+    kill "$REG_PID" 2>/dev/null || true
+    wait "$REG_PID" 2>/dev/null || true
+    REG_PID=
+  fi
+}
+cleanup() {
+  stop_registry
+  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the image: the one copy-throughput.sh uses ----------------------------------------------
+OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGE_ONLY=1 bash "$ROOT/benches/copy-throughput.sh"
+IMAGE=$WORK/image
+IMAGE_INFO=$(cat "$WORK/image.json")
+jq_py() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$1)" "$IMAGE_INFO"; }
+IMAGE_DIGEST=$(jq_py '["digest"]')
+BLOB_BYTES=$(jq_py '["blob_bytes"]')
+BLOB_DIGESTS=$(jq_py '["blob_digests"]' | tr -d "[]',")
+MANIFEST_FILE=$IMAGE/blobs/sha256/${IMAGE_DIGEST#sha256:}
+MANIFEST_TYPE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mediaType"])' \
+  "$MANIFEST_FILE")
+cat "$IMAGE"/blobs/sha256/* >/dev/null # page cache
+
+# --- registry (as in copy-throughput.sh: one per round, on a port not used before) ----------
+USED_PORTS=" "
+free_port() {
+  while :; do
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    case $USED_PORTS in *" $PORT "*) ;; *) USED_PORTS+="$PORT " && return ;; esac
+  done
+}
+start_registry() {
+  REG_DIR=$WORK/floor-$1
+  rm -rf "$REG_DIR" && mkdir -p "$REG_DIR/data"
+  free_port
+  REG_HOST=127.0.0.1:$PORT
+  cat >"$REG_DIR/config.yml" <<EOF
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $REG_DIR/data
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: $REG_HOST
+EOF
+  docker-registry serve "$REG_DIR/config.yml" >"$REG_DIR/access.log" 2>"$REG_DIR/registry.log" &
+  REG_PID=$!
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if curl -fsS -o /dev/null "http://$REG_HOST/v2/" 2>/dev/null; then return 0; fi
+    kill -0 "$REG_PID" 2>/dev/null || die "the registry exited: $(tail -n 5 "$REG_DIR/registry.log")"
+    sleep 0.1
+  done
+  die "the registry on $REG_HOST did not come up"
+}
+reg_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$REG_PID/stat"; }
+
+# --- the curl clients ------------------------------------------------------------------------
+# curl_push_blob HOST REPO DIGEST FILE: POST an upload, PUT the whole file to it with ?digest=.
+curl_push_blob() {
+  local host=$1 repo=$2 digest=$3 file=$4 loc sep
+  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$host/v2/$repo/blobs/uploads/" \
+    | tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
+  [ -n "$loc" ] || { echo "no Location for $digest" >&2; return 1; }
+  case $loc in /*) loc=http://$host$loc ;; esac
+  sep='?'
+  case $loc in *\?*) sep='&' ;; esac
+  curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
+    -T "$file" "$loc${sep}digest=$digest"
+}
+export -f curl_push_blob
+
+# curl_push HOST REPO: every blob, $JOBS at once, then the manifest.
+curl_push() {
+  local host=$1 repo=$2 d
+  for d in $BLOB_DIGESTS; do
+    printf '%s %s %s %s\n' "$host" "$repo" "$d" "$IMAGE/blobs/sha256/${d#sha256:}"
+  done | xargs -P "$JOBS" -n 4 bash -c 'curl_push_blob "$@"' _
+  curl -fsS -o /dev/null -X PUT -H "Content-Type: $MANIFEST_TYPE" --data-binary "@$MANIFEST_FILE" \
+    "http://$host/v2/$repo/manifests/$TAG"
+}
+
+# curl_pull HOST REPO DIR|-: the manifest, then every blob with one parallel curl, to
+# DIR/blobs/sha256/ (a layout, no index.json) or to /dev/null with "-".
+curl_pull() {
+  local host=$1 repo=$2 out=$3 d args=()
+  if [ "$out" = - ]; then
+    curl -fsS -o /dev/null "http://$host/v2/$repo/manifests/$TAG" -H "Accept: $MANIFEST_TYPE"
+    for d in $BLOB_DIGESTS; do args+=(-o /dev/null "http://$host/v2/$repo/blobs/$d"); done
+  else
+    mkdir -p "$out/blobs/sha256"
+    curl -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
+      "http://$host/v2/$repo/manifests/$TAG"
+    for d in $BLOB_DIGESTS; do
+      args+=(-o "$out/blobs/sha256/${d#sha256:}" "http://$host/v2/$repo/blobs/$d")
+    done
+  fi
+  curl -fsS --parallel --parallel-max "$JOBS" "${args[@]}"
+}
+# curl_fsync_one URL FILE / cp_fsync_one SRC FILE: one blob, then fsync it.
+curl_fsync_one() { curl -fsS -o "$2" "$1" && sync "$2"; }
+cp_fsync_one() { cp "$1" "$2" && sync "$2"; }
+export -f curl_fsync_one cp_fsync_one
+
+# each_blob_fsync curl|cp HOST REPO DIR: every blob and the manifest to DIR/blobs/sha256, each
+# fsynced as soon as it is written, $JOBS at once.
+each_blob_fsync() {
+  local how=$1 host=$2 repo=$3 out=$4 d
+  mkdir -p "$out/blobs/sha256"
+  curl -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
+    "http://$host/v2/$repo/manifests/$TAG"
+  sync "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}"
+  for d in $BLOB_DIGESTS; do
+    if [ "$how" = curl ]; then
+      printf '%s %s\n' "http://$host/v2/$repo/blobs/$d" "$out/blobs/sha256/${d#sha256:}"
+    else
+      printf '%s %s\n' "$IMAGE/blobs/sha256/${d#sha256:}" "$out/blobs/sha256/${d#sha256:}"
+    fi
+  done | xargs -P "$JOBS" -n 2 bash -c "${how}_fsync_one \"\$@\"" _
+}
+export -f curl_pull curl_push each_blob_fsync
+export BLOB_DIGESTS IMAGE IMAGE_DIGEST MANIFEST_FILE MANIFEST_TYPE TAG JOBS
+
+# --- measuring ---------------------------------------------------------------------------------
+SAMPLES=$WORK/floor-samples.tsv # round direction series wall_s user sys rss_kib reg_ticks
+: >"$SAMPLES"
+mkdir -p "$WORK/floor-out"
+
+# measure ROUND DIRECTION SERIES CMD...: sync (untimed), then CMD under GNU time.
+measure() {
+  local round=$1 dir=$2 series=$3 t0 t1 c0 c1
+  shift 3
+  sync
+  c0=$(reg_cpu_ticks)
+  t0=$(date +%s%N)
+  /usr/bin/time -f '%U %S %M' -o "$WORK/floor-time.txt" "$@" \
+    >"$WORK/floor-out/$dir-$series-$round.out" 2>"$WORK/floor-out/$dir-$series-$round.err" \
+    || die "$dir $series failed: $* ($(tail -n 5 "$WORK/floor-out/$dir-$series-$round.err"))"
+  t1=$(date +%s%N)
+  c1=$(reg_cpu_ticks)
+  local wall
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  read -r user sys rss <"$WORK/floor-time.txt"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$dir" "$series" "$wall" "$user" "$sys" \
+    "$rss" "$((c1 - c0))" >>"$SAMPLES"
+  log "  round $round $(printf '%-5s %-16s' "$dir" "$series") ${wall}s" \
+    "$(awk -v b="$BLOB_BYTES" -v w="$wall" 'BEGIN { printf "%6.1f MB/s", b / w / 1e6 }')" \
+    "client cpu $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') s," \
+    "registry cpu $((c1 - c0)) ticks"
+}
+
+manifest_sha() {
+  echo "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$1" | sha256sum | cut -d' ' -f1)"
+}
+# check_blobs DIR: every file under DIR/blobs/sha256 hashes to its name, and the image's are there.
+check_blobs() {
+  local d=$1/blobs/sha256 f n=0
+  for f in "$d"/*; do
+    [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$(basename "$f")" ] || die "$f does not hash to its name"
+    n=$((n + 1))
+  done
+  for f in $BLOB_DIGESTS "$IMAGE_DIGEST"; do
+    [ -f "$d/${f#sha256:}" ] || die "$d lacks $f"
+  done
+}
+
+PUSH_SERIES=(skopeo ociup curl)
+PULL_SERIES=(skopeo ociup curl-files curl-null curl-fsync disk)
+if [ -n "${OCIUP_B:-}" ]; then
+  PUSH_SERIES+=(ociup-b)
+  PULL_SERIES+=(ociup-b)
+fi
+rotate() { # rotate N ITEMS...: the items, starting at index N mod count
+  local n=$1
+  shift
+  local a=("$@") i
+  for ((i = 0; i < ${#a[@]}; i++)); do printf '%s ' "${a[(i + n) % ${#a[@]}]}"; done
+}
+
+log "timing $RUNS rounds: push ${PUSH_SERIES[*]}; pull ${PULL_SERIES[*]} ($JOBS blobs in flight for curl)"
+for ((round = 1; round <= RUNS; round++)); do
+  stop_registry
+  [ "$round" -eq 1 ] || rm -rf "$WORK/floor-$((round - 1))"
+  start_registry "$round"
+  for s in $(rotate "$((round - 1))" "${PUSH_SERIES[@]}"); do
+    repo=bench/$s-$round
+    case $s in
+      skopeo) measure "$round" push "$s" skopeo copy --quiet --preserve-digests \
+        --dest-tls-verify=false "oci:$IMAGE:$TAG" "docker://$REG_HOST/$repo:$TAG" ;;
+      ociup) measure "$round" push "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
+        "${JOBS_ARGS[@]}" "oci:$IMAGE:$TAG" "$REG_HOST/$repo:$TAG" ;;
+      ociup-b) measure "$round" push "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
+        "${JOBS_ARGS[@]}" "oci:$IMAGE:$TAG" "$REG_HOST/$repo:$TAG" ;;
+      curl) measure "$round" push "$s" bash -c 'curl_push "$@"' _ "$REG_HOST" "$repo" ;;
+    esac
+    [ "$(manifest_sha "$REG_HOST/$repo:$TAG")" = "$IMAGE_DIGEST" ] || die "push $s: wrong digest served"
+  done
+  src=bench/ociup-$round
+  for s in $(rotate "$((round - 1))" "${PULL_SERIES[@]}"); do
+    out=$WORK/floor-pull-$s
+    rm -rf "$out"
+    case $s in
+      skopeo) measure "$round" pull "$s" skopeo copy --quiet --preserve-digests \
+        --src-tls-verify=false "docker://$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
+      ociup) measure "$round" pull "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
+        "${JOBS_ARGS[@]}" "$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
+      ociup-b) measure "$round" pull "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
+        "${JOBS_ARGS[@]}" "$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
+      curl-files)
+        measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" "$out"
+        # The write-back of what curl left dirty, timed on its own (measure syncs first,
+        # so the registry's own dirty pages are not in it).
+        t0=$(date +%s%N)
+        sync
+        t1=$(date +%s%N)
+        printf '%s\tpull\tsync-after-curl\t%s\t0\t0\t0\t0\n' "$round" \
+          "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')" >>"$SAMPLES"
+        ;;
+      curl-null) measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" - ;;
+      curl-fsync) measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ curl "$REG_HOST" \
+        "$src" "$out" ;;
+      disk) measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ cp "$REG_HOST" "$src" "$out" ;;
+    esac
+    [ "$s" = curl-null ] || check_blobs "$out"
+    rm -rf "$out"
+  done
+done
+stop_registry
+rm -rf "$WORK/floor-$RUNS"
+
+# --- report ----------------------------------------------------------------------------------
+mkdir -p "$(dirname "$JSON_OUT")"
+CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
+export SAMPLES JSON_OUT RUNS JOBS BLOB_BYTES IMAGE_INFO NPROC=$(nproc) CPU="${CPU:-unknown}"
+export CLK_TCK=$(getconf CLK_TCK) MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+export VERSIONS="$(skopeo --version), $(docker-registry --version | awk '{ print $2, $3 }'), $(curl --version | head -n 1 | awk '{ print $1, $2 }')"
+export OCIUP OCIUP_B="${OCIUP_B:-}"
+python3 - <<'PY'
+import collections, json, os, statistics as st, time
+
+env = os.environ
+blob_bytes = int(env["BLOB_BYTES"])
+tck = int(env["CLK_TCK"])
+nproc = int(env["NPROC"])
+rows = []
+for line in open(env["SAMPLES"]).read().splitlines():
+    rnd, d, s, wall, user, sys_, rss, ticks = line.split("\t")
+    rows.append({"round": int(rnd), "direction": d, "series": s, "wall_s": float(wall),
+                 "client_cpu_s": round(float(user) + float(sys_), 2), "peak_rss_kib": int(rss),
+                 "registry_cpu_s": int(ticks) / tck})
+# curl-files+sync: the durable variant, per round.
+by = collections.defaultdict(dict)
+for r in rows:
+    by[(r["round"], r["direction"])][r["series"]] = r
+for (rnd, d), m in sorted(by.items()):
+    if "curl-files" in m and "sync-after-curl" in m:
+        f = dict(m["curl-files"])
+        f["series"] = "curl-files+sync"
+        f["wall_s"] = round(f["wall_s"] + m["sync-after-curl"]["wall_s"], 3)
+        rows.append(f)
+
+summary = {}
+for d in ("push", "pull"):
+    for s in sorted({r["series"] for r in rows if r["direction"] == d}):
+        rs = [r for r in rows if r["direction"] == d and r["series"] == s]
+        w = st.median(r["wall_s"] for r in rs)
+        summary[f"{d}/{s}"] = {
+            "runs": len(rs), "wall_s": [r["wall_s"] for r in rs], "wall_s_median": w,
+            "wall_s_min": min(r["wall_s"] for r in rs), "wall_s_max": max(r["wall_s"] for r in rs),
+            "mb_per_s_median": blob_bytes / w / 1e6 if w else None,
+            "client_cpu_s_median": st.median(r["client_cpu_s"] for r in rs),
+            "registry_cpu_s_median": st.median(r["registry_cpu_s"] for r in rs),
+            "peak_rss_mib_median": st.median(r["peak_rss_kib"] for r in rs) / 1024,
+        }
+
+print()
+print(f"machine: {nproc} cores, {env['CPU']}, {int(env['MEM_KIB']) / 1048576:.1f} GiB RAM  |  "
+      f"{env['VERSIONS']}")
+print(f"image: {blob_bytes} blob bytes ({blob_bytes / 1e6:.1f} MB); {env['RUNS']} rounds, "
+      f"{env['JOBS']} blobs in flight for curl; ociup {env['OCIUP']}"
+      + (f", ociup-b {env['OCIUP_B']}" if env["OCIUP_B"] else ""))
+print()
+hdr = (f"{'direction':<6} {'series':<17} {'wall s':>7} {'(min-max)':>13} {'MB/s':>7} "
+       f"{'client cpu s':>12} {'registry cpu s':>14} {'RSS MiB':>8}")
+print("medians:")
+print(hdr)
+print("-" * len(hdr))
+for k, t in summary.items():
+    d, s = k.split("/")
+    print(f"{d:<6} {s:<17} {t['wall_s_median']:7.2f} "
+          f"{'(' + format(t['wall_s_min'], '.2f') + '-' + format(t['wall_s_max'], '.2f') + ')':>13} "
+          f"{t['mb_per_s_median'] or 0:7.1f} {t['client_cpu_s_median']:12.2f} "
+          f"{t['registry_cpu_s_median']:14.2f} {t['peak_rss_mib_median']:8.1f}")
+
+print()
+print("ratios over skopeo (skopeo median wall / series median wall; > 1 is faster than skopeo):")
+ratios = {}
+for d in ("push", "pull"):
+    sk = summary[f"{d}/skopeo"]["wall_s_median"]
+    for k, t in summary.items():
+        if k.startswith(d + "/") and not k.endswith(("/skopeo", "/sync-after-curl", "/disk")):
+            ratios[k] = sk / t["wall_s_median"]
+            print(f"  {k:<24} {ratios[k]:5.2f}x")
+# Floors. A floor is a wall time no client can beat here; the best ratio over skopeo any client
+# could reach is skopeo's wall over the floor, taken per round (the machine's speed drifts between
+# rounds; skopeo and the floor series run minutes apart at most) and then the median.
+#   push: the registry hashes and stores every byte, whoever sends it. Measured floor: plain curl
+#         (monolithic PUTs, hardly any client CPU). Hard bound: the registry's CPU for the curl
+#         push over all cores, as if the client cost nothing and the registry used every core.
+#   pull: a durable copy needs the bytes off the registry AND onto the disk. Measured floor:
+#         max(curl-null, disk), each resource alone, as if they overlapped perfectly (a plain
+#         curl + fsync per blob does not overlap them and is slower than that).
+per_round = collections.defaultdict(dict)
+for r in rows:
+    per_round[(r["direction"], r["round"])][r["series"]] = r
+
+
+def floor_of(d, m):
+    if d == "push":
+        return {"measured": m["curl"]["wall_s"], "hard": m["curl"]["registry_cpu_s"] / nproc}
+    return {"measured": max(m["curl-null"]["wall_s"], m["disk"]["wall_s"]),
+            "hard": max(m["curl-null"]["wall_s"], m["disk"]["wall_s"])}
+
+
+print()
+print("floors (what no client can beat here; ratio = skopeo wall / floor, median of the rounds):")
+conclusion = {}
+for d in ("push", "pull"):
+    rr = [(rnd, m) for (dd, rnd), m in sorted(per_round.items()) if dd == d]
+    fl = [floor_of(d, m) for _, m in rr]
+    sk = [m["skopeo"]["wall_s"] for _, m in rr]
+    best = st.median(s / f["measured"] for s, f in zip(sk, fl))
+    hard = st.median(s / f["hard"] for s, f in zip(sk, fl))
+    got = {k: st.median(s / m[k]["wall_s"] for s, (_, m) in zip(sk, rr))
+           for k in ("ociup", "ociup-b") if k in rr[0][1]}
+    conclusion[d] = {
+        "floor_wall_s_median": st.median(f["measured"] for f in fl),
+        "hard_bound_wall_s_median": st.median(f["hard"] for f in fl),
+        "max_ratio_over_skopeo_measured_floor": best,
+        "max_ratio_over_skopeo_hard_bound": hard,
+        "ociup_ratio_over_skopeo_per_round_median": got,
+        "target_4x_reachable": max(best, hard) >= 4,
+    }
+    how = ("curl push" if d == "push" else "max(curl-null, disk)")
+    hard_how = ("registry CPU of the curl push / cores" if d == "push" else "same")
+    print(f"  {d}: floor {how} {conclusion[d]['floor_wall_s_median']:.2f} s -> at most "
+          f"{best:.2f}x skopeo; hard bound ({hard_how}) "
+          f"{conclusion[d]['hard_bound_wall_s_median']:.2f} s -> at most {hard:.2f}x; "
+          + ", ".join(f"{k} reaches {v:.2f}x" for k, v in got.items())
+          + f"  => 4x {'REACHABLE' if max(best, hard) >= 4 else 'NOT reachable'} on this machine")
+print(f"  pull, for reference: no fsync at all (curl-files) {ratios['pull/curl-files']:.2f}x skopeo;"
+      f" downloads then one sync (curl-files+sync) {ratios['pull/curl-files+sync']:.2f}x;"
+      f" curl + fsync per blob (curl-fsync) {ratios['pull/curl-fsync']:.2f}x;"
+      f" writing nothing (curl-null) {ratios['pull/curl-null']:.2f}x")
+
+out = {"benchmark": "copy-floor", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+       "machine": {"nproc": nproc, "cpu": env["CPU"],
+                   "mem_gib": round(int(env["MEM_KIB"]) / 1048576, 1)},
+       "versions": env["VERSIONS"], "runs": int(env["RUNS"]), "jobs": int(env["JOBS"]),
+       "image": json.loads(env["IMAGE_INFO"]), "summary": summary,
+       "ratios_over_skopeo": ratios, "floor": conclusion, "samples": rows}
+with open(env["JSON_OUT"], "w") as f:
+    json.dump(out, f, indent=2)
+    f.write("\n")
+print(f"\nJSON summary: {env['JSON_OUT']}")
+PY

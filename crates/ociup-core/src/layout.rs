@@ -2,7 +2,8 @@
 //! default store: several images per layout, tagged with `org.opencontainers.image.ref.name`.
 //!
 //! Writes never leave anything half-done: a blob is written to a hidden temporary file under
-//! `blobs/`, checked, and renamed into place; `index.json` is rewritten to a temporary file and
+//! `blobs/` (by a blocking thread, while the rest of it downloads), checked, synced to disk and
+//! renamed into place; `index.json` is rewritten to a temporary file and
 //! renamed over the old one, under an exclusive `flock` of the layout directory so that concurrent writers do not lose
 //! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use oci_spec::image::Descriptor;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::document::{RawDocument, canonical_json};
@@ -485,6 +486,172 @@ impl BlobWriter {
     }
 }
 
+/// Bytes read from a download before they go to the writer thread as one chunk.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Chunks queued per blob between the download and its writer thread (memory per blob in flight:
+/// about `WRITE_QUEUE + 2` chunks).
+const WRITE_QUEUE: usize = 2;
+/// Bytes written to a blob between two requests to its helper thread to `fdatasync` it: the
+/// disk writes while the rest downloads, so the `fsync` before the rename finds little left to
+/// do (without it, the whole blob waited for the disk after its last byte arrived).
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// What the download hands to a blob's writer thread.
+enum Chunk {
+    Data(Vec<u8>),
+    /// Every byte was sent (and the size checked): verify, sync and move into place.
+    End,
+}
+
+/// Reads `data` in [`WRITE_CHUNK`]s into `chunks`, checking the size as it goes (a blob longer
+/// than announced fails at the first extra byte), reusing the buffers the writer sends back.
+/// Sends [`Chunk::End`] after the last byte; returns early, without it, when the writer is gone.
+async fn read_chunks<R: AsyncRead + Unpin>(
+    mut data: R,
+    digest: &Digest,
+    size: u64,
+    chunks: &tokio::sync::mpsc::Sender<Chunk>,
+    mut spare: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) -> Result<()> {
+    let too_long = |actual| Error::SizeMismatch {
+        digest: digest.clone(),
+        expected: size,
+        actual,
+    };
+    let mut seen = 0u64;
+    loop {
+        let mut buf = spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK));
+        buf.clear();
+        let mut eof = false;
+        while buf.len() < WRITE_CHUNK {
+            let room = (WRITE_CHUNK - buf.len()) as u64;
+            let n = (&mut data)
+                .take(room)
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| Error::from_io(format!("reading blob {digest}"), e))?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            seen += n as u64;
+            if seen > size {
+                return Err(too_long(seen));
+            }
+        }
+        if !buf.is_empty() && chunks.send(Chunk::Data(buf)).await.is_err() {
+            return Ok(()); // the writer failed; its error says why
+        }
+        if eof {
+            if seen != size {
+                return Err(too_long(seen));
+            }
+            let _ = chunks.send(Chunk::End).await;
+            return Ok(());
+        }
+    }
+}
+
+impl OciLayout {
+    /// A blob's writer thread: writes and hashes the chunks, and after [`Chunk::End`] checks size
+    /// and digest, makes the file readable, `fsync`s it and renames it into place. Anything else
+    /// leaves no file behind (`tmp` is removed when dropped).
+    ///
+    /// Written bytes go to disk while the rest downloads: every [`SYNC_EVERY`] bytes a helper
+    /// thread is asked to `fdatasync` the file (the writer does not wait for it), so the `fsync`
+    /// before the rename finds little left to write. Its errors fail the blob: they are not
+    /// reported again to a later `fsync` of the same file.
+    fn write_blob(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &Digest,
+        size: u64,
+        mut chunks: tokio::sync::mpsc::Receiver<Chunk>,
+        recycle: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<()> {
+        let ctx = || format!("writing blob {digest} to {}", self.location());
+        let file = tmp.as_file();
+        let (written, actual) = std::thread::scope(|scope| -> Result<(u64, Digest)> {
+            let mut hasher = digest.algorithm().hasher();
+            let (mut written, mut unsynced) = (0u64, 0u64);
+            let mut out = file;
+            let mut syncer = None;
+            let received = loop {
+                match chunks.blocking_recv() {
+                    Some(Chunk::Data(buf)) => {
+                        hasher.update(&buf);
+                        if let Err(e) = out.write_all(&buf) {
+                            break Err(Error::io(ctx(), e));
+                        }
+                        written += buf.len() as u64;
+                        unsynced += buf.len() as u64;
+                        let _ = recycle.send(buf);
+                        if unsynced >= SYNC_EVERY {
+                            unsynced = 0;
+                            let (wake, _) = syncer.get_or_insert_with(|| {
+                                let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+                                let syncing = scope.spawn(move || -> std::io::Result<()> {
+                                    while woken.recv().is_ok() {
+                                        file.sync_data()?;
+                                    }
+                                    Ok(())
+                                });
+                                (wake, syncing)
+                            });
+                            // Full: a sync is still to come anyway. Gone: it failed (see below).
+                            let _ = wake.try_send(());
+                        }
+                    }
+                    Some(Chunk::End) => break Ok(()),
+                    // The download failed or was dropped (its error is the one reported).
+                    None => {
+                        break Err(Error::io(
+                            ctx(),
+                            std::io::Error::other("the download stopped before the end"),
+                        ));
+                    }
+                }
+            };
+            if let Some((wake, syncing)) = syncer {
+                drop(wake);
+                syncing
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    .map_err(|e| Error::io(ctx(), e))?;
+            }
+            received?;
+            Ok((written, hasher.finish()))
+        })?;
+        if written != size {
+            return Err(Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual: written,
+            });
+        }
+        if &actual != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob {digest}"),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        readable(tmp.as_file())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| Error::io(ctx(), e))?;
+        let dest = self.blob_path(digest);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        Ok(())
+    }
+}
+
 impl Store for OciLayout {
     fn location(&self) -> String {
         format!("oci:{}", self.root.display())
@@ -529,35 +696,25 @@ impl Store for OciLayout {
             .prefix(".ociup-")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
-        let (std_file, tmp_path) = tmp.into_parts();
-        // Large buffers: each write to a tokio file is a trip to the blocking pool.
-        let mut file =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
-        let mut reader = tokio::io::BufReader::with_capacity(
-            1 << 20,
-            AsyncVerifyingReader::new(data, digest.clone(), size),
-        );
-        let ctx = || format!("writing blob {digest} to {}", self.location());
-        tokio::io::copy_buf(&mut reader, &mut file)
-            .await
-            .map_err(|e| Error::from_io(ctx(), e))?;
-        file.flush().await.map_err(|e| Error::io(ctx(), e))?;
-        let file = file.into_inner();
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .await
-            .map_err(|e| Error::io(ctx(), e))?;
-        file.sync_all().await.map_err(|e| Error::io(ctx(), e))?;
-        drop(file);
-        let dest = self.blob_path(digest);
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-        }
-        tmp_path
-            .persist(&dest)
-            .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
-        Ok(())
+        let (chunks, queued) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let (recycle, spare) = tokio::sync::mpsc::unbounded_channel();
+        let writer = {
+            let (layout, digest) = (self.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || {
+                layout.write_blob(tmp, &digest, size, queued, &recycle)
+            })
+        };
+        let read = read_chunks(data, digest, size, &chunks, spare).await;
+        drop(chunks); // without Chunk::End: the writer gives up and removes the file
+        let written = writer.await.map_err(|e| {
+            Error::io(
+                format!("writing blob {digest} to {}", self.location()),
+                std::io::Error::other(e),
+            )
+        });
+        // A failed download is the cause of whatever the writer then says.
+        read?;
+        written?
     }
 
     async fn get_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
@@ -696,6 +853,55 @@ mod tests {
         assert_eq!(files(layout.root()), before);
         layout.put_blob(&d, 5, &b"hello"[..]).await.unwrap();
         assert_eq!(std::fs::read(layout.blob_path(&d)).unwrap(), b"hello");
+    }
+
+    /// A download that breaks off.
+    struct Broken;
+
+    impl AsyncRead for Broken {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("connection reset")))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_blobs_go_through_the_writer_thread_and_failures_leave_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let before = files(layout.root());
+        // Several chunks and periodic syncs, and a last chunk that is not full.
+        let data: Vec<u8> = (0..SYNC_EVERY as usize + 3 * WRITE_CHUNK + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (d, size) = (Digest::sha256(&data), data.len() as u64);
+
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = layout.put_blob(&d, size, &longer[..]).await.unwrap_err();
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        let err = layout.put_blob(&d, size, &data[..5]).await.unwrap_err();
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        let mut wrong = data.clone();
+        *wrong.last_mut().unwrap() ^= 1;
+        let err = layout.put_blob(&d, size, &wrong[..]).await.unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        let broken = (&data[..2 * WRITE_CHUNK + 7]).chain(Broken);
+        let err = layout.put_blob(&d, size, broken).await.unwrap_err();
+        let Error::Io { source, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(source.to_string(), "connection reset");
+        assert_eq!(files(layout.root()), before, "no temporary file left");
+
+        layout.put_blob(&d, size, &data[..]).await.unwrap();
+        let path = layout.blob_path(&d);
+        assert!(std::fs::read(&path).unwrap() == data);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 
     #[test]

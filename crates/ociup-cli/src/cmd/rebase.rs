@@ -73,9 +73,27 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             .collect::<Vec<_>>(),
     )?;
     let (image_store, image) = open_for_reading(&image_ref, &client)?;
-    let doc = load_document(&image_store, &image)
-        .await
-        .with_context(|| format!("reading {}", args.image))?;
+    let load_old = |r: StoreRef| {
+        let client = &client;
+        async move {
+            let s = r.open(client)?;
+            let m = match r.image() {
+                Some(m) => m,
+                None => s.default_image()?,
+            };
+            let doc = load_document(&s, &m).await?;
+            Ok::<_, Error>((s, doc))
+        }
+    };
+    // An old base named on the command line is read beside the image.
+    let explicit_old = args.old_base.as_deref().map(parse_ref).transpose()?;
+    let (doc, early_old) = tokio::join!(load_document(&image_store, &image), async {
+        match &explicit_old {
+            Some(r) => Some(load_old(r.clone()).await),
+            None => None,
+        }
+    });
+    let doc = doc.with_context(|| format!("reading {}", args.image))?;
     let (recorded_name, recorded_digest) = recorded_base(&image_store, &doc).await?;
 
     let new_name = match (&args.new_base, &recorded_name) {
@@ -118,16 +136,11 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
     // record of its base boundary is used.
     let mut old_store = None;
     if let Some((r, explicit)) = &old_ref {
-        let attempt = async {
-            let s = r.open(&client)?;
-            let m = match r.image() {
-                Some(m) => m,
-                None => s.default_image()?,
-            };
-            let doc = load_document(&s, &m).await?;
-            Ok::<_, Error>((s, doc))
+        let attempt = match early_old {
+            Some(loaded) => loaded,
+            None => load_old(r.clone()).await,
         };
-        match attempt.await {
+        match attempt {
             Ok(found) => old_store = Some(found),
             Err(
                 e @ (Error::BlobNotFound { .. }

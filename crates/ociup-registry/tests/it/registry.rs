@@ -405,3 +405,185 @@ async fn skopeo_reads_what_ociup_pushes_and_ociup_pulls_what_skopeo_pushes() {
         }
     }
 }
+
+/// A layer blob and a manifest referring to it (and to the empty config), unique to `label`.
+fn small_image(label: &str) -> (Vec<u8>, ociup_core::document::RawDocument) {
+    let layer = format!("layer of {label}\n").into_bytes();
+    let manifest = ociup_core::document::RawDocument::canonical(
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": Digest::sha256(b"{}").to_string(),
+                "size": 2
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": Digest::sha256(&layer).to_string(),
+                "size": layer.len()
+            }]
+        }),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .unwrap();
+    (layer, manifest)
+}
+
+/// Pushes [`small_image`]'s blobs and manifest (tagged `v1`) to `r`.
+async fn push_small(r: &Repository, label: &str) -> ociup_core::Result<()> {
+    let (layer, manifest) = small_image(label);
+    r.put_blob(&Digest::sha256(b"{}"), 2, &b"{}"[..]).await?;
+    r.put_blob(&Digest::sha256(&layer), layer.len() as u64, &layer[..])
+        .await?;
+    r.put_manifest(&manifest, Some("v1")).await
+}
+
+/// Reads [`small_image`] back from `r` (by tag, then the layer) and checks its bytes.
+async fn pull_small(r: &Repository, label: &str) {
+    let (layer, manifest) = small_image(label);
+    let got = r.get_manifest(&tag("v1")).await.unwrap();
+    assert_eq!(got.bytes(), manifest.bytes());
+    assert_eq!(got.digest(), manifest.digest());
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut r
+            .get_blob(&Digest::sha256(&layer), layer.len() as u64)
+            .await
+            .unwrap(),
+        &mut back,
+    )
+    .await
+    .unwrap();
+    assert_eq!(back, layer);
+}
+
+/// A client whose only credential source is a Docker `config.json` in `dir` giving
+/// `identitytoken` for the registry.
+fn identity_token_client(reg: &TestRegistry, dir: &Path, identity_token: &str) -> Client {
+    let config = dir.join("config.json");
+    let json = serde_json::json!({"auths": {reg.host(): {"identitytoken": identity_token}}});
+    std::fs::write(&config, json.to_string()).unwrap();
+    Client::new(ClientOptions {
+        credentials: Credentials::anonymous().with_config_file(&config),
+        ..ClientOptions::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn identity_tokens_from_config_json_are_exchanged_by_the_oauth2_refresh_flow() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::Token,
+        tls: false,
+    });
+    let refresh = reg.refresh_token().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let c = identity_token_client(&reg, t.path(), &refresh);
+    let r = repo(&c, &reg, "oauth/app");
+    push_small(&r, "oauth").await.unwrap();
+    pull_small(&r, "oauth").await;
+    // Another client from the same file: the pull alone, with a token of its own.
+    let fresh = identity_token_client(&reg, t.path(), &refresh);
+    pull_small(&repo(&fresh, &reg, "oauth/app"), "oauth").await;
+
+    // The registry took the tokens: the push went through with the refresh token's user.
+    assert!(logged(&reg, "PUT", "/v2/oauth/app/manifests/v1") >= 1);
+    let user = reg.credentials().unwrap().0;
+    assert!(reg.log().contains(&format!("auth.user.name={user} ")));
+    let log = reg.token_log();
+    assert!(log.len() >= 2, "{log:?}");
+    for request in &log {
+        assert_eq!(
+            (
+                request.method.as_str(),
+                request.grant_type.as_deref(),
+                request.basic_auth,
+                request.status
+            ),
+            ("POST", Some("refresh_token"), false, 200),
+            "only refresh-token POSTs, all granted: {log:?}"
+        );
+        assert!(
+            request
+                .client_id
+                .as_deref()
+                .is_some_and(|id| !id.is_empty())
+        );
+    }
+    assert!(
+        log.iter().any(|r| r
+            .scopes
+            .iter()
+            .any(|s| s == "repository:oauth/app:pull,push")),
+        "{log:?}"
+    );
+
+    // A wrong identity token: an auth error naming the registry, without either token.
+    let wrong = "identity-token-that-the-harness-never-issued";
+    let u = tempfile::tempdir().unwrap();
+    let bad = identity_token_client(&reg, u.path(), wrong);
+    let before = reg.token_log().len();
+    let err = push_small(&repo(&bad, &reg, "oauth/other"), "other")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let ociup_core::Error::Backend(source) = &err else {
+        panic!("not a registry error: {err:?}");
+    };
+    let Some(ociup_registry::Error::Auth { registry, .. }) = source.downcast_ref() else {
+        panic!("not an auth error: {err:?}");
+    };
+    assert_eq!(registry, &reg.host());
+    assert!(text.contains(&reg.host()) && text.contains("400"), "{text}");
+    assert!(!text.contains(wrong) && !text.contains(&refresh), "{text}");
+    assert!(!format!("{err:?}").contains(wrong), "{err:?}");
+    let refused = &reg.token_log()[before..];
+    assert!(
+        !refused.is_empty()
+            && refused.iter().all(|r| r.method == "POST"
+                && r.grant_type.as_deref() == Some("refresh_token")
+                && !r.basic_auth
+                && r.status == 400),
+        "{refused:?}"
+    );
+    assert_eq!(logged(&reg, "PUT", "/v2/oauth/other/"), 0);
+}
+
+#[tokio::test]
+async fn tls_requests_use_http2() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: true,
+    });
+    let agent = "ociup-http2-test";
+    let c = client(
+        &reg,
+        false,
+        ClientOptions {
+            user_agent: agent.to_owned(),
+            ..ClientOptions::default()
+        },
+    );
+    let r = repo(&c, &reg, "h2/app");
+    push_small(&r, "h2").await.unwrap();
+    pull_small(&r, "h2").await;
+
+    // Access-log lines end with the quoted user agent; the request's protocol is in the
+    // quoted request line (`"PUT /v2/... HTTP/2.0" 201 ...`).
+    let log = reg.log();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] \"") && l.ends_with(&format!("\"{agent}\"")))
+        .collect();
+    assert!(ours.len() >= 6, "pushes and pulls were logged: {log}");
+    let protocols: Vec<&str> = ours
+        .iter()
+        .filter_map(|l| l.split('"').nth(1))
+        .filter_map(|request| request.rsplit(' ').next())
+        .collect();
+    assert!(
+        protocols.iter().all(|p| *p == "HTTP/2.0"),
+        "every request of ociup over HTTP/2: {protocols:?}\n{log}"
+    );
+}

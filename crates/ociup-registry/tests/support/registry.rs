@@ -42,6 +42,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::pki;
+use super::token::TokenRequest;
 use super::token::{TokenConfig, TokenServer};
 
 /// How long [`TestRegistry::start`] waits for the registry to answer.
@@ -254,6 +255,19 @@ impl TestRegistry {
         self.token
             .as_ref()
             .map_or_else(Vec::new, TokenServer::scopes)
+    }
+
+    /// The refresh token (a Docker `identitytoken`) that the token endpoint exchanges, by the
+    /// OAuth2 POST flow, for tokens granting [`TestRegistry::credentials`]'s user every action
+    /// asked for; `None` unless token auth. Unique to this registry.
+    pub fn refresh_token(&self) -> Option<String> {
+        self.token.as_ref().map(TokenServer::refresh_token)
+    }
+
+    /// Every request the token endpoint answered, in order of arrival: method, grant type,
+    /// whether it carried basic credentials, scopes and status; empty unless token auth.
+    pub fn token_log(&self) -> Vec<TokenRequest> {
+        self.token.as_ref().map_or_else(Vec::new, TokenServer::log)
     }
 
     /// Kills the registry (SIGKILL, by pid) and waits for it, and stops the token endpoint.

@@ -2,14 +2,30 @@
 //! free loopback port, served by plain std threads so that it works under any (or no) async
 //! runtime.
 //!
-//! It answers `GET /token?service=S&scope=T:NAME:ACTIONS&scope=...` over HTTP/1.1 (one request
-//! per connection, `Connection: close`) with
-//! `{"token": JWT, "access_token": JWT, "expires_in": 300, "issued_at": RFC 3339}`. With
-//! `Authorization: Basic` of the harness user and password, the token grants every action
-//! asked for; without `Authorization`, it grants only `pull`; with wrong credentials the answer
-//! is 401. Every request is counted, and every scope asked for is recorded, so that tests can
-//! check that a client reuses its tokens.
+//! It answers over HTTP/1.1 (one request per connection, `Connection: close`) the two flows of
+//! Docker's token specification:
+//!
+//! * `GET /token?service=S&scope=T:NAME:ACTIONS&scope=...` with
+//!   `{"token": JWT, "access_token": JWT, "expires_in": 300, "issued_at": RFC 3339}`. With
+//!   `Authorization: Basic` of the harness user and password, the token grants every action
+//!   asked for; without `Authorization`, it grants only `pull`; with wrong credentials the
+//!   answer is 401.
+//! * `POST /token` with an `application/x-www-form-urlencoded` body of
+//!   `grant_type=refresh_token`, `refresh_token`, `client_id`, `service` and `scope`
+//!   (space-separated scopes; the parameter may also be repeated): the OAuth2 refresh-token
+//!   flow of clients holding a Docker `identitytoken`. The one refresh token the endpoint
+//!   accepts ([`TokenServer::refresh_token`]) stands for the harness user, so its tokens grant
+//!   every action asked for. The answer is what the spec's POST flow returns,
+//!   `{"access_token": JWT, "scope": GRANTED, "expires_in": 300, "issued_at": RFC 3339}`
+//!   (no `token` field; with `access_type=offline` also `refresh_token`). A wrong refresh token
+//!   gets 400 `{"error": "invalid_grant", ...}` (RFC 6749 section 5.2), any other grant type
+//!   400 `unsupported_grant_type`, a missing parameter 400 `invalid_request`.
+//!
+//! Every request is counted and recorded ([`TokenServer::log`]: method, grant type, whether it
+//! carried basic credentials, scopes, status), and every scope asked for is recorded, so that
+//! tests can check how a client authenticates and that it reuses its tokens.
 
+use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -41,12 +57,33 @@ pub struct TokenConfig {
     pub kid: String,
 }
 
+/// One request the endpoint answered, as [`TokenServer::log`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The request method: `GET` (Docker's flow) or `POST` (OAuth2's).
+    pub method: String,
+    /// The form's `grant_type` (`refresh_token`, ...) of a POST; `None` for a GET, or a POST
+    /// without one.
+    pub grant_type: Option<String>,
+    /// Whether the request carried an `Authorization: Basic` header (right or wrong).
+    pub basic_auth: bool,
+    /// The form's `client_id` of a POST; `None` for a GET, or a POST without one.
+    pub client_id: Option<String>,
+    /// The scopes asked for, one entry per scope.
+    pub scopes: Vec<String>,
+    /// The status code of the answer.
+    pub status: u16,
+}
+
 /// What the request-handling threads share with the test.
 #[derive(Debug)]
 struct Shared {
     config: TokenConfig,
+    /// The one refresh token the POST flow accepts.
+    refresh_token: String,
     requests: AtomicUsize,
     scopes: Mutex<Vec<String>>,
+    log: Mutex<Vec<TokenRequest>>,
 }
 
 /// Serial number of the tokens issued by this test process (for unique `jti` claims).
@@ -71,8 +108,10 @@ impl TokenServer {
             .expect("the token endpoint's listener has an address");
         let shared = Arc::new(Shared {
             config,
+            refresh_token: random_refresh_token(addr.port()),
             requests: AtomicUsize::new(0),
             scopes: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
         });
         let shutdown = Arc::new(AtomicBool::new(false));
         let accept_thread = {
@@ -102,11 +141,19 @@ impl TokenServer {
 
     /// Every `scope` value asked for so far, one entry per scope, in order of arrival.
     pub fn scopes(&self) -> Vec<String> {
-        self.shared
-            .scopes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.scopes).clone()
+    }
+
+    /// The one refresh token (a Docker `identitytoken`) that the POST flow exchanges for
+    /// access tokens; it stands for [`TokenConfig::user`]. Unique to this endpoint.
+    pub fn refresh_token(&self) -> String {
+        self.shared.refresh_token.clone()
+    }
+
+    /// Every request answered so far, in order of arrival (the wake-up connection of
+    /// [`TokenServer::stop`] excepted).
+    pub fn log(&self) -> Vec<TokenRequest> {
+        lock(&self.shared.log).clone()
     }
 
     /// Stops accepting connections and waits for the accepting thread. Idempotent.
@@ -149,14 +196,21 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, shutdown: &AtomicBo
     }
 }
 
+/// Locks `mutex`, whether or not a thread panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Reads one request from `stream` and answers it.
 fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let Some(head) = read_head(&mut stream)? else {
+    let Some((head, body)) = read_request(&mut stream)? else {
         return Ok(());
     };
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let (status, body) = answer(&head, shared);
+    let (status, body) = answer(&head, &body, shared);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -165,72 +219,145 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.flush()
 }
 
-/// The request line and headers, or `None` if the peer closed without sending any (as the
-/// wake-up connection of [`TokenServer::stop`] does).
-fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
-    let mut head = Vec::new();
+/// Most a request's head, or its body, may hold.
+const MAX_REQUEST_PART: usize = 64 * 1024;
+
+/// The request line and headers, and the body (`Content-Length` bytes, none without the
+/// header), or `None` if the peer closed without sending any (as the wake-up connection of
+/// [`TokenServer::stop`] does).
+fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut data = Vec::new();
     let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
         let n = stream.read(&mut buf)?;
         if n == 0 {
             return Ok(None);
         }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > 64 * 1024 {
+        data.extend_from_slice(&buf[..n]);
+        if data.len() > MAX_REQUEST_PART {
             return Err(std::io::Error::other("request head over 64 KiB"));
         }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let length = header(&head, "content-length")
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| std::io::Error::other(format!("bad Content-Length {v:?}")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    if length > MAX_REQUEST_PART {
+        return Err(std::io::Error::other("request body over 64 KiB"));
     }
-    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+    let mut body = data.split_off(head_end + 4);
+    while body.len() < length {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("the request body broke off"));
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    body.truncate(length);
+    Ok(Some((head, body)))
 }
 
-/// Status line and JSON body for the request whose head is `head`.
-fn answer(head: &str, shared: &Shared) -> (&'static str, String) {
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
+/// The value of the first header `name` (case-insensitive) of the request head `head`.
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim())
+}
+
+/// Status line and JSON body for the request of head `head` and body `body`; records it.
+fn answer(head: &str, body: &[u8], shared: &Shared) -> (&'static str, String) {
+    let request_line = head.split("\r\n").next().unwrap_or_default();
     let mut parts = request_line.split(' ');
     let (method, target) = (
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let error =
-        |status, message: &str| (status, serde_json::json!({"details": message}).to_string());
-    if method != "GET" {
-        return error("405 Method Not Allowed", "only GET is served here");
-    }
+    let authorization = header(head, "authorization");
+    let mut record = TokenRequest {
+        method: method.to_owned(),
+        grant_type: None,
+        basic_auth: authorization.is_some_and(|v| {
+            v.split_once(' ')
+                .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        }),
+        client_id: None,
+        scopes: Vec::new(),
+        status: 0,
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path != "/token" {
-        return error("404 Not Found", "the token endpoint is /token");
-    }
+    let (status, json) = if path != "/token" {
+        error("404 Not Found", "the token endpoint is /token")
+    } else {
+        match method {
+            "GET" => docker_flow(query, authorization, shared, &mut record),
+            "POST" => oauth2_flow(head, body, shared, &mut record),
+            _ => error(
+                "405 Method Not Allowed",
+                "only GET and POST are served here",
+            ),
+        }
+    };
+    record.status = status
+        .split(' ')
+        .next()
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    lock(&shared.scopes).extend(record.scopes.iter().cloned());
+    lock(&shared.log).push(record);
+    (status, json)
+}
 
+/// An error answer of the GET flow (Docker's token server puts its message in `details`).
+fn error(status: &'static str, message: &str) -> (&'static str, String) {
+    (status, serde_json::json!({"details": message}).to_string())
+}
+
+/// An error answer of the POST flow: RFC 6749's error JSON.
+fn oauth2_error(status: &'static str, code: &str, description: &str) -> (&'static str, String) {
+    let body = serde_json::json!({"error": code, "error_description": description});
+    (status, body.to_string())
+}
+
+/// Splits `value` into scopes: some clients put several space-separated scopes in one
+/// parameter.
+fn push_scopes(scopes: &mut Vec<String>, value: &str) {
+    scopes.extend(
+        value
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    );
+}
+
+/// `GET /token?...`: Docker's flow, with basic credentials or anonymously.
+fn docker_flow(
+    query: &str,
+    authorization: Option<&str>,
+    shared: &Shared,
+    record: &mut TokenRequest,
+) -> (&'static str, String) {
     let mut service = None;
-    let mut scopes = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "service" => service = Some(value.into_owned()),
-            // Some clients put several space-separated scopes in one parameter.
-            "scope" => scopes.extend(
-                value
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            ),
+            "scope" => push_scopes(&mut record.scopes, &value),
             _ => {}
         }
     }
-    shared
-        .scopes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .extend(scopes.iter().cloned());
 
     let config = &shared.config;
     if service.as_deref().is_some_and(|s| s != config.service) {
         return error("400 Bad Request", "unknown service");
     }
-    let authorization = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, value)| value.trim().to_owned());
     let subject = match authorization {
         None => None,
         Some(value) => {
@@ -246,6 +373,120 @@ fn answer(head: &str, shared: &Shared) -> (&'static str, String) {
         }
     };
 
+    let issued = issue(config, subject.as_deref(), &record.scopes);
+    let body = serde_json::json!({
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": EXPIRES_IN,
+        "issued_at": rfc3339(issued.at),
+    });
+    ("200 OK", body.to_string())
+}
+
+/// `POST /token` with a form: the OAuth2 refresh-token flow of Docker's token specification.
+fn oauth2_flow(
+    head: &str,
+    body: &[u8],
+    shared: &Shared,
+    record: &mut TokenRequest,
+) -> (&'static str, String) {
+    let mut fields = std::collections::HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(body) {
+        if key == "scope" {
+            push_scopes(&mut record.scopes, &value);
+        } else {
+            fields.insert(key.into_owned(), value.into_owned());
+        }
+    }
+    record.grant_type = fields.get("grant_type").cloned();
+    record.client_id = fields.get("client_id").cloned();
+
+    let form = header(head, "content-type").is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|t| t.trim() == "application/x-www-form-urlencoded")
+    });
+    if !form {
+        return oauth2_error(
+            "400 Bad Request",
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    }
+    let config = &shared.config;
+    match fields.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => {}
+        Some(_) => {
+            return oauth2_error(
+                "400 Bad Request",
+                "unsupported_grant_type",
+                "only grant_type=refresh_token is served here",
+            );
+        }
+        None => return oauth2_error("400 Bad Request", "invalid_request", "no grant_type"),
+    }
+    for required in ["client_id", "service", "refresh_token"] {
+        if fields.get(required).is_none_or(String::is_empty) {
+            return oauth2_error(
+                "400 Bad Request",
+                "invalid_request",
+                &format!("no {required}"),
+            );
+        }
+    }
+    if fields["service"] != config.service {
+        return oauth2_error("400 Bad Request", "invalid_request", "unknown service");
+    }
+    if fields["refresh_token"] != shared.refresh_token {
+        return oauth2_error(
+            "400 Bad Request",
+            "invalid_grant",
+            "the refresh token is invalid or expired",
+        );
+    }
+
+    let issued = issue(config, Some(&config.user), &record.scopes);
+    let granted: Vec<String> = issued
+        .access
+        .iter()
+        .map(|a| {
+            let actions: Vec<&str> = a["actions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            format!(
+                "{}:{}:{}",
+                a["type"].as_str().unwrap_or_default(),
+                a["name"].as_str().unwrap_or_default(),
+                actions.join(",")
+            )
+        })
+        .collect();
+    let mut body = serde_json::json!({
+        "access_token": issued.token,
+        "scope": granted.join(" "),
+        "expires_in": EXPIRES_IN,
+        "issued_at": rfc3339(issued.at),
+    });
+    if fields.get("access_type").is_some_and(|t| t == "offline") {
+        body["refresh_token"] = serde_json::Value::from(shared.refresh_token.as_str());
+    }
+    ("200 OK", body.to_string())
+}
+
+/// A signed token and what went into it.
+struct Issued {
+    token: String,
+    /// Seconds since the Unix epoch at issue.
+    at: u64,
+    /// The `access` claim's entries.
+    access: Vec<serde_json::Value>,
+}
+
+/// Signs a token for `subject` (anonymous: `None`) granting what [`grant`] allows of `scopes`.
+fn issue(config: &TokenConfig, subject: Option<&str>, scopes: &[String]) -> Issued {
     let access: Vec<serde_json::Value> = scopes
         .iter()
         .filter_map(|scope| grant(scope, subject.is_some()))
@@ -265,14 +506,20 @@ fn answer(head: &str, shared: &Shared) -> (&'static str, String) {
         "jti": format!("ociup-test-{}-{serial}", std::process::id()),
         "access": access,
     });
-    let token = super::pki::sign_jwt(&config.key_path, &config.kid, &claims);
-    let body = serde_json::json!({
-        "token": token,
-        "access_token": token,
-        "expires_in": EXPIRES_IN,
-        "issued_at": rfc3339(now),
-    });
-    ("200 OK", body.to_string())
+    Issued {
+        token: super::pki::sign_jwt(&config.key_path, &config.kid, &claims),
+        at: now,
+        access,
+    }
+}
+
+/// A refresh token unlikely to appear anywhere by chance (so tests can check it is never
+/// printed), different for each endpoint.
+fn random_refresh_token(port: u16) -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u16(port);
+    format!("refresh-{:016x}", hasher.finish())
 }
 
 /// The `access` entry granted for `scope` (`TYPE:NAME:ACTION,ACTION`): every action asked for
@@ -331,5 +578,128 @@ mod tests {
         let granted = grant("repository:localhost:5000/a:pull,push", true).expect("all is granted");
         assert_eq!(granted["name"], "localhost:5000/a");
         assert_eq!(granted["actions"], serde_json::json!(["pull", "push"]));
+    }
+
+    /// A token endpoint signing with the harness's key, kept in `dir`.
+    fn endpoint(dir: &std::path::Path) -> TokenServer {
+        let key = super::super::pki::token_key();
+        let key_path = dir.join("token-key.pem");
+        std::fs::write(&key_path, &key.key_pem).expect("the key is written");
+        TokenServer::start(TokenConfig {
+            issuer: "issuer".into(),
+            service: "service".into(),
+            user: "user".into(),
+            password: "password".into(),
+            key_path,
+            kid: key.kid.clone(),
+        })
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) to `server`; the status code and JSON body.
+    fn exchange(server: &TokenServer, request: &str) -> (u16, serde_json::Value) {
+        let mut stream = TcpStream::connect(server.addr).expect("the endpoint accepts");
+        stream
+            .write_all(request.as_bytes())
+            .expect("the request is sent");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("the answer is read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        (status, serde_json::from_str(body).expect("a JSON body"))
+    }
+
+    fn post(server: &TokenServer, form: &str) -> (u16, serde_json::Value) {
+        exchange(
+            server,
+            &format!(
+                "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{form}",
+                form.len()
+            ),
+        )
+    }
+
+    #[test]
+    fn the_refresh_token_flow_answers_as_oauth2_says() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let server = endpoint(dir.path());
+        let refresh = server.refresh_token();
+        assert!(refresh.starts_with("refresh-"), "{refresh}");
+
+        let form = |token: &str| {
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", token)
+                .append_pair("client_id", "test")
+                .append_pair("service", "service")
+                .append_pair("scope", "repository:a/b:pull,push repository:c:pull")
+                .finish()
+        };
+        let (status, body) = post(&server, &form(&refresh));
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["access_token"]
+                .as_str()
+                .is_some_and(|t| t.split('.').count() == 3)
+        );
+        assert!(
+            body.get("token").is_none(),
+            "the POST flow answers access_token: {body}"
+        );
+        assert_eq!(body["scope"], "repository:a/b:pull,push repository:c:pull");
+        assert_eq!(body["expires_in"], EXPIRES_IN);
+
+        let (status, body) = post(&server, &form("refresh-wrong"));
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &serde_json::json!("invalid_grant"))
+        );
+        let (status, body) = post(
+            &server,
+            "grant_type=password&username=user&password=password&client_id=t&service=service",
+        );
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &serde_json::json!("unsupported_grant_type"))
+        );
+        let (status, body) = post(&server, "grant_type=refresh_token&service=service");
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &serde_json::json!("invalid_request"))
+        );
+        let (status, _) = exchange(
+            &server,
+            "GET /token?service=service&scope=repository:a/b:pull HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+
+        let log = server.log();
+        let summary: Vec<(&str, Option<&str>, u16)> = log
+            .iter()
+            .map(|r| (r.method.as_str(), r.grant_type.as_deref(), r.status))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("POST", Some("refresh_token"), 200),
+                ("POST", Some("refresh_token"), 400),
+                ("POST", Some("password"), 400),
+                ("POST", Some("refresh_token"), 400),
+                ("GET", None, 200),
+            ]
+        );
+        assert_eq!(log[0].client_id.as_deref(), Some("test"));
+        assert_eq!(
+            log[0].scopes,
+            ["repository:a/b:pull,push", "repository:c:pull"]
+        );
+        assert!(log.iter().all(|r| !r.basic_auth));
+        assert_eq!(server.requests(), 5);
     }
 }

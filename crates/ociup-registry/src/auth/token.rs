@@ -97,8 +97,23 @@ pub(crate) async fn fetch(
         })?;
     let status = resp.status();
     if !status.is_success() {
+        // An OAuth2 endpoint says why (`invalid_grant`: an identity token that expired or was
+        // revoked); a Docker one may say so in the registry error format. Token endpoints do not
+        // echo credentials back, and only these short fields are shown.
+        let body = resp.bytes().await.unwrap_or_default();
+        let why = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).map(short);
+                match (field("error"), field("error_description")) {
+                    (Some(e), Some(d)) => Some(format!(": {e}: {d}")),
+                    (Some(e), None) => Some(format!(": {e}")),
+                    _ => None,
+                }
+            })
+            .unwrap_or_default();
         return Err(auth_err(format!(
-            "token endpoint {} answered {status}{}",
+            "token endpoint {} answered {status}{why}{}",
             crate::error::display_url(&url),
             match credential {
                 Credential::Anonymous => " (no credentials were configured for this registry)",
@@ -123,4 +138,9 @@ pub(crate) async fn fetch(
         value,
         valid_until: started + lifetime - Duration::from_secs(5),
     })
+}
+
+/// At most 200 characters of a message from a server, on one line.
+fn short(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }

@@ -536,6 +536,8 @@ async fn identity_tokens_from_config_json_are_exchanged_by_the_oauth2_refresh_fl
     };
     assert_eq!(registry, &reg.host());
     assert!(text.contains(&reg.host()) && text.contains("400"), "{text}");
+    // The endpoint's OAuth2 reason is passed on: the token was refused, not the network.
+    assert!(text.contains("invalid_grant"), "{text}");
     assert!(!text.contains(wrong) && !text.contains(&refresh), "{text}");
     assert!(!format!("{err:?}").contains(wrong), "{err:?}");
     let refused = &reg.token_log()[before..];

@@ -5,34 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{fixtures, json, tool};
-
-/// Runs ociup in `dir` with the catalog of that directory and no signing key from outside.
-fn ociup_at(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
-        .args(args)
-        .current_dir(dir)
-        .env(
-            "OCIUP_CATALOG",
-            format!("oci:{}", dir.join("catalog").display()),
-        )
-        .env("OCIUP_ACTOR", "tester")
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env_remove("OCIUP_SIGNING_KEY")
-        .output()
-        .expect("ociup runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok_at(dir: &Path, args: &[&str]) -> String {
-    let (code, out, err) = ociup_at(dir, args);
-    assert_eq!(code, 0, "ociup {args:?}: {err}");
-    out
-}
+use crate::support::{fixtures, json, ociup_at, ok_at, tool};
 
 fn err_at(dir: &Path, args: &[&str]) -> String {
     let (code, out, err) = ociup_at(dir, args);

@@ -265,3 +265,33 @@ pub fn put_index(lay: &Path, index: &serde_json::Value, tag: &str) {
         ))
         .unwrap();
 }
+
+/// Runs ociup in `dir` with the catalog of that directory (`OCIUP_CATALOG=oci:<dir>/catalog`),
+/// actor `tester`, `SOURCE_DATE_EPOCH=1700000000` and no signing key from the environment:
+/// exit code, stdout, stderr.
+pub fn ociup_at(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "OCIUP_CATALOG",
+            format!("oci:{}", dir.join("catalog").display()),
+        )
+        .env("OCIUP_ACTOR", "tester")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env_remove("OCIUP_SIGNING_KEY")
+        .output()
+        .expect("ociup runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`ociup_at`] that must succeed: its stdout.
+pub fn ok_at(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = ociup_at(dir, args);
+    assert_eq!(code, 0, "ociup {args:?}: {err}");
+    out
+}

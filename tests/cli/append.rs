@@ -6,9 +6,9 @@ use crate::support::{blob, json, ociup_err, ociup_in, repo, sample_tree};
 /// `append` of `sample_tree` at /opt/app onto fixtures/base:v1 with the flags of
 /// `append_to_base_v1`. Pins the layer, config and manifest ociup writes.
 const GOLDEN_MANIFEST: &str =
-    "sha256:20ce810bb0da25b3222410970e3eb7e6ebd8aac96b96c775c9e25235cbce5575";
+    "sha256:b3e14c7caf954a244c2a5fdf7573eb06ec2269c09b3992d38f09768c90f3a3c5";
 /// fixtures/base:v1 (pinned by the fixtures test as well).
-const BASE_V1: &str = "sha256:5a55b077a6c9e1eaa763c0f003f97373f10fff59fbc2b8a0556518d7d6bca02b";
+const BASE_V1: &str = "sha256:04834a0cd30fdcd9e563b4e605f3506ecb663cf1419a010a76e3e34464ead1e2";
 
 fn run_in_repo(args: &[&str]) -> serde_json::Value {
     let out = ociup_in(args, Some(&repo()));

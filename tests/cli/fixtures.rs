@@ -103,14 +103,22 @@ async fn base_version(layout: &OciLayout, v: u32, arch: &str) -> RawDocument {
     ]);
     etc.add_bytes("etc/shadow", b"root:*:19000::::::\n".to_vec(), 0o600)
         .unwrap();
-    let bin = builder(&[
+    // Directories are explicit, as in a real base: a layer on top that adds under them does
+    // not carry them, so they keep these modes (/tmp stays world-writable and sticky).
+    etc.add_dir("etc", 0o755).unwrap();
+    etc.add_dir("tmp", 0o1777).unwrap();
+    let mut bin = builder(&[
         ("bin/hello", &hello, 0o755),
         (&format!("bin/tool-v{v}"), "#!/bin/sh\n", 0o4755),
     ]);
-    let share = builder(&[
+    bin.add_dir("bin", 0o755).unwrap();
+    let mut share = builder(&[
         ("usr/share/base/VERSION", &version, 0o644),
         (&only, "only here\n", 0o644),
     ]);
+    for d in ["usr", "usr/share", "usr/share/base"] {
+        share.add_dir(d, 0o755).unwrap();
+    }
     store_image(
         layout,
         &platform(&format!("linux/{arch}")),
@@ -126,9 +134,9 @@ async fn base_version(layout: &OciLayout, v: u32, arch: &str) -> RawDocument {
 
 /// A Docker schema2 image whose config carries fields oci-spec does not model.
 async fn docker_image(layout: &OciLayout) -> RawDocument {
-    let (layer, w) = builder(&[("etc/docker-fixture", "schema2\n", 0o644)])
-        .build(layout.blob_writer().unwrap())
-        .unwrap();
+    let mut etc = builder(&[("etc/docker-fixture", "schema2\n", 0o644)]);
+    etc.add_dir("etc", 0o755).unwrap();
+    let (layer, w) = etc.build(layout.blob_writer().unwrap()).unwrap();
     w.commit(Some(&layer.digest)).unwrap();
     let config = json!({
         "architecture": "amd64",

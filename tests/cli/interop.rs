@@ -27,12 +27,16 @@ fn umoci_unpacks_what_ociup_appended() {
     sample_tree(&t.path().join("tree"));
     let out = t.path().join("out");
     let add = format!("{}:/opt/app", t.path().join("tree").display());
+    std::fs::write(t.path().join("scratch"), b"scratch\n").unwrap();
+    let add_tmp = format!("{}:/tmp/scratch", t.path().join("scratch").display());
     ociup_ok(&[
         "append",
         "--base",
         &format!("oci:{}:v1", fixtures().join("base").display()),
         "--add",
         &add,
+        "--add",
+        &add_tmp,
         "--remove",
         "/etc/motd",
         "--clear-dir",
@@ -60,6 +64,40 @@ fn umoci_unpacks_what_ociup_appended() {
             .count(),
         0,
         "its base contents hidden"
+    );
+    // A file added under the base's /tmp leaves /tmp as the base has it (sticky, world
+    // writable): the layer has no entry for a directory that is only a parent. /opt, which the
+    // base lacks, is created by the unpacker.
+    assert_eq!(mode("tmp"), 0o1777, "the base's /tmp kept its mode");
+    assert_eq!(
+        std::fs::read(rootfs.join("tmp/scratch")).unwrap(),
+        b"scratch\n"
+    );
+    assert_eq!(mode("opt"), 0o755);
+    let manifest = json(&ociup_ok(&[
+        "inspect",
+        &format!("oci:{}:app", out.display()),
+        "--json",
+    ]));
+    let top = manifest["manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entries = crate::support::read_layer(&crate::support::blob(&out, &top));
+    for parent in ["tmp/", "opt/", "etc/"] {
+        assert!(
+            !entries.contains_key(parent),
+            "{parent} in {:?}",
+            entries.keys()
+        );
+    }
+    assert!(
+        entries.contains_key("opt/app/"),
+        "the added tree's own root is there"
     );
     assert_eq!(mode("opt/app/bin/tool"), 0o4755);
     assert_eq!(mode("opt/app/etc/app.conf"), 0o640);

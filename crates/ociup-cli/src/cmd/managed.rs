@@ -335,9 +335,15 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
     if args.json {
         return output::json(&serde_json::to_value(&checked)?);
     }
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     output::line(format!(
-        "verified {} ({} version {}): signature good, {} own layers and {} files as listed",
-        checked.digest, checked.nick, checked.version, checked.layers, checked.files
+        "verified {} ({} version {}): signature good, {} and {} as listed",
+        checked.digest,
+        checked.nick,
+        checked.version,
+        count(checked.layers, "own layer", "own layers"),
+        count(checked.files, "entry", "entries"),
     ))?;
     Ok(())
 }

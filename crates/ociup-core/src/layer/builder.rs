@@ -204,6 +204,35 @@ impl LayerBuilder {
         )
     }
 
+    /// Adds a directory with the given permission bits (setuid, setgid and sticky included).
+    /// Directories that are only the parents of what is added get no entry of their own, so on
+    /// a base they keep the base's mode and owner: add one explicitly to set them.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for an invalid path or one given twice.
+    pub fn add_dir(&mut self, dest: &str, mode: u32) -> Result<()> {
+        let path = normalize_nonroot(dest)?;
+        let (uid, gid) = self.owner(None);
+        let entry = Entry {
+            path,
+            kind: Kind::Dir,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            mtime: self.opts.epoch,
+            xattrs: Vec::new(),
+        };
+        self.plan(
+            Planned {
+                entry,
+                data: None,
+                inode: None,
+                implied: false,
+            },
+            false,
+        )
+    }
+
     /// Adds a symbolic link at `dest` pointing to `target`, which is written as given.
     ///
     /// # Errors
@@ -495,6 +524,12 @@ impl LayerBuilder {
         let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
         let mut out = Vec::with_capacity(self.planned.len());
         for (_, mut p) in self.planned {
+            // A directory that is only the parent of something added gets no entry: applied on
+            // a base, an entry would replace the base's own directory's mode and owner (a
+            // `/tmp` of 1777 would become 0755); where the base lacks it, extractors create it.
+            if p.implied {
+                continue;
+            }
             if let Some(ino) = p.inode {
                 match first_link.get(&ino) {
                     Some(target) => {

@@ -88,7 +88,11 @@ fn tar_keeps_modes_links_empty_dirs_and_long_names_in_order() {
             .get(p)
             .unwrap_or_else(|| panic!("{p} missing from {:?}", items.keys()))
     };
-    assert_eq!(get("opt/").mode, 0o755, "a directory of the tree keeps its entry");
+    assert_eq!(
+        get("opt/").mode,
+        0o755,
+        "a directory of the tree keeps its entry"
+    );
     assert_eq!(get("opt/bin/tool").mode, 0o4755, "setuid kept");
     assert_eq!(get("opt/shared/").mode, 0o3775, "setgid kept");
     assert_eq!(get("opt/empty/").mode, 0o1777, "sticky empty dir kept");

@@ -290,13 +290,7 @@ impl Client {
         match target {
             Target::Url(u) => Ok((u.clone(), true)),
             Target::Path(p) => {
-                let known = self
-                    .inner
-                    .registries
-                    .lock()
-                    .await
-                    .get(registry)
-                    .and_then(|s| s.scheme);
+                let known = self.known_scheme(registry).await;
                 let scheme = known.unwrap_or_else(|| self.default_scheme(registry));
                 let url = Url::parse(&format!("{scheme}://{registry}{p}")).map_err(|e| {
                     Error::Config(format!("cannot make a URL for {registry}{p}: {e}"))
@@ -304,6 +298,16 @@ impl Client {
                 Ok((url, known.is_some()))
             }
         }
+    }
+
+    /// The scheme `registry` is known to speak, once a request has reached it.
+    async fn known_scheme(&self, registry: &str) -> Option<&'static str> {
+        self.inner
+            .registries
+            .lock()
+            .await
+            .get(registry)
+            .and_then(|s| s.scheme)
     }
 
     fn default_scheme(&self, registry: &str) -> &'static str {
@@ -505,13 +509,7 @@ impl Client {
                         Some(p) => format!("{host}:{p}"),
                         None => host.to_owned(),
                     };
-                    let known = self
-                        .inner
-                        .registries
-                        .lock()
-                        .await
-                        .get(registry)
-                        .and_then(|s| s.scheme);
+                    let known = self.known_scheme(registry).await;
                     authority.trim_start_matches('[').replace(']', "")
                         == registry.trim_start_matches('[').replace(']', "")
                         && known.is_none_or(|k| k == u.scheme())

@@ -180,28 +180,10 @@ impl LayerBuilder {
     /// # Errors
     /// [`Error::LayerPath`] for an invalid path or one given twice.
     pub fn add_bytes(&mut self, dest: &str, contents: Vec<u8>, mode: u32) -> Result<()> {
-        let path = normalize_nonroot(dest)?;
-        let (uid, gid) = self.owner(None);
-        let entry = Entry {
-            path,
-            kind: Kind::File {
-                size: contents.len() as u64,
-            },
-            mode: mode & 0o7777,
-            uid,
-            gid,
-            mtime: self.opts.epoch,
-            xattrs: Vec::new(),
+        let kind = Kind::File {
+            size: contents.len() as u64,
         };
-        self.plan(
-            Planned {
-                entry,
-                data: Some(Data::Memory(contents)),
-                inode: None,
-                implied: false,
-            },
-            false,
-        )
+        self.add_entry(dest, kind, mode, Some(Data::Memory(contents)))
     }
 
     /// Adds a directory with the given permission bits (setuid, setgid and sticky included).
@@ -211,11 +193,27 @@ impl LayerBuilder {
     /// # Errors
     /// [`Error::LayerPath`] for an invalid path or one given twice.
     pub fn add_dir(&mut self, dest: &str, mode: u32) -> Result<()> {
+        self.add_entry(dest, Kind::Dir, mode, None)
+    }
+
+    /// Adds a symbolic link at `dest` pointing to `target`, which is written as given.
+    ///
+    /// # Errors
+    /// [`Error::LayerPath`] for an invalid path or one given twice.
+    pub fn add_symlink(&mut self, dest: &str, target: &str) -> Result<()> {
+        let kind = Kind::Symlink {
+            target: target.to_owned(),
+        };
+        self.add_entry(dest, kind, 0o777, None)
+    }
+
+    /// One entry made here (not read from disk): the builder's owner, `mtime` the epoch.
+    fn add_entry(&mut self, dest: &str, kind: Kind, mode: u32, data: Option<Data>) -> Result<()> {
         let path = normalize_nonroot(dest)?;
         let (uid, gid) = self.owner(None);
         let entry = Entry {
             path,
-            kind: Kind::Dir,
+            kind,
             mode: mode & 0o7777,
             uid,
             gid,
@@ -225,36 +223,7 @@ impl LayerBuilder {
         self.plan(
             Planned {
                 entry,
-                data: None,
-                inode: None,
-                implied: false,
-            },
-            false,
-        )
-    }
-
-    /// Adds a symbolic link at `dest` pointing to `target`, which is written as given.
-    ///
-    /// # Errors
-    /// [`Error::LayerPath`] for an invalid path or one given twice.
-    pub fn add_symlink(&mut self, dest: &str, target: &str) -> Result<()> {
-        let path = normalize_nonroot(dest)?;
-        let (uid, gid) = self.owner(None);
-        let entry = Entry {
-            path,
-            kind: Kind::Symlink {
-                target: target.to_owned(),
-            },
-            mode: 0o777,
-            uid,
-            gid,
-            mtime: self.opts.epoch,
-            xattrs: Vec::new(),
-        };
-        self.plan(
-            Planned {
-                entry,
-                data: None,
+                data,
                 inode: None,
                 implied: false,
             },

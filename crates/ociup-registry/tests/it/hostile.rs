@@ -43,6 +43,26 @@ fn registry_error(e: &ociup_core::Error) -> &ociup_registry::Error {
     }
 }
 
+/// Basic credentials (`user`, `secret`) for `host` only.
+fn user_secret(host: &str) -> Credentials {
+    Credentials::anonymous().with(
+        host.to_owned(),
+        Credential::Basic {
+            username: "user".into(),
+            password: "secret".into(),
+        },
+    )
+}
+
+/// A registry that wants Basic credentials, then redirects every request to `location`.
+async fn redirecting_registry(location: String) -> Fake {
+    Fake::start(move |req: &Seen| match req.headers.get("authorization") {
+        None => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
+        Some(_) => Reply::new(307).header("Location", &location),
+    })
+    .await
+}
+
 fn empty_layout() -> (tempfile::TempDir, OciLayout) {
     let t = tempfile::tempdir().unwrap();
     let l = OciLayout::open_or_create(t.path().join("l")).unwrap();
@@ -347,18 +367,8 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
         "http://localhost:{}/bucket/blob",
         storage.host.rsplit(':').next().unwrap()
     );
-    let registry = Fake::start(move |req: &Seen| match req.headers.get("authorization") {
-        None => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
-        Some(_) => Reply::new(307).header("Location", &elsewhere),
-    })
-    .await;
-    let creds = Credentials::anonymous().with(
-        registry.host.clone(),
-        Credential::Basic {
-            username: "user".into(),
-            password: "secret".into(),
-        },
-    );
+    let registry = redirecting_registry(elsewhere).await;
+    let creds = user_secret(&registry.host);
     let client = client_for(&registry.host, creds);
     let repo = client.repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
     let mut out = Vec::new();
@@ -477,13 +487,7 @@ async fn credentials_do_not_go_to_an_upload_location_on_another_host() {
         }
     })
     .await;
-    let creds = Credentials::anonymous().with(
-        registry.host.clone(),
-        Credential::Basic {
-            username: "user".into(),
-            password: "secret".into(),
-        },
-    );
+    let creds = user_secret(&registry.host);
     let repo = client_for(&registry.host, creds)
         .repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
     let data = b"blob".to_vec();
@@ -669,18 +673,8 @@ async fn a_plain_http_registry_may_redirect_a_download_to_https() {
         .await
         .unwrap();
     let target = format!("{}/v2/bucket/x/blobs/{digest}", storage.base_url());
-    let registry = Fake::start(move |req: &Seen| match req.headers.get("authorization") {
-        None => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
-        Some(_) => Reply::new(307).header("Location", &target),
-    })
-    .await;
-    let creds = Credentials::anonymous().with(
-        registry.host.clone(),
-        Credential::Basic {
-            username: "user".into(),
-            password: "secret".into(),
-        },
-    );
+    let registry = redirecting_registry(target).await;
+    let creds = user_secret(&registry.host);
     let client = Client::new(ClientOptions {
         credentials: creds,
         insecure: vec![registry.host.clone()],

@@ -53,7 +53,7 @@ fn same_digest_in_every_process_thread_count_and_location() {
         &["--threads", "7"],
     );
     assert_eq!(first["digest"], GOLDEN_LAYER, "golden layer digest");
-    assert_eq!(first["diffID"], GOLDEN_DIFF_ID, "golden diff_id");
+    assert_eq!(first["diff_id"], GOLDEN_DIFF_ID, "golden diff_id");
     for other in [&second, &third] {
         assert_eq!(first["digest"], other["digest"]);
         assert_eq!(first["size"], other["size"]);
@@ -128,14 +128,14 @@ fn compressions_none_and_zstd() {
         &["--compression", "none"],
     );
     assert_eq!(
-        none["digest"], none["diffID"],
+        none["digest"], none["diff_id"],
         "an uncompressed layer's digest is its diff_id"
     );
     assert_eq!(
-        none["diffID"], GOLDEN_DIFF_ID,
+        none["diff_id"], GOLDEN_DIFF_ID,
         "same tar whatever the compression"
     );
-    assert_eq!(none["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+    assert_eq!(none["media_type"], "application/vnd.oci.image.layer.v1.tar");
     let z1 = create(
         &t.path().join("tree"),
         &t.path().join("1.zst"),
@@ -147,9 +147,9 @@ fn compressions_none_and_zstd() {
         &["--compression", "zstd"],
     );
     assert_eq!(z1["digest"], z2["digest"]);
-    assert_eq!(z1["diffID"], GOLDEN_DIFF_ID);
+    assert_eq!(z1["diff_id"], GOLDEN_DIFF_ID);
     assert_eq!(
-        z1["mediaType"],
+        z1["media_type"],
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
     let magic = &std::fs::read(t.path().join("1.zst")).unwrap()[..4];
@@ -230,4 +230,145 @@ fn a_file_that_disappears_or_cannot_be_read_is_reported() {
             "{err}"
         );
     }
+}
+
+/// A tree with one file, `tree/conf`, and a root-only secret of the same size beside the tree:
+/// the layer of the tree is planned (walked), then the test changes `conf` before it is built.
+fn planned_tree() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    ociup_core::layer::LayerBuilder,
+) {
+    use ociup_core::layer::{LayerBuilder, LayerOptions};
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("conf"), b"public-data!").unwrap();
+    let secret = t.path().join("secret");
+    std::fs::write(&secret, b"root-secret!").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut b = LayerBuilder::new(LayerOptions {
+        compression: ociup_core::media_type::Compression::None,
+        ..LayerOptions::default()
+    });
+    b.add(&tree, "/etc/app").unwrap();
+    (t, tree, b)
+}
+
+/// The build fails naming `conf` with `reason` and writes none of the secret's bytes.
+fn build_refuses(b: ociup_core::layer::LayerBuilder, reason: &str) {
+    let mut out = Vec::new();
+    let res = b.build(&mut out).map(|(layer, _)| layer);
+    let leaked = out.windows(12).any(|w| w == b"root-secret!");
+    match res {
+        Ok(_) => panic!("the build succeeded (secret in the layer: {leaked})"),
+        Err(e) => {
+            let err = e.to_string();
+            assert!(err.contains("conf") && err.contains(reason), "{err}");
+        }
+    }
+    assert!(!leaked, "the secret's bytes reached the output");
+}
+
+#[test]
+fn a_source_swapped_for_a_symlink_after_the_walk_is_not_followed() {
+    let (t, tree, b) = planned_tree();
+    std::fs::remove_file(tree.join("conf")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("secret"), tree.join("conf")).unwrap();
+    build_refuses(b, "replaced by a symlink");
+}
+
+#[test]
+fn a_source_swapped_for_another_file_or_rewritten_after_the_walk_is_refused() {
+    // Another file of the same size renamed over it: another inode.
+    let (t, tree, b) = planned_tree();
+    let other = t.path().join("other");
+    std::fs::copy(t.path().join("secret"), &other).unwrap();
+    std::fs::rename(&other, tree.join("conf")).unwrap();
+    build_refuses(b, "replaced by another file");
+
+    // The same file rewritten in place with other bytes of the same size.
+    let (t, tree, b) = planned_tree();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tree.join("conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut &f, b"root-secret!").unwrap();
+    let old = std::fs::metadata(t.path().join("secret")).unwrap();
+    f.set_modified(old.modified().unwrap() - std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    build_refuses(b, "changed after it was added");
+}
+
+#[test]
+fn a_source_swapped_for_a_fifo_after_the_walk_does_not_block() {
+    let (_t, tree, b) = planned_tree();
+    std::fs::remove_file(tree.join("conf")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(tree.join("conf"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    build_refuses(b, "no longer a regular file");
+}
+
+#[test]
+fn a_symlink_given_as_the_source_is_still_followed() {
+    use ociup_core::layer::{LayerBuilder, LayerOptions};
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("real"), b"contents").unwrap();
+    std::os::unix::fs::symlink("real", t.path().join("link")).unwrap();
+    let mut b = LayerBuilder::new(LayerOptions::default());
+    b.add(t.path().join("link"), "/x").unwrap();
+    let (_, blob) = b.build(Vec::new()).unwrap();
+    let items = read_layer(&blob);
+    assert_eq!(items["x"].data, b"contents");
+}
+
+#[test]
+fn chained_relative_symlinks_that_climb_out_are_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    // Each link alone stays inside the tree; together `a/esc` is the tree's parent.
+    std::os::unix::fs::symlink("../..", tree.join("a/b/up2")).unwrap();
+    std::os::unix::fs::symlink("b/up2/..", tree.join("a/esc")).unwrap();
+    let out = t.path().join("x.tgz");
+    let run = || {
+        ociup_err(&[
+            "layer",
+            "create",
+            tree.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let err = run();
+    assert!(
+        err.contains("a/esc") && err.contains("outside the source tree"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output is left behind after a failure");
+
+    // A loop cannot be followed to its end.
+    std::fs::remove_file(tree.join("a/esc")).unwrap();
+    std::os::unix::fs::symlink("l2", tree.join("a/l1")).unwrap();
+    std::os::unix::fs::symlink("l1/../..", tree.join("a/l2")).unwrap();
+    let err = run();
+    assert!(err.contains("symlinks (a loop?)"), "{err}");
+
+    // Without them, the chain that stays inside is kept.
+    std::fs::remove_file(tree.join("a/l1")).unwrap();
+    std::fs::remove_file(tree.join("a/l2")).unwrap();
+    std::os::unix::fs::symlink("b/up2/a", tree.join("a/ok")).unwrap();
+    let ok = ociup_ok(&[
+        "layer",
+        "create",
+        tree.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(out.exists(), "{ok}");
 }

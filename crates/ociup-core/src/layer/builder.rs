@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, Metadata};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::gzip::ParallelGzip;
@@ -79,8 +79,96 @@ fn ser_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok,
 
 #[derive(Debug)]
 enum Data {
-    Disk(PathBuf),
+    Disk(DiskFile),
     Memory(Vec<u8>),
+}
+
+/// A regular file on disk as it was seen when it was added. What is read when the layer is
+/// written must be that very file, unchanged: a file swapped for a symlink or another file in
+/// between, or rewritten, is an error, never read.
+#[derive(Debug)]
+struct DiskFile {
+    /// The name given or walked, for errors.
+    path: PathBuf,
+    /// What is opened: `path`, or where it pointed when a symlink was given as the source.
+    open: PathBuf,
+    seen: Stamp,
+}
+
+/// What identifies a file and its contents without reading them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &Metadata) -> Self {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl DiskFile {
+    /// Opens the file without following a symlink (a FIFO put in its place does not block
+    /// either) and checks through the open handle that it is the file that was added, as it was.
+    fn open(&self) -> Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.open)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    self.err("was replaced by a symlink after it was added (not followed)")
+                } else {
+                    source_err(&self.path, &e)
+                }
+            })?;
+        let now = file.metadata().map_err(|e| source_err(&self.path, &e))?;
+        if !now.file_type().is_file() {
+            return Err(self.err("is no longer a regular file"));
+        }
+        let stamp = Stamp::of(&now);
+        if (stamp.dev, stamp.ino) != (self.seen.dev, self.seen.ino) {
+            return Err(self.err("was replaced by another file after it was added"));
+        }
+        if stamp != self.seen {
+            return Err(self.err("changed after it was added (size, mtime or ctime differ)"));
+        }
+        Ok(file)
+    }
+
+    /// Checks, after the contents were read, that nothing wrote to the file meanwhile: a
+    /// rewrite of the same size still moves its mtime and ctime.
+    fn check_unchanged(&self, file: &File) -> Result<()> {
+        let mut probe = [0u8; 1];
+        let grew = (&*file)
+            .read(&mut probe)
+            .map_err(|e| source_err(&self.path, &e))?;
+        if grew != 0 {
+            return Err(self.err("grew while it was read"));
+        }
+        let now = file.metadata().map_err(|e| source_err(&self.path, &e))?;
+        if Stamp::of(&now) != self.seen {
+            return Err(self.err("changed while it was read (size, mtime or ctime differ)"));
+        }
+        Ok(())
+    }
+
+    fn err(&self, reason: &str) -> Error {
+        Error::LayerSource {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -125,7 +213,8 @@ impl LayerBuilder {
     ///
     /// # Errors
     /// [`Error::LayerSource`] when `src` cannot be read or holds something a layer cannot carry
-    /// (a socket, a relative symlink that climbs out of the tree, a name that is not UTF-8);
+    /// (a socket, a relative symlink that climbs out of the tree, itself or through the tree's
+    /// other symlinks, a name that is not UTF-8);
     /// [`Error::LayerPath`] for an invalid `dest` or a path given twice.
     pub fn add(&mut self, src: impl AsRef<Path>, dest: &str) -> Result<()> {
         let src = src.as_ref();
@@ -143,7 +232,15 @@ impl LayerBuilder {
                     ),
                 });
             }
-            let entry = self.entry_for(src, &dest, &meta, None)?;
+            let mut entry = self.entry_for(src, &dest, &meta, None)?;
+            if let Some(Data::Disk(file)) = &mut entry.data {
+                // A symlink given as the source is followed now, once: at build time the file
+                // it pointed to is opened without following anything.
+                let link = std::fs::symlink_metadata(src).map_err(|e| source_err(src, &e))?;
+                if link.file_type().is_symlink() {
+                    file.open = std::fs::canonicalize(src).map_err(|e| source_err(src, &e))?;
+                }
+            }
             self.plan(entry, false)
         }
     }
@@ -288,20 +385,20 @@ impl LayerBuilder {
                 path: item.path().to_owned(),
                 reason: format!("cannot be read: {e}"),
             })?;
-            let planned = self.entry_for(item.path(), &path, &meta, Some(rel))?;
+            let planned = self.entry_for(item.path(), &path, &meta, Some((root, rel)))?;
             self.plan(planned, true)?;
         }
         Ok(())
     }
 
-    /// The entry for one file on disk. `tree_rel` is its path inside a source tree (for the
-    /// symlink check), `None` for a single file.
+    /// The entry for one file on disk. `tree` is the source tree's root and the file's path
+    /// inside it (for the symlink check), `None` for a single file.
     fn entry_for(
         &self,
         src: &Path,
         path: &str,
         meta: &Metadata,
-        tree_rel: Option<&str>,
+        tree: Option<(&Path, &str)>,
     ) -> Result<Planned> {
         if let Some(name) = path.rsplit('/').next().filter(|n| n.starts_with(".wh.")) {
             return Err(Error::LayerSource {
@@ -313,7 +410,11 @@ impl LayerBuilder {
         let mut data = None;
         let mut inode = None;
         let kind = if ft.is_file() {
-            data = Some(Data::Disk(src.to_owned()));
+            data = Some(Data::Disk(DiskFile {
+                path: src.to_owned(),
+                open: src.to_owned(),
+                seen: Stamp::of(meta),
+            }));
             if meta.nlink() > 1 {
                 inode = Some((meta.dev(), meta.ino()));
             }
@@ -326,16 +427,25 @@ impl LayerBuilder {
                 path: src.to_owned(),
                 reason: "symlink target is not UTF-8".into(),
             })?;
-            if let Some(rel) = tree_rel
-                && climbs_out(rel, target)
-            {
-                return Err(Error::LayerSource {
-                    path: src.to_owned(),
-                    reason: format!(
+            if let Some((root, rel)) = tree {
+                let reason = match resolve_in_tree(rel, target, |p| tree_link(root, p)) {
+                    Resolved::Inside => None,
+                    Resolved::Outside => Some(format!(
                         "symlink to {target:?} points outside the source tree (absolute \
-                         targets are kept as image paths; relative ones must stay inside)"
-                    ),
-                });
+                         targets are kept as image paths; relative ones, followed through \
+                         the tree's other symlinks, must stay inside)"
+                    )),
+                    Resolved::TooDeep => Some(format!(
+                        "symlink to {target:?} leads through more than {MAX_LINK_HOPS} \
+                         symlinks (a loop?), so where it ends cannot be checked"
+                    )),
+                };
+                if let Some(reason) = reason {
+                    return Err(Error::LayerSource {
+                        path: src.to_owned(),
+                        reason,
+                    });
+                }
             }
             Kind::Symlink {
                 target: target.to_owned(),
@@ -522,7 +632,9 @@ impl LayerBuilder {
     ///
     /// # Errors
     /// [`Error::LayerPath`] for conflicting additions and removals, [`Error::LayerSource`] for a
-    /// file that cannot be read or changes while it is read, [`Error::Io`] when `out` fails.
+    /// file that cannot be read, that is no longer the file that was added (swapped for a
+    /// symlink, a FIFO or another file: symlinks are not followed here) or that was written to
+    /// since it was added or while it is read, [`Error::Io`] when `out` fails.
     pub fn build<W: Write>(self, out: W) -> Result<(Layer, W)> {
         let (opts, entries) = self.finish_plan()?;
         let out = HashingWriter::new(out);
@@ -562,16 +674,10 @@ fn write_tar<W: Write>(entries: &[Planned], out: W) -> Result<(W, Digest)> {
         let path = || format!("/{}", p.entry.path);
         match &p.data {
             Some(Data::Disk(src)) => {
-                let mut f = File::open(src).map_err(|e| source_err(src, &e))?;
+                let mut f = src.open()?;
                 tar.append(&p.entry, Some(&mut f))
-                    .map_err(|e| data_err(src, e))?;
-                let mut probe = [0u8; 1];
-                if f.read(&mut probe).map_err(|e| source_err(src, &e))? != 0 {
-                    return Err(Error::LayerSource {
-                        path: src.clone(),
-                        reason: "grew while it was read".into(),
-                    });
-                }
+                    .map_err(|e| data_err(&src.path, e))?;
+                src.check_unchanged(&f)?;
             }
             Some(Data::Memory(bytes)) => tar
                 .append(&p.entry, Some(&mut &bytes[..]))
@@ -653,21 +759,77 @@ fn normalize_nonroot(dest: &str) -> Result<String> {
     Ok(p)
 }
 
-/// Whether a relative symlink at `link` (a path inside a tree) climbs above the tree's root.
-fn climbs_out(link: &str, target: &str) -> bool {
+/// Symlinks followed at most while resolving one link inside a tree, as Linux's `MAXSYMLINKS`.
+const MAX_LINK_HOPS: usize = 40;
+
+/// Where a relative symlink inside a source tree ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    /// Inside the tree, or at an absolute target (an image path, kept as written).
+    Inside,
+    /// Above the tree's root.
+    Outside,
+    /// Through more than [`MAX_LINK_HOPS`] symlinks.
+    TooDeep,
+}
+
+/// Resolves the symlink at `link` (a path inside a tree) to `target` lexically, component by
+/// component as the kernel would, following the tree's other symlinks: `read_link` answers the
+/// target of the tree path it is given when that path is a symlink. A chain such as
+/// `a/b/up2 -> ../..` and `a/esc -> b/up2/..` leaves the tree though each link alone seems not
+/// to. Paths that do not exist are taken as plain names.
+fn resolve_in_tree(
+    link: &str,
+    target: &str,
+    mut read_link: impl FnMut(&str) -> Option<String>,
+) -> Resolved {
     if target.starts_with('/') {
-        return false;
+        return Resolved::Inside;
     }
-    let mut depth = link.split('/').count().saturating_sub(1);
-    for c in target.split('/') {
-        match c {
+    // The directory the path has reached, and what is left to walk (next component last).
+    let mut at: Vec<String> = link.split('/').map(str::to_owned).collect();
+    at.pop();
+    let mut todo: Vec<String> = target.split('/').rev().map(str::to_owned).collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
             "" | "." => {}
-            ".." if depth == 0 => return true,
-            ".." => depth -= 1,
-            _ => depth += 1,
+            ".." => {
+                if at.pop().is_none() {
+                    return Resolved::Outside;
+                }
+            }
+            _ => {
+                at.push(c);
+                if let Some(next) = read_link(&at.join("/")) {
+                    hops += 1;
+                    if hops > MAX_LINK_HOPS {
+                        return Resolved::TooDeep;
+                    }
+                    if next.starts_with('/') {
+                        return Resolved::Inside;
+                    }
+                    at.pop();
+                    todo.extend(next.split('/').rev().map(str::to_owned));
+                }
+            }
         }
     }
-    false
+    Resolved::Inside
+}
+
+/// The target of `rel` under `root` when it is a symlink with a UTF-8 target.
+fn tree_link(root: &Path, rel: &str) -> Option<String> {
+    let path = root.join(rel);
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    std::fs::read_link(&path)
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()
 }
 
 /// Linux's encoding of device numbers (glibc `gnu_dev_major`/`gnu_dev_minor`).
@@ -717,6 +879,10 @@ mod tests {
         assert!(normalize_nonroot("/").is_err());
     }
 
+    fn climbs_out(link: &str, target: &str) -> bool {
+        resolve_in_tree(link, target, |_| None) == Resolved::Outside
+    }
+
     #[test]
     fn detects_symlinks_leaving_the_tree() {
         assert!(!climbs_out("a/link", "../b"));
@@ -724,6 +890,37 @@ mod tests {
         assert!(climbs_out("link", "../x"));
         assert!(!climbs_out("link", "/etc/passwd"));
         assert!(!climbs_out("a/b/link", "c/../../d"));
+    }
+
+    #[test]
+    fn follows_chains_of_symlinks_inside_the_tree() {
+        let links = |p: &str| {
+            match p {
+                "a/b/up2" => Some("../.."),
+                "a/b/abs" => Some("/etc"),
+                "a/b/loop1" => Some("loop2"),
+                "a/b/loop2" => Some("loop1"),
+                "a/b/deep" => Some("c/d/e"),
+                "a/b/c" => Some("."),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let resolve = |link, target| resolve_in_tree(link, target, links);
+        // Each alone stays inside; through up2, `..` leaves the tree.
+        assert_eq!(resolve("a/b/up2", "../.."), Resolved::Inside);
+        assert_eq!(resolve("a/esc", "b/up2/.."), Resolved::Outside);
+        assert_eq!(resolve("a/esc", "b/up2/../x/y"), Resolved::Outside);
+        assert_eq!(resolve("a/ok", "b/up2/a"), Resolved::Inside);
+        assert_eq!(resolve("x", "a/b/up2/a/b/up2/.."), Resolved::Outside);
+        // `..` after a symlink to a directory is the parent of where it points.
+        assert_eq!(resolve("a/b/x", "c/.."), Resolved::Inside);
+        assert_eq!(resolve("top", "a/b/c/c/c/../.."), Resolved::Inside);
+        assert_eq!(resolve("top", "a/b/c/../../.."), Resolved::Outside);
+        // An absolute link in the chain is an image path: nothing more to check.
+        assert_eq!(resolve("a/x", "b/abs/../../../.."), Resolved::Inside);
+        assert_eq!(resolve("a/x", "b/loop1"), Resolved::TooDeep);
+        assert_eq!(resolve("a/x", "b/deep"), Resolved::Inside);
     }
 
     #[test]
@@ -738,6 +935,30 @@ mod tests {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
+
+    #[test]
+    fn a_rewrite_of_the_same_size_while_the_file_is_read_is_detected() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        std::fs::write(&path, b"before").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let src = DiskFile {
+            path: path.clone(),
+            open: path.clone(),
+            seen: Stamp::of(&meta),
+        };
+        let mut f = src.open().unwrap();
+        let mut read = Vec::new();
+        f.read_to_end(&mut read).unwrap();
+        assert!(src.check_unchanged(&f).is_ok());
+        // Between reading and the check, another writer puts other bytes of the same size.
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        (&w).write_all(b"after!").unwrap();
+        w.set_modified(meta.modified().unwrap() + std::time::Duration::from_secs(1))
+            .unwrap();
+        let err = src.check_unchanged(&f).unwrap_err().to_string();
+        assert!(err.contains("changed while it was read"), "{err}");
+    }
 
     #[test]
     fn nothing_goes_below_a_file_in_either_order() {

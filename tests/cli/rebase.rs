@@ -287,7 +287,7 @@ fn whole_indexes_with_attestations_and_platform_restriction() {
         "idx2",
         "--json",
     ]));
-    assert_eq!(out["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(out["media_type"], "application/vnd.oci.image.index.v1+json");
     assert_eq!(out["platforms"].as_array().unwrap().len(), 2);
     assert_eq!(out["dropped_attestations"].as_array().unwrap().len(), 1);
     for p in ["linux/amd64", "linux/arm64"] {
@@ -338,4 +338,96 @@ fn whole_indexes_with_attestations_and_platform_restriction() {
             &format!("oci:{}:copy", t.path().join("sk").display()),
         ],
     );
+}
+
+/// regctl, when installed (on PATH or where `../shared/peers/install.sh` puts it): the suite
+/// never requires it.
+fn regctl() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("regctl"))
+            .find(|f| f.is_file())
+    });
+    on_path.or_else(|| {
+        let home = std::path::PathBuf::from(std::env::var_os("HOME")?);
+        Some(home.join(".local/bin/regctl")).filter(|f| f.is_file())
+    })
+}
+
+/// `org.opencontainers.image.base.name` is a plain distribution reference however the base was
+/// typed (`docker://` dropped), on append and on rebase; regctl, when installed, accepts it.
+#[test]
+fn base_name_is_a_plain_distribution_reference() {
+    use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let host = reg.host();
+    for tag in ["v1", "v2"] {
+        ociup_ok(&[
+            "copy",
+            &format!("oci:{}:{tag}", fixtures().join("base").display()),
+            &format!("docker://{host}/lib/base:{tag}"),
+        ]);
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("own"), b"own\n").unwrap();
+    ociup_ok(&[
+        "append",
+        "--base",
+        &format!("docker://{host}/lib/base:v1"),
+        "--add",
+        &format!("{}:/opt/own", t.path().join("own").display()),
+        "--to",
+        &format!("docker://{host}/team/app:v1"),
+    ]);
+    ociup_ok(&[
+        "rebase",
+        &format!("docker://{host}/team/app:v1"),
+        "--new-base",
+        &format!("docker://{host}/lib/base:v2"),
+        "--tag",
+        "v2",
+    ]);
+    for (tag, base) in [("v1", "v1"), ("v2", "v2")] {
+        let m = json(&ociup_ok(&[
+            "inspect",
+            &format!("{host}/team/app:{tag}"),
+            "--raw",
+        ]));
+        assert_eq!(
+            m["annotations"]["org.opencontainers.image.base.name"],
+            format!("{host}/lib/base:{base}"),
+            "team/app:{tag}"
+        );
+    }
+    // The recorded name is read back: a rebase with no --new-base finds the base again.
+    let (code, out, err) = status(&["rebase", &format!("{host}/team/app:v2")]);
+    assert_eq!(code, 3, "{out}{err}");
+
+    let Some(regctl) = regctl() else {
+        eprintln!("skipped: regctl is not installed (bash ../shared/peers/install.sh)");
+        return;
+    };
+    let conf = tempfile::tempdir().unwrap();
+    for tag in ["v1", "v2"] {
+        let out = std::process::Command::new(&regctl)
+            .env("HOME", conf.path())
+            .args([
+                "--host",
+                &format!("reg={host},tls=disabled"),
+                "image",
+                "check-base",
+                &format!("{host}/team/app:{tag}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "regctl image check-base team/app:{tag}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

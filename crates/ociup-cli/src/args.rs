@@ -389,7 +389,11 @@ pub struct RebaseArgs {
     /// write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the result or plan as JSON.
+    /// Print the result or plan as JSON, snake_case keys: reference, new_base, dry_run, digest,
+    /// media_type, already_current, written, platforms (each: platform, digest, plan with
+    /// already_current, removed_layers, added_layers, own_layers (digest, diff_id, size) and
+    /// config_changes (field, old, new)), blobs (digest, size, action: present, mount, copy,
+    /// mounted, copied), dropped_attestations.
     #[arg(long)]
     pub json: bool,
     /// `created` of the new config, in seconds since 1970 (default: the image's).

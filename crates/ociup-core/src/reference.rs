@@ -71,6 +71,61 @@ impl fmt::Display for LayoutRef {
     }
 }
 
+/// The value ociup records in `org.opencontainers.image.base.name` for a base named `typed`.
+///
+/// The image-spec asks for an image reference there, so a registry base is written as a plain,
+/// fully qualified distribution reference, as Docker normalizes it: no `docker://` prefix, the
+/// registry named (`docker.io` for Docker Hub, `library/` for its one-component names), and
+/// `:latest` when neither tag nor digest was given. `alpine`, `docker://alpine` and
+/// `docker.io/library/alpine:latest` all give `docker.io/library/alpine:latest`.
+///
+/// A layout base has no distribution reference: its `oci:<dir>[:<tag>|@<digest>]` reference is
+/// written as given (no tool can resolve it but one that reads the same directory, and no
+/// distribution-reference parser mistakes it for one: `oci` is no registry and `:<dir>` no port).
+pub fn base_name(typed: &str) -> String {
+    if typed.starts_with("oci:") {
+        return typed.to_owned();
+    }
+    let plain = typed.strip_prefix("docker://").unwrap_or(typed);
+    let (rest, digest) = match plain.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (plain, None),
+    };
+    let (registry, path) = match rest.split_once('/') {
+        Some((first, path))
+            if first.contains('.')
+                || first.contains(':')
+                || first == "localhost"
+                || first.starts_with('[') =>
+        {
+            (first, path)
+        }
+        _ => ("docker.io", rest),
+    };
+    let registry = match registry {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        r => r,
+    };
+    let mut out = format!("{registry}/");
+    if registry == "docker.io" && !path.contains('/') {
+        out.push_str("library/");
+    }
+    out.push_str(path);
+    if digest.is_none()
+        && !path
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+    {
+        out.push_str(":latest");
+    }
+    if let Some(d) = digest {
+        out.push('@');
+        out.push_str(d);
+    }
+    out
+}
+
 /// A platform as `os/architecture[/variant]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlatformSpec {
@@ -128,6 +183,34 @@ mod tests {
         for bad in ["dir:tag", "oci:", "oci::v1", "oci:d:-x", "oci:d@sha256:12"] {
             assert!(LayoutRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn base_names_are_plain_distribution_references() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (typed, written) in [
+            (
+                "docker://127.0.0.1:5000/lib/base:2",
+                "127.0.0.1:5000/lib/base:2",
+            ),
+            ("127.0.0.1:5000/lib/base:2", "127.0.0.1:5000/lib/base:2"),
+            ("docker://alpine", "docker.io/library/alpine:latest"),
+            ("python:3.12", "docker.io/library/python:3.12"),
+            ("index.docker.io/user/app", "docker.io/user/app:latest"),
+            ("localhost/x:1", "localhost/x:1"),
+            ("docker://[::1]:5000/a/b", "[::1]:5000/a/b:latest"),
+            ("oci:fixtures/base:v1", "oci:fixtures/base:v1"),
+        ] {
+            assert_eq!(base_name(typed), written, "{typed}");
+        }
+        assert_eq!(
+            base_name(&format!("docker://reg.example/a:1@{d}")),
+            format!("reg.example/a:1@{d}")
+        );
+        assert_eq!(
+            base_name(&format!("reg.example:443/a@{d}")),
+            format!("reg.example:443/a@{d}")
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub enum Base<'a> {
         manifest: &'a Manifest,
         /// The base's config.
         config: &'a Config,
-        /// How the user named the base.
+        /// How the user named the base, recorded as [`crate::reference::base_name`] gives it (a
+        /// plain distribution reference, no `docker://` prefix).
         name: Option<&'a str>,
     },
     /// Nothing: a new image for a platform, in the OCI family.
@@ -113,7 +114,10 @@ pub fn append(
             }
             let mut ann = BTreeMap::new();
             if let Some(name) = name {
-                ann.insert(annotations::BASE_NAME.to_owned(), name.to_owned());
+                ann.insert(
+                    annotations::BASE_NAME.to_owned(),
+                    crate::reference::base_name(name),
+                );
             }
             ann.insert(
                 annotations::BASE_DIGEST.to_owned(),

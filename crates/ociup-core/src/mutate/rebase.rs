@@ -58,7 +58,8 @@ pub struct RebaseInput<'a> {
     pub new_base: &'a Manifest,
     /// That base's config.
     pub new_base_config: &'a Config,
-    /// How the new base is named, for `org.opencontainers.image.base.name` (kept when `None`).
+    /// How the new base is named, for `org.opencontainers.image.base.name` (kept when `None`),
+    /// written as [`crate::reference::base_name`] gives it (no `docker://` prefix).
     pub new_base_name: Option<&'a str>,
     /// How the config is derived.
     pub config: ConfigMode,
@@ -371,7 +372,10 @@ pub fn rebase(input: &RebaseInput<'_>) -> Result<Rebased> {
     manifest.insert("layers".into(), Value::Array(layers));
     let mut ann = img_annotations;
     if let Some(name) = input.new_base_name {
-        ann.insert(annotations::BASE_NAME.into(), name.to_owned());
+        ann.insert(
+            annotations::BASE_NAME.into(),
+            crate::reference::base_name(name),
+        );
     }
     ann.insert(annotations::BASE_DIGEST.into(), new_digest);
     ann.insert(

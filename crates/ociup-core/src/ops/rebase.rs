@@ -62,7 +62,6 @@ pub struct RebaseOutcome {
     /// The digest of the result (the image's own when already current).
     pub digest: String,
     /// Its media type.
-    #[serde(rename = "mediaType")]
     pub media_type: String,
     /// Nothing to do: every platform already sits on the new base.
     pub already_current: bool,
@@ -517,7 +516,10 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
         .cloned()
         .unwrap_or_default();
     if let Some(n) = &opts.new_base_name {
-        ann.insert(annotations::BASE_NAME.into(), n.clone().into());
+        ann.insert(
+            annotations::BASE_NAME.into(),
+            crate::reference::base_name(n).into(),
+        );
     }
     ann.insert(
         annotations::BASE_DIGEST.into(),

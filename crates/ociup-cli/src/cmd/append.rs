@@ -123,7 +123,7 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
         output::json(&serde_json::json!({
             "reference": written,
             "digest": digest.to_string(),
-            "mediaType": outcome.manifest.media_type(),
+            "media_type": outcome.manifest.media_type(),
             "size": outcome.manifest.size(),
             "config": outcome.config.digest().to_string(),
             "layers": outcome.layers,

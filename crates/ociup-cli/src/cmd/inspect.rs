@@ -32,7 +32,7 @@ pub async fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
             return output::json(&serde_json::json!({
                 "reference": args.reference,
                 "digest": index.raw().digest().to_string(),
-                "mediaType": index.raw().media_type(),
+                "media_type": index.raw().media_type(),
                 "index": value,
             }));
         }
@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx, args: InspectArgs) -> Result<()> {
         return output::json(&serde_json::json!({
             "reference": args.reference,
             "digest": m.raw().digest().to_string(),
-            "mediaType": m.raw().media_type(),
+            "media_type": m.raw().media_type(),
             "manifest": serde_json::from_slice::<Value>(m.raw().bytes())?,
             "config": config,
         }));

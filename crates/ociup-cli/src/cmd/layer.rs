@@ -39,16 +39,16 @@ pub fn create(args: LayerCreateArgs) -> Result<()> {
         .layer_media_type(ociup_core::media_type::Family::Oci)?;
     if args.json {
         output::json(&serde_json::json!({
-            "mediaType": media_type,
+            "media_type": media_type,
             "digest": layer.digest.to_string(),
             "size": layer.size,
-            "diffID": layer.diff_id.to_string(),
+            "diff_id": layer.diff_id.to_string(),
             "compression": compression_name(layer.compression),
             "path": args.output,
         }))
     } else {
         output::line(format!(
-            "{}\n  mediaType  {media_type}\n  size       {}\n  diff_id    {}\n  written to {}",
+            "{}\n  media type  {media_type}\n  size        {}\n  diff_id     {}\n  written to  {}",
             layer.digest,
             layer.size,
             layer.diff_id,

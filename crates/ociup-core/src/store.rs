@@ -148,6 +148,15 @@ pub trait Store: Send + Sync {
         false
     }
 
+    /// Whether a manifest the store holds implies that it holds every blob and child manifest
+    /// the manifest references, intact. A registry refuses a manifest whose blobs it lacks and
+    /// checks every blob it takes, so `true` is the default; a layout directory is files anyone
+    /// may have truncated or deleted since, so a copy into one checks each blob (its size, and
+    /// with [`crate::copy::CopyOptions::verify`] its digest) instead of trusting the manifest.
+    fn manifest_implies_blobs(&self) -> bool {
+        true
+    }
+
     /// Whether the store has the blob.
     fn blob_exists(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send {
         async move { Ok(self.blob_size(digest).await?.is_some()) }

@@ -188,6 +188,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.rejects_missing_blobs())
     }
 
+    fn manifest_implies_blobs(&self) -> bool {
+        delegate!(self, s => s.manifest_implies_blobs())
+    }
+
     async fn mount_blob(&self, digest: &Digest, source: &MountSource) -> ociup_core::Result<bool> {
         delegate!(self, s => s.mount_blob(digest, source).await)
     }

@@ -2,6 +2,8 @@
 //! to it and store the result in the right order (blobs, config, manifest, tag); rebase.
 
 pub mod rebase;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,8 +37,15 @@ pub async fn load_document<S: Store>(store: &S, reference: &ManifestRef) -> Resu
     Document::parse(store.get_manifest(reference).await?)
 }
 
-/// How deep [`image_from_document`] follows indexes nested in indexes.
-const MAX_INDEX_NESTING: usize = 8;
+/// How deep indexes nested in indexes are followed: by [`image_from_document`]'s search for a
+/// platform (deeper ones are not searched) and by [`crate::copy::copy_image`] (deeper is an
+/// error). Real images nest one level, rarely two.
+pub const MAX_INDEX_NESTING: usize = 8;
+
+/// How many nested indexes one search for a platform reads at most. Each distinct index is read
+/// once however often the graph lists it, so a hostile graph (nine indexes that each list the
+/// next ten times) costs nine reads, not ten to the eighth; a wide one stops here with an error.
+pub const MAX_INDEXES_SEARCHED: usize = 64;
 
 /// The platforms an index lists.
 pub fn platforms(index: &Index) -> Vec<PlatformSpec> {
@@ -69,7 +78,8 @@ pub fn select_platform(index: &Index, platform: &PlatformSpec) -> Option<Descrip
         .cloned()
 }
 
-/// The manifest for `platform` in `root` or in the indexes nested in it (depth first, in order).
+/// The manifest for `platform` in `root` or in the indexes nested in it (depth first, in order),
+/// reading each distinct index once and at most [`MAX_INDEXES_SEARCHED`] of them.
 async fn find_platform<S: Store>(
     store: &S,
     root: Index,
@@ -77,8 +87,32 @@ async fn find_platform<S: Store>(
 ) -> Result<Manifest> {
     let root_digest = root.raw().digest().clone();
     let mut available = Vec::new();
-    let mut stack = vec![(root, 0usize)];
-    while let Some((index, depth)) = stack.pop() {
+    let mut seen = std::collections::HashSet::from([root_digest.clone()]);
+    let mut read = 0usize;
+    // Indexes to read, with their depth; the root is read already.
+    let mut stack: Vec<(Digest, usize)> = Vec::new();
+    let mut next = Some((root, 0usize));
+    loop {
+        let (index, depth) = match next.take() {
+            Some(found) => found,
+            None => {
+                let Some((digest, depth)) = stack.pop() else {
+                    break;
+                };
+                read += 1;
+                if read > MAX_INDEXES_SEARCHED {
+                    return Err(Error::InvalidDocument {
+                        what: format!("index {root_digest}"),
+                        reason: format!(
+                            "it nests more than {MAX_INDEXES_SEARCHED} indexes; the search \
+                             for {platform} stopped there"
+                        ),
+                    });
+                }
+                let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
+                (Index::parse(raw)?, depth)
+            }
+        };
         if let Some(d) = select_platform(&index, platform) {
             let digest = Digest::try_from(d.digest())?;
             let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
@@ -88,22 +122,19 @@ async fn find_platform<S: Store>(
         if depth >= MAX_INDEX_NESTING {
             continue;
         }
-        let nested: Vec<&Descriptor> = index
-            .parsed()
-            .manifests()
-            .iter()
-            .filter(|m| {
-                matches!(
-                    media_type::document_kind(m.media_type().as_ref()),
-                    Ok((DocumentKind::Index, _))
-                )
-            })
-            .collect();
-        for child in nested.into_iter().rev() {
-            let digest = Digest::try_from(child.digest())?;
-            let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
-            stack.push((Index::parse(raw)?, depth + 1));
+        let mut nested = Vec::new();
+        for child in index.parsed().manifests() {
+            if matches!(
+                media_type::document_kind(child.media_type().as_ref()),
+                Ok((DocumentKind::Index, _))
+            ) {
+                let digest = Digest::try_from(child.digest())?;
+                if seen.insert(digest.clone()) {
+                    nested.push((digest, depth + 1));
+                }
+            }
         }
+        stack.extend(nested.into_iter().rev());
     }
     Err(Error::InvalidChange {
         reason: format!(
@@ -293,4 +324,60 @@ pub async fn append_image<S: Store, D: Store>(
         config: appended.config,
         layers: built.into_iter().map(|n| n.layer).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Counted, index_of, nine_by_ten, tiny_image};
+    use super::*;
+    use crate::layout::OciLayout;
+
+    #[tokio::test]
+    async fn a_platform_search_reads_each_index_once() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let top = nine_by_ten(&layout).await;
+        let top = ManifestRef::Digest(top.digest().clone());
+        // The root, eight nested indexes, the manifest (before: 1 + 8 x 10 + 1).
+        let counted = Counted::new(&layout, 1000);
+        let amd64 = "linux/amd64".parse().unwrap();
+        load_image(&counted, &top, Some(&amd64)).await.unwrap();
+        assert_eq!(counted.reads(), 10);
+        // A platform it lacks: every index is read once (before: ten to the eighth reads).
+        let counted = Counted::new(&layout, 1000);
+        let s390x = "linux/s390x".parse().unwrap();
+        let err = load_image(&counted, &top, Some(&s390x)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("no manifest for linux/s390x"),
+            "{err}"
+        );
+        assert_eq!(counted.reads(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_platform_search_stops_after_so_many_indexes() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let image = tiny_image(&layout).await;
+        let mut wide = Vec::new();
+        for n in 0..MAX_INDEXES_SEARCHED + 10 {
+            wide.push(index_of(&layout, &[(&image, Some("linux/arm64"))], n).await);
+        }
+        let children: Vec<_> = wide.iter().map(|i| (i, None)).collect();
+        let top = index_of(&layout, &children, 0).await;
+        let counted = Counted::new(&layout, 1000);
+        let err = load_image(
+            &counted,
+            &ManifestRef::Digest(top.digest().clone()),
+            Some(&"linux/s390x".parse().unwrap()),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("nests more than {MAX_INDEXES_SEARCHED} indexes")),
+            "{err}"
+        );
+        assert_eq!(counted.reads(), 1 + MAX_INDEXES_SEARCHED);
+    }
 }

@@ -6,6 +6,7 @@
 
 mod append;
 mod bad_input;
+mod conventions;
 mod copy;
 mod faults;
 mod fixtures;

@@ -134,6 +134,30 @@ pub enum Command {
     /// (a registry with deletes enabled; a layout drops their index entries). The version records
     /// stay, so the history keeps every version.
     Gc(GcArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: ociup completions bash > ~/.local/share/bash-completion/completions/ociup;
+    /// zsh: ociup completions zsh > "${fpath[1]}/_ociup"; fish: ociup completions fish >
+    /// ~/.config/fish/completions/ociup.fish.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a directory.
+    ///
+    /// Example: ociup man --out /usr/local/share/man/man1
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ociup.1 and ociup-<command>.1 into this directory instead of printing ociup.1.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -449,7 +473,8 @@ pub struct LayerOpts {
     /// Owner of every entry as UID:GID (default 0:0).
     #[arg(long, value_name = "UID:GID", conflicts_with = "keep_owner")]
     pub owner: Option<String>,
-    /// Keep the owners files have on disk instead of 0:0.
+    /// Keep the owners files have on disk instead of 0:0: for a base built from a root file
+    /// system (read as root), where /etc/shadow and home directories keep their owners.
     #[arg(long)]
     pub keep_owner: bool,
     /// Upper bound of every timestamp written, in seconds since 1970.

@@ -8,7 +8,7 @@ use ociup_core::managed::build_manifest::{Key, PublicKey};
 use ociup_core::managed::manager::{self, Manager, ResolveOptions, Unreachable};
 use ociup_core::managed::recipe::{Recipe, Step};
 use ociup_core::store::ManifestRef;
-use ociup_registry::{AnyStore, Opener, StoreRef};
+use ociup_registry::{AnyStore, Opener};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
@@ -166,14 +166,7 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
             (recipe, PathBuf::from("."))
         }
     };
-    if let StoreRef::Layout(l) = parse_ref(&recipe.target)?
-        && l.image.is_some()
-    {
-        bail!(
-            "--to {}: name a layout (oci:<dir>) or repository, without a tag",
-            recipe.target
-        );
-    }
+    super::parse_repository("--to", &recipe.target)?;
     // Everything the user gave is checked before anything (the catalog included) is written.
     recipe.check_sources(&dir)?;
     parse_ref(&recipe.base)?;

@@ -1,6 +1,7 @@
 //! One module per command; each parses its arguments into library calls.
 
 mod append;
+mod completions;
 mod copy;
 mod inspect;
 mod layer;
@@ -46,6 +47,8 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
         Command::Rebase(args) => rebase::run(&ctx, args).await,
+        Command::Completions(args) => completions::completions(&args).map(|()| 0),
+        Command::Man(args) => completions::man(&args).map(|()| 0),
     }
 }
 
@@ -109,6 +112,27 @@ impl Ctx {
 
 fn parse_ref(input: &str) -> Result<StoreRef> {
     StoreRef::parse(input).with_context(|| format!("parsing reference {input:?}"))
+}
+
+/// Parses a reference that must name a layout or repository only, such as where a nick's
+/// versions go (each is tagged with the nick): a tag or digest there would be ignored, so it is
+/// refused. A registry reference reads as `:latest` without a tag, so the text itself is checked.
+fn parse_repository(flag: &str, input: &str) -> Result<StoreRef> {
+    let r = parse_ref(input)?;
+    let tagged = match &r {
+        StoreRef::Layout(l) => l.image.is_some(),
+        StoreRef::Registry(_) => {
+            let bare = input.strip_prefix("docker://").unwrap_or(input);
+            bare.contains('@') || bare.rsplit('/').next().is_some_and(|name| name.contains(':'))
+        }
+    };
+    if tagged {
+        bail!(
+            "{flag} {input}: name a layout (oci:<dir>) or repository without a tag or digest; \
+             each version is tagged with the nick and answered pinned to its digest"
+        );
+    }
+    Ok(r)
 }
 
 /// Opens the store of a reference for reading, and what in it the reference names.

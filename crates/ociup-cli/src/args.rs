@@ -443,6 +443,10 @@ pub struct CopyArgs {
     /// Blobs moved at once.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Into a layout: read every blob it already holds and check its digest, writing again
+    /// those that do not match (without it, a blob of the right size counts as present).
+    #[arg(long)]
+    pub verify: bool,
     /// Print a JSON report instead of text, and no progress bar.
     #[arg(long)]
     pub json: bool,

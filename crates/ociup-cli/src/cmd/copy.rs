@@ -24,6 +24,7 @@ pub async fn run(ctx: &Ctx, args: CopyArgs) -> Result<()> {
     let opts = CopyOptions {
         jobs: args.jobs,
         platform: parse_platform(args.platform.as_deref())?,
+        verify: args.verify,
     };
 
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
@@ -68,17 +69,20 @@ pub async fn run(ctx: &Ctx, args: CopyArgs) -> Result<()> {
             "report": report,
         }));
     }
+    let tag = dst_ref.tag().map(|t| format!(" ({t})")).unwrap_or_default();
     output::line(format!(
-        "{} -> {}\n  digest     {}\n  manifests  {} written, {} present\n  blobs      {} copied ({} bytes), {} mounted, {} present",
+        "{} -> {}\n  digest     {}\n  manifests  {} written, {} present\n  tags       {} written{tag}\n  blobs      {} copied ({} bytes), {} mounted, {} present, {} repaired",
         args.source,
         args.destination,
         report.digest,
         report.manifests_written,
         report.manifests_present,
+        report.tags_written,
         report.blobs_copied,
         report.bytes_copied,
         report.blobs_mounted,
-        report.blobs_present
+        report.blobs_present,
+        report.blobs_repaired,
     ))?;
     Ok(())
 }

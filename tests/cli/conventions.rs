@@ -378,3 +378,93 @@ fn version_names_the_commit() {
         format!("ociup-copy {version} ({commit})")
     );
 }
+
+#[test]
+fn a_tag_in_to_is_written_or_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    std::fs::write(dir.join("app.txt"), b"app\n").unwrap();
+    let base = format!("oci:{}:v1", fixtures().join("base").display());
+
+    // register: versions are tagged with the nick, so a tag or digest in --to would be ignored.
+    // A registry reference reads as :latest without one, and a port is not a tag. The source
+    // file is missing, so a --to that passes stops there, before anything is written.
+    let digest = format!("sha256:{}", "0".repeat(64));
+    for to in [
+        "127.0.0.1:5000/team/app:v1".to_owned(),
+        "docker://127.0.0.1:5000/team/app:v1".to_owned(),
+        format!("127.0.0.1:5000/team/app@{digest}"),
+        format!("oci:{}:v1", dir.join("images").display()),
+    ] {
+        let (code, _, err) = ociup_at(
+            dir,
+            &[
+                "register",
+                "app",
+                "--base",
+                &base,
+                "--to",
+                &to,
+                "--add",
+                "missing:/x",
+            ],
+        );
+        assert_eq!(code, 1, "{to}: {err}");
+        assert!(
+            err.contains(&format!("--to {to}")) && err.contains("without a tag"),
+            "{to}: {err}"
+        );
+        assert!(!dir.join("catalog").exists(), "{to}: nothing written");
+    }
+    for to in [
+        "127.0.0.1:5000/team/app".to_owned(),
+        format!("oci:{}", dir.join("images").display()),
+    ] {
+        let (code, _, err) = ociup_at(
+            dir,
+            &[
+                "register",
+                "app",
+                "--base",
+                &base,
+                "--to",
+                &to,
+                "--add",
+                "missing:/x",
+            ],
+        );
+        assert_eq!(code, 1, "{to}: {err}");
+        assert!(
+            !err.contains("without a tag") && err.contains("missing"),
+            "{to}: {err}"
+        );
+    }
+
+    // layer create: --to is a directory inside the image, not an image.
+    let err = ociup_err(&[
+        "layer",
+        "create",
+        dir.join("app.txt").to_str().unwrap(),
+        "--to",
+        "oci:out:v1",
+        "-o",
+        dir.join("l.tgz").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--to oci:out:v1") && err.contains("ociup append"),
+        "{err}"
+    );
+    assert!(!dir.join("l.tgz").exists());
+
+    // append: the tag is written, and said.
+    let to = format!("oci:{}:v7", dir.join("out").display());
+    let add = format!("{}:/opt/app.txt", dir.join("app.txt").display());
+    let text = ociup_ok(&["append", "--base", &base, "--add", &add, "--to", &to]);
+    assert!(text.contains("  tag     v7"), "{text}");
+    let made = json(&ociup_ok(&[
+        "append", "--base", &base, "--add", &add, "--to", &to, "--json",
+    ]));
+    assert_eq!(made["tag"], "v7");
+    let seen = json(&ociup_ok(&["inspect", &to, "--json"]));
+    assert_eq!(seen["digest"], made["digest"]);
+}

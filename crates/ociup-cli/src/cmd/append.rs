@@ -122,6 +122,7 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
     if args.json {
         output::json(&serde_json::json!({
             "reference": written,
+            "tag": dest_ref.tag(),
             "digest": digest.to_string(),
             "media_type": outcome.manifest.media_type(),
             "size": outcome.manifest.size(),
@@ -130,6 +131,9 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
         }))
     } else {
         output::line(format!("{written}\n  digest  {digest}"))?;
+        if let Some(tag) = dest_ref.tag() {
+            output::line(format!("  tag     {tag}"))?;
+        }
         for l in &outcome.layers {
             output::line(format!("  layer   {} ({} bytes)", l.digest, l.size))?;
         }

@@ -1,7 +1,7 @@
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ociup_core::layer::LayerBuilder;
 
 use super::{compression_name, layer_options};
@@ -9,6 +9,15 @@ use crate::args::LayerCreateArgs;
 use crate::output;
 
 pub fn create(args: LayerCreateArgs) -> Result<()> {
+    // `--to` here is a directory inside the image; an image reference given as in `append` would
+    // otherwise become a directory named `oci:out:v1` in the layer.
+    let to = &args.to;
+    if !to.starts_with('/') && to.contains(':') {
+        bail!(
+            "--to {to}: the directory inside the image to put the files in (such as /opt/app); \
+             to write an image there, use ociup append --base REF --add SRC:DEST --to {to}"
+        );
+    }
     let opts = layer_options(&args.layer)?;
     let mut builder = LayerBuilder::new(opts);
     for src in &args.sources {

@@ -26,6 +26,8 @@ use crate::media_type::Compression;
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// The predicate type of ociup build manifests.
 pub const PREDICATE_TYPE: &str = "https://ociup.dev/build-manifest/v1";
+/// The in-toto statement type ociup writes.
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 /// Media type of the envelope blob, and artifact type of the referrer manifest.
 pub const ENVELOPE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 
@@ -74,6 +76,107 @@ pub struct BuildManifest {
     pub files: Vec<FileEntry>,
     /// The commands, from the audit trail, that recreate the image from its base.
     pub commands: Vec<String>,
+    /// The digest of the recipe blob the version was made from, so that the signature covers
+    /// the recipe a regeneration applies. Absent in build manifests of older ociup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
+}
+
+/// What a nick's build manifest must name, beside its subject.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    /// The nick.
+    pub nick: &'a str,
+    /// The version number.
+    pub version: u64,
+    /// The digest of the recipe blob the catalog holds (checked when the predicate names one).
+    pub recipe: Option<&'a str>,
+}
+
+/// The predicate of a statement whose signature has been verified, once the statement is
+/// found to be an ociup build manifest of `subject` (and, with `expected`, of that nick, version
+/// and recipe).
+///
+/// # Errors
+/// [`Error::InvalidChange`] naming what differs: a statement or predicate type ociup does not
+/// know, another subject, nick, version or recipe; [`Error::InvalidDocument`] for a predicate
+/// that does not parse.
+pub fn check_statement(
+    statement: &serde_json::Value,
+    subject: &Digest,
+    expected: Option<&Expected<'_>>,
+) -> Result<BuildManifest> {
+    let wrong = |reason: String| Error::InvalidChange { reason };
+    let text = |pointer: &str| statement.pointer(pointer).and_then(|v| v.as_str());
+    match text("/_type") {
+        Some(STATEMENT_TYPE) => {}
+        other => {
+            return Err(wrong(format!(
+                "the build manifest is a statement of type {other:?}, not {STATEMENT_TYPE}"
+            )));
+        }
+    }
+    match text("/predicateType") {
+        Some(PREDICATE_TYPE) => {}
+        other => {
+            return Err(wrong(format!(
+                "the build manifest's predicate type {other:?} is not one ociup knows \
+                 ({PREDICATE_TYPE})"
+            )));
+        }
+    }
+    let algorithm = subject.algorithm();
+    let named = statement
+        .pointer("/subject/0/digest")
+        .and_then(|d| d.get(algorithm.as_str()))
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if named != subject.hex() || statement.pointer("/subject/1").is_some() {
+        return Err(wrong(format!(
+            "the build manifest is for {algorithm}:{named}, not {subject}"
+        )));
+    }
+    let predicate: BuildManifest = serde_json::from_value(
+        statement
+            .get("predicate")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+    )
+    .map_err(|e| Error::InvalidDocument {
+        what: "build manifest".into(),
+        reason: e.to_string(),
+    })?;
+    if let Some(want) = expected {
+        if predicate.nick != want.nick || predicate.version != want.version {
+            return Err(wrong(format!(
+                "the build manifest of {subject} is of {} version {}, not {} version {}",
+                predicate.nick, predicate.version, want.nick, want.version
+            )));
+        }
+        if let (Some(signed), Some(held)) = (&predicate.recipe, want.recipe)
+            && signed != held
+        {
+            return Err(wrong(format!(
+                "{} version {} was signed with recipe {signed}, but the catalog holds recipe \
+                 {held}: the recipe was changed outside ociup",
+                want.nick, want.version
+            )));
+        }
+    }
+    Ok(predicate)
+}
+
+/// The key ids an envelope's signatures name (for messages: which key signed it).
+pub fn envelope_key_ids(envelope: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<serde_json::Value>(envelope)
+        .ok()
+        .and_then(|v| v.get("signatures").and_then(|s| s.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s.get("keyid").and_then(|k| k.as_str()))
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A base in a build manifest.
@@ -183,7 +286,7 @@ pub fn statement(
     predicate: &BuildManifest,
 ) -> serde_json::Value {
     json!({
-        "_type": "https://in-toto.io/Statement/v1",
+        "_type": STATEMENT_TYPE,
         "subject": [{"name": subject_name, "digest": {subject.algorithm().as_str(): subject.hex()}}],
         "predicateType": PREDICATE_TYPE,
         "predicate": predicate,
@@ -774,6 +877,106 @@ mod tests {
                 && err.contains("made with a P-256 key"),
             "{err}"
         );
+    }
+
+    fn predicate_for_tests(nick: &str, version: u64) -> BuildManifest {
+        BuildManifest {
+            nick: nick.into(),
+            version,
+            base: BaseEntry {
+                reference: "reg/lib/base:latest".into(),
+                digest: Digest::sha256(b"base").to_string(),
+            },
+            layers: vec![LayerEntry {
+                digest: Digest::sha256(b"layer").to_string(),
+                diff_id: Digest::sha256(b"tar").to_string(),
+                size: 5,
+            }],
+            files: Vec::new(),
+            commands: vec!["ociup register app".into()],
+            recipe: Some(Digest::sha256(b"recipe").to_string()),
+        }
+    }
+
+    fn check_err(st: &serde_json::Value, subject: &Digest, want: Option<&Expected<'_>>) -> String {
+        check_statement(st, subject, want).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_statement_must_name_its_subject_nick_version_recipe_and_a_known_type() {
+        let image = Digest::sha256(b"image");
+        let recipe = Digest::sha256(b"recipe").to_string();
+        let want = Expected {
+            nick: "app",
+            version: 2,
+            recipe: Some(&recipe),
+        };
+        let st = statement("reg/team/app", &image, &predicate_for_tests("app", 2));
+        assert_eq!(
+            check_statement(&st, &image, Some(&want)).unwrap(),
+            predicate_for_tests("app", 2)
+        );
+        // Another image.
+        let err = check_err(&st, &Digest::sha256(b"other"), Some(&want));
+        assert!(err.contains("is for sha256:"), "{err}");
+        // Another nick's, or another version's, build manifest of the same image.
+        let other = statement("reg/team/app", &image, &predicate_for_tests("web", 2));
+        let err = check_err(&other, &image, Some(&want));
+        assert!(
+            err.contains("is of web version 2, not app version 2"),
+            "{err}"
+        );
+        assert!(
+            check_statement(&other, &image, None).is_ok(),
+            "no nick asked"
+        );
+        let older = statement("reg/team/app", &image, &predicate_for_tests("app", 1));
+        let err = check_err(&older, &image, Some(&want));
+        assert!(err.contains("app version 1, not app version 2"), "{err}");
+        // Another recipe than the one signed.
+        let edited = Digest::sha256(b"edited").to_string();
+        let err = check_err(
+            &st,
+            &image,
+            Some(&Expected {
+                recipe: Some(&edited),
+                ..want
+            }),
+        );
+        assert!(
+            err.contains("signed with recipe") && err.contains("changed outside ociup"),
+            "{err}"
+        );
+        // A build manifest of older ociup names no recipe: nothing to hold it against.
+        let mut legacy = predicate_for_tests("app", 2);
+        legacy.recipe = None;
+        let legacy = statement("reg/team/app", &image, &legacy);
+        assert!(legacy.pointer("/predicate/recipe").is_none());
+        assert!(check_statement(&legacy, &image, Some(&want)).is_ok());
+        // Types ociup does not know.
+        let mut st2 = st.clone();
+        st2["predicateType"] = "https://slsa.dev/provenance/v1".into();
+        let err = check_err(&st2, &image, Some(&want));
+        assert!(
+            err.contains("predicate type") && err.contains("slsa.dev"),
+            "{err}"
+        );
+        let mut st3 = st.clone();
+        st3["_type"] = "https://in-toto.io/Statement/v0.1".into();
+        assert!(check_err(&st3, &image, None).contains("Statement/v0.1"));
+        // Two subjects: not what ociup signs.
+        let mut st4 = st.clone();
+        let first = st4["subject"][0].clone();
+        st4["subject"].as_array_mut().unwrap().push(first);
+        assert!(check_err(&st4, &image, None).contains("is for"));
+    }
+
+    #[test]
+    fn envelopes_name_their_signers() {
+        let key = Key::generate().unwrap();
+        let env = key.sign(&statement_for_tests()).unwrap();
+        assert_eq!(envelope_key_ids(&env), [key.key_id()]);
+        assert!(envelope_key_ids(b"not json").is_empty());
     }
 
     #[test]

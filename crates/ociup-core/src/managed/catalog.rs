@@ -6,6 +6,14 @@
 //! audit entry), its annotations the state. Version records and audit entries link to the one
 //! before them by digest, so history is a content-addressed chain. Blobs are written before the
 //! manifest that names them, so the tag always points at something complete.
+//!
+//! The annotations summarize the entry; [`Summary::check`] holds them against the version
+//! record they summarize, so an annotation edited by hand is caught, not answered. Blobs read
+//! from a registry can be kept in a local [`BlobCache`] by digest, so a check costs no request
+//! once a blob has been seen.
+
+use std::io::Read;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -16,7 +24,7 @@ use crate::digest::Digest;
 use crate::document::{Manifest, RawDocument, canonical_json};
 use crate::error::{Error, Result};
 use crate::media_type;
-use crate::store::{ManifestRef, Store};
+use crate::store::{MAX_DOCUMENT_SIZE, ManifestRef, Store};
 
 /// Artifact type of a nick's manifest.
 pub const NICK_ARTIFACT: &str = "application/vnd.ociup.nick.v1+json";
@@ -39,6 +47,9 @@ pub enum State {
     Ready,
     /// The first build failed.
     Failed,
+    /// Unregistered (`ociup unregister`): not listed by status or upgrade, not resolved; the
+    /// entry keeps its recipe, history and audit trail, and a new registration goes on from it.
+    Removed,
 }
 
 /// One built version of a managed image.
@@ -74,6 +85,10 @@ pub struct VersionRecord {
     /// target again (checked against `digest` before use). Absent in records of older ociup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub documents: Option<ImageDocuments>,
+    /// The id of the key that signed the build manifest (hex sha256 of the public key). Absent
+    /// when unsigned, and in records of older ociup (their build manifest names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// An image's manifest and config, their exact bytes as text (ociup writes both as JSON).
@@ -218,14 +233,174 @@ pub struct Summary {
     pub base: Option<String>,
     /// The current version (absent while pending, or in older entries).
     pub current: Option<Current>,
+    /// Whether the current version has a signed build manifest (absent in older entries).
+    pub signed: Option<bool>,
+    /// The id of the key that signed it, when known.
+    pub signer: Option<String>,
     manifest: Value,
     digest: Digest,
+}
+
+impl Summary {
+    /// Checks what the annotations say against the entry they summarize (read from the same
+    /// manifest's blobs): the nick, the base, and the current version's number, image, digest,
+    /// base digest and signature. An annotation edited by hand would otherwise be answered by a
+    /// resolve with nothing due, which reads the annotations alone.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDocument`] naming the first thing that differs.
+    pub fn check(&self, entry: &Entry) -> Result<()> {
+        let nick = &self.nick;
+        let bad = |reason: String| Error::InvalidDocument {
+            what: format!("catalog entry of {nick}"),
+            reason: format!("{reason}; the catalog was changed outside ociup"),
+        };
+        if entry.recipe.nick != *nick {
+            return Err(bad(format!("its recipe is of {:?}", entry.recipe.nick)));
+        }
+        if let Some(base) = &self.base
+            && *base != entry.recipe.base
+        {
+            return Err(bad(format!(
+                "its annotations name the base {base}, its recipe {}",
+                entry.recipe.base
+            )));
+        }
+        let Some((record, _)) = &entry.version else {
+            return match &self.current {
+                Some(c) => Err(bad(format!(
+                    "its annotations name version {} ({}), but it has no version record",
+                    c.number, c.digest
+                ))),
+                None => Ok(()),
+            };
+        };
+        if record.nick != *nick {
+            return Err(bad(format!(
+                "its version record is of {:?} (version {}, {})",
+                record.nick, record.number, record.image
+            )));
+        }
+        if let Some(c) = &self.current {
+            let recorded = Current::of(record);
+            if *c != recorded {
+                return Err(bad(format!(
+                    "its annotations name version {} ({}, base {}), its version record version \
+                     {} ({}, base {})",
+                    c.number,
+                    c.image,
+                    c.base_digest,
+                    recorded.number,
+                    recorded.image,
+                    recorded.base_digest
+                )));
+            }
+        }
+        if let Some(signed) = self.signed
+            && signed != record.build_manifest.is_some()
+        {
+            return Err(bad(format!(
+                "its annotations say version {} is {}, its version record the opposite",
+                record.number,
+                if signed { "signed" } else { "unsigned" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A local cache of blobs by digest: catalog records and build manifest envelopes read from a
+/// registry, kept so that reading them again costs no request. Blobs are content-addressed: a
+/// cached file is used only when its bytes hash to its name, so a corrupted or edited file is a
+/// miss, never an answer. Writing is best effort (a cache that cannot be written is no cache).
+#[derive(Clone, Debug)]
+pub struct BlobCache {
+    dir: PathBuf,
+}
+
+impl BlobCache {
+    /// A cache in `dir` (`<dir>/<algorithm>/<hex>`), created when first written.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        BlobCache { dir: dir.into() }
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// The cached bytes of `digest`, if they are there and hash to it.
+    pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
+        let file = std::fs::File::open(self.path(digest)).ok()?;
+        let mut bytes = Vec::new();
+        file.take(MAX_DOCUMENT_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        let mut h = digest.algorithm().hasher();
+        h.update(&bytes);
+        (h.finish() == *digest).then_some(bytes)
+    }
+
+    /// Keeps `bytes` (which must hash to `digest`) under `digest`: written to a temporary file
+    /// and renamed, so a reader never sees a partial one.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) {
+        let path = self.path(digest);
+        let Some(dir) = path.parent() else { return };
+        if path.exists() || std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            f.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        // A cache that cannot be written is only slower.
+        drop(written);
+    }
+
+    /// The blob `digest` of `size` bytes from the cache, or from `store` (then cached). A
+    /// layout's blobs are local files already: they are read from the layout, not cached.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn read<S: Store>(
+        cache: Option<&BlobCache>,
+        store: &S,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let cache = cache.filter(|_| !is_layout(store));
+        if let Some(bytes) = cache.and_then(|c| c.get(digest))
+            && bytes.len() as u64 == size
+        {
+            return Ok(bytes);
+        }
+        let bytes = store.get_blob_bytes(digest, size).await?;
+        if let Some(c) = cache {
+            c.put(digest, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    /// Keeps `bytes`, just written to `store` as `digest`, unless `store` is a layout.
+    pub fn keep<S: Store>(cache: Option<&BlobCache>, store: &S, digest: &Digest, bytes: &[u8]) {
+        if let Some(c) = cache.filter(|_| !is_layout(store)) {
+            c.put(digest, bytes);
+        }
+    }
+}
+
+/// Whether a store is a layout directory (its blobs are local files).
+fn is_layout<S: Store>(store: &S) -> bool {
+    store.location().starts_with("oci:")
 }
 
 /// A catalog in a store.
 #[derive(Clone, Debug)]
 pub struct Catalog<S> {
     store: S,
+    cache: Option<BlobCache>,
 }
 
 fn tag(nick: &str) -> String {
@@ -235,7 +410,19 @@ fn tag(nick: &str) -> String {
 impl<S: Store> Catalog<S> {
     /// A catalog kept in `store`.
     pub fn new(store: S) -> Self {
-        Catalog { store }
+        Catalog { store, cache: None }
+    }
+
+    /// The same catalog, keeping the blobs it reads from a registry in `cache`.
+    #[must_use]
+    pub fn with_cache(mut self, cache: BlobCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache of blobs read, if any.
+    pub fn cache(&self) -> Option<&BlobCache> {
+        self.cache.as_ref()
     }
 
     /// The store.
@@ -268,6 +455,7 @@ impl<S: Store> Catalog<S> {
         self.store
             .put_new_blob(&digest, bytes.len() as u64, &bytes[..])
             .await?;
+        BlobCache::keep(self.cache.as_ref(), &self.store, &digest, &bytes);
         Ok(BlobRef {
             digest,
             size: bytes.len() as u64,
@@ -275,7 +463,8 @@ impl<S: Store> Catalog<S> {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, blob: &BlobRef, what: &str) -> Result<T> {
-        let bytes = self.store.get_blob_bytes(&blob.digest, blob.size).await?;
+        let bytes =
+            BlobCache::read(self.cache.as_ref(), &self.store, &blob.digest, blob.size).await?;
         serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
             what: format!("{what} {} in the catalog", blob.digest),
             source,
@@ -287,6 +476,17 @@ impl<S: Store> Catalog<S> {
     /// # Errors
     /// Store errors, [`Error::MalformedDocument`].
     pub async fn version(&self, digest: &Digest) -> Result<VersionRecord> {
+        if let Some(bytes) = self
+            .cache
+            .as_ref()
+            .filter(|_| !is_layout(&self.store))
+            .and_then(|c| c.get(digest))
+        {
+            return serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
+                what: format!("version record {digest} in the catalog"),
+                source,
+            });
+        }
         let size = self
             .store
             .blob_size(digest)
@@ -353,6 +553,8 @@ impl<S: Store> Catalog<S> {
             error: text("dev.ociup.error"),
             base: text("dev.ociup.base"),
             current,
+            signed: text("dev.ociup.signed").map(|s| s == "true"),
+            signer: text("dev.ociup.signer"),
             manifest: v,
             digest: raw.digest().clone(),
         }))
@@ -456,6 +658,11 @@ impl<S: Store> Catalog<S> {
             ann.insert("dev.ociup.image".into(), v.image.clone().into());
             ann.insert("dev.ociup.digest".into(), v.digest.clone().into());
             ann.insert("dev.ociup.base-digest".into(), v.base_digest.clone().into());
+            let signed = v.build_manifest.is_some();
+            ann.insert("dev.ociup.signed".into(), signed.to_string().into());
+            if let (true, Some(k)) = (signed, &v.signer) {
+                ann.insert("dev.ociup.signer".into(), k.clone().into());
+            }
         }
         let manifest = json!({
             "schemaVersion": 2,
@@ -549,6 +756,177 @@ mod tests {
         .unwrap();
         let docs = ImageDocuments::of(&manifest, &config).unwrap();
         (manifest, docs)
+    }
+
+    fn record(nick: &str, number: u64, image: &Digest) -> VersionRecord {
+        VersionRecord {
+            nick: nick.into(),
+            number,
+            image: format!("oci:/images@{image}"),
+            digest: image.to_string(),
+            base: "oci:/base:latest".into(),
+            base_digest: Digest::sha256(b"base").to_string(),
+            recipe: Digest::sha256(b"recipe").to_string(),
+            reason: "registered".into(),
+            time: "2026-11-28T00:00:00Z".into(),
+            actor: "tester".into(),
+            previous: None,
+            build_manifest: Some((Digest::sha256(b"envelope").to_string(), 9)),
+            epoch: 0,
+            documents: None,
+            signer: Some("ab".repeat(32)),
+        }
+    }
+
+    fn blob(bytes: &[u8]) -> BlobRef {
+        BlobRef {
+            digest: Digest::sha256(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// An entry of `nick` with `record` and the summary its manifest would carry.
+    fn entry_and_summary(nick: &str, record: VersionRecord) -> (Entry, Summary) {
+        let entry = Entry {
+            nick: nick.into(),
+            state: State::Ready,
+            error: None,
+            recipe: Recipe {
+                nick: nick.into(),
+                base: record.base.clone(),
+                target: "oci:/images".into(),
+                steps: Vec::new(),
+            },
+            recipe_blob: blob(b"recipe"),
+            version: Some((record.clone(), blob(b"record"))),
+            audit: blob(b"audit"),
+            stored: true,
+            manifest: None,
+        };
+        let summary = Summary {
+            nick: nick.into(),
+            state: State::Ready,
+            error: None,
+            base: Some(record.base.clone()),
+            current: Some(Current::of(&record)),
+            signed: Some(true),
+            signer: record.signer.clone(),
+            manifest: Value::Null,
+            digest: Digest::sha256(b"manifest"),
+        };
+        (entry, summary)
+    }
+
+    #[test]
+    fn a_summary_must_say_what_its_version_record_says() {
+        let mine = Digest::sha256(b"mine");
+        let theirs = Digest::sha256(b"theirs");
+        let (entry, summary) = entry_and_summary("app", record("app", 2, &mine));
+        summary.check(&entry).unwrap();
+        // Older entries carry no summary: nothing to hold against the record.
+        let old = Summary {
+            base: None,
+            current: None,
+            signed: None,
+            ..summary.clone()
+        };
+        old.check(&entry).unwrap();
+
+        // The annotations edited to answer another nick's image.
+        let (_, other) = entry_and_summary("web", record("web", 2, &theirs));
+        let forged = Summary {
+            current: other.current.clone(),
+            ..summary.clone()
+        };
+        let err = forged.check(&entry).unwrap_err().to_string();
+        assert!(
+            err.contains("catalog entry of app")
+                && err.contains(&theirs.to_string())
+                && err.contains(&mine.to_string())
+                && err.contains("changed outside ociup"),
+            "{err}"
+        );
+        // Another version number, another base, a signature dropped from the annotations.
+        let mut older = summary.clone();
+        older.current.as_mut().unwrap().number = 1;
+        assert!(older.check(&entry).is_err());
+        let moved = Summary {
+            base: Some("oci:/elsewhere:latest".into()),
+            ..summary.clone()
+        };
+        assert!(
+            moved
+                .check(&entry)
+                .unwrap_err()
+                .to_string()
+                .contains("elsewhere")
+        );
+        let unsigned = Summary {
+            signed: Some(false),
+            ..summary.clone()
+        };
+        assert!(
+            unsigned
+                .check(&entry)
+                .unwrap_err()
+                .to_string()
+                .contains("unsigned")
+        );
+
+        // The version layer pointed at another nick's record, annotations and all.
+        let (mut borrowed, _) = entry_and_summary("app", record("app", 2, &mine));
+        borrowed.version = Some((record("web", 2, &theirs), blob(b"web record")));
+        let err = other_summary_of("app", &other)
+            .check(&borrowed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("record is of \"web\""), "{err}");
+        // No record, but annotations that name a version.
+        let (mut bare, _) = entry_and_summary("app", record("app", 2, &mine));
+        bare.version = None;
+        assert!(
+            summary
+                .check(&bare)
+                .unwrap_err()
+                .to_string()
+                .contains("no version record")
+        );
+    }
+
+    /// `summary` as if it were `nick`'s.
+    fn other_summary_of(nick: &str, summary: &Summary) -> Summary {
+        Summary {
+            nick: nick.into(),
+            ..summary.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_blob_cache_answers_only_bytes_that_hash_to_their_name() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(t.path().join("cache"));
+        let bytes = br#"{"nick":"app"}"#;
+        let digest = Digest::sha256(bytes);
+        assert_eq!(cache.get(&digest), None);
+        cache.put(&digest, bytes);
+        assert_eq!(cache.get(&digest).as_deref(), Some(&bytes[..]));
+        // Edited in place: a miss, not an answer.
+        let path = t.path().join("cache/sha256").join(digest.hex());
+        std::fs::write(&path, br#"{"nick":"web"}"#).unwrap();
+        assert_eq!(cache.get(&digest), None);
+        // Read through from a layout: its blobs are local files, nothing is cached.
+        let layout = crate::layout::OciLayout::open_or_create(t.path().join("lay")).unwrap();
+        let other = br#"{"nick":"db"}"#;
+        let d = Digest::sha256(other);
+        layout
+            .put_blob(&d, other.len() as u64, &other[..])
+            .await
+            .unwrap();
+        let read = BlobCache::read(Some(&cache), &layout, &d, other.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(read, other);
+        assert_eq!(cache.get(&d), None);
     }
 
     #[test]

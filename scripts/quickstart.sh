@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole story on the embedded default: a local OCI layout store and the fixture images, no
 # registry, no network. Register a nick on base v1, resolve it, move the base tag to v2, resolve
-# again (an upgrade happens), resolve once more (nothing happens), show history and status, and
-# verify the signed build manifest.
+# again (an upgrade happens), resolve once more (nothing happens), show status and history,
+# verify the signed build manifest, and replay a version to the digest it recorded.
 #
 # OCIUP=path uses that binary (default: builds it); QUICKSTART_DIR=dir works there (default:
 # target/quickstart, emptied first).

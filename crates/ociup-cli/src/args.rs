@@ -30,6 +30,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Reach this registry (host[:port]) over plain HTTP. Repeatable, or comma-separated in the
     /// environment. Loopback registries fall back to HTTP by themselves.
@@ -435,7 +436,8 @@ pub enum ConfigModeArg {
 pub struct CopyArgs {
     /// What to copy.
     pub source: String,
-    /// Where to: a tag, or a layout or repository (keeping no tag).
+    /// Where to: a layout or registry reference. With a tag, the copy is tagged; oci:<dir>
+    /// without one lists it untagged in the layout, and a repository without one means :latest.
     pub destination: String,
     /// Copy only this platform of an index; the destination gets that platform's manifest.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -464,6 +466,7 @@ pub enum LayerCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Layer options")]
 pub struct LayerOpts {
     /// Layer compression.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
@@ -521,7 +524,8 @@ pub struct AppendArgs {
     /// The image to start from (a layout or registry reference), or "scratch" for none.
     #[arg(long, value_name = "REF")]
     pub base: String,
-    /// Where to write the result (a layout or registry reference, with a tag).
+    /// Where to write the result: a layout or registry reference with a tag (oci:<dir> without
+    /// one lists it untagged; a repository without one means :latest).
     #[arg(long, value_name = "REF")]
     pub to: String,
     /// Platform to pick from a multi-platform base, or of a scratch image (default: this

@@ -15,6 +15,7 @@ mod keys;
 mod layer;
 mod managed;
 mod rebase;
+mod recipes;
 mod registry;
 #[path = "../../crates/ociup-registry/tests/support/mod.rs"]
 mod registry_support;

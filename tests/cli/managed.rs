@@ -218,6 +218,8 @@ fn register_and_resolve_on_a_registry_whose_base_moves() {
                     format!("oci:{}", d.join("catalog").display()),
                 )
                 .env("SOURCE_DATE_EPOCH", "1700000000")
+                // Signed since version 2: regenerated with its key (or refused).
+                .env("OCIUP_SIGNING_KEY", d.join("k.key"))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -541,7 +543,7 @@ fn gc_keeps_the_newest_versions_and_the_whole_history() {
     let (code, _, err) = ociup_at(d, &["gc", "--keep", "0"]);
     assert!(code != 0 && err.contains("at least 1"), "{err}");
     let out = json(&ok_at(d, &["gc", "app", "--keep", "1", "--json"]));
-    assert_eq!(out[0]["deleted"], serde_json::json!([history[1]["digest"]]));
+    assert_eq!(out["nicks"][0]["deleted"], serde_json::json!([history[1]["digest"]]));
     let index = std::fs::read_to_string(d.join("img/index.json")).unwrap();
     assert!(!index.contains(history[1]["digest"].as_str().unwrap()));
     assert!(

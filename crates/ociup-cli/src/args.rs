@@ -95,7 +95,8 @@ pub enum Command {
     /// Register a managed image under a nick and build its first version.
     ///
     /// The steps are the flags of `ociup append`, applied in the order given, or a recipe file
-    /// (JSON; see the README). Files named by steps are checked before anything is written. The
+    /// (JSON; see the README). Every step's values and the files it names are checked before
+    /// anything is written; a recipe file reads only under its own folder. The
     /// catalog (recipes, versions, audit trail) lives in a store: --catalog, OCIUP_CATALOG, or
     /// a layout under the user's data directory.
     ///
@@ -105,10 +106,16 @@ pub enum Command {
     /// The request to run: print the digest-pinned reference of a nick's newest version,
     /// regenerating it on the spot when its base has moved.
     ///
-    /// Exit status 0; 1 on failure.
+    /// The catalog entry is checked against its version record first, and, with a signing key
+    /// at hand, the version against its signed build manifest; an entry changed outside ociup is
+    /// refused. A nick whose current version is signed is regenerated only with its key (or
+    /// --unsigned).
+    ///
+    /// Exit status: 0 answered; with --check, as rebase's (0 something to do, 3 nothing to
+    /// do): 0 upgrade due, 3 current; 1 failed.
     Resolve(ResolveArgs),
-    /// Every nick (or those named): current, stale (base moved), pending or failed, with one
-    /// base lookup per distinct base.
+    /// Every nick (or those named): current, stale (base moved), pending or failed, signed or
+    /// unsigned, with one base lookup per distinct base.
     Status(StatusArgs),
     /// Every version of a nick: number, digest, base digest, reason, time, actor.
     History(HistoryArgs),
@@ -131,9 +138,18 @@ pub enum Command {
     Edit(Box<EditArgs>),
     /// Resolve every nick now (the eager path), printing each answer.
     Upgrade(UpgradeArgs),
+    /// Unregister a nick (a failed registration, or one no longer wanted): it is no longer
+    /// listed, resolved or upgraded. The removal is recorded in its audit trail; its images,
+    /// history and audit trail stay, and registering the nick again goes on from them.
+    ///
+    /// Example: ociup unregister trainer
+    Unregister(UnregisterArgs),
     /// Delete the images of old versions beyond the newest N, where the store allows deletion
     /// (a registry with deletes enabled; a layout drops their index entries). The version records
-    /// stay, so the history keeps every version.
+    /// stay, so the history keeps every version. Then sweep every layout involved (the targets
+    /// and the catalog): blobs nothing listed in its index.json reaches any more are removed,
+    /// while catalog records, recipes, audit entries and build manifests are kept. A registry
+    /// removes blobs with its own garbage collector.
     Gc(GcArgs),
     /// Print a shell completion script.
     ///
@@ -165,14 +181,30 @@ pub struct ManArgs {
 pub struct GcArgs {
     /// Nicks (default: all).
     pub nicks: Vec<String>,
-    /// Versions to keep per nick, the current one included.
+    /// Versions to keep per nick, the current one included (without it no version is
+    /// deleted; layouts are still swept).
     #[arg(long, value_name = "N")]
-    pub keep: usize,
-    /// One JSON object per nick.
+    pub keep: Option<usize>,
+    /// Keep unreached blobs written less than this many seconds ago: a writer stores blobs
+    /// before the manifest that names them. Sweep a layout nothing else is writing to.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub min_age: u64,
+    /// Print JSON: nicks (each: nick, deleted) and layouts (each: layout, removed, bytes,
+    /// kept_recent).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub catalog: CatalogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnregisterArgs {
+    /// The nick.
+    pub nick: String,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +213,12 @@ pub struct EditArgs {
     pub nick: String,
     #[command(flatten)]
     pub steps: StepArgs,
+    /// Let the stored recipe's earlier steps read files outside the working directory
+    /// (absolute paths given to `register` on its command line, `..`, symlinks out). Without
+    /// it they read only under it, so that a recipe someone else put in the catalog cannot
+    /// read this machine's other files.
+    #[arg(long)]
+    pub allow_outside: bool,
     /// Upper bound of timestamps in what is built, seconds since 1970.
     #[arg(
         long,
@@ -227,6 +265,10 @@ pub struct ReplayArgs {
     /// Where the recipe's source files are.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Let the recipe read files outside --dir (absolute paths given to `register` on its
+    /// command line, `..`, symlinks out). Without it, it reads only under --dir.
+    #[arg(long)]
+    pub allow_outside: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -247,6 +289,11 @@ pub struct SigningArgs {
     /// `ociup keygen` or `openssl pkcs8 -topk8 -nocrypt`); its algorithm is read from the file.
     #[arg(long, env = "OCIUP_SIGNING_KEY", value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// When a nick whose current version is signed needs a new version (its base moved, an
+    /// edit) and no --sign-key is given: make the new version unsigned, recorded in the nick's
+    /// audit trail. Without it, that is refused. No effect when a key is given.
+    #[arg(long)]
+    pub unsigned: bool,
     /// Who is recorded with the command (default: $USER).
     #[arg(long, env = "OCIUP_ACTOR")]
     pub actor: Option<String>,
@@ -257,9 +304,15 @@ pub struct RegisterArgs {
     /// The nick: 1 to 64 of [a-z0-9_-].
     #[arg(required_unless_present = "recipe")]
     pub nick: Option<String>,
-    /// A recipe file instead of the flags.
+    /// A recipe file instead of the flags. Its source paths are relative to the file, and it
+    /// reads only under the file's folder (symlinks resolved).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["nick", "base", "to"])]
     pub recipe: Option<PathBuf>,
+    /// Replace the recipe of a nick registered already: its next version is built from the
+    /// new recipe (the nick answers its current version until then, and still does if the
+    /// build fails); history and audit trail go on. (`--replace SRC:DEST` is a step.)
+    #[arg(long)]
+    pub replace_recipe: bool,
     /// The base image, usually a moving tag.
     #[arg(long, value_name = "REF", required_unless_present = "recipe")]
     pub base: Option<String>,
@@ -292,7 +345,8 @@ pub struct RegisterArgs {
 pub struct ResolveArgs {
     /// The nick.
     pub nick: String,
-    /// Say whether an upgrade is due; change nothing.
+    /// Say whether an upgrade is due ("upgrade due", exit status 0) or not ("current", exit
+    /// status 3); change nothing.
     #[arg(long, conflicts_with = "offline")]
     pub check: bool,
     /// Answer the current version without asking the base.
@@ -329,7 +383,11 @@ pub enum UnreachableArg {
 pub struct StatusArgs {
     /// Nicks to show (default: all).
     pub nicks: Vec<String>,
-    /// One JSON object per nick.
+    /// Print a JSON array, one object per nick: nick; status (current, stale, pending, failed,
+    /// removed, or unknown when the base cannot be reached); base; version, digest and
+    /// base_digest of the current version (null while pending); current_base_digest (what the
+    /// base points to now, null when unknown); signed (true or false) and signer (the signing
+    /// key's id, when recorded); error (why it failed or is unknown, else null).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

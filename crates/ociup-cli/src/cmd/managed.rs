@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use ociup_core::managed::build_manifest::{Key, PublicKey};
-use ociup_core::managed::manager::{self, Manager, ResolveOptions, Unreachable};
-use ociup_core::managed::recipe::{Recipe, Step};
+use ociup_core::managed::catalog::BlobCache;
+use ociup_core::managed::manager::{
+    self, Manager, ManagerOptions, Registration, ResolveOptions, Unreachable,
+};
+use ociup_core::layout::OciLayout;
+use ociup_core::managed::gc::{self, SweepOptions};
+use ociup_core::managed::recipe::{Recipe, SourceAccess, Step};
 use ociup_core::store::ManifestRef;
-use ociup_registry::{AnyStore, Opener};
+use ociup_registry::{AnyStore, Opener, StoreRef};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
     CatalogArgs, EditArgs, GcArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs,
-    SigningArgs, StatusArgs, UnreachableArg, UpgradeArgs, VerifyArgs,
+    SigningArgs, StatusArgs, UnreachableArg, UnregisterArgs, UpgradeArgs, VerifyArgs,
 };
 use crate::output;
 
@@ -36,6 +41,23 @@ fn manager(
     epoch: u64,
     platform: Option<&str>,
 ) -> Result<Manager<Opener>> {
+    manager_with(
+        ctx,
+        catalog,
+        signing,
+        (epoch, platform),
+        SourceAccess::Confined,
+    )
+}
+
+/// [`manager`] for `edit` and `replay`, which say what a stored recipe may read.
+fn manager_with(
+    ctx: &Ctx,
+    catalog: &CatalogArgs,
+    signing: Option<&SigningArgs>,
+    (epoch, platform): (u64, Option<&str>),
+    stored_sources: SourceAccess,
+) -> Result<Manager<Opener>> {
     let cref = parse_ref(&catalog_ref(catalog)?)?;
     let client = ctx.client(&[&cref])?;
     let store = cref
@@ -52,11 +74,36 @@ fn manager(
     Ok(Manager::new(
         Opener::new(client),
         store,
-        actor,
-        key,
-        epoch,
-        parse_platform(platform)?,
+        ManagerOptions {
+            actor,
+            key,
+            epoch,
+            platform: parse_platform(platform)?,
+            stored_sources,
+            cache: cache_dir().map(BlobCache::new),
+            unsigned: signing.is_some_and(|s| s.unsigned),
+        },
     ))
+}
+
+/// Where catalog records and build manifests read from a registry are kept by digest:
+/// `$XDG_CACHE_HOME/ociup/blobs`, else `~/.cache/ociup/blobs`.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("ociup/blobs"))
+}
+
+/// What a recipe read back from the catalog may read: only under the directory, unless
+/// `--allow-outside`.
+fn stored_sources(allow_outside: bool) -> SourceAccess {
+    if allow_outside {
+        SourceAccess::Anywhere
+    } else {
+        SourceAccess::Confined
+    }
 }
 
 /// The step flags (of `append`, `register` and `edit`), in the order they were given.
@@ -143,7 +190,8 @@ pub(super) fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
 }
 
 pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Result<()> {
-    let (recipe, dir) = match &args.recipe {
+    // A recipe file reads only under its folder; steps typed here read what they name.
+    let (recipe, dir, access) = match &args.recipe {
         Some(file) => {
             let bytes = std::fs::read(file)
                 .with_context(|| format!("reading recipe {}", file.display()))?;
@@ -153,7 +201,7 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .to_owned();
-            (recipe, dir)
+            (recipe, dir, SourceAccess::Confined)
         }
         None => {
             let recipe = Recipe {
@@ -163,12 +211,14 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
                 steps: ordered_steps(matches)?,
             };
             ociup_core::managed::recipe::validate_nick(&recipe.nick)?;
-            (recipe, PathBuf::from("."))
+            (recipe, PathBuf::from("."), SourceAccess::Anywhere)
         }
     };
     super::parse_repository("--to", &recipe.target)?;
     // Everything the user gave is checked before anything (the catalog included) is written.
-    recipe.check_sources(&dir)?;
+    recipe
+        .check(&dir, access)
+        .with_context(|| format!("registering {}", recipe.nick))?;
     parse_ref(&recipe.base)?;
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
     let m = manager(
@@ -178,17 +228,17 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
         epoch,
         args.platform.as_deref(),
     )?;
-    let command = std::iter::once(format!(
-        "ociup register {} --base {} --to {}",
-        recipe.nick, recipe.base, recipe.target
-    ))
-    .chain(recipe.commands())
-    .collect::<Vec<_>>()
-    .join(" ");
+    let nick = recipe.nick.clone();
+    let mut registration = Registration::new(recipe, dir);
+    registration.access = access;
+    registration.replace = args.replace_recipe;
+    if args.replace_recipe {
+        registration.command.push_str(" --replace-recipe");
+    }
     let record = m
-        .register(recipe.clone(), &dir, command)
+        .register(registration)
         .await
-        .with_context(|| format!("registering {}", recipe.nick))?;
+        .with_context(|| format!("registering {nick}"))?;
     if args.json {
         return output::json(&serde_json::to_value(&record)?);
     }
@@ -199,10 +249,16 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
     Ok(())
 }
 
-pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<()> {
+/// `resolve --check`: an upgrade is due (as rebase's 0, there is something to do).
+const CHECK_UPGRADE_DUE: u8 = 0;
+/// `resolve --check`: current, nothing to do (as rebase's 3).
+const CHECK_CURRENT: u8 = 3;
+
+/// Exit status: 0 answered; with --check, 0 upgrade due and 3 current; 1 failed.
+pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
     let m = manager(ctx, &args.catalog, Some(&args.signing), epoch, None)?;
-    let r = m
+    let resolved = m
         .resolve(
             &args.nick,
             ResolveOptions {
@@ -214,16 +270,34 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<()> {
                 },
             },
         )
-        .await
-        .with_context(|| format!("resolving {}", args.nick))?;
-    if args.json {
-        return output::json(&serde_json::to_value(&r)?);
-    }
+        .await;
+    let r = match resolved {
+        Ok(r) => r,
+        Err(ociup_core::Error::Backend(e)) if e.is::<manager::BaseUnreachable>() => bail!(
+            "resolving {}: {:#}; to answer the last good version instead (marked stale), pass \
+             --if-unreachable stale",
+            args.nick,
+            anyhow::Error::from_boxed(e)
+        ),
+        Err(e) => return Err(e).with_context(|| format!("resolving {}", args.nick)),
+    };
     if r.stale {
         eprintln!(
             "ociup: the base of {} cannot be reached; answering the last good version (stale)",
             r.nick
         );
+        if args.check {
+            bail!("cannot tell whether an upgrade is due: the base of {} cannot be reached", r.nick);
+        }
+    }
+    let status = match (args.check, r.upgrade_due) {
+        (false, _) => 0,
+        (true, true) => CHECK_UPGRADE_DUE,
+        (true, false) => CHECK_CURRENT,
+    };
+    if args.json {
+        output::json(&serde_json::to_value(&r)?)?;
+        return Ok(status);
     }
     if args.check {
         output::line(if r.upgrade_due {
@@ -231,7 +305,7 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<()> {
         } else {
             "current"
         })?;
-        return Ok(());
+        return Ok(status);
     }
     if r.upgraded {
         eprintln!(
@@ -240,7 +314,7 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<()> {
         );
     }
     output::line(&r.reference)?;
-    Ok(())
+    Ok(0)
 }
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<()> {
@@ -251,10 +325,11 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<()> {
     }
     for s in &all {
         output::line(format!(
-            "{:<20} {:<8} v{:<4} {}",
+            "{:<20} {:<8} v{:<4} {:<8} {}",
             s.nick,
             s.status,
             s.version.map_or("-".into(), |v| v.to_string()),
+            if s.signed { "signed" } else { "unsigned" },
             s.base
         ))?;
     }
@@ -316,8 +391,7 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         && !args.target.contains(':');
     let checked = if is_nick {
         let m = manager(ctx, &args.catalog, None, 0, None)?;
-        let (store, digest) = m.current(&args.target).await?;
-        manager::verify(&store, &ManifestRef::Digest(digest), &key).await
+        m.verify_nick(&args.target, &key).await
     } else {
         let r = parse_ref(&args.target)?;
         let client = ctx.client(&[&r])?;
@@ -342,7 +416,13 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
 }
 
 pub async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<u8> {
-    let m = manager(ctx, &args.catalog, None, 0, None)?;
+    let m = manager_with(
+        ctx,
+        &args.catalog,
+        None,
+        (0, None),
+        stored_sources(args.allow_outside),
+    )?;
     let (nick, number) = match args.target.split_once('@') {
         Some((n, v)) => (
             n.to_owned(),
@@ -382,7 +462,13 @@ pub async fn edit(ctx: &Ctx, args: EditArgs, matches: &ArgMatches) -> Result<()>
         bail!("no steps given: say what to add, remove or set");
     }
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
-    let m = manager(ctx, &args.catalog, Some(&args.signing), epoch, None)?;
+    let m = manager_with(
+        ctx,
+        &args.catalog,
+        Some(&args.signing),
+        (epoch, None),
+        stored_sources(args.allow_outside),
+    )?;
     let command = std::iter::once(format!("ociup edit {}", args.nick))
         .chain(steps.iter().map(Step::command))
         .collect::<Vec<_>>()
@@ -397,6 +483,18 @@ pub async fn edit(ctx: &Ctx, args: EditArgs, matches: &ArgMatches) -> Result<()>
     output::line(format!(
         "{} version {} ({}): {}",
         record.nick, record.number, record.reason, record.image
+    ))?;
+    Ok(())
+}
+
+pub async fn unregister(ctx: &Ctx, args: UnregisterArgs) -> Result<()> {
+    let m = manager(ctx, &args.catalog, Some(&args.signing), 0, None)?;
+    m.unregister(&args.nick, format!("ociup unregister {}", args.nick))
+        .await
+        .with_context(|| format!("unregistering {}", args.nick))?;
+    output::line(format!(
+        "unregistered {} (its images, history and audit trail stay)",
+        args.nick
     ))?;
     Ok(())
 }
@@ -441,14 +539,34 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> Result<()> {
     } else {
         args.nicks.clone()
     };
-    let mut out = Vec::new();
+    let mut deleted_json = Vec::new();
+    // The layouts to sweep: the catalog's and each nick's target, once each.
+    let mut layouts = Vec::new();
+    if let StoreRef::Layout(l) = parse_ref(&catalog_ref(&args.catalog)?)? {
+        layouts.push(l.dir);
+    }
     for nick in nicks {
+        let target = match m.catalog().get(&nick).await? {
+            Some(e) => e.recipe.target,
+            None => bail!(
+                "collecting {nick}: no managed image is registered as {nick:?} in {}",
+                catalog_ref(&args.catalog)?
+            ),
+        };
+        if let StoreRef::Layout(l) = parse_ref(&target)?
+            && !layouts.contains(&l.dir)
+        {
+            layouts.push(l.dir);
+        }
+        let Some(keep) = args.keep else {
+            continue;
+        };
         let deleted = m
-            .gc(&nick, args.keep)
+            .gc(&nick, keep)
             .await
             .with_context(|| format!("collecting {nick}"))?;
         if args.json {
-            out.push(serde_json::json!({"nick": nick, "deleted": deleted}));
+            deleted_json.push(serde_json::json!({"nick": nick, "deleted": deleted}));
         } else {
             output::line(format!(
                 "{nick:<20} {} old version(s) deleted",
@@ -456,8 +574,36 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> Result<()> {
             ))?;
         }
     }
+    let opts = SweepOptions {
+        min_age: std::time::Duration::from_secs(args.min_age),
+    };
+    let mut swept_json = Vec::new();
+    for dir in layouts {
+        let layout = OciLayout::open(&dir)?;
+        let swept = tokio::task::spawn_blocking(move || gc::sweep(&layout, opts))
+            .await?
+            .with_context(|| format!("sweeping oci:{}", dir.display()))?;
+        if args.json {
+            swept_json.push(serde_json::to_value(&swept)?);
+        } else {
+            output::line(format!(
+                "{}: {} unreached blob(s) removed ({} bytes){}",
+                swept.layout,
+                swept.removed,
+                swept.bytes,
+                if swept.kept_recent > 0 {
+                    format!(
+                        ", {} newer than {}s kept",
+                        swept.kept_recent, args.min_age
+                    )
+                } else {
+                    String::new()
+                }
+            ))?;
+        }
+    }
     if args.json {
-        output::json(&serde_json::Value::Array(out))?;
+        output::json(&serde_json::json!({"nicks": deleted_json, "layouts": swept_json}))?;
     }
     Ok(())
 }

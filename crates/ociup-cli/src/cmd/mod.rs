@@ -27,7 +27,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             let sub = matches.subcommand_matches("register").unwrap_or(matches);
             managed::register(&ctx, *args, sub).await.map(|()| 0)
         }
-        Command::Resolve(args) => managed::resolve(&ctx, args).await.map(|()| 0),
+        Command::Resolve(args) => managed::resolve(&ctx, args).await,
         Command::Status(args) => managed::status(&ctx, args).await.map(|()| 0),
         Command::History(args) => managed::history(&ctx, args).await.map(|()| 0),
         Command::Keygen(args) => managed::keygen(args).map(|()| 0),
@@ -38,6 +38,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             managed::edit(&ctx, *args, sub).await.map(|()| 0)
         }
         Command::Upgrade(args) => managed::upgrade(&ctx, args).await,
+        Command::Unregister(args) => managed::unregister(&ctx, args).await.map(|()| 0),
         Command::Gc(args) => managed::gc(&ctx, args).await.map(|()| 0),
         Command::Layer(LayerCommand::Create(args)) => layer::create(args).map(|()| 0),
         Command::Append(args) => {

@@ -2,32 +2,33 @@
 //! lazy upgrade), status, history and verify.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::build_manifest::{
-    BaseEntry, BuildManifest, ENVELOPE_MEDIA_TYPE, FileEntry, Key, LayerEntry, PublicKey,
-    layer_files, statement,
+    BaseEntry, BuildManifest, ENVELOPE_MEDIA_TYPE, Expected, FileEntry, Key, LayerEntry, PublicKey,
+    check_statement, envelope_key_ids, layer_files, statement,
 };
 use super::catalog::{
-    AuditEntry, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, ImageDocuments, State, Summary,
-    VersionRecord,
+    AuditEntry, BlobCache, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, ImageDocuments,
+    State, Summary, VersionRecord,
 };
-use super::recipe::{Recipe, validate_nick};
+use super::recipe::{Recipe, SourceAccess, Step};
 use crate::digest::Digest;
 use crate::document::{Document, Manifest, RawDocument};
 use crate::error::{Error, Result};
-use crate::layer::LayerOptions;
+use crate::layer::{Layer, LayerOptions};
 use crate::media_type::{self, Compression};
 use crate::mutate::ConfigMode;
+use crate::mutate::NewLayer;
 use crate::ops::rebase::{OldBaseSource, RebaseOptions, rebase_image};
 use crate::ops::{self, AppendBase, AppendRequest};
 use crate::reference::PlatformSpec;
+use crate::store::MAX_DOCUMENT_SIZE;
 use crate::store::{ManifestRef, Store};
 use crate::time::rfc3339;
 
@@ -100,7 +101,8 @@ pub struct Resolution {
 pub struct NickStatus {
     /// The nick.
     pub nick: String,
-    /// `current`, `stale` (base moved), `pending`, `failed`, or `unknown` (base unreachable).
+    /// `current`, `stale` (base moved), `pending`, `failed`, `unknown` (base unreachable), or
+    /// `removed` (unregistered; shown only when named).
     pub status: String,
     /// The base reference.
     pub base: String,
@@ -112,6 +114,11 @@ pub struct NickStatus {
     pub base_digest: Option<String>,
     /// What the base points to now.
     pub current_base_digest: Option<String>,
+    /// Whether the current version has a signed build manifest (new versions are then signed
+    /// too, or refused without the key).
+    pub signed: bool,
+    /// The id of the key that signed it, when the catalog records it.
+    pub signer: Option<String>,
     /// Why it failed or could not be checked.
     pub error: Option<String>,
 }
@@ -131,6 +138,45 @@ pub struct Verified {
     pub files: usize,
 }
 
+/// The base of a nick could not be looked up by a resolve that was to fail then (not
+/// [`Unreachable::Stale`]). Carried as [`Error::Backend`], so that a caller can tell it from
+/// other failures and suggest answering the last good version instead.
+#[derive(Debug)]
+pub struct BaseUnreachable {
+    /// The nick.
+    pub nick: String,
+    /// Its base reference.
+    pub base: String,
+    /// Why the lookup failed.
+    pub source: Error,
+}
+
+impl std::fmt::Display for BaseUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the base {} of {} cannot be reached",
+            self.base, self.nick
+        )
+    }
+}
+
+impl std::error::Error for BaseUnreachable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// How a new version of a nick is signed.
+enum Signing {
+    /// Its current version is unsigned: so is the new one.
+    Unsigned,
+    /// Signed again: the current version's predicate, checked.
+    Carry(Box<BuildManifest>),
+    /// Signed, but no key was given and an unsigned version was accepted.
+    Dropped,
+}
+
 /// Managed images over a catalog store and the stores references name.
 pub struct Manager<P: Stores> {
     stores: P,
@@ -139,7 +185,70 @@ pub struct Manager<P: Stores> {
     key: Option<Key>,
     epoch: u64,
     platform: Option<PlatformSpec>,
+    stored_sources: SourceAccess,
+    unsigned: bool,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// How a [`Manager`] works: who it records, how it signs, what it builds.
+#[derive(Debug, Default)]
+pub struct ManagerOptions {
+    /// Recorded with every command and version (`unknown` when empty).
+    pub actor: String,
+    /// Signs build manifests; none are made without it.
+    pub key: Option<Key>,
+    /// `created` of what is built, seconds since 1970 (`SOURCE_DATE_EPOCH`).
+    pub epoch: u64,
+    /// The platform to pick from a multi-platform base.
+    pub platform: Option<PlatformSpec>,
+    /// What the recipe read back from the catalog by [`Manager::edit`] and [`Manager::replay`]
+    /// may read: by default only files under their directory, symlinks resolved, so that a
+    /// recipe someone else wrote into the catalog cannot read the machine's other files.
+    pub stored_sources: SourceAccess,
+    /// Keeps the catalog's blobs and the build manifests read from a registry, by digest, so
+    /// that checking them again costs no request.
+    pub cache: Option<BlobCache>,
+    /// Lets a nick whose current version is signed get an unsigned version when no key is
+    /// given, recorded in its audit trail; without it, such a regeneration or edit is refused.
+    pub unsigned: bool,
+}
+
+/// What [`Manager::register`] registers: a recipe, where its files are, and how.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Where its source files are read from: a recipe file's folder.
+    pub dir: PathBuf,
+    /// What its `add` and `replace` steps may read: by default only files under `dir`,
+    /// symlinks resolved; [`SourceAccess::Anywhere`] for steps typed on a command line.
+    pub access: SourceAccess,
+    /// The command recorded in the audit trail.
+    pub command: String,
+    /// Replace the recipe of a nick that has a version: its next version is built from the new
+    /// recipe, and the nick answers the current one until it is.
+    pub replace: bool,
+}
+
+impl Registration {
+    /// A registration of `recipe` with its files under `dir`, confined there, recorded as the
+    /// `ociup register` command that names its steps.
+    pub fn new(recipe: Recipe, dir: impl Into<PathBuf>) -> Self {
+        let command = std::iter::once(format!(
+            "ociup register {} --base {} --to {}",
+            recipe.nick, recipe.base, recipe.target
+        ))
+        .chain(recipe.commands())
+        .collect::<Vec<_>>()
+        .join(" ");
+        Registration {
+            recipe,
+            dir: dir.into(),
+            access: SourceAccess::Confined,
+            command,
+            replace: false,
+        }
+    }
 }
 
 impl<P: Stores> std::fmt::Debug for Manager<P> {
@@ -157,6 +266,20 @@ fn now() -> String {
     rfc3339(secs)
 }
 
+/// A stored recipe's source outside the directory: say how to let it read there.
+fn outside_hint(e: Error) -> Error {
+    match e {
+        Error::LayerSource { path, reason } if reason.contains("outside") => Error::LayerSource {
+            path,
+            reason: format!(
+                "{reason}; if you trust this recipe, let it read there \
+                 (ociup: --allow-outside; library: ManagerOptions::stored_sources)"
+            ),
+        },
+        e => e,
+    }
+}
+
 fn invalid(reason: impl Into<String>) -> Error {
     Error::InvalidChange {
         reason: reason.into(),
@@ -164,24 +287,35 @@ fn invalid(reason: impl Into<String>) -> Error {
 }
 
 impl<P: Stores> Manager<P> {
-    /// A manager. `actor` is recorded with every command and version; `key` signs build
-    /// manifests (none are made without it); `epoch` is `created` of what is built; `platform`
-    /// picks the platform of a multi-platform base.
-    pub fn new(
-        stores: P,
-        catalog: P::Store,
-        actor: String,
-        key: Option<Key>,
-        epoch: u64,
-        platform: Option<PlatformSpec>,
-    ) -> Self {
-        Manager {
-            stores,
-            catalog: Catalog::new(catalog),
+    /// A manager of the nicks in the catalog kept in `catalog`, opening the stores recipes
+    /// name with `stores`.
+    pub fn new(stores: P, catalog: P::Store, options: ManagerOptions) -> Self {
+        let ManagerOptions {
             actor,
             key,
             epoch,
             platform,
+            stored_sources,
+            cache,
+            unsigned,
+        } = options;
+        let catalog = match cache {
+            Some(cache) => Catalog::new(catalog).with_cache(cache),
+            None => Catalog::new(catalog),
+        };
+        Manager {
+            stores,
+            catalog,
+            actor: if actor.is_empty() {
+                "unknown".into()
+            } else {
+                actor
+            },
+            key,
+            epoch,
+            platform,
+            stored_sources,
+            unsigned,
             locks: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -196,7 +330,15 @@ impl<P: Stores> Manager<P> {
         self.catalog
             .get(nick)
             .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))
+            .ok_or_else(|| self.unknown(nick))
+    }
+
+    /// The error for a nick the catalog does not hold, naming the catalog searched.
+    fn unknown(&self, nick: &str) -> Error {
+        invalid(format!(
+            "no managed image is registered as {nick:?} in the catalog {}",
+            self.catalog.store().location()
+        ))
     }
 
     fn lock_for(&self, nick: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -217,35 +359,56 @@ impl<P: Stores> Manager<P> {
         Ok((store, digest))
     }
 
-    /// Registers a recipe and builds its first version. A pending entry is written first, so a
-    /// record exists even if the build fails (the entry is then marked failed).
+    /// Registers a recipe and builds its first version. Everything given is checked before
+    /// anything is written (every step's values, the source files and where they are, the
+    /// size of the config and manifest on what the base points to now); then a pending entry is
+    /// written, so a record exists even if the build fails (the entry is then marked failed).
+    /// A nick left pending, failed or unregistered may be registered again; one with a version
+    /// only with [`Registration::replace`]. Its audit trail and history go on from the earlier
+    /// registration's.
     ///
     /// # Errors
-    /// A missing source file or an invalid reference (nothing written); a nick already
-    /// registered; build and store errors.
-    pub async fn register(
-        &self,
-        recipe: Recipe,
-        dir: &Path,
-        command: String,
-    ) -> Result<VersionRecord> {
-        validate_nick(&recipe.nick)?;
-        recipe.check_sources(dir)?;
-        let (target, _) = self.stores.open(&recipe.target, true)?;
+    /// An invalid step, a missing source file or one outside the recipe's directory, an invalid
+    /// reference, a version that would exceed the document size cap (nothing written); a nick
+    /// registered already; build and store errors.
+    pub async fn register(&self, registration: Registration) -> Result<VersionRecord> {
+        let Registration {
+            recipe,
+            dir,
+            access,
+            command,
+            replace,
+        } = registration;
+        let dir = dir.as_path();
+        recipe.check(dir, access)?;
         self.stores.open(&recipe.base, false)?;
+        self.check_documents(&recipe).await?;
+        let (target, _) = self.stores.open(&recipe.target, true)?;
         let lock = self.lock_for(&recipe.nick);
         let _held = lock.lock().await;
         let prior = self.catalog.get(&recipe.nick).await?;
         // A nick with a version is registered; one left pending or failed (its first build never
-        // finished) may be registered again.
+        // finished), or unregistered, may be registered again.
         if let Some(e) = &prior
             && e.version.is_some()
+            && e.state != State::Removed
+            && !replace
         {
             return Err(invalid(format!(
-                "{} is registered already; change it with `ociup edit`",
+                "{} is registered already; change it with `ociup edit`, or replace its recipe \
+                 with `ociup register --replace-recipe`",
                 recipe.nick
             )));
         }
+        // Versions go on from the earlier registration's, so their tags stay unique.
+        let earlier = prior.as_ref().and_then(|p| p.version.clone());
+        let number = earlier.as_ref().map_or(1, |(v, _)| v.number + 1);
+        // Replacing a nick that has a version is like an edit: the catalog changes only once the
+        // new version is built, so the nick answers its current version until then, and still
+        // does if the build fails.
+        let in_place = prior
+            .as_ref()
+            .is_some_and(|p| p.version.is_some() && p.state != State::Removed);
         let recipe_blob = self.catalog.put_json(&recipe).await?;
         let audit = self
             .catalog
@@ -267,9 +430,19 @@ impl<P: Stores> Manager<P> {
             stored: false,
             manifest: None,
         };
-        self.catalog.put(&entry).await?;
+        if !in_place {
+            self.catalog.put(&entry).await?;
+        }
         match self
-            .build_version(&recipe, dir, &target, &entry, 1, "registered", None)
+            .build_version(
+                &recipe,
+                dir,
+                &target,
+                &entry,
+                number,
+                "registered",
+                earlier.as_ref().map(|(_, b)| b),
+            )
             .await
         {
             Ok((record, blob)) => {
@@ -278,6 +451,7 @@ impl<P: Stores> Manager<P> {
                 self.catalog.put(&entry).await?;
                 Ok(record)
             }
+            Err(e) if in_place => Err(e),
             Err(e) => {
                 entry.state = State::Failed;
                 entry.error = Some(e.to_string());
@@ -286,6 +460,89 @@ impl<P: Stores> Manager<P> {
                 Err(e)
             }
         }
+    }
+
+    /// Checks that the config and manifest a version of `recipe` would have on what its base
+    /// points to now stay within [`MAX_DOCUMENT_SIZE`], before anything is written: ociup
+    /// writes no document it could not read back.
+    async fn check_documents(&self, recipe: &Recipe) -> Result<()> {
+        let (store, digest) = self.base_digest(&recipe.base).await?;
+        let image =
+            ops::load_image(&store, &ManifestRef::Digest(digest), self.platform.as_ref()).await?;
+        let placeholder = Digest::sha256(b"");
+        let layer = NewLayer {
+            layer: Layer {
+                compression: Compression::Gzip,
+                digest: placeholder.clone(),
+                diff_id: placeholder,
+                size: u64::MAX,
+            },
+            created_by: format!("ociup recipe {}", recipe.nick),
+        };
+        let has_layer = recipe.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Add { .. }
+                    | Step::Replace { .. }
+                    | Step::Remove { .. }
+                    | Step::ClearDir { .. }
+            )
+        });
+        let made = crate::mutate::append(
+            crate::mutate::Base::Image {
+                manifest: &image.manifest,
+                config: &image.config,
+                name: Some(&recipe.base),
+            },
+            if has_layer {
+                std::slice::from_ref(&layer)
+            } else {
+                &[]
+            },
+            &recipe.config_changes(),
+            &recipe.annotations(),
+            self.epoch,
+        )?;
+        for (what, doc) in [("config", &made.config), ("manifest", &made.manifest)] {
+            if doc.size() > MAX_DOCUMENT_SIZE {
+                return Err(invalid(format!(
+                    "the {what} of {} on {} would be {} bytes, more than the {MAX_DOCUMENT_SIZE} \
+                     bytes a document may have; nothing was written",
+                    recipe.nick,
+                    recipe.base,
+                    doc.size()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregisters a nick: its entry is marked removed, with `command` in its audit trail. It
+    /// is then neither listed by [`Manager::status`] and [`Manager::upgrade_all`] nor resolved;
+    /// its images stay in the target (delete old ones first with [`Manager::gc`]), its history
+    /// and audit trail stay readable, and registering it again goes on from them.
+    ///
+    /// # Errors
+    /// An unknown nick, one unregistered already; store errors.
+    pub async fn unregister(&self, nick: &str, command: String) -> Result<()> {
+        let lock = self.lock_for(nick);
+        let _held = lock.lock().await;
+        let mut entry = self.entry(nick).await?;
+        if entry.state == State::Removed {
+            return Err(invalid(format!("{nick} is unregistered already")));
+        }
+        entry.audit = self
+            .catalog
+            .put_json(&AuditEntry {
+                command,
+                time: now(),
+                actor: self.actor.clone(),
+                previous: Some(entry.audit.digest.to_string()),
+            })
+            .await?;
+        entry.state = State::Removed;
+        entry.error = None;
+        self.catalog.put(&entry).await
     }
 
     /// The recipe built on `base_digest` of `base_store` (its layer from the sources in `dir`,
@@ -381,8 +638,19 @@ impl<P: Stores> Manager<P> {
                     layers: own_layers(&manifest, &image_diff_ids(&out.config)?, own)?,
                     files: own_files(target, &manifest, own).await?,
                     commands: self.commands(entry).await?,
+                    recipe: Some(entry.recipe_blob.digest.to_string()),
                 };
-                Some(attach(target, key, &out.manifest, &pinned, &predicate).await?)
+                Some(
+                    attach(
+                        target,
+                        self.catalog.cache(),
+                        key,
+                        &out.manifest,
+                        &pinned,
+                        &predicate,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -401,6 +669,7 @@ impl<P: Stores> Manager<P> {
             build_manifest,
             epoch: self.epoch,
             documents: Some(ImageDocuments::of(&out.manifest, &out.config)?),
+            signer: self.key.as_ref().map(Key::key_id),
         };
         let blob = self.catalog.put_json(&record).await?;
         Ok((record, blob))
@@ -408,11 +677,13 @@ impl<P: Stores> Manager<P> {
 
     /// Appends steps to a nick's recipe, records the command in its audit trail, and builds a
     /// new version from the whole recipe (sources in `dir`, the earlier steps' too) on what the
-    /// base points to now.
+    /// base points to now. The new steps read what they name; the stored ones only what
+    /// [`ManagerOptions::stored_sources`] allows (by default, files under `dir`).
     ///
     /// # Errors
-    /// An unknown nick or one without a version, a missing source file (nothing written), build
-    /// and store errors.
+    /// An unknown or unregistered nick, one without a version, an invalid step, a missing
+    /// source file or a stored one outside `dir`, a version that would exceed the document
+    /// size cap (nothing written); build and store errors.
     pub async fn edit(
         &self,
         nick: &str,
@@ -426,10 +697,33 @@ impl<P: Stores> Manager<P> {
         let Some((current, current_blob)) = entry.version.clone() else {
             return Err(invalid(format!("{nick} has no version yet to edit")));
         };
+        if entry.state == State::Removed {
+            return Err(invalid(format!(
+                "{nick} is unregistered; register it again with `ociup register`"
+            )));
+        }
+        // A signed nick stays signed, from the recipe it was signed with.
+        let (signed_target, _) = self.stores.open(&entry.recipe.target, false)?;
+        let command = match self.signing_for(&entry, &current, &signed_target).await? {
+            Signing::Dropped => format!("{command} --unsigned"),
+            _ => command,
+        };
+        // The steps typed now read what they name; the stored ones only what
+        // `stored_sources` allows. Everything is checked before anything is written.
+        let typed = Recipe {
+            steps: steps.clone(),
+            ..entry.recipe.clone()
+        };
         let mut recipe = entry.recipe.clone();
         recipe.steps.extend(steps);
-        entry.recipe.check_confined()?;
-        recipe.check_sources(dir)?;
+        recipe.validate()?;
+        entry
+            .recipe
+            .check_sources(dir, self.stored_sources)
+            .map_err(outside_hint)?;
+        typed.check_sources(dir, SourceAccess::Anywhere)?;
+        recipe.layer(dir, LayerOptions::default())?;
+        self.check_documents(&recipe).await?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let recipe_blob = self.catalog.put_json(&recipe).await?;
         let audit = self
@@ -493,7 +787,14 @@ impl<P: Stores> Manager<P> {
                 continue;
             }
             let digest: Digest = v.digest.parse()?;
-            if !target.has_manifest(&digest).await? {
+            // Deleted already when its version tag is gone: a layout keeps the manifest's blob
+            // (until a sweep) after its index entries are dropped, so the blob says nothing.
+            let listed = match target.resolve_tag(&format!("{nick}-{}", v.number)).await {
+                Ok(d) => d.digest().to_string() == v.digest,
+                Err(Error::TagNotFound { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if !listed {
                 continue;
             }
             target.delete_manifest(&digest).await?;
@@ -516,6 +817,15 @@ impl<P: Stores> Manager<P> {
     pub async fn upgrade_all(&self) -> Result<Vec<(String, Result<Resolution>)>> {
         let mut out = Vec::new();
         for nick in self.catalog.nicks().await? {
+            // Unregistered nicks are not upgraded (one more read of the entry's manifest).
+            if self
+                .catalog
+                .summary(&nick)
+                .await?
+                .is_some_and(|s| s.state == State::Removed)
+            {
+                continue;
+            }
             let r = self.resolve(&nick, ResolveOptions::default()).await;
             out.push((nick, r));
         }
@@ -547,29 +857,34 @@ impl<P: Stores> Manager<P> {
             .catalog
             .summary(nick)
             .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
-        // The manifest's summary answers when nothing is due; the blobs are read only for a
-        // regeneration (or for an entry written before summaries were).
-        let mut entry = None;
-        let (current, base) = match (&summary.current, &summary.base) {
-            (Some(c), Some(b)) => (c.clone(), b.clone()),
-            _ => {
-                let e = self.catalog.entry(&summary).await?;
-                let Some((v, _)) = &e.version else {
-                    return Err(invalid(format!(
-                        "{nick} has no version yet (state {:?}{})",
-                        e.state,
-                        e.error
-                            .as_ref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    )));
-                };
-                let found = (Current::of(v), e.recipe.base.clone());
-                entry = Some(e);
-                found
-            }
+            .ok_or_else(|| self.unknown(nick))?;
+        if summary.state == State::Removed {
+            return Err(invalid(format!(
+                "{nick} is unregistered; register it again with `ociup register`"
+            )));
+        }
+        // The answer comes from the version record, once the manifest's summary is found to
+        // say what the record says and the record to pin an image of the nick's own target.
+        // The recipe and record are read through the local cache: no request once seen.
+        let entry = self.checked_entry(&summary).await?;
+        let Some((record, record_blob)) = entry.version.clone() else {
+            return Err(invalid(format!(
+                "{nick} has no version yet (state {:?}{})",
+                entry.state,
+                entry
+                    .error
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            )));
         };
+        let (current, base) = (Current::of(&record), entry.recipe.base.clone());
+        // With the signing key at hand, the answer is also held against its signed build
+        // manifest (read through the cache): it must name this nick, version, image and recipe.
+        if self.key.is_some() && record.build_manifest.is_some() {
+            let (target, _) = self.stores.open(&entry.recipe.target, false)?;
+            self.signing_for(&entry, &record, &target).await?;
+        }
         let answer = |v: &Current, upgraded: bool, due: bool, stale: bool, prev: Option<String>| {
             Resolution {
                 nick: nick.to_owned(),
@@ -591,7 +906,13 @@ impl<P: Stores> Manager<P> {
             Err(_) if opts.unreachable == Unreachable::Stale => {
                 return Ok(answer(&current, false, false, true, None));
             }
-            Err(e) => return Err(e),
+            Err(source) => {
+                return Err(Error::Backend(Box::new(BaseUnreachable {
+                    nick: nick.to_owned(),
+                    base,
+                    source,
+                })));
+            }
         };
         if base_digest.to_string() == current.base_digest {
             return Ok(answer(&current, false, false, false, None));
@@ -599,14 +920,6 @@ impl<P: Stores> Manager<P> {
         if opts.check {
             return Ok(answer(&current, false, true, false, None));
         }
-        let entry = match entry {
-            Some(e) => e,
-            None => self.catalog.entry(&summary).await?,
-        };
-        let (record, record_blob) = entry
-            .version
-            .clone()
-            .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;
         let (next, upgraded) = self
             .regenerate(&entry, &record, &record_blob, &base_store, &base_digest)
             .await?;
@@ -618,6 +931,102 @@ impl<P: Stores> Manager<P> {
             false,
             previous,
         ))
+    }
+
+    /// The entry a summary was read from, once checked: the summary says what the version
+    /// record says ([`Summary::check`]), and the record pins an image of the recipe's target.
+    async fn checked_entry(&self, summary: &Summary) -> Result<Entry> {
+        let entry = self.catalog.entry(summary).await?;
+        summary.check(&entry)?;
+        if let Some((v, _)) = &entry.version {
+            let digest: Digest = v.digest.parse()?;
+            // Both through the same normalization, so a target written in an older form
+            // compares equal.
+            let pinned = |location: &str| self.stores.pinned(location, &digest);
+            let in_target = v
+                .image
+                .strip_suffix(&format!("@{digest}"))
+                .map(pinned)
+                .transpose()?;
+            if in_target != Some(pinned(&entry.recipe.target)?) {
+                return Err(Error::InvalidDocument {
+                    what: format!("catalog entry of {}", entry.nick),
+                    reason: format!(
+                        "its version record {} names the image {}, which is not {digest} in its \
+                         target {}; the catalog was changed outside ociup",
+                        v.number, v.image, entry.recipe.target
+                    ),
+                });
+            }
+        }
+        Ok(entry)
+    }
+
+    /// What signing a new version of a nick means, decided before anything is written: an
+    /// unsigned nick stays unsigned; a signed one is signed again, once its current build
+    /// manifest verifies with the key and names this nick, version, image and recipe (so a recipe
+    /// changed outside ociup is refused, not signed); without a key it is refused, unless
+    /// [`ManagerOptions::unsigned`] accepts an unsigned version.
+    async fn signing_for(
+        &self,
+        entry: &Entry,
+        current: &VersionRecord,
+        target: &P::Store,
+    ) -> Result<Signing> {
+        let nick = &entry.nick;
+        let Some((envelope, size)) = &current.build_manifest else {
+            return Ok(Signing::Unsigned);
+        };
+        let envelope_digest: Digest = envelope.parse()?;
+        let Some(key) = &self.key else {
+            if self.unsigned {
+                return Ok(Signing::Dropped);
+            }
+            let signer = match &current.signer {
+                Some(k) => k.clone(),
+                None => BlobCache::read(self.catalog.cache(), target, &envelope_digest, *size)
+                    .await
+                    .map(|b| envelope_key_ids(&b).join(", "))
+                    .unwrap_or_default(),
+            };
+            let signer = if signer.is_empty() {
+                "its signing key".to_owned()
+            } else {
+                format!("key {signer}")
+            };
+            return Err(invalid(format!(
+                "{nick} is signed (version {} by {signer}) and no signing key was given, so its \
+                 new version would be unsigned: give the key with --sign-key FILE (or \
+                 OCIUP_SIGNING_KEY), or accept an unsigned version with --unsigned (recorded in \
+                 its audit trail)",
+                current.number
+            )));
+        };
+        let refuse = |why: String| {
+            invalid(format!(
+                "{nick} version {} does not check out against its signed build manifest with \
+                 key {}, so nothing is answered or signed: {why}",
+                current.number,
+                key.key_id()
+            ))
+        };
+        let bytes = BlobCache::read(self.catalog.cache(), target, &envelope_digest, *size).await?;
+        let statement = key
+            .public_key()
+            .verify(&bytes)
+            .map_err(|e| refuse(e.to_string()))?;
+        let recipe = entry.recipe_blob.digest.to_string();
+        let predicate = check_statement(
+            &statement,
+            &current.digest.parse()?,
+            Some(&Expected {
+                nick,
+                version: current.number,
+                recipe: Some(&recipe),
+            }),
+        )
+        .map_err(|e| refuse(e.to_string()))?;
+        Ok(Signing::Carry(Box::new(predicate)))
     }
 
     /// Regenerates the current version on `base_digest`. Returns the version to answer and
@@ -634,6 +1043,7 @@ impl<P: Stores> Manager<P> {
         let nick = &recipe.nick;
         let number = current.number + 1;
         let (target, _) = self.stores.open(&recipe.target, true)?;
+        let signing = self.signing_for(entry, current, &target).await?;
         let digest: Digest = current.digest.parse()?;
         // The record holds the image's manifest and config (checked against its digest): no
         // need to read them from the target. Records of older versions of ociup do not.
@@ -705,20 +1115,49 @@ impl<P: Stores> Manager<P> {
             .ok_or_else(|| invalid("the rebase returned no document"))?;
         target.put_manifest(&document, Some(nick)).await?;
         let pinned = self.stores.pinned(&recipe.target, document.digest())?;
-        let build_manifest = match (&self.key, &current.build_manifest) {
-            (Some(key), Some((envelope, size))) => {
-                // Same own layers, same files: carry the previous predicate over.
-                let bytes = target.get_blob_bytes(&envelope.parse()?, *size).await?;
-                let mut predicate = predicate_of(&bytes)?;
+        let mut dropped_audit = None;
+        let build_manifest = match (&self.key, signing) {
+            (Some(key), Signing::Carry(carried)) => {
+                // Same own layers, same files: the previous predicate, checked, carried over.
+                let mut predicate = *carried;
                 predicate.version = number;
                 predicate.base = BaseEntry {
                     reference: recipe.base.clone(),
                     digest: base_digest.to_string(),
                 };
-                Some(attach(&target, key, &document, &pinned, &predicate).await?)
+                predicate.recipe = Some(entry.recipe_blob.digest.to_string());
+                Some(
+                    attach(
+                        &target,
+                        self.catalog.cache(),
+                        key,
+                        &document,
+                        &pinned,
+                        &predicate,
+                    )
+                    .await?,
+                )
+            }
+            (_, Signing::Dropped) => {
+                // Accepted explicitly: the audit trail says so.
+                let audit = self
+                    .catalog
+                    .put_json(&AuditEntry {
+                        command: format!("ociup resolve {nick} --unsigned"),
+                        time: now(),
+                        actor: self.actor.clone(),
+                        previous: Some(entry.audit.digest.to_string()),
+                    })
+                    .await?;
+                dropped_audit = Some(audit);
+                None
             }
             _ => None,
         };
+        let signer = build_manifest
+            .as_ref()
+            .and(self.key.as_ref())
+            .map(Key::key_id);
         let record = VersionRecord {
             nick: nick.clone(),
             number,
@@ -737,10 +1176,14 @@ impl<P: Stores> Manager<P> {
                 Some(config) => Some(ImageDocuments::of(&document, config)?),
                 None => None,
             },
+            signer,
         };
         let blob = self.catalog.put_json(&record).await?;
         let mut next = entry.clone();
         next.version = Some((record.clone(), blob));
+        if let Some(audit) = dropped_audit {
+            next.audit = audit;
+        }
         self.catalog.put(&next).await?;
         Ok((record, true))
     }
@@ -757,14 +1200,21 @@ impl<P: Stores> Manager<P> {
             nicks.to_vec()
         };
         // One manifest read per nick (its summary), several at once.
-        let rows: Vec<(Summary, String, Option<Current>)> =
+        let mut rows: Vec<(Summary, String, Option<Current>)> =
             futures_util::stream::iter(names.iter().map(|n| self.status_row(n)))
                 .buffered(8)
                 .try_collect()
                 .await?;
+        // Unregistered nicks are shown only when named.
+        if nicks.is_empty() {
+            rows.retain(|(s, _, _)| s.state != State::Removed);
+        }
         // One lookup per distinct base, several at once.
-        let distinct: std::collections::BTreeSet<&String> =
-            rows.iter().map(|(_, base, _)| base).collect();
+        let distinct: std::collections::BTreeSet<&String> = rows
+            .iter()
+            .filter(|(s, _, _)| s.state != State::Removed)
+            .map(|(_, base, _)| base)
+            .collect();
         let bases: BTreeMap<String, std::result::Result<String, String>> =
             futures_util::stream::iter(distinct.into_iter().map(|base| async move {
                 let d = self
@@ -782,6 +1232,7 @@ impl<P: Stores> Manager<P> {
             .map(|(summary, base, current)| {
                 let base_now = bases.get(&base).cloned().unwrap_or(Err(String::new()));
                 let (status, error) = match (summary.state, &current, &base_now) {
+                    (State::Removed, _, _) => ("removed", None),
                     (State::Pending, None, _) => ("pending", None),
                     (State::Failed, None, _) => ("failed", summary.error.clone()),
                     (_, Some(_), Err(err)) => ("unknown", Some(err.clone())),
@@ -797,6 +1248,8 @@ impl<P: Stores> Manager<P> {
                     digest: current.as_ref().map(|v| v.digest.clone()),
                     base_digest: current.as_ref().map(|v| v.base_digest.clone()),
                     current_base_digest: base_now.ok(),
+                    signed: summary.signed.unwrap_or(false),
+                    signer: summary.signer.clone(),
                     error,
                 }
             })
@@ -810,15 +1263,21 @@ impl<P: Stores> Manager<P> {
             .catalog
             .summary(nick)
             .await?
-            .ok_or_else(|| invalid(format!("no managed image is registered as {nick:?}")))?;
-        let complete =
-            summary.base.is_some() && (summary.current.is_some() || summary.state != State::Ready);
+            .ok_or_else(|| self.unknown(nick))?;
+        let complete = summary.base.is_some()
+            && (summary.current.is_some() || summary.state != State::Ready)
+            && (summary.signed.is_some() || summary.current.is_none());
         if let (true, Some(base)) = (complete, &summary.base) {
             let (base, current) = (base.clone(), summary.current.clone());
             return Ok((summary, base, current));
         }
         let e = self.catalog.entry(&summary).await?;
         let current = e.version.as_ref().map(|(v, _)| Current::of(v));
+        let mut summary = summary;
+        if let Some((v, _)) = &e.version {
+            summary.signed = Some(v.build_manifest.is_some());
+            summary.signer.clone_from(&v.signer);
+        }
         Ok((summary, e.recipe.base, current))
     }
 
@@ -833,10 +1292,11 @@ impl<P: Stores> Manager<P> {
 
     /// Rebuilds version `number` of a nick from its recipe (sources read from `dir`) on the base
     /// digest it recorded, in a scratch layout, and returns the digest the rebuild reached and
-    /// the recorded one. Nothing is written to the stores.
+    /// the recorded one. Nothing is written to the stores. The recipe reads only what
+    /// [`ManagerOptions::stored_sources`] allows (by default, files under `dir`).
     ///
     /// # Errors
-    /// An unknown nick or version, a missing source file, store errors.
+    /// An unknown nick or version, a missing source file or one outside `dir`, store errors.
     pub async fn replay(&self, nick: &str, number: u64, dir: &Path) -> Result<(String, String)> {
         let versions = self.history(nick).await?;
         let v = versions
@@ -856,8 +1316,9 @@ impl<P: Stores> Manager<P> {
             .get_blob_bytes(&recipe_digest, size)
             .await?;
         let recipe = Recipe::parse(&bytes, &format!("{nick} version {number}"))?;
-        recipe.check_confined()?;
-        recipe.check_sources(dir)?;
+        recipe
+            .check(dir, self.stored_sources)
+            .map_err(outside_hint)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
@@ -888,6 +1349,40 @@ impl<P: Stores> Manager<P> {
             .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;
         let (store, _) = self.stores.open(&e.recipe.target, false)?;
         Ok((store, v.digest.parse()?))
+    }
+
+    /// Checks a nick's current version against its signed build manifest, as [`verify`] does,
+    /// once the catalog entry is found consistent (as a resolve checks it): the build manifest
+    /// must name this nick, the version the catalog records, that version's image, and the
+    /// recipe the catalog holds (when it names one).
+    ///
+    /// # Errors
+    /// An unknown nick or one without a version, an entry changed outside ociup, and what
+    /// [`verify`] refuses.
+    pub async fn verify_nick(&self, nick: &str, key: &PublicKey) -> Result<Verified> {
+        let summary = self
+            .catalog
+            .summary(nick)
+            .await?
+            .ok_or_else(|| self.unknown(nick))?;
+        let entry = self.checked_entry(&summary).await?;
+        let (v, _) = entry
+            .version
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;
+        let (store, _) = self.stores.open(&entry.recipe.target, false)?;
+        let recipe = entry.recipe_blob.digest.to_string();
+        verify_expecting(
+            &store,
+            &ManifestRef::Digest(v.digest.parse()?),
+            key,
+            Some(&Expected {
+                nick,
+                version: v.number,
+                recipe: Some(&recipe),
+            }),
+        )
+        .await
     }
 }
 
@@ -952,25 +1447,12 @@ async fn own_files<S: Store + Clone + 'static>(
     Ok(files)
 }
 
-fn predicate_of(envelope: &[u8]) -> Result<BuildManifest> {
-    let bad = |reason: String| Error::InvalidDocument {
-        what: "build manifest envelope".into(),
-        reason,
-    };
-    let v: Value = serde_json::from_slice(envelope).map_err(|e| bad(e.to_string()))?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(v.get("payload").and_then(Value::as_str).unwrap_or(""))
-        .map_err(|e| bad(e.to_string()))?;
-    let st: Value = serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
-    serde_json::from_value(st.get("predicate").cloned().unwrap_or(Value::Null))
-        .map_err(|e| bad(e.to_string()))
-}
-
 /// Signs the build manifest of `subject` and attaches it as a referrer: the envelope blob, an
 /// artifact manifest whose `subject` is the image, and the `<alg>-<hex>` tag index that lists
 /// referrers where a store has no referrers API. Returns the envelope's digest and size.
 async fn attach<S: Store>(
     store: &S,
+    cache: Option<&BlobCache>,
     key: &Key,
     subject: &RawDocument,
     name: &str,
@@ -981,6 +1463,8 @@ async fn attach<S: Store>(
     store
         .put_blob(&env_digest, envelope.len() as u64, &envelope[..])
         .await?;
+    // A resolve with the key checks it: no need to read it back.
+    BlobCache::keep(cache, store, &env_digest, &envelope);
     let empty = b"{}";
     let empty_digest = Digest::sha256(empty);
     store.put_blob(&empty_digest, 2, &empty[..]).await?;
@@ -1037,6 +1521,22 @@ pub async fn verify<S: Store + Clone + 'static>(
     image: &ManifestRef,
     key: &PublicKey,
 ) -> Result<Verified> {
+    verify_expecting(store, image, key, None).await
+}
+
+/// [`verify`], with a build manifest that must also name `expected`'s nick, version and recipe
+/// (a nick's current version, as the catalog records it). Referrers that name another nick or
+/// version of the same image (two nicks with one recipe, a base that moved back) are skipped.
+///
+/// # Errors
+/// As [`verify`]; [`Error::InvalidChange`] when no build manifest names the expected nick and
+/// version, or one names another recipe.
+pub async fn verify_expecting<S: Store + Clone + 'static>(
+    store: &S,
+    image: &ManifestRef,
+    key: &PublicKey,
+    expected: Option<&Expected<'_>>,
+) -> Result<Verified> {
     let doc = ops::load_document(store, image).await?;
     let Document::Manifest(m) = &doc else {
         return Err(invalid("verify a platform's manifest, not an index"));
@@ -1088,23 +1588,38 @@ pub async fn verify<S: Store + Clone + 'static>(
                 continue;
             }
         };
-        let subject = st
-            .pointer("/subject/0/digest/sha256")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if subject != digest.hex() {
+        let predicate = match check_statement(&st, &digest, expected) {
+            Ok(p) => p,
+            Err(e) => {
+                last_err = e;
+                continue;
+            }
+        };
+        let own = predicate.layers.len();
+        // No own layers listed: nothing of the image's contents would be checked.
+        if own == 0 {
             return Err(invalid(format!(
-                "the build manifest is for sha256:{subject}, not {digest}"
+                "the build manifest of {digest} lists no own layers, so none of the image's \
+                 files can be checked: not verified"
             )));
         }
-        let predicate: BuildManifest = serde_json::from_value(
-            st.get("predicate").cloned().unwrap_or(Value::Null),
-        )
-        .map_err(|e| Error::InvalidDocument {
-            what: "build manifest".into(),
-            reason: e.to_string(),
-        })?;
-        let own = predicate.layers.len();
+        // ociup records how many layers are the base's: the rest must all be listed.
+        let base_layers = m
+            .parsed()
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::mutate::annotations::BASE_LAYERS))
+            .and_then(|n| n.parse::<usize>().ok());
+        let layer_count = m.parsed().layers().len();
+        if let Some(base) = base_layers
+            && base + own != layer_count
+        {
+            return Err(invalid(format!(
+                "{digest} has {} own layers above its {base} base layers, but its build \
+                 manifest lists {own}",
+                layer_count.saturating_sub(base)
+            )));
+        }
         let actual = own_layers(m, &config.diff_ids()?, own)?;
         for (i, (want, got)) in predicate.layers.iter().zip(&actual).enumerate() {
             if want != got {

@@ -3,5 +3,6 @@
 
 pub mod build_manifest;
 pub mod catalog;
+pub mod gc;
 pub mod manager;
 pub mod recipe;

@@ -1,0 +1,265 @@
+//! Garbage collection of an OCI layout: the blobs that nothing listed in its `index.json`
+//! reaches any more are removed.
+//!
+//! What is reached: every descriptor `index.json` lists (tagged or not), and from each manifest
+//! or index its config, layers, `blobs` and child manifests, recursively. A catalog kept in the
+//! layout is followed as ociup writes it: a nick's entry reaches its recipe, version record and
+//! audit entry, a version record the previous record, its recipe and its build manifest
+//! envelope, an audit entry the previous entry; so `ociup history`, the audit trail and every
+//! recorded recipe survive, while the images of deleted versions (their manifests no longer
+//! listed) go. A referrer does not keep its subject.
+//!
+//! Safety: nothing is removed when a reached document cannot be read or parsed (the sweep
+//! cannot tell what it references); a reached blob that is missing is skipped. `index.json`
+//! is held locked while the layout is walked and swept, so no tag moves meanwhile; a blob
+//! written less than [`SweepOptions::min_age`] ago is kept, because a writer stores blobs
+//! before the manifest that names them. A writer that reuses an old unreferenced blob while a
+//! sweep runs can still lose it: sweep a layout nothing else is writing to.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::catalog::{AUDIT_MEDIA_TYPE, NICK_ARTIFACT, VERSION_MEDIA_TYPE};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout::OciLayout;
+use crate::store::MAX_DOCUMENT_SIZE;
+
+/// How to sweep.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepOptions {
+    /// Unreached blobs modified less than this long ago are kept: a writer may be about to
+    /// name them. Default: one hour.
+    pub min_age: Duration,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// The layout.
+    pub layout: String,
+    /// Blobs removed.
+    pub removed: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Unreached blobs kept because they are newer than the minimum age.
+    pub kept_recent: usize,
+}
+
+/// What a descriptor points at, as far as the walk is concerned.
+enum Kind {
+    /// A manifest or index: read and followed.
+    Document,
+    /// A version record of a catalog.
+    Version,
+    /// An audit entry of a catalog.
+    Audit,
+    /// Anything else: kept, not read.
+    Opaque,
+}
+
+/// Every blob of `layout` that its `index.json` reaches.
+///
+/// # Errors
+/// A broken `index.json`; a reached document that cannot be read or parsed.
+pub fn reachable(layout: &OciLayout) -> Result<HashSet<Digest>> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<(Digest, Kind)> = Vec::new();
+    for d in layout.index_entries()? {
+        // What index.json lists is a manifest or index, whatever its media type says.
+        todo.push((Digest::try_from(d.digest())?, Kind::Document));
+    }
+    while let Some((digest, kind)) = todo.pop() {
+        if !seen.insert(digest.clone()) {
+            continue;
+        }
+        if matches!(kind, Kind::Opaque) {
+            continue;
+        }
+        let Some(v) = read_json(layout, &digest)? else {
+            continue;
+        };
+        match kind {
+            Kind::Document => follow_document(&v, &mut todo)?,
+            Kind::Version => {
+                if let Some(d) = digest_at(&v, "previous")? {
+                    todo.push((d, Kind::Version));
+                }
+                if let Some(d) = digest_at(&v, "recipe")? {
+                    todo.push((d, Kind::Opaque));
+                }
+                if let Some(d) = v
+                    .get("build_manifest")
+                    .and_then(|b| b.get(0))
+                    .and_then(Value::as_str)
+                {
+                    todo.push((d.parse()?, Kind::Opaque));
+                }
+            }
+            Kind::Audit => {
+                if let Some(d) = digest_at(&v, "previous")? {
+                    todo.push((d, Kind::Audit));
+                }
+            }
+            Kind::Opaque => {}
+        }
+    }
+    Ok(seen)
+}
+
+fn digest_at(v: &Value, key: &str) -> Result<Option<Digest>> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::parse)
+        .transpose()
+}
+
+/// The descriptors a manifest or index names.
+fn follow_document(v: &Value, todo: &mut Vec<(Digest, Kind)>) -> Result<()> {
+    let nick = v.get("artifactType").and_then(Value::as_str) == Some(NICK_ARTIFACT);
+    let list = |k: &'static str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(move |d| (k == "manifests", d))
+    };
+    let config = v.get("config").into_iter().map(|d| (false, d));
+    for (child, d) in config
+        .chain(list("layers"))
+        .chain(list("blobs"))
+        .chain(list("manifests"))
+    {
+        let Some(digest) = d.get("digest").and_then(Value::as_str) else {
+            continue;
+        };
+        let kind = match d.get("mediaType").and_then(Value::as_str) {
+            _ if child => Kind::Document,
+            Some(VERSION_MEDIA_TYPE) if nick => Kind::Version,
+            Some(AUDIT_MEDIA_TYPE) if nick => Kind::Audit,
+            _ => Kind::Opaque,
+        };
+        todo.push((digest.parse()?, kind));
+    }
+    Ok(())
+}
+
+/// A reached JSON blob, checked against its digest; `None` when the layout lacks it.
+fn read_json(layout: &OciLayout, digest: &Digest) -> Result<Option<Value>> {
+    let path = layout.blob_path(digest);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let refuse = |reason: String| Error::InvalidDocument {
+        what: format!("{digest} in {}", layout.root().display()),
+        reason: format!("{reason}; garbage collection cannot tell what it references"),
+    };
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if meta.len() > MAX_DOCUMENT_SIZE {
+        return Err(refuse(format!(
+            "{} bytes is larger than a document may be",
+            meta.len()
+        )));
+    }
+    let bytes =
+        std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    digest.verify(&bytes, || {
+        format!("blob {digest} in {}", layout.root().display())
+    })?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| refuse(format!("it is not JSON ({e})")))
+}
+
+/// Removes the blobs of `layout` that nothing listed in its `index.json` reaches (see the
+/// module documentation for what is kept, and when a sweep is safe).
+///
+/// # Errors
+/// As [`reachable`] (then nothing is removed); errors listing or removing blobs.
+pub fn sweep(layout: &OciLayout, opts: SweepOptions) -> Result<Swept> {
+    let root = layout.root();
+    // The lock writers of index.json take: no tag moves while the layout is walked and swept.
+    let lock = std::fs::File::open(root)
+        .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
+    lock.lock()
+        .map_err(|e| Error::io(format!("locking {}", root.display()), e))?;
+    let keep = reachable(layout)?;
+    let cutoff = SystemTime::now()
+        .checked_sub(opts.min_age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut swept = Swept {
+        layout: format!("oci:{}", root.display()),
+        ..Swept::default()
+    };
+    let blobs = root.join("blobs");
+    let algorithms = match std::fs::read_dir(&blobs) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(swept),
+        Err(e) => return Err(Error::io(format!("reading {}", blobs.display()), e)),
+    };
+    for alg in algorithms {
+        let alg = alg.map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
+        if !alg.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        sweep_dir(&alg.path(), &keep, cutoff, &mut swept)?;
+    }
+    drop(lock);
+    Ok(swept)
+}
+
+/// Sweeps `blobs/<alg>`: regular files named as digests of that algorithm, unreached and old
+/// enough. Anything else (temporary files, foreign names) is left alone.
+fn sweep_dir(
+    dir: &Path,
+    keep: &HashSet<Digest>,
+    cutoff: SystemTime,
+    swept: &mut Swept,
+) -> Result<()> {
+    let alg = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() else {
+            continue;
+        };
+        if keep.contains(&digest) {
+            continue;
+        }
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|err| Error::io(format!("reading {}", path.display()), err))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.modified().is_ok_and(|m| m > cutoff) {
+            swept.kept_recent += 1;
+            continue;
+        }
+        std::fs::remove_file(&path)
+            .map_err(|err| Error::io(format!("removing {}", path.display()), err))?;
+        swept.removed += 1;
+        swept.bytes += meta.len();
+    }
+    Ok(())
+}

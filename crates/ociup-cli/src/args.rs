@@ -507,7 +507,9 @@ pub struct CopyArgs {
     /// those that do not match (without it, a blob of the right size counts as present).
     #[arg(long)]
     pub verify: bool,
-    /// Print a JSON report instead of text, and no progress bar.
+    /// Print JSON instead of text, and no progress bar: source, destination, report (digest,
+    /// media_type, manifests_written, manifests_present, tags_written, blobs_copied,
+    /// blobs_mounted, blobs_present, blobs_repaired, bytes_copied).
     #[arg(long)]
     pub json: bool,
 }
@@ -570,7 +572,7 @@ pub struct LayerCreateArgs {
     /// Where to write the layer blob.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
-    /// Print the descriptor as JSON.
+    /// Print the descriptor as JSON: media_type, digest, size, diff_id, compression, path.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -592,7 +594,8 @@ pub struct AppendArgs {
     pub platform: Option<String>,
     #[command(flatten)]
     pub steps: StepArgs,
-    /// Print the result as JSON.
+    /// Print JSON: reference (pinned to the digest), tag, digest, media_type, size, config (its
+    /// digest), layers (each: compression, digest, diff_id, size).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -606,7 +609,8 @@ pub struct InspectArgs {
     /// Show this platform's manifest when the reference is an index.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
-    /// Print JSON: the manifest or index and, for an image, its config.
+    /// Print JSON: reference, digest, media_type, and the manifest and config of an image, or
+    /// the index, as stored (with their OCI field names).
     #[arg(long, conflicts_with = "raw")]
     pub json: bool,
     /// Print the manifest's exact bytes.

@@ -178,6 +178,54 @@ enum Signing {
 }
 
 /// Managed images over a catalog store and the stores references name.
+///
+/// Registering a nick on a base kept in an OCI layout, with the catalog and the versions in
+/// layouts too ([`Layouts`](super::layouts::Layouts) opens `oci:` references; `ociup-registry`'s
+/// `Opener` opens registries as well), then asking for it as a request to run would:
+///
+/// ```
+/// use ociup_core::layout::OciLayout;
+/// use ociup_core::managed::layouts::Layouts;
+/// use ociup_core::managed::manager::{Manager, ManagerOptions, Registration, ResolveOptions};
+/// use ociup_core::managed::recipe::{Recipe, Step};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/base");
+/// std::fs::write(dir.path().join("app.conf"), "mode = test\n")?;
+///
+/// let catalog = OciLayout::open_or_create(dir.path().join("catalog"))?;
+/// let manager = Manager::new(
+///     Layouts,
+///     catalog,
+///     ManagerOptions {
+///         actor: "docs".into(),
+///         epoch: 1_700_000_000,
+///         ..ManagerOptions::default()
+///     },
+/// );
+/// let recipe = Recipe {
+///     nick: "app".into(),
+///     base: format!("oci:{base}:v1"),
+///     target: format!("oci:{}", dir.path().join("images").display()),
+///     steps: vec![
+///         Step::Add { src: "app.conf".into(), dest: "/etc/app.conf".into() },
+///         Step::Env { key: "MODE".into(), value: "test".into() },
+///     ],
+/// };
+/// // Sources are read under this directory only (the recipe's folder).
+/// let v1 = manager.register(Registration::new(recipe, dir.path())).await?;
+/// assert_eq!(v1.number, 1);
+///
+/// // The base has not moved: the answer is the registered version, pinned by digest.
+/// let answer = manager.resolve("app", ResolveOptions::default()).await?;
+/// assert_eq!((answer.digest, answer.upgraded), (v1.digest, false));
+/// assert!(answer.reference.contains("@sha256:"));
+/// assert_eq!(manager.history("app").await?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Manager<P: Stores> {
     stores: P,
     catalog: Catalog<P::Store>,

@@ -4,5 +4,6 @@
 pub mod build_manifest;
 pub mod catalog;
 pub mod gc;
+pub mod layouts;
 pub mod manager;
 pub mod recipe;

@@ -25,6 +25,21 @@ pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
             what: "document to write".into(),
             reason: format!("cannot be written as canonical JSON: {e}"),
         })?;
+    // OLPC leaves control characters in strings raw, which strict JSON parsers (serde_json, Go's
+    // encoding/json) refuse: escape them as \u00XX. Outside strings the output holds no
+    // whitespace, and UTF-8 has no such byte inside a character, so each one is in a string.
+    // Documents without them keep their bytes and digests.
+    if out.iter().any(|&b| b < 0x20) {
+        let mut escaped = Vec::with_capacity(out.len() + 16);
+        for b in out {
+            if b < 0x20 {
+                escaped.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+            } else {
+                escaped.push(b);
+            }
+        }
+        out = escaped;
+    }
     Ok(out)
 }
 
@@ -294,6 +309,19 @@ mod tests {
             canonical_json(&v).unwrap(),
             br#"{"a":{"c":"x","d":[1,2]},"b":1}"#
         );
+    }
+
+    #[test]
+    fn canonical_json_with_control_characters_reads_back() {
+        // Found by fuzz/envelope: an env value with a tab gave a config no parser reads.
+        let v = serde_json::json!({"Env": ["MSG=a\tb\n\u{1}"], "é\u{1f}": "\"\\"});
+        let bytes = canonical_json(&v).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"Env":["MSG=a\u0009b\u000a\u0001"],"é\u001f":"\"\\"}"#
+        );
+        let back: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

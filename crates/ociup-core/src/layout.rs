@@ -27,6 +27,10 @@ use crate::verify::AsyncVerifyingReader;
 
 const LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
+/// Largest `index.json` read: about 40,000 tags' worth of entries per 16 MiB.
+pub const MAX_INDEX_SIZE: u64 = 64 * 1024 * 1024;
+/// Largest `oci-layout` read (it holds one short field).
+const MAX_MARKER_SIZE: u64 = 64 * 1024;
 
 /// An OCI image layout directory.
 #[derive(Clone, Debug)]
@@ -35,16 +39,43 @@ pub struct OciLayout {
     /// `index.json` as last parsed, with what identified the file then: reading a catalog of
     /// thousands of tags must not parse it once per tag.
     cache: Arc<Mutex<Option<IndexCache>>>,
+    /// Whether this value has looked for stale temporary files yet (once, at its first write).
+    swept: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The entries of `index.json`, and where each tag is among them.
-type IndexView = (Arc<Vec<Descriptor>>, Arc<HashMap<String, usize>>);
+/// How long after its last write a temporary file of a layout (`blobs/.ociup-*`,
+/// `.index.json.*`, `.oci-layout.*`) counts as abandoned, left by a write that was killed: the
+/// next write to the layout removes it. A live writer writes to its file at least every few
+/// seconds (a download that stalls for longer fails at the registry client's idle timeout), so an
+/// hour is far beyond any live writer; a writer stopped for longer than that (suspended) finds
+/// its file gone and fails without writing anything, rather than leaving a damaged blob.
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// The well-formed entries of `index.json`, where each tag is among them, and the malformed
+/// entries.
+type IndexView = (
+    Arc<Vec<Descriptor>>,
+    Arc<HashMap<String, usize>>,
+    Arc<Vec<Malformed>>,
+);
 
 #[derive(Debug)]
 struct IndexCache {
     stamp: (u64, i64, i64, u64),
     entries: Arc<Vec<Descriptor>>,
     by_tag: Arc<HashMap<String, usize>>,
+    malformed: Arc<Vec<Malformed>>,
+}
+
+/// An entry of `index.json` that is not a descriptor: the others are still served.
+#[derive(Debug)]
+struct Malformed {
+    /// Its position in `manifests` (from 0).
+    position: usize,
+    /// Its tag, if one can be read from it.
+    tag: Option<String>,
+    /// The parser's complaint.
+    reason: String,
 }
 
 impl OciLayout {
@@ -57,16 +88,14 @@ impl OciLayout {
         let layout = OciLayout {
             root: root.into(),
             cache: Arc::default(),
+            swept: Arc::default(),
         };
-        let marker = layout.root.join(LAYOUT_FILE);
-        let bytes = std::fs::read(&marker).map_err(|e| {
-            layout.invalid(match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "no oci-layout file (not an OCI image layout)".into()
-                }
-                _ => format!("cannot read oci-layout: {e}"),
-            })
-        })?;
+        let bytes = match layout.read_small(LAYOUT_FILE, MAX_MARKER_SIZE)? {
+            Some(b) => b,
+            None => {
+                return Err(layout.invalid("no oci-layout file (not an OCI image layout)".into()));
+            }
+        };
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| layout.invalid(format!("oci-layout is not JSON: {e}")))?;
         match v.get("imageLayoutVersion").and_then(Value::as_str) {
@@ -76,8 +105,28 @@ impl OciLayout {
             }
             None => return Err(layout.invalid("oci-layout has no imageLayoutVersion".into())),
         }
-        if !layout.root.join(INDEX_FILE).is_file() {
-            return Err(layout.invalid("no index.json".into()));
+        match std::fs::metadata(layout.root.join(INDEX_FILE)) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) => {
+                return Err(layout.invalid(format!(
+                    "{INDEX_FILE} is not a regular file (it is {})",
+                    file_kind(&m.file_type())
+                )));
+            }
+            Err(_) => return Err(layout.invalid("no index.json".into())),
+        }
+        // blobs/ (and blobs/<algorithm>/) must be directories of the layout itself: through a
+        // symlink, ociup would write blobs wherever it points.
+        for dir in ["blobs", "blobs/sha256", "blobs/sha512"] {
+            if let Ok(m) = std::fs::symlink_metadata(layout.root.join(dir))
+                && !m.is_dir()
+            {
+                return Err(layout.invalid(format!(
+                    "{dir} is not a directory (it is {}); ociup does not follow a symlinked \
+                     blobs directory",
+                    file_kind(&m.file_type())
+                )));
+            }
         }
         Ok(layout)
     }
@@ -117,6 +166,7 @@ impl OciLayout {
                 let layout = OciLayout {
                     root: staged.clone(),
                     cache: Arc::default(),
+                    swept: Arc::default(),
                 };
                 layout.write_atomic(
                     LAYOUT_FILE,
@@ -146,6 +196,7 @@ impl OciLayout {
             return Ok(OciLayout {
                 root,
                 cache: Arc::default(),
+                swept: Arc::default(),
             });
         }
         OciLayout::open(root)
@@ -164,6 +215,46 @@ impl OciLayout {
             .join(digest.hex())
     }
 
+    /// Removes the temporary files of killed writes, last written more than [`STALE_TEMP_AGE`]
+    /// ago: once per value, at its first write. Best effort: a file it cannot remove stays for
+    /// the next writer.
+    pub fn sweep_stale_temp_files(&self) {
+        if self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        let stale = |e: &std::fs::DirEntry| {
+            e.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| now.duration_since(t).ok())
+                        .is_some_and(|age| age > STALE_TEMP_AGE)
+            })
+        };
+        for (dir, prefixes) in [
+            (self.root.join("blobs"), &[".ociup-"][..]),
+            (
+                self.root.clone(),
+                &[
+                    &format!(".{INDEX_FILE}.")[..],
+                    &format!(".{LAYOUT_FILE}.")[..],
+                ][..],
+            ),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if prefixes.iter().any(|p| name.starts_with(p)) && stale(&e) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     fn invalid(&self, reason: String) -> Error {
         Error::InvalidLayout {
             path: self.root.clone(),
@@ -177,6 +268,7 @@ impl OciLayout {
     /// # Errors
     /// [`Error::Io`] when the temporary file cannot be created.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        self.sweep_stale_temp_files();
         let dir = self.root.join("blobs");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -190,10 +282,40 @@ impl OciLayout {
         })
     }
 
+    /// Reads a small file of the layout whole, refusing what is not a regular file (opened
+    /// without blocking, so a FIFO does not hang the open) and more than `cap` bytes. `None`
+    /// when it does not exist.
+    fn read_small(&self, name: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let path = self.root.join(name);
+        let Some((file, len)) = open_regular(&path, &self.root)? else {
+            return Ok(None);
+        };
+        if len > cap {
+            return Err(self.invalid(format!(
+                "{name} is {len} bytes, more than the {cap} ociup reads"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(cap + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if bytes.len() as u64 > cap {
+            return Err(self.invalid(format!("{name} grew past the {cap} bytes ociup reads")));
+        }
+        Ok(Some(bytes))
+    }
+
     fn read_index(&self) -> Result<Map<String, Value>> {
         let path = self.root.join(INDEX_FILE);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let bytes = self
+            .read_small(INDEX_FILE, MAX_INDEX_SIZE)?
+            .ok_or_else(|| {
+                Error::io(
+                    format!("reading {}", path.display()),
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?;
         let what = format!("{}", path.display());
         let v: Value =
             serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
@@ -215,7 +337,8 @@ impl OciLayout {
         }
     }
 
-    /// The descriptors listed in `index.json`.
+    /// The descriptors listed in `index.json`; entries that are not valid descriptors are left
+    /// out (resolving their tag names them).
     ///
     /// # Errors
     /// [`Error::MalformedDocument`] or [`Error::InvalidDocument`] for a broken `index.json`.
@@ -238,32 +361,58 @@ impl OciLayout {
         if let Some(c) = cache.as_ref()
             && c.stamp == stamp
         {
-            return Ok((Arc::clone(&c.entries), Arc::clone(&c.by_tag)));
+            return Ok((
+                Arc::clone(&c.entries),
+                Arc::clone(&c.by_tag),
+                Arc::clone(&c.malformed),
+            ));
         }
         let index = self.read_index()?;
-        let entries: Vec<Descriptor> = serde_json::from_value(
-            index
-                .get("manifests")
-                .cloned()
-                .unwrap_or(Value::Array(Vec::new())),
-        )
-        .map_err(|source| Error::MalformedDocument {
-            what: format!("{}", path.display()),
-            source,
-        })?;
+        // Entry by entry: one malformed descriptor must not hide every other tag.
+        let mut entries = Vec::new();
+        let mut malformed = Vec::new();
+        let listed = index.get("manifests").and_then(Value::as_array);
+        for (position, e) in listed.into_iter().flatten().enumerate() {
+            match serde_json::from_value::<Descriptor>(e.clone()) {
+                Ok(d) => entries.push(d),
+                Err(err) => malformed.push(Malformed {
+                    position,
+                    tag: ref_name(e).map(str::to_owned),
+                    reason: err.to_string(),
+                }),
+            }
+        }
         let mut by_tag = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             if let Some(t) = e.annotations().as_ref().and_then(|a| a.get(REF_NAME)) {
                 by_tag.insert(t.clone(), i);
             }
         }
-        let (entries, by_tag) = (Arc::new(entries), Arc::new(by_tag));
+        let (entries, by_tag, malformed) =
+            (Arc::new(entries), Arc::new(by_tag), Arc::new(malformed));
         *cache = Some(IndexCache {
             stamp,
             entries: Arc::clone(&entries),
             by_tag: Arc::clone(&by_tag),
+            malformed: Arc::clone(&malformed),
         });
-        Ok((entries, by_tag))
+        Ok((entries, by_tag, malformed))
+    }
+
+    /// The error for an entry of `index.json` that does not parse.
+    fn malformed_entry(&self, m: &Malformed) -> Error {
+        Error::InvalidDocument {
+            what: format!("{}", self.root.join(INDEX_FILE).display()),
+            reason: format!(
+                "entry {} of \"manifests\"{} is not a valid descriptor: {}",
+                m.position,
+                m.tag
+                    .as_ref()
+                    .map(|t| format!(" (tag {t:?})"))
+                    .unwrap_or_default(),
+                m.reason
+            ),
+        }
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -284,6 +433,7 @@ impl OciLayout {
 
     /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
     fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
+        self.sweep_stale_temp_files();
         // flock on the directory itself: no lock file to leave behind in the layout.
         let lock = std::fs::File::open(&self.root)
             .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
@@ -342,9 +492,10 @@ impl OciLayout {
     /// # Errors
     /// [`Error::InvalidReference`] when the layout holds no image or several (naming the tags).
     pub fn sole_image(&self) -> Result<ManifestRef> {
-        let entries = self.index_entries()?;
-        match entries.as_slice() {
-            [one] => Ok(ManifestRef::Digest(Digest::try_from(one.digest())?)),
+        let (entries, _, malformed) = self.cached_index()?;
+        match (entries.as_slice(), malformed.as_slice()) {
+            ([one], []) => Ok(ManifestRef::Digest(Digest::try_from(one.digest())?)),
+            ([], [bad]) => Err(self.malformed_entry(bad)),
             _ => {
                 let tags: Vec<String> = entries
                     .iter()
@@ -354,7 +505,7 @@ impl OciLayout {
                     input: self.location(),
                     reason: format!(
                         "the layout holds {} images; name one as {}:<tag> or @<digest> (tags: {})",
-                        entries.len(),
+                        entries.len() + malformed.len(),
                         self.location(),
                         if tags.is_empty() {
                             "none".into()
@@ -367,39 +518,101 @@ impl OciLayout {
         }
     }
 
-    async fn open_blob(&self, digest: &Digest) -> Result<tokio::io::BufReader<tokio::fs::File>> {
-        let path = self.blob_path(digest);
-        let file = tokio::fs::File::open(&path)
+    /// Opens a blob: a regular file (a symlink to one is followed), checked on the opened
+    /// descriptor; a FIFO, a device or a link to `/dev/zero` is refused unread. Returns the file
+    /// and its size.
+    async fn open_blob_file(&self, digest: &Digest) -> Result<(std::fs::File, u64)> {
+        let (path, root) = (self.blob_path(digest), self.root.clone());
+        let opened = tokio::task::spawn_blocking(move || open_regular(&path, &root))
             .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::BlobNotFound {
-                    digest: digest.clone(),
-                    store: self.location(),
-                },
-                _ => Error::io(format!("opening {}", path.display()), e),
-            })?;
-        Ok(tokio::io::BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| Error::io("opening a blob", std::io::Error::other(e)))??;
+        opened.ok_or_else(|| Error::BlobNotFound {
+            digest: digest.clone(),
+            store: self.location(),
+        })
+    }
+
+    async fn open_blob(&self, digest: &Digest) -> Result<tokio::io::BufReader<tokio::fs::File>> {
+        let (file, _) = self.open_blob_file(digest).await?;
+        Ok(tokio::io::BufReader::with_capacity(
+            1 << 20,
+            tokio::fs::File::from_std(file),
+        ))
     }
 
     async fn read_blob_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let path = self.blob_path(digest);
-        if let Ok(m) = tokio::fs::metadata(&path).await
-            && m.len() > crate::store::MAX_DOCUMENT_SIZE
-        {
-            return Err(Error::InvalidDocument {
-                what: format!("manifest {digest}"),
-                reason: format!("{} bytes is larger than a manifest may be", m.len()),
-            });
+        let (file, len) = self.open_blob_file(digest).await?;
+        let too_large = |len: u64| Error::InvalidDocument {
+            what: format!("manifest {digest}"),
+            reason: format!(
+                "{len} bytes is larger than the {} bytes a manifest may have",
+                crate::store::MAX_DOCUMENT_SIZE
+            ),
+        };
+        if len > crate::store::MAX_DOCUMENT_SIZE {
+            return Err(too_large(len));
         }
-        let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::BlobNotFound {
-                digest: digest.clone(),
-                store: self.location(),
-            },
-            _ => Error::io(format!("reading {}", path.display()), e),
-        })?;
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        tokio::fs::File::from_std(file)
+            .take(crate::store::MAX_DOCUMENT_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", self.blob_path(digest).display()), e))?;
+        if bytes.len() as u64 > crate::store::MAX_DOCUMENT_SIZE {
+            return Err(too_large(bytes.len() as u64));
+        }
         digest.verify(&bytes, || format!("blob {digest} in {}", self.location()))?;
         Ok(bytes)
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (following symlinks), checked with `fstat`
+/// on the opened descriptor. Opened with `O_NONBLOCK`, so a FIFO is refused instead of waiting
+/// for a writer. `None` when it does not exist.
+fn open_regular(path: &Path, root: &Path) -> Result<Option<(std::fs::File, u64)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+    };
+    let m = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if !m.is_file() {
+        return Err(Error::InvalidLayout {
+            path: root.to_owned(),
+            reason: format!(
+                "{} is not a regular file (it is {}); ociup does not read it",
+                path.strip_prefix(root).unwrap_or(path).display(),
+                file_kind(&m.file_type())
+            ),
+        });
+    }
+    Ok(Some((file, m.len())))
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
     }
 }
 
@@ -665,7 +878,12 @@ impl Store for OciLayout {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(Some(m.len())),
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(m) => Err(self.invalid(format!(
+                "{} is not a regular file (it is {}); ociup does not read it",
+                path.strip_prefix(&self.root).unwrap_or(&path).display(),
+                file_kind(&m.file_type())
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
@@ -704,6 +922,7 @@ impl Store for OciLayout {
         size: u64,
         data: R,
     ) -> Result<()> {
+        self.sweep_stale_temp_files();
         let dir = self.root.join("blobs");
         tokio::fs::create_dir_all(&dir)
             .await
@@ -762,6 +981,7 @@ impl Store for OciLayout {
         if let Some(t) = tag {
             validate_tag(t)?;
         }
+        crate::store::check_document_size("manifest", document)?;
         self.put_blob(document.digest(), document.size(), document.bytes())
             .await?;
         match tag {
@@ -771,14 +991,17 @@ impl Store for OciLayout {
     }
 
     async fn resolve_tag(&self, tag: &str) -> Result<Descriptor> {
-        let (entries, by_tag) = self.cached_index()?;
-        by_tag
-            .get(tag)
-            .map(|&i| entries[i].clone())
-            .ok_or_else(|| Error::TagNotFound {
+        let (entries, by_tag, malformed) = self.cached_index()?;
+        if let Some(&i) = by_tag.get(tag) {
+            return Ok(entries[i].clone());
+        }
+        match malformed.iter().find(|m| m.tag.as_deref() == Some(tag)) {
+            Some(m) => Err(self.malformed_entry(m)),
+            None => Err(Error::TagNotFound {
                 tag: tag.to_owned(),
                 store: self.location(),
-            })
+            }),
+        }
     }
 
     async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
@@ -965,6 +1188,159 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(strays, ["layout"], "no staging directory left behind");
+    }
+
+    fn mkfifo(path: &Path) {
+        let st = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// A guard against the hang this module must not have: a read that blocks fails the test.
+    async fn unhung<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(20), f)
+            .await
+            .expect("it hung")
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_regular_are_refused_unread() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        layout.put_manifest(&doc(1), Some("a")).await.unwrap();
+        layout.put_manifest(&doc(2), Some("b")).await.unwrap();
+        let tag = |t: &str| ManifestRef::Tag(t.into());
+        // A manifest blob that is a symlink to /dev/zero, and one that is a FIFO.
+        let zero = layout.blob_path(doc(1).digest());
+        std::fs::remove_file(&zero).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = layout.blob_path(doc(2).digest());
+        std::fs::remove_file(&fifo).unwrap();
+        mkfifo(&fifo);
+        for (t, kind) in [("a", "a character device"), ("b", "a FIFO")] {
+            let err = unhung(layout.get_manifest(&tag(t))).await.unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("is not a regular file") && msg.contains(kind),
+                "{msg}"
+            );
+        }
+        let d = doc(2);
+        let err = unhung(layout.get_blob(d.digest(), d.size())).await;
+        assert!(err.is_err());
+        let err = unhung(layout.blob_size(d.digest())).await.unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+
+        // index.json a FIFO: the layout is refused, not waited on.
+        let index = layout.root().join(INDEX_FILE);
+        std::fs::remove_file(&index).unwrap();
+        mkfifo(&index);
+        let err = unhung(async { OciLayout::open(layout.root()) })
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("index.json is not a regular file"),
+            "{err}"
+        );
+        let err = unhung(async { layout.index_entries() }).await.unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_blobs_directory_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let blobs = layout.root().join("blobs");
+        std::fs::rename(&blobs, t.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &blobs).unwrap();
+        let err = OciLayout::open(layout.root()).unwrap_err().to_string();
+        assert!(
+            err.contains("blobs is not a directory (it is a symlink)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_malformed_entry_leaves_the_other_tags_readable() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        layout.put_manifest(&doc(1), Some("a")).await.unwrap();
+        layout.put_manifest(&doc(2), Some("b")).await.unwrap();
+        let path = layout.root().join(INDEX_FILE);
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let broken = json!({"mediaType": media_type::OCI_INDEX, "digest": "sha256:nothex",
+            "size": 1, "annotations": {REF_NAME: "broken"}});
+        v["manifests"].as_array_mut().unwrap().insert(1, broken);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        let a = layout.get_manifest(&ManifestRef::Tag("a".into())).await;
+        assert_eq!(a.unwrap().bytes(), doc(1).bytes());
+        assert_eq!(layout.list_tags().await.unwrap(), ["a", "b"]);
+        let err = layout.resolve_tag("broken").await.unwrap_err().to_string();
+        assert!(
+            err.contains("entry 1 of \"manifests\" (tag \"broken\") is not a valid descriptor"),
+            "{err}"
+        );
+        // Writes keep the entry as it is (it is not ociup's to drop).
+        layout.put_manifest(&doc(3), Some("c")).await.unwrap();
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["manifests"][1]["digest"], "sha256:nothex");
+        assert_eq!(layout.list_tags().await.unwrap(), ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn the_first_write_removes_temporary_files_of_killed_writes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("l");
+        OciLayout::open_or_create(&root).unwrap();
+        let aged =
+            std::time::SystemTime::now() - STALE_TEMP_AGE - std::time::Duration::from_secs(60);
+        let plant = |rel: &str, old: bool| {
+            let f = std::fs::File::create(root.join(rel)).unwrap();
+            f.set_len(1 << 20).unwrap();
+            if old {
+                f.set_modified(aged).unwrap();
+            }
+        };
+        plant("blobs/.ociup-killed", true);
+        plant(".index.json.killed", true);
+        plant("blobs/.ociup-live", false);
+        plant("blobs/not-ours", true);
+        // Reading removes nothing; the first write does.
+        let layout = OciLayout::open(&root).unwrap();
+        layout.list_tags().await.unwrap();
+        assert!(root.join("blobs/.ociup-killed").exists());
+        layout.put_manifest(&doc(1), Some("a")).await.unwrap();
+        for (rel, kept) in [
+            ("blobs/.ociup-killed", false),
+            (".index.json.killed", false),
+            ("blobs/.ociup-live", true),
+            ("blobs/not-ours", true),
+        ] {
+            assert_eq!(root.join(rel).exists(), kept, "{rel}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_document_too_large_to_read_back_is_not_written() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let before = files(layout.root());
+        // Built as text: canonical JSON of 16 MiB takes seconds in a debug build.
+        let big = format!(
+            r#"{{"manifests":[],"mediaType":"{}","schemaVersion":2,"x":"{}"}}"#,
+            media_type::OCI_INDEX,
+            "x".repeat(crate::store::MAX_DOCUMENT_SIZE as usize)
+        );
+        let big = RawDocument::new(big.into_bytes(), media_type::OCI_INDEX);
+        let err = layout.put_manifest(&big, Some("big")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ociup reads back; not written"),
+            "{err}"
+        );
+        assert_eq!(files(layout.root()), before);
     }
 
     #[test]

@@ -37,6 +37,25 @@ impl fmt::Display for ManifestRef {
 /// Largest document (manifest, index, config) read whole into memory.
 pub const MAX_DOCUMENT_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Refuses a document (manifest, index, config) ociup is about to write when it is larger than
+/// [`MAX_DOCUMENT_SIZE`]: ociup never writes what it would refuse to read back.
+///
+/// # Errors
+/// [`Error::InvalidDocument`] naming the document and both sizes.
+pub fn check_document_size(what: &str, document: &RawDocument) -> Result<()> {
+    if document.size() > MAX_DOCUMENT_SIZE {
+        return Err(Error::InvalidDocument {
+            what: format!("{what} {}", document.digest()),
+            reason: format!(
+                "it would be {} bytes, more than the {MAX_DOCUMENT_SIZE} bytes ociup reads back; \
+                 not written",
+                document.size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A place that holds blobs and manifests: one repository of a registry, or one OCI layout.
 pub trait Store: Send + Sync {
     /// How to name this store in messages (`oci:/path`, `registry/repo`).

@@ -18,7 +18,7 @@ use crate::layer::{Layer, LayerBuilder};
 use crate::media_type::{self, DocumentKind};
 use crate::mutate::{self, Base, NewLayer};
 use crate::reference::PlatformSpec;
-use crate::store::{ManifestRef, Store, copy_blob};
+use crate::store::{ManifestRef, Store, check_document_size, copy_blob};
 
 /// An image manifest with its config, as read from a store.
 #[derive(Clone, Debug)]
@@ -245,6 +245,22 @@ pub enum AppendBase<'a, S> {
     Scratch(&'a PlatformSpec),
 }
 
+/// What [`mutate::append`] is given for an [`AppendBase`].
+fn base_arg<'a, S>(base: &'a AppendBase<'a, S>) -> Base<'a> {
+    match base {
+        AppendBase::Image { image, name, .. } => Base::Image {
+            manifest: &image.manifest,
+            config: &image.config,
+            name: Some(name),
+        },
+        AppendBase::Scratch(p) => Base::Scratch {
+            os: &p.os,
+            architecture: &p.architecture,
+            variant: p.variant.as_deref(),
+        },
+    }
+}
+
 /// Builds the requested layers (in `staging`, a directory for temporary files), appends them and
 /// the changes to the base, and stores everything in `dest` in order: missing base blobs, new
 /// layers, config, manifest (tagged `tag` when given). A failure at any step leaves no tag
@@ -259,6 +275,18 @@ pub async fn append_image<S: Store, D: Store>(
     request: AppendRequest,
     staging: &Path,
 ) -> Result<AppendOutcome> {
+    // The config and manifest without the new layers: one too large already is refused before
+    // anything is written (each layer adds a diff_id, a descriptor and a history entry: the
+    // result is checked again below).
+    let dry = mutate::append(
+        base_arg(&base),
+        &[],
+        &request.changes,
+        &request.annotations,
+        request.created,
+    )?;
+    check_document_size("config", &dry.config)?;
+    check_document_size("manifest", &dry.manifest)?;
     // Copy base blobs the destination lacks (none when both are the same store).
     if let AppendBase::Image { store, image, .. } = &base {
         let m = image.manifest.parsed();
@@ -293,25 +321,15 @@ pub async fn append_image<S: Store, D: Store>(
         dest.put_blob(&layer.digest, layer.size, reader).await?;
         built.push(NewLayer { layer, created_by });
     }
-    let base_arg = match &base {
-        AppendBase::Image { image, name, .. } => Base::Image {
-            manifest: &image.manifest,
-            config: &image.config,
-            name: Some(name),
-        },
-        AppendBase::Scratch(p) => Base::Scratch {
-            os: &p.os,
-            architecture: &p.architecture,
-            variant: p.variant.as_deref(),
-        },
-    };
     let appended = mutate::append(
-        base_arg,
+        base_arg(&base),
         &built,
         &request.changes,
         &request.annotations,
         request.created,
     )?;
+    check_document_size("config", &appended.config)?;
+    check_document_size("manifest", &appended.manifest)?;
     dest.put_blob(
         appended.config.digest(),
         appended.config.size(),
@@ -352,6 +370,43 @@ mod tests {
             "{err}"
         );
         assert_eq!(counted.reads(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_config_too_large_to_read_back_is_refused_before_anything_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let listing = |dir: &Path| -> Vec<_> {
+            walkdir::WalkDir::new(dir)
+                .into_iter()
+                .map(|e| e.unwrap().into_path())
+                .collect()
+        };
+        let before = listing(layout.root());
+        let amd64: PlatformSpec = "linux/amd64".parse().unwrap();
+        let mut layer = LayerBuilder::new(crate::layer::LayerOptions::default());
+        layer.add_bytes("/a", b"a".to_vec(), 0o644).unwrap();
+        // The value lands twice in the config (Env and the history entry): half the cap is
+        // enough, and canonical JSON of it takes seconds in a debug build.
+        let big = "x".repeat(crate::store::MAX_DOCUMENT_SIZE as usize / 2 + 1);
+        let err = append_image::<OciLayout, _>(
+            AppendBase::Scratch(&amd64),
+            &layout,
+            Some("big"),
+            AppendRequest {
+                layers: vec![(layer, "a".into())],
+                changes: vec![ConfigChange::Env("BIG".into(), big)],
+                ..AppendRequest::default()
+            },
+            t.path(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("config") && err.to_string().contains("not written"),
+            "{err}"
+        );
+        assert_eq!(listing(layout.root()), before, "not even the layer");
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::mutate::{self, ConfigMode, OldBase, RebaseInput, RebasePlan, annotations};
 use crate::reference::PlatformSpec;
 use crate::store::{
-    BlobCopy, ManifestRef, Store, copy_blob, copy_missing_blob, put_manifest_with_blobs,
+    BlobCopy, ManifestRef, Store, check_document_size, copy_blob, copy_missing_blob,
+    put_manifest_with_blobs,
 };
 
 /// How to rebase.
@@ -286,7 +287,7 @@ async fn rebase_one<B: Store>(
         },
         None => OldBase::Recorded,
     };
-    mutate::rebase(&RebaseInput {
+    let rebased = mutate::rebase(&RebaseInput {
         image: manifest,
         image_config: image_cfg,
         old_base,
@@ -295,7 +296,10 @@ async fn rebase_one<B: Store>(
         new_base_name: opts.new_base_name.as_deref(),
         config: opts.config.clone(),
         created: opts.created,
-    })
+    })?;
+    check_document_size("config", &rebased.config)?;
+    check_document_size("manifest", &rebased.manifest)?;
+    Ok(rebased)
 }
 
 /// Writes (or plans) one rebased manifest with what it needs: new base layers from the new
@@ -527,6 +531,7 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
     );
     value.insert("annotations".into(), Value::Object(ann));
     let raw = RawDocument::canonical(&Value::Object(value), index.raw().media_type())?;
+    check_document_size("index", &raw)?;
     outcome.digest = raw.digest().to_string();
     outcome.document = Some(raw.clone());
     if !opts.dry_run {

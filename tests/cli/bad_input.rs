@@ -197,3 +197,30 @@ fn rejected_input_leaves_the_destination_unchanged() {
     assert!(err.contains("-bad"), "{err}");
     assert_eq!(snapshot(&dest), before);
 }
+
+#[test]
+fn a_layout_named_without_oci_is_not_looked_up_on_docker_hub() {
+    // `fixtures/base:v1` reads as docker.io/fixtures/base:v1; the directory is a layout here, so
+    // the error says how to name it instead of asking Docker Hub.
+    let t = tempfile::tempdir().unwrap();
+    let lay = base_copy(t.path());
+    for (input, dir) in [
+        ("base:v1".to_owned(), "base"),
+        ("base".to_owned(), "base"),
+        ("./base:v1".to_owned(), "./base"),
+    ] {
+        let out = crate::support::ociup_in(&["inspect", &input], Some(t.path()));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{input}");
+        assert!(
+            err.contains(&format!("{dir} is an OCI layout directory"))
+                && err.contains(&format!("oci:{input}")),
+            "{input}: {err}"
+        );
+        assert!(!err.contains("docker.io"), "{input}: {err}");
+    }
+    let absolute = format!("{}:v1", lay.display());
+    let err = ociup_err(&["copy", &absolute, "oci:elsewhere:v1"]);
+    assert!(err.contains(&format!("oci:{absolute}")), "{err}");
+    assert!(!Path::new("elsewhere").exists());
+}

@@ -112,7 +112,33 @@ impl Ctx {
 }
 
 fn parse_ref(input: &str) -> Result<StoreRef> {
+    // A layout directory named without `oci:` reads as a Docker Hub image (or no image at all):
+    // say what to write instead.
+    if let Some(dir) = unprefixed_layout(input) {
+        let registry = if StoreRef::parse(input).is_ok() {
+            format!(", or a registry image docker://{input}")
+        } else {
+            String::new()
+        };
+        bail!("{input}: {dir} is an OCI layout directory: name it oci:{input}{registry}");
+    }
     StoreRef::parse(input).with_context(|| format!("parsing reference {input:?}"))
+}
+
+/// The directory an unprefixed reference names when it holds an OCI layout here: `dir`, or
+/// `dir:tag` and `dir@digest` without their suffix.
+fn unprefixed_layout(input: &str) -> Option<&str> {
+    if input.starts_with("oci:") || input.starts_with("docker://") || input == "scratch" {
+        return None;
+    }
+    let name = input.split('@').next().unwrap_or(input);
+    let untagged = match name.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') => dir,
+        _ => name,
+    };
+    [name, untagged]
+        .into_iter()
+        .find(|d| !d.is_empty() && std::path::Path::new(d).join("oci-layout").is_file())
 }
 
 /// Parses a reference that must name a layout or repository only, such as where a nick's

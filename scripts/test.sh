@@ -20,3 +20,5 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# Every parser of outside input under libFuzzer, 20 s per target (FUZZ_SECONDS to change).
+bash fuzz/run.sh

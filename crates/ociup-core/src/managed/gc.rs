@@ -263,3 +263,138 @@ fn sweep_dir(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::document::RawDocument;
+    use crate::media_type;
+    use crate::store::Store;
+
+    async fn blob(layout: &OciLayout, bytes: &[u8]) -> (Digest, u64) {
+        let d = Digest::sha256(bytes);
+        layout
+            .put_blob(&d, bytes.len() as u64, bytes)
+            .await
+            .unwrap();
+        (d, bytes.len() as u64)
+    }
+
+    fn desc(media_type: &str, (d, size): &(Digest, u64)) -> Value {
+        json!({"mediaType": media_type, "digest": d.to_string(), "size": size})
+    }
+
+    const NOW: SweepOptions = SweepOptions {
+        min_age: Duration::ZERO,
+    };
+
+    #[tokio::test]
+    async fn keeps_what_images_and_catalog_chains_reach_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let config = blob(&layout, b"{\"os\":\"linux\"}").await;
+        let layer = blob(&layout, b"layer").await;
+        let image = RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                    "config": desc(media_type::OCI_CONFIG, &config),
+                    "layers": [desc(media_type::OCI_LAYER_GZIP, &layer)]}),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap();
+        layout.put_manifest(&image, Some("app")).await.unwrap();
+        // A catalog entry whose current record links to an older one, which names a recipe
+        // and an envelope no manifest lists.
+        let old_recipe = blob(&layout, b"{\"nick\":\"old\"}").await;
+        let envelope = blob(&layout, b"{\"payload\":\"\"}").await;
+        let old = blob(
+            &layout,
+            json!({"recipe": old_recipe.0.to_string(),
+                   "build_manifest": [envelope.0.to_string(), envelope.1]})
+            .to_string()
+            .as_bytes(),
+        )
+        .await;
+        let current = blob(
+            &layout,
+            json!({"previous": old.0.to_string()})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+        let first_audit = blob(&layout, b"{\"command\":\"register\"}").await;
+        let audit = blob(
+            &layout,
+            json!({"previous": first_audit.0.to_string()})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+        let recipe = blob(&layout, b"{\"nick\":\"n\"}").await;
+        let empty = blob(&layout, b"{}").await;
+        let entry = RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                    "artifactType": NICK_ARTIFACT,
+                    "config": desc("application/vnd.oci.empty.v1+json", &empty),
+                    "layers": [desc("application/vnd.ociup.recipe.v1+json", &recipe),
+                               desc(VERSION_MEDIA_TYPE, &current),
+                               desc(AUDIT_MEDIA_TYPE, &audit)]}),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap();
+        layout.put_manifest(&entry, Some("nick.n")).await.unwrap();
+        let orphan = blob(&layout, b"nobody names me").await;
+        let gone_image = RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                    "config": desc(media_type::OCI_CONFIG, &config),
+                    "layers": [desc(media_type::OCI_LAYER_GZIP, &orphan)]}),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap();
+        layout.put_manifest(&gone_image, Some("old")).await.unwrap();
+        layout.delete_manifest(gone_image.digest()).await.unwrap();
+
+        // Too new to go, by default.
+        let swept = sweep(&layout, SweepOptions::default()).unwrap();
+        assert_eq!((swept.removed, swept.kept_recent), (0, 2));
+        let swept = sweep(&layout, NOW).unwrap();
+        assert_eq!(
+            swept.removed, 2,
+            "the unlisted manifest and the blob only it named"
+        );
+        assert!(!layout.blob_path(gone_image.digest()).exists());
+        assert!(!layout.blob_path(&orphan.0).exists());
+        for (d, _) in [
+            &config,
+            &layer,
+            &old_recipe,
+            &envelope,
+            &old,
+            &current,
+            &first_audit,
+            &audit,
+            &recipe,
+            &empty,
+        ] {
+            assert!(layout.blob_path(d).exists(), "{d} is reached");
+        }
+        assert!(layout.blob_path(image.digest()).exists());
+        assert!(layout.blob_path(entry.digest()).exists());
+        assert_eq!(sweep(&layout, NOW).unwrap().removed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reached_document_that_does_not_parse_stops_the_sweep() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let orphan = blob(&layout, b"nobody names me").await;
+        let garbage = blob(&layout, b"not json").await;
+        let d: oci_spec::image::Descriptor =
+            serde_json::from_value(desc(media_type::OCI_MANIFEST, &garbage)).unwrap();
+        layout.set_tag(&d, Some("broken")).unwrap();
+        let err = sweep(&layout, NOW).unwrap_err().to_string();
+        assert!(err.contains("cannot tell what it references"), "{err}");
+        assert!(layout.blob_path(&orphan.0).exists(), "nothing removed");
+    }
+}

@@ -17,7 +17,9 @@ use url::Url;
 
 use crate::auth::token::{self, Token};
 use crate::auth::{Credential, Credentials, challenge};
-use crate::error::{Error, Result, display_url};
+use crate::body::{self, answer_deadline};
+use crate::error::{Error, Result, display_url, excerpt};
+use crate::policy::{credentials_may_go, refused_target};
 use crate::reference::{Reference, is_loopback_host};
 use crate::repository::Repository;
 
@@ -70,6 +72,14 @@ pub struct ClientOptions {
     /// distribution spec lets a registry store a manifest whatever it references: turn this on
     /// for one that does.
     pub check_blobs_first: bool,
+    /// The longest a registry may stay silent: for the answer to a request to start (plus a
+    /// second per 16 KiB of request body, sent meanwhile), and within any answer, where less
+    /// than 1 KiB in this time counts as silence (a registry trickling a byte a second). A
+    /// request that times out is retried, a blob download resumed, as for a broken connection.
+    pub idle_timeout: Duration,
+    /// Fixed addresses for host names, used instead of DNS (as curl's `--resolve`): for split
+    /// horizons and tests.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for ClientOptions {
@@ -84,6 +94,8 @@ impl Default for ClientOptions {
             download_resumes: 3,
             user_agent: concat!("ociup/", env!("CARGO_PKG_VERSION")).to_owned(),
             check_blobs_first: false,
+            idle_timeout: Duration::from_secs(60),
+            resolve: Vec::new(),
         }
     }
 }
@@ -214,7 +226,9 @@ impl Client {
         let plain = Self::builder(&opts)
             .tls_built_in_root_certs(false)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.url().scheme() == "https" || attempt.previous().len() >= 10 {
+                if let Some(why) = refused_target(attempt.url()) {
+                    attempt.error(why)
+                } else if attempt.url().scheme() == "https" || attempt.previous().len() >= 10 {
                     attempt.stop()
                 } else {
                     attempt.follow()
@@ -238,13 +252,28 @@ impl Client {
     }
 
     fn builder(opts: &ClientOptions) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
-            .connect_timeout(Duration::from_secs(15))
+            .connect_timeout(
+                Duration::from_secs(15).min(opts.idle_timeout.max(Duration::from_millis(1))),
+            )
             .pool_idle_timeout(Duration::from_secs(60))
             // reqwest drops Authorization (and cookies) when a redirect leaves the host, so
-            // credentials never follow a blob download to object storage.
-            .redirect(reqwest::redirect::Policy::limited(10))
+            // credentials never follow a blob download to object storage. No redirect leads to
+            // a link-local or metadata address.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if let Some(why) = refused_target(attempt.url()) {
+                    attempt.error(why)
+                } else if attempt.previous().len() >= 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }));
+        for (host, addr) in &opts.resolve {
+            b = b.resolve(host, *addr);
+        }
+        b
     }
 
     /// The HTTP client for `url`: the plain one for `http://`, else the HTTPS one (built now if
@@ -270,6 +299,22 @@ impl Client {
     /// A handle on one repository.
     pub fn repository(&self, reference: &Reference) -> Repository {
         Repository::new(self.clone(), reference)
+    }
+
+    /// Checks the credentials this client has for `registry` (`host[:port]`, as in references):
+    /// asks the registry's API root (`GET /v2/`), authenticating as it asks, as `docker login`
+    /// does.
+    ///
+    /// # Errors
+    /// [`Error::Http`] with status 401 (saying whether credentials were refused or none were
+    /// found), [`Error::Auth`] when the token endpoint refuses them, transport errors.
+    pub async fn check_login(&self, registry: &str) -> Result<()> {
+        let api_host = Reference::parse(&format!("{registry}/ociup-login-check"))
+            .map_err(|e| Error::Config(format!("{registry:?} is not a registry: {e}")))?
+            .api_host()
+            .to_owned();
+        let req = Request::new(Method::GET, Target::Path("/v2/".into()), Vec::new());
+        self.send_expect(&api_host, &req, &[200]).await.map(drop)
     }
 
     /// HTTP requests sent so far (retries and token fetches not included in the latter).
@@ -404,29 +449,44 @@ impl Client {
         scopes: &[String],
     ) -> Result<Token> {
         let credential = self.credential(registry).await?;
-        let plain_ok =
-            is_loopback_host(registry) || self.inner.opts.insecure.iter().any(|r| r == registry);
-        if realm.starts_with("http://") && credential != Credential::Anonymous && !plain_ok {
+        let realm_url = Url::parse(realm).map_err(|e| Error::Auth {
+            registry: registry.to_owned(),
+            reason: format!(
+                "the token realm {:?} is not a URL: {e}",
+                excerpt(realm, 200)
+            ),
+        })?;
+        if let Some(why) = refused_target(&realm_url) {
+            return Err(Error::Auth {
+                registry: registry.to_owned(),
+                reason: format!("the token realm: {why}"),
+            });
+        }
+        // The realm's own host decides, not the registry's: a loopback or insecure registry
+        // may name a realm anywhere.
+        if credential != Credential::Anonymous
+            && !credentials_may_go(&realm_url, &self.inner.opts.insecure)
+        {
             return Err(Error::Auth {
                 registry: registry.to_owned(),
                 reason: format!(
-                    "the token realm {realm} is plain HTTP; credentials are not sent there (name the \
-                     registry with --insecure-registry to allow it)"
+                    "the token realm {} is plain HTTP; credentials are not sent there in clear \
+                     text (name its host with --insecure-registry to allow it)",
+                    display_url(&realm_url)
                 ),
             });
         }
         self.inner.token_fetches.fetch_add(1, Ordering::Relaxed);
-        let realm_url = Url::parse(realm).map_err(|e| Error::Auth {
-            registry: registry.to_owned(),
-            reason: format!("the token realm {realm:?} is not a URL: {e}"),
-        })?;
         let t = token::fetch(
             self.http_for(&realm_url)?,
-            registry,
-            realm,
-            service,
-            scopes,
-            &credential,
+            token::TokenRequest {
+                registry,
+                realm: &realm_url,
+                service,
+                scopes,
+                credential: &credential,
+                idle: self.inner.opts.idle_timeout,
+            },
         )
         .await?;
         self.update(registry, |st| {
@@ -497,6 +557,18 @@ impl Client {
         let mut attempt: u32 = 0;
         let mut authenticated = false;
         let mut fell_back = false;
+        if let Target::Url(u) = &req.target
+            && let Some(why) = refused_target(u)
+        {
+            return Err(Error::Protocol {
+                url: display_url(u),
+                reason: why,
+            });
+        }
+        let deadline = answer_deadline(
+            self.inner.opts.idle_timeout,
+            req.body.as_ref().map_or(0, Bytes::len),
+        );
         loop {
             let (url, scheme_known) = self.url_for(registry, &req.target).await?;
             // Credentials go only to the registry itself: an upload Location or a Link naming
@@ -536,16 +608,27 @@ impl Client {
                         Error::Config("the client's request limit was closed".into())
                     })?;
                 self.inner.requests.fetch_add(1, Ordering::Relaxed);
-                match rb.send().await {
-                    Ok(r) if r.status().is_redirection() && url.scheme() == "http" => {
-                        self.follow_to_https(req, r).await
+                let answer = async {
+                    match rb.send().await {
+                        Ok(r) if r.status().is_redirection() && url.scheme() == "http" => {
+                            self.follow_to_https(req, r).await
+                        }
+                        Ok(r) => Ok(r),
+                        Err(e) => Err(transport_error(&req.method, &url, &e)),
                     }
-                    other => other,
+                };
+                match tokio::time::timeout(deadline, answer).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Transport {
+                        method: req.method.to_string(),
+                        url: display_url(&url),
+                        reason: format!("timed out: no answer within {}", body::secs(deadline)),
+                        retryable: true,
+                    }),
                 }
             };
             match sent {
-                Err(e) => {
-                    let err = transport_error(&req.method, &url, &e);
+                Err(err) => {
                     // A certificate problem means the server speaks TLS: plain HTTP would only
                     // hide the real error.
                     let tls_spoken = err.to_string().to_ascii_lowercase().contains("certificate");
@@ -621,11 +704,7 @@ impl Client {
     /// registry on plain HTTP sending a blob download to object storage): the same request
     /// goes there through the HTTPS client, without the Authorization header (another origin),
     /// which follows any further redirects itself.
-    async fn follow_to_https(
-        &self,
-        req: &Request,
-        resp: Response,
-    ) -> std::result::Result<Response, reqwest::Error> {
+    async fn follow_to_https(&self, req: &Request, resp: Response) -> Result<Response> {
         let next = resp
             .headers()
             .get(reqwest::header::LOCATION)
@@ -635,16 +714,25 @@ impl Client {
         let Some(next) = next else {
             return Ok(resp);
         };
+        if let Some(why) = refused_target(&next) {
+            return Err(Error::Protocol {
+                url: display_url(resp.url()),
+                reason: why,
+            });
+        }
         let Ok(http) = self.http_for(&next) else {
             return Ok(resp);
         };
+        let next_shown = next.clone();
         let mut headers = req.headers.clone();
         headers.remove(AUTHORIZATION);
         let mut rb = http.request(req.method.clone(), next).headers(headers);
         if let Some(b) = &req.body {
             rb = rb.body(b.clone());
         }
-        rb.send().await
+        rb.send()
+            .await
+            .map_err(|e| transport_error(&req.method, &next_shown, &e))
     }
 
     /// Changes what the client knows of `registry`.
@@ -673,8 +761,48 @@ impl Client {
         if ok.contains(&resp.status().as_u16()) {
             Ok(resp)
         } else {
-            Err(http_error(&req.method, resp).await)
+            Err(self.http_error(registry, &req.method, resp).await)
         }
+    }
+
+    /// An [`Error::Http`] from an error answer of `registry`: its codes and a short, cleaned
+    /// excerpt of its messages, read from at most the first 64 KiB of the body. A 401 says
+    /// whether credentials were sent (and refused) or none were found.
+    pub(crate) async fn http_error(
+        &self,
+        registry: &str,
+        method: &Method,
+        resp: Response,
+    ) -> Error {
+        let url = display_url(resp.url());
+        let status = resp.status().as_u16();
+        let body = body::read_error_body(resp, self.inner.opts.idle_timeout).await;
+        let note = if status == 401 {
+            let sent = self
+                .inner
+                .registries
+                .lock()
+                .await
+                .get(registry)
+                .and_then(|s| s.credential.clone());
+            Some(match sent {
+                Some(Credential::Basic { username, .. }) => format!(
+                    "the registry refused the password of user {} (wrong, expired, or without \
+                     access to this repository)",
+                    excerpt(&username, 100)
+                ),
+                Some(Credential::IdentityToken(_)) => "the registry refused the identity token \
+                     (expired or revoked: log in again)"
+                    .to_owned(),
+                _ => format!(
+                    "the registry wants credentials and none were found for {registry} (log in \
+                     with `ociup login {registry}`, or give --username with --password-stdin)"
+                ),
+            })
+        } else {
+            None
+        };
+        error_from_body(method, url, status, &body, note)
     }
 }
 
@@ -739,7 +867,7 @@ fn reqwest_error_without_url(e: &reqwest::Error) -> String {
     } else if e.is_body() || e.is_decode() {
         "the answer broke off"
     } else if e.is_redirect() {
-        "too many redirects"
+        "a redirect was not followed"
     } else {
         "request failed"
     };
@@ -762,40 +890,50 @@ struct ErrorEntry {
     detail: serde_json::Value,
 }
 
-/// An [`Error::Http`] from an error response, with the registry's codes and messages, or a short
-/// description of a body that is not the spec's error JSON (an HTML page from a proxy).
-pub(crate) async fn http_error(method: &Method, resp: Response) -> Error {
-    let url = display_url(resp.url());
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap_or_default();
-    let body = &body[..body.len().min(64 * 1024)];
+/// Error entries kept from one answer.
+const MAX_ERROR_ENTRIES: usize = 100;
+
+/// An [`Error::Http`] from an error body: the registry's codes and messages, or a short
+/// description of a body that is not the spec's error JSON (an HTML page from a proxy). Messages
+/// are cut short and cleaned of control characters; `note` is added to them.
+fn error_from_body(
+    method: &Method,
+    url: String,
+    status: u16,
+    body: &[u8],
+    note: Option<String>,
+) -> Error {
     let (codes, details, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.errors.is_empty() => (
-            b.errors.iter().map(|e| e.code.clone()).collect(),
-            b.errors
-                .iter()
-                .map(|e| match &e.detail {
-                    serde_json::Value::Null => String::new(),
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect(),
-            b.errors
-                .iter()
-                .map(|e| e.message.clone())
-                .filter(|m| !m.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
+        Ok(b) if !b.errors.is_empty() => {
+            let errors = &b.errors[..b.errors.len().min(MAX_ERROR_ENTRIES)];
+            let mut codes: Vec<String> = Vec::new();
+            let mut messages: Vec<String> = Vec::new();
+            for e in errors {
+                codes.push(excerpt(&e.code, 64));
+                let m = excerpt(&e.message, 200);
+                if !m.is_empty() && !messages.contains(&m) && messages.len() < 3 {
+                    messages.push(m);
+                }
+            }
+            (
+                codes,
+                errors
+                    .iter()
+                    .map(|e| match &e.detail {
+                        serde_json::Value::Null => String::new(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect(),
+                messages.join("; "),
+            )
+        }
         _ => (Vec::new(), Vec::new(), describe_body(body)),
     };
-    // A HEAD answer has no body to say why; say it for the common case.
-    let message = if message.is_empty() && status == 401 {
-        "the registry wants credentials (none were found for it, or they were refused; use \
-         --username or docker login)"
-            .to_owned()
-    } else {
-        message
+    let message = match note {
+        Some(n) if message.is_empty() => n,
+        Some(n) => format!("{message}: {n}"),
+        None => message,
     };
     Error::Http {
         method: method.to_string(),
@@ -822,11 +960,13 @@ fn describe_body(body: &[u8]) -> String {
         return if title.is_empty() {
             "an HTML page instead of a registry answer".into()
         } else {
-            format!("an HTML page instead of a registry answer ({title})")
+            format!(
+                "an HTML page instead of a registry answer ({})",
+                excerpt(title, 100)
+            )
         };
     }
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    one_line.chars().take(200).collect()
+    excerpt(text, 200)
 }
 
 #[cfg(test)]

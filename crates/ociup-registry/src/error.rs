@@ -63,6 +63,42 @@ pub enum Error {
     /// Configuration that cannot be used (a CA file that does not parse, a bad option).
     #[error("{0}")]
     Config(String),
+    /// An error of `ociup-core` (a layout, a document, a digest), so that one error type can be
+    /// `?`-ed through whatever an embedder calls. Converting it back gives the original.
+    #[error(transparent)]
+    Core(Box<ociup_core::Error>),
+}
+
+impl From<ociup_core::Error> for Error {
+    /// Unwraps a registry error carried by [`ociup_core::Error::Backend`]; wraps anything else.
+    fn from(e: ociup_core::Error) -> Self {
+        match e {
+            ociup_core::Error::Backend(b) => match b.downcast::<Error>() {
+                Ok(mine) => *mine,
+                Err(other) => Error::Core(Box::new(ociup_core::Error::Backend(other))),
+            },
+            other => Error::Core(Box::new(other)),
+        }
+    }
+}
+
+/// At most `max` characters of text from a server, for an error message: control characters
+/// (terminal escapes among them) dropped, whitespace runs made one space, an ellipsis where it
+/// was cut.
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    let one_line = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > max {
+        let mut cut: String = one_line.chars().take(max).collect();
+        cut.push('…');
+        cut
+    } else {
+        one_line
+    }
 }
 
 fn codes_suffix(codes: &[String]) -> String {
@@ -152,8 +188,12 @@ fn digests_in(text: &str) -> Vec<ociup_core::Digest> {
 }
 
 impl From<Error> for ociup_core::Error {
+    /// Unwraps an [`Error::Core`]; carries anything else in [`ociup_core::Error::Backend`].
     fn from(e: Error) -> Self {
-        ociup_core::Error::Backend(Box::new(e))
+        match e {
+            Error::Core(c) => *c,
+            other => ociup_core::Error::Backend(Box::new(other)),
+        }
     }
 }
 
@@ -183,6 +223,35 @@ mod tests {
             details: details.iter().map(|d| (*d).to_owned()).collect(),
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn errors_convert_both_ways_without_nesting() {
+        // An embedder's function returning the registry's error can `?` a core error, and back.
+        fn registry_side() -> Result<()> {
+            Err(ociup_core::Error::InvalidChange { reason: "x".into() })?;
+            Ok(())
+        }
+        fn core_side() -> ociup_core::Result<()> {
+            registry_side()?;
+            Ok(())
+        }
+        assert!(matches!(
+            core_side(),
+            Err(ociup_core::Error::InvalidChange { .. })
+        ));
+        let reg = http(&["DENIED"], &[""]);
+        let there: ociup_core::Error = reg.into();
+        let back: Error = there.into();
+        assert_eq!(back.status(), Some(400), "{back:?}");
+        assert_eq!(back.codes(), ["DENIED"]);
+    }
+
+    #[test]
+    fn excerpts_are_short_and_clean() {
+        assert_eq!(excerpt("a\n\tb \x1b[31mred\x1b[0m", 100), "a b [31mred[0m");
+        let long = "x".repeat(500);
+        assert_eq!(excerpt(&long, 10), format!("{}…", "x".repeat(10)));
     }
 
     #[test]

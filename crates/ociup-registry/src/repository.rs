@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, TryStreamExt};
 use oci_spec::image::{Descriptor, MediaType};
 use ociup_core::Digest;
 use ociup_core::document::RawDocument;
@@ -17,7 +17,8 @@ use reqwest::{Method, Response};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
 
-use crate::client::{Client, Request, Target, http_error};
+use crate::body::{Watchdog, Watched, read_capped};
+use crate::client::{Client, Request, Target};
 use crate::error::{Error, Result, display_url};
 use crate::reference::Reference;
 
@@ -96,7 +97,10 @@ impl Repository {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(http_error(&Method::HEAD, resp).await);
+            return Err(self
+                .client
+                .http_error(&self.api_host, &Method::HEAD, resp)
+                .await);
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
         let size =
@@ -133,19 +137,8 @@ impl Repository {
             self.pull(),
         )
         .header(ACCEPT, ACCEPT_MANIFESTS);
-        let resp = self.send(req, &[200]).await?;
-        let url = display_url(resp.url());
-        let headers = resp.headers().clone();
-        if let Some(len) =
-            header_str(&headers, CONTENT_LENGTH.as_str()).and_then(|s| s.parse::<u64>().ok())
-            && len > MAX_DOCUMENT_SIZE
-        {
-            return Err(Error::Protocol {
-                url,
-                reason: format!("a manifest of {len} bytes is larger than ociup accepts"),
-            });
-        }
-        let body = read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?;
+        let (url, headers, body) = self.get_document(&req, &[200], "manifest").await?;
+        let url = display_url(&url);
         if let ManifestRef::Digest(want) = reference {
             want.verify(&body, || format!("manifest from {url}"))
                 .map_err(|e| Error::Protocol {
@@ -169,6 +162,43 @@ impl Repository {
             .filter(|m| media_type::document_kind(m).is_ok())
             .unwrap_or_default();
         Ok(RawDocument::new(body.to_vec(), media_type))
+    }
+
+    /// Sends a GET for a document (a manifest, a tag list) and reads its body, capped at
+    /// [`MAX_DOCUMENT_SIZE`]. A body that breaks off or stalls is asked for again, within the
+    /// retry policy's attempts.
+    async fn get_document(
+        &self,
+        req: &Request,
+        ok: &[u16],
+        what: &str,
+    ) -> Result<(Url, HeaderMap, Bytes)> {
+        let attempts = self.client.options().retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let resp = self.send(req.clone(), ok).await?;
+            let url = resp.url().clone();
+            let shown = display_url(&url);
+            let headers = resp.headers().clone();
+            let idle = self.client.options().idle_timeout;
+            match read_capped(
+                resp,
+                MAX_DOCUMENT_SIZE,
+                idle,
+                req.method.as_str(),
+                &shown,
+                what,
+            )
+            .await
+            {
+                Ok(body) => return Ok((url, headers, body)),
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    attempt += 1;
+                    tracing::debug!(%e, attempt, "reading the {what} again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Deletes a manifest by digest (where the registry allows deletion).
@@ -219,7 +249,17 @@ impl Repository {
                 .is_some_and(|c| c.starts_with(media_type::OCI_INDEX))
         {
             let url = display_url(resp.url());
-            read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?.to_vec()
+            let idle = self.client.options().idle_timeout;
+            read_capped(
+                resp,
+                MAX_DOCUMENT_SIZE,
+                idle,
+                "GET",
+                &url,
+                "referrers index",
+            )
+            .await?
+            .to_vec()
         } else if matches!(resp.status().as_u16(), 404 | 405 | 400) || resp.status().is_success() {
             // No referrers API: the tag schema.
             let tag = ManifestRef::Tag(format!("{}-{}", digest.algorithm(), digest.hex()));
@@ -229,7 +269,10 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         } else {
-            return Err(http_error(&Method::GET, resp).await);
+            return Err(self
+                .client
+                .http_error(&self.api_host, &Method::GET, resp)
+                .await);
         };
         let index: oci_spec::image::ImageIndex =
             serde_json::from_slice(&doc).map_err(|e| Error::Protocol {
@@ -381,18 +424,15 @@ impl Repository {
         let mut target = self.path("tags/list?n=1000");
         for _ in 0..10_000 {
             let req = Request::new(Method::GET, target.clone(), self.pull());
-            let resp = self.client.send(&self.api_host, &req).await?;
-            if resp.status().as_u16() == 404 {
-                break; // NAME_UNKNOWN: no tags
-            }
-            if !resp.status().is_success() {
-                return Err(http_error(&Method::GET, resp).await);
-            }
-            let next = header_str(resp.headers(), LINK.as_str())
+            let (url, headers, body) = match self.get_document(&req, &[200], "tag list").await {
+                // NAME_UNKNOWN: no tags
+                Err(Error::Http { status: 404, .. }) => break,
+                other => other?,
+            };
+            let next = header_str(&headers, LINK.as_str())
                 .and_then(|l| next_link(&l))
-                .map(|n| resp.url().join(&n));
-            let url = display_url(resp.url());
-            let body = read_limited(resp, MAX_DOCUMENT_SIZE, &url).await?;
+                .map(|n| url.join(&n));
+            let url = display_url(&url);
             let page: Page = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
                 url: url.clone(),
                 reason: format!("the tag list does not parse: {e}"),
@@ -424,6 +464,7 @@ impl Repository {
             skip: 0,
             body: Box::pin(first.bytes_stream()),
             resumes_left: self.client.options().download_resumes,
+            watch: Watchdog::new(self.client.options().idle_timeout),
         };
         Ok(Box::pin(futures_util::stream::try_unfold(
             state,
@@ -472,12 +513,18 @@ struct Download {
     skip: u64,
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     resumes_left: u32,
+    /// A body that goes silent (or trickles) counts as broken off.
+    watch: Watchdog,
 }
 
 impl Download {
     async fn next(mut self) -> std::io::Result<Option<(Bytes, Download)>> {
         loop {
-            match self.body.next().await {
+            let next = match self.watch.next(&mut self.body).await {
+                Watched::Item(item) => item.map(|r| r.map_err(|e| e.to_string())),
+                Watched::Stalled => Some(Err(self.watch.stalled_reason())),
+            };
+            match next {
                 Some(Ok(mut chunk)) => {
                     if self.skip > 0 {
                         let drop = self.skip.min(chunk.len() as u64) as usize;
@@ -505,6 +552,7 @@ impl Download {
                         self.offset
                     };
                     self.body = Box::pin(resp.bytes_stream());
+                    self.watch.reset();
                 }
                 Some(Err(e)) => {
                     return Err(std::io::Error::new(
@@ -567,27 +615,6 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
-async fn read_limited(resp: Response, limit: u64, url: &str) -> Result<Bytes> {
-    let mut out = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Transport {
-            method: "GET".into(),
-            url: url.to_owned(),
-            reason: e.to_string(),
-            retryable: true,
-        })?;
-        if (out.len() + chunk.len()) as u64 > limit {
-            return Err(Error::Protocol {
-                url: url.to_owned(),
-                reason: format!("the answer is larger than {limit} bytes"),
-            });
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
-}
-
 impl Store for Repository {
     fn location(&self) -> String {
         format!("{}/{}", self.registry, self.name)
@@ -605,7 +632,11 @@ impl Store for Repository {
             200 => Ok(header_str(resp.headers(), CONTENT_LENGTH.as_str())
                 .and_then(|s| s.parse().ok())
                 .or(Some(0))),
-            _ => Err(http_error(&Method::HEAD, resp).await.into()),
+            _ => Err(self
+                .client
+                .http_error(&self.api_host, &Method::HEAD, resp)
+                .await
+                .into()),
         }
     }
 
@@ -674,6 +705,18 @@ impl Store for Repository {
             }
             None => document.digest().to_string(),
         };
+        // What ociup could not read back is not written.
+        let len = document.bytes().len() as u64;
+        if len > MAX_DOCUMENT_SIZE {
+            return Err(ociup_core::Error::InvalidDocument {
+                what: format!("manifest {}", document.digest()),
+                reason: format!(
+                    "{len} bytes is larger than the {MAX_DOCUMENT_SIZE} bytes ociup reads back; \
+                     not pushed to {}",
+                    self.location()
+                ),
+            });
+        }
         let req = Request::new(
             Method::PUT,
             self.path(&format!("manifests/{reference}")),

@@ -1,6 +1,7 @@
 //! References to any store, in the forms skopeo uses, and one `Store` over both kinds.
 
 use std::fmt;
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::image::Descriptor;
 use ociup_core::Digest;
@@ -59,6 +60,27 @@ impl StoreRef {
         })
     }
 
+    /// The same reference with a relative layout directory made absolute against `base` (which
+    /// is made absolute against the working directory first), `.` and `..` resolved as text. A
+    /// registry reference is returned as it is.
+    ///
+    /// # Errors
+    /// [`ociup_core::Error::Io`] when the working directory cannot be read.
+    pub fn absolute(&self, base: &Path) -> ociup_core::Result<StoreRef> {
+        Ok(match self {
+            StoreRef::Layout(l) if l.dir.is_relative() => {
+                let joined = std::path::absolute(base.join(&l.dir)).map_err(|e| {
+                    ociup_core::Error::io("finding the working directory".to_owned(), e)
+                })?;
+                StoreRef::Layout(LayoutRef {
+                    dir: lexically_clean(&joined),
+                    image: l.image.clone(),
+                })
+            }
+            other => other.clone(),
+        })
+    }
+
     /// The image the reference names in its store, when it names one.
     pub fn image(&self) -> Option<ManifestRef> {
         match self {
@@ -84,6 +106,35 @@ impl fmt::Display for StoreRef {
             StoreRef::Registry(r) => write!(f, "docker://{r}"),
         }
     }
+}
+
+/// A reference as it should be recorded: an `oci:` reference with a relative directory made
+/// absolute against `base` (see [`StoreRef::absolute`]); any other reference unchanged, as typed.
+///
+/// # Errors
+/// The reference does not parse, or the working directory cannot be read.
+pub fn absolute_reference(input: &str, base: &Path) -> ociup_core::Result<String> {
+    match StoreRef::parse(input)? {
+        r @ StoreRef::Layout(_) => Ok(r.absolute(base)?.to_string()),
+        StoreRef::Registry(_) => Ok(input.to_owned()),
+    }
+}
+
+/// `a/./b/../c` as `a/c`, without looking at the file system.
+fn lexically_clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A layout or a registry repository, chosen at run time.
@@ -209,12 +260,16 @@ impl Opener {
     pub fn new(client: Client) -> Self {
         Opener { client }
     }
-}
 
-impl ociup_core::managed::manager::Stores for Opener {
-    type Store = AnyStore;
-
-    fn open(
+    /// Opens the store `reference` names (a layout is created when missing and `write` is
+    /// set), and the image it names in it, if any. The same as the [`Stores`] method, callable
+    /// without importing that trait.
+    ///
+    /// [`Stores`]: ociup_core::managed::manager::Stores
+    ///
+    /// # Errors
+    /// The reference does not parse, or the layout cannot be opened.
+    pub fn open(
         &self,
         reference: &str,
         write: bool,
@@ -228,12 +283,66 @@ impl ociup_core::managed::manager::Stores for Opener {
         Ok((store, r.image()))
     }
 
-    fn pinned(&self, target: &str, digest: &Digest) -> ociup_core::Result<String> {
-        Ok(match StoreRef::parse(target)? {
+    /// The digest-pinned reference of `digest` in `target`: `docker://host/name@digest`, or
+    /// `oci:<absolute dir>@digest`.
+    ///
+    /// # Errors
+    /// The reference does not parse, or the working directory cannot be read.
+    pub fn pinned(&self, target: &str, digest: &Digest) -> ociup_core::Result<String> {
+        Ok(match StoreRef::parse(target)?.absolute(Path::new("."))? {
             StoreRef::Layout(l) => format!("oci:{}@{digest}", l.dir.display()),
             StoreRef::Registry(r) => {
                 format!("docker://{}/{}@{digest}", r.registry(), r.repository())
             }
         })
+    }
+}
+
+impl ociup_core::managed::manager::Stores for Opener {
+    type Store = AnyStore;
+
+    fn open(
+        &self,
+        reference: &str,
+        write: bool,
+    ) -> ociup_core::Result<(AnyStore, Option<ManifestRef>)> {
+        Opener::open(self, reference, write)
+    }
+
+    fn pinned(&self, target: &str, digest: &Digest) -> ociup_core::Result<String> {
+        Opener::pinned(self, target, digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_layouts_become_absolute_and_registries_stay_as_typed() {
+        let base = Path::new("/work/recipes");
+        assert_eq!(
+            absolute_reference("oci:images", base).unwrap(),
+            "oci:/work/recipes/images"
+        );
+        assert_eq!(
+            absolute_reference("oci:./out/../images:v1", base).unwrap(),
+            "oci:/work/recipes/images:v1"
+        );
+        assert_eq!(
+            absolute_reference("oci:/srv/images", base).unwrap(),
+            "oci:/srv/images"
+        );
+        assert_eq!(
+            absolute_reference("docker://reg.example/a/b:1", base).unwrap(),
+            "docker://reg.example/a/b:1"
+        );
+        assert_eq!(absolute_reference("alpine", base).unwrap(), "alpine");
+        // Against the working directory.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_reference("oci:x", Path::new(".")).unwrap(),
+            format!("oci:{}", here.join("x").display())
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Where credentials come from: given explicitly, or looked up in Docker's `config.json`
-//! (`auths`, `credsStore`, `credHelpers`, through `docker-credential-<name>`) and podman's
-//! `auth.json`. Nothing here reads the environment unless asked to ([`Credentials::from_env`]).
+//! (`auths`, `credsStore`, `credHelpers`, through `docker-credential-<name>`) and the
+//! `auth.json` of skopeo, podman and buildah. Nothing here reads the environment unless asked to
+//! ([`Credentials::from_env`]).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -35,10 +37,12 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// How to find credentials for a registry: explicit ones first, then each config file in order.
+/// How to find credentials for a registry: explicit ones first, then the default, then each
+/// config file in order.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     explicit: HashMap<String, Credential>,
+    default: Option<Credential>,
     docker_configs: Vec<PathBuf>,
 }
 
@@ -48,30 +52,34 @@ impl Credentials {
         Credentials::default()
     }
 
-    /// Docker's `config.json` (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`) and
-    /// podman's `auth.json` (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-    /// `~/.config/containers/auth.json`), those that exist, read when a registry asks.
+    /// The credential files of the environment, those that exist read when a registry asks,
+    /// first match wins: `$REGISTRY_AUTH_FILE` (an explicit choice), Docker's `config.json`
+    /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, where `ociup login` writes),
+    /// then the containers `auth.json` where skopeo and podman log in
+    /// (`$XDG_RUNTIME_DIR/containers/auth.json`, or `/run/containers/$UID/auth.json` when
+    /// `XDG_RUNTIME_DIR` is unset) and `$XDG_CONFIG_HOME/containers/auth.json`
+    /// (`~/.config/containers/auth.json`).
     pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
-        let home = env("HOME");
-        let mut files = Vec::new();
-        if let Some(dir) = env("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")))
-        {
-            files.push(dir.join("config.json"));
-        }
-        if let Some(f) = env("REGISTRY_AUTH_FILE") {
-            files.push(f);
-        }
-        if let Some(d) = env("XDG_RUNTIME_DIR") {
-            files.push(d.join("containers/auth.json"));
-        }
-        if let Some(h) = &home {
-            files.push(h.join(".config/containers/auth.json"));
-        }
+        #[cfg(unix)]
+        let uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+        };
+        #[cfg(not(unix))]
+        let uid = None;
         Credentials {
             explicit: HashMap::new(),
-            docker_configs: files,
+            default: None,
+            docker_configs: auth_files(&|k| std::env::var_os(k), uid),
         }
+    }
+
+    /// Uses `credential` for every registry that has no credential of its own given with
+    /// [`Credentials::with`], ahead of the config files: credentials given for one command apply
+    /// to every registry it reaches.
+    pub fn with_default(mut self, credential: Credential) -> Self {
+        self.default = Some(credential);
+        self
     }
 
     /// Uses `credential` for `registry` (as written in references, `host[:port]`).
@@ -97,7 +105,7 @@ impl Credentials {
             "registry-1.docker.io" | "index.docker.io" => "docker.io",
             r => r,
         };
-        if let Some(c) = self.explicit.get(registry) {
+        if let Some(c) = self.explicit.get(registry).or(self.default.as_ref()) {
             return Ok(c.clone());
         }
         let keys: Vec<&str> = if registry == "docker.io" {
@@ -145,9 +153,112 @@ impl Credentials {
     }
 }
 
+/// Docker's `config.json`: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> Option<PathBuf> {
+    docker_config(&|k| std::env::var_os(k))
+}
+
+fn docker_config(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("DOCKER_CONFIG")
+        .or_else(|| var("HOME").map(|h| h.join(".docker")))
+        .map(|d| d.join("config.json"))
+}
+
+/// The credential files, in the order they are searched (see [`Credentials::from_env`]).
+fn auth_files(env: &dyn Fn(&str) -> Option<OsString>, uid: Option<u32>) -> Vec<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut files = Vec::new();
+    files.extend(var("REGISTRY_AUTH_FILE"));
+    files.extend(docker_config(env));
+    match (var("XDG_RUNTIME_DIR"), uid) {
+        (Some(d), _) => files.push(d.join("containers/auth.json")),
+        (None, Some(uid)) => files.push(PathBuf::from(format!("/run/containers/{uid}/auth.json"))),
+        (None, None) => {}
+    }
+    if let Some(c) = var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config"))) {
+        files.push(c.join("containers/auth.json"));
+    }
+    let mut seen = Vec::new();
+    files.retain(|f| {
+        let new = !seen.contains(f);
+        seen.push(f.clone());
+        new
+    });
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_files_are_searched_where_skopeo_podman_and_docker_write_them() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let paths = |v: Vec<PathBuf>| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        // No XDG_RUNTIME_DIR: /run/containers/$UID/auth.json, as podman writes it.
+        let files = auth_files(&env(&[("HOME", "/home/u")]), Some(1000));
+        assert_eq!(
+            paths(files),
+            [
+                "/home/u/.docker/config.json",
+                "/run/containers/1000/auth.json",
+                "/home/u/.config/containers/auth.json",
+            ]
+        );
+        let files = auth_files(
+            &env(&[
+                ("HOME", "/home/u"),
+                ("REGISTRY_AUTH_FILE", "/etc/ci/auth.json"),
+                ("DOCKER_CONFIG", "/etc/docker-ci"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("XDG_CONFIG_HOME", "/home/u/cfg"),
+            ]),
+            Some(1000),
+        );
+        assert_eq!(
+            paths(files),
+            [
+                "/etc/ci/auth.json",
+                "/etc/docker-ci/config.json",
+                "/run/user/1000/containers/auth.json",
+                "/home/u/cfg/containers/auth.json",
+            ]
+        );
+        assert!(auth_files(&env(&[]), None).is_empty());
+    }
+
+    #[test]
+    fn a_default_credential_applies_to_every_registry_without_its_own() {
+        let t = tempfile::tempdir().unwrap();
+        let config = t.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"auths": {"reg.example": {"auth": "ZmlsZTpmaWxl"}}}"#,
+        )
+        .unwrap();
+        let given = Credential::Basic {
+            username: "flag".into(),
+            password: "p".into(),
+        };
+        let creds = Credentials::anonymous()
+            .with_config_file(&config)
+            .with("own.example", Credential::Anonymous)
+            .with_default(given.clone());
+        assert_eq!(creds.lookup("reg.example").unwrap(), given);
+        assert_eq!(creds.lookup("base.example:5000").unwrap(), given);
+        assert_eq!(creds.lookup("own.example").unwrap(), Credential::Anonymous);
+    }
 
     #[test]
     fn reads_auths_and_helpers_from_a_config_file() {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::Credential;
-use crate::error::{Error, Result};
+use crate::body::{TOKEN_BODY_CAP, read_capped, read_error_body, secs};
+use crate::error::{Error, Result, display_url, excerpt};
 
 /// A token and when to stop using it.
 #[derive(Clone)]
@@ -34,32 +35,38 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-/// Fetches a token for `scopes` from `realm`.
-pub(crate) async fn fetch(
-    http: &reqwest::Client,
-    registry: &str,
-    realm: &str,
-    service: Option<&str>,
-    scopes: &[String],
-    credential: &Credential,
-) -> Result<Token> {
+/// What to ask a token endpoint for.
+pub(crate) struct TokenRequest<'a> {
+    pub registry: &'a str,
+    pub realm: &'a url::Url,
+    pub service: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub credential: &'a Credential,
+    /// The client's idle timeout.
+    pub idle: Duration,
+}
+
+/// Fetches a token for `scopes` from `realm`. The answer must start within the idle timeout and
+/// may hold at most [`TOKEN_BODY_CAP`] bytes.
+pub(crate) async fn fetch(http: &reqwest::Client, t: TokenRequest<'_>) -> Result<Token> {
+    let registry = t.registry;
+    let credential = t.credential;
     let auth_err = |reason: String| Error::Auth {
         registry: registry.to_owned(),
         reason,
     };
-    let mut url = url::Url::parse(realm)
-        .map_err(|e| auth_err(format!("the token realm {realm:?} is not a URL: {e}")))?;
+    let mut url = t.realm.clone();
     let request = match credential {
         Credential::IdentityToken(refresh) => {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", refresh);
             form.append_pair("client_id", "ociup");
-            if let Some(s) = service {
+            if let Some(s) = t.service {
                 form.append_pair("service", s);
             }
-            if !scopes.is_empty() {
-                form.append_pair("scope", &scopes.join(" "));
+            if !t.scopes.is_empty() {
+                form.append_pair("scope", &t.scopes.join(" "));
             }
             http.post(url.clone())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -68,10 +75,10 @@ pub(crate) async fn fetch(
         other => {
             {
                 let mut q = url.query_pairs_mut();
-                if let Some(s) = service {
+                if let Some(s) = t.service {
                     q.append_pair("service", s);
                 }
-                for s in scopes {
+                for s in t.scopes {
                     q.append_pair("scope", s);
                 }
             }
@@ -84,23 +91,35 @@ pub(crate) async fn fetch(
             }
         }
     };
+    let shown = display_url(&url);
     let started = Instant::now();
-    let resp = request
-        .header(ACCEPT, "application/json")
-        .send()
+    let resp = match tokio::time::timeout(t.idle, request.header(ACCEPT, "application/json").send())
         .await
-        .map_err(|e| {
-            auth_err(format!(
-                "token endpoint {}: {e}",
-                crate::error::display_url(&url)
-            ))
-        })?;
+    {
+        Err(_) => {
+            return Err(auth_err(format!(
+                "token endpoint {shown}: timed out: no answer within {}",
+                secs(t.idle)
+            )));
+        }
+        Ok(r) => r.map_err(|e| {
+            // reqwest's text names the URL with its query; the cause chain is enough.
+            let mut why = String::new();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why.push_str(": ");
+                why.push_str(&s.to_string());
+                src = s.source();
+            }
+            auth_err(format!("token endpoint {shown}: request failed{why}"))
+        })?,
+    };
     let status = resp.status();
     if !status.is_success() {
         // An OAuth2 endpoint says why (`invalid_grant`: an identity token that expired or was
-        // revoked); a Docker one may say so in the registry error format. Token endpoints do not
-        // echo credentials back, and only these short fields are shown.
-        let body = resp.bytes().await.unwrap_or_default();
+        // revoked); a Docker one may say so in the registry error format. Only these short
+        // fields are shown, cleaned, from at most the first 64 KiB of the body.
+        let body = read_error_body(resp, t.idle).await;
         let why = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
@@ -112,19 +131,29 @@ pub(crate) async fn fetch(
                 }
             })
             .unwrap_or_default();
-        return Err(auth_err(format!(
-            "token endpoint {} answered {status}{why}{}",
-            crate::error::display_url(&url),
-            match credential {
-                Credential::Anonymous => " (no credentials were configured for this registry)",
-                _ => " (check the credentials)",
+        let refused = matches!(status.as_u16(), 401 | 403);
+        let note = match credential {
+            Credential::Anonymous => {
+                " (no credentials were found for this registry: log in, or give --username)"
+                    .to_owned()
             }
+            Credential::Basic { username, .. } if refused => {
+                format!(" (the password of user {} was refused)", short(username))
+            }
+            Credential::IdentityToken(_) if refused => {
+                " (the identity token was refused: it may have expired or been revoked; log in \
+                 again)"
+                    .to_owned()
+            }
+            _ => " (check the credentials)".to_owned(),
+        };
+        return Err(auth_err(format!(
+            "token endpoint {shown} answered {status}{why}{note}"
         )));
     }
-    let body = resp
-        .bytes()
+    let body = read_capped(resp, TOKEN_BODY_CAP, t.idle, "GET", &shown, "token answer")
         .await
-        .map_err(|e| auth_err(format!("reading the token: {e}")))?;
+        .map_err(|e| auth_err(e.to_string()))?;
     let parsed: TokenResponse = serde_json::from_slice(&body)
         .map_err(|e| auth_err(format!("the token endpoint's answer is not a token: {e}")))?;
     let value = parsed
@@ -133,14 +162,14 @@ pub(crate) async fn fetch(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| auth_err("the token endpoint's answer has no token".into()))?;
     // Tokens live 60 s unless told otherwise (Docker's token spec); stop using one a little early.
-    let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(10));
+    let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(10, 86_400 * 365));
     Ok(Token {
         value,
         valid_until: started + lifetime - Duration::from_secs(5),
     })
 }
 
-/// At most 200 characters of a message from a server, on one line.
+/// At most 200 characters of a message from a server, on one line, cleaned.
 fn short(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
+    excerpt(s, 200)
 }

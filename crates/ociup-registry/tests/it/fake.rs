@@ -1,8 +1,11 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 for answers a real registry will not give. One response
-//! per connection (`Connection: close`); every request is recorded.
+//! per connection (`Connection: close`); every request is recorded, and every body byte sent
+//! counted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -26,6 +29,25 @@ pub struct Reply {
     pub content_length: Option<usize>,
     /// Close the connection after this many body bytes.
     pub cut_after: Option<usize>,
+    /// How the body goes out, when not whole and at once.
+    pub pace: Pace,
+}
+
+/// How a reply's body is sent.
+#[derive(Clone, Debug, Default)]
+pub enum Pace {
+    /// All at once.
+    #[default]
+    Whole,
+    /// No answer at all: the request is read and the connection held open, silent.
+    Silent,
+    /// The headers and this many body bytes, then silence with the connection open.
+    StallAfter(usize),
+    /// The body a byte at a time, one every interval, for ever (the connection held open).
+    Trickle(Duration),
+    /// `x` for ever (a body without Content-Length, ended by closing), up to this many bytes
+    /// as a safety net.
+    Endless(u64),
 }
 
 impl Reply {
@@ -43,6 +65,10 @@ impl Reply {
         self.body = b.into();
         self
     }
+    pub fn pace(mut self, p: Pace) -> Self {
+        self.pace = p;
+        self
+    }
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -51,6 +77,8 @@ type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct Fake {
     pub host: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Body bytes written so far, over all connections.
+    pub sent: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,6 +95,8 @@ impl Fake {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let log = Arc::clone(&seen);
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&sent);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
@@ -74,17 +104,28 @@ impl Fake {
                 };
                 let handler = Arc::clone(&handler);
                 let log = Arc::clone(&log);
+                let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let Some(req) = read_request(&mut sock).await else {
                         return;
                     };
                     log.lock().expect("log").push(req.clone());
                     let reply = handler(&req);
-                    let _ = write_reply(&mut sock, &req, &reply).await;
+                    let _ = write_reply(&mut sock, &req, &reply, &counter).await;
                 });
             }
         });
-        Fake { host, seen, task }
+        Fake {
+            host,
+            seen,
+            sent,
+            task,
+        }
+    }
+
+    /// Body bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -141,17 +182,48 @@ async fn write_reply(
     sock: &mut tokio::net::TcpStream,
     req: &Seen,
     r: &Reply,
+    counter: &AtomicU64,
 ) -> std::io::Result<()> {
+    if let Pace::Silent = r.pace {
+        return hold(sock).await;
+    }
     let len = r.content_length.unwrap_or(r.body.len());
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {len}\r\n",
-        r.status
-    );
+    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+    if !matches!(r.pace, Pace::Endless(_)) {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     sock.write_all(head.as_bytes()).await?;
+    match r.pace {
+        Pace::Whole | Pace::Silent => {}
+        Pace::StallAfter(n) => {
+            let part = &r.body[..n.min(r.body.len())];
+            sock.write_all(part).await?;
+            counter.fetch_add(part.len() as u64, Ordering::SeqCst);
+            return hold(sock).await;
+        }
+        Pace::Trickle(every) => {
+            for b in &r.body {
+                sock.write_all(std::slice::from_ref(b)).await?;
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(every).await;
+            }
+            return hold(sock).await;
+        }
+        Pace::Endless(max) => {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut n = 0u64;
+            while n < max {
+                sock.write_all(&chunk).await?;
+                n += chunk.len() as u64;
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+            return sock.shutdown().await;
+        }
+    }
     if req.method != "HEAD" {
         let body = match r.cut_after {
             Some(n) => &r.body[..n.min(r.body.len())],
@@ -161,4 +233,15 @@ async fn write_reply(
     }
     sock.flush().await?;
     sock.shutdown().await
+}
+
+/// Keeps a connection open and silent until the client goes away (or the test ends).
+async fn hold(sock: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    sock.flush().await?;
+    let mut buf = [0u8; 1024];
+    loop {
+        if sock.read(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
 }

@@ -1,8 +1,9 @@
 use anyhow::{Context, Result, bail};
-use ociup_core::document::Document;
 use ociup_core::mutate::{ConfigMode, annotations};
 use ociup_core::ops::load_document;
-use ociup_core::ops::rebase::{OldBaseSource, RebaseOptions, RebaseOutcome, rebase_image};
+use ociup_core::ops::rebase::{
+    OldBaseSource, RebaseOptions, RebaseOutcome, RebaseRequest, rebase_image, recorded_base,
+};
 use ociup_core::reference::LayoutRef;
 use ociup_core::store::ManifestRef;
 use ociup_core::{Digest, Error};
@@ -15,40 +16,9 @@ use crate::output;
 /// Exit status when the image already sits on the new base.
 pub const ALREADY_CURRENT: u8 = 3;
 
-/// The base annotations of an image: of the index itself, else of its first child.
-async fn recorded_base(
-    store: &ociup_registry::AnyStore,
-    doc: &Document,
-) -> Result<(Option<String>, Option<String>)> {
-    let ann = |m: Option<&std::collections::HashMap<String, String>>| {
-        (
-            m.and_then(|a| a.get(annotations::BASE_NAME).cloned()),
-            m.and_then(|a| a.get(annotations::BASE_DIGEST).cloned()),
-        )
-    };
-    Ok(match doc {
-        Document::Manifest(m) => ann(m.parsed().annotations().as_ref()),
-        Document::Index(i) => {
-            let own = ann(i.parsed().annotations().as_ref());
-            if own.0.is_some() {
-                own
-            } else if let Some(first) = i.parsed().manifests().first() {
-                let d = Digest::try_from(first.digest())?;
-                let child = load_document(store, &ManifestRef::Digest(d)).await?;
-                match child {
-                    Document::Manifest(m) => ann(m.parsed().annotations().as_ref()),
-                    Document::Index(_) => (None, None),
-                }
-            } else {
-                (None, None)
-            }
-        }
-    })
-}
-
 /// `name` pinned to `digest`, in the same store.
-fn pinned_ref(name: &str, digest: &str) -> Result<StoreRef> {
-    let d: Digest = digest.parse()?;
+fn pinned_ref(name: &str, digest: &Digest) -> Result<StoreRef> {
+    let d = digest.clone();
     Ok(match parse_ref(name)? {
         StoreRef::Layout(l) => StoreRef::Layout(LayoutRef {
             dir: l.dir,
@@ -94,7 +64,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         }
     });
     let doc = doc.with_context(|| format!("reading {}", args.image))?;
-    let (recorded_name, recorded_digest) = recorded_base(&image_store, &doc).await?;
+    let recorded = recorded_base(&image_store, &doc).await?;
+    let (recorded_name, recorded_digest) = (recorded.name, recorded.digest);
 
     let new_name = match (&args.new_base, &recorded_name) {
         (Some(n), _) | (None, Some(n)) => n.clone(),
@@ -155,9 +126,10 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             Err(e) => return Err(e).with_context(|| format!("reading the old base {r}")),
         }
     }
-    let old = match old_store.as_ref() {
-        Some((s, doc)) => OldBaseSource::Loaded(s, Box::new(doc.clone())),
-        None => OldBaseSource::Recorded,
+    let request = RebaseRequest::new(&image_store, doc, &new_store, new_image);
+    let request = match old_store.as_ref() {
+        Some((s, doc)) => request.old_base(OldBaseSource::Loaded(s, Box::new(doc.clone()))),
+        None => request,
     };
     let opts = RebaseOptions {
         config: match args.config {
@@ -178,18 +150,9 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         dry_run: args.dry_run,
         image_config: None,
     };
-    let outcome = rebase_image(
-        &image_store,
-        doc,
-        old,
-        &new_store,
-        &new_image,
-        &dest,
-        dest_ref.tag(),
-        &opts,
-    )
-    .await
-    .with_context(|| format!("rebasing {} onto {new_name}", args.image))?;
+    let outcome = rebase_image(request, &dest, dest_ref.tag(), &opts)
+        .await
+        .with_context(|| format!("rebasing {} onto {new_name}", args.image))?;
     if let (AnyStore::Layout(l), None, Some(doc), false) =
         (&dest, dest_ref.tag(), &outcome.document, args.dry_run)
     {

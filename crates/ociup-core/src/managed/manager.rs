@@ -25,7 +25,7 @@ use crate::layer::{Layer, LayerOptions};
 use crate::media_type::{self, Compression};
 use crate::mutate::ConfigMode;
 use crate::mutate::NewLayer;
-use crate::ops::rebase::{OldBaseSource, RebaseOptions, rebase_image};
+use crate::ops::rebase::{RebaseOptions, RebaseRequest, rebase_image};
 use crate::ops::{self, AppendBase, AppendRequest};
 use crate::reference::PlatformSpec;
 use crate::store::MAX_DOCUMENT_SIZE;
@@ -1103,11 +1103,12 @@ impl<P: Stores> Manager<P> {
             ),
         };
         let outcome = rebase_image(
-            &target,
-            doc,
-            OldBaseSource::<P::Store>::Recorded,
-            base_store,
-            &ManifestRef::Digest(base_digest.clone()),
+            RebaseRequest::new(
+                &target,
+                doc,
+                base_store,
+                ManifestRef::Digest(base_digest.clone()),
+            ),
             &target,
             Some(&format!("{nick}-{number}")),
             &RebaseOptions {

@@ -267,7 +267,50 @@ fn base_arg<'a, S>(base: &'a AppendBase<'a, S>) -> Base<'a> {
 /// pointing at anything new.
 ///
 /// # Errors
-/// Layer build errors, store errors, and those of [`mutate::append`].
+/// Layer build errors, store errors, those of [`mutate::append`], and
+/// [`Error::InvalidDocument`] when the config or manifest would be larger than ociup reads back
+/// (checked before anything is written).
+///
+/// # Example
+///
+/// A one-layer image on nothing, written to a new layout under a tag:
+///
+/// ```
+/// use ociup_core::config::ConfigChange;
+/// use ociup_core::layer::{LayerBuilder, LayerOptions};
+/// use ociup_core::layout::OciLayout;
+/// use ociup_core::ops::{AppendBase, AppendRequest, append_image};
+/// use ociup_core::reference::PlatformSpec;
+/// use ociup_core::store::Store;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ociup_core::Result<()> {
+/// let dir = tempfile::tempdir().map_err(|e| ociup_core::Error::io("a temporary directory", e))?;
+/// let layout = OciLayout::open_or_create(dir.path().join("images"))?;
+/// let mut layer = LayerBuilder::new(LayerOptions { epoch: 1_700_000_000, ..LayerOptions::default() });
+/// layer.add_bytes("/etc/motd", b"hello\n".to_vec(), 0o644)?;
+/// let platform: PlatformSpec = "linux/arm64".parse()?;
+/// let request = AppendRequest {
+///     layers: vec![(layer, "motd".into())],
+///     changes: vec![ConfigChange::Env("GREETING".into(), "hello".into())],
+///     created: 1_700_000_000,
+///     ..AppendRequest::default()
+/// };
+/// // The store type of a base is named even for scratch, which has none.
+/// let made = append_image::<OciLayout, _>(
+///     AppendBase::Scratch(&platform),
+///     &layout,
+///     Some("motd"),
+///     request,
+///     dir.path(), // where layers are built before they are stored
+/// )
+/// .await?;
+/// assert_eq!(made.layers.len(), 1);
+/// let tagged = layout.resolve_tag("motd").await?;
+/// assert_eq!(tagged.digest().to_string(), made.manifest.digest().to_string());
+/// # Ok(())
+/// # }
+/// ```
 pub async fn append_image<S: Store, D: Store>(
     base: AppendBase<'_, S>,
     dest: &D,

@@ -82,15 +82,107 @@ pub struct RebaseOutcome {
     pub config: Option<RawDocument>,
 }
 
-/// Where the old base comes from.
+/// Where the old base comes from. Its store type `O` is its own: the old base may sit in a
+/// layout while the new one is in a registry.
 #[derive(Debug)]
-pub enum OldBaseSource<'a, B> {
+pub enum OldBaseSource<'a, O> {
     /// An image in a store.
-    Image(&'a B, &'a ManifestRef),
+    Image(&'a O, &'a ManifestRef),
     /// An image in a store, already loaded (as a caller that checked it exists has it).
-    Loaded(&'a B, Box<Document>),
+    Loaded(&'a O, Box<Document>),
     /// What the image records of it (`dev.ociup.base.*` annotations).
     Recorded,
+}
+
+/// What to rebase onto what: the image (a manifest or an index, loaded from `image_store` with
+/// [`load_document`]), the new base, and where the old base is. [`RebaseRequest::new`] takes the
+/// required parts and leaves the old base to what the image records;
+/// [`RebaseRequest::old_base`] names it instead, in a store of any type.
+#[derive(Debug)]
+pub struct RebaseRequest<'a, I, N, O = N> {
+    /// The store the image is in (its own layers are read from there).
+    pub image_store: &'a I,
+    /// The image.
+    pub image: Document,
+    /// The store the new base is in.
+    pub new_base_store: &'a N,
+    /// The new base in it (a tag or a digest).
+    pub new_base: ManifestRef,
+    /// Where the old base is.
+    pub old_base: OldBaseSource<'a, O>,
+}
+
+impl<'a, I, N> RebaseRequest<'a, I, N> {
+    /// `image` (from `image_store`) onto `new_base` (in `new_base_store`); the old base is what
+    /// the image records ([`OldBaseSource::Recorded`]).
+    pub fn new(
+        image_store: &'a I,
+        image: Document,
+        new_base_store: &'a N,
+        new_base: ManifestRef,
+    ) -> Self {
+        RebaseRequest {
+            image_store,
+            image,
+            new_base_store,
+            new_base,
+            old_base: OldBaseSource::Recorded,
+        }
+    }
+}
+
+impl<'a, I, N, O> RebaseRequest<'a, I, N, O> {
+    /// The same request with the old base taken from `old_base` (in a store of any type).
+    pub fn old_base<P>(self, old_base: OldBaseSource<'a, P>) -> RebaseRequest<'a, I, N, P> {
+        RebaseRequest {
+            image_store: self.image_store,
+            image: self.image,
+            new_base_store: self.new_base_store,
+            new_base: self.new_base,
+            old_base,
+        }
+    }
+}
+
+/// The base an image records: `org.opencontainers.image.base.name` and `.base.digest`, of the
+/// image itself or, for an index that has none, of its first child.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedBase {
+    /// The base's reference as recorded (a distribution reference, or an `oci:` reference for
+    /// a layout base).
+    pub name: Option<String>,
+    /// The base's manifest (or index) digest.
+    pub digest: Option<Digest>,
+}
+
+/// Reads what `image` records of its base (see [`RecordedBase`]); reads the first child of an
+/// index that records nothing itself. A `base.digest` ociup cannot parse counts as absent.
+///
+/// # Errors
+/// Store errors reading the child.
+pub async fn recorded_base<S: Store>(store: &S, image: &Document) -> Result<RecordedBase> {
+    let of = |m: Option<&std::collections::HashMap<String, String>>| RecordedBase {
+        name: m.and_then(|a| a.get(annotations::BASE_NAME).cloned()),
+        digest: m
+            .and_then(|a| a.get(annotations::BASE_DIGEST))
+            .and_then(|d| d.parse().ok()),
+    };
+    Ok(match image {
+        Document::Manifest(m) => of(m.parsed().annotations().as_ref()),
+        Document::Index(i) => {
+            let own = of(i.parsed().annotations().as_ref());
+            match i.parsed().manifests().first() {
+                Some(first) if own.name.is_none() => {
+                    let d = Digest::try_from(first.digest())?;
+                    match load_document(store, &ManifestRef::Digest(d)).await? {
+                        Document::Manifest(m) => of(m.parsed().annotations().as_ref()),
+                        Document::Index(_) => RecordedBase::default(),
+                    }
+                }
+                _ => own,
+            }
+        }
+    })
 }
 
 /// A base image as loaded: its store, its document and, when that is a single manifest, the
@@ -147,9 +239,8 @@ fn is_attestation(m: &oci_spec::image::Descriptor) -> bool {
     unknown || typed
 }
 
-/// Rebases `image_doc` (a manifest or an index, loaded from `image_store` with
-/// [`load_document`]) from its old base onto `new_base`, writing the result to `dest` under
-/// `tag`. The two bases are fetched in parallel.
+/// Rebases the request's image from its old base onto its new base, writing the result to
+/// `dest` under `tag` (untagged when `None`). The two bases are fetched in parallel.
 ///
 /// An index is rebased platform by platform against the same platform of the new base (and of
 /// the old base). Attestation manifests (`unknown/unknown`) that refer to a rebased child are
@@ -158,18 +249,69 @@ fn is_attestation(m: &oci_spec::image::Descriptor) -> bool {
 ///
 /// # Errors
 /// Store errors, [`Error::InvalidChange`] from [`mutate::rebase`] (not built on the old base,
-/// platform mismatch) and when the new base lacks one of the image's platforms.
-#[allow(clippy::too_many_arguments)]
-pub async fn rebase_image<I: Store, B: Store, D: Store>(
-    image_store: &I,
-    image_doc: Document,
-    old_base: OldBaseSource<'_, B>,
-    new_base_store: &B,
-    new_base: &ManifestRef,
+/// platform mismatch) and when the new base lacks one of the image's platforms;
+/// [`Error::InvalidDocument`] when a result would be larger than ociup reads back.
+///
+/// # Example
+///
+/// An app appended on base v1, then put on base v2, all in one layout:
+///
+/// ```
+/// use ociup_core::layer::{LayerBuilder, LayerOptions};
+/// use ociup_core::layout::OciLayout;
+/// use ociup_core::ops::rebase::{RebaseOptions, RebaseRequest, rebase_image};
+/// use ociup_core::ops::{self, AppendBase, AppendRequest};
+/// use ociup_core::reference::PlatformSpec;
+/// use ociup_core::store::{ManifestRef, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ociup_core::Result<()> {
+/// let dir = tempfile::tempdir().map_err(|e| ociup_core::Error::io("a temporary directory", e))?;
+/// let layout = OciLayout::open_or_create(dir.path().join("images"))?;
+/// let platform: PlatformSpec = "linux/amd64".parse()?;
+/// let one_file = |path: &str| -> ociup_core::Result<AppendRequest> {
+///     let mut layer = LayerBuilder::new(LayerOptions::default());
+///     layer.add_bytes(path, path.as_bytes().to_vec(), 0o644)?;
+///     Ok(AppendRequest { layers: vec![(layer, path.into())], ..AppendRequest::default() })
+/// };
+/// // Two versions of a base, and an app on the first.
+/// for (tag, file) in [("base-1", "/etc/v1"), ("base-2", "/etc/v2")] {
+///     ops::append_image::<OciLayout, _>(
+///         AppendBase::Scratch(&platform), &layout, Some(tag), one_file(file)?, dir.path(),
+///     )
+///     .await?;
+/// }
+/// let base = ops::load_image(&layout, &ManifestRef::Tag("base-1".into()), None).await?;
+/// let name = format!("oci:{}:base-1", layout.root().display());
+/// let base = AppendBase::Image { store: &layout, image: &base, name: &name };
+/// ops::append_image(base, &layout, Some("app-1"), one_file("/opt/app")?, dir.path()).await?;
+///
+/// // The app's own layer on base-2: the old base is what the app records.
+/// let app = ops::load_document(&layout, &ManifestRef::Tag("app-1".into())).await?;
+/// let request = RebaseRequest::new(&layout, app, &layout, ManifestRef::Tag("base-2".into()));
+/// let outcome =
+///     rebase_image(request, &layout, Some("app-2"), &RebaseOptions::default()).await?;
+/// assert!(outcome.written && !outcome.already_current);
+/// let plan = &outcome.platforms[0].plan;
+/// assert_eq!((plan.removed_layers.len(), plan.added_layers.len()), (1, 1));
+/// assert_eq!(layout.resolve_tag("app-2").await?.digest().to_string(), outcome.digest);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
+    request: RebaseRequest<'_, I, N, O>,
     dest: &D,
     tag: Option<&str>,
     opts: &RebaseOptions,
 ) -> Result<RebaseOutcome> {
+    let RebaseRequest {
+        image_store,
+        image: image_doc,
+        new_base_store,
+        new_base,
+        old_base,
+    } = request;
+    let new_base = &new_base;
     // The image's config and both bases are independent: fetch them at once, with each base's
     // config when the base is a single manifest.
     let old_fut = async {
@@ -259,12 +401,12 @@ pub async fn rebase_image<I: Store, B: Store, D: Store>(
     Ok(outcome)
 }
 
-async fn rebase_one<B: Store>(
+async fn rebase_one<O: Store, N: Store>(
     manifest: &Manifest,
     image_cfg: &crate::config::Config,
     platform: &PlatformSpec,
-    old: Option<&Base<'_, B>>,
-    new: &Base<'_, B>,
+    old: Option<&Base<'_, O>>,
+    new: &Base<'_, N>,
     opts: &RebaseOptions,
 ) -> Result<mutate::Rebased> {
     let new_fut = new.for_platform(platform).map_err(|e| match e {
@@ -306,9 +448,9 @@ async fn rebase_one<B: Store>(
 /// base's store, own layers from the image's (both present already when all share a
 /// repository), and its config.
 #[allow(clippy::too_many_arguments)]
-async fn write_one<I: Store, B: Store, D: Store>(
+async fn write_one<I: Store, N: Store, D: Store>(
     image_store: &I,
-    new_store: &B,
+    new_store: &N,
     dest: &D,
     rebased: &mutate::Rebased,
     tag: Option<&str>,
@@ -399,11 +541,11 @@ enum Source {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn rebase_index<I: Store, B: Store, D: Store>(
+async fn rebase_index<I: Store, O: Store, N: Store, D: Store>(
     image_store: &I,
     index: &Index,
-    old: Option<&Base<'_, B>>,
-    new: &Base<'_, B>,
+    old: Option<&Base<'_, O>>,
+    new: &Base<'_, N>,
     dest: &D,
     tag: Option<&str>,
     opts: &RebaseOptions,
@@ -539,4 +681,100 @@ async fn rebase_index<I: Store, B: Store, D: Store>(
         outcome.written = true;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{LayerBuilder, LayerOptions};
+    use crate::layout::OciLayout;
+    use crate::ops::testing::Counted;
+    use crate::ops::{self, AppendBase, AppendRequest};
+
+    fn one_file(path: &str) -> AppendRequest {
+        let mut layer = LayerBuilder::new(LayerOptions::default());
+        layer
+            .add_bytes(path, path.as_bytes().to_vec(), 0o644)
+            .unwrap();
+        AppendRequest {
+            layers: vec![(layer, path.into())],
+            ..AppendRequest::default()
+        }
+    }
+
+    /// base-1, base-2 and app-1 (on base-1, recorded as named `name`) in one layout.
+    async fn app_on_base_1(dir: &std::path::Path, name: &str) -> OciLayout {
+        let layout = OciLayout::open_or_create(dir.join("l")).unwrap();
+        let platform: PlatformSpec = "linux/amd64".parse().unwrap();
+        for (tag, file) in [("base-1", "/v1"), ("base-2", "/v2")] {
+            ops::append_image::<OciLayout, _>(
+                AppendBase::Scratch(&platform),
+                &layout,
+                Some(tag),
+                one_file(file),
+                dir,
+            )
+            .await
+            .unwrap();
+        }
+        let base = ops::load_image(&layout, &ManifestRef::Tag("base-1".into()), None)
+            .await
+            .unwrap();
+        let base = AppendBase::Image {
+            store: &layout,
+            image: &base,
+            name,
+        };
+        ops::append_image(base, &layout, Some("app-1"), one_file("/app"), dir)
+            .await
+            .unwrap();
+        layout
+    }
+
+    #[tokio::test]
+    async fn the_old_base_may_be_in_another_kind_of_store() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = app_on_base_1(t.path(), "reg.example/base:1").await;
+        let app = load_document(&layout, &ManifestRef::Tag("app-1".into()))
+            .await
+            .unwrap();
+        // The old base through a store of another type than the new base's.
+        let old_store = Counted::new(&layout, 100);
+        let old_ref = ManifestRef::Tag("base-1".into());
+        let request = RebaseRequest::new(&layout, app, &layout, ManifestRef::Tag("base-2".into()))
+            .old_base(OldBaseSource::Image(&old_store, &old_ref));
+        let outcome = rebase_image(request, &layout, Some("app-2"), &RebaseOptions::default())
+            .await
+            .unwrap();
+        assert!(outcome.written);
+        assert_eq!(
+            old_store.reads(),
+            1,
+            "the old base was read from its own store"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_recorded_base_is_read_from_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = app_on_base_1(t.path(), "docker://reg.example/base:1").await;
+        let app = load_document(&layout, &ManifestRef::Tag("app-1".into()))
+            .await
+            .unwrap();
+        let base_1 = layout.resolve_tag("base-1").await.unwrap();
+        assert_eq!(
+            recorded_base(&layout, &app).await.unwrap(),
+            RecordedBase {
+                name: Some("reg.example/base:1".into()),
+                digest: Some(Digest::try_from(base_1.digest()).unwrap()),
+            }
+        );
+        let base_2 = load_document(&layout, &ManifestRef::Tag("base-2".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            recorded_base(&layout, &base_2).await.unwrap(),
+            RecordedBase::default()
+        );
+    }
 }

@@ -128,13 +128,15 @@ pub enum Command {
     /// signature, and that its own layers hold exactly the listed files and hashes.
     Verify(VerifyArgs),
     /// Rebuild a version from its recipe on the base digest it recorded and say whether the
-    /// same digest comes out. Source files are read relative to --dir.
+    /// same digest comes out. Source files are read relative to --dir, and only under it
+    /// (symlinks resolved) unless --allow-outside.
     ///
     /// Exit status 0 when the digests match, 1 otherwise.
     Replay(ReplayArgs),
     /// Add steps to a nick's recipe (the flags of `ociup append`, in order), record the edit in
     /// its audit trail, and build a new version from the whole recipe on the current base. Run it
-    /// where the recipe's source files are.
+    /// where the recipe's source files are: the earlier steps read only under it (symlinks
+    /// resolved) unless --allow-outside.
     Edit(Box<EditArgs>),
     /// Resolve every nick now (the eager path), printing each answer.
     Upgrade(UpgradeArgs),

@@ -17,6 +17,13 @@ fn main() {
 /// The short hash of HEAD, and the files whose change means another commit (HEAD, the branch's
 /// ref, packed refs) registered for a rerun.
 fn commit() -> Option<String> {
+    // Only this repository's own checkout: a source archive unpacked inside another git
+    // repository (vendored) must not print that repository's commit.
+    let top = PathBuf::from(git(&["rev-parse", "--show-toplevel"])?);
+    let here = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
+    if top.join("crates/ociup-cli").canonicalize().ok()? != here.canonicalize().ok()? {
+        return None;
+    }
     let git_dir = PathBuf::from(git(&["rev-parse", "--absolute-git-dir"])?);
     watch(&git_dir.join("HEAD"));
     if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {

@@ -10,6 +10,8 @@ mod conventions;
 mod copy;
 mod faults;
 mod fixtures;
+mod hostile_layout;
+mod integrity;
 mod interop;
 mod keys;
 mod layer;

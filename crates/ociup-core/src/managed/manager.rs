@@ -1365,8 +1365,11 @@ impl<P: Stores> Manager<P> {
             .get_blob_bytes(&recipe_digest, size)
             .await?;
         let recipe = Recipe::parse(&bytes, &format!("{nick} version {number}"))?;
+        // Its values were taken when the version was built: a replay repeats them as they are
+        // (checks added since must not make an old version unreplayable); its files are
+        // checked like any stored recipe's.
         recipe
-            .check(dir, self.stored_sources)
+            .check_sources(dir, self.stored_sources)
             .map_err(outside_hint)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
         let scratch =

@@ -15,6 +15,7 @@ mod integrity;
 mod interop;
 mod keys;
 mod layer;
+mod login;
 mod managed;
 mod rebase;
 mod recipes;

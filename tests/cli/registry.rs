@@ -2,18 +2,43 @@
 //! append/inspect/copy on registry references.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
 use crate::support::{fixtures, json, tool};
 
 /// Runs ociup with extra environment and standard input; returns (success, stdout, stderr).
-fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (bool, String, String) {
+pub fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> (bool, String, String) {
+    run_in(None, args, env, stdin)
+}
+
+/// [`run`] in a working directory of its own. Settings of the calling environment that would
+/// change what ociup does (credentials, catalog, key, timeout, auth files) are left out.
+pub fn run_in(
+    cwd: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ociup"));
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    for var in [
+        "SOURCE_DATE_EPOCH",
+        "OCIUP_USERNAME",
+        "OCIUP_PASSWORD",
+        "OCIUP_CATALOG",
+        "OCIUP_SIGNING_KEY",
+        "OCIUP_TIMEOUT",
+        "REGISTRY_AUTH_FILE",
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd.args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("OCIUP_USERNAME")
-        .env_remove("OCIUP_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -52,7 +77,7 @@ fn logins_from_flags_credential_helpers_and_docker_config() {
 
     let (ok, _, err) = run(&["copy", &src, &dst], &empty_home, "");
     assert!(
-        !ok && err.contains("401") && err.contains("wants credentials"),
+        !ok && err.contains("401") && err.contains(&format!("none were found for {}", reg.host())),
         "{err}"
     );
 
@@ -104,11 +129,183 @@ fn logins_from_flags_credential_helpers_and_docker_config() {
         &empty_home,
         "wrong-secret\n",
     );
-    assert!(!ok && err.contains("401"), "{err}");
+    // It says the password was refused, not only that credentials are wanted.
+    assert!(
+        !ok && err.contains("401") && err.contains(&format!("refused the password of user {user}")),
+        "{err}"
+    );
     assert!(
         !err.contains("wrong-secret") && !err.contains(&password),
         "{err}"
     );
+}
+
+/// An environment of its own: Docker's config, the containers auth files and the default
+/// catalog all under `home`.
+fn own_home(home: &Path) -> Vec<(&'static str, String)> {
+    let h = home.display().to_string();
+    vec![
+        ("HOME", h.clone()),
+        ("DOCKER_CONFIG", format!("{h}/docker")),
+        ("XDG_RUNTIME_DIR", format!("{h}/run")),
+        ("XDG_CONFIG_HOME", format!("{h}/config")),
+        ("XDG_DATA_HOME", format!("{h}/data")),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn command_line_credentials_reach_a_recipes_base_and_an_images_recorded_base() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::Basic,
+        tls: false,
+    });
+    let (user, password) = reg.credentials().unwrap();
+    let stdin = format!("{password}\n");
+    let home = tempfile::tempdir().unwrap();
+    let env = own_home(home.path());
+    let env = env_refs(&env);
+    let login = ["--username", user.as_str(), "--password-stdin"];
+    let base = format!("{}/lib/base:v1", reg.host());
+    let (ok, _, err) = run(
+        &[
+            &[
+                "copy",
+                &format!("oci:{}:v1", fixtures().join("base").display()),
+                &base,
+            ][..],
+            &login[..],
+        ]
+        .concat(),
+        &env,
+        &stdin,
+    );
+    assert!(ok, "{err}");
+
+    // The default catalog is a layout: the registry the command names is only the base's,
+    // which the recipe names. The flags reach it.
+    let out = home.path().join("images");
+    let target = format!("oci:{}", out.display());
+    let (ok, _, err) = run(
+        &[
+            &[
+                "register", "app", "--base", &base, "--to", &target, "--env", "A=1",
+            ][..],
+            &login[..],
+        ]
+        .concat(),
+        &env,
+        &stdin,
+    );
+    assert!(ok, "{err}");
+    let (ok, answer, err) = run(
+        &[&["resolve", "app"][..], &login[..]].concat(),
+        &env,
+        &stdin,
+    );
+    assert!(ok, "{err}");
+    assert!(answer.starts_with(&format!("{target}@sha256:")), "{answer}");
+
+    // An image on a layout records its base on the registry: rebase reads that old base with
+    // the flags too, though only layouts are named.
+    let app = format!("oci:{}:app", out.display());
+    let (ok, _, err) = run(
+        &[
+            &["append", "--base", &base, "--env", "B=2", "--to", &app][..],
+            &login[..],
+        ]
+        .concat(),
+        &env,
+        &stdin,
+    );
+    assert!(ok, "{err}");
+    let new_base = format!("oci:{}:v2", fixtures().join("base").display());
+    let (ok, _, err) = run(
+        &[
+            &["rebase", &app, "--new-base", &new_base, "--tag", "rebased"][..],
+            &login[..],
+        ]
+        .concat(),
+        &env,
+        &stdin,
+    );
+    assert!(ok, "{err}");
+    // Without them, the registry's refusal says none were found, naming it.
+    let (ok, _, err) = run(
+        &["rebase", &app, "--new-base", &new_base, "--dry-run"],
+        &env,
+        "",
+    );
+    assert!(
+        !ok && err.contains(&format!("none were found for {}", reg.host())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_relative_layout_is_recorded_and_printed_absolute() {
+    let home = tempfile::tempdir().unwrap();
+    let env = own_home(home.path());
+    let env = env_refs(&env);
+    let here = home.path().join("here");
+    let elsewhere = home.path().join("elsewhere");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let base = format!("oci:{}:v1", fixtures().join("base").display());
+    let (ok, out, err) = run_in(
+        Some(&here),
+        &[
+            "register",
+            "rel",
+            "--base",
+            &base,
+            "--to",
+            "oci:images",
+            "--env",
+            "A=1",
+        ],
+        &env,
+        "",
+    );
+    assert!(ok, "{err}");
+    let absolute = format!("oci:{}", here.join("images").display());
+    assert!(out.contains(&format!("{absolute}@sha256:")), "{out}");
+    let (ok, answer, err) = run_in(Some(&elsewhere), &["resolve", "rel"], &env, "");
+    assert!(ok, "{err}");
+    assert!(
+        answer.starts_with(&format!("{absolute}@sha256:")),
+        "{answer}"
+    );
+    assert!(
+        std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "a stray layout was written where resolve ran"
+    );
+}
+
+#[test]
+fn a_silent_registry_times_out_as_the_flag_or_environment_says() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let image = format!("{host}/x/y:1");
+    let (ok, _, err) = run(&["inspect", &image, "--timeout", "0.2"], &[], "");
+    assert!(
+        !ok && err.contains("timed out: no answer within 0.2 s"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["inspect", &image], &[("OCIUP_TIMEOUT", "0.2")], "");
+    assert!(!ok && err.contains("timed out"), "{err}");
+    let (ok, _, err) = run(&["inspect", &image, "--timeout", "0"], &[], "");
+    assert!(!ok && err.contains("more than 0"), "{err}");
 }
 
 #[test]

@@ -13,8 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// host is given).
 ///
 /// Registry credentials come from --username with --password-stdin (or OCIUP_USERNAME and
-/// OCIUP_PASSWORD), else from Docker's config.json (auths, credsStore, credHelpers) and podman's
-/// auth.json.
+/// OCIUP_PASSWORD), which apply to every registry the command reaches, else from
+/// $REGISTRY_AUTH_FILE, Docker's config.json (auths, credsStore, credHelpers; `ociup login`
+/// writes there) and the auth.json of skopeo and podman ($XDG_RUNTIME_DIR/containers/auth.json,
+/// /run/containers/$UID/auth.json, ~/.config/containers/auth.json).
 #[derive(Debug, Parser)]
 #[command(
     name = "ociup",
@@ -60,6 +62,31 @@ pub struct GlobalArgs {
     /// Show debug logs (requests retried, uploads resumed) on stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// The longest a registry may stay silent, in seconds (fractions allowed): for an answer to
+    /// start (plus a second per 16 KiB sent with the request), and within an answer, where less
+    /// than 1 KiB in that time counts as silence. A timed-out request is retried, a blob
+    /// download resumed, then the command fails.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        env = "OCIUP_TIMEOUT",
+        default_value = "60",
+        value_parser = parse_timeout
+    )]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s}: give more than 0 and at most 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,10 +186,33 @@ pub enum Command {
     /// zsh: ociup completions zsh > "${fpath[1]}/_ociup"; fish: ociup completions fish >
     /// ~/.config/fish/completions/ociup.fish.
     Completions(CompletionsArgs),
+    /// Log in to a registry: check the user name and password (read from standard input) with
+    /// the registry, then save them where Docker keeps logins: the credential helper
+    /// config.json names for the registry (credHelpers, else credsStore), else config.json's
+    /// auths ($DOCKER_CONFIG/config.json or ~/.docker/config.json, mode 0600).
+    ///
+    /// Example: printf '%s' "$TOKEN" | ociup login registry.example --username ci --password-stdin
+    Login(LoginArgs),
+    /// Remove a registry's login from Docker's config.json and from the credential helper it
+    /// names. Logging out of a registry without a login is not an error.
+    Logout(LogoutArgs),
     /// Print the man page (roff), or write one page per command into a directory.
     ///
     /// Example: ociup man --out /usr/local/share/man/man1
     Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry: host[:port] (docker.io for Docker Hub). Give --username (or
+    /// OCIUP_USERNAME) and --password-stdin: the password is read from standard input only.
+    pub registry: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry: host[:port] (docker.io for Docker Hub).
+    pub registry: String,
 }
 
 #[derive(Debug, Args)]

@@ -220,6 +220,11 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
         .check(&dir, access)
         .with_context(|| format!("registering {}", recipe.nick))?;
     parse_ref(&recipe.base)?;
+    // A relative oci: directory is recorded absolute (against the recipe's folder), so the nick
+    // resolves to the same layout from anywhere.
+    let mut recipe = recipe;
+    recipe.base = ociup_registry::absolute_reference(&recipe.base, &dir)?;
+    recipe.target = ociup_registry::absolute_reference(&recipe.target, &dir)?;
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
     let m = manager(
         ctx,

@@ -5,6 +5,7 @@ mod completions;
 mod copy;
 mod inspect;
 mod layer;
+mod login;
 mod managed;
 mod rebase;
 
@@ -50,6 +51,8 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Rebase(args) => rebase::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(&args).map(|()| 0),
         Command::Man(args) => completions::man(&args).map(|()| 0),
+        Command::Login(args) => login::login(&ctx, &args).await.map(|()| 0),
+        Command::Logout(args) => login::logout(&args).map(|()| 0),
     }
 }
 
@@ -59,6 +62,9 @@ pub struct Ctx {
     ca_file: Option<std::path::PathBuf>,
     check_blobs_first: bool,
     login: Option<(String, String)>,
+    /// Whether the password of `login` came from standard input.
+    password_from_stdin: bool,
+    timeout: std::time::Duration,
 }
 
 impl Ctx {
@@ -82,30 +88,27 @@ impl Ctx {
             ca_file: g.ca_file.clone(),
             check_blobs_first: g.check_blobs_first,
             login,
+            password_from_stdin: g.password_stdin,
+            timeout: g.timeout,
         })
     }
 
-    /// A client for the registries named in `refs` (the login applies to those).
-    fn client(&self, refs: &[&StoreRef]) -> Result<Client> {
+    /// A registry client. The login given on the command line applies to every registry the
+    /// command reaches (those named in `_refs`, a recipe's base, an image's recorded old base).
+    fn client(&self, _refs: &[&StoreRef]) -> Result<Client> {
         let mut credentials = Credentials::from_env();
         if let Some((u, p)) = &self.login {
-            for r in refs {
-                if let StoreRef::Registry(r) = r {
-                    credentials = credentials.with(
-                        r.registry(),
-                        Credential::Basic {
-                            username: u.clone(),
-                            password: p.clone(),
-                        },
-                    );
-                }
-            }
+            credentials = credentials.with_default(Credential::Basic {
+                username: u.clone(),
+                password: p.clone(),
+            });
         }
         Ok(Client::new(ClientOptions {
             credentials,
             insecure: self.insecure.clone(),
             ca_file: self.ca_file.clone(),
             check_blobs_first: self.check_blobs_first,
+            idle_timeout: self.timeout,
             ..ClientOptions::default()
         })?)
     }

@@ -447,6 +447,21 @@ fn a_signed_nick_is_not_regenerated_unsigned_without_saying_so() {
     );
     let err = err_at(d, &["edit", "s", "--env", "X=1"]);
     assert!(err.contains(&signer), "{err}");
+    let err = err_at(
+        d,
+        &[
+            "register",
+            "s",
+            "--base",
+            "oci:base:latest",
+            "--to",
+            "oci:img",
+            "--env",
+            "S=2",
+            "--replace-recipe",
+        ],
+    );
+    assert!(err.contains(&signer), "{err}");
     assert_eq!(stores(d), before, "nothing written");
     // An unsigned nick is regenerated as before.
     let up = json(&ok_at(d, &["resolve", "u", "--json"]));

@@ -457,6 +457,22 @@ impl<P: Stores> Manager<P> {
         let in_place = prior
             .as_ref()
             .is_some_and(|p| p.version.is_some() && p.state != State::Removed);
+        // Replacing the recipe of a signed nick keeps it signed, or says it does not.
+        let command = match prior.as_ref().filter(|_| in_place) {
+            Some(
+                p @ Entry {
+                    version: Some((v, _)),
+                    ..
+                },
+            ) => {
+                let (signed_target, _) = self.stores.open(&p.recipe.target, false)?;
+                match self.signing_for(p, v, &signed_target).await? {
+                    Signing::Dropped => format!("{command} --unsigned"),
+                    _ => command,
+                }
+            }
+            _ => command,
+        };
         let recipe_blob = self.catalog.put_json(&recipe).await?;
         let audit = self
             .catalog
@@ -742,14 +758,14 @@ impl<P: Stores> Manager<P> {
         let lock = self.lock_for(nick);
         let _held = lock.lock().await;
         let entry = self.entry(nick).await?;
-        let Some((current, current_blob)) = entry.version.clone() else {
-            return Err(invalid(format!("{nick} has no version yet to edit")));
-        };
         if entry.state == State::Removed {
             return Err(invalid(format!(
                 "{nick} is unregistered; register it again with `ociup register`"
             )));
         }
+        let Some((current, current_blob)) = entry.version.clone() else {
+            return Err(invalid(format!("{nick} has no version yet to edit")));
+        };
         // A signed nick stays signed, from the recipe it was signed with.
         let (signed_target, _) = self.stores.open(&entry.recipe.target, false)?;
         let command = match self.signing_for(&entry, &current, &signed_target).await? {

@@ -42,11 +42,48 @@ fn bad_keys(value: &Value, verbatim: &[&str], path: &str, out: &mut Vec<String>)
     }
 }
 
+/// Every key of `value` outside the values of `verbatim` keys.
+fn keys(value: &Value, verbatim: &[&str], out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                out.insert(k.clone());
+                if !verbatim.contains(&k.as_str()) {
+                    keys(v, verbatim, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| keys(v, verbatim, out)),
+        _ => {}
+    }
+}
+
+/// Whether `doc` has `word` as a whole word (not inside a longer name).
+fn mentions(doc: &str, word: &str) -> bool {
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    doc.match_indices(word).any(|(i, _)| {
+        !doc[..i].chars().next_back().is_some_and(name)
+            && !doc[i + word.len()..].chars().next().is_some_and(name)
+    })
+}
+
+/// Checks one command's output: snake_case keys, each documented in docs/json.md.
 fn check(what: &str, output: &str, verbatim: &[&str], failures: &mut Vec<String>) {
+    let value = json(output);
     let mut bad = Vec::new();
-    bad_keys(&json(output), verbatim, "", &mut bad);
+    bad_keys(&value, verbatim, "", &mut bad);
     if !bad.is_empty() {
-        failures.push(format!("{what}: {}", bad.join(", ")));
+        failures.push(format!("{what}: not snake_case: {}", bad.join(", ")));
+    }
+    let doc = std::fs::read_to_string(crate::support::repo().join("docs/json.md")).unwrap();
+    let mut all = std::collections::BTreeSet::new();
+    keys(&value, verbatim, &mut all);
+    let undocumented: Vec<_> = all.into_iter().filter(|k| !mentions(&doc, k)).collect();
+    if !undocumented.is_empty() {
+        failures.push(format!(
+            "{what}: not in docs/json.md: {}",
+            undocumented.join(", ")
+        ));
     }
 }
 
@@ -164,15 +201,14 @@ fn json_keys_are_snake_case_in_every_command() {
         assert_eq!(code, 0, "{what}: {stderr}");
         check(what, &stdout, &["annotations", "labels"], &mut failures);
     }
-    assert!(
-        failures.is_empty(),
-        "keys that are not snake_case:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
-fn the_checker_finds_camel_case() {
+fn the_checker_finds_camel_case_and_words() {
+    assert!(mentions("a `tags_written` b", "tags_written"));
+    assert!(!mentions("a `tags_written` b", "tags"));
+    assert!(!mentions("blobs_present", "present"));
     let mut bad = Vec::new();
     bad_keys(
         &serde_json::json!({"media_type": 1, "diffID": 2, "x": [{"mediaType": 3}],

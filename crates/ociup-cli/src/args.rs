@@ -618,7 +618,8 @@ pub struct LayerCreateArgs {
     /// Files and directories to put in the layer.
     #[arg(required = true, value_name = "SRC")]
     pub sources: Vec<PathBuf>,
-    /// Directory inside the image to put them in.
+    /// Directory inside the image to put them in (such as /opt/app; a directory of the layer,
+    /// not an image: `ociup append --to` writes images).
     #[arg(long, default_value = "/", value_name = "PATH")]
     pub to: String,
     /// Where to write the layer blob.

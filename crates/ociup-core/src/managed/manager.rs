@@ -261,6 +261,13 @@ pub struct ManagerOptions {
     pub unsigned: bool,
 }
 
+/// A base as read to check a recipe against it, then built on: one read for both.
+struct BaseImage<S> {
+    store: S,
+    digest: Digest,
+    image: ops::Image,
+}
+
 /// What [`Manager::register`] registers: a recipe, where its files are, and how.
 #[derive(Clone, Debug)]
 pub struct Registration {
@@ -430,7 +437,7 @@ impl<P: Stores> Manager<P> {
         let dir = dir.as_path();
         recipe.check(dir, access)?;
         self.stores.open(&recipe.base, false)?;
-        self.check_documents(&recipe).await?;
+        let base = self.check_documents(&recipe).await?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let lock = self.lock_for(&recipe.nick);
         let _held = lock.lock().await;
@@ -506,6 +513,7 @@ impl<P: Stores> Manager<P> {
                 number,
                 "registered",
                 earlier.as_ref().map(|(_, b)| b),
+                base,
             )
             .await
         {
@@ -529,10 +537,11 @@ impl<P: Stores> Manager<P> {
     /// Checks that the config and manifest a version of `recipe` would have on what its base
     /// points to now stay within [`MAX_DOCUMENT_SIZE`], before anything is written: ociup
     /// writes no document it could not read back.
-    async fn check_documents(&self, recipe: &Recipe) -> Result<()> {
+    async fn check_documents(&self, recipe: &Recipe) -> Result<BaseImage<P::Store>> {
         let (store, digest) = self.base_digest(&recipe.base).await?;
         let image =
-            ops::load_image(&store, &ManifestRef::Digest(digest), self.platform.as_ref()).await?;
+            ops::load_image(&store, &ManifestRef::Digest(digest.clone()), self.platform.as_ref())
+                .await?;
         let placeholder = Digest::sha256(b"");
         let layer = NewLayer {
             layer: Layer {
@@ -578,7 +587,11 @@ impl<P: Stores> Manager<P> {
                 )));
             }
         }
-        Ok(())
+        Ok(BaseImage {
+            store,
+            digest,
+            image,
+        })
     }
 
     /// Unregisters a nick: its entry is marked removed, with `command` in its audit trail. It
@@ -619,18 +632,12 @@ impl<P: Stores> Manager<P> {
         recipe: &Recipe,
         dir: &Path,
         base_store: &P::Store,
-        base_digest: &Digest,
+        image: &ops::Image,
         epoch: u64,
         dest: &D,
         tag: Option<&str>,
         staging: &Path,
     ) -> Result<ops::AppendOutcome> {
-        let image = ops::load_image(
-            base_store,
-            &ManifestRef::Digest(base_digest.clone()),
-            self.platform.as_ref(),
-        )
-        .await?;
         let layer = recipe.layer(
             dir,
             LayerOptions {
@@ -649,7 +656,7 @@ impl<P: Stores> Manager<P> {
         ops::append_image(
             AppendBase::Image {
                 store: base_store,
-                image: &image,
+                image,
                 name: &recipe.base,
             },
             dest,
@@ -660,7 +667,8 @@ impl<P: Stores> Manager<P> {
         .await
     }
 
-    /// Builds version `number` from the recipe (sources in `dir`) on what the base points to now.
+    /// Builds version `number` from the recipe (sources in `dir`) on `base`, what the base
+    /// pointed to when the recipe was checked (read once for both).
     #[allow(clippy::too_many_arguments)]
     async fn build_version(
         &self,
@@ -671,15 +679,20 @@ impl<P: Stores> Manager<P> {
         number: u64,
         reason: &str,
         previous: Option<&BlobRef>,
+        base: BaseImage<P::Store>,
     ) -> Result<(VersionRecord, BlobRef)> {
-        let (base_store, base_digest) = self.base_digest(&recipe.base).await?;
+        let BaseImage {
+            store: base_store,
+            digest: base_digest,
+            image,
+        } = base;
         let nick = &recipe.nick;
         let out = self
             .build_image(
                 recipe,
                 dir,
                 &base_store,
-                &base_digest,
+                &image,
                 self.epoch,
                 target,
                 Some(&format!("{nick}-{number}")),
@@ -787,7 +800,7 @@ impl<P: Stores> Manager<P> {
             .map_err(outside_hint)?;
         typed.check_sources(dir, SourceAccess::Anywhere)?;
         recipe.layer(dir, LayerOptions::default())?;
-        self.check_documents(&recipe).await?;
+        let base = self.check_documents(&recipe).await?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let recipe_blob = self.catalog.put_json(&recipe).await?;
         let audit = self
@@ -814,6 +827,7 @@ impl<P: Stores> Manager<P> {
                 current.number + 1,
                 "recipe edited",
                 Some(&current_blob),
+                base,
             )
             .await?;
         next.version = Some((record.clone(), blob));
@@ -1388,6 +1402,12 @@ impl<P: Stores> Manager<P> {
             .check_sources(dir, self.stored_sources)
             .map_err(outside_hint)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
+        let image = ops::load_image(
+            &base_store,
+            &ManifestRef::Digest(v.base_digest.parse()?),
+            self.platform.as_ref(),
+        )
+        .await?;
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
         let layout = crate::layout::OciLayout::open_or_create(scratch.path().join("replay"))?;
@@ -1396,7 +1416,7 @@ impl<P: Stores> Manager<P> {
                 &recipe,
                 dir,
                 &base_store,
-                &v.base_digest.parse()?,
+                &image,
                 v.epoch,
                 &layout,
                 None,

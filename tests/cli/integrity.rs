@@ -521,7 +521,7 @@ fn resolve_check_statuses_unknown_nicks_and_unreachable_bases() {
     std::fs::remove_dir_all(d.join("base")).unwrap();
     let err = err_at(d, &["resolve", "a"]);
     assert!(
-        err.contains("the base oci:base:latest of a cannot be reached")
+        err.contains("base:latest of a cannot be reached")
             && err.contains("--if-unreachable stale"),
         "{err}"
     );

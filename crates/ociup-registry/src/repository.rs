@@ -19,7 +19,7 @@ use url::Url;
 
 use crate::body::{Watchdog, Watched, read_capped};
 use crate::client::{Client, Request, Target};
-use crate::error::{Error, Result, display_url};
+use crate::error::{Error, Result, display_url, excerpt};
 use crate::reference::Reference;
 
 /// Every manifest type ociup reads.
@@ -277,7 +277,10 @@ impl Repository {
         let index: oci_spec::image::ImageIndex =
             serde_json::from_slice(&doc).map_err(|e| Error::Protocol {
                 url: format!("{}/{}", self.registry, self.name),
-                reason: format!("the referrers index does not parse: {e}"),
+                reason: format!(
+                    "the referrers index does not parse: {}",
+                    excerpt(&e.to_string(), 200)
+                ),
             })?;
         Ok(index.manifests().clone())
     }
@@ -435,7 +438,10 @@ impl Repository {
             let url = display_url(&url);
             let page: Page = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
                 url: url.clone(),
-                reason: format!("the tag list does not parse: {e}"),
+                reason: format!(
+                    "the tag list does not parse: {}",
+                    excerpt(&e.to_string(), 200)
+                ),
             })?;
             out.extend(page.tags.unwrap_or_default());
             match next {

@@ -318,6 +318,24 @@ impl ociup_core::managed::manager::Stores for Opener {
 mod tests {
     use super::*;
 
+    /// `Opener::open` and `pinned` need no trait import (none is in scope in this module).
+    #[test]
+    fn an_opener_is_used_without_importing_a_trait() {
+        let t = tempfile::tempdir().unwrap();
+        let opener = Opener::new(Client::new(crate::ClientOptions::default()).unwrap());
+        let dir = t.path().join("l");
+        let (store, image) = opener
+            .open(&format!("oci:{}:v1", dir.display()), true)
+            .unwrap();
+        assert!(matches!(store, AnyStore::Layout(_)));
+        assert_eq!(image, Some(ManifestRef::Tag("v1".into())));
+        let d = Digest::sha256(b"x");
+        assert_eq!(
+            opener.pinned("registry.example/a/b:1", &d).unwrap(),
+            format!("docker://registry.example/a/b@{d}")
+        );
+    }
+
     #[test]
     fn relative_layouts_become_absolute_and_registries_stay_as_typed() {
         let base = Path::new("/work/recipes");

@@ -154,8 +154,12 @@ pub(crate) async fn fetch(http: &reqwest::Client, t: TokenRequest<'_>) -> Result
     let body = read_capped(resp, TOKEN_BODY_CAP, t.idle, "GET", &shown, "token answer")
         .await
         .map_err(|e| auth_err(e.to_string()))?;
-    let parsed: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|e| auth_err(format!("the token endpoint's answer is not a token: {e}")))?;
+    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        auth_err(format!(
+            "the token endpoint's answer is not a token: {}",
+            excerpt(&e.to_string(), 200)
+        ))
+    })?;
     let value = parsed
         .token
         .or(parsed.access_token)

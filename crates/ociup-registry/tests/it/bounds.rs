@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ociup_core::Digest;
 use ociup_core::document::RawDocument;
-use ociup_core::store::{ManifestRef, Store};
+use ociup_core::store::ManifestRef;
+// The prelude brings the Store trait, for the repositories' methods.
+use ociup_registry::prelude::*;
 use ociup_registry::{Client, ClientOptions, Credential, Credentials, Reference, RetryPolicy};
 use tokio::io::AsyncReadExt;
 

@@ -324,6 +324,8 @@ fn a_failed_registration_can_be_unregistered_or_replaced() {
     assert_eq!(named[0]["status"], "removed");
     let (code, _, err) = ociup_at(d, &["resolve", "f"]);
     assert!(code != 0 && err.contains("unregistered"), "{err}");
+    let all = json(&ok_at(d, &["upgrade", "--all", "--json"]));
+    assert_eq!(all, serde_json::json!([]), "not upgraded");
     let (code, _, err) = ociup_at(d, &["edit", "f", "--env", "B=1"]);
     assert!(code != 0 && err.contains("unregistered"), "{err}");
     let (code, _, err) = ociup_at(d, &["unregister", "f"]);

@@ -895,16 +895,18 @@ impl<P: Stores> Manager<P> {
     pub async fn upgrade_all(&self) -> Result<Vec<(String, Result<Resolution>)>> {
         let mut out = Vec::new();
         for nick in self.catalog.nicks().await? {
-            // Unregistered nicks are not upgraded (one more read of the entry's manifest).
-            if self
-                .catalog
-                .summary(&nick)
-                .await?
-                .is_some_and(|s| s.state == State::Removed)
+            let r = self.resolve(&nick, ResolveOptions::default()).await;
+            // Unregistered nicks are not upgraded: resolve refuses them, and only then is the
+            // entry read again to tell that from a failure.
+            if r.is_err()
+                && self
+                    .catalog
+                    .summary(&nick)
+                    .await
+                    .is_ok_and(|s| s.is_some_and(|s| s.state == State::Removed))
             {
                 continue;
             }
-            let r = self.resolve(&nick, ResolveOptions::default()).await;
             out.push((nick, r));
         }
         Ok(out)

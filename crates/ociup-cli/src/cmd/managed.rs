@@ -584,6 +584,10 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> Result<()> {
     };
     let mut swept_json = Vec::new();
     for dir in layouts {
+        // A target never written to (a registration that failed early) has nothing to sweep.
+        if !dir.exists() {
+            continue;
+        }
         let layout = OciLayout::open(&dir)?;
         let swept = tokio::task::spawn_blocking(move || gc::sweep(&layout, opts))
             .await?

@@ -539,9 +539,12 @@ impl<P: Stores> Manager<P> {
     /// writes no document it could not read back.
     async fn check_documents(&self, recipe: &Recipe) -> Result<BaseImage<P::Store>> {
         let (store, digest) = self.base_digest(&recipe.base).await?;
-        let image =
-            ops::load_image(&store, &ManifestRef::Digest(digest.clone()), self.platform.as_ref())
-                .await?;
+        let image = ops::load_image(
+            &store,
+            &ManifestRef::Digest(digest.clone()),
+            self.platform.as_ref(),
+        )
+        .await?;
         let placeholder = Digest::sha256(b"");
         let layer = NewLayer {
             layer: Layer {
@@ -959,9 +962,13 @@ impl<P: Stores> Manager<P> {
             )));
         };
         let (current, base) = (Current::of(&record), entry.recipe.base.clone());
-        // With the signing key at hand, the answer is also held against its signed build
+        // With the key that signed it at hand, the answer is also held against its signed build
         // manifest (read through the cache): it must name this nick, version, image and recipe.
-        if self.key.is_some() && record.build_manifest.is_some() {
+        // (Nicks signed by other keys, in a shared catalog, are answered as without a key.)
+        if let Some(key) = &self.key
+            && record.build_manifest.is_some()
+            && record.signer.as_deref() == Some(key.key_id().as_str())
+        {
             let (target, _) = self.stores.open(&entry.recipe.target, false)?;
             self.signing_for(&entry, &record, &target).await?;
         }
@@ -1091,10 +1098,17 @@ impl<P: Stores> Manager<P> {
             ))
         };
         let bytes = BlobCache::read(self.catalog.cache(), target, &envelope_digest, *size).await?;
-        let statement = key
-            .public_key()
-            .verify(&bytes)
-            .map_err(|e| refuse(e.to_string()))?;
+        let statement = match key.public_key().verify(&bytes) {
+            Ok(statement) => statement,
+            // Signed by another key: its recipe cannot be vouched for with this one.
+            Err(_) if self.unsigned => return Ok(Signing::Dropped),
+            Err(e) => {
+                return Err(refuse(format!(
+                    "{e}; give the key that signed it with --sign-key, or accept an unsigned \
+                     version with --unsigned"
+                )));
+            }
+        };
         let recipe = entry.recipe_blob.digest.to_string();
         let predicate = check_statement(
             &statement,

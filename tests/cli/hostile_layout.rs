@@ -131,6 +131,10 @@ fn a_malformed_entry_is_named_and_the_other_tags_still_work() {
     ociup_ok(&["copy", &at("v2"), &at("again")]);
     let index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(index["manifests"][1]["digest"], "sha256:1234");
+    // A copy to the broken tag replaces the entry.
+    ociup_ok(&["copy", &at("v2"), &at("broken")]);
+    let fixed = json(&ociup_ok(&["inspect", &at("broken"), "--json"]));
+    assert_eq!(fixed["digest"], manifest_and_config(&lay, "v2").0);
 }
 
 #[test]

@@ -137,7 +137,8 @@ pub async fn copy_image<A: Store, B: Store>(
     if let Some(t) = tag {
         match dst.resolve_tag(t).await {
             Ok(d) if d.digest().to_string() == raw.digest().to_string() => tag_current = true,
-            Ok(_) | Err(Error::TagNotFound { .. }) => {}
+            // A layout's malformed entry for the tag is replaced by the copy.
+            Ok(_) | Err(Error::TagNotFound { .. } | Error::InvalidDocument { .. }) => {}
             Err(e) => return Err(e),
         }
     }

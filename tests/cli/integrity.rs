@@ -435,8 +435,17 @@ fn a_signed_nick_is_not_regenerated_unsigned_without_saying_so() {
         "{text}"
     );
 
+    // Another key (another team's, in a shared catalog) answers a nick with nothing due...
+    ok_at(d, &["resolve", "s", "--sign-key", "k2.key"]);
+
     move_base(d);
     let before = stores(d);
+    // ... but cannot vouch for its recipe in a new version.
+    let err = err_at(d, &["resolve", "s", "--sign-key", "k2.key"]);
+    assert!(
+        err.contains(&signer) && err.contains("another key made it") && err.contains("--unsigned"),
+        "{err}"
+    );
     let err = err_at(d, &["resolve", "s"]);
     assert!(
         err.contains(&signer)

@@ -343,11 +343,11 @@ impl BlobCache {
     }
 
     /// Keeps `bytes` (which must hash to `digest`) under `digest`: written to a temporary file
-    /// and renamed, so a reader never sees a partial one.
+    /// and renamed, so a reader never sees a partial one (and a damaged file is replaced).
     pub fn put(&self, digest: &Digest, bytes: &[u8]) {
         let path = self.path(digest);
         let Some(dir) = path.parent() else { return };
-        if path.exists() || std::fs::create_dir_all(dir).is_err() {
+        if std::fs::create_dir_all(dir).is_err() {
             return;
         }
         let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
@@ -914,6 +914,9 @@ mod tests {
         let path = t.path().join("cache/sha256").join(digest.hex());
         std::fs::write(&path, br#"{"nick":"web"}"#).unwrap();
         assert_eq!(cache.get(&digest), None);
+        // Written again, it is replaced.
+        cache.put(&digest, bytes);
+        assert_eq!(cache.get(&digest).as_deref(), Some(&bytes[..]));
         // Read through from a layout: its blobs are local files, nothing is cached.
         let layout = crate::layout::OciLayout::open_or_create(t.path().join("lay")).unwrap();
         let other = br#"{"nick":"db"}"#;

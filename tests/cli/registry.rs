@@ -283,6 +283,27 @@ fn a_relative_layout_is_recorded_and_printed_absolute() {
         std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
         "a stray layout was written where resolve ran"
     );
+
+    // In a recipe file, relative to the file's folder, wherever ociup runs.
+    let folder = home.path().join("recipes");
+    std::fs::create_dir_all(&folder).unwrap();
+    let recipe = serde_json::json!({
+        "nick": "fromfile",
+        "base": base,
+        "target": "oci:out",
+        "steps": [{"env": {"key": "A", "value": "1"}}],
+    });
+    std::fs::write(folder.join("r.json"), recipe.to_string()).unwrap();
+    let file = folder.join("r.json").display().to_string();
+    let (ok, _, err) = run_in(Some(&elsewhere), &["register", "--recipe", &file], &env, "");
+    assert!(ok, "{err}");
+    let (ok, answer, err) = run_in(Some(&here), &["resolve", "fromfile"], &env, "");
+    assert!(ok, "{err}");
+    let absolute = format!("oci:{}", folder.join("out").display());
+    assert!(
+        answer.starts_with(&format!("{absolute}@sha256:")),
+        "{answer}"
+    );
 }
 
 #[test]

@@ -357,7 +357,8 @@ pub struct RegisterArgs {
     #[arg(required_unless_present = "recipe")]
     pub nick: Option<String>,
     /// A recipe file instead of the flags. Its source paths are relative to the file, and it
-    /// reads only under the file's folder (symlinks resolved).
+    /// reads only under the file's folder (symlinks resolved). A relative oci: base or target
+    /// in it is relative to the file too.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["nick", "base", "to"])]
     pub recipe: Option<PathBuf>,
     /// Replace the recipe of a nick registered already: its next version is built from the
@@ -368,7 +369,8 @@ pub struct RegisterArgs {
     /// The base image, usually a moving tag.
     #[arg(long, value_name = "REF", required_unless_present = "recipe")]
     pub base: Option<String>,
-    /// Where versions go: a repository or a layout (oci:<dir>), without tag.
+    /// Where versions go: a repository or a layout (oci:<dir>), without tag. A relative
+    /// oci:<dir> (here or in --base) is recorded as an absolute path.
     #[arg(long, value_name = "REPO", required_unless_present = "recipe")]
     pub to: Option<String>,
     /// Platform to pick from a multi-platform base.

@@ -644,3 +644,45 @@ fn checks_cost_a_nothing_due_resolve_no_request_once_cached() {
     assert_eq!(count(&cold, &["resolve", "app", "--sign-key", "k.key"]), 3);
     assert_eq!(count(&cold, &["resolve", "app", "--sign-key", "k.key"]), 2);
 }
+
+/// Entries of older ociup carry no `dev.ociup.signed`/`signer` annotations and records no
+/// `signer`: they are still answered, shown as signed, refused without the key (named from the
+/// envelope) and regenerated with it.
+#[test]
+fn entries_of_older_ociup_are_read_and_kept_signed() {
+    let t = setup();
+    let d = t.path();
+    let first = register(d, "s", "S=1", true);
+    let signer = first["signer"].as_str().unwrap().to_owned();
+    // The entry as older ociup wrote it.
+    let mut old = entry_of(d, "s");
+    let mut record = catalog_blob(d, layer_mut(&mut old, VERSION)["digest"].as_str().unwrap());
+    record.as_object_mut().unwrap().remove("signer");
+    let (digest, size) = put_catalog_blob(d, &record);
+    *layer_mut(&mut old, VERSION) = json!({"mediaType": VERSION, "digest": digest, "size": size});
+    let ann = old["annotations"].as_object_mut().unwrap();
+    ann.remove("dev.ociup.signed");
+    ann.remove("dev.ociup.signer");
+    forge_entry(d, "s", &old);
+
+    let out = json(&ok_at(d, &["resolve", "s", "--json"]));
+    assert_eq!(out["digest"], first["digest"]);
+    let status = json(&ok_at(d, &["status", "--json"]));
+    assert_eq!(status[0]["signed"], true, "{status}");
+    ok_at(d, &["verify", "s", "--key", "k.pub"]);
+
+    move_base(d);
+    let err = err_at(d, &["resolve", "s"]);
+    assert!(
+        err.contains(&signer),
+        "the key named from the envelope: {err}"
+    );
+    let up = json(&ok_at(
+        d,
+        &["resolve", "s", "--json", "--sign-key", "k.key"],
+    ));
+    assert_eq!(up["upgraded"], true);
+    ok_at(d, &["verify", "s", "--key", "k.pub"]);
+    let status = json(&ok_at(d, &["status", "--json"]));
+    assert_eq!(status[0]["signer"], signer.as_str());
+}

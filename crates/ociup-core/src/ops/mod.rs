@@ -86,7 +86,7 @@ async fn find_platform<S: Store>(
     platform: &PlatformSpec,
 ) -> Result<Manifest> {
     let root_digest = root.raw().digest().clone();
-    let mut available = Vec::new();
+    let mut available: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::from([root_digest.clone()]);
     let mut read = 0usize;
     // Indexes to read, with their depth; the root is read already.
@@ -118,7 +118,12 @@ async fn find_platform<S: Store>(
             let raw = store.get_manifest(&ManifestRef::Digest(digest)).await?;
             return Manifest::parse(raw);
         }
-        available.extend(platforms(&index));
+        for p in platforms(&index) {
+            let p = p.to_string();
+            if !available.contains(&p) {
+                available.push(p);
+            }
+        }
         if depth >= MAX_INDEX_NESTING {
             continue;
         }
@@ -139,11 +144,7 @@ async fn find_platform<S: Store>(
     Err(Error::InvalidChange {
         reason: format!(
             "index {root_digest} has no manifest for {platform} (it has: {})",
-            available
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            available.join(", ")
         ),
     })
 }

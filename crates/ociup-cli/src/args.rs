@@ -153,6 +153,11 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Check an image (or a nick's current version) against its signed build manifest: the
     /// signature, and that its own layers hold exactly the listed files and hashes.
+    ///
+    /// The build manifest must be an ociup one (predicate type
+    /// https://ociup.dev/build-manifest/v1) for this image and list its own layers, all of them;
+    /// for a nick, it must also name the nick, the version the catalog records and the recipe
+    /// the catalog holds, once the catalog entry is found consistent.
     Verify(VerifyArgs),
     /// Rebuild a version from its recipe on the base digest it recorded and say whether the
     /// same digest comes out. Source files are read relative to --dir, and only under it

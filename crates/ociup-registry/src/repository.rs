@@ -410,7 +410,10 @@ impl Repository {
         {
             return Err(Error::Protocol {
                 url: display_url(resp.url()),
-                reason: format!("uploaded {digest}, the registry stored {d}"),
+                reason: format!(
+                    "uploaded {digest}, the registry stored {}",
+                    excerpt(&d, 150)
+                ),
             });
         }
         Ok(())
@@ -593,7 +596,7 @@ fn location(resp: &Response) -> Result<Url> {
     })?;
     resp.url().join(&loc).map_err(|e| Error::Protocol {
         url: display_url(resp.url()),
-        reason: format!("the Location {loc:?} is not a URL: {e}"),
+        reason: format!("the Location {:?} is not a URL: {e}", excerpt(&loc, 200)),
     })
 }
 
@@ -765,8 +768,9 @@ impl Store for Repository {
             return Err(Error::Protocol {
                 url: display_url(resp.url()),
                 reason: format!(
-                    "put manifest {}, the registry stored {d}",
-                    document.digest()
+                    "put manifest {}, the registry stored {}",
+                    document.digest(),
+                    excerpt(&d, 150)
                 ),
             }
             .into());

@@ -410,7 +410,8 @@ mod tests {
         let s390x = "linux/s390x".parse().unwrap();
         let err = load_image(&counted, &top, Some(&s390x)).await.unwrap_err();
         assert!(
-            err.to_string().contains("no manifest for linux/s390x"),
+            err.to_string()
+                .contains("no manifest for linux/s390x (it has: linux/amd64)"),
             "{err}"
         );
         assert_eq!(counted.reads(), 9);

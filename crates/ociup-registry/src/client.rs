@@ -58,9 +58,10 @@ pub struct ClientOptions {
     pub max_concurrent_requests: usize,
     /// Retries of failed requests.
     pub retry: RetryPolicy,
-    /// Blobs up to this size are uploaded in one PUT; larger ones in PATCH chunks of this size
-    /// (or the registry's `OCI-Chunk-Min-Length`, if larger). Also the most a single upload holds
-    /// in memory.
+    /// Blobs up to this size are uploaded in one PUT; larger ones stream in one PATCH, of which
+    /// the last this many bytes sent (or the registry's `OCI-Chunk-Min-Length`, if larger) are
+    /// kept to resume from where the registry stopped. Also the most a single upload holds in
+    /// memory.
     pub chunk_size: usize,
     /// Times a broken blob download is resumed with `Range`.
     pub download_resumes: u32,
@@ -571,23 +572,7 @@ impl Client {
         );
         loop {
             let (url, scheme_known) = self.url_for(registry, &req.target).await?;
-            // Credentials go only to the registry itself: an upload Location or a Link naming
-            // another host (or plain HTTP where the registry speaks HTTPS) gets none.
-            let same_origin = match &req.target {
-                Target::Path(_) => true,
-                Target::Url(u) => {
-                    let host = u.host_str().unwrap_or("");
-                    let authority = match u.port() {
-                        Some(p) => format!("{host}:{p}"),
-                        None => host.to_owned(),
-                    };
-                    let known = self.known_scheme(registry).await;
-                    authority.trim_start_matches('[').replace(']', "")
-                        == registry.trim_start_matches('[').replace(']', "")
-                        && known.is_none_or(|k| k == u.scheme())
-                }
-            };
-            let auth = if same_origin {
+            let auth = if self.same_origin(registry, &req.target).await {
                 self.authorization(registry, &req.scopes).await?
             } else {
                 None
@@ -697,6 +682,84 @@ impl Client {
                     return Ok(resp);
                 }
             }
+        }
+    }
+
+    /// Whether a request to `target` may carry the registry's credentials: they go only to the
+    /// registry itself, so an upload Location or a Link naming another host (or plain HTTP where
+    /// the registry speaks HTTPS) gets none.
+    async fn same_origin(&self, registry: &str, target: &Target) -> bool {
+        match target {
+            Target::Path(_) => true,
+            Target::Url(u) => {
+                let host = u.host_str().unwrap_or("");
+                let authority = match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_owned(),
+                };
+                let known = self.known_scheme(registry).await;
+                authority.trim_start_matches('[').replace(']', "")
+                    == registry.trim_start_matches('[').replace(']', "")
+                    && known.is_none_or(|k| k == u.scheme())
+            }
+        }
+    }
+
+    /// Sends `req` once with a streamed `body` of `len` bytes (announced as its
+    /// `Content-Length`) instead of the request's own: no retry, no re-authentication and no
+    /// redirect, since the body cannot be sent twice. The caller has already authenticated for
+    /// the request's scopes (the upload's POST did), and resumes from the registry's offset
+    /// itself. The response may be an error status.
+    pub(crate) async fn send_streamed(
+        &self,
+        registry: &str,
+        req: &Request,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<Response> {
+        let Target::Url(url) = &req.target else {
+            return Err(Error::Config(
+                "a streamed request goes to an upload URL".into(),
+            ));
+        };
+        if let Some(why) = refused_target(url) {
+            return Err(Error::Protocol {
+                url: display_url(url),
+                reason: why,
+            });
+        }
+        let auth = if self.same_origin(registry, &req.target).await {
+            self.authorization(registry, &req.scopes).await?
+        } else {
+            None
+        };
+        let mut rb = self
+            .http_for(url)?
+            .request(req.method.clone(), url.clone())
+            .headers(req.headers.clone())
+            .header(reqwest::header::CONTENT_LENGTH, len.to_string());
+        if let Some(h) = auth {
+            rb = rb.header(AUTHORIZATION, h);
+        }
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Config("the client's request limit was closed".into()))?;
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        let deadline = answer_deadline(
+            self.inner.opts.idle_timeout,
+            usize::try_from(len).unwrap_or(usize::MAX),
+        );
+        match tokio::time::timeout(deadline, rb.body(body).send()).await {
+            Ok(r) => r.map_err(|e| transport_error(&req.method, url, &e)),
+            Err(_) => Err(Error::Transport {
+                method: req.method.to_string(),
+                url: display_url(url),
+                reason: format!("timed out: no answer within {}", body::secs(deadline)),
+                retryable: true,
+            }),
         }
     }
 

@@ -306,8 +306,9 @@ impl Repository {
         Ok((location(&resp)?, min_chunk))
     }
 
-    /// Uploads a blob, one PUT when it fits a chunk, else PATCH chunks, resuming a failed chunk
-    /// from the registry's `Range`.
+    /// Uploads a blob: one PUT when it fits a chunk, else one PATCH streaming it from `data`
+    /// then the closing PUT. A PATCH that fails is resumed from the registry's `Range`, from
+    /// the bytes kept of what was sent (the last chunk's worth) and then from `data` again.
     async fn upload<R: AsyncRead + Send + Unpin>(
         &self,
         digest: &Digest,
@@ -315,7 +316,7 @@ impl Repository {
         data: R,
     ) -> ociup_core::Result<()> {
         let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
-        let (mut url, min_chunk) = self.start_upload().await?;
+        let (url, min_chunk) = self.start_upload().await?;
         let chunk_size = self.client.options().chunk_size.max(min_chunk).max(1);
         // A source that does not match its digest fails here, before the commit.
         let read_err = |e| ociup_core::Error::from_io(format!("reading blob {digest}"), e);
@@ -332,27 +333,61 @@ impl Repository {
             let resp = self.send(req, &[201]).await?;
             return Ok(self.check_blob_digest(&resp, digest)?);
         }
-        let mut offset: u64 = 0;
+        let mut sent = Sent::new(chunk_size);
+        let mut url = url;
+        let mut offset = 0u64;
+        let mut resumes = self.client.options().retry.max_attempts.max(1);
         loop {
-            let mut chunk = BytesMut::with_capacity(chunk_size);
-            while chunk.len() < chunk_size {
-                let n = (&mut reader)
-                    .take((chunk_size - chunk.len()) as u64)
-                    .read_buf(&mut chunk)
-                    .await
-                    .map_err(read_err)?;
-                if n == 0 {
+            let (status, failure) = match self
+                .patch_from(url.clone(), offset, size, &mut sent, &mut reader)
+                .await
+            {
+                Ok(Ok(next)) => {
+                    url = next;
                     break;
                 }
+                Ok(Err(failure)) => (url.clone(), failure),
+                Err(e) => return Err(read_err(e)),
+            };
+            if resumes == 0 {
+                return Err(failure.into());
             }
-            if chunk.is_empty() {
+            resumes -= 1;
+            // How much did the registry keep?
+            let req = Request::new(Method::GET, Target::Url(status), self.push());
+            let resp = self.send(req, &[204]).await.map_err(|_| failure)?;
+            let have = header_str(resp.headers(), RANGE.as_str())
+                .and_then(|r| r.split('-').nth(1).and_then(|e| e.parse::<u64>().ok()))
+                .map_or(0, |e| e + 1);
+            url = location(&resp).unwrap_or(url);
+            if have < sent.start || have > sent.end() {
+                return Err(Error::Protocol {
+                    url: display_url(&url),
+                    reason: format!(
+                        "the upload cannot resume: the registry holds {have} bytes, the bytes \
+                         kept to send again are {}-{}",
+                        sent.start,
+                        sent.end()
+                    ),
+                }
+                .into());
+            }
+            tracing::debug!(have, sent = sent.end(), "resuming an upload");
+            if have == size {
                 break;
             }
-            let chunk = chunk.freeze();
-            url = self.patch_chunk(url, offset, chunk.clone()).await?;
-            offset += chunk.len() as u64;
+            offset = have;
         }
-        // The verifying reader has seen the end: size and digest matched, or we failed above.
+        // The registry holds `size` bytes; the source must be at its end too, so that the
+        // verifying reader has checked size and digest (reading at the end again is harmless).
+        let more = reader.read(&mut [0u8; 1]).await.map_err(read_err)?;
+        if more != 0 || sent.end() != size {
+            return Err(ociup_core::Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual: sent.end() + more as u64,
+            });
+        }
         let req = Request::new(
             Method::PUT,
             Target::Url(with_digest(&url, digest)),
@@ -363,45 +398,66 @@ impl Repository {
         Ok(self.check_blob_digest(&resp, digest)?)
     }
 
-    /// Sends one chunk; if it fails, asks the registry how much it has and sends the rest of the
-    /// chunk from there.
-    async fn patch_chunk(&self, url: Url, offset: u64, chunk: Bytes) -> Result<Url> {
-        let end = offset + chunk.len() as u64 - 1;
+    /// One PATCH of the bytes from `offset` to the end: the kept bytes from `offset`, then the
+    /// rest read from `reader` as the request goes. `Err` when reading fails (the request is
+    /// aborted, nothing is committed); `Ok(Err)` when the request fails; `Ok(Ok)` with the next
+    /// upload URL when the registry took every byte.
+    async fn patch_from<R: AsyncRead + Unpin>(
+        &self,
+        url: Url,
+        offset: u64,
+        size: u64,
+        sent: &mut Sent,
+        reader: &mut R,
+    ) -> std::io::Result<Result<Url>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|item| (item, rx))
+        }));
         let req = Request::new(Method::PATCH, Target::Url(url.clone()), self.push())
             .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_RANGE, &format!("{offset}-{end}"))
-            .body(chunk.clone());
-        match self.send(req, &[202]).await {
-            Ok(resp) => location(&resp),
-            Err(first) => {
-                // How much did the registry keep?
-                let status = Request::new(Method::GET, Target::Url(url.clone()), self.push());
-                let resp = self.send(status, &[204]).await.map_err(|_| first)?;
-                let have = header_str(resp.headers(), RANGE.as_str())
-                    .and_then(|r| r.split('-').nth(1).and_then(|e| e.parse::<u64>().ok()))
-                    .map_or(0, |e| e + 1);
-                let url = location(&resp).unwrap_or(url);
-                if have < offset || have > end + 1 {
-                    return Err(Error::Protocol {
-                        url: display_url(&url),
-                        reason: format!(
-                            "the upload cannot resume: the registry holds {have} bytes, the chunk \
-                             starts at {offset}"
-                        ),
-                    });
+            .header(CONTENT_RANGE, &format!("{offset}-{}", size - 1));
+        let request = self
+            .client
+            .send_streamed(&self.api_host, &req, body, size - offset);
+        let pump = async move {
+            for b in sent.from(offset) {
+                if tx.send(Ok(b)).await.is_err() {
+                    return Ok(());
                 }
-                if have == end + 1 {
-                    return Ok(url);
-                }
-                let rest = chunk.slice(usize::try_from(have - offset).unwrap_or(0)..);
-                tracing::debug!(have, offset, "resuming an upload chunk");
-                let req = Request::new(Method::PATCH, Target::Url(url), self.push())
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_RANGE, &format!("{have}-{end}"))
-                    .body(rest);
-                location(&self.send(req, &[202]).await?)
             }
-        }
+            loop {
+                let mut buf = BytesMut::with_capacity(PUMP_BUFFER);
+                let n = match reader.read_buf(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Breaks the body off, so the registry keeps nothing of it as whole.
+                        let _ = tx
+                            .send(Err(std::io::Error::other("the source failed")))
+                            .await;
+                        return Err(e);
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                let b = buf.freeze();
+                sent.push(b.clone());
+                if tx.send(Ok(b)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let (pumped, answer) = futures_util::future::join(pump, request).await;
+        pumped?;
+        Ok(match answer {
+            Ok(resp) if resp.status().as_u16() == 202 => location(&resp),
+            Ok(resp) => Err(self
+                .client
+                .http_error(&self.api_host, &Method::PATCH, resp)
+                .await),
+            Err(e) => Err(e),
+        })
     }
 
     fn check_blob_digest(&self, resp: &Response, digest: &Digest) -> Result<()> {
@@ -511,6 +567,63 @@ impl Repository {
 }
 
 type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Bytes read from a blob's source at once while streaming it.
+const PUMP_BUFFER: usize = 256 * 1024;
+
+/// What an upload has read of its source so far, with the last `keep` bytes (at least) kept in
+/// memory to send again from wherever the registry says it stopped.
+struct Sent {
+    keep: usize,
+    /// Offset of the first kept byte.
+    start: u64,
+    kept: std::collections::VecDeque<Bytes>,
+    kept_len: usize,
+}
+
+impl Sent {
+    fn new(keep: usize) -> Self {
+        Sent {
+            keep,
+            start: 0,
+            kept: std::collections::VecDeque::new(),
+            kept_len: 0,
+        }
+    }
+
+    /// Offset just past the last byte read.
+    fn end(&self) -> u64 {
+        self.start + self.kept_len as u64
+    }
+
+    fn push(&mut self, b: Bytes) {
+        self.kept_len += b.len();
+        self.kept.push_back(b);
+        while let Some(front) = self.kept.front() {
+            if self.kept_len - front.len() < self.keep {
+                break;
+            }
+            self.start += front.len() as u64;
+            self.kept_len -= front.len();
+            self.kept.pop_front();
+        }
+    }
+
+    /// The kept bytes from `offset` on (`offset` within the kept range).
+    fn from(&self, offset: u64) -> Vec<Bytes> {
+        let mut at = self.start;
+        let mut out = Vec::new();
+        for b in &self.kept {
+            let end = at + b.len() as u64;
+            if end > offset {
+                let skip = usize::try_from(offset.saturating_sub(at)).unwrap_or(0);
+                out.push(b.slice(skip..));
+            }
+            at = end;
+        }
+        out
+    }
+}
 
 /// A blob download that picks up where it broke off.
 struct Download {

@@ -412,7 +412,7 @@ async fn tag_lists_follow_link_pagination() {
 }
 
 #[tokio::test]
-async fn a_failed_upload_chunk_resumes_from_the_registry_range() {
+async fn a_failed_upload_resumes_from_the_registry_range() {
     let data: Vec<u8> = (0..2500u32).map(|i| (i % 253) as u8).collect();
     let digest = Digest::sha256(&data);
     let fake = Fake::start(|req: &Seen| {
@@ -424,12 +424,13 @@ async fn a_failed_upload_chunk_resumes_from_the_registry_range() {
         match req.method.as_str() {
             "HEAD" => Reply::new(404),
             "POST" => Reply::new(202).header("Location", "/v2/test/x/blobs/uploads/s1"),
-            // The first chunk "fails" every time, after the registry kept 100 bytes of it.
+            // The streamed PATCH "fails" every time it starts at 0, after the registry kept 100
+            // bytes of it.
             "PATCH" if range.starts_with("0-") => Reply::new(500),
             "GET" => Reply::new(204)
                 .header("Range", "0-99")
-                .header("Location", "/v2/test/x/blobs/uploads/s1"),
-            "PATCH" => Reply::new(202).header("Location", "/v2/test/x/blobs/uploads/s1"),
+                .header("Location", "/v2/test/x/blobs/uploads/s2"),
+            "PATCH" => Reply::new(202).header("Location", "/v2/test/x/blobs/uploads/s3"),
             "PUT" => Reply::new(201),
             _ => Reply::new(400),
         }
@@ -450,21 +451,56 @@ async fn a_failed_upload_chunk_resumes_from_the_registry_range() {
     repo.put_blob(&digest, data.len() as u64, &data[..])
         .await
         .unwrap();
-    let patches: Vec<(String, Vec<u8>)> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| (r.headers["content-range"].clone(), r.body))
-        .collect();
-    let ok: Vec<&(String, Vec<u8>)> = patches
+    let seen = fake.requests();
+    let patches: Vec<(&str, &str, &[u8])> = seen
         .iter()
-        .filter(|(r, _)| !r.starts_with("0-"))
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.headers["content-range"].as_str(),
+                &r.body[..],
+            )
+        })
         .collect();
-    assert_eq!(ok[0].0, "100-999", "resumed where the registry stopped");
-    assert_eq!(ok[0].1, data[100..1000]);
-    assert_eq!(ok[1].0, "1000-1999");
-    assert_eq!(ok[2].0, "2000-2499");
-    assert_eq!(ok[2].1, data[2000..]);
+    // The whole blob in one request, then the rest from where the registry stopped, at the URL
+    // it gave: not from zero.
+    assert_eq!(
+        patches,
+        [
+            ("/v2/test/x/blobs/uploads/s1", "0-2499", &data[..]),
+            ("/v2/test/x/blobs/uploads/s2", "100-2499", &data[100..]),
+        ]
+    );
+    let puts: Vec<&str> = seen
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(
+        puts,
+        [format!(
+            "/v2/test/x/blobs/uploads/s3?digest={}",
+            digest.to_string().replace(':', "%3A")
+        )]
+    );
+
+    // A source that does not hash to its digest is never committed, resumed or not.
+    let before = fake.requests().len();
+    let mut wrong = data.clone();
+    wrong[2000] ^= 1;
+    let err = repo
+        .put_new_blob(&digest, data.len() as u64, &wrong[..])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ociup_core::Error::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert!(
+        fake.requests()[before..].iter().all(|r| r.method != "PUT"),
+        "no commit"
+    );
 }
 
 #[tokio::test]

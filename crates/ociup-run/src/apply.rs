@@ -1,0 +1,446 @@
+//! Applies the entries of one layer's tar onto the tree, and the directories' metadata at the
+//! end. Every path goes through [`crate::path`]; nothing here joins a tar name to the root.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use ociup_core::Digest;
+
+use crate::UnpackReport;
+use crate::error::{Error, Result};
+use crate::path::{self, Missing, WalkError};
+
+/// The metadata of a directory, applied once every layer is in.
+#[derive(Clone, Debug)]
+struct DirMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: i64,
+}
+
+/// The metadata of an entry, PAX records applied over the header.
+#[derive(Debug)]
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// The state of one unpack.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    root: PathBuf,
+    chown: bool,
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Paths written by the layer being applied: an opaque marker keeps them.
+    this_layer: HashSet<PathBuf>,
+    pub(crate) report: UnpackReport,
+}
+
+/// Where an error arose, for messages.
+pub(crate) struct At<'a> {
+    pub(crate) index: usize,
+    pub(crate) digest: &'a Digest,
+}
+
+impl Tree {
+    pub(crate) fn new(root: PathBuf, chown: bool) -> Self {
+        Tree {
+            root,
+            chown,
+            dirs: BTreeMap::new(),
+            this_layer: HashSet::new(),
+            report: UnpackReport {
+                owners_from_layers: chown,
+                ..UnpackReport::default()
+            },
+        }
+    }
+
+    /// Applies one layer's tar. Read errors come back as `Err(Ok(io))` so the caller can tell a
+    /// failing blob from a broken tar; entry errors as `Err(Err(..))`.
+    pub(crate) fn apply_layer(
+        &mut self,
+        tar: impl Read,
+        at: &At<'_>,
+    ) -> std::result::Result<(), std::result::Result<io::Error, Error>> {
+        self.this_layer.clear();
+        let mut archive = tar::Archive::new(tar);
+        for entry in archive.entries().map_err(Ok)? {
+            let mut entry = entry.map_err(Ok)?;
+            let name = entry.path_bytes().into_owned();
+            let entry_err = |reason: String| Error::Entry {
+                index: at.index,
+                digest: at.digest.clone(),
+                entry: String::from_utf8_lossy(&name).into_owned(),
+                reason,
+            };
+            self.apply_entry(&mut entry, &name).map_err(|e| match e {
+                Failure::Read(e) => Ok(e),
+                Failure::Entry(reason) => Err(entry_err(reason)),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> std::result::Result<(), Failure> {
+        let kind = entry.header().entry_type();
+        let meta = meta(entry).map_err(Failure::Read)?;
+        let mut components = path::clean(name);
+        let Some(last) = components.pop() else {
+            // The root itself: only a directory's metadata applies.
+            if kind.is_dir() {
+                self.dirs.insert(PathBuf::new(), dir_meta(&meta));
+            }
+            return Ok(());
+        };
+        let last_bytes = last.as_bytes().to_vec();
+        if let Some(hidden) = last_bytes.strip_prefix(b".wh.") {
+            return self.whiteout(&components, hidden);
+        }
+        let mut made = Vec::new();
+        let dir = path::resolve_dir(&self.root, &components, Missing::Create, &mut |p| {
+            made.push(p.to_owned())
+        })
+        .map_err(walk)?
+        .unwrap_or_default();
+        self.this_layer.extend(made);
+        let rel = path::join(&dir).join(&last);
+        let full = self.root.join(&rel);
+        self.this_layer.insert(rel.clone());
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&full) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        self.remove(&rel)?;
+                        mkdir(&full)?;
+                    }
+                    Err(_) => mkdir(&full)?,
+                }
+                self.dirs.insert(rel.clone(), dir_meta(&meta));
+                self.set_xattrs(&full, &meta);
+                self.report.directories += 1;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.remove(&rel)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&full)
+                    .map_err(|e| io_failure(&rel, "creating", e))?;
+                let n = io::copy(entry, &mut file).map_err(Failure::Read)?;
+                self.report.bytes += n;
+                if self.chown {
+                    std::os::unix::fs::fchown(&file, Some(meta.uid as u32), Some(meta.gid as u32))
+                        .map_err(|e| io_failure(&rel, "changing the owner of", e))?;
+                }
+                file.set_permissions(Permissions::from_mode(meta.mode))
+                    .map_err(|e| io_failure(&rel, "changing the mode of", e))?;
+                self.set_xattrs(&full, &meta);
+                let t = FileTime::from_unix_time(meta.mtime, 0);
+                filetime::set_file_handle_times(&file, Some(t), Some(t))
+                    .map_err(|e| io_failure(&rel, "setting the times of", e))?;
+                self.report.files += 1;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Failure::Entry("a symlink without a target".into()))?
+                    .into_owned();
+                self.remove(&rel)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &full)
+                    .map_err(|e| io_failure(&rel, "creating the symlink", e))?;
+                if self.chown {
+                    std::os::unix::fs::lchown(&full, Some(meta.uid as u32), Some(meta.gid as u32))
+                        .map_err(|e| io_failure(&rel, "changing the owner of", e))?;
+                }
+                self.set_xattrs(&full, &meta);
+                let t = FileTime::from_unix_time(meta.mtime, 0);
+                filetime::set_symlink_file_times(&full, t, t)
+                    .map_err(|e| io_failure(&rel, "setting the times of", e))?;
+                self.report.symlinks += 1;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Failure::Entry("a hardlink without a target".into()))?
+                    .into_owned();
+                let target_rel = self.existing(&target)?.ok_or_else(|| {
+                    Failure::Entry(format!(
+                        "hardlink to {:?}, which is not in the tree",
+                        String::from_utf8_lossy(&target)
+                    ))
+                })?;
+                if target_rel == rel {
+                    return Ok(());
+                }
+                let target_full = self.root.join(&target_rel);
+                let m = fs::symlink_metadata(&target_full)
+                    .map_err(|e| io_failure(&target_rel, "reading", e))?;
+                if m.is_dir() {
+                    return Err(Failure::Entry(format!(
+                        "hardlink to the directory /{}",
+                        target_rel.display()
+                    )));
+                }
+                self.remove(&rel)?;
+                // linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink.
+                fs::hard_link(&target_full, &full)
+                    .map_err(|e| io_failure(&rel, "creating the hardlink", e))?;
+                self.report.hardlinks += 1;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                self.this_layer.remove(&rel);
+                tracing::debug!("not created (device or FIFO): /{}", rel.display());
+                self.report.skipped.push(format!(
+                    "/{}: {} not created (ociup does not create device nodes or FIFOs)",
+                    rel.display(),
+                    kind_name(kind)
+                ));
+            }
+            other => {
+                self.this_layer.remove(&rel);
+                tracing::debug!("skipped tar entry of type {other:?}: /{}", rel.display());
+                self.report.skipped.push(format!(
+                    "/{}: tar entry type {other:?} skipped",
+                    rel.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The relative path an existing entry named `name` resolves to (its last component not
+    /// followed), or `None` when it does not exist.
+    fn existing(&self, name: &[u8]) -> std::result::Result<Option<PathBuf>, Failure> {
+        let mut components = path::clean(name);
+        let Some(last) = components.pop() else {
+            return Ok(None);
+        };
+        let Some(dir) =
+            path::resolve_dir(&self.root, &components, Missing::Stop, &mut |_| {}).map_err(walk)?
+        else {
+            return Ok(None);
+        };
+        let rel = path::join(&dir).join(last);
+        match fs::symlink_metadata(self.root.join(&rel)) {
+            Ok(_) => Ok(Some(rel)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_failure(&rel, "reading", e)),
+        }
+    }
+
+    /// Applies `.wh.HIDDEN` in the directory `components`.
+    fn whiteout(
+        &mut self,
+        components: &[OsString],
+        hidden: &[u8],
+    ) -> std::result::Result<(), Failure> {
+        let opaque = hidden == b".wh..opq";
+        if !opaque && matches!(hidden, b"" | b"." | b"..") {
+            return Err(Failure::Entry(format!(
+                "a whiteout of {:?} names no entry of its directory",
+                String::from_utf8_lossy(hidden)
+            )));
+        }
+        self.report.whiteouts += 1;
+        let Some(dir) =
+            path::resolve_dir(&self.root, components, Missing::Stop, &mut |_| {}).map_err(walk)?
+        else {
+            return Ok(());
+        };
+        let dir = path::join(&dir);
+        if opaque {
+            let full = self.root.join(&dir);
+            let children = fs::read_dir(&full).map_err(|e| io_failure(&dir, "listing", e))?;
+            for child in children {
+                let child = child.map_err(|e| io_failure(&dir, "listing", e))?;
+                let rel = dir.join(child.file_name());
+                if !self.this_layer.contains(&rel) {
+                    self.remove(&rel)?;
+                }
+            }
+        } else {
+            self.remove(&dir.join(std::ffi::OsStr::from_bytes(hidden)))?;
+        }
+        Ok(())
+    }
+
+    /// Removes whatever is at `rel` (a directory with its contents; a symlink itself).
+    fn remove(&mut self, rel: &Path) -> std::result::Result<(), Failure> {
+        let full = self.root.join(rel);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&full).map_err(|e| io_failure(rel, "removing", e))?;
+                let gone: Vec<PathBuf> = self
+                    .dirs
+                    .range(rel.to_path_buf()..)
+                    .map(|(k, _)| k.clone())
+                    .take_while(|k| k.starts_with(rel))
+                    .collect();
+                for k in gone {
+                    self.dirs.remove(&k);
+                }
+                Ok(())
+            }
+            Ok(_) => fs::remove_file(&full).map_err(|e| io_failure(rel, "removing", e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_failure(rel, "reading", e)),
+        }
+    }
+
+    fn set_xattrs(&mut self, full: &Path, meta: &Meta) {
+        for (key, value) in &meta.xattrs {
+            // `xattr::set` does not follow symlinks (lsetxattr).
+            if let Err(e) = xattr::set(full, key, value) {
+                tracing::debug!(
+                    "extended attribute {key:?} of {} not set: {e}",
+                    full.display()
+                );
+                self.report.xattrs_skipped += 1;
+            }
+        }
+    }
+
+    /// Owner, mode and times of every directory, once nothing more is written in them.
+    pub(crate) fn finish_dirs(&mut self) -> Result<()> {
+        let root_meta = self.dirs.get(Path::new("")).cloned();
+        let mut all: Vec<(PathBuf, DirMeta)> = std::mem::take(&mut self.dirs).into_iter().collect();
+        if root_meta.is_none() {
+            all.push((
+                PathBuf::new(),
+                DirMeta {
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: -1,
+                },
+            ));
+        }
+        // Deepest first, though setting a directory's metadata does not touch its parent's.
+        all.sort_by(|a, b| b.0.cmp(&a.0));
+        for (rel, meta) in all {
+            let full = self.root.join(&rel);
+            let Ok(m) = fs::symlink_metadata(&full) else {
+                continue;
+            };
+            if !m.is_dir() {
+                continue;
+            }
+            let fail = |what: &str, e| Error::io(format!("{what} /{}", rel.display()), e);
+            if self.chown && meta.mtime >= 0 {
+                std::os::unix::fs::lchown(&full, Some(meta.uid as u32), Some(meta.gid as u32))
+                    .map_err(|e| fail("changing the owner of", e))?;
+            }
+            fs::set_permissions(&full, Permissions::from_mode(meta.mode))
+                .map_err(|e| fail("changing the mode of", e))?;
+            if meta.mtime >= 0 {
+                let t = FileTime::from_unix_time(meta.mtime, 0);
+                filetime::set_symlink_file_times(&full, t, t)
+                    .map_err(|e| fail("setting the times of", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an entry failed: its bytes could not be read, or it cannot be applied.
+pub(crate) enum Failure {
+    Read(io::Error),
+    Entry(String),
+}
+
+fn walk(e: WalkError) -> Failure {
+    Failure::Entry(e.to_string())
+}
+
+fn io_failure(rel: &Path, what: &str, e: io::Error) -> Failure {
+    Failure::Entry(format!("{what} /{}: {e}", rel.display()))
+}
+
+fn mkdir(full: &Path) -> std::result::Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    // Owner-writable until the end, whatever the layer says: the final mode is set last.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(full)
+        .map_err(|e| Failure::Entry(format!("creating {}: {e}", full.display())))
+}
+
+fn dir_meta(m: &Meta) -> DirMeta {
+    DirMeta {
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime.max(0),
+    }
+}
+
+fn kind_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        _ => "FIFO",
+    }
+}
+
+/// The header's mode, owner and mtime with PAX records (`uid`, `gid`, `mtime`,
+/// `SCHILY.xattr.*`) applied over them.
+fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+    let h = entry.header();
+    let mut m = Meta {
+        mode: h.mode()? & 0o7777,
+        uid: h.uid()?,
+        gid: h.gid()?,
+        mtime: i64::try_from(h.mtime()?).unwrap_or(i64::MAX),
+        xattrs: Vec::new(),
+    };
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            let key = ext.key_bytes();
+            let value = ext.value_bytes();
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.split('.').next())
+                    .and_then(|s| s.parse::<i64>().ok())
+            };
+            match key {
+                b"uid" => {
+                    m.uid = number()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(m.uid)
+                }
+                b"gid" => {
+                    m.gid = number()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(m.gid)
+                }
+                b"mtime" => m.mtime = number().unwrap_or(m.mtime),
+                _ => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        m.xattrs
+                            .push((std::ffi::OsStr::from_bytes(name).to_owned(), value.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(m)
+}

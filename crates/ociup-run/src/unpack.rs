@@ -1,0 +1,361 @@
+//! `unpack`: an image's layers applied in order into a directory.
+
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ociup_core::Digest;
+use ociup_core::digest::Hasher;
+use ociup_core::media_type::Compression;
+use ociup_core::ops::Image;
+use ociup_core::store::Store;
+
+use crate::apply::{At, Tree};
+use crate::error::{Error, Result};
+
+/// Whose owner the unpacked files get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Owners {
+    /// The layers' when running as root, the caller's otherwise.
+    #[default]
+    Auto,
+    /// The layers' uid and gid (needs root, or `CAP_CHOWN`).
+    FromLayers,
+    /// The caller's, as `umoci unpack --rootless` does: the layers' uids and gids are dropped.
+    Caller,
+}
+
+/// How to unpack.
+#[derive(Clone, Debug, Default)]
+pub struct UnpackOptions {
+    /// Whose owner the files get.
+    pub owners: Owners,
+}
+
+/// What [`unpack`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnpackReport {
+    /// Layers applied.
+    pub layers: usize,
+    /// Regular files written (over all layers, counting those a later layer replaced).
+    pub files: u64,
+    /// Directory entries applied.
+    pub directories: u64,
+    /// Symlinks made.
+    pub symlinks: u64,
+    /// Hardlinks made.
+    pub hardlinks: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Bytes of file contents written.
+    pub bytes: u64,
+    /// Whether owners came from the layers (otherwise every file is the caller's).
+    pub owners_from_layers: bool,
+    /// Extended attributes the file system or the caller's rights refused (logged at debug).
+    pub xattrs_skipped: u64,
+    /// Entries not created, one note each: device nodes and FIFOs, unknown entry types.
+    pub skipped: Vec<String>,
+}
+
+/// Applies the layers of `image`, read from `store`, in order into `dir`, which must be absent
+/// or empty.
+///
+/// The layers are unpacked into a new directory beside `dir` (`.DIR.partial-XXXXXX`, mode
+/// 0700, so nothing else writes in it while the unpacker walks it) that is renamed to `dir`
+/// once everything is in. On any error it is removed and `dir` is left as it was.
+///
+/// What the layers hold is applied as `umoci unpack` and containerd apply it: OCI whiteouts
+/// (`.wh.NAME`) and opaque directories (`.wh..wh..opq`, which keep what the same layer put
+/// there), hardlinks, symlinks, modes including setuid, setgid and sticky bits, owners,
+/// extended attributes (`SCHILY.xattr.*`; those the file system or the caller's rights refuse
+/// are skipped, logged at debug level and counted), modification times (a directory's once
+/// everything inside it is written). gzip, zstd and uncompressed layers are read; each blob is
+/// checked against its digest and size as it streams, and its uncompressed bytes against the
+/// config's diff_id.
+///
+/// **Nothing is written outside `dir`**, whatever a layer holds. Names are cleaned as if `dir`
+/// were `/`: `../x` and `/x` both land at `dir/x` (confined, not refused, as umoci and
+/// containerd do). A symlink met on the way to an entry is followed inside `dir`: `evil -> /`
+/// then `evil/etc/x` writes `dir/etc/x`. A hardlink's target is resolved the same way and must
+/// already exist in the tree (`/etc/passwd` is the image's, `../../outside` is `dir/outside`).
+/// A whiteout of `..`, `.` or an empty name is an error.
+///
+/// **Owners.** With [`Owners::Auto`], files get the layers' uid and gid when the caller is root,
+/// and stay the caller's otherwise (as `umoci unpack --rootless`): modes are kept, directories
+/// stay writable by the caller until the end. **Device nodes and FIFOs are never created**
+/// (that needs `mknod`, which ociup does without): each one is listed in
+/// [`UnpackReport::skipped`].
+///
+/// # Errors
+/// [`Error::NotEmpty`] when `dir` holds something; [`Error::Store`] when a blob cannot be read
+/// or does not match its digest or size; [`Error::DiffIdMismatch`]; [`Error::Layer`] for a blob
+/// that is not a tar in its media type's compression; [`Error::Entry`] for an entry that cannot
+/// be applied (a hardlink to nothing, a whiteout of `..`, a file where a directory is needed);
+/// [`Error::InvalidImage`] for an unknown layer media type; [`Error::Io`].
+pub async fn unpack<S: Store>(
+    store: &S,
+    image: &Image,
+    dir: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackReport> {
+    let layers = image.manifest.parsed().layers().clone();
+    let diff_ids = image.config.diff_ids().map_err(|source| Error::Store {
+        what: "reading the diff_ids of the image config".into(),
+        source,
+    })?;
+    if diff_ids.len() != layers.len() {
+        return Err(Error::InvalidImage {
+            reason: format!(
+                "the manifest has {} layers but the config {} diff_ids",
+                layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    let mut plan = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let media_type = layer.media_type().to_string();
+        let compression =
+            Compression::of_layer(&media_type).ok_or_else(|| Error::InvalidImage {
+                reason: format!("layer {} has media type {media_type}, not a layer", i + 1),
+            })?;
+        let digest = Digest::try_from(layer.digest()).map_err(|source| Error::Store {
+            what: format!("layer {}", i + 1),
+            source,
+        })?;
+        plan.push((digest, layer.size(), compression));
+    }
+
+    let staging = Staging::new(dir)?;
+    let chown = match options.owners {
+        Owners::Auto => staging.caller_is_root,
+        Owners::FromLayers => true,
+        Owners::Caller => false,
+    };
+    let mut tree = Tree::new(staging.path.clone(), chown);
+    for (i, ((digest, size, compression), diff_id)) in plan.into_iter().zip(diff_ids).enumerate() {
+        let index = i + 1;
+        let what = || format!("layer {index} ({digest})");
+        let blob = store
+            .get_blob(&digest, size)
+            .await
+            .map_err(|source| Error::Store {
+                what: format!("reading {}", what()),
+                source,
+            })?;
+        let bridge = tokio_util::io::SyncIoBridge::new(blob);
+        let blob_error = Arc::new(Mutex::new(None));
+        let tap = Tap {
+            inner: bridge,
+            error: blob_error.clone(),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let result = apply_one(&mut tree, tap, compression, &diff_id, &digest, index);
+            (tree, result, digest)
+        });
+        let (back, result, digest) = task.await.map_err(|e| Error::Io {
+            context: format!("unpacking layer {index}"),
+            source: io::Error::other(e.to_string()),
+        })?;
+        tree = back;
+        if let Some(e) = blob_error.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(Error::Store {
+                what: format!("reading layer {index} ({digest})"),
+                source: ociup_core::Error::from_io(format!("reading layer {index}"), e),
+            });
+        }
+        result?;
+        tree.report.layers += 1;
+    }
+    tree.finish_dirs()?;
+    let report = std::mem::take(&mut tree.report);
+    staging.commit(dir)?;
+    Ok(report)
+}
+
+/// Unpacks one layer: decompress, hash for the diff_id, apply, read to the end.
+fn apply_one(
+    tree: &mut Tree,
+    blob: impl Read,
+    compression: Compression,
+    diff_id: &Digest,
+    digest: &Digest,
+    index: usize,
+) -> Result<()> {
+    let layer_err = |source| Error::Layer {
+        index,
+        digest: digest.clone(),
+        source,
+    };
+    let mut tar = Decompressed::new(blob, compression).map_err(layer_err)?;
+    let at = At { index, digest };
+    match tree.apply_layer(&mut tar, &at) {
+        Ok(()) => {}
+        Err(Ok(e)) => return Err(layer_err(e)),
+        Err(Err(e)) => return Err(e),
+    }
+    let actual = tar.finish().map_err(layer_err)?;
+    if actual.algorithm() == diff_id.algorithm() && actual != *diff_id {
+        return Err(Error::DiffIdMismatch {
+            index,
+            digest: digest.clone(),
+            expected: diff_id.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Keeps the first error of the blob reader, so a blob that fails its digest is reported as
+/// such even when the tar reader wraps the error in its own.
+struct Tap<R> {
+    inner: R,
+    error: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let kind = e.kind();
+                let message = e.to_string();
+                if let Ok(mut slot) = self.error.lock()
+                    && slot.is_none()
+                {
+                    *slot = Some(e);
+                }
+                Err(io::Error::new(kind, message))
+            }
+        }
+    }
+}
+
+/// A layer's tar: the blob decompressed, hashed as it is read (sha256, as diff_ids are).
+enum Decoder<R: Read> {
+    Gzip(flate2::read::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+    Plain(R),
+}
+
+struct Decompressed<R: Read> {
+    decoder: Decoder<R>,
+    hasher: Hasher,
+}
+
+impl<R: Read> Decompressed<R> {
+    fn new(blob: R, compression: Compression) -> io::Result<Self> {
+        let decoder = match compression {
+            Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(blob)),
+            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob)?),
+            _ => Decoder::Plain(blob),
+        };
+        Ok(Decompressed {
+            decoder,
+            hasher: ociup_core::digest::Algorithm::Sha256.hasher(),
+        })
+    }
+
+    /// Reads what the tar reader left (padding after the end blocks), then the rest of the blob
+    /// itself, so that its digest is checked; answers the digest of the uncompressed bytes.
+    fn finish(mut self) -> io::Result<Digest> {
+        io::copy(&mut self, &mut io::sink())?;
+        match self.decoder {
+            Decoder::Gzip(d) => drain(d.into_inner())?,
+            Decoder::Zstd(d) => drain(d.finish())?,
+            Decoder::Plain(r) => drain(r)?,
+        }
+        Ok(self.hasher.finish())
+    }
+}
+
+fn drain(mut r: impl Read) -> io::Result<()> {
+    io::copy(&mut r, &mut io::sink()).map(|_| ())
+}
+
+impl<R: Read> Read for Decompressed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.decoder {
+            Decoder::Gzip(d) => d.read(buf)?,
+            Decoder::Zstd(d) => d.read(buf)?,
+            Decoder::Plain(r) => r.read(buf)?,
+        };
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The directory the layers are unpacked into, beside the target; removed unless committed.
+struct Staging {
+    path: PathBuf,
+    caller_is_root: bool,
+    keep: bool,
+}
+
+impl Staging {
+    fn new(dir: &Path) -> Result<Self> {
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::NotEmpty {
+                        dir: dir.to_owned(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| Error::InvalidImage {
+                reason: format!("{} names no directory to unpack into", dir.display()),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        let made = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(format!("creating a directory in {}", parent.display()), e))?;
+        let path = made.keep();
+        // The staging directory is the caller's: its owner says who the caller is, no syscall
+        // wrapper needed.
+        let caller_is_root = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+        ) == 0;
+        Ok(Staging {
+            path,
+            caller_is_root,
+            keep: false,
+        })
+    }
+
+    /// Renames the staging directory to `dir` (replacing it when it is an empty directory).
+    fn commit(mut self, dir: &Path) -> Result<()> {
+        std::fs::rename(&self.path, dir).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", self.path.display(), dir.display()),
+                e,
+            )
+        })?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = std::fs::remove_dir_all(&self.path)
+        {
+            tracing::debug!("removing {}: {e}", self.path.display());
+        }
+    }
+}

@@ -9,38 +9,66 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::media_type::{self, DocumentKind, Family};
 
-/// Serializes `value` as canonical JSON (OLPC): keys sorted, no insignificant whitespace. The
-/// same value gives the same bytes in every run, whatever order its maps iterate in.
+/// Serializes `value` as canonical JSON (OLPC's rules): keys sorted, no insignificant
+/// whitespace, integers only. The same value gives the same bytes in every run, whatever order
+/// its maps iterate in. Strings are written as given, not normalized to NFC as OLPC (and the
+/// `olpc-cjson` crate) would: a file name or value in another normal form must keep its bytes,
+/// or a build manifest would list a path its layer does not hold. Control characters are escaped
+/// (OLPC leaves them raw, and strict JSON parsers, serde_json and Go's among them, refuse that).
+/// For documents with neither, the bytes are OLPC's.
 ///
 /// # Errors
 /// [`Error::InvalidDocument`] when the value holds something canonical JSON cannot encode
 /// (floating-point numbers).
 pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::InvalidDocument {
+        what: "document to write".into(),
+        reason: format!("cannot be written as canonical JSON: {reason}"),
+    };
+    let value = serde_json::to_value(value).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
-    value
-        .serialize(&mut ser)
-        .map_err(|e| Error::InvalidDocument {
-            what: "document to write".into(),
-            reason: format!("cannot be written as canonical JSON: {e}"),
-        })?;
-    // OLPC leaves control characters in strings raw, which strict JSON parsers (serde_json, Go's
-    // encoding/json) refuse: escape them as \u00XX. Outside strings the output holds no
-    // whitespace, and UTF-8 has no such byte inside a character, so each one is in a string.
-    // Documents without them keep their bytes and digests.
-    if out.iter().any(|&b| b < 0x20) {
-        let mut escaped = Vec::with_capacity(out.len() + 16);
-        for b in out {
-            if b < 0x20 {
-                escaped.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-            } else {
-                escaped.push(b);
-            }
-        }
-        out = escaped;
-    }
+    write_canonical(&value, &mut out).map_err(bad)?;
     Ok(out)
+}
+
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => Err(format!("floating-point number {n}")),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            serde_json::to_writer(&mut *out, v).map_err(|e| e.to_string())
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(b']');
+            Ok(())
+        }
+        Value::Object(map) => {
+            // Sorted by the encoded keys' bytes, as olpc-cjson sorts them.
+            let mut entries = Vec::with_capacity(map.len());
+            for (k, v) in map {
+                entries.push((serde_json::to_vec(k).map_err(|e| e.to_string())?, v));
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(k);
+                out.push(b':');
+                write_canonical(v, out)?;
+            }
+            out.push(b'}');
+            Ok(())
+        }
+    }
 }
 
 /// A blob's exact bytes with their sha256 digest and the media type they were stored under.
@@ -318,10 +346,31 @@ mod tests {
         let bytes = canonical_json(&v).unwrap();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"Env":["MSG=a\u0009b\u000a\u0001"],"é\u001f":"\"\\"}"#
+            r#"{"Env":["MSG=a\tb\n\u0001"],"é\u001f":"\"\\"}"#
         );
         let back: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn canonical_json_keeps_strings_as_given() {
+        // Found by fuzz/envelope: NFC normalization rewrote "e\u{301}" (as macOS names files)
+        // to "\u{e9}", so a build manifest listed a path its layer did not hold.
+        let v = serde_json::json!({"path": "/opt/e\u{301}.txt", "b\u{327}\u{31a}": 1});
+        let bytes = canonical_json(&v).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, v);
+        // Beside that, the bytes are olpc-cjson's.
+        let v =
+            serde_json::json!({"z": [1, -2, true, null, {"é": "x/y\u{7f}", "a\"": "\\"}], "a": {}});
+        let mut olpc = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(
+            &mut olpc,
+            olpc_cjson::CanonicalFormatter::new(),
+        );
+        v.serialize(&mut ser).unwrap();
+        assert_eq!(canonical_json(&v).unwrap(), olpc);
+        assert!(canonical_json(&serde_json::json!({"f": 1.5})).is_err());
     }
 
     #[test]

@@ -35,9 +35,10 @@
 #   BENCH_RUNS=5          rounds
 #   BENCH_JOBS=4          blobs in flight for curl (4 = ociup's default --jobs; ociup gets
 #                         --jobs only when this is set)
-#   BENCH_WORKDIR=DIR     work directory (default: a temp dir, removed at exit); the image is made
-#                         by `BENCH_IMAGE_ONLY=1 benches/copy-throughput.sh` in it (same settings:
-#                         BENCH_SEED, BENCH_SMALL_FILES, BENCH_LARGE_SCALE) and reused when there
+#   BENCH_WORKDIR=DIR     work directory (default: a temp dir, removed at exit); the image (the
+#                         "mixed" one: 20 layers, 1 KB to 50 MB) is made by `BENCH_IMAGES=mixed
+#                         BENCH_IMAGE_ONLY=1 benches/copy-throughput.sh` in it (BENCH_SEED) and
+#                         reused when there
 #   BENCH_JSON=PATH       JSON summary (default benches/results/copy-floor.json)
 #   OCIUP=PATH            ociup binary (default: builds target/release/ociup with cargo)
 #   OCIUP_B=PATH          optional second ociup binary, series "ociup-b"
@@ -96,7 +97,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the image: the one copy-throughput.sh uses ----------------------------------------------
-OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGE_ONLY=1 bash "$ROOT/benches/copy-throughput.sh"
+OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGES=mixed BENCH_IMAGE_ONLY=1 \
+  bash "$ROOT/benches/copy-throughput.sh"
 IMAGE=$WORK/image
 IMAGE_INFO=$(cat "$WORK/image.json")
 jq_py() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$1)" "$IMAGE_INFO"; }

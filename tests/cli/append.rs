@@ -253,11 +253,7 @@ fn platforms_are_picked_from_an_index() {
     let t = tempfile::tempdir().unwrap();
     let to = format!("oci:{}:x", t.path().join("out").display());
     let base = format!("oci:{}:v1", repo().join("fixtures/multi").display());
-    let err = ociup_err(&["append", "--base", &base, "--env", "A=1", "--to", &to]);
-    assert!(
-        err.contains("multi-platform") && err.contains("linux/arm64"),
-        "{err}"
-    );
+    // Without --platform every platform is built: see multi.rs.
     let err = ociup_err(&[
         "append",
         "--base",

@@ -17,6 +17,7 @@ mod keys;
 mod layer;
 mod login;
 mod managed;
+mod multi;
 mod rebase;
 mod recipes;
 mod registry;

@@ -96,6 +96,14 @@ pub enum Command {
     Layer(LayerCommand),
     /// Append files, removals and config changes to an image, as one new layer.
     ///
+    /// On a multi-platform index base, every platform is built by default (or those named
+    /// with repeated --platform, or --platform all): the layer is built once and put on each
+    /// platform's manifest, each config derived from that platform's own base config, under a
+    /// new index that keeps the base index's platforms and order. Attestation manifests of the
+    /// base index (platform unknown/unknown, or annotated as attestations) are not carried into
+    /// the new index: they attest the base, not this image. A single --platform gives that
+    /// platform's image alone.
+    ///
     /// Example: ociup append --base oci:fixtures/base:v1 --add ./app:/opt/app
     /// --env APP_HOME=/opt/app --entrypoint /opt/app/run --to oci:out:app
     Append(Box<AppendArgs>),
@@ -648,14 +656,18 @@ pub struct AppendArgs {
     /// one lists it untagged; a repository without one means :latest).
     #[arg(long, value_name = "REF")]
     pub to: String,
-    /// Platform to pick from a multi-platform base, or of a scratch image (default: this
-    /// machine's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: Option<String>,
+    /// Platform to build from a multi-platform base (repeatable; "all", the default, for every
+    /// one): one gives that platform's image, several an index of them. Of a scratch image: its
+    /// platform (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]|all")]
+    pub platform: Vec<String>,
     #[command(flatten)]
     pub steps: StepArgs,
     /// Print JSON: reference (pinned to the digest), tag, digest, media_type, size, config (its
-    /// digest), layers (each: compression, digest, diff_id, size).
+    /// digest), layers (each: compression, digest, diff_id, size). For an index: digest,
+    /// media_type and size are the index's, config is null, and platforms lists each platform
+    /// (platform, digest, config, base_digest); dropped_attestations lists the base's
+    /// attestation manifests left out.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

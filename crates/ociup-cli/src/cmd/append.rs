@@ -3,7 +3,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use ociup_core::managed::recipe::{Recipe, Step};
-use ociup_core::ops::{self, AppendBase, AppendRequest};
+use ociup_core::ops::{
+    self, AppendBase, AppendOptions, AppendRequest, AppendResult, BaseDocument, IndexAppendOutcome,
+    PlatformChoice,
+};
 use ociup_core::reference::PlatformSpec;
 use ociup_core::store::ManifestRef;
 use ociup_registry::{AnyStore, StoreRef};
@@ -31,7 +34,7 @@ fn host_platform() -> PlatformSpec {
 pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()> {
     let opts = super::layer_options(&args.layer)?;
     let created = opts.epoch;
-    let platform = parse_platform(args.platform.as_deref())?;
+    let platforms = platform_choice(&args.platform)?;
 
     // The steps, in the order given, checked before anything is written: the same code builds a
     // recipe's layer and config changes.
@@ -82,7 +85,11 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
 
     let outcome = match &base_ref {
         None => {
-            let p = platform.unwrap_or_else(host_platform);
+            let p = match platforms {
+                PlatformChoice::All => host_platform(),
+                PlatformChoice::One(p) => p,
+                PlatformChoice::Several(_) => bail!("--base scratch: give one --platform"),
+            };
             ops::append_image::<AnyStore, _>(
                 AppendBase::Scratch(&p),
                 &dest,
@@ -91,22 +98,26 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
                 &staging,
             )
             .await
+            .map(AppendResult::Image)
         }
         Some(base_ref) => {
             let (store, reference) = open_for_reading(base_ref, &client)?;
-            let image = ops::load_image(&store, &reference, platform.as_ref())
+            let document = ops::load_document(&store, &reference)
                 .await
                 .with_context(|| format!("reading base {}", args.base))?;
-            ops::append_image(
-                AppendBase::Image {
+            ops::append_to_base(
+                BaseDocument {
                     store: &store,
-                    image: &image,
+                    document,
                     name: &args.base,
                 },
                 &dest,
-                dest_ref.tag(),
                 request,
-                &staging,
+                AppendOptions {
+                    tag: dest_ref.tag(),
+                    staging: &staging,
+                    platforms,
+                },
             )
             .await
         }
@@ -114,8 +125,12 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
     .with_context(|| format!("appending to {}", args.base))?;
     if let (AnyStore::Layout(l), None) = (&dest, dest_ref.tag()) {
         // An untagged result is listed in index.json, so oci:<dir> finds it.
-        l.set_tag(&outcome.manifest.descriptor(), None)?;
+        l.set_tag(&outcome.document().descriptor(), None)?;
     }
+    let outcome = match outcome {
+        AppendResult::Image(o) => o,
+        AppendResult::Index(o) => return print_index(&dest_ref, &o, args.json),
+    };
 
     let digest = outcome.manifest.digest();
     let written = pinned(&dest_ref, digest);
@@ -139,6 +154,67 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
         }
         Ok(())
     }
+}
+
+/// `--platform`, repeated: none or `all` for every platform of an index, one for that
+/// platform's image, several for an index of them.
+fn platform_choice(given: &[String]) -> Result<PlatformChoice> {
+    if given.iter().any(|p| p == "all") {
+        if given.len() > 1 {
+            bail!("--platform all names every platform: give it alone");
+        }
+        return Ok(PlatformChoice::All);
+    }
+    let mut parsed = Vec::with_capacity(given.len());
+    for p in given {
+        if let Some(p) = parse_platform(Some(p))? {
+            parsed.push(p);
+        }
+    }
+    Ok(match parsed.len() {
+        0 => PlatformChoice::All,
+        1 => PlatformChoice::One(parsed.remove(0)),
+        _ => PlatformChoice::Several(parsed),
+    })
+}
+
+/// Prints what an append on an index base wrote.
+fn print_index(dest_ref: &StoreRef, o: &IndexAppendOutcome, json: bool) -> Result<()> {
+    let digest = o.index.digest();
+    let written = pinned(dest_ref, digest);
+    if json {
+        return output::json(&serde_json::json!({
+            "reference": written,
+            "tag": dest_ref.tag(),
+            "digest": digest.to_string(),
+            "media_type": o.index.media_type(),
+            "size": o.index.size(),
+            "config": null,
+            "layers": o.layers,
+            "platforms": o.platforms.iter().map(|p| serde_json::json!({
+                "platform": p.name(),
+                "digest": p.manifest.digest().to_string(),
+                "config": p.config.digest().to_string(),
+                "base_digest": p.base.to_string(),
+            })).collect::<Vec<_>>(),
+            "dropped_attestations": o.dropped_attestations.iter().map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        }));
+    }
+    output::line(format!("{written}\n  digest  {digest} (index)"))?;
+    if let Some(tag) = dest_ref.tag() {
+        output::line(format!("  tag     {tag}"))?;
+    }
+    for p in &o.platforms {
+        output::line(format!("  {:<8}{}", p.name(), p.manifest.digest()))?;
+    }
+    for l in &o.layers {
+        output::line(format!("  layer   {} ({} bytes)", l.digest, l.size))?;
+    }
+    for a in &o.dropped_attestations {
+        output::line(format!("  dropped attestation {a}"))?;
+    }
+    Ok(())
 }
 
 /// The reference of what was written, pinned to its digest.

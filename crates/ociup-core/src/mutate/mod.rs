@@ -5,7 +5,7 @@ mod index;
 mod rebase;
 
 pub use append::{Appended, Base, NewLayer, append};
-pub use index::new_index;
+pub use index::{IndexEntry, index_of, new_index, platform_name, platform_of_config};
 pub use rebase::{
     ConfigMode, FieldChange, OldBase, PlanLayer, RebaseInput, RebasePlan, Rebased, rebase,
 };

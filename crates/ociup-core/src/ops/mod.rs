@@ -1,6 +1,7 @@
 //! Operations that move bytes between stores around the pure transforms: load an image, append
 //! to it and store the result in the right order (blobs, config, manifest, tag); rebase.
 
+mod append;
 pub mod rebase;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -19,6 +20,11 @@ use crate::media_type::{self, DocumentKind};
 use crate::mutate::{self, Base, NewLayer};
 use crate::reference::PlatformSpec;
 use crate::store::{ManifestRef, Store, check_document_size, copy_blob};
+
+pub use append::{
+    AppendOptions, AppendResult, BaseDocument, IndexAppendOutcome, PlatformAppend, PlatformChoice,
+    append_to_base,
+};
 
 /// An image manifest with its config, as read from a store.
 #[derive(Clone, Debug)]
@@ -319,27 +325,65 @@ pub async fn append_image<S: Store, D: Store>(
     request: AppendRequest,
     staging: &Path,
 ) -> Result<AppendOutcome> {
-    // The config and manifest without the new layers: one too large already is refused before
-    // anything is written (each layer adds a diff_id, a descriptor and a history entry: the
-    // result is checked again below).
-    let dry = mutate::append(
-        base_arg(&base),
-        &[],
-        &request.changes,
-        &request.annotations,
-        request.created,
-    )?;
-    check_document_size("config", &dry.config)?;
-    check_document_size("manifest", &dry.manifest)?;
+    let AppendRequest {
+        layers,
+        changes,
+        annotations,
+        created,
+    } = request;
+    check_before_writing(base_arg(&base), &changes, &annotations, created)?;
     // Copy base blobs the destination lacks (none when both are the same store).
     if let AppendBase::Image { store, image, .. } = &base {
-        let m = image.manifest.parsed();
-        for l in m.layers() {
-            copy_blob(*store, dest, &Digest::try_from(l.digest())?, l.size()).await?;
-        }
+        copy_base_blobs(*store, image, dest).await?;
     }
+    let built = build_layers(layers, dest, staging).await?;
+    let appended = store_appended(
+        base_arg(&base),
+        &built,
+        &changes,
+        &annotations,
+        created,
+        dest,
+        tag,
+    )
+    .await?;
+    Ok(AppendOutcome {
+        manifest: appended.manifest,
+        config: appended.config,
+        layers: built.into_iter().map(|n| n.layer).collect(),
+    })
+}
+
+/// The config and manifest without the new layers: one too large already is refused before
+/// anything is written (each layer adds a diff_id, a descriptor and a history entry: the result
+/// is checked again by [`store_appended`]).
+fn check_before_writing(
+    base: Base<'_>,
+    changes: &[ConfigChange],
+    annotations: &BTreeMap<String, String>,
+    created: u64,
+) -> Result<()> {
+    let dry = mutate::append(base, &[], changes, annotations, created)?;
+    check_document_size("config", &dry.config)?;
+    check_document_size("manifest", &dry.manifest)
+}
+
+/// Copies the layers of `image` that `dest` lacks from `store`.
+async fn copy_base_blobs<S: Store, D: Store>(store: &S, image: &Image, dest: &D) -> Result<()> {
+    for l in image.manifest.parsed().layers() {
+        copy_blob(store, dest, &Digest::try_from(l.digest())?, l.size()).await?;
+    }
+    Ok(())
+}
+
+/// Builds each layer into a temporary file in `staging` and stores it in `dest`.
+async fn build_layers<D: Store>(
+    layers: Vec<(LayerBuilder, String)>,
+    dest: &D,
+    staging: &Path,
+) -> Result<Vec<NewLayer>> {
     let mut built = Vec::new();
-    for (builder, created_by) in request.layers {
+    for (builder, created_by) in layers {
         let staging = staging.to_owned();
         let (layer, file) = tokio::task::spawn_blocking(move || -> Result<_> {
             let tmp = tempfile::Builder::new()
@@ -365,13 +409,21 @@ pub async fn append_image<S: Store, D: Store>(
         dest.put_blob(&layer.digest, layer.size, reader).await?;
         built.push(NewLayer { layer, created_by });
     }
-    let appended = mutate::append(
-        base_arg(&base),
-        &built,
-        &request.changes,
-        &request.annotations,
-        request.created,
-    )?;
+    Ok(built)
+}
+
+/// Appends the built layers and the changes to `base` and stores the config, then the manifest
+/// (tagged `tag` when given).
+async fn store_appended<D: Store>(
+    base: Base<'_>,
+    built: &[NewLayer],
+    changes: &[ConfigChange],
+    annotations: &BTreeMap<String, String>,
+    created: u64,
+    dest: &D,
+    tag: Option<&str>,
+) -> Result<mutate::Appended> {
+    let appended = mutate::append(base, built, changes, annotations, created)?;
     check_document_size("config", &appended.config)?;
     check_document_size("manifest", &appended.manifest)?;
     dest.put_blob(
@@ -381,11 +433,7 @@ pub async fn append_image<S: Store, D: Store>(
     )
     .await?;
     dest.put_manifest(&appended.manifest, tag).await?;
-    Ok(AppendOutcome {
-        manifest: appended.manifest,
-        config: appended.config,
-        layers: built.into_iter().map(|n| n.layer).collect(),
-    })
+    Ok(appended)
 }
 
 #[cfg(test)]

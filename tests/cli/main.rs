@@ -24,3 +24,4 @@ mod registry;
 #[path = "../../crates/ociup-registry/tests/support/mod.rs"]
 mod registry_support;
 mod support;
+mod unpack;

@@ -109,6 +109,15 @@ pub enum Command {
     Append(Box<AppendArgs>),
     /// Show an image or index: digest, platform, config, layers.
     Inspect(InspectArgs),
+    /// Unpack an image into a directory (absent or empty): its layers applied in order, every
+    /// blob checked against its digest, nothing written outside the directory.
+    ///
+    /// As root, files get the owners the layers give; otherwise they stay yours (as umoci's
+    /// --rootless does). Device nodes and FIFOs are not created: each is listed. The image is
+    /// unpacked beside DIR and renamed into place, so a failure leaves DIR as it was.
+    ///
+    /// Example: ociup unpack oci:fixtures/multi:v1 ./rootfs --platform linux/amd64
+    Unpack(UnpackArgs),
     /// Copy an image or a whole index between layouts and registries, moving only what the
     /// destination lacks (blobs are mounted within one registry).
     ///
@@ -672,6 +681,21 @@ pub struct AppendArgs {
     pub json: bool,
     #[command(flatten)]
     pub layer: LayerOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The image or index (a layout or registry reference).
+    pub reference: String,
+    /// The directory to unpack into: absent or empty.
+    pub dir: PathBuf,
+    /// The platform to unpack when the reference is an index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Print JSON: reference, digest, dir, layers, files, directories, symlinks, hardlinks,
+    /// whiteouts, bytes, owners_from_layers, xattrs_skipped, skipped.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

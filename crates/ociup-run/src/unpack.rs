@@ -190,10 +190,17 @@ fn apply_one(
     };
     let mut tar = Decompressed::new(blob, compression).map_err(layer_err)?;
     let at = At { index, digest };
-    match tree.apply_layer(&mut tar, &at) {
-        Ok(()) => {}
-        Err(Ok(e)) => return Err(layer_err(e)),
-        Err(Err(e)) => return Err(e),
+    let failed = match tree.apply_layer(&mut tar, &at) {
+        // What the tar reader left (padding after the end blocks) counts in the diff_id.
+        Ok(()) => io::copy(&mut tar, &mut io::sink()).err().map(layer_err),
+        Err(Ok(e)) => Some(layer_err(e)),
+        Err(Err(e)) => Some(e),
+    };
+    if let Some(e) = failed {
+        // A blob that fails its digest is reported as such, even when its bytes broke the
+        // decompressor or the tar reader first: read it to the end so its check runs.
+        let _ = drain(tar.into_blob());
+        return Err(e);
     }
     let actual = tar.finish().map_err(layer_err)?;
     if actual.algorithm() == diff_id.algorithm() && actual != *diff_id {
@@ -257,16 +264,26 @@ impl<R: Read> Decompressed<R> {
         })
     }
 
-    /// Reads what the tar reader left (padding after the end blocks), then the rest of the blob
-    /// itself, so that its digest is checked; answers the digest of the uncompressed bytes.
-    fn finish(mut self) -> io::Result<Digest> {
-        io::copy(&mut self, &mut io::sink())?;
+    /// Reads the rest of the blob itself (after the compressed stream's end), so that its
+    /// digest is checked; answers the digest of the uncompressed bytes.
+    fn finish(self) -> io::Result<Digest> {
         match self.decoder {
             Decoder::Gzip(d) => drain(d.into_inner())?,
             Decoder::Zstd(d) => drain(d.finish())?,
             Decoder::Plain(r) => drain(r)?,
         }
         Ok(self.hasher.finish())
+    }
+}
+
+impl<R: Read> Decompressed<R> {
+    /// The blob reader, where the decompressor left it.
+    fn into_blob(self) -> R {
+        match self.decoder {
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::Zstd(d) => d.finish().into_inner(),
+            Decoder::Plain(r) => r,
+        }
     }
 }
 

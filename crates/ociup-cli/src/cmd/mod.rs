@@ -8,6 +8,7 @@ mod layer;
 mod login;
 mod managed;
 mod rebase;
+mod unpack;
 
 use std::io::Read;
 
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             append::run(&ctx, *args, sub).await.map(|()| 0)
         }
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
+        Command::Unpack(args) => unpack::run(&ctx, args).await.map(|()| 0),
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
         Command::Rebase(args) => rebase::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(&args).map(|()| 0),

@@ -1,0 +1,560 @@
+//! `ociup unpack`: the result matches `umoci unpack` of the same image (file list, types, modes,
+//! owners, link targets, sizes, hardlink groups, times of files and symlinks), and hostile
+//! layers write nothing outside the directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::support::{fixtures, json, ociup_err, ociup_ok, sample_tree, tool, write};
+
+/// What is compared of one entry of a tree.
+#[derive(Debug, PartialEq, Eq)]
+struct Item {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    link: Option<PathBuf>,
+    /// Modification time, for files and symlinks (directories the unpackers create as parents
+    /// get the time of the unpack).
+    mtime: Option<i64>,
+}
+
+/// Every entry under `root` (not `root` itself), and the hardlink groups (paths sharing an
+/// inode, groups of two or more).
+fn scan(root: &Path) -> (BTreeMap<PathBuf, Item>, BTreeSet<BTreeSet<PathBuf>>) {
+    let mut items = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, BTreeSet<PathBuf>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(path.clone());
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            if kind == "file" && m.nlink() > 1 {
+                inodes.entry(m.ino()).or_default().insert(rel.clone());
+            }
+            items.insert(
+                rel,
+                Item {
+                    kind,
+                    mode: if kind == "symlink" {
+                        0
+                    } else {
+                        m.mode() & 0o7777
+                    },
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    size: if kind == "dir" { 0 } else { m.size() },
+                    link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
+                    mtime: (kind != "dir").then_some(m.mtime()),
+                },
+            );
+        }
+    }
+    let groups = inodes.into_values().filter(|g| g.len() > 1).collect();
+    (items, groups)
+}
+
+/// Unpacks `layout:tag` with umoci and with ociup and asserts both trees are the same; answers
+/// ociup's tree.
+fn same_as_umoci(layout: &Path, tag: &str, work: &Path) -> PathBuf {
+    let name = layout.file_name().unwrap().to_string_lossy();
+    let bundle = work.join(format!("umoci-{name}-{tag}"));
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let ours = work.join(format!("ociup-{name}-{tag}"));
+    ociup_ok(&[
+        "unpack",
+        &format!("oci:{}:{tag}", layout.display()),
+        ours.to_str().unwrap(),
+    ]);
+    let (theirs, their_groups) = scan(&bundle.join("rootfs"));
+    let (mine, my_groups) = scan(&ours);
+    assert!(!mine.is_empty());
+    for (path, item) in &theirs {
+        assert_eq!(mine.get(path), Some(item), "{}", path.display());
+    }
+    assert_eq!(
+        mine.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(my_groups, their_groups, "hardlink groups");
+    ours
+}
+
+#[test]
+fn fixtures_unpack_as_umoci_unpacks_them() {
+    let t = tempfile::tempdir().unwrap();
+    for tag in ["v1", "v2"] {
+        same_as_umoci(&fixtures().join("base"), tag, t.path());
+    }
+    // One platform of an index: umoci needs a tag naming a manifest, ociup picks it itself.
+    let arm64 = t.path().join("amd64");
+    ociup_ok(&[
+        "copy",
+        &format!("oci:{}:v1", fixtures().join("multi").display()),
+        &format!("oci:{}:v1", arm64.display()),
+        "--platform",
+        "linux/arm64",
+    ]);
+    let ours = same_as_umoci(&arm64, "v1", t.path());
+    let direct = t.path().join("direct");
+    let out = json(&ociup_ok(&[
+        "unpack",
+        &format!("oci:{}:v1", fixtures().join("multi").display()),
+        direct.to_str().unwrap(),
+        "--platform",
+        "linux/arm64",
+        "--json",
+    ]));
+    assert_eq!(out["layers"], 3);
+    // Every key is documented.
+    let doc = std::fs::read_to_string(crate::support::repo().join("docs/json.md")).unwrap();
+    let section = doc.split("## `ociup unpack --json`").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    for key in out.as_object().unwrap().keys() {
+        assert!(
+            section.contains(&format!("| `{key}` |")),
+            "{key} not in docs/json.md"
+        );
+    }
+    assert_eq!(out["owners_from_layers"], true);
+    assert_eq!(scan(&direct), scan(&ours));
+}
+
+/// An image of three layers over the base: a tree with setuid, setgid and sticky bits, a
+/// hardlink, symlinks and a long name, owned 1000:1001 in an uncompressed layer; then removals
+/// and an opaque directory over it in a zstd layer; then a file put back where one was removed.
+#[test]
+fn whiteouts_and_opaque_dirs_unpack_as_umoci_unpacks_them() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    sample_tree(&tree);
+    let lay = t.path().join("lay");
+    let img = |tag: &str| format!("oci:{}:{tag}", lay.display());
+    ociup_ok(&[
+        "append",
+        "--base",
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+        "--add",
+        &format!("{}:/opt/app", tree.display()),
+        "--owner",
+        "1000:1001",
+        "--compression",
+        "none",
+        "--to",
+        &img("one"),
+    ]);
+    ociup_ok(&[
+        "append",
+        "--base",
+        &img("one"),
+        "--remove",
+        "/etc/motd",
+        "--remove",
+        "/opt/app/bin/data-link",
+        "--clear-dir",
+        "/usr/share/base",
+        "--clear-dir",
+        "/opt/app/share",
+        "--to",
+        &img("two"),
+    ]);
+    let back = t.path().join("back");
+    write(&back, b"back again\n", 0o600);
+    ociup_ok(&[
+        "append",
+        "--base",
+        &img("two"),
+        "--add",
+        &format!("{}:/etc/motd", back.display()),
+        "--compression",
+        "zstd",
+        "--to",
+        &img("three"),
+    ]);
+    let zstd_ok = std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:three", lay.display())])
+        .arg(t.path().join("probe"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    for tag in ["one", "two"] {
+        same_as_umoci(&lay, tag, t.path());
+    }
+    let ours = if zstd_ok {
+        same_as_umoci(&lay, "three", t.path())
+    } else {
+        // This umoci cannot read zstd layers: the zstd image is checked on its own.
+        let dir = t.path().join("three");
+        ociup_ok(&["unpack", &img("three"), dir.to_str().unwrap()]);
+        dir
+    };
+    let (items, groups) = scan(&ours);
+    assert_eq!(
+        std::fs::read(ours.join("etc/motd")).unwrap(),
+        b"back again\n"
+    );
+    assert!(!items.contains_key(Path::new("opt/app/bin/data-link")));
+    assert_eq!(items[Path::new("opt/app/bin/tool")].mode, 0o4755);
+    assert_eq!(items[Path::new("opt/app/bin/tool")].uid, 1000);
+    assert_eq!(items[Path::new("opt/app/shared")].mode, 0o3775);
+    assert_eq!(items[Path::new("opt/app/empty")].mode, 0o1777);
+    assert_eq!(items[Path::new("opt/app/share")].kind, "dir");
+    assert!(!items.contains_key(Path::new("opt/app/share/data.txt")));
+    assert_eq!(
+        std::fs::read_dir(ours.join("usr/share/base"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        groups,
+        BTreeSet::from([BTreeSet::from([
+            PathBuf::from("opt/app/etc/app.conf"),
+            PathBuf::from("opt/app/etc/app.conf.hard")
+        ])])
+    );
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// A tar entry with its name (and link name) written as raw bytes, as a hostile layer would
+/// hold them: `tar::Header::set_path` refuses `..`.
+fn entry(
+    out: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+    data: &[u8],
+) {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_cksum();
+    out.append(&h, data).unwrap();
+}
+
+/// A layout holding one image of `layers` (uncompressed tars), tagged `v1`.
+fn layout_with(dir: &Path, layers: &[Vec<u8>]) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = sha256(bytes);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+        d
+    };
+    let diff_ids: Vec<String> = layers.iter().map(|l| put(l)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put(&config), "size": config.len()},
+        "layers": layers.iter().zip(&diff_ids).map(|(l, d)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": put(&manifest), "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+/// Everything under `dir` with its contents (symlink targets for symlinks).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walk(dir) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        let v = if m.file_type().is_symlink() {
+            std::fs::read_link(&e)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else if m.is_file() {
+            std::fs::read(&e).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.insert(e, v);
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A work directory with a sentinel tree beside where the image is unpacked.
+struct Scene {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    dir: PathBuf,
+    before: BTreeMap<PathBuf, Vec<u8>>,
+    passwd: Vec<u8>,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        write(&root.join("sentinel/keep"), b"untouched\n", 0o644);
+        write(&root.join("outside"), b"outside\n", 0o644);
+        Scene {
+            dir: root.join("a/b/rootfs"),
+            before: snapshot(&root),
+            passwd: std::fs::read("/etc/passwd").unwrap_or_default(),
+            root,
+            _t: t,
+        }
+    }
+
+    /// Unpacks an image of `layers`; answers ociup's stderr when it failed.
+    fn unpack(&self, layers: &[Vec<u8>]) -> Result<(), String> {
+        let lay = self.root.parent().unwrap().join("lay");
+        let _ = std::fs::remove_dir_all(&lay);
+        layout_with(&lay, layers);
+        let out = crate::support::ociup(&[
+            "unpack",
+            &format!("oci:{}:v1", lay.display()),
+            self.dir.to_str().unwrap(),
+        ]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Nothing changed outside `dir` (its parents aside), nor /etc/passwd.
+    fn nothing_escaped(&self) {
+        let mut now = snapshot(&self.root);
+        now.retain(|p, _| !p.starts_with(&self.dir));
+        for parent in [self.root.join("a"), self.root.join("a/b")] {
+            now.remove(&parent);
+        }
+        assert_eq!(
+            now, self.before,
+            "the tree beside the unpacked directory changed"
+        );
+        assert_eq!(
+            std::fs::read("/etc/passwd").unwrap_or_default(),
+            self.passwd
+        );
+    }
+}
+
+use tar::EntryType as E;
+
+#[test]
+fn hostile_names_are_confined_inside_the_directory() {
+    let s = Scene::new();
+    let escape = format!("ociup-unpack-escape-{}", std::process::id());
+    let layer = tar_of(|b| {
+        entry(b, E::Regular, "../../../x", "", b"dotdot\n");
+        entry(b, E::Regular, "/abs", "", b"absolute\n");
+        entry(b, E::Symlink, "evil", "/", b"");
+        entry(
+            b,
+            E::Regular,
+            &format!("evil/etc/{escape}"),
+            "",
+            b"through /\n",
+        );
+        entry(b, E::Symlink, "up", "../../../..", b"");
+        entry(b, E::Regular, "up/sentinel/keep", "", b"through ..\n");
+        // A file over a symlink replaces the symlink, never writes where it points.
+        entry(b, E::Symlink, "pw", "/etc/passwd", b"");
+        entry(b, E::Regular, "pw", "", b"not passwd\n");
+        entry(b, E::Symlink, "parent", "..", b"");
+        entry(b, E::Directory, "parent/parent/parent/d", "", b"");
+    });
+    s.unpack(&[layer]).unwrap();
+    s.nothing_escaped();
+    assert!(!Path::new("/etc").join(&escape).exists());
+    let read = |p: &str| std::fs::read(s.dir.join(p)).unwrap();
+    assert_eq!(read("x"), b"dotdot\n");
+    assert_eq!(read("abs"), b"absolute\n");
+    assert_eq!(read(&format!("etc/{escape}")), b"through /\n");
+    assert_eq!(read("sentinel/keep"), b"through ..\n");
+    assert_eq!(read("pw"), b"not passwd\n");
+    assert!(s.dir.join("d").is_dir());
+}
+
+#[test]
+fn hardlinks_out_of_the_directory_and_whiteouts_of_dotdot_are_refused() {
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "/etc/passwd",
+            tar_of(|b| entry(b, E::Link, "hl", "/etc/passwd", b"")),
+        ),
+        (
+            "../../outside",
+            tar_of(|b| entry(b, E::Link, "hl", "../../outside", b"")),
+        ),
+        (
+            "evil/etc/passwd",
+            tar_of(|b| {
+                entry(b, E::Symlink, "evil", "/", b"");
+                entry(b, E::Link, "hl", "evil/etc/passwd", b"");
+            }),
+        ),
+        (
+            "\"..\"",
+            tar_of(|b| {
+                entry(b, E::Directory, "sub", "", b"");
+                entry(b, E::Regular, "sub/.wh...", "", b"");
+            }),
+        ),
+    ];
+    for (what, layer) in cases {
+        let s = Scene::new();
+        let err = s.unpack(&[layer]).unwrap_err();
+        assert!(err.contains(what), "{what}: {err}");
+        assert!(
+            err.contains("not in the tree") || err.contains("names no entry"),
+            "{err}"
+        );
+        s.nothing_escaped();
+        assert!(!s.dir.exists(), "a failed unpack leaves no directory");
+        assert_eq!(
+            std::fs::read_dir(s.dir.parent().unwrap()).unwrap().count(),
+            0,
+            "nor a partial one"
+        );
+    }
+    // A hardlink to a file of the image itself is made, through a symlink resolved inside.
+    let s = Scene::new();
+    let layer = tar_of(|b| {
+        entry(b, E::Regular, "etc/passwd", "", b"image's own\n");
+        entry(b, E::Symlink, "evil", "/", b"");
+        entry(b, E::Link, "hl", "evil/etc/passwd", b"");
+    });
+    s.unpack(&[layer]).unwrap();
+    s.nothing_escaped();
+    let a = std::fs::metadata(s.dir.join("hl")).unwrap();
+    let b = std::fs::metadata(s.dir.join("etc/passwd")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+}
+
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    crate::support::copy_tree(&fixtures().join("base"), &lay);
+    let image = json(&ociup_ok(&[
+        "inspect",
+        &format!("oci:{}:v1", lay.display()),
+        "--json",
+    ]));
+    let layer = image["manifest"]["layers"][2]["digest"].as_str().unwrap();
+    let path = lay.join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Same size, the last byte changed: the gzip trailer no longer matches either, but the
+    // digest is what is reported.
+    let n = bytes.len() - 1;
+    bytes[n] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let dir = t.path().join("rootfs");
+    let err = ociup_err(&[
+        "unpack",
+        &format!("oci:{}:v1", lay.display()),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(layer) && err.contains("layer 3") && err.contains("digest mismatch"),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        1,
+        "no partial directory left"
+    );
+}
+
+#[test]
+fn a_directory_that_is_not_empty_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("rootfs/keep"), b"mine\n", 0o644);
+    let err = ociup_err(&[
+        "unpack",
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+        t.path().join("rootfs").to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not empty"), "{err}");
+    assert_eq!(
+        std::fs::read(t.path().join("rootfs/keep")).unwrap(),
+        b"mine\n"
+    );
+    // An empty one is used.
+    std::fs::remove_file(t.path().join("rootfs/keep")).unwrap();
+    ociup_ok(&[
+        "unpack",
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+        t.path().join("rootfs").to_str().unwrap(),
+    ]);
+    assert!(t.path().join("rootfs/etc/os-release").is_file());
+}

@@ -241,7 +241,7 @@ impl<R: Read> Read for Tap<R> {
 
 /// A layer's tar: the blob decompressed, hashed as it is read (sha256, as diff_ids are).
 enum Decoder<R: Read> {
-    Gzip(flate2::read::MultiGzDecoder<R>),
+    Gzip(Box<flate2::read::MultiGzDecoder<R>>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
     Plain(R),
 }
@@ -254,7 +254,7 @@ struct Decompressed<R: Read> {
 impl<R: Read> Decompressed<R> {
     fn new(blob: R, compression: Compression) -> io::Result<Self> {
         let decoder = match compression {
-            Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(blob)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
             Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob)?),
             _ => Decoder::Plain(blob),
         };
@@ -374,5 +374,192 @@ impl Drop for Staging {
         {
             tracing::debug!("removing {}: {e}", self.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use ociup_core::document::RawDocument;
+    use ociup_core::layout::OciLayout;
+    use ociup_core::media_type::{OCI_CONFIG, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST};
+    use ociup_core::ops;
+    use ociup_core::store::ManifestRef;
+
+    use super::*;
+
+    /// One entry: kind, name, link name, contents, mode, uid.
+    type Spec<'a> = (tar::EntryType, &'a str, &'a str, &'a [u8], u32, u64);
+
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (kind, name, link, data, mode, uid) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_path(name).unwrap();
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            h.set_mode(*mode);
+            h.set_uid(*uid);
+            h.set_gid(*uid);
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A layout at `dir` with one image of `layers` (blob, media type, diff_id), tagged `v1`.
+    async fn image_of(dir: &Path, layers: &[(Vec<u8>, &str, Digest)]) -> (OciLayout, Image) {
+        let layout = OciLayout::open_or_create(dir).unwrap();
+        let mut descs = Vec::new();
+        let mut diff_ids = Vec::new();
+        for (blob, media_type, diff_id) in layers {
+            let d = Digest::sha256(blob);
+            layout
+                .put_blob(&d, blob.len() as u64, &blob[..])
+                .await
+                .unwrap();
+            descs.push(format!(
+                r#"{{"mediaType":"{media_type}","digest":"{d}","size":{}}}"#,
+                blob.len()
+            ));
+            diff_ids.push(format!("\"{diff_id}\""));
+        }
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            diff_ids.join(",")
+        )
+        .into_bytes();
+        let cd = Digest::sha256(&config);
+        layout
+            .put_blob(&cd, config.len() as u64, &config[..])
+            .await
+            .unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            descs.join(",")
+        );
+        layout
+            .put_manifest(
+                &RawDocument::new(manifest.into_bytes(), OCI_MANIFEST),
+                Some("v1"),
+            )
+            .await
+            .unwrap();
+        let image = ops::load_image(&layout, &ManifestRef::Tag("v1".into()), None)
+            .await
+            .unwrap();
+        (layout, image)
+    }
+
+    fn plain(tar: Vec<u8>) -> (Vec<u8>, &'static str, Digest) {
+        let d = Digest::sha256(&tar);
+        (tar, OCI_LAYER_TAR, d)
+    }
+
+    use tar::EntryType as E;
+
+    #[tokio::test]
+    async fn layers_apply_in_order_with_whiteouts_opaque_dirs_and_final_dir_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = tar_of(&[
+            (E::Directory, "ro", "", b"", 0o555, 0),
+            (E::Regular, "ro/file", "", b"in a read-only dir", 0o444, 7),
+            (E::Directory, "opq", "", b"", 0o755, 0),
+            (E::Regular, "opq/old", "", b"old", 0o644, 0),
+            (E::Regular, "gone", "", b"x", 0o644, 0),
+            (E::Regular, "keep", "", b"x", 0o644, 0),
+            (E::Symlink, "evil", "/", b"", 0o777, 0),
+            (E::Fifo, "fifo", "", b"", 0o644, 0),
+        ]);
+        let upper = tar_of(&[
+            // Written before the marker, in the same layer: kept.
+            (E::Regular, "opq/new", "", b"new", 0o644, 0),
+            (E::Regular, "opq/.wh..wh..opq", "", b"", 0o644, 0),
+            (E::Regular, ".wh.gone", "", b"", 0o644, 0),
+            // A whiteout under `evil -> /` removes the tree's own path, nothing else.
+            (E::Regular, "evil/.wh.nothing-here", "", b"", 0o644, 0),
+        ]);
+        // The upper layer compressed with zstd.
+        let upper_zstd = zstd::encode_all(&upper[..], 3).unwrap();
+        let layers = [
+            plain(lower),
+            (upper_zstd, OCI_LAYER_ZSTD, Digest::sha256(&upper)),
+        ];
+        let (layout, image) = image_of(&t.path().join("lay"), &layers).await;
+        let dir = t.path().join("rootfs");
+        let options = UnpackOptions {
+            owners: Owners::Caller,
+        };
+        let report = unpack(&layout, &image, &dir, &options).await.unwrap();
+        assert_eq!(report.layers, 2);
+        assert_eq!(report.whiteouts, 3);
+        assert!(!report.owners_from_layers);
+        assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+        assert!(report.skipped[0].starts_with("/fifo: FIFO not created"));
+        let mode = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("ro"), 0o555);
+        assert_eq!(mode("ro/file"), 0o444);
+        assert_eq!(
+            std::fs::read(dir.join("ro/file")).unwrap(),
+            b"in a read-only dir"
+        );
+        // Owners::Caller: the layer's uid 7 is dropped.
+        let me = std::fs::metadata(t.path()).unwrap().uid();
+        assert_eq!(std::fs::metadata(dir.join("ro/file")).unwrap().uid(), me);
+        assert!(!dir.join("opq/old").exists());
+        assert!(dir.join("opq/new").exists());
+        assert!(!dir.join("gone").exists());
+        assert!(dir.join("keep").exists());
+        let ro_mtime = std::fs::metadata(dir.join("ro")).unwrap().mtime();
+        assert_eq!(
+            ro_mtime, 1_600_000_000,
+            "a directory's time is set after its contents"
+        );
+        let link = std::fs::symlink_metadata(dir.join("evil")).unwrap();
+        assert_eq!(link.mtime(), 1_600_000_000);
+        std::fs::set_permissions(dir.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn owners_come_from_the_layers_when_asked() {
+        let t = tempfile::tempdir().unwrap();
+        if std::fs::metadata(t.path()).unwrap().uid() != 0 {
+            // Only root may give files away; the rootless path is tested above.
+            return;
+        }
+        let layer = tar_of(&[(E::Regular, "f", "", b"x", 0o4755, 1234)]);
+        let (layout, image) = image_of(&t.path().join("lay"), &[plain(layer)]).await;
+        let dir = t.path().join("rootfs");
+        let report = unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap();
+        assert!(report.owners_from_layers);
+        let m = std::fs::metadata(dir.join("f")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 1234, 0o4755));
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_does_not_match_its_diff_id_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[(E::Regular, "f", "", b"x", 0o644, 0)]);
+        let wrong = Digest::sha256(b"another tar");
+        let (layout, image) =
+            image_of(&t.path().join("lay"), &[(layer, OCI_LAYER_TAR, wrong)]).await;
+        let dir = t.path().join("rootfs");
+        let err = unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DiffIdMismatch { index: 1, .. }),
+            "{err}"
+        );
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "{err}");
     }
 }

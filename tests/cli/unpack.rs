@@ -147,7 +147,7 @@ fn fixtures_unpack_as_umoci_unpacks_them() {
 
 /// An image of three layers over the base: a tree with setuid, setgid and sticky bits, a
 /// hardlink, symlinks and a long name, owned 1000:1001 in an uncompressed layer; then removals
-/// and an opaque directory over it in a zstd layer; then a file put back where one was removed.
+/// and opaque directories over it; then a file put back where one was removed, in a zstd layer.
 #[test]
 fn whiteouts_and_opaque_dirs_unpack_as_umoci_unpacks_them() {
     let t = tempfile::tempdir().unwrap();

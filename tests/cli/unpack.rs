@@ -428,6 +428,9 @@ fn hostile_names_are_confined_inside_the_directory() {
         // A file over a symlink replaces the symlink, never writes where it points.
         entry(b, E::Symlink, "pw", "/etc/passwd", b"");
         entry(b, E::Regular, "pw", "", b"not passwd\n");
+        // A hardlink to a symlink links the symlink, not what it points to.
+        entry(b, E::Symlink, "pw2", "/etc/passwd", b"");
+        entry(b, E::Link, "hl", "pw2", b"");
         entry(b, E::Symlink, "parent", "..", b"");
         entry(b, E::Directory, "parent/parent/parent/d", "", b"");
     });
@@ -441,6 +444,12 @@ fn hostile_names_are_confined_inside_the_directory() {
     assert_eq!(read("sentinel/keep"), b"through ..\n");
     assert_eq!(read("pw"), b"not passwd\n");
     assert!(s.dir.join("d").is_dir());
+    let hl = std::fs::symlink_metadata(s.dir.join("hl")).unwrap();
+    assert!(hl.file_type().is_symlink());
+    assert_eq!(
+        hl.ino(),
+        std::fs::symlink_metadata(s.dir.join("pw2")).unwrap().ino()
+    );
 }
 
 #[test]

@@ -405,9 +405,13 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     let h = entry.header();
     let mut m = Meta {
         mode: h.mode()? & 0o7777,
-        uid: h.uid()?,
-        gid: h.gid()?,
-        mtime: i64::try_from(h.mtime()?).unwrap_or(i64::MAX),
+        // Empty (or unreadable) owner and time fields read as 0; Go's archive/tar, umoci's
+        // reader, reads empty ones so.
+        uid: h.uid().unwrap_or(0),
+        gid: h.gid().unwrap_or(0),
+        mtime: h
+            .mtime()
+            .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
         xattrs: Vec::new(),
     };
     if let Some(pax) = entry.pax_extensions()? {

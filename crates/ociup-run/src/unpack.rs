@@ -545,6 +545,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn extended_attributes_are_set_or_counted_as_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.ociup", &b"yes"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let (layout, image) = image_of(&t.path().join("lay"), &[plain(layer)]).await;
+        let dir = t.path().join("rootfs");
+        let report = unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap();
+        let got = xattr::get(dir.join("f"), "user.ociup").ok().flatten();
+        // Set where the file system allows user attributes, counted as skipped where not.
+        match got {
+            Some(v) => assert_eq!((v.as_slice(), report.xattrs_skipped), (&b"yes"[..], 0)),
+            None => assert_eq!(report.xattrs_skipped, 1),
+        }
+    }
+
+    #[tokio::test]
     async fn a_layer_that_does_not_match_its_diff_id_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let layer = tar_of(&[(E::Regular, "f", "", b"x", 0o644, 0)]);

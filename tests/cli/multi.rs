@@ -297,3 +297,116 @@ fn attestations_of_the_base_are_left_out_and_a_docker_list_gives_a_docker_list()
     let child = doc(&out, made["platforms"][0]["digest"].as_str().unwrap());
     assert_eq!(child["mediaType"], DOCKER_MANIFEST);
 }
+
+#[test]
+fn index_create_add_and_remove_assemble_an_index_skopeo_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let r = |tag: &str| format!("oci:{}:{tag}", out.display());
+    let steps = vec!["--env".to_owned(), "A=1".to_owned()];
+    let mut digests = Vec::new();
+    for (tag, platform) in [("amd", "linux/amd64"), ("arm", "linux/arm64")] {
+        let mut args = steps.clone();
+        args.extend(["--platform".into(), platform.into()]);
+        digests.push(append(&multi("v1"), &r(tag), &args)["digest"].clone());
+    }
+    let index = json(&ociup_ok(&[
+        "index",
+        "create",
+        "--to",
+        &r("both"),
+        &r("amd"),
+        &r("arm"),
+        "--json",
+    ]));
+    assert_eq!(index["media_type"], ociup_core::media_type::OCI_INDEX);
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests[0]["platform"], "linux/amd64");
+    assert_eq!(
+        manifests[1]["platform"], "linux/arm64/v8",
+        "the variant from the config"
+    );
+    assert_eq!(manifests[0]["digest"], digests[0]);
+    assert_eq!(manifests[1]["digest"], digests[1]);
+    let stored = doc(&out, index["digest"].as_str().unwrap());
+    assert_eq!(
+        stored["manifests"][1]["platform"],
+        serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})
+    );
+    for (n, arch, variant) in [(0, "amd64", "v1"), (1, "arm64", "v8")] {
+        let seen = json(&tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--override-arch",
+                arch,
+                "--override-variant",
+                variant,
+                &r("both"),
+            ],
+        ));
+        assert_eq!(seen["Architecture"], arch);
+        let child = doc(&out, digests[n].as_str().unwrap());
+        // The bin layer tells the platforms apart (it says which one it is).
+        assert_eq!(seen["Layers"][1], child["layers"][1]["digest"]);
+        assert_ne!(
+            seen["Layers"][1],
+            doc(&out, digests[1 - n].as_str().unwrap())["layers"][1]["digest"]
+        );
+    }
+
+    // Refused: two of one platform, Docker beside OCI, a manifest of another store.
+    let err = ociup_err(&["index", "create", "--to", &r("x"), &r("amd"), &r("amd")]);
+    assert!(err.contains("both for linux/amd64"), "{err}");
+    ociup_ok(&[
+        "copy",
+        &format!("oci:{}:v1", fixtures().join("docker").display()),
+        &r("docker"),
+    ]);
+    let err = ociup_err(&["index", "create", "--to", &r("x"), &r("arm"), &r("docker")]);
+    assert!(err.contains("never mixes Docker and OCI"), "{err}");
+    let err = ociup_err(&[
+        "index",
+        "create",
+        "--to",
+        &r("x"),
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+    ]);
+    assert!(err.contains("not in the store of --to"), "{err}");
+
+    // remove and add change it; adding back gives the same index.
+    let one = json(&ociup_ok(&[
+        "index",
+        "remove",
+        "--to",
+        &r("both"),
+        "--platform",
+        "linux/arm64",
+        "--json",
+    ]));
+    assert_eq!(one["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(one["removed"][0], digests[1]);
+    let err = ociup_err(&["index", "add", "--to", &r("both"), &r("amd")]);
+    assert!(err.contains("already has"), "{err}");
+    let again = json(&ociup_ok(&[
+        "index",
+        "add",
+        "--to",
+        &r("both"),
+        &r("arm"),
+        "--json",
+    ]));
+    assert_eq!(again["digest"], index["digest"]);
+    let by_digest = json(&ociup_ok(&[
+        "index",
+        "remove",
+        "--to",
+        &r("both"),
+        "--digest",
+        digests[0].as_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(by_digest["manifests"][0]["digest"], digests[1]);
+    let tagged = json(&ociup_ok(&["inspect", &r("both"), "--json"]));
+    assert_eq!(tagged["digest"], by_digest["digest"], "the tag moved");
+}

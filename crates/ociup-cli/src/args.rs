@@ -107,6 +107,9 @@ pub enum Command {
     /// Example: ociup append --base oci:fixtures/base:v1 --add ./app:/opt/app
     /// --env APP_HOME=/opt/app --entrypoint /opt/app/run --to oci:out:app
     Append(Box<AppendArgs>),
+    /// Assemble a multi-platform index from manifests in one store, or change one.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Show an image or index: digest, platform, config, layers.
     Inspect(InspectArgs),
     /// Unpack an image into a directory (absent or empty): its layers applied in order, every
@@ -586,6 +589,57 @@ pub struct CopyArgs {
     /// Print JSON instead of text, and no progress bar: source, destination, report (digest,
     /// media_type, manifests_written, manifests_present, tags_written, blobs_copied,
     /// blobs_mounted, blobs_present, blobs_repaired, bytes_copied).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Write a new index over manifests of one store, in the order given, each entry's platform
+    /// (os, architecture, variant, os.version, os.features) read from the manifest's config.
+    /// The manifests must all be Docker's or all OCI's, one per platform.
+    ///
+    /// Example: ociup index create --to oci:out:app oci:out:app-amd64 oci:out:app-arm64
+    Create(IndexCreateArgs),
+    /// Add manifests of the index's store to the index --to names, after its entries; a
+    /// platform it has already is refused (remove it first).
+    ///
+    /// Example: ociup index add --to oci:out:app oci:out:app-s390x
+    Add(IndexCreateArgs),
+    /// Remove the entries of a platform, or of a manifest digest, from the index --to names.
+    /// The manifests stay in the store.
+    ///
+    /// Example: ociup index remove --to oci:out:app --platform linux/arm64
+    Remove(IndexRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexCreateArgs {
+    /// The index to write (create) or change (add), with its tag.
+    #[arg(long, value_name = "REF")]
+    pub to: String,
+    /// The manifests, each a reference in the same layout or repository as --to.
+    #[arg(value_name = "MANIFEST_REF", required = true)]
+    pub manifests: Vec<String>,
+    /// Print JSON: reference, tag, digest, media_type, size, manifests (each: platform, digest).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["platform", "digest"])))]
+pub struct IndexRemoveArgs {
+    /// The index to change, with its tag.
+    #[arg(long, value_name = "REF")]
+    pub to: String,
+    /// Remove this platform's entries (without variant: of every variant).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Remove the entry of this manifest.
+    #[arg(long, value_name = "DIGEST")]
+    pub digest: Option<String>,
+    /// Print JSON: reference, tag, digest, media_type, size, manifests (each: platform,
+    /// digest), removed (digests).
     #[arg(long)]
     pub json: bool,
 }

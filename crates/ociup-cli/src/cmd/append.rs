@@ -218,7 +218,7 @@ fn print_index(dest_ref: &StoreRef, o: &IndexAppendOutcome, json: bool) -> Resul
 }
 
 /// The reference of what was written, pinned to its digest.
-fn pinned(r: &StoreRef, digest: &ociup_core::Digest) -> String {
+pub(super) fn pinned(r: &StoreRef, digest: &ociup_core::Digest) -> String {
     match r {
         // `oci:<dir>@<digest>`: the form that parses back (a layout reference names a tag or a
         // digest, not both).

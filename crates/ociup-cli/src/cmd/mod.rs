@@ -3,6 +3,7 @@
 mod append;
 mod completions;
 mod copy;
+mod index;
 mod inspect;
 mod layer;
 mod login;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             let sub = matches.subcommand_matches("append").unwrap_or(matches);
             append::run(&ctx, *args, sub).await.map(|()| 0)
         }
+        Command::Index(c) => index::run(&ctx, c).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
         Command::Unpack(args) => unpack::run(&ctx, args).await.map(|()| 0),
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use crate::config::Config;
-use crate::document::RawDocument;
+use crate::document::{Index, RawDocument};
 use crate::error::{Error, Result};
 use crate::media_type::{self, DocumentKind, Family};
 use crate::reference::PlatformSpec;
@@ -154,6 +154,89 @@ pub fn index_of(
         index.insert("annotations".into(), json!(annotations));
     }
     RawDocument::canonical(&Value::Object(index), index_type)
+}
+
+/// `index` with `entries` added after its own, every other field kept as it is (entry
+/// annotations, the index's annotations, unknown fields), in canonical JSON.
+///
+/// # Errors
+/// As [`index_of`]: a manifest of the other family, a platform without `os` or `architecture`,
+/// or one the index (or another new entry) has already.
+pub fn add_to_index(index: &Index, entries: &[IndexEntry<'_>]) -> Result<RawDocument> {
+    let mut value = index_value(index)?;
+    let existing: Vec<Value> = value["manifests"].as_array().cloned().unwrap_or_default();
+    // The new entries checked together (family, fields, duplicates among them).
+    let checked = index_of(index.family(), entries, &BTreeMap::new())?;
+    let mut new: Vec<Value> = serde_json::from_slice::<Value>(checked.bytes())
+        .ok()
+        .and_then(|v| v["manifests"].as_array().cloned())
+        .unwrap_or_default();
+    for (e, v) in entries.iter().zip(&new) {
+        if let Some(old) = existing.iter().find(|o| {
+            o["platform"]
+                .as_object()
+                .is_some_and(|p| platform_key(p) == platform_key(&e.platform))
+        }) {
+            return Err(Error::InvalidChange {
+                reason: format!(
+                    "index {} already has {} for {}: remove it first (an index has one manifest \
+                     per platform)",
+                    index.raw().digest(),
+                    old["digest"].as_str().unwrap_or("a manifest"),
+                    platform_name(&e.platform)
+                ),
+            });
+        }
+        debug_assert_eq!(v["digest"], e.manifest.digest().to_string());
+    }
+    let mut all = existing;
+    all.append(&mut new);
+    value.insert("manifests".into(), Value::Array(all));
+    RawDocument::canonical(&Value::Object(value), index.raw().media_type())
+}
+
+/// `index` without the entries `remove` picks, every other field kept as it is, in canonical
+/// JSON; and the entries removed.
+///
+/// # Errors
+/// [`Error::InvalidChange`] when `remove` picks no entry, or every one (an index of nothing
+/// runs nowhere).
+pub fn remove_from_index(
+    index: &Index,
+    remove: impl Fn(&Value) -> bool,
+) -> Result<(RawDocument, Vec<Value>)> {
+    let mut value = index_value(index)?;
+    let (gone, kept): (Vec<Value>, Vec<Value>) = value["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|e| remove(e));
+    if gone.is_empty() {
+        return Err(Error::InvalidChange {
+            reason: format!("index {} has no such entry", index.raw().digest()),
+        });
+    }
+    if kept.is_empty() {
+        return Err(Error::InvalidChange {
+            reason: format!(
+                "removing that would leave index {} empty",
+                index.raw().digest()
+            ),
+        });
+    }
+    value.insert("manifests".into(), Value::Array(kept));
+    Ok((
+        RawDocument::canonical(&Value::Object(value), index.raw().media_type())?,
+        gone,
+    ))
+}
+
+fn index_value(index: &Index) -> Result<Map<String, Value>> {
+    serde_json::from_slice(index.raw().bytes()).map_err(|source| Error::MalformedDocument {
+        what: format!("index {}", index.raw().digest()),
+        source,
+    })
 }
 
 #[cfg(test)]

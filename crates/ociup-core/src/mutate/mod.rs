@@ -5,7 +5,10 @@ mod index;
 mod rebase;
 
 pub use append::{Appended, Base, NewLayer, append};
-pub use index::{IndexEntry, index_of, new_index, platform_name, platform_of_config};
+pub use index::{
+    IndexEntry, add_to_index, index_of, new_index, platform_name, platform_of_config,
+    remove_from_index,
+};
 pub use rebase::{
     ConfigMode, FieldChange, OldBase, PlanLayer, RebaseInput, RebasePlan, Rebased, rebase,
 };

@@ -2,6 +2,7 @@
 //! to it and store the result in the right order (blobs, config, manifest, tag); rebase.
 
 mod append;
+mod index;
 pub mod rebase;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -24,6 +25,9 @@ use crate::store::{ManifestRef, Store, check_document_size, copy_blob};
 pub use append::{
     AppendOptions, AppendResult, BaseDocument, IndexAppendOutcome, PlatformAppend, PlatformChoice,
     append_to_base,
+};
+pub use index::{
+    IndexMember, IndexRemoval, add_to_index, create_index, index_member, remove_from_index,
 };
 
 /// An image manifest with its config, as read from a store.

@@ -410,7 +410,7 @@ impl Repository {
         sent: &mut Sent,
         reader: &mut R,
     ) -> std::io::Result<Result<Url>> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
         let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|item| (item, rx))
         }));
@@ -568,8 +568,9 @@ impl Repository {
 
 type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// Bytes read from a blob's source at once while streaming it.
-const PUMP_BUFFER: usize = 256 * 1024;
+/// Bytes read from a blob's source at once while streaming it: as large as the layout's read
+/// buffer, which a read this large bypasses (one copy fewer).
+const PUMP_BUFFER: usize = 1024 * 1024;
 
 /// What an upload has read of its source so far, with the last `keep` bytes (at least) kept in
 /// memory to send again from wherever the registry says it stopped.

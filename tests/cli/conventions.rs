@@ -143,6 +143,49 @@ fn json_keys_are_snake_case_in_every_command() {
         &[],
         &mut failures,
     );
+    check(
+        "append (index)",
+        &ociup_ok(&[
+            "append",
+            "--base",
+            &out("multi"),
+            "--add",
+            &format!("{}:/opt/app.txt", dir.join("app.txt").display()),
+            "--to",
+            &out("multi-app"),
+            "--json",
+        ]),
+        &[],
+        &mut failures,
+    );
+    for (platform, tag) in [("linux/amd64", "one-amd64"), ("linux/arm64", "one-arm64")] {
+        ociup_ok(&["copy", &multi, &out(tag), "--platform", platform]);
+    }
+    check(
+        "index create",
+        &ociup_ok(&[
+            "index",
+            "create",
+            "--to",
+            &out("assembled"),
+            &out("one-amd64"),
+            &out("one-arm64"),
+            "--json",
+        ]),
+        &[],
+        &mut failures,
+    );
+    check(
+        "unpack",
+        &ociup_ok(&[
+            "unpack",
+            &out("app"),
+            dir.join("rootfs").to_str().unwrap(),
+            "--json",
+        ]),
+        &[],
+        &mut failures,
+    );
     // A plan's config changes show the config's fields as they are.
     let (code, plan, err) = ociup_at(
         dir,

@@ -1,5 +1,6 @@
-//! Names the commit in `ociup --version` when the crate is built from a git checkout
-//! (`0.1.0 (1a2b3c4)`); from a source tarball, or without git, the version is the package's alone.
+//! Names the commit in `ociup --version` when the crate is built from ociup's git checkout
+//! (`0.1.0 (1a2b3c4)`); from a source archive, or without git, the version is the package's
+//! alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,34 +15,51 @@ fn main() {
     println!("cargo:rustc-env=OCIUP_VERSION={full}");
 }
 
-/// The short hash of HEAD, and the files whose change means another commit (HEAD, the branch's
-/// ref, packed refs) registered for a rerun.
+/// The short hash of HEAD of the repository this crate sits in (`crates/ociup-cli` under its
+/// root), with the files whose change means another commit registered for a rerun first, so a
+/// failed lookup is retried at the next commit instead of sticking.
 fn commit() -> Option<String> {
-    // Only this repository's own checkout: a source archive unpacked inside another git
-    // repository (vendored) must not print that repository's commit.
-    let top = PathBuf::from(git(&["rev-parse", "--show-toplevel"])?);
-    let here = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
-    if top.join("crates/ociup-cli").canonicalize().ok()? != here.canonicalize().ok()? {
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?).join("../..");
+    let dot_git = root.join(".git");
+    // Only ociup's own checkout: a source archive unpacked inside another git repository
+    // (vendored) must not print that repository's commit.
+    if !dot_git.exists() {
         return None;
     }
-    let git_dir = PathBuf::from(git(&["rev-parse", "--absolute-git-dir"])?);
-    watch(&git_dir.join("HEAD"));
-    if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
-        let common = absolute(Path::new(&common));
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watch(&common.join(branch));
-        }
-        watch(&common.join("packed-refs"));
-    }
-    git(&["rev-parse", "--short", "HEAD"])
+    watch_refs(&dot_git);
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short", "HEAD"])
+        // Run from a git hook, these would name another repository or index.
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .output()
+        .ok()?;
+    let hash = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !hash.is_empty()).then_some(hash)
 }
 
-/// A path git printed relative to the crate directory, where build scripts run.
-fn absolute(p: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_MANIFEST_DIR") {
-        Some(dir) if p.is_relative() => Path::new(&dir).join(p),
-        _ => p.to_owned(),
+/// Reruns the build script when HEAD moves: `HEAD`, the branch it names and `packed-refs`. A
+/// worktree's `.git` is a file naming its git directory, whose `commondir` holds the refs.
+fn watch_refs(dot_git: &Path) {
+    let git_dir = match std::fs::read_to_string(dot_git) {
+        Ok(text) => match text.trim().strip_prefix("gitdir:") {
+            Some(p) => dot_git.parent().unwrap_or(Path::new(".")).join(p.trim()),
+            None => return,
+        },
+        Err(_) => dot_git.to_owned(),
+    };
+    let common = std::fs::read_to_string(git_dir.join("commondir"))
+        .map(|c| git_dir.join(c.trim()))
+        .unwrap_or_else(|_| git_dir.clone());
+    watch(&git_dir.join("HEAD"));
+    if let Ok(head) = std::fs::read_to_string(git_dir.join("HEAD"))
+        && let Some(branch) = head.trim().strip_prefix("ref:")
+    {
+        watch(&common.join(branch.trim()));
     }
+    watch(&common.join("packed-refs"));
 }
 
 /// Reruns the build script when `path` changes; a path that does not exist is not named, as
@@ -50,14 +68,4 @@ fn watch(path: &Path) {
     if path.exists() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-}
-
-/// One line of git's output, or `None` when git is missing, fails or this is no checkout.
-fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let line = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (!line.is_empty()).then_some(line)
 }

@@ -157,7 +157,11 @@ fn parse_repository(flag: &str, input: &str) -> Result<StoreRef> {
         StoreRef::Layout(l) => l.image.is_some(),
         StoreRef::Registry(_) => {
             let bare = input.strip_prefix("docker://").unwrap_or(input);
-            bare.contains('@') || bare.rsplit('/').next().is_some_and(|name| name.contains(':'))
+            bare.contains('@')
+                || bare
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.contains(':'))
         }
     };
     if tagged {

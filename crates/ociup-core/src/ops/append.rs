@@ -156,7 +156,6 @@ fn matches(platform: &Map<String, Value>, wanted: &PlatformSpec) -> bool {
 /// A two-platform base index, then one file appended to both platforms:
 ///
 /// ```
-/// use ociup_core::document::Document;
 /// use ociup_core::layer::{LayerBuilder, LayerOptions};
 /// use ociup_core::layout::OciLayout;
 /// use ociup_core::media_type::Family;
@@ -201,7 +200,6 @@ fn matches(platform: &Map<String, Value>, wanted: &PlatformSpec) -> bool {
 /// assert_eq!(index.platforms[1].name(), "linux/arm64");
 /// let tagged = layout.resolve_tag("app").await?;
 /// assert_eq!(tagged.digest().to_string(), index.index.digest().to_string());
-/// # let _ = Document::parse(index.index)?;
 /// # Ok(())
 /// # }
 /// ```
@@ -307,28 +305,18 @@ async fn chosen_platforms<S: Store>(
                 ),
             });
         }
-        let manifest = Manifest::parse(
-            store
-                .get_manifest(&ManifestRef::Digest(digest.clone()))
-                .await?,
-        )?;
-        if manifest.family() != index.family() {
-            return Err(Error::InvalidDocument {
-                what: what.clone(),
-                reason: format!(
-                    "it lists {} manifest {digest} in a {} index (one index never mixes the \
-                     Docker and OCI families)",
-                    family_name(manifest.family()),
-                    family_name(index.family())
-                ),
-            });
+        // An entry without a platform object is for the platform its config names: read it to
+        // know. Entries of platforms not asked for are not read at all.
+        let listed = entry["platform"].as_object().cloned();
+        if let Some(p) = &listed
+            && !wanted.is_empty()
+            && !wanted.iter().any(|w| matches(p, w))
+        {
+            available.push(mutate::platform_name(p));
+            continue;
         }
-        let image = image_from_document(store, Document::Manifest(manifest), None).await?;
-        // An entry without a platform object is for the platform its config names.
-        let platform = match entry["platform"].as_object() {
-            Some(p) => p.clone(),
-            None => mutate::platform_of_config(&image.config),
-        };
+        let image = read_child(store, index, &digest).await?;
+        let platform = listed.unwrap_or_else(|| mutate::platform_of_config(&image.config));
         available.push(mutate::platform_name(&platform));
         let mut take = wanted.is_empty();
         for (w, f) in wanted.iter().zip(found.iter_mut()) {
@@ -355,6 +343,27 @@ async fn chosen_platforms<S: Store>(
         });
     }
     Ok((chosen, dropped))
+}
+
+/// A child manifest of `index`, of the index's family, with its config.
+async fn read_child<S: Store>(store: &S, index: &Index, digest: &Digest) -> Result<Image> {
+    let manifest = Manifest::parse(
+        store
+            .get_manifest(&ManifestRef::Digest(digest.clone()))
+            .await?,
+    )?;
+    if manifest.family() != index.family() {
+        return Err(Error::InvalidDocument {
+            what: format!("index {}", index.raw().digest()),
+            reason: format!(
+                "it lists {} manifest {digest} in {} index (one index never mixes the Docker \
+                 and OCI families)",
+                family_name(manifest.family()),
+                family_name(index.family())
+            ),
+        });
+    }
+    image_from_document(store, Document::Manifest(manifest), None).await
 }
 
 fn base_of<'a>(image: &'a Image, name: &'a str) -> Base<'a> {
@@ -616,5 +625,67 @@ mod tests {
         );
         assert_eq!(blobs(&layout), before);
         assert!(layout.resolve_tag("app").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn platforms_not_asked_for_are_not_read_and_a_docker_child_of_an_oci_index_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        base(&layout).await;
+        let document = load_document(&layout, &ManifestRef::Tag("base".into()))
+            .await
+            .unwrap();
+        let counted = crate::ops::testing::Counted::new(&layout, 100);
+        let made = append_to_base(
+            BaseDocument {
+                store: &counted,
+                document,
+                name: "oci:l:base",
+            },
+            &layout,
+            request(),
+            AppendOptions {
+                tag: None,
+                staging: t.path(),
+                platforms: PlatformChoice::Several(vec!["windows/amd64".parse().unwrap()]),
+            },
+        )
+        .await
+        .unwrap();
+        let AppendResult::Index(made) = made else {
+            panic!("several platforms give an index")
+        };
+        assert_eq!(made.platforms.len(), 1);
+        assert_eq!(counted.reads(), 1, "only the amd64 child is read");
+
+        // The same index claiming to be Docker's: its OCI children are refused.
+        let raw = layout
+            .get_manifest(&ManifestRef::Tag("base".into()))
+            .await
+            .unwrap();
+        let text = String::from_utf8(raw.bytes().to_vec())
+            .unwrap()
+            .replace(media_type::OCI_INDEX, media_type::DOCKER_INDEX);
+        let docker = RawDocument::new(text.into_bytes(), media_type::DOCKER_INDEX);
+        let err = append_to_base(
+            BaseDocument {
+                store: &layout,
+                document: Document::parse(docker).unwrap(),
+                name: "oci:l:base",
+            },
+            &layout,
+            request(),
+            AppendOptions {
+                tag: None,
+                staging: t.path(),
+                platforms: PlatformChoice::All,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("an OCI manifest") && err.to_string().contains("never mixes"),
+            "{err}"
+        );
     }
 }

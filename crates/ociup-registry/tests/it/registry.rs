@@ -595,3 +595,36 @@ async fn tls_requests_use_http2() {
         "every request of ociup over HTTP/2: {protocols:?}\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_upload_goes_over_tls_with_bearer_tokens() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::Token,
+        tls: true,
+    });
+    let c = client(
+        &reg,
+        true,
+        ClientOptions {
+            chunk_size: 64 * 1024,
+            ..ClientOptions::default()
+        },
+    );
+    let r = repo(&c, &reg, "tls/big");
+    let data: Vec<u8> = (0..700_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 24) as u8)
+        .collect();
+    let digest = Digest::sha256(&data);
+    r.put_blob(&digest, data.len() as u64, &data[..])
+        .await
+        .unwrap();
+    assert_eq!(logged(&reg, "PATCH", "/v2/tls/big/blobs/uploads/"), 1);
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut r.get_blob(&digest, data.len() as u64).await.unwrap(),
+        &mut back,
+    )
+    .await
+    .unwrap();
+    assert_eq!(back, data);
+}

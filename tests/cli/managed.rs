@@ -543,7 +543,10 @@ fn gc_keeps_the_newest_versions_and_the_whole_history() {
     let (code, _, err) = ociup_at(d, &["gc", "--keep", "0"]);
     assert!(code != 0 && err.contains("at least 1"), "{err}");
     let out = json(&ok_at(d, &["gc", "app", "--keep", "1", "--json"]));
-    assert_eq!(out["nicks"][0]["deleted"], serde_json::json!([history[1]["digest"]]));
+    assert_eq!(
+        out["nicks"][0]["deleted"],
+        serde_json::json!([history[1]["digest"]])
+    );
     let index = std::fs::read_to_string(d.join("img/index.json")).unwrap();
     assert!(!index.contains(history[1]["digest"].as_str().unwrap()));
     assert!(

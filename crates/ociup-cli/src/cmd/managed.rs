@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
+use ociup_core::layout::OciLayout;
 use ociup_core::managed::build_manifest::{Key, PublicKey};
 use ociup_core::managed::catalog::BlobCache;
+use ociup_core::managed::gc::{self, SweepOptions};
 use ociup_core::managed::manager::{
     self, Manager, ManagerOptions, Registration, ResolveOptions, Unreachable,
 };
-use ociup_core::layout::OciLayout;
-use ociup_core::managed::gc::{self, SweepOptions};
 use ociup_core::managed::recipe::{Recipe, SourceAccess, Step};
 use ociup_core::store::ManifestRef;
 use ociup_registry::{AnyStore, Opener, StoreRef};
@@ -292,7 +292,10 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
             r.nick
         );
         if args.check {
-            bail!("cannot tell whether an upgrade is due: the base of {} cannot be reached", r.nick);
+            bail!(
+                "cannot tell whether an upgrade is due: the base of {} cannot be reached",
+                r.nick
+            );
         }
     }
     let status = match (args.check, r.upgrade_due) {
@@ -601,10 +604,7 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> Result<()> {
                 swept.removed,
                 swept.bytes,
                 if swept.kept_recent > 0 {
-                    format!(
-                        ", {} newer than {}s kept",
-                        swept.kept_recent, args.min_age
-                    )
+                    format!(", {} newer than {}s kept", swept.kept_recent, args.min_age)
                 } else {
                     String::new()
                 }

@@ -174,6 +174,9 @@ pub async fn unpack<S: Store>(
     Ok(report)
 }
 
+/// How much of a blob is read at once.
+const BLOB_BUFFER: usize = 256 * 1024;
+
 /// Unpacks one layer: decompress, hash for the diff_id, apply, read to the end.
 fn apply_one(
     tree: &mut Tree,
@@ -188,6 +191,8 @@ fn apply_one(
         digest: digest.clone(),
         source,
     };
+    // Large reads: each read of the blob crosses from this thread to the runtime and back.
+    let blob = BufReader::with_capacity(BLOB_BUFFER, blob);
     let mut tar = Decompressed::new(blob, compression).map_err(layer_err)?;
     let at = At { index, digest };
     let failed = match tree.apply_layer(&mut tar, &at) {

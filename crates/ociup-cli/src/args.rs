@@ -318,7 +318,8 @@ pub struct UpgradeArgs {
     /// Every registered nick (required: nothing is upgraded unless asked).
     #[arg(long, required = true)]
     pub all: bool,
-    /// One JSON object per nick.
+    /// Print a JSON array, one resolve answer per nick ({nick, error} for one that failed); see
+    /// docs/json.md.
     #[arg(long)]
     pub json: bool,
     /// `created` of regenerated versions, seconds since 1970.
@@ -432,7 +433,7 @@ pub struct ResolveArgs {
     #[arg(long)]
     pub offline: bool,
     /// When the base cannot be reached: fail, or answer the last good version marked stale.
-    #[arg(long, value_enum, default_value_t = UnreachableArg::Fail)]
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = UnreachableArg::Fail)]
     pub if_unreachable: UnreachableArg,
     /// Print JSON: reference, digest, version, upgraded, upgrade_due, stale, base_digest,
     /// previous_base_digest.
@@ -477,7 +478,7 @@ pub struct StatusArgs {
 pub struct HistoryArgs {
     /// The nick.
     pub nick: String,
-    /// One JSON object per version.
+    /// Print a JSON array of the version records, newest first; see docs/json.md.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

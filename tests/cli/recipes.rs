@@ -523,3 +523,80 @@ fn gc_sweeps_unreached_blobs_and_keeps_the_catalog_in_the_same_layout() {
     assert_eq!(again["layouts"][0]["removed"], 1, "{again}");
     assert!(!blob_path(&lay, &fresh.to_string()).exists());
 }
+
+#[test]
+fn registering_an_unregistered_nick_again_keeps_its_versions_even_when_the_build_fails() {
+    let t = workdir();
+    let d = t.path();
+    fn register<'a>(base: &'a str, value: &'a str) -> [&'a str; 8] {
+        [
+            "register", "r", "--base", base, "--to", "oci:img", "--env", value,
+        ]
+    }
+    let first = json(&ok_at(
+        d,
+        &[&register("oci:base:v1", "A=1")[..], &["--json"]].concat(),
+    ));
+    assert_eq!(first["number"], 1);
+    ok_at(d, &["unregister", "r"]);
+    // A base whose layer is missing: the checks pass, the build fails.
+    copy_tree(&d.join("base"), &d.join("broken"));
+    let v2 = json(&ok_at(d, &["inspect", "oci:broken:v2", "--json"]));
+    let top = v2["manifest"]["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(blob_path(&d.join("broken"), &top)).unwrap();
+    let (code, _, err) = ociup_at(d, &register("oci:broken:v2", "A=2"));
+    assert!(code != 0, "{err}");
+    let history = json(&ok_at(d, &["history", "r", "--json"]));
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "version 1 kept: {history}"
+    );
+    let named = json(&ok_at(d, &["status", "r", "--json"]));
+    assert_eq!(named[0]["status"], "removed", "{named}");
+    // Registered again for real: numbers go on, so the tag r-1 is never reused.
+    let again = json(&ok_at(
+        d,
+        &[&register("oci:base:v2", "A=3")[..], &["--json"]].concat(),
+    ));
+    assert_eq!(again["number"], 2, "{again}");
+    let one = json(&ok_at(d, &["inspect", "oci:img:r-1", "--json"]));
+    assert_eq!(one["digest"], first["digest"]);
+}
+
+#[test]
+fn gc_keeps_an_old_version_that_another_tag_names() {
+    let t = workdir();
+    let d = t.path();
+    let v1 = json(&ok_at(
+        d,
+        &[
+            "register",
+            "k",
+            "--base",
+            "oci:base:v1",
+            "--to",
+            "oci:img",
+            "--env",
+            "A=1",
+            "--json",
+        ],
+    ));
+    json(&ok_at(d, &["edit", "k", "--env", "B=2", "--json"]));
+    ok_at(d, &["copy", "oci:img:k-1", "oci:img:stable"]);
+    let out = json(&ok_at(
+        d,
+        &["gc", "k", "--keep", "1", "--min-age", "0", "--json"],
+    ));
+    assert_eq!(
+        out["nicks"][0]["deleted"],
+        serde_json::json!([]),
+        "the image tagged stable stays: {out}"
+    );
+    let stable = json(&ok_at(d, &["inspect", "oci:img:stable", "--json"]));
+    assert_eq!(stable["digest"], v1["digest"]);
+    ok_at(d, &["copy", "oci:img:stable", "oci:copied", "--verify"]);
+}

@@ -368,8 +368,10 @@ pub struct SigningArgs {
     #[arg(long, env = "OCIUP_SIGNING_KEY", value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
     /// When a nick whose current version is signed needs a new version (its base moved, an
-    /// edit) and no --sign-key is given: make the new version unsigned, recorded in the nick's
-    /// audit trail. Without it, that is refused. No effect when a key is given.
+    /// edit) and no --sign-key is given, or the key given is not the one that signed it: make
+    /// the new version without vouching for the old one (unsigned, or signed with the key
+    /// given), recorded in the nick's audit trail. Without it, that is refused. A version that
+    /// the given key signed must still check out against its build manifest.
     #[arg(long)]
     pub unsigned: bool,
     /// Who is recorded with the command (default: $USER).

@@ -346,6 +346,19 @@ impl OciLayout {
         Ok(self.cached_index()?.0.as_ref().clone())
     }
 
+    /// Checks that every entry of `index.json` is a valid descriptor, for a caller that must see
+    /// all of them (a sweep must not take what a malformed entry names for unreached).
+    ///
+    /// # Errors
+    /// An error naming the first malformed entry; those of [`OciLayout::index_entries`].
+    pub fn check_index_entries(&self) -> Result<()> {
+        let (_, _, malformed) = self.cached_index()?;
+        match malformed.first() {
+            Some(m) => Err(self.malformed_entry(m)),
+            None => Ok(()),
+        }
+    }
+
     /// The parsed `index.json`, reparsed only when the file changed (it is replaced by rename,
     /// so a change is a new inode, time or size).
     fn cached_index(&self) -> Result<IndexView> {

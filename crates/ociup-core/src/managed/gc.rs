@@ -73,8 +73,10 @@ enum Kind {
 /// Every blob of `layout` that its `index.json` reaches.
 ///
 /// # Errors
-/// A broken `index.json`; a reached document that cannot be read or parsed.
+/// A broken `index.json` or one with a malformed entry (what it names would look unreached); a
+/// reached document that cannot be read or parsed.
 pub fn reachable(layout: &OciLayout) -> Result<HashSet<Digest>> {
+    layout.check_index_entries()?;
     let mut seen = HashSet::new();
     let mut todo: Vec<(Digest, Kind)> = Vec::new();
     for d in layout.index_entries()? {
@@ -396,5 +398,34 @@ mod tests {
         let err = sweep(&layout, NOW).unwrap_err().to_string();
         assert!(err.contains("cannot tell what it references"), "{err}");
         assert!(layout.blob_path(&orphan.0).exists(), "nothing removed");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_index_entry_stops_the_sweep() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let config = blob(&layout, b"{\"os\":\"linux\"}").await;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "config": desc(media_type::OCI_CONFIG, &config),
+            "layers": [],
+        });
+        let manifest = blob(&layout, &serde_json::to_vec(&manifest).unwrap()).await;
+        // The entry naming the manifest has its size as a string: not a valid descriptor, but
+        // what it names is not unreached.
+        let mut entry = desc(media_type::OCI_MANIFEST, &manifest);
+        entry["size"] = json!(manifest.1.to_string());
+        entry["annotations"] = json!({"org.opencontainers.image.ref.name": "odd"});
+        let index = json!({"schemaVersion": 2, "manifests": [entry]});
+        std::fs::write(
+            layout.root().join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        let err = sweep(&layout, NOW).unwrap_err().to_string();
+        assert!(err.contains("odd"), "the entry is named: {err}");
+        assert!(layout.blob_path(&manifest.0).exists(), "nothing removed");
+        assert!(layout.blob_path(&config.0).exists(), "nothing removed");
     }
 }

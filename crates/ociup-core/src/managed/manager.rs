@@ -458,12 +458,11 @@ impl<P: Stores> Manager<P> {
         // Versions go on from the earlier registration's, so their tags stay unique.
         let earlier = prior.as_ref().and_then(|p| p.version.clone());
         let number = earlier.as_ref().map_or(1, |(v, _)| v.number + 1);
-        // Replacing a nick that has a version is like an edit: the catalog changes only once the
-        // new version is built, so the nick answers its current version until then, and still
-        // does if the build fails.
-        let in_place = prior
-            .as_ref()
-            .is_some_and(|p| p.version.is_some() && p.state != State::Removed);
+        // Replacing a nick that has a version (or registering again one that was unregistered)
+        // is like an edit: the catalog changes only once the new version is built, so the entry
+        // keeps its version chain and state until then, and still does if the build fails (tags
+        // `<nick>-<number>` never repeat).
+        let in_place = prior.as_ref().is_some_and(|p| p.version.is_some());
         // Replacing the recipe of a signed nick keeps it signed, or says it does not.
         let command = match prior.as_ref().filter(|_| in_place) {
             Some(
@@ -863,8 +862,21 @@ impl<P: Stores> Manager<P> {
             .map(|v| v.digest.as_str())
             .collect();
         let mut deleted = Vec::new();
+        // Deleting a manifest drops every tag on it (in a layout and in a registry alike), so
+        // an old version that another tag still names (a copy tagged `stable`, another nick's
+        // version of the same image) stays. Read once, only when something is old enough.
+        let mut named_elsewhere: Option<Vec<String>> = None;
         for v in versions.iter().skip(keep) {
             if kept.contains(&v.digest.as_str()) || deleted.contains(&v.digest) {
+                continue;
+            }
+            if named_elsewhere.is_none() {
+                named_elsewhere = Some(self.digests_tagged_elsewhere(nick, &target).await?);
+            }
+            if named_elsewhere
+                .as_ref()
+                .is_some_and(|d| d.contains(&v.digest))
+            {
                 continue;
             }
             let digest: Digest = v.digest.parse()?;
@@ -889,6 +901,32 @@ impl<P: Stores> Manager<P> {
             deleted.push(v.digest.clone());
         }
         Ok(deleted)
+    }
+
+    /// The digests that tags of `target` other than `nick`'s own version and build-manifest
+    /// tags point to.
+    async fn digests_tagged_elsewhere(&self, nick: &str, target: &P::Store) -> Result<Vec<String>> {
+        let own_version = |tag: &str| {
+            tag.strip_prefix(nick)
+                .and_then(|t| t.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let referrers = |tag: &str| {
+            tag.strip_prefix("sha256-")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let mut digests = Vec::new();
+        for tag in target.list_tags().await? {
+            if own_version(&tag) || referrers(&tag) {
+                continue;
+            }
+            match target.resolve_tag(&tag).await {
+                Ok(d) => digests.push(d.digest().to_string()),
+                Err(Error::TagNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(digests)
     }
 
     /// Resolves every nick (the eager path): each answer, or the error that nick met.
@@ -1100,8 +1138,12 @@ impl<P: Stores> Manager<P> {
         let bytes = BlobCache::read(self.catalog.cache(), target, &envelope_digest, *size).await?;
         let statement = match key.public_key().verify(&bytes) {
             Ok(statement) => statement,
-            // Signed by another key: its recipe cannot be vouched for with this one.
-            Err(_) if self.unsigned => return Ok(Signing::Dropped),
+            // Signed by another key: its recipe cannot be vouched for with this one. A build
+            // manifest that the record says this very key signed and that does not verify is
+            // refused, --unsigned or not.
+            Err(_) if self.unsigned && current.signer.as_deref() != Some(key.key_id().as_str()) => {
+                return Ok(Signing::Dropped);
+            }
             Err(e) => {
                 return Err(refuse(format!(
                     "{e}; give the key that signed it with --sign-key, or accept an unsigned \

@@ -656,7 +656,13 @@ impl Client {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
-                        if self.learn_auth(registry, &resp, &req.scopes).await? {
+                        // Only the registry itself may ask for its credentials: a 401 from a
+                        // host that a redirect, an upload Location or a Link led to is answered
+                        // as it is, so the registry's login never goes to a realm it names.
+                        let from_registry = resp.url().host_str() == url.host_str()
+                            && resp.url().port_or_known_default() == url.port_or_known_default()
+                            && self.same_origin(registry, &req.target).await;
+                        if from_registry && self.learn_auth(registry, &resp, &req.scopes).await? {
                             continue;
                         }
                         return Ok(resp);

@@ -296,6 +296,10 @@ impl Repository {
         Ok(resp.status().as_u16() == 201)
     }
 
+    /// The most bytes an upload keeps to send again after a failed PATCH, whatever minimum chunk
+    /// the registry asks for (`OCI-Chunk-Min-Length`).
+    const MAX_KEPT_FOR_RESUME: usize = 64 * 1024 * 1024;
+
     async fn start_upload(&self) -> Result<(Url, usize)> {
         let req = Request::new(Method::POST, self.path("blobs/uploads/"), self.push())
             .header(CONTENT_LENGTH, "0");
@@ -317,7 +321,11 @@ impl Repository {
     ) -> ociup_core::Result<()> {
         let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
         let (url, min_chunk) = self.start_upload().await?;
-        let chunk_size = self.client.options().chunk_size.max(min_chunk).max(1);
+        // The registry's minimum chunk only sizes the bytes kept for a resume (capped, so a
+        // hostile minimum cannot make an upload hold a whole layer in memory); whether a blob
+        // goes in one PUT is this client's own chunk size.
+        let chunk_size = self.client.options().chunk_size.max(1);
+        let min_chunk = min_chunk.min(Self::MAX_KEPT_FOR_RESUME);
         // A source that does not match its digest fails here, before the commit.
         let read_err = |e| ociup_core::Error::from_io(format!("reading blob {digest}"), e);
         if size <= chunk_size as u64 {
@@ -333,7 +341,7 @@ impl Repository {
             let resp = self.send(req, &[201]).await?;
             return Ok(self.check_blob_digest(&resp, digest)?);
         }
-        let mut sent = Sent::new(chunk_size);
+        let mut sent = Sent::new(chunk_size.max(min_chunk));
         let mut url = url;
         let mut offset = 0u64;
         let mut resumes = self.client.options().retry.max_attempts.max(1);
@@ -356,9 +364,18 @@ impl Repository {
             // How much did the registry keep?
             let req = Request::new(Method::GET, Target::Url(status), self.push());
             let resp = self.send(req, &[204]).await.map_err(|_| failure)?;
-            let have = header_str(resp.headers(), RANGE.as_str())
+            // `Range: 0-E` holds E+1 bytes, except that Distribution answers `0-0` for an
+            // upload that holds none: a single byte cannot be told from none, so `0-0` counts
+            // as nothing kept (sending a byte again is harmless; skipping one is not).
+            let have = match header_str(resp.headers(), RANGE.as_str())
                 .and_then(|r| r.split('-').nth(1).and_then(|e| e.parse::<u64>().ok()))
-                .map_or(0, |e| e + 1);
+            {
+                None | Some(0) => 0,
+                Some(e) => e.checked_add(1).ok_or_else(|| Error::Protocol {
+                    url: display_url(&url),
+                    reason: format!("the upload's Range ends at {e}, past any blob"),
+                })?,
+            };
             url = location(&resp).unwrap_or(url);
             if have < sent.start || have > sent.end() {
                 return Err(Error::Protocol {

@@ -231,7 +231,9 @@ fn write_config(config: &Path, m: &Map<String, Value>) -> Result<()> {
         .unwrap_or_else(|| "config.json".into());
     let tmp = dir.join(format!(".{name}.ociup-{}", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // A new file only: a symlink or file planted at this name is not followed or reused.
+    let _ = std::fs::remove_file(&tmp);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let written = (|| -> std::io::Result<()> {

@@ -740,3 +740,64 @@ async fn a_plain_http_registry_may_redirect_a_download_to_https() {
         .unwrap();
     assert!(!line.contains("user"), "{line}");
 }
+
+/// Distribution answers `Range: 0-0` for an upload that holds no byte yet: the resume starts at
+/// 0, not 1 (which it would refuse, or append after a missing byte). A registry that asks for a
+/// huge minimum chunk does not make the upload hold the blob in memory for one PUT.
+#[tokio::test]
+async fn a_resume_after_nothing_was_kept_starts_at_zero() {
+    let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::sha256(&data);
+    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failed_once.clone();
+    let fake = Fake::start(move |req: &Seen| match req.method.as_str() {
+        "HEAD" => Reply::new(404),
+        "POST" => Reply::new(202)
+            .header("Location", "/v2/test/z/blobs/uploads/s1")
+            .header("OCI-Chunk-Min-Length", "1099511627776"),
+        "PATCH" if !flag.swap(true, std::sync::atomic::Ordering::SeqCst) => Reply::new(500),
+        "GET" => Reply::new(204)
+            .header("Range", "0-0")
+            .header("Location", "/v2/test/z/blobs/uploads/s2"),
+        "PATCH" => Reply::new(202).header("Location", "/v2/test/z/blobs/uploads/s3"),
+        "PUT" => Reply::new(201),
+        _ => Reply::new(400),
+    })
+    .await;
+    let client = Client::new(ClientOptions {
+        insecure: vec![fake.host.clone()],
+        chunk_size: 1000,
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let repo = client.repository(&Reference::parse(&format!("{}/test/z", fake.host)).unwrap());
+    repo.put_blob(&digest, data.len() as u64, &data[..])
+        .await
+        .unwrap();
+    let seen = fake.requests();
+    let patches: Vec<(&str, &str, usize)> = seen
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            (
+                r.path.as_str(),
+                r.headers["content-range"].as_str(),
+                r.body.len(),
+            )
+        })
+        .collect();
+    assert!(failed_once.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        patches,
+        [
+            ("/v2/test/z/blobs/uploads/s1", "0-2499", 2500),
+            ("/v2/test/z/blobs/uploads/s2", "0-2499", 2500),
+        ],
+        "streamed PATCHes (not one PUT of the whole blob), the second from byte 0"
+    );
+}

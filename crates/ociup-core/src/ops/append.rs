@@ -18,6 +18,11 @@ use crate::mutate::{self, Base, IndexEntry, annotations};
 use crate::reference::PlatformSpec;
 use crate::store::{ManifestRef, Store, check_document_size};
 
+/// The most platform manifests of one index that an append builds on (real indexes list a
+/// handful; Docker Hub's largest about a dozen). Past it the index is refused before its
+/// manifests are read.
+pub const MAX_PLATFORMS: usize = 128;
+
 /// Which platforms of an index base [`append_to_base`] builds. A single image is appended to as
 /// it is, whatever the choice (except [`PlatformChoice::Several`], which needs an index).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -280,6 +285,7 @@ async fn chosen_platforms<S: Store>(
     let mut dropped = Vec::new();
     let mut available = Vec::new();
     let mut found = vec![false; wanted.len()];
+    let mut read: Vec<Digest> = Vec::new();
     for entry in &entries {
         let digest: Digest = entry["digest"]
             .as_str()
@@ -315,6 +321,24 @@ async fn chosen_platforms<S: Store>(
             available.push(mutate::platform_name(p));
             continue;
         }
+        // Bounded before anything is read: a hostile index listing one manifest thousands of
+        // times (each under another platform object) must not cost thousands of reads and
+        // hold every image in memory.
+        if read.contains(&digest) {
+            return Err(Error::InvalidDocument {
+                what: what.clone(),
+                reason: format!("lists manifest {digest} more than once"),
+            });
+        }
+        if read.len() >= MAX_PLATFORMS {
+            return Err(Error::InvalidDocument {
+                what: what.clone(),
+                reason: format!(
+                    "lists more than {MAX_PLATFORMS} platform manifests to build on; choose                      some with --platform"
+                ),
+            });
+        }
+        read.push(digest.clone());
         let image = read_child(store, index, &digest).await?;
         let platform = listed.unwrap_or_else(|| mutate::platform_of_config(&image.config));
         available.push(mutate::platform_name(&platform));
@@ -687,5 +711,46 @@ mod tests {
             err.to_string().contains("an OCI manifest") && err.to_string().contains("never mixes"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_index_listing_one_manifest_many_times_is_refused_after_one_read() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let (base_index, _) = base(&layout).await;
+        let v: Value = serde_json::from_slice(base_index.bytes()).unwrap();
+        let child = v["manifests"][0].clone();
+        let entries: Vec<Value> = (0..1000)
+            .map(|n| {
+                let mut e = child.clone();
+                e["platform"] = serde_json::json!({"os": "linux", "architecture": format!("a{n}")});
+                e
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_INDEX,
+            "manifests": entries,
+        });
+        let raw = RawDocument::new(serde_json::to_vec(&index).unwrap(), media_type::OCI_INDEX);
+        let counted = crate::ops::testing::Counted::new(&layout, 100);
+        let err = append_to_base(
+            BaseDocument {
+                store: &counted,
+                document: Document::parse(raw).unwrap(),
+                name: "oci:l:base",
+            },
+            &layout,
+            request(),
+            AppendOptions {
+                tag: None,
+                staging: t.path(),
+                platforms: PlatformChoice::All,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+        assert_eq!(counted.reads(), 1, "one read, not a thousand");
     }
 }

@@ -346,12 +346,13 @@ impl Staging {
             .tempdir_in(&parent)
             .map_err(|e| Error::io(format!("creating a directory in {}", parent.display()), e))?;
         let path = made.keep();
-        // The staging directory is the caller's: its owner says who the caller is, no syscall
-        // wrapper needed.
-        let caller_is_root = std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata(&path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
-        ) == 0;
+        // Who the caller is: /proc/self belongs to the process's effective user (no unsafe
+        // syscall wrapper needed); where /proc is not mounted, the owner of the staging
+        // directory it just made (which a root_squash NFS mount would misreport).
+        let caller_is_root = std::fs::metadata("/proc/self")
+            .or_else(|_| std::fs::metadata(&path))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Ok(Staging {
             path,
             caller_is_root,

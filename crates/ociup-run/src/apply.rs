@@ -74,7 +74,9 @@ impl Tree {
         at: &At<'_>,
     ) -> std::result::Result<(), std::result::Result<io::Error, Error>> {
         self.this_layer.clear();
-        let mut archive = tar::Archive::new(tar);
+        // Extension headers past 1 MiB are refused before the tar reader holds them.
+        let mut archive =
+            tar::Archive::new(ociup_core::layer::bounded::BoundedTarHeaders::new(tar));
         for entry in archive.entries().map_err(Ok)? {
             let mut entry = entry.map_err(Ok)?;
             let name = entry.path_bytes().into_owned();

@@ -206,7 +206,8 @@ pub fn layer_files(blob: impl Read, compression: Compression) -> Result<Vec<File
         reason: format!("not a readable tar: {e}"),
     };
     let mut out = Vec::new();
-    let mut archive = tar::Archive::new(reader);
+    // Extension headers past 1 MiB are refused before the tar reader holds them.
+    let mut archive = tar::Archive::new(crate::layer::bounded::BoundedTarHeaders::new(reader));
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let path = entry

@@ -36,6 +36,22 @@ fn repo(fake: &Fake) -> Repository {
         .repository(&Reference::parse(&format!("{}/test/x:v1", fake.host)).unwrap())
 }
 
+/// A repository of `fake` whose uploads stream in one PATCH past 1,000 bytes and get one retry.
+fn resuming_repo(fake: &Fake, name: &str) -> Repository {
+    Client::new(ClientOptions {
+        insecure: vec![fake.host.clone()],
+        chunk_size: 1000,
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap()
+    .repository(&Reference::parse(&format!("{}/{name}", fake.host)).unwrap())
+}
+
 fn registry_error(e: &ociup_core::Error) -> &ociup_registry::Error {
     match e {
         ociup_core::Error::Backend(b) => b.downcast_ref().expect("a registry error"),
@@ -436,18 +452,7 @@ async fn a_failed_upload_resumes_from_the_registry_range() {
         }
     })
     .await;
-    let client = Client::new(ClientOptions {
-        insecure: vec![fake.host.clone()],
-        chunk_size: 1000,
-        retry: RetryPolicy {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-        },
-        ..ClientOptions::default()
-    })
-    .unwrap();
-    let repo = client.repository(&Reference::parse(&format!("{}/test/x", fake.host)).unwrap());
+    let repo = resuming_repo(&fake, "test/x");
     repo.put_blob(&digest, data.len() as u64, &data[..])
         .await
         .unwrap();
@@ -764,18 +769,7 @@ async fn a_resume_after_nothing_was_kept_starts_at_zero() {
         _ => Reply::new(400),
     })
     .await;
-    let client = Client::new(ClientOptions {
-        insecure: vec![fake.host.clone()],
-        chunk_size: 1000,
-        retry: RetryPolicy {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-        },
-        ..ClientOptions::default()
-    })
-    .unwrap();
-    let repo = client.repository(&Reference::parse(&format!("{}/test/z", fake.host)).unwrap());
+    let repo = resuming_repo(&fake, "test/z");
     repo.put_blob(&digest, data.len() as u64, &data[..])
         .await
         .unwrap();

@@ -273,6 +273,7 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
                     UnreachableArg::Fail => Unreachable::Fail,
                     UnreachableArg::Stale => Unreachable::Stale,
                 },
+                ..ResolveOptions::default()
             },
         )
         .await;

@@ -62,8 +62,31 @@ pub enum Unreachable {
     Stale,
 }
 
+/// What a resolve is about to write, shown to [`ResolveOptions::before_write`] once the
+/// regeneration is computed and before any blob, manifest or catalog entry is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    /// The nick.
+    pub nick: String,
+    /// The digest-pinned reference the resolve will answer.
+    pub reference: String,
+    /// Its manifest (or index) digest.
+    pub digest: String,
+    /// The version number that will be recorded.
+    pub version: u64,
+    /// The base digest it sits on.
+    pub base_digest: String,
+    /// Whether it is a new image (`false`: the base reference moved but the image stays the
+    /// same, and only the version record is written again, on the new base digest).
+    pub new_image: bool,
+}
+
+/// The callback of [`ResolveOptions::before_write`].
+pub type BeforeWrite =
+    Arc<dyn Fn(&Planned) -> futures_util::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 /// How to resolve.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ResolveOptions {
     /// Say whether an upgrade is due; change nothing.
     pub check: bool,
@@ -71,6 +94,53 @@ pub struct ResolveOptions {
     pub offline: bool,
     /// What an unreachable base means.
     pub unreachable: Unreachable,
+    /// Called when a resolve is about to write a version, with what it will write (the digest
+    /// is computed first: a regeneration is deterministic), before any blob, manifest or
+    /// catalog write. An `Err` aborts the resolve with that error and nothing written. Not
+    /// called when nothing is to be written (the base has not moved, `check`, `offline`,
+    /// a stale answer).
+    ///
+    /// A caller that must prepare something naming the digest first (a suspended Kubernetes
+    /// Job) does it here:
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures_util::FutureExt;
+    /// use ociup_core::managed::manager::{Planned, ResolveOptions};
+    ///
+    /// let seen: Arc<Mutex<Option<Planned>>> = Arc::default();
+    /// let keep = Arc::clone(&seen);
+    /// let opts = ResolveOptions {
+    ///     before_write: Some(Arc::new(move |planned: &Planned| {
+    ///         *keep.lock().unwrap() = Some(planned.clone());
+    ///         let refuse = planned.digest.is_empty();
+    ///         async move {
+    ///             if refuse {
+    ///                 return Err(ociup_core::Error::InvalidChange {
+    ///                     reason: "no digest".into(),
+    ///                 });
+    ///             }
+    ///             Ok(())
+    ///         }
+    ///         .boxed()
+    ///     })),
+    ///     ..ResolveOptions::default()
+    /// };
+    /// // manager.resolve("app", opts).await? answers `seen`'s digest when it upgrades.
+    /// # drop(opts);
+    /// ```
+    pub before_write: Option<BeforeWrite>,
+}
+
+impl std::fmt::Debug for ResolveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolveOptions")
+            .field("check", &self.check)
+            .field("offline", &self.offline)
+            .field("unreachable", &self.unreachable)
+            .field("before_write", &self.before_write.as_ref().map(|_| "Fn"))
+            .finish()
+    }
 }
 
 /// The answer to a request to run.
@@ -1046,7 +1116,14 @@ impl<P: Stores> Manager<P> {
             return Ok(answer(&current, false, true, false, None));
         }
         let (next, upgraded) = self
-            .regenerate(&entry, &record, &record_blob, &base_store, &base_digest)
+            .regenerate(
+                &entry,
+                &record,
+                &record_blob,
+                &base_store,
+                &base_digest,
+                opts.before_write.as_ref(),
+            )
             .await?;
         let previous = upgraded.then(|| current.base_digest.clone());
         Ok(answer(
@@ -1174,6 +1251,7 @@ impl<P: Stores> Manager<P> {
         current_blob: &BlobRef,
         base_store: &P::Store,
         base_digest: &Digest,
+        before_write: Option<&BeforeWrite>,
     ) -> Result<(VersionRecord, bool)> {
         let recipe = &entry.recipe;
         let nick = &recipe.nick;
@@ -1190,6 +1268,49 @@ impl<P: Stores> Manager<P> {
                 None,
             ),
         };
+        let options = |dry_run: bool| RebaseOptions {
+            config: ConfigMode::Derive(recipe.config_changes()),
+            platforms: Vec::new(),
+            // The own layers were built with this epoch: the version keeps it, so a replay
+            // reaches the same bytes.
+            created: Some(current.epoch),
+            new_base_name: Some(recipe.base.clone()),
+            dry_run,
+            image_config: image_config.clone(),
+        };
+        // The digest is computed first (a dry run writes nothing) for a caller that must learn
+        // it, or refuse it, before anything is written.
+        let planned = match before_write {
+            Some(hook) => {
+                let plan = rebase_image(
+                    RebaseRequest::new(
+                        &target,
+                        doc.clone(),
+                        base_store,
+                        ManifestRef::Digest(base_digest.clone()),
+                    ),
+                    &target,
+                    None,
+                    &options(true),
+                )
+                .await?;
+                let planned = Planned {
+                    nick: nick.clone(),
+                    reference: self.stores.pinned(&recipe.target, &plan.digest.parse()?)?,
+                    digest: plan.digest.clone(),
+                    version: if plan.already_current {
+                        current.number
+                    } else {
+                        number
+                    },
+                    base_digest: base_digest.to_string(),
+                    new_image: !plan.already_current,
+                };
+                hook(&planned).await?;
+                Some(planned)
+            }
+            None => None,
+        };
         let outcome = rebase_image(
             RebaseRequest::new(
                 &target,
@@ -1199,18 +1320,18 @@ impl<P: Stores> Manager<P> {
             ),
             &target,
             Some(&format!("{nick}-{number}")),
-            &RebaseOptions {
-                config: ConfigMode::Derive(recipe.config_changes()),
-                platforms: Vec::new(),
-                // The own layers were built with this epoch: the version keeps it, so a replay
-                // reaches the same bytes.
-                created: Some(current.epoch),
-                new_base_name: Some(recipe.base.clone()),
-                dry_run: false,
-                image_config,
-            },
+            &options(false),
         )
         .await?;
+        if let Some(planned) = &planned
+            && planned.digest != outcome.digest
+        {
+            return Err(invalid(format!(
+                "the regeneration of {nick} reached {}, not the {} it planned; nothing was \
+                 recorded",
+                outcome.digest, planned.digest
+            )));
+        }
         // Unchanged since it was read (one HEAD), or read again to see what changed.
         let latest = if self.catalog.head(nick).await? == entry.manifest {
             None
@@ -1805,4 +1926,150 @@ pub async fn verify_expecting<S: Store + Clone + 'static>(
         });
     }
     Err(last_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::layout::OciLayout;
+    use crate::managed::layouts::Layouts;
+
+    /// A copy of `fixtures/base` whose tag `cur` names v1, a catalog and a target in `dir`, and
+    /// a nick `app` registered on `cur` (one file, one env).
+    async fn registered(dir: &Path) -> (Manager<Layouts>, OciLayout) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/base");
+        let base_dir = dir.join("base");
+        for entry in walkdir::WalkDir::new(&fixture) {
+            let entry = entry.unwrap();
+            let to = base_dir.join(entry.path().strip_prefix(&fixture).unwrap());
+            if entry.file_type().is_dir() {
+                std::fs::create_dir_all(&to).unwrap();
+            } else {
+                std::fs::copy(entry.path(), &to).unwrap();
+            }
+        }
+        let base = OciLayout::open(&base_dir).unwrap();
+        let v1 = base
+            .get_manifest(&ManifestRef::Tag("v1".into()))
+            .await
+            .unwrap();
+        base.put_manifest(&v1, Some("cur")).await.unwrap();
+        std::fs::write(dir.join("app.conf"), "mode = test\n").unwrap();
+        let manager = Manager::new(
+            Layouts,
+            OciLayout::open_or_create(dir.join("catalog")).unwrap(),
+            ManagerOptions {
+                actor: "test".into(),
+                epoch: 1_700_000_000,
+                ..ManagerOptions::default()
+            },
+        );
+        let recipe = Recipe {
+            nick: "app".into(),
+            base: format!("oci:{}:cur", base_dir.display()),
+            target: format!("oci:{}", dir.join("images").display()),
+            steps: vec![
+                Step::Add {
+                    src: "app.conf".into(),
+                    dest: "/etc/app.conf".into(),
+                },
+                Step::Env {
+                    key: "MODE".into(),
+                    value: "test".into(),
+                },
+            ],
+        };
+        manager
+            .register(Registration::new(recipe, dir))
+            .await
+            .unwrap();
+        // The base moves to v2.
+        let v2 = base
+            .get_manifest(&ManifestRef::Tag("v2".into()))
+            .await
+            .unwrap();
+        base.put_manifest(&v2, Some("cur")).await.unwrap();
+        (manager, base)
+    }
+
+    /// Every file under `dir` with its bytes.
+    fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().to_owned(), std::fs::read(e.path()).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn before_write_sees_the_digest_the_resolve_answers() {
+        let t = tempfile::tempdir().unwrap();
+        let (manager, base) = registered(t.path()).await;
+        let seen: Arc<Mutex<Vec<(Planned, usize)>>> = Arc::default();
+        let keep = Arc::clone(&seen);
+        let images = t.path().join("images");
+        let opts = ResolveOptions {
+            before_write: Some(Arc::new(move |p: &Planned| {
+                // What the target holds when the callback runs: nothing of the new version yet.
+                let blobs = files(&images).len();
+                keep.lock().unwrap().push((p.clone(), blobs));
+                async { Ok(()) }.boxed()
+            })),
+            ..ResolveOptions::default()
+        };
+        let before = files(&t.path().join("images")).len();
+        let answer = manager.resolve("app", opts.clone()).await.unwrap();
+        assert!(answer.upgraded);
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "called once");
+        let (planned, blobs_then) = &calls[0];
+        assert_eq!(blobs_then, &before, "called before anything was written");
+        let v2 = base.resolve_tag("v2").await.unwrap().digest().to_string();
+        assert_eq!(
+            planned,
+            &Planned {
+                nick: "app".into(),
+                reference: answer.reference.clone(),
+                digest: answer.digest.clone(),
+                version: 2,
+                base_digest: v2,
+                new_image: true,
+            }
+        );
+        // Nothing to write: not called.
+        let again = manager.resolve("app", opts).await.unwrap();
+        assert!(!again.upgraded);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_from_before_write_leaves_everything_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let (manager, _base) = registered(t.path()).await;
+        let catalog = files(&t.path().join("catalog"));
+        let images = files(&t.path().join("images"));
+        let opts = ResolveOptions {
+            before_write: Some(Arc::new(|p: &Planned| {
+                let reason = format!("refused {}", p.digest);
+                async move { Err(Error::InvalidChange { reason }) }.boxed()
+            })),
+            ..ResolveOptions::default()
+        };
+        let err = manager.resolve("app", opts).await.unwrap_err();
+        assert!(err.to_string().contains("refused sha256:"), "{err}");
+        assert_eq!(files(&t.path().join("catalog")), catalog);
+        assert_eq!(files(&t.path().join("images")), images);
+        assert_eq!(manager.history("app").await.unwrap().len(), 1);
+        // Without the veto the same resolve upgrades.
+        let answer = manager
+            .resolve("app", ResolveOptions::default())
+            .await
+            .unwrap();
+        assert_eq!((answer.version, answer.upgraded), (2, true));
+    }
 }

@@ -18,11 +18,11 @@ use crate::path::{self, Missing, WalkError};
 
 /// The metadata of a directory, applied once every layer is in.
 #[derive(Clone, Debug)]
-struct DirMeta {
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: i64,
+pub(crate) struct DirMeta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    pub(crate) mtime: i64,
 }
 
 /// The metadata of an entry, PAX records applied over the header.
@@ -35,12 +35,30 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
+/// What a layer unpacked alone (for the layer cache) leaves to be applied when layers are
+/// assembled: whiteouts and opaque markers (they apply to the layers below), hardlinks to files
+/// of the layers below, and the directories made only as parents of entries (they are walked
+/// through in the assembled tree, following its symlinks, not placed).
+#[derive(Debug, Default)]
+pub(crate) struct Isolated {
+    /// Whiteout and opaque markers, each as its cleaned name (`a/.wh.b`, `a/.wh..wh..opq`).
+    pub(crate) whiteouts: Vec<PathBuf>,
+    /// Hardlinks whose target is not in the layer: (link name, target name), both cleaned.
+    pub(crate) links: Vec<(PathBuf, PathBuf)>,
+    /// Directories made as parents, not named by an entry (relative to the layer's root).
+    pub(crate) implicit: HashSet<PathBuf>,
+    /// Whether the layer has an entry for its root directory.
+    pub(crate) root_entry: bool,
+}
+
 /// The state of one unpack.
 #[derive(Debug)]
 pub(crate) struct Tree {
-    root: PathBuf,
-    chown: bool,
-    dirs: BTreeMap<PathBuf, DirMeta>,
+    pub(crate) root: PathBuf,
+    pub(crate) chown: bool,
+    pub(crate) dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Set when one layer is unpacked alone: what it leaves for the assembly.
+    pub(crate) isolated: Option<Isolated>,
     /// Paths written by the layer being applied: an opaque marker keeps them.
     this_layer: HashSet<PathBuf>,
     pub(crate) report: UnpackReport,
@@ -58,12 +76,38 @@ impl Tree {
             root,
             chown,
             dirs: BTreeMap::new(),
+            isolated: None,
             this_layer: HashSet::new(),
             report: UnpackReport {
                 owners_from_layers: chown,
                 ..UnpackReport::default()
             },
         }
+    }
+
+    /// A tree for one layer unpacked alone: whiteouts and hardlinks to what is not in the
+    /// layer are recorded in [`Isolated`] instead of applied.
+    pub(crate) fn isolated(root: PathBuf, chown: bool) -> Self {
+        let mut tree = Tree::new(root, chown);
+        tree.isolated = Some(Isolated::default());
+        tree
+    }
+
+    /// What the layer unpacked alone leaves for the assembly (once it is applied).
+    pub(crate) fn take_isolated(&mut self) -> Isolated {
+        let mut iso = self.isolated.take().unwrap_or_default();
+        iso.root_entry = self.dirs.contains_key(Path::new(""));
+        let root = self.root.clone();
+        iso.implicit.retain(|p| {
+            !self.dirs.contains_key(p)
+                && fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.is_dir())
+        });
+        iso
+    }
+
+    /// Starts the next layer: an opaque marker keeps only what this one writes.
+    pub(crate) fn next_layer(&mut self) {
+        self.this_layer.clear();
     }
 
     /// Applies one layer's tar. Read errors come back as `Err(Ok(io))` so the caller can tell a
@@ -119,6 +163,9 @@ impl Tree {
         })
         .map_err(walk)?
         .unwrap_or_default();
+        if let Some(iso) = &mut self.isolated {
+            iso.implicit.extend(made.iter().cloned());
+        }
         self.this_layer.extend(made);
         let rel = path::join(&dir).join(&last);
         let full = self.root.join(&rel);
@@ -182,7 +229,18 @@ impl Tree {
                     .link_name_bytes()
                     .ok_or_else(|| Failure::Entry("a hardlink without a target".into()))?
                     .into_owned();
-                let target_rel = self.existing(&target)?.ok_or_else(|| {
+                let found = self.existing(&target)?;
+                if found.is_none()
+                    && let Some(iso) = &mut self.isolated
+                {
+                    // A link to a file of a layer below: made when the layers are assembled.
+                    iso.links
+                        .push((rel.clone(), path::join(&path::clean(&target))));
+                    self.this_layer.remove(&rel);
+                    self.report.hardlinks += 1;
+                    return Ok(());
+                }
+                let target_rel = found.ok_or_else(|| {
                     Failure::Entry(format!(
                         "hardlink to {:?}, which is not in the tree",
                         String::from_utf8_lossy(&target)
@@ -229,7 +287,7 @@ impl Tree {
 
     /// The relative path an existing entry named `name` resolves to (its last component not
     /// followed), or `None` when it does not exist.
-    fn existing(&self, name: &[u8]) -> std::result::Result<Option<PathBuf>, Failure> {
+    pub(crate) fn existing(&self, name: &[u8]) -> std::result::Result<Option<PathBuf>, Failure> {
         let mut components = path::clean(name);
         let Some(last) = components.pop() else {
             return Ok(None);
@@ -248,7 +306,7 @@ impl Tree {
     }
 
     /// Applies `.wh.HIDDEN` in the directory `components`.
-    fn whiteout(
+    pub(crate) fn whiteout(
         &mut self,
         components: &[OsString],
         hidden: &[u8],
@@ -261,6 +319,13 @@ impl Tree {
             )));
         }
         self.report.whiteouts += 1;
+        if let Some(iso) = &mut self.isolated {
+            let mut name = b".wh.".to_vec();
+            name.extend_from_slice(hidden);
+            iso.whiteouts
+                .push(path::join(components).join(std::ffi::OsStr::from_bytes(&name)));
+            return Ok(());
+        }
         let Some(dir) =
             path::resolve_dir(&self.root, components, Missing::Stop, &mut |_| {}).map_err(walk)?
         else {
@@ -284,7 +349,7 @@ impl Tree {
     }
 
     /// Removes whatever is at `rel` (a directory with its contents; a symlink itself).
-    fn remove(&mut self, rel: &Path) -> std::result::Result<(), Failure> {
+    pub(crate) fn remove(&mut self, rel: &Path) -> std::result::Result<(), Failure> {
         let full = self.root.join(rel);
         match fs::symlink_metadata(&full) {
             Ok(m) if m.is_dir() => {
@@ -362,20 +427,33 @@ impl Tree {
 }
 
 /// Why an entry failed: its bytes could not be read, or it cannot be applied.
+#[derive(Debug)]
 pub(crate) enum Failure {
     Read(io::Error),
     Entry(String),
 }
 
-fn walk(e: WalkError) -> Failure {
+impl Failure {
+    /// An error of the layer cache's assembly (no layer position to name).
+    pub(crate) fn into_error(self, context: &str) -> Error {
+        match self {
+            Failure::Read(e) => Error::io(context.to_owned(), e),
+            Failure::Entry(reason) => Error::InvalidImage {
+                reason: format!("{context}: {reason}"),
+            },
+        }
+    }
+}
+
+pub(crate) fn walk(e: WalkError) -> Failure {
     Failure::Entry(e.to_string())
 }
 
-fn io_failure(rel: &Path, what: &str, e: io::Error) -> Failure {
+pub(crate) fn io_failure(rel: &Path, what: &str, e: io::Error) -> Failure {
     Failure::Entry(format!("{what} /{}: {e}", rel.display()))
 }
 
-fn mkdir(full: &Path) -> std::result::Result<(), Failure> {
+pub(crate) fn mkdir(full: &Path) -> std::result::Result<(), Failure> {
     use std::os::unix::fs::DirBuilderExt;
     // Owner-writable until the end, whatever the layer says: the final mode is set last.
     fs::DirBuilder::new()

@@ -130,6 +130,62 @@ pub(crate) fn resolve_dir(
     Ok(Some(resolved))
 }
 
+/// Where `name` is inside `root`, following symlinks inside it (the last component too), as a
+/// path relative to `root`; `None` when nothing is there.
+pub(crate) fn resolve_in_root(root: &Path, name: &[u8]) -> Result<Option<PathBuf>, WalkError> {
+    let mut components = clean(name);
+    for _ in 0..MAX_LINKS {
+        let Some(last) = components.pop() else {
+            return Ok(Some(PathBuf::new()));
+        };
+        let Some(dir) = resolve_dir(root, &components, Missing::Stop, &mut |_| {})? else {
+            return Ok(None);
+        };
+        let rel = join(&dir).join(&last);
+        match std::fs::symlink_metadata(root.join(&rel)) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target =
+                    std::fs::read_link(root.join(&rel)).map_err(|e| WalkError::Io(rel, e))?;
+                let bytes = target.as_os_str().as_bytes();
+                components = if bytes.starts_with(b"/") {
+                    Vec::new()
+                } else {
+                    dir
+                };
+                components.extend(clean(bytes));
+                // `clean` of the joined parts keeps `..` inside the root.
+                let joined: Vec<u8> = join(&components).as_os_str().as_bytes().to_vec();
+                components = clean(&joined);
+            }
+            Ok(_) => return Ok(Some(rel)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(WalkError::Io(rel, e)),
+        }
+    }
+    Err(WalkError::Loop)
+}
+
+/// The contents of the regular file `name` inside `root` (symlinks followed inside it), at most
+/// `limit` bytes; `None` when it is missing or not a regular file.
+pub(crate) fn read_in_root(root: &Path, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let rel = match resolve_in_root(root, name.as_bytes()) {
+        Ok(Some(rel)) => rel,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    let full = root.join(rel);
+    match std::fs::symlink_metadata(&full) {
+        Ok(m) if m.is_file() => {}
+        _ => return Ok(None),
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(&full)?
+        .take(limit)
+        .read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

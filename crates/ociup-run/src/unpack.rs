@@ -99,6 +99,36 @@ pub async fn unpack<S: Store>(
     dir: &Path,
     options: &UnpackOptions,
 ) -> Result<UnpackReport> {
+    let plan = plan(image)?;
+    let staging = Staging::new(dir)?;
+    let chown = match options.owners {
+        Owners::Auto => staging.caller_is_root,
+        Owners::FromLayers => true,
+        Owners::Caller => false,
+    };
+    let mut tree = Tree::new(staging.path.clone(), chown);
+    for (i, layer) in plan.into_iter().enumerate() {
+        tree = apply_blob(store, tree, i + 1, layer).await?;
+        tree.report.layers += 1;
+    }
+    tree.finish_dirs()?;
+    let report = std::mem::take(&mut tree.report);
+    staging.commit(dir)?;
+    Ok(report)
+}
+
+/// One layer of an image: its blob and what it must unpack to.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerPlan {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) compression: Compression,
+    pub(crate) diff_id: Digest,
+}
+
+/// The layers of `image`, each with its diff_id, checked to be layers and as many as the
+/// config's diff_ids.
+pub(crate) fn plan(image: &Image) -> Result<Vec<LayerPlan>> {
     let layers = image.manifest.parsed().layers().clone();
     let diff_ids = image.config.diff_ids().map_err(|source| Error::Store {
         what: "reading the diff_ids of the image config".into(),
@@ -114,7 +144,7 @@ pub async fn unpack<S: Store>(
         });
     }
     let mut plan = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.iter().enumerate() {
+    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
         let media_type = layer.media_type().to_string();
         let compression =
             Compression::of_layer(&media_type).ok_or_else(|| Error::InvalidImage {
@@ -124,54 +154,59 @@ pub async fn unpack<S: Store>(
             what: format!("layer {}", i + 1),
             source,
         })?;
-        plan.push((digest, layer.size(), compression));
-    }
-
-    let staging = Staging::new(dir)?;
-    let chown = match options.owners {
-        Owners::Auto => staging.caller_is_root,
-        Owners::FromLayers => true,
-        Owners::Caller => false,
-    };
-    let mut tree = Tree::new(staging.path.clone(), chown);
-    for (i, ((digest, size, compression), diff_id)) in plan.into_iter().zip(diff_ids).enumerate() {
-        let index = i + 1;
-        let what = || format!("layer {index} ({digest})");
-        let blob = store
-            .get_blob(&digest, size)
-            .await
-            .map_err(|source| Error::Store {
-                what: format!("reading {}", what()),
-                source,
-            })?;
-        let bridge = tokio_util::io::SyncIoBridge::new(blob);
-        let blob_error = Arc::new(Mutex::new(None));
-        let tap = Tap {
-            inner: bridge,
-            error: blob_error.clone(),
-        };
-        let task = tokio::task::spawn_blocking(move || {
-            let result = apply_one(&mut tree, tap, compression, &diff_id, &digest, index);
-            (tree, result, digest)
+        plan.push(LayerPlan {
+            digest,
+            size: layer.size(),
+            compression,
+            diff_id,
         });
-        let (back, result, digest) = task.await.map_err(|e| Error::Io {
-            context: format!("unpacking layer {index}"),
-            source: io::Error::other(e.to_string()),
-        })?;
-        tree = back;
-        if let Some(e) = blob_error.lock().ok().and_then(|mut slot| slot.take()) {
-            return Err(Error::Store {
-                what: format!("reading layer {index} ({digest})"),
-                source: ociup_core::Error::from_io(format!("reading layer {index}"), e),
-            });
-        }
-        result?;
-        tree.report.layers += 1;
     }
-    tree.finish_dirs()?;
-    let report = std::mem::take(&mut tree.report);
-    staging.commit(dir)?;
-    Ok(report)
+    Ok(plan)
+}
+
+/// Streams one layer's blob from `store` onto `tree` (on a blocking thread), checking its
+/// digest, size and diff_id; answers the tree.
+pub(crate) async fn apply_blob<S: Store>(
+    store: &S,
+    mut tree: Tree,
+    index: usize,
+    layer: LayerPlan,
+) -> Result<Tree> {
+    let LayerPlan {
+        digest,
+        size,
+        compression,
+        diff_id,
+    } = layer;
+    let blob = store
+        .get_blob(&digest, size)
+        .await
+        .map_err(|source| Error::Store {
+            what: format!("reading layer {index} ({digest})"),
+            source,
+        })?;
+    let bridge = tokio_util::io::SyncIoBridge::new(blob);
+    let blob_error = Arc::new(Mutex::new(None));
+    let tap = Tap {
+        inner: bridge,
+        error: blob_error.clone(),
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let result = apply_one(&mut tree, tap, compression, &diff_id, &digest, index);
+        (tree, result, digest)
+    });
+    let (back, result, digest) = task.await.map_err(|e| Error::Io {
+        context: format!("unpacking layer {index}"),
+        source: io::Error::other(e.to_string()),
+    })?;
+    if let Some(e) = blob_error.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(Error::Store {
+            what: format!("reading layer {index} ({digest})"),
+            source: ociup_core::Error::from_io(format!("reading layer {index}"), e),
+        });
+    }
+    result?;
+    Ok(back)
 }
 
 /// How much of a blob is read at once.
@@ -384,7 +419,7 @@ impl Drop for Staging {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use ociup_core::document::RawDocument;
@@ -396,9 +431,9 @@ mod tests {
     use super::*;
 
     /// One entry: kind, name, link name, contents, mode, uid.
-    type Spec<'a> = (tar::EntryType, &'a str, &'a str, &'a [u8], u32, u64);
+    pub(crate) type Spec<'a> = (tar::EntryType, &'a str, &'a str, &'a [u8], u32, u64);
 
-    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
+    pub(crate) fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (kind, name, link, data, mode, uid) in entries {
             let mut h = tar::Header::new_gnu();
@@ -419,7 +454,10 @@ mod tests {
     }
 
     /// A layout at `dir` with one image of `layers` (blob, media type, diff_id), tagged `v1`.
-    async fn image_of(dir: &Path, layers: &[(Vec<u8>, &str, Digest)]) -> (OciLayout, Image) {
+    pub(crate) async fn image_of(
+        dir: &Path,
+        layers: &[(Vec<u8>, &str, Digest)],
+    ) -> (OciLayout, Image) {
         let layout = OciLayout::open_or_create(dir).unwrap();
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
@@ -463,7 +501,7 @@ mod tests {
         (layout, image)
     }
 
-    fn plain(tar: Vec<u8>) -> (Vec<u8>, &'static str, Digest) {
+    pub(crate) fn plain(tar: Vec<u8>) -> (Vec<u8>, &'static str, Digest) {
         let d = Digest::sha256(&tar);
         (tar, OCI_LAYER_TAR, d)
     }

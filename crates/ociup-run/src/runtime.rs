@@ -1,0 +1,134 @@
+//! Runs a bundle with an OCI runtime (runc), directly: no daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::{Error, Result};
+
+/// How to run a bundle.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// The runtime's executable (runc, or one with its command line).
+    pub runtime: PathBuf,
+    /// The runtime's state directory (`runc --root`).
+    pub state_root: PathBuf,
+    /// The container id: unique among the containers of `state_root`.
+    pub id: String,
+    /// The bundle: a directory with `config.json`.
+    pub bundle: PathBuf,
+    /// Start the runtime in a process group of its own, so that a Ctrl-C on the terminal
+    /// reaches the container once (forwarded by [`run_bundle`]), not twice. Leave it false when
+    /// the container has the terminal (the runtime must stay in the foreground group).
+    pub own_process_group: bool,
+}
+
+/// Runs `runtime --root STATE run --bundle BUNDLE ID` with this process's standard input,
+/// output and error (passed to the container as they are: nothing is buffered), forwarding
+/// SIGINT and SIGTERM to the container (`runtime kill ID SIGNAL`), and answers the container's
+/// exit status (128 + the signal's number when a signal ended it, as a shell reports it).
+///
+/// # Errors
+/// [`Error::Io`] when the runtime cannot be started.
+pub async fn run_bundle(options: &RuntimeOptions) -> Result<i32> {
+    let mut cmd = tokio::process::Command::new(&options.runtime);
+    cmd.arg("--root")
+        .arg(&options.state_root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&options.bundle)
+        .arg(&options.id)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if options.own_process_group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::io(
+            format!(
+                "starting the runtime {} (install runc, or name it with --runtime or \
+                 OCIUP_RUNTIME)",
+                options.runtime.display()
+            ),
+            e,
+        )
+    })?;
+    let sig_err = |e| Error::io("listening for signals", e);
+    let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
+    let status = loop {
+        let name = tokio::select! {
+            s = child.wait() => break s.map_err(|e| Error::io("waiting for the runtime", e))?,
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::debug!("forwarding {name} to container {}", options.id);
+        forward(options, name).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    })
+}
+
+/// `runtime kill ID SIGNAL`; a container that is not running yet or any more is not an error.
+async fn forward(options: &RuntimeOptions, signal: &str) {
+    let out = tokio::process::Command::new(&options.runtime)
+        .arg("--root")
+        .arg(&options.state_root)
+        .arg("kill")
+        .arg(&options.id)
+        .arg(signal)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await;
+    match out {
+        Ok(o) if !o.status.success() => tracing::debug!(
+            "forwarding {signal}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::debug!("forwarding {signal}: {e}"),
+        Ok(_) => {}
+    }
+}
+
+/// The runtime to use: `explicit` (a flag), else `runc` found on PATH.
+///
+/// # Errors
+/// [`Error::InvalidImage`] when none is found.
+pub fn find_runtime(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.components().count() > 1 || p.is_absolute() {
+            return Ok(p.to_owned());
+        }
+        return which(p.as_os_str()).ok_or_else(|| Error::InvalidImage {
+            reason: format!("the runtime {} is not on PATH", p.display()),
+        });
+    }
+    which(std::ffi::OsStr::new("runc")).ok_or_else(|| Error::InvalidImage {
+        reason: "runc is not on PATH: install it (apt-get install runc) or name a runtime \
+                 with --runtime or OCIUP_RUNTIME"
+            .into(),
+    })
+}
+
+fn which(name: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether this process runs as root (its effective user, read from /proc/self).
+pub fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}

@@ -75,6 +75,8 @@ pub struct GlobalArgs {
         value_parser = parse_timeout
     )]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub server: crate::client::ServerArgs,
 }
 
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -225,6 +227,17 @@ pub enum Command {
     ///
     /// Example: ociup man --out /usr/local/share/man/man1
     Man(ManArgs),
+    /// Serve the managed-image API over HTTP (/v1/, JSON; see docs/serve.md): requesters with
+    /// a token resolve, show status and history, and verify, while the service holds the
+    /// registry credentials and the signing key, bounded by --allow-read and --allow-write.
+    ///
+    /// Example: ociup serve --listen 127.0.0.1:8080 --tokens tokens.json --catalog
+    /// localhost:5000/ociup/catalog --allow-read 'localhost:5000/base/*' --allow-write
+    /// 'localhost:5000/apps/*' --allow-write localhost:5000/ociup/catalog
+    Serve(Box<crate::cmd::serve::ServeArgs>),
+    /// Make, list and revoke the bearer tokens `ociup serve` accepts.
+    #[command(subcommand)]
+    Token(crate::cmd::token::TokenCommand),
 }
 
 #[derive(Debug, Args)]

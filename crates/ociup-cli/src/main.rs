@@ -1,6 +1,7 @@
 //! `ociup`: keeps custom container images on the newest version of their base image.
 
 mod args;
+mod client;
 mod cmd;
 mod output;
 

@@ -9,6 +9,8 @@ mod layer;
 mod login;
 mod managed;
 mod rebase;
+pub mod serve;
+pub mod token;
 mod unpack;
 
 use std::io::Read;
@@ -24,6 +26,9 @@ use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerO
 
 /// Runs a command; the result is the exit status. `matches` gives the order of repeated flags.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
+    if let Some(status) = crate::client::intercept(&cli).await? {
+        return Ok(status);
+    }
     let ctx = Ctx::new(&cli.global)?;
     match cli.command {
         Command::Register(args) => {
@@ -57,6 +62,8 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Man(args) => completions::man(&args).map(|()| 0),
         Command::Login(args) => login::login(&ctx, &args).await.map(|()| 0),
         Command::Logout(args) => login::logout(&args).map(|()| 0),
+        Command::Serve(args) => serve::run(&ctx, *args).await.map(|()| 0),
+        Command::Token(c) => token::run(c).map(|()| 0),
     }
 }
 

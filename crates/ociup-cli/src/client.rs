@@ -1,0 +1,299 @@
+//! `--server URL`: resolve, status, history and verify through an `ociup serve`, printing what
+//! they print when run here.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::args::{Cli, Command, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, VerifyArgs};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Go through this ociup service (`ociup serve`) instead of reaching the stores: resolve,
+    /// status, history and verify ask it, with the token of OCIUP_TOKEN or --token-file; the
+    /// registry credentials and signing key are then the service's.
+    #[arg(long, global = true, env = "OCIUP_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Read the service's token from this file (default: OCIUP_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A service and the token to present.
+struct Server {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// Runs the command through the service when `--server` is given and the command goes through
+/// it; `None` to run it here.
+pub async fn intercept(cli: &Cli) -> Result<Option<u8>> {
+    let Some(url) = cli
+        .global
+        .server
+        .server
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(None);
+    };
+    let through = matches!(
+        cli.command,
+        Command::Resolve(_) | Command::Status(_) | Command::History(_) | Command::Verify(_)
+    );
+    if !through {
+        if matches!(
+            cli.command,
+            Command::Register(_)
+                | Command::Edit(_)
+                | Command::Upgrade(_)
+                | Command::Unregister(_)
+                | Command::Gc(_)
+                | Command::Replay(_)
+        ) {
+            bail!(
+                "this command does not go through a service yet (--server / OCIUP_SERVER {url}); \
+                 unset it to run the command here"
+            );
+        }
+        return Ok(None);
+    }
+    let server = Server::new(url, cli.global.server.token_file.as_deref())?;
+    Ok(Some(match &cli.command {
+        Command::Resolve(a) => resolve(&server, a).await?,
+        Command::Status(a) => status(&server, a).await.map(|()| 0)?,
+        Command::History(a) => history(&server, a).await.map(|()| 0)?,
+        Command::Verify(a) => verify(&server, a).await.map(|()| 0)?,
+        _ => return Ok(None),
+    }))
+}
+
+impl Server {
+    fn new(url: &str, token_file: Option<&std::path::Path>) -> Result<Server> {
+        let parsed =
+            reqwest::Url::parse(url).with_context(|| format!("--server {url}: not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("--server {url}: give an http:// or https:// URL");
+        }
+        let token = match token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token from {}", f.display()))?,
+            None => std::env::var("OCIUP_TOKEN")
+                .context("--server needs a token: OCIUP_TOKEN or --token-file")?,
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            bail!("the service token is empty");
+        }
+        Ok(Server {
+            base: url.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::builder()
+                .build()
+                .context("making the HTTP client")?,
+        })
+    }
+
+    /// Sends a request; the answer's JSON, or the service's error as this command's error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(&b)?);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching the service at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the service answered {status} without JSON at {url}"))?;
+        if !status.is_success() {
+            let message = value["message"].as_str().unwrap_or("(no message)");
+            let code = value["code"].as_str().unwrap_or("?");
+            bail!("{message} (the service: {code}, HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// Path segments are nicks, checked by the service; any other text is escaped.
+fn segment(s: &str) -> String {
+    use std::fmt::Write as _;
+    s.bytes().fold(String::new(), |mut out, b| {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b',') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        out
+    })
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+async fn resolve(s: &Server, args: &ResolveArgs) -> Result<u8> {
+    let r = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nicks/{}/resolve", segment(&args.nick)),
+            Some(json!({
+                "check": args.check,
+                "offline": args.offline,
+                "if_unreachable": match args.if_unreachable {
+                    UnreachableArg::Fail => "fail",
+                    UnreachableArg::Stale => "stale",
+                },
+            })),
+        )
+        .await?;
+    // As `ociup resolve` prints locally (cmd/managed.rs).
+    let nick = text(&r, "nick");
+    let flag = |k: &str| r[k].as_bool().unwrap_or(false);
+    if flag("stale") {
+        eprintln!(
+            "ociup: the base of {nick} cannot be reached; answering the last good version (stale)"
+        );
+        if args.check {
+            bail!("cannot tell whether an upgrade is due: the base of {nick} cannot be reached");
+        }
+    }
+    let status = match (args.check, flag("upgrade_due")) {
+        (false, _) => 0,
+        (true, true) => 0,
+        (true, false) => 3,
+    };
+    if args.json {
+        output::json(&r)?;
+        return Ok(status);
+    }
+    if args.check {
+        output::line(if flag("upgrade_due") {
+            "upgrade due"
+        } else {
+            "current"
+        })?;
+        return Ok(status);
+    }
+    if flag("upgraded") {
+        eprintln!(
+            "ociup: {nick} upgraded to version {} (base {})",
+            r["version"],
+            text(&r, "base_digest")
+        );
+    }
+    output::line(text(&r, "reference"))?;
+    Ok(0)
+}
+
+async fn status(s: &Server, args: &StatusArgs) -> Result<()> {
+    let query = if args.nicks.is_empty() {
+        String::new()
+    } else {
+        format!("?nicks={}", segment(&args.nicks.join(",")))
+    };
+    let all = s
+        .call(reqwest::Method::GET, &format!("/v1/status{query}"), None)
+        .await?;
+    if args.json {
+        return output::json(&all);
+    }
+    for st in all.as_array().map(Vec::as_slice).unwrap_or_default() {
+        output::line(format!(
+            "{:<20} {:<8} v{:<4} {:<8} {}",
+            text(st, "nick"),
+            text(st, "status"),
+            st["version"].as_u64().map_or("-".into(), |v| v.to_string()),
+            if st["signed"].as_bool().unwrap_or(false) {
+                "signed"
+            } else {
+                "unsigned"
+            },
+            text(st, "base")
+        ))?;
+    }
+    Ok(())
+}
+
+async fn history(s: &Server, args: &HistoryArgs) -> Result<()> {
+    let versions = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nicks/{}/history", segment(&args.nick)),
+            None,
+        )
+        .await?;
+    if args.json {
+        return output::json(&versions);
+    }
+    for v in versions.as_array().map(Vec::as_slice).unwrap_or_default() {
+        output::line(format!(
+            "v{:<4} {}  {}  base {}  {} by {}",
+            v["number"].as_u64().unwrap_or_default(),
+            text(v, "digest"),
+            text(v, "reason"),
+            text(v, "base_digest"),
+            text(v, "time"),
+            text(v, "actor")
+        ))?;
+    }
+    Ok(())
+}
+
+async fn verify(s: &Server, args: &VerifyArgs) -> Result<()> {
+    if ociup_core::managed::recipe::validate_nick(&args.target).is_err() {
+        bail!(
+            "verifying {}: through a service, verify names a nick (an image reference is \
+             verified here, without --server)",
+            args.target
+        );
+    }
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("reading {}", args.key.display()))?;
+    let checked = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nicks/{}/verify", segment(&args.target)),
+            Some(json!({"public_key": pem})),
+        )
+        .await
+        .with_context(|| format!("verifying {}", args.target))?;
+    if args.json {
+        return output::json(&checked);
+    }
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    output::line(format!(
+        "verified {} ({} version {}): signature good, {} and {} as listed",
+        text(&checked, "digest"),
+        text(&checked, "nick"),
+        checked["version"],
+        count(
+            checked["layers"].as_u64().unwrap_or_default(),
+            "own layer",
+            "own layers"
+        ),
+        count(
+            checked["files"].as_u64().unwrap_or_default(),
+            "entry",
+            "entries"
+        ),
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `ociup serve`: the service mode (see docs/serve.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use ociup_serve::{Allowlist, Config, Service};
+
+use super::Ctx;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen (a port of 0 picks a free one; the address is printed on stdout).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The tokens file (`ociup token create`), read again whenever it changes.
+    #[arg(long, env = "OCIUP_TOKENS", value_name = "TOKENS")]
+    pub tokens: PathBuf,
+    /// The catalog: a layout (oci:<dir>) or a registry repository. It must match an
+    /// --allow-write pattern.
+    #[arg(long, env = "OCIUP_CATALOG", value_name = "REF")]
+    pub catalog: String,
+    /// Repositories the service may read (bases): registry/repo patterns, `*` within a path
+    /// segment, `**` across them, or oci:/absolute/dir. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow_read: Vec<String>,
+    /// Repositories the service may write (targets, the catalog), and read. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow_write: Vec<String>,
+    /// Sign build manifests with this private key (PKCS#8 PEM); requesters never see it.
+    #[arg(long, env = "OCIUP_SIGNING_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Let a signed nick get an unsigned version when no key is given (as `resolve --unsigned`).
+    #[arg(long)]
+    pub unsigned: bool,
+    /// At most this many regenerations at once; beyond, 503 with Retry-After. 0 answers only
+    /// current versions.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_regenerations: usize,
+    /// The Retry-After of that 503, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub retry_after: u64,
+    /// The largest JSON body taken, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+    /// The largest registration upload (a tar of recipe.json and its files), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_upload: usize,
+    /// The longest a request may take, in seconds (504 beyond; a regeneration it started goes
+    /// on).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub request_timeout: u64,
+    /// Log lines as text or as JSON objects (one per line), on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// `created` of what is built, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
+    // The CLI's -v sets a subscriber first; the service logs at info level otherwise.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false);
+    let _ = match args.log_format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let catalog = ociup_registry::absolute_reference(&args.catalog, &cwd)?;
+    let absolute = |patterns: &[String]| -> Vec<String> {
+        patterns
+            .iter()
+            .map(|p| match p.strip_prefix("oci:") {
+                Some(dir) if !dir.starts_with('/') => format!("oci:{}", cwd.join(dir).display()),
+                _ => p.clone(),
+            })
+            .collect()
+    };
+    let allow = Allowlist::new(absolute(&args.allow_read), absolute(&args.allow_write))?;
+    let config = Config {
+        catalog,
+        client: ctx.client(&[])?,
+        key: args.sign_key,
+        unsigned: args.unsigned,
+        epoch: ociup_core::time::parse_epoch(&args.source_date_epoch)?,
+        cache: cache_dir(),
+        tokens: args.tokens,
+        allow,
+        body_limit: args.max_body,
+        upload_limit: args.max_upload,
+        timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
+        max_regenerations: args.max_regenerations,
+        retry_after: args.retry_after,
+    };
+    let service = Service::new(config).context("starting the service")?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ociup serve: listening on http://{addr}")?;
+        out.flush()?;
+    }
+    ociup_serve::serve(listener, service, shutdown_signal()).await?;
+    tracing::info!("stopped: every request in flight answered");
+    Ok(())
+}
+
+/// Where catalog records and build manifests read from a registry are kept by digest, as the
+/// other commands keep them: `$XDG_CACHE_HOME/ociup/blobs`, else `~/.cache/ociup/blobs`.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("ociup/blobs"))
+}
+
+/// SIGTERM or SIGINT: stop taking connections, finish what is in flight.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}

@@ -1,0 +1,743 @@
+//! The routes and their handlers.
+
+use std::path::{Component, Path as FsPath};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use ociup_core::managed::build_manifest::PublicKey;
+use ociup_core::managed::manager::{Registration, ResolveOptions, Unreachable};
+use ociup_core::managed::recipe::{Recipe, SourceAccess, validate_nick};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, Code, chain};
+use crate::tokens::{Identity, Role};
+use crate::{Access, Service};
+
+type Answer = Result<Response, ApiError>;
+
+/// Every route: method, path template, handler. The router and the route list the OpenAPI test
+/// checks are both made from it.
+fn table() -> Vec<(&'static str, &'static str, MethodRouter<Service>)> {
+    vec![
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/readyz", get(readyz)),
+        ("GET", "/metrics", get(metrics)),
+        ("GET", "/v1/openapi.json", get(openapi)),
+        ("POST", "/v1/nicks/{nick}/resolve", post(resolve)),
+        ("GET", "/v1/status", get(status)),
+        ("GET", "/v1/nicks/{nick}/history", get(history)),
+        ("POST", "/v1/nicks/{nick}/verify", post(verify)),
+        ("DELETE", "/v1/nicks/{nick}", delete(unregister)),
+        ("POST", "/v1/nicks/{nick}/gc", post(gc)),
+        ("POST", "/v1/upgrade-all", post(upgrade_all)),
+        ("POST", "/v1/register", post(register)),
+    ]
+}
+
+pub(crate) fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+pub(crate) fn router(service: Service) -> Router {
+    let c = &service.inner.config;
+    let (body_limit, upload_limit) = (c.body_limit, c.upload_limit);
+    let mut r = Router::new();
+    for (_, path, handler) in table() {
+        let handler = if path == "/v1/register" {
+            handler.layer(DefaultBodyLimit::max(upload_limit))
+        } else {
+            handler
+        };
+        r = r.route(path, handler);
+    }
+    r.fallback(|| async { ApiError::new(Code::NotFound, "no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "the route takes another method; see /v1/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(service.clone(), timeout))
+        .layer(middleware::from_fn_with_state(service.clone(), observe))
+        .with_state(service)
+}
+
+/// Counts the request by route and status, and logs it.
+async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    s.inner.metrics.start();
+    let resp = next.run(req).await;
+    let took = started.elapsed();
+    s.inner
+        .metrics
+        .end(&route, &method, resp.status().as_u16(), took);
+    tracing::info!(
+        method,
+        route,
+        status = resp.status().as_u16(),
+        ms = took.as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Answers 504 when a request takes longer than allowed (reading its body included).
+async fn timeout(State(s): State<Service>, req: Request, next: Next) -> Response {
+    let limit = s.inner.config.timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            Code::Timeout,
+            format!(
+                "no answer within {}s; a regeneration it started goes on, ask again later",
+                limit.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub(crate) struct Caller(Identity);
+
+impl FromRequestParts<Service> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Service) -> Result<Caller, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::Unauthorized,
+                    "no bearer token (Authorization: Bearer <token>)",
+                )
+            })?;
+        s.inner
+            .tokens
+            .identify(token)
+            .map(Caller)
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))
+    }
+}
+
+impl Caller {
+    fn require(&self, role: Role, what: &str) -> Result<&str, ApiError> {
+        if role == Role::Admin && self.0.role != Role::Admin {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "{} ({}) may not {what}: it takes an admin token",
+                    self.0.name,
+                    self.0.role.as_str()
+                ),
+            ));
+        }
+        Ok(&self.0.name)
+    }
+}
+
+/// A JSON body whose rejections are API errors; an empty body reads as `{}`.
+pub(crate) struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Default> FromRequest<Service> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &Service) -> Result<Body<T>, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        let bytes = Bytes::from_request(req, s).await?;
+        if bytes.is_empty() {
+            return Ok(Body(T::default()));
+        }
+        if json_type == Some(false) {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body: {e}")))
+    }
+}
+
+fn nick_param(nick: &str) -> Result<(), ApiError> {
+    validate_nick(nick).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))
+}
+
+fn refused(e: crate::allow::Refused) -> ApiError {
+    ApiError::new(Code::OutsideAllowlist, e.to_string())
+}
+
+fn json(value: &impl serde::Serialize) -> Answer {
+    serde_json::to_value(value)
+        .map(|v| Json(v).into_response())
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the catalog can be read.
+async fn readyz(State(s): State<Service>) -> Answer {
+    let m = s.manager("ociup-serve")?;
+    m.catalog().nicks().await.map_err(|e| {
+        ApiError::new(
+            Code::NotReady,
+            format!("reading the catalog: {}", chain(&e)),
+        )
+    })?;
+    json(&json!({"status": "ready"}))
+}
+
+async fn metrics(State(s): State<Service>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Policy {
+    #[default]
+    Fail,
+    Stale,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    #[serde(default)]
+    check: bool,
+    #[serde(default)]
+    offline: bool,
+    #[serde(default)]
+    if_unreachable: Policy,
+}
+
+/// The request to run: the fields of `ociup resolve --json`.
+async fn resolve(
+    State(s): State<Service>,
+    caller: Caller,
+    Path(nick): Path<String>,
+    Body(body): Body<ResolveBody>,
+) -> Answer {
+    let actor = caller.require(Role::Requester, "resolve")?;
+    nick_param(&nick)?;
+    if body.check && body.offline {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "check and offline exclude each other",
+        ));
+    }
+    let m = s.manager(actor)?;
+    let entry = m
+        .catalog()
+        .get(&nick)
+        .await
+        .map_err(|e| ApiError::from_core(&format!("resolving {nick}"), e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::UnknownNick,
+                format!("no managed image is registered as {nick:?}"),
+            )
+        })?;
+    let allow = &s.inner.config.allow;
+    allow
+        .check(&entry.recipe.base, Access::Read)
+        .map_err(refused)?;
+    allow
+        .check(&entry.recipe.target, Access::Write)
+        .map_err(refused)?;
+    let unreachable = match body.if_unreachable {
+        Policy::Fail => Unreachable::Fail,
+        Policy::Stale => Unreachable::Stale,
+    };
+    let opts = move |check: bool| ResolveOptions {
+        check,
+        offline: body.offline,
+        unreachable,
+        ..ResolveOptions::default()
+    };
+    let context = format!("resolving {nick}");
+    // Whether a regeneration is due, first: only then is a permit of the bound taken.
+    let first = m
+        .resolve(&nick, opts(true))
+        .await
+        .map_err(|e| ApiError::from_core(&context, e))?;
+    if body.check || body.offline || !first.upgrade_due {
+        return json(&first);
+    }
+    let permit = s.regeneration_permit()?;
+    let service = s.clone();
+    let r = s
+        .run_to_end(async move {
+            let _permit = permit;
+            let lock = service.nick_lock(&nick);
+            let _held = lock.lock().await;
+            let r = m
+                .resolve(&nick, opts(false))
+                .await
+                .map_err(|e| ApiError::from_core(&context, e))?;
+            if r.upgraded {
+                service
+                    .inner
+                    .metrics
+                    .upgrades
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(nick, version = r.version, digest = r.digest, "upgraded");
+            }
+            Ok(r)
+        })
+        .await?;
+    json(&r)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Comma-separated nicks (default: all).
+    #[serde(default)]
+    nicks: Option<String>,
+}
+
+async fn status(
+    State(s): State<Service>,
+    caller: Caller,
+    q: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let actor = caller.require(Role::Requester, "show status")?;
+    let Query(q) = q?;
+    let nicks: Vec<String> = q
+        .nicks
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for n in &nicks {
+        nick_param(n)?;
+    }
+    let m = s.manager(actor)?;
+    // `Manager::status`'s future is not provably Send (rustc cannot see through a closure over
+    // `&String` in it), so it runs on a blocking thread of its own.
+    let handle = tokio::runtime::Handle::current();
+    let all = tokio::task::spawn_blocking(move || handle.block_on(m.status(&nicks)))
+        .await
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?
+        .map_err(|e| ApiError::from_core("status", e))?;
+    json(&all)
+}
+
+async fn history(State(s): State<Service>, caller: Caller, Path(nick): Path<String>) -> Answer {
+    let actor = caller.require(Role::Requester, "show history")?;
+    nick_param(&nick)?;
+    let versions = s
+        .manager(actor)?
+        .history(&nick)
+        .await
+        .map_err(|e| ApiError::from_core(&format!("history of {nick}"), e))?;
+    json(&versions)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    /// The public key (SPKI PEM); default: the service's signing key's.
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+async fn verify(
+    State(s): State<Service>,
+    caller: Caller,
+    Path(nick): Path<String>,
+    Body(body): Body<VerifyBody>,
+) -> Answer {
+    let actor = caller.require(Role::Requester, "verify")?;
+    nick_param(&nick)?;
+    let given;
+    let key: &PublicKey = match (&body.public_key, &s.inner.public_key) {
+        (Some(pem), _) => {
+            given = public_key(pem)?;
+            &given
+        }
+        (None, Some(k)) => k,
+        (None, None) => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "give public_key: the service has no signing key of its own",
+            ));
+        }
+    };
+    let checked = s
+        .manager(actor)?
+        .verify_nick(&nick, key)
+        .await
+        .map_err(|e| {
+            let mut err = ApiError::from_core(&format!("verifying {nick}"), e);
+            if !matches!(
+                err.code,
+                Code::UnknownNick | Code::StoreError | Code::OutsideAllowlist
+            ) {
+                err.code = Code::VerificationFailed;
+            }
+            err
+        })?;
+    json(&checked)
+}
+
+/// A public key from PEM text (the library reads keys from files).
+fn public_key(pem: &str) -> Result<PublicKey, ApiError> {
+    let bad = |e: String| ApiError::new(Code::InvalidRequest, format!("public_key: {e}"));
+    if pem.len() > 16 * 1024 {
+        return Err(bad("longer than a public key".into()));
+    }
+    let mut f = tempfile::NamedTempFile::new().map_err(|e| bad(e.to_string()))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    PublicKey::load(f.path()).map_err(|e| bad(e.to_string()))
+}
+
+async fn unregister(State(s): State<Service>, caller: Caller, Path(nick): Path<String>) -> Answer {
+    let actor = caller.require(Role::Admin, "unregister")?;
+    nick_param(&nick)?;
+    s.manager(actor)?
+        .unregister(&nick, format!("ociup unregister {nick}"))
+        .await
+        .map_err(|e| ApiError::from_core(&format!("unregistering {nick}"), e))?;
+    json(&json!({"nick": nick, "unregistered": true}))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcBody {
+    /// Versions to keep, the current one included (at least 1).
+    keep: Option<usize>,
+}
+
+async fn gc(
+    State(s): State<Service>,
+    caller: Caller,
+    Path(nick): Path<String>,
+    Body(body): Body<GcBody>,
+) -> Answer {
+    let actor = caller.require(Role::Admin, "collect garbage")?;
+    nick_param(&nick)?;
+    let keep = body.keep.ok_or_else(|| {
+        ApiError::new(Code::InvalidRequest, "give keep: how many versions to keep")
+    })?;
+    if keep == 0 {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "keep must be at least 1: the current version stays",
+        ));
+    }
+    let deleted = s
+        .manager(actor)?
+        .gc(&nick, keep)
+        .await
+        .map_err(|e| ApiError::from_core(&format!("collecting {nick}"), e))?;
+    json(&json!({"nick": nick, "deleted": deleted}))
+}
+
+/// Every nick resolved: the array `ociup upgrade --json` prints.
+async fn upgrade_all(State(s): State<Service>, caller: Caller) -> Answer {
+    let actor = caller.require(Role::Admin, "upgrade all")?;
+    let m = s.manager(actor)?;
+    let permit = s.regeneration_permit()?;
+    let service = s.clone();
+    let out = s
+        .run_to_end(async move {
+            let _permit = permit;
+            let results = m
+                .upgrade_all()
+                .await
+                .map_err(|e| ApiError::from_core("upgrading all", e))?;
+            let mut out = Vec::new();
+            for (nick, r) in results {
+                out.push(match r {
+                    Ok(r) => {
+                        if r.upgraded {
+                            service
+                                .inner
+                                .metrics
+                                .upgrades
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        serde_json::to_value(&r)
+                            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?
+                    }
+                    Err(e) => json!({"nick": nick, "error": chain(&e)}),
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+    json(&out)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterQuery {
+    #[serde(default)]
+    replace_recipe: bool,
+}
+
+/// The largest number of entries an upload may hold.
+const MAX_UPLOAD_ENTRIES: usize = 10_000;
+
+/// Registers the recipe `recipe.json` at the root of an uploaded tar, with the files it names
+/// beside it, checked as `ociup register --recipe` checks them.
+async fn register(
+    State(s): State<Service>,
+    caller: Caller,
+    q: Result<Query<RegisterQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Answer {
+    let actor = caller.require(Role::Admin, "register")?.to_owned();
+    let Query(q) = q?;
+    let is_tar = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-tar"));
+    if !is_tar {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "the body must be a tar (Content-Type: application/x-tar) holding recipe.json and its files",
+        ));
+    }
+    let bytes = Bytes::from_request(req, &s).await?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| ApiError::new(Code::Internal, format!("a staging directory: {e}")))?;
+    let root = dir.path().to_owned();
+    let recipe = tokio::task::spawn_blocking(move || -> Result<Recipe, ApiError> {
+        unpack_upload(&bytes, &root)?;
+        let text = std::fs::read(root.join("recipe.json")).map_err(|_| {
+            ApiError::new(
+                Code::InvalidRecipe,
+                "the upload holds no recipe.json at its root",
+            )
+        })?;
+        let recipe = Recipe::parse(&text, "recipe.json")
+            .map_err(|e| ApiError::new(Code::InvalidRecipe, chain(&e)))?;
+        recipe.check(&root, SourceAccess::Confined).map_err(|e| {
+            ApiError::new(
+                Code::InvalidRecipe,
+                format!("registering {}: {}", recipe.nick, chain(&e)),
+            )
+        })?;
+        Ok(recipe)
+    })
+    .await
+    .map_err(|e| ApiError::new(Code::Internal, e.to_string()))??;
+    let nick = recipe.nick.clone();
+    untagged(&recipe.target)?;
+    let allow = &s.inner.config.allow;
+    allow.check(&recipe.base, Access::Read).map_err(refused)?;
+    allow
+        .check(&recipe.target, Access::Write)
+        .map_err(refused)?;
+    let m = s.manager(&actor)?;
+    let permit = s.regeneration_permit()?;
+    let service = s.clone();
+    let record = s
+        .run_to_end(async move {
+            let _permit = permit;
+            let lock = service.nick_lock(&nick);
+            let _held = lock.lock().await;
+            let mut registration = Registration::new(recipe, dir.path());
+            registration.replace = q.replace_recipe;
+            if q.replace_recipe {
+                registration.command.push_str(" --replace-recipe");
+            }
+            let record = m
+                .register(registration)
+                .await
+                .map_err(|e| ApiError::from_core(&format!("registering {nick}"), e))?;
+            drop(dir);
+            Ok(record)
+        })
+        .await?;
+    let mut resp = json(&record)?;
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+/// A target names a repository or layout without tag or digest (each version is tagged with
+/// the nick), as `ociup register --to` wants it.
+fn untagged(target: &str) -> Result<(), ApiError> {
+    let tagged = if let Some(rest) = target.strip_prefix("oci:") {
+        rest.contains('@') || rest.rsplit_once(':').is_some_and(|(_, t)| !t.contains('/'))
+    } else {
+        let bare = target.strip_prefix("docker://").unwrap_or(target);
+        bare.contains('@') || bare.rsplit('/').next().is_some_and(|n| n.contains(':'))
+    };
+    if tagged {
+        return Err(ApiError::new(
+            Code::InvalidRecipe,
+            format!("target {target}: name a layout or repository without a tag or digest"),
+        ));
+    }
+    Ok(())
+}
+
+/// Unpacks an upload into `root`: regular files and directories only, each under `root` by a
+/// relative name without `..`, none twice. Anything else refuses the whole upload.
+fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::new(Code::InvalidRecipe, format!("the upload: {m}"));
+    let mut archive = tar::Archive::new(bytes);
+    let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+    for (i, entry) in entries.enumerate() {
+        if i >= MAX_UPLOAD_ENTRIES {
+            return Err(bad(format!("more than {MAX_UPLOAD_ENTRIES} entries")));
+        }
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let mut rel = std::path::PathBuf::new();
+        for c in name.components() {
+            match c {
+                Component::Normal(p) => rel.push(p),
+                Component::CurDir => {}
+                _ => return Err(bad(format!("{}: absolute, or with `..`", name.display()))),
+            }
+        }
+        let kind = entry.header().entry_type();
+        let dest = root.join(&rel);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| bad(format!("{}: {e}", name.display())))?;
+            continue;
+        }
+        if !kind.is_file() || rel.as_os_str().is_empty() {
+            return Err(bad(format!(
+                "{}: only regular files and directories are taken (no links or devices)",
+                name.display()
+            )));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| bad(format!("{}: {e}", name.display())))?;
+        }
+        let mode = entry.header().mode().map_err(|e| bad(e.to_string()))? & 0o777;
+        let mut out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode | 0o600)
+                .open(&dest)
+                .map_err(|e| bad(format!("{}: {e}", name.display())))?
+        };
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
+        drop(out);
+        std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            // set_path refuses `..`; write the name field directly as a hostile client would.
+            let field = &mut h.as_old_mut().name;
+            field[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn an_upload_with_dotdot_absolute_names_or_links_is_refused() {
+        for (name, kind) in [
+            ("../evil", tar::EntryType::Regular),
+            ("/etc/evil", tar::EntryType::Regular),
+            ("a/../../evil", tar::EntryType::Regular),
+            ("link", tar::EntryType::Symlink),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let err = unpack_upload(&tar_of(&[(name, kind, b"x")]), dir.path()).expect_err(name);
+            assert_eq!(err.code, Code::InvalidRecipe, "{name}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        unpack_upload(
+            &tar_of(&[
+                ("./recipe.json", tar::EntryType::Regular, b"{}"),
+                ("files/a", tar::EntryType::Regular, b"a"),
+            ]),
+            dir.path(),
+        )
+        .expect("a plain upload");
+        assert_eq!(
+            std::fs::read(dir.path().join("files/a")).expect("read"),
+            b"a"
+        );
+        // A name given twice is refused, not overwritten.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let twice = tar_of(&[
+            ("a", tar::EntryType::Regular, b"1"),
+            ("a", tar::EntryType::Regular, b"2"),
+        ]);
+        assert!(unpack_upload(&twice, dir.path()).is_err());
+    }
+
+    #[test]
+    fn targets_with_a_tag_or_digest_are_refused() {
+        assert!(untagged("localhost:5000/apps/x").is_ok());
+        assert!(untagged("oci:/srv/images").is_ok());
+        assert!(untagged("localhost:5000/apps/x:v1").is_err());
+        assert!(untagged("oci:/srv/images:v1").is_err());
+    }
+}

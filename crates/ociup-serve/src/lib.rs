@@ -1,0 +1,280 @@
+//! ociup's service mode: an HTTP API (JSON, versioned under `/v1/`) over the managed-image
+//! library, for requesters who hold no registry rights. The service holds the registry
+//! credentials and the signing key, and bounds itself by an [`Allowlist`]; requesters present
+//! bearer tokens ([`tokens`]) whose role says what they may do.
+//!
+//! The API is described by the OpenAPI document served at `/v1/openapi.json` (kept in the
+//! repository as `docs/openapi.json`). Errors are JSON `{"code", "message"}` ([`error::Code`]).
+//!
+//! ```no_run
+//! # async fn f(config: ociup_serve::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! let service = ociup_serve::Service::new(config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! ociup_serve::serve(listener, service, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod allow;
+mod api;
+pub mod error;
+pub mod metrics;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ociup_core::managed::build_manifest::{Key, PublicKey};
+use ociup_core::managed::catalog::BlobCache;
+use ociup_core::managed::manager::{Manager, ManagerOptions};
+use ociup_registry::{AnyStore, Client, Opener};
+use tokio_util::task::TaskTracker;
+
+pub use allow::{Access, Allowlist, Guarded};
+pub use error::{ApiError, Code};
+pub use tokens::{Identity, Role, TokenStore};
+
+/// The OpenAPI document the service serves (the repository's `docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// How the service works.
+#[derive(Debug)]
+pub struct Config {
+    /// The catalog: a layout (`oci:/dir`) or a registry repository; must be allowed for writing.
+    pub catalog: String,
+    /// The registry client, with the service's credentials.
+    pub client: Client,
+    /// The signing key (PKCS#8 PEM), read for each requester's manager.
+    pub key: Option<PathBuf>,
+    /// Let a signed nick get an unsigned version when no key is given (see `ociup resolve
+    /// --unsigned`).
+    pub unsigned: bool,
+    /// `created` of what is built, seconds since 1970.
+    pub epoch: u64,
+    /// Where catalog blobs and build manifests read from a registry are kept by digest.
+    pub cache: Option<PathBuf>,
+    /// The tokens file.
+    pub tokens: PathBuf,
+    /// What the service may read and write.
+    pub allow: Allowlist,
+    /// The largest JSON body taken, in bytes.
+    pub body_limit: usize,
+    /// The largest upload (a registration's tar), in bytes.
+    pub upload_limit: usize,
+    /// The longest a request may take; work it started (a regeneration) goes on.
+    pub timeout: Duration,
+    /// At most this many regenerations at once; more get 503 with `Retry-After`. 0 refuses
+    /// every regeneration (only current versions are answered).
+    pub max_regenerations: usize,
+    /// The `Retry-After` of that 503, in seconds.
+    pub retry_after: u64,
+}
+
+/// A service error at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The tokens file.
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
+    /// The catalog is outside the allowlist.
+    #[error("the catalog {0}")]
+    Catalog(#[from] allow::Refused),
+    /// The catalog or key cannot be opened.
+    #[error(transparent)]
+    Core(#[from] ociup_core::Error),
+}
+
+/// The service: what every request shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    tokens: TokenStore,
+    stores: Guarded,
+    catalog: AnyStore,
+    public_key: Option<PublicKey>,
+    managers: Mutex<HashMap<String, Arc<Manager<Guarded>>>>,
+    /// One regeneration per nick at a time across requesters (each has its own manager).
+    nick_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    regenerations: Arc<tokio::sync::Semaphore>,
+    metrics: metrics::Metrics,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("catalog", &self.config.catalog)
+            .field("tokens", &self.config.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Opens the tokens file, the catalog (which must be allowed for writing) and the key.
+    ///
+    /// # Errors
+    /// A malformed tokens file, a catalog outside the allowlist or not openable, a bad key.
+    pub fn new(config: Config) -> Result<Service, StartError> {
+        let tokens = TokenStore::open(&config.tokens)?;
+        config.allow.check(&config.catalog, Access::Write)?;
+        let opener = Opener::new(config.client.clone());
+        let (catalog, _) = opener.open(&config.catalog, true)?;
+        let public_key = match &config.key {
+            Some(p) => Some(Key::load(p)?.public_key()),
+            None => None,
+        };
+        let stores = Guarded::new(opener, config.allow.clone());
+        Ok(Service {
+            inner: Arc::new(Inner {
+                regenerations: Arc::new(tokio::sync::Semaphore::new(config.max_regenerations)),
+                config,
+                tokens,
+                stores,
+                catalog,
+                public_key,
+                managers: Mutex::new(HashMap::new()),
+                nick_locks: Mutex::new(HashMap::new()),
+                metrics: metrics::Metrics::default(),
+                tracker: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// The HTTP routes, with their middleware.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// The routes as `(method, path template)`, as the OpenAPI document must list them.
+    pub fn routes() -> Vec<(&'static str, &'static str)> {
+        api::routes()
+    }
+
+    /// The manager acting for `actor`: recorded in the audit trail of what it does.
+    fn manager(&self, actor: &str) -> Result<Arc<Manager<Guarded>>, ApiError> {
+        let mut managers = self
+            .inner
+            .managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = managers.get(actor) {
+            return Ok(Arc::clone(m));
+        }
+        let c = &self.inner.config;
+        let key = match &c.key {
+            Some(p) => {
+                Some(Key::load(p).map_err(|e| ApiError::from_core("reading the signing key", e))?)
+            }
+            None => None,
+        };
+        let m = Arc::new(Manager::new(
+            self.inner.stores.clone(),
+            self.inner.catalog.clone(),
+            ManagerOptions {
+                actor: actor.to_owned(),
+                key,
+                epoch: c.epoch,
+                stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
+                cache: c.cache.clone().map(BlobCache::new),
+                unsigned: c.unsigned,
+                ..ManagerOptions::default()
+            },
+        ));
+        managers.insert(actor.to_owned(), Arc::clone(&m));
+        Ok(m)
+    }
+
+    fn nick_lock(&self, nick: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .nick_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(nick.to_owned()).or_default())
+    }
+
+    /// A permit to regenerate, or `busy` with `Retry-After`.
+    fn regeneration_permit(&self) -> Result<Regenerating, ApiError> {
+        match Arc::clone(&self.inner.regenerations).try_acquire_owned() {
+            Ok(permit) => {
+                self.inner
+                    .metrics
+                    .regenerations_in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Regenerating {
+                    _permit: permit,
+                    service: self.clone(),
+                })
+            }
+            Err(_) => {
+                self.inner
+                    .metrics
+                    .regenerations_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut e = ApiError::new(
+                    Code::Busy,
+                    format!(
+                        "{} regeneration(s) are running, as many as the service allows; retry later",
+                        self.inner.config.max_regenerations
+                    ),
+                );
+                e.retry_after = Some(self.inner.config.retry_after);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `work` as a task the service waits for at shutdown, so that a regeneration finishes
+    /// even when its request times out or its client goes away.
+    async fn run_to_end<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.inner
+            .tracker
+            .spawn(work)
+            .await
+            .map_err(|e| ApiError::new(Code::Internal, format!("the work failed: {e}")))?
+    }
+}
+
+/// A running regeneration: holds a permit of the bound, counted in the metrics.
+struct Regenerating {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    service: Service,
+}
+
+impl Drop for Regenerating {
+    fn drop(&mut self) {
+        self.service
+            .inner
+            .metrics
+            .regenerations_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves until `shutdown` completes, then stops taking connections, lets the requests in
+/// flight finish, and waits for the regenerations they started.
+///
+/// # Errors
+/// Accepting connections failed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = service.router();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    service.inner.tracker.close();
+    service.inner.tracker.wait().await;
+    Ok(())
+}

@@ -13,6 +13,7 @@ mod fixtures;
 mod hostile_layout;
 mod integrity;
 mod interop;
+mod job;
 mod keys;
 mod layer;
 mod login;

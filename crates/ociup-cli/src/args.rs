@@ -123,6 +123,25 @@ pub enum Command {
     ///
     /// Example: ociup unpack oci:fixtures/multi:v1 ./rootfs --platform linux/amd64
     Unpack(UnpackArgs),
+    /// Print a nick's newest version as a Kubernetes batch/v1 Job (YAML, or --json), or
+    /// submit it (--apply) and follow it (--wait). The nick is resolved as `resolve` does
+    /// (regenerated first when its base moved); the container's image is that version pinned
+    /// by digest, never a tag, and labels and annotations (ociup.dev/nick, ociup.dev/version,
+    /// ociup.dev/digest, ociup.dev/base-digest) record what runs. The version must live in a
+    /// registry repository (a layout cannot be pulled by a cluster).
+    ///
+    /// With --apply and an upgrade due, the Job is created at once with spec.suspend: true and
+    /// the digest the new version will have; the version is then written and recorded, and
+    /// the Job released. If that fails, the Job is deleted and the error says why. A request
+    /// the API server refuses (forbidden, a name taken) or cannot take (down) writes nothing
+    /// and leaves no Job.
+    ///
+    /// Exit status: 0 printed or submitted (with --wait: the Job completed), 2 the Job failed
+    /// (--wait), 1 ociup failed.
+    ///
+    /// Example: ociup job trainer --namespace ml --request cpu=500m --limit memory=2Gi
+    /// --apply --wait -- --epochs 3
+    Job(Box<crate::cmd::job::JobArgs>),
     /// Copy an image or a whole index between layouts and registries, moving only what the
     /// destination lacks (blobs are mounted within one registry).
     ///

@@ -5,6 +5,7 @@ mod completions;
 mod copy;
 mod index;
 mod inspect;
+pub mod job;
 mod layer;
 mod login;
 mod managed;
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Index(c) => index::run(&ctx, c).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
         Command::Unpack(args) => unpack::run(&ctx, args).await.map(|()| 0),
+        Command::Job(args) => job::run(&ctx, *args).await,
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
         Command::Rebase(args) => rebase::run(&ctx, args).await,
         Command::Completions(args) => completions::completions(&args).map(|()| 0),

@@ -1,0 +1,112 @@
+//! What can go wrong between ociup and a cluster.
+
+/// Errors of the Job builder and submitter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An option or a version a Job cannot be made of, named with what is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// No usable client configuration (no kubeconfig, an unknown context, no in-cluster
+    /// service account).
+    #[error("{what}")]
+    Config {
+        /// What was being loaded.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The API server answered and refused: forbidden (403), a name already taken (409), an
+    /// invalid object (422), not found (404).
+    #[error("{action}: the API server refused ({code} {reason}): {message}")]
+    Refused {
+        /// What was asked (`creating Job ns/name`).
+        action: String,
+        /// The HTTP status code.
+        code: u16,
+        /// The status reason (`Forbidden`, `AlreadyExists`, `Invalid`).
+        reason: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The API server could not be reached (connection refused, TLS or authentication
+    /// failures, a timeout).
+    #[error(
+        "{action}: cannot reach the Kubernetes API server at {url}: {}",
+        causes(error)
+    )]
+    Unreachable {
+        /// What was asked.
+        action: String,
+        /// The server's URL.
+        url: String,
+        /// Why (its causes are in the message).
+        error: kube::Error,
+    },
+    /// Another failure of the client (an answer that does not parse as what was asked).
+    #[error("{action}: {}", causes(error))]
+    Client {
+        /// What was asked.
+        action: String,
+        /// Why (its causes are in the message).
+        error: kube::Error,
+    },
+    /// Resolving the nick failed; no Job was created.
+    #[error(transparent)]
+    Resolve(#[from] ociup_core::Error),
+    /// A Job created suspended while its version was regenerated was withdrawn: the
+    /// regeneration failed (`source`), or the version was recorded but the Job could not be
+    /// released. The Job was deleted (`cleanup` is `None`), or deleting it failed too.
+    #[error(
+        "{what}, {}",
+        match cleanup {
+            None => format!("so its suspended Job {job} was deleted"),
+            Some(e) => format!(
+                "and deleting its suspended Job {job} failed too ({e}); delete it by hand"
+            ),
+        }
+    )]
+    Withdrawn {
+        /// What failed (`regenerating trainer failed`).
+        what: String,
+        /// The Job, as `namespace/name`.
+        job: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+        /// Why deleting the Job failed, if it did.
+        cleanup: Option<Box<Error>>,
+    },
+    /// Waiting on a Job ended before it finished: deleted meanwhile, or the time given ran out.
+    #[error("{0}")]
+    Wait(String),
+}
+
+impl Error {
+    /// The HTTP status of a refusal by the API server.
+    pub fn status_code(&self) -> Option<u16> {
+        match self {
+            Error::Refused { code, .. } => Some(*code),
+            Error::Withdrawn { source, .. } => source.status_code(),
+            _ => None,
+        }
+    }
+}
+
+/// An error and its causes, each said once (kube's errors repeat their cause in their message).
+fn causes(e: &kube::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// A result of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,780 @@
+//! `ociup job`: a nick's version as a Kubernetes Job, printed, and submitted to a real
+//! kube-apiserver and kube-controller-manager (v1.26, from `../shared/k8s`, started by
+//! `scripts/test.sh`, which exports KUBECONFIG, KUBE_URL and KUBE_TOKEN). Without them the
+//! cluster tests say they were skipped. Each cluster test works in a namespace of its own. There
+//! is no kubelet: pods stay Pending, so a Job's end is the test patching its status (as an admin
+//! would), which is what the API server then serves to a client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use ociup_kube::k8s_openapi::api::authentication::v1::TokenRequest;
+use ociup_kube::k8s_openapi::api::batch::v1::Job;
+use ociup_kube::k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use ociup_kube::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ociup_kube::kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use ociup_kube::{Cluster, ConnectOptions, keys};
+use serde_json::Value;
+
+use crate::registry_support::{RegistryOptions, TestRegistry};
+use crate::support::{copy_tree, fixtures, json, ociup_at, ok_at};
+
+/// A nick registered on a base in a layout (`base:latest`, the fixture's v1), its versions
+/// pushed to a real registry.
+struct App {
+    t: tempfile::TempDir,
+    reg: TestRegistry,
+    nick: &'static str,
+}
+
+impl App {
+    fn new(nick: &'static str) -> App {
+        let reg = TestRegistry::start(RegistryOptions::default());
+        let t = tempfile::tempdir().unwrap();
+        copy_tree(&fixtures().join("base"), &t.path().join("base"));
+        std::fs::write(t.path().join("app.txt"), b"app\n").unwrap();
+        let app = App { t, reg, nick };
+        let target = format!("{}/team/{nick}", app.reg.host());
+        app.ok(&[
+            "register",
+            nick,
+            "--base",
+            &app.base("latest"),
+            "--to",
+            &target,
+            "--add",
+            "app.txt:/opt/app.txt",
+        ]);
+        app
+    }
+
+    fn dir(&self) -> &Path {
+        self.t.path()
+    }
+
+    fn base(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.dir().join("base").display())
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok_at(self.dir(), args)
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        ociup_at(self.dir(), args)
+    }
+
+    /// The base's tag moves to the fixture's v2: an upgrade is due.
+    fn move_base(&self) {
+        self.ok(&["copy", &self.base("v2"), &self.base("latest")]);
+        let (code, out, err) = self.run(&["resolve", self.nick, "--check"]);
+        assert_eq!((code, out.trim()), (0, "upgrade due"), "{err}");
+    }
+
+    /// The digests of the nick's versions, oldest first.
+    fn versions(&self) -> Vec<String> {
+        let history = json(&self.ok(&["history", self.nick, "--json"]));
+        let mut v: Vec<(u64, String)> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["number"].as_u64().unwrap(),
+                    r["digest"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// What a cluster pulls for `digest`.
+    fn image(&self, digest: &str) -> String {
+        format!("{}/team/{}@{digest}", self.reg.host(), self.nick)
+    }
+}
+
+#[test]
+fn a_job_is_printed_with_the_version_pinned_by_digest() {
+    let app = App::new("printer");
+    let v1 = app.versions()[0].clone();
+    let job = json(&app.ok(&[
+        "job",
+        "printer",
+        "--json",
+        "--namespace",
+        "ml",
+        "--env",
+        "MODE=train",
+        "--label",
+        "team=ml",
+        "--request",
+        "cpu=100m",
+        "--limit",
+        "memory=64Mi",
+        "--backoff-limit",
+        "0",
+        "--ttl-seconds-after-finished",
+        "600",
+        "--service-account",
+        "trainer",
+        "--image-pull-secret",
+        "pull",
+        "--arg",
+        "--epochs",
+        "--",
+        "3",
+    ]));
+    assert_eq!(job["apiVersion"], "batch/v1");
+    assert_eq!(job["kind"], "Job");
+    assert_eq!(job["metadata"]["namespace"], "ml");
+    assert_eq!(job["metadata"]["generateName"], "printer-v1-");
+    for meta in [&job["metadata"], &job["spec"]["template"]["metadata"]] {
+        assert_eq!(meta["labels"][keys::NICK], "printer");
+        assert_eq!(meta["labels"][keys::VERSION], "1");
+        assert_eq!(meta["labels"]["team"], "ml");
+        assert_eq!(meta["annotations"][keys::DIGEST], v1.as_str());
+        let base_v1 = json(&app.ok(&["inspect", &app.base("v1"), "--json"]));
+        assert_eq!(meta["annotations"][keys::BASE_DIGEST], base_v1["digest"]);
+    }
+    let spec = &job["spec"];
+    assert_eq!(spec["backoffLimit"], 0);
+    assert_eq!(spec["ttlSecondsAfterFinished"], 600);
+    assert_eq!(spec["suspend"], Value::Null);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["serviceAccountName"], "trainer");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "pull");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], app.image(&v1).as_str());
+    assert_eq!(c["args"], serde_json::json!(["--epochs", "3"]));
+    assert_eq!(
+        c["env"],
+        serde_json::json!([{"name": "MODE", "value": "train"}])
+    );
+    assert_eq!(c["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
+
+    // A nick kept in a layout: no cluster can pull it.
+    let (code, _, err) = app.run(&[
+        "register",
+        "local",
+        "--base",
+        &app.base("latest"),
+        "--to",
+        &format!("oci:{}", app.dir().join("images").display()),
+        "--add",
+        "app.txt:/opt/app.txt",
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // The base moves. Bad input is refused before the nick is resolved: nothing is written.
+    app.move_base();
+    for (args, expected) in [
+        (vec!["--label", "bad key=x"], "--label \"bad key\""),
+        (vec!["--limit", "memory=1GB"], "--limit memory="),
+        (
+            vec!["--env", "NO_VALUE"],
+            "--env \"NO_VALUE\": expected KEY=VALUE",
+        ),
+        (vec!["--name", "Upper"], "--name \"Upper\""),
+    ] {
+        let mut all = vec!["job", "printer"];
+        all.extend(args);
+        let (code, _, err) = app.run(&all);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+    }
+    assert_eq!(app.versions(), std::slice::from_ref(&v1));
+    let (code, out, err) = app.run(&["job", "local"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("kept in an OCI layout"), "{err}");
+    assert!(err.contains("--to a registry repository"), "{err}");
+    let history = json(&app.ok(&["history", "local", "--json"]));
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "nothing written: {history}"
+    );
+
+    // A Job of the upgrade: written, recorded, printed as YAML with the new digest.
+    let (code, yaml, err) = app.run(&["job", "printer"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("printer upgraded to version 2"), "{err}");
+    let versions = app.versions();
+    assert_eq!(versions.len(), 2);
+    assert!(yaml.starts_with("apiVersion: batch/v1\n"), "{yaml}");
+    assert!(yaml.contains("kind: Job\n"), "{yaml}");
+    assert!(
+        yaml.contains(&format!("image: {}\n", app.image(&versions[1]))),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains(&format!("{}: '2'", keys::VERSION))
+            || yaml.contains(&format!("{}: \"2\"", keys::VERSION)),
+        "the version label stays a string: {yaml}"
+    );
+    assert!(!yaml.contains(":latest"), "never a tag: {yaml}");
+}
+
+/// The API server `scripts/test.sh` started, as an admin; `None` (the test says it was skipped)
+/// when there is none.
+struct Kube {
+    rt: tokio::runtime::Runtime,
+    cluster: Cluster,
+    kubeconfig: PathBuf,
+    token: String,
+}
+
+fn kube(test: &str) -> Option<Kube> {
+    let (Some(kubeconfig), Ok(token)) = (
+        std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()),
+        std::env::var("KUBE_TOKEN"),
+    ) else {
+        eprintln!(
+            "{test}: skipped: no Kubernetes API server (KUBECONFIG and KUBE_TOKEN unset: \
+             scripts/test.sh starts one from ../shared/k8s, absent here or not started)"
+        );
+        return None;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let kubeconfig = PathBuf::from(kubeconfig);
+    let cluster = rt
+        .block_on(Cluster::connect(&ConnectOptions {
+            kubeconfig: Some(kubeconfig.clone()),
+            context: None,
+        }))
+        .unwrap();
+    Some(Kube {
+        rt,
+        cluster,
+        kubeconfig,
+        token,
+    })
+}
+
+impl Kube {
+    fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: ociup_kube::kube::Resource<Scope = ociup_kube::k8s_openapi::NamespaceResourceScope>,
+        <K as ociup_kube::kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.cluster.client().clone(), ns)
+    }
+
+    /// A namespace of the test's own (removed at the end), with its `default` ServiceAccount
+    /// (which the controller manager makes, and pods need).
+    fn namespace(&self, test: &str) -> NamespaceGuard<'_> {
+        let name = format!(
+            "{test}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_micros()
+        );
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let all: Api<Namespace> = Api::all(self.cluster.client().clone());
+        self.rt
+            .block_on(all.create(&PostParams::default(), &ns))
+            .unwrap();
+        let sa: Api<ServiceAccount> = self.api(&name);
+        self.until(
+            Duration::from_secs(60),
+            "the default ServiceAccount",
+            || self.rt.block_on(sa.get_opt("default")).unwrap().is_some(),
+        );
+        NamespaceGuard { kube: self, name }
+    }
+
+    fn until(&self, limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+        let end = Instant::now() + limit;
+        while !f() {
+            assert!(Instant::now() < end, "no {what} after {limit:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn jobs(&self, ns: &str) -> Vec<Job> {
+        self.rt
+            .block_on(self.api::<Job>(ns).list(&ListParams::default()))
+            .unwrap()
+            .items
+    }
+
+    fn job(&self, ns: &str, name: &str) -> Option<Job> {
+        self.rt.block_on(self.api::<Job>(ns).get_opt(name)).unwrap()
+    }
+
+    /// The pods the Job controller made for a Job, waited for.
+    fn pods_of(&self, ns: &str, job: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = self.api(ns);
+        let mut found = Vec::new();
+        self.until(Duration::from_secs(60), "pod of the Job", || {
+            found = self
+                .rt
+                .block_on(pods.list(&ListParams::default().labels(&format!("job-name={job}"))))
+                .unwrap()
+                .items;
+            !found.is_empty()
+        });
+        found
+    }
+
+    /// Sets a Job's status condition through the status subresource, as the Job controller
+    /// would on a node's report.
+    fn finish(&self, ns: &str, name: &str, kind: &str) {
+        let now = "2026-01-01T00:00:00Z";
+        let patch = serde_json::json!({"status": {
+            "conditions": [{
+                "type": kind, "status": "True", "reason": "SetByTheTest",
+                "message": format!("{kind} set by the test"),
+                "lastProbeTime": now, "lastTransitionTime": now,
+            }],
+        }});
+        self.rt
+            .block_on(self.api::<Job>(ns).patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ))
+            .unwrap();
+    }
+
+    /// Every event of the namespace's Jobs from now on, collected in the background.
+    fn watch_jobs(&self, ns: &str) -> Arc<Mutex<Vec<(&'static str, Job)>>> {
+        let api = self.api::<Job>(ns);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let version = self
+            .rt
+            .block_on(api.list(&ListParams::default()))
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut stream = self
+            .rt
+            .block_on(api.watch(&WatchParams::default().timeout(120), &version))
+            .unwrap()
+            .boxed();
+        let out = Arc::clone(&events);
+        self.rt.spawn(async move {
+            while let Some(Ok(e)) = stream.next().await {
+                let e = match e {
+                    WatchEvent::Added(j) => ("added", j),
+                    WatchEvent::Modified(j) => ("modified", j),
+                    WatchEvent::Deleted(j) => ("deleted", j),
+                    _ => continue,
+                };
+                out.lock().unwrap().push(e);
+            }
+        });
+        events
+    }
+
+    /// A kubeconfig for the same server, as another identity (a bearer token) or at another
+    /// URL.
+    fn kubeconfig_with(&self, dir: &Path, token: Option<&str>, url: Option<&str>) -> PathBuf {
+        let mut text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        if let Some(t) = token {
+            text = text.replace(&self.token, t);
+        }
+        if let Some(u) = url {
+            let server = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("server: "))
+                .unwrap()
+                .to_owned();
+            text = text.replace(&server, u);
+        }
+        let path = dir.join(format!("kubeconfig-{}", text.len()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+struct NamespaceGuard<'a> {
+    kube: &'a Kube,
+    name: String,
+}
+
+impl Drop for NamespaceGuard<'_> {
+    fn drop(&mut self) {
+        let all: Api<Namespace> = Api::all(self.kube.cluster.client().clone());
+        let _ = self
+            .kube
+            .rt
+            .block_on(all.delete(&self.name, &DeleteParams::background()));
+    }
+}
+
+fn suspended(job: &Job) -> bool {
+    job.spec.as_ref().unwrap().suspend == Some(true)
+}
+
+fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn container_image(job: &Job) -> String {
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
+    let Some(k) = kube("apply_runs_the_current_version") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-current");
+    let app = App::new("current");
+    let v1 = app.versions()[0].clone();
+    let applied = json(&app.ok(&[
+        "job", "current", "--apply", "--json", "-n", &ns.name, "--name", "run-1", "--label",
+        "team=ml", "--", "--epochs", "3",
+    ]));
+    assert_eq!(applied["name"], "run-1");
+    assert_eq!(applied["namespace"], ns.name.as_str());
+    assert_eq!(applied["held"], false);
+    assert_eq!(applied["upgraded"], false);
+    assert_eq!(applied["digest"], v1.as_str());
+    assert_eq!(applied["image"], app.image(&v1).as_str());
+    assert_eq!(applied["succeeded"], Value::Null);
+    let job = k.job(&ns.name, "run-1").unwrap();
+    assert!(!suspended(&job));
+    assert_eq!(applied["uid"].as_str(), job.metadata.uid.as_deref());
+    assert_eq!(container_image(&job), app.image(&v1));
+    assert_eq!(annotation(&job, keys::DIGEST), Some(v1.as_str()));
+    assert_eq!(job.metadata.labels.as_ref().unwrap()["team"], "ml");
+    // The controller made its pod, with that image and those arguments.
+    let pods = k.pods_of(&ns.name, "run-1");
+    let c = &pods[0].spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some(app.image(&v1).as_str()));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["--epochs".to_owned(), "3".to_owned()][..])
+    );
+
+    // --wait follows the Job until its status says how it ended: completed (exit 0) ...
+    for (name, condition, code, said) in [
+        ("run-2", "Complete", 0, "completed"),
+        ("run-3", "Failed", 2, "failed"),
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
+            .args([
+                "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", name,
+            ])
+            .current_dir(app.dir())
+            .env(
+                "OCIUP_CATALOG",
+                format!("oci:{}", app.dir().join("catalog").display()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        k.until(Duration::from_secs(30), "Job created by --wait", || {
+            k.job(&ns.name, name).is_some()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        k.finish(&ns.name, name, condition);
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("{condition}=True (SetByTheTest)")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("job.batch/{name} {said}")),
+            "{stdout}"
+        );
+    }
+    // ... and as JSON.
+    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args([
+            "job", "current", "--apply", "--wait", "--json", "-n", &ns.name, "--name", "run-4",
+        ])
+        .current_dir(app.dir())
+        .env(
+            "OCIUP_CATALOG",
+            format!("oci:{}", app.dir().join("catalog").display()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    k.until(Duration::from_secs(30), "Job created by --wait", || {
+        k.job(&ns.name, "run-4").is_some()
+    });
+    k.finish(&ns.name, "run-4", "Complete");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["succeeded"], true);
+    assert_eq!(v["conditions"][0]["type"], "Complete");
+    assert_eq!(v["conditions"][0]["status"], "True");
+    assert_eq!(v["conditions"][0]["reason"], "SetByTheTest");
+
+    // A Job deleted while followed: a clear error.
+    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args([
+            "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", "run-5",
+        ])
+        .current_dir(app.dir())
+        .env(
+            "OCIUP_CATALOG",
+            format!("oci:{}", app.dir().join("catalog").display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    k.until(Duration::from_secs(30), "Job created by --wait", || {
+        k.job(&ns.name, "run-5").is_some()
+    });
+    k.rt.block_on(
+        k.api::<Job>(&ns.name)
+            .delete("run-5", &DeleteParams::background()),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was deleted before it finished"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
+    let Some(k) = kube("an_upgrade_holds_the_job_suspended") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-held");
+    let app = App::new("held");
+    app.move_base();
+    let events = k.watch_jobs(&ns.name);
+    let (code, out, err) = app.run(&["job", "held", "--apply", "--json", "-n", &ns.name]);
+    assert_eq!(code, 0, "{err}");
+    let applied = json(&out);
+    let versions = app.versions();
+    assert_eq!(versions.len(), 2, "the new version is recorded");
+    let v2 = &versions[1];
+    assert_eq!(applied["held"], true);
+    assert_eq!(applied["upgraded"], true);
+    assert_eq!(applied["version"], 2);
+    assert_eq!(applied["digest"], v2.as_str());
+    assert_eq!(applied["image"], app.image(v2).as_str());
+    let name = applied["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("held-v2-"), "{name}");
+    assert!(err.contains("created suspended"), "{err}");
+
+    // The server saw it created suspended, with the digest the regeneration then wrote, and
+    // then released.
+    k.until(Duration::from_secs(10), "release seen by the watch", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(e, j)| *e == "modified" && !suspended(j))
+    });
+    let seen = events.lock().unwrap().clone();
+    let (first, created) = &seen[0];
+    assert_eq!(*first, "added");
+    assert!(suspended(created), "created suspended");
+    assert_eq!(annotation(created, keys::DIGEST), Some(v2.as_str()));
+    assert!(annotation(created, keys::HELD).is_some());
+    assert_eq!(container_image(created), app.image(v2));
+    let released = seen
+        .iter()
+        .find(|(e, j)| *e == "modified" && !suspended(j))
+        .map(|(_, j)| j)
+        .unwrap();
+    assert_eq!(annotation(released, keys::HELD), None);
+    assert_eq!(
+        seen.iter().filter(|(e, _)| *e == "added").count(),
+        1,
+        "one Job"
+    );
+    // The controller makes its pod only once it is released, with the new image.
+    let pods = k.pods_of(&ns.name, &name);
+    assert_eq!(
+        pods[0].spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some(app.image(v2).as_str())
+    );
+}
+
+#[test]
+fn a_failed_regeneration_deletes_its_suspended_job() {
+    let Some(k) = kube("a_failed_regeneration_deletes_its_suspended_job") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-failed");
+    let mut app = App::new("doomed");
+    app.move_base();
+    // The registry goes read-only (Distribution's maintenance mode): the new version is
+    // planned from what can be read, then cannot be pushed.
+    let config = app.reg.dir().join("config.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "  maintenance:\n",
+        "  maintenance:\n    readonly:\n      enabled: true\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    app.reg.restart();
+    let events = k.watch_jobs(&ns.name);
+    let (code, out, err) = app.run(&["job", "doomed", "--apply", "-n", &ns.name]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("regenerating doomed failed, so its suspended Job"),
+        "{err}"
+    );
+    assert!(err.contains("was deleted"), "{err}");
+    assert!(k.jobs(&ns.name).is_empty(), "no Job left");
+    assert_eq!(app.versions().len(), 1, "no version recorded");
+    k.until(
+        Duration::from_secs(10),
+        "deletion seen by the watch",
+        || events.lock().unwrap().iter().any(|(e, _)| *e == "deleted"),
+    );
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(seen[0].0, "added");
+    assert!(suspended(&seen[0].1), "it was created suspended");
+    assert!(seen.iter().all(|(_, j)| suspended(j)), "never released");
+}
+
+#[test]
+fn refused_requests_write_nothing_and_leave_no_job() {
+    let Some(k) = kube("refused_requests_write_nothing_and_leave_no_job") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-refused");
+    let app = App::new("refused");
+    // A Job of the current version takes the name first.
+    app.ok(&[
+        "job", "refused", "--apply", "-n", &ns.name, "--name", "taken",
+    ]);
+    let taken = k.job(&ns.name, "taken").unwrap().metadata.uid;
+    app.move_base();
+
+    // A name already taken.
+    let (code, _, err) = app.run(&[
+        "job", "refused", "--apply", "-n", &ns.name, "--name", "taken",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("creating Job {}/taken", ns.name)),
+        "{err}"
+    );
+    assert!(err.contains("409 AlreadyExists"), "{err}");
+    assert_eq!(k.job(&ns.name, "taken").unwrap().metadata.uid, taken);
+
+    // A user with no rights: a ServiceAccount's token from the TokenRequest API.
+    let sas: Api<ServiceAccount> = k.api(&ns.name);
+    let nobody = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("nobody".into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    k.rt.block_on(sas.create(&PostParams::default(), &nobody))
+        .unwrap();
+    let token =
+        k.rt.block_on(sas.create_token_request(
+            "nobody",
+            &PostParams::default(),
+            &TokenRequest::default(),
+        ))
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let forbidden = k.kubeconfig_with(app.dir(), Some(&token), None);
+    let (code, _, err) = app.run(&[
+        "job",
+        "refused",
+        "--apply",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        forbidden.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403 Forbidden"), "{err}");
+    assert!(
+        err.contains(&format!("system:serviceaccount:{}:nobody", ns.name)),
+        "{err}"
+    );
+
+    // An API server that is down: a loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let down = k.kubeconfig_with(app.dir(), None, Some(&url));
+    let (code, _, err) = app.run(&[
+        "job",
+        "refused",
+        "--apply",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        down.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("cannot reach the Kubernetes API server at {url}")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+
+    // A context the kubeconfig does not have.
+    let (code, _, err) = app.run(&["job", "refused", "--apply", "--context", "nowhere"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nowhere"), "{err}");
+
+    // None of them wrote the new version or left a Job.
+    assert_eq!(app.versions().len(), 1);
+    let names: Vec<_> = k
+        .jobs(&ns.name)
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(names, ["taken"]);
+}

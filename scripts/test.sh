@@ -9,6 +9,11 @@ need=()
 for tool in docker-registry skopeo umoci curl openssl; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+# `ociup run` tests: runc, and a static busybox to build the image they run (debootstrap for
+# the Debian root file system compared with umoci's unpack; that test skips without it).
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
   echo "installing ${need[*]} (Debian packages)"

@@ -24,5 +24,6 @@ mod recipes;
 mod registry;
 #[path = "../../crates/ociup-registry/tests/support/mod.rs"]
 mod registry_support;
+mod run;
 mod support;
 mod unpack;

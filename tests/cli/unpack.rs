@@ -12,7 +12,7 @@ use crate::support::{fixtures, json, ociup_err, ociup_ok, sample_tree, tool, wri
 
 /// What is compared of one entry of a tree.
 #[derive(Debug, PartialEq, Eq)]
-struct Item {
+pub(crate) struct Item {
     kind: &'static str,
     mode: u32,
     uid: u32,
@@ -26,7 +26,7 @@ struct Item {
 
 /// Every entry under `root` (not `root` itself), and the hardlink groups (paths sharing an
 /// inode, groups of two or more).
-fn scan(root: &Path) -> (BTreeMap<PathBuf, Item>, BTreeSet<BTreeSet<PathBuf>>) {
+pub(crate) fn scan(root: &Path) -> (BTreeMap<PathBuf, Item>, BTreeSet<BTreeSet<PathBuf>>) {
     let mut items = BTreeMap::new();
     let mut inodes: BTreeMap<u64, BTreeSet<PathBuf>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -247,7 +247,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// A tar entry with its name (and link name) written as raw bytes, as a hostile layer would
 /// hold them: `tar::Header::set_path` refuses `..`.
-fn entry(
+pub(crate) fn entry(
     out: &mut tar::Builder<Vec<u8>>,
     kind: tar::EntryType,
     name: &str,
@@ -273,7 +273,7 @@ fn entry(
 }
 
 /// A layout holding one image of `layers` (uncompressed tars), tagged `v1`.
-fn layout_with(dir: &Path, layers: &[Vec<u8>]) {
+pub(crate) fn layout_with(dir: &Path, layers: &[Vec<u8>]) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     let put = |bytes: &[u8]| {
         let d = sha256(bytes);
@@ -306,14 +306,14 @@ fn layout_with(dir: &Path, layers: &[Vec<u8>]) {
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }
 
-fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+pub(crate) fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     build(&mut b);
     b.into_inner().unwrap()
 }
 
 /// Everything under `dir` with its contents (symlink targets for symlinks).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in walk(dir) {
         let m = std::fs::symlink_metadata(&e).unwrap();

@@ -123,6 +123,24 @@ pub enum Command {
     ///
     /// Example: ociup unpack oci:fixtures/multi:v1 ./rootfs --platform linux/amd64
     Unpack(UnpackArgs),
+    /// Run a nick's newest version (regenerated first when its base moved, as `resolve` does)
+    /// or an image, with runc: no daemon. The root file system comes from a layer cache under
+    /// the data directory (each layer unpacked once; `ociup prune` cleans it) and is mounted
+    /// read-only, with tmpfs at /tmp, /var/tmp and /run (--writable for a copy the container
+    /// may write to). The network is none by default (--network host for the machine's).
+    /// Rootless when not run as root (user namespace mapped from /etc/subuid and /etc/subgid).
+    /// SIGINT and SIGTERM are forwarded to the container; the bundle is removed afterwards.
+    ///
+    /// Exit status: the container's (128 + N when signal N ended it); 1 when ociup fails.
+    ///
+    /// Example: ociup run trainer -- python3 /opt/train.py --epochs 3
+    Run(Box<crate::cmd::run::RunArgs>),
+    /// Remove cached layers and root file systems of `ociup run` that no run used lately
+    /// (--older-than, default 7 days) or all of them (--all); a run holding them is never
+    /// disturbed.
+    ///
+    /// Example: ociup prune --older-than 30d
+    Prune(crate::cmd::prune::PruneArgs),
     /// Print a nick's newest version as a Kubernetes batch/v1 Job (YAML, or --json), or
     /// submit it (--apply) and follow it (--wait). The nick is resolved as `resolve` does
     /// (regenerated first when its base moved); the container's image is that version pinned

@@ -10,6 +10,8 @@ mod layer;
 mod login;
 mod managed;
 mod rebase;
+pub mod prune;
+pub mod run;
 pub mod serve;
 pub mod token;
 mod unpack;
@@ -57,6 +59,8 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::Index(c) => index::run(&ctx, c).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&ctx, args).await.map(|()| 0),
         Command::Unpack(args) => unpack::run(&ctx, args).await.map(|()| 0),
+        Command::Run(args) => run::run(&ctx, *args).await,
+        Command::Prune(args) => prune::run(args).map(|()| 0),
         Command::Job(args) => job::run(&ctx, *args).await,
         Command::Copy(args) => copy::run(&ctx, args).await.map(|()| 0),
         Command::Rebase(args) => rebase::run(&ctx, args).await,

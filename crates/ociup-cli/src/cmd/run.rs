@@ -1,0 +1,420 @@
+//! `ociup run`: resolve a nick (or take an image), assemble its root file system from the
+//! layer cache, write a bundle and run it with runc.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use ociup_core::managed::catalog::BlobCache;
+use ociup_core::managed::manager::{self, Manager, ManagerOptions, ResolveOptions, Unreachable};
+use ociup_core::ops;
+use ociup_core::reference::PlatformSpec;
+use ociup_registry::Opener;
+use ociup_run::runtime::{find_runtime, running_as_root};
+use ociup_run::{
+    BindMount, LayerCache, Network, Rootless, RuntimeOptions, SpecOptions, run_bundle, runtime_spec,
+};
+
+use super::{Ctx, open_for_reading, parse_platform, parse_ref};
+use crate::args::{CatalogArgs, SigningArgs, UnreachableArg};
+use crate::output;
+
+/// `ociup run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The nick to run: its newest version, regenerated first when its base moved (as
+    /// `ociup resolve` does).
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    pub nick: Option<String>,
+    /// Run this image (a layout or registry reference) instead of a nick.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// The command's arguments, after `--`: they replace the image's Cmd (the Entrypoint stays).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Replace the image's Entrypoint (a JSON array, or one program); the image's Cmd is then
+    /// dropped.
+    #[arg(long, value_name = "JSON|PATH")]
+    pub entrypoint: Option<String>,
+    /// Set an environment variable over the image's Env. Repeatable.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The working directory (default: the image's WorkingDir, else /).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The user: name, uid, name:group or uid:gid, names looked up in the image's /etc/passwd
+    /// and /etc/group (default: the image's User, else root).
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Bind a host path into the container, read-write or (`:ro`) read-only. Repeatable.
+    #[arg(long, value_name = "SRC:DEST[:ro]")]
+    pub mount: Vec<String>,
+    /// The network: none (the default: a network namespace of its own with only a loopback
+    /// device) or host (the machine's network, its /etc/resolv.conf and /etc/hosts bound).
+    #[arg(long, value_enum, default_value_t = NetworkArg::None)]
+    pub network: NetworkArg,
+    /// Give the container a root file system it may write to: a copy of the image's files
+    /// (reflinked where the file system can), removed with the bundle. Without it the root file
+    /// system is the layer cache's, mounted read-only, with tmpfs at /tmp, /var/tmp and /run.
+    #[arg(long)]
+    pub writable: bool,
+    /// The platform to run from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// The OCI runtime to run the bundle with (default: runc on PATH).
+    #[arg(long, env = "OCIUP_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
+    /// Keep the bundle (config.json, and the root file system when the run has its own)
+    /// afterwards, and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the reference that would run and the runtime spec, as JSON (reference, digest,
+    /// rootfs, read_only, layers, unpacked, assembled, spec), and run nothing. The
+    /// layers are still unpacked into the cache.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// For a nick: run the current version without asking the base.
+    #[arg(long)]
+    pub offline: bool,
+    /// For a nick whose base cannot be reached: fail, or run the last good version.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = UnreachableArg::Fail)]
+    pub if_unreachable: UnreachableArg,
+    /// `created` of a regenerated version, seconds since 1970.
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        value_name = "SECS",
+        default_value = "0"
+    )]
+    pub source_date_epoch: String,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NetworkArg {
+    None,
+    Host,
+}
+
+/// ociup's data directory: `$XDG_DATA_HOME/ociup`, else `~/.local/share/ociup`.
+pub(super) fn data_dir() -> Result<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("ociup"))
+        .context("no XDG_DATA_HOME or HOME to place ociup's data directory")
+}
+
+/// The layer cache: `DATA/rootfs-cache`.
+pub(super) fn layer_cache() -> Result<LayerCache> {
+    Ok(LayerCache::new(data_dir()?.join("rootfs-cache")))
+}
+
+/// This machine's platform, as image indexes name it.
+fn host_platform() -> PlatformSpec {
+    let (architecture, variant) = match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", None),
+        "x86" => ("386", None),
+        "arm" => ("arm", Some("v7".to_owned())),
+        "powerpc64" => ("ppc64le", None),
+        "loongarch64" => ("loong64", None),
+        other => (other, None),
+    };
+    PlatformSpec {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant,
+    }
+}
+
+/// The catalog's manager, as `resolve` makes it.
+fn manager(ctx: &Ctx, args: &RunArgs) -> Result<Manager<Opener>> {
+    let catalog = match &args.catalog.catalog {
+        Some(c) => c.clone(),
+        None => format!("oci:{}", data_dir()?.join("catalog").display()),
+    };
+    let cref = parse_ref(&catalog)?;
+    let client = ctx.client(&[&cref])?;
+    let store = cref
+        .open_for_writing(&client)
+        .context("opening the catalog")?;
+    let key = match &args.signing.sign_key {
+        Some(p) => Some(ociup_core::managed::build_manifest::Key::load(p)?),
+        None => None,
+    };
+    let blob_cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| BlobCache::new(d.join("ociup/blobs")));
+    Ok(Manager::new(
+        Opener::new(client),
+        store,
+        ManagerOptions {
+            actor: args
+                .signing
+                .actor
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into()),
+            key,
+            epoch: ociup_core::time::parse_epoch(&args.source_date_epoch)?,
+            stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
+            cache: blob_cache,
+            unsigned: args.signing.unsigned,
+            ..ManagerOptions::default()
+        },
+    ))
+}
+
+/// The reference to run: the nick resolved (upgraded when due), or `--image`.
+async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<String> {
+    if let Some(image) = &args.image {
+        return Ok(image.clone());
+    }
+    let nick = args.nick.as_deref().unwrap_or_default();
+    let m = manager(ctx, args)?;
+    let resolved = m
+        .resolve(
+            nick,
+            ResolveOptions {
+                check: false,
+                offline: args.offline,
+                unreachable: match args.if_unreachable {
+                    UnreachableArg::Fail => Unreachable::Fail,
+                    UnreachableArg::Stale => Unreachable::Stale,
+                },
+                ..ResolveOptions::default()
+            },
+        )
+        .await;
+    let r = match resolved {
+        Ok(r) => r,
+        Err(ociup_core::Error::Backend(e)) if e.is::<manager::BaseUnreachable>() => bail!(
+            "resolving {nick}: {:#}; to run the last good version instead, pass \
+             --if-unreachable stale",
+            anyhow::Error::from_boxed(e)
+        ),
+        Err(e) => return Err(e).with_context(|| format!("resolving {nick}")),
+    };
+    if r.stale {
+        eprintln!(
+            "ociup: the base of {nick} cannot be reached; running the last good version \
+             (stale)"
+        );
+    }
+    if r.upgraded {
+        eprintln!(
+            "ociup: {nick} upgraded to version {} (base {})",
+            r.version, r.base_digest
+        );
+    }
+    Ok(r.reference)
+}
+
+fn split_env(e: &str) -> Result<(String, String)> {
+    let (k, v) = e
+        .split_once('=')
+        .with_context(|| format!("--env {e:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        bail!("--env {e:?}: the name is empty");
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// The caller's user namespace mappings, from /etc/subuid and /etc/subgid.
+fn rootless_mappings() -> Rootless {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()));
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let name = std::env::var("USER").ok();
+    Rootless::for_caller(
+        uid,
+        gid,
+        name.as_deref(),
+        &read("/etc/subuid"),
+        &read("/etc/subgid"),
+    )
+}
+
+pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
+    let mounts = args
+        .mount
+        .iter()
+        .map(|m| m.parse::<BindMount>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = args
+        .env
+        .iter()
+        .map(|e| split_env(e))
+        .collect::<Result<Vec<_>>>()?;
+    let entrypoint = match &args.entrypoint {
+        Some(e) if e.trim_start().starts_with('[') => Some(
+            serde_json::from_str::<Vec<String>>(e)
+                .with_context(|| format!("--entrypoint {e:?}: not a JSON array of strings"))?,
+        ),
+        Some(e) => Some(vec![e.clone()]),
+        None => None,
+    };
+    let runtime = if args.dry_run {
+        None
+    } else {
+        Some(find_runtime(args.runtime.as_deref())?)
+    };
+
+    let reference = reference(ctx, &args).await?;
+    let r = parse_ref(&reference)?;
+    let client = ctx.client(&[&r])?;
+    let (store, image_ref) = open_for_reading(&r, &client)?;
+    let platform = parse_platform(args.platform.as_deref())?.unwrap_or_else(host_platform);
+    let image = ops::load_image(&store, &image_ref, Some(&platform))
+        .await
+        .with_context(|| format!("reading {reference}"))?;
+    let digest = image.manifest.raw().digest().to_string();
+
+    let root = running_as_root();
+    let cache = layer_cache()?;
+    let snapshot = cache
+        .snapshot(&store, &image, root)
+        .await
+        .with_context(|| format!("preparing the root file system of {reference}"))?;
+    let rep = &snapshot.report;
+    tracing::info!(
+        "root file system {}: {} layers, {} unpacked now ({} bytes), {}",
+        snapshot.rootfs.display(),
+        rep.layers,
+        rep.unpacked.len(),
+        rep.bytes_unpacked,
+        if rep.assembled {
+            "assembled now"
+        } else {
+            "cached"
+        }
+    );
+    for note in &rep.skipped {
+        eprintln!("ociup: skipped {note}");
+    }
+
+    let id = format!(
+        "ociup-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let data = data_dir()?;
+    let bundles = data.join("bundles");
+    std::fs::create_dir_all(&bundles).with_context(|| format!("creating {}", bundles.display()))?;
+    let bundle = Bundle {
+        path: bundles.join(&id),
+        keep: args.keep,
+    };
+    std::fs::create_dir(&bundle.path)
+        .with_context(|| format!("creating {}", bundle.path.display()))?;
+
+    let workdir_needed = args.workdir.clone().or_else(|| {
+        image
+            .config
+            .value()
+            .get("config")
+            .and_then(|c| c.get("WorkingDir"))
+            .and_then(|w| w.as_str())
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+    });
+    let network = match args.network {
+        NetworkArg::None => Network::None,
+        NetworkArg::Host => Network::Host,
+    };
+    // Mount points the image lacks would have to be made in the shared snapshot: such a run,
+    // and a writable one, gets its own copy.
+    let mut needed: Vec<String> = mounts.iter().map(|m| m.destination.clone()).collect();
+    needed.extend(workdir_needed);
+    if network == Network::Host {
+        needed.extend(["/etc/resolv.conf".to_owned(), "/etc/hosts".to_owned()]);
+    }
+    let own_rootfs = args.writable || needed.iter().any(|p| !snapshot.has(p));
+    let rootfs = if own_rootfs {
+        let dest = bundle.path.join("rootfs");
+        let (snap, dest2, copy) = (snapshot.rootfs.clone(), dest.clone(), args.writable);
+        tokio::task::spawn_blocking(move || ociup_run::cache::clone_rootfs(&snap, &dest2, copy))
+            .await??;
+        dest
+    } else {
+        snapshot.rootfs.clone()
+    };
+    let terminal = std::io::stdin().is_terminal() && !args.dry_run;
+    let options = SpecOptions {
+        args: args.args.clone(),
+        entrypoint,
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        terminal,
+        mounts,
+        network,
+        readonly_rootfs: !args.writable,
+        hostname: "ociup".into(),
+        rootless: (!root).then(rootless_mappings),
+    };
+    let spec = runtime_spec(
+        &image.config,
+        &rootfs,
+        &rootfs.display().to_string(),
+        &options,
+    )?;
+    if args.dry_run {
+        output::json(&serde_json::json!({
+            "reference": reference,
+            "digest": digest,
+            "rootfs": rootfs.display().to_string(),
+            "read_only": !args.writable,
+            "layers": rep.layers,
+            "unpacked": rep.unpacked,
+            "assembled": rep.assembled,
+            "spec": spec,
+        }))?;
+        return Ok(0);
+    }
+    let config = bundle.path.join("config.json");
+    std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)
+        .with_context(|| format!("writing {}", config.display()))?;
+    let state_root = data.join("runc");
+    std::fs::create_dir_all(&state_root)
+        .with_context(|| format!("creating {}", state_root.display()))?;
+    let status = run_bundle(&RuntimeOptions {
+        runtime: runtime.unwrap_or_default(),
+        state_root,
+        id,
+        bundle: bundle.path.clone(),
+        own_process_group: !terminal,
+    })
+    .await?;
+    if args.keep {
+        eprintln!("ociup: bundle kept at {}", bundle.path.display());
+    }
+    drop(snapshot);
+    Ok(u8::try_from(status & 0xff).unwrap_or(1))
+}
+
+/// A run's bundle directory: removed when dropped, unless kept.
+struct Bundle {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = ociup_run::cache::remove_tree(&self.path)
+        {
+            eprintln!("ociup: removing {}: {e}", self.path.display());
+        }
+    }
+}

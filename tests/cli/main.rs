@@ -25,5 +25,6 @@ mod registry;
 #[path = "../../crates/ociup-registry/tests/support/mod.rs"]
 mod registry_support;
 mod run;
+mod serve;
 mod support;
 mod unpack;

@@ -1,0 +1,801 @@
+//! `ociup serve` (the real binary on a loopback port) and `ociup token`, and the CLI as its
+//! client (`--server`): roles, tokens read again, the allowlist, limits, metrics, the OpenAPI
+//! document, and the same output through the service as locally.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
+use crate::support::{fixtures, json, ociup_at, ok_at, repo};
+
+/// A running `ociup serve`; killed on drop (a test that stops it checks how it ended).
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: PathBuf,
+}
+
+impl Served {
+    /// Starts `ociup serve --listen 127.0.0.1:0 ARGS` in `dir` with `env`, and reads the
+    /// address it prints.
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+        let stderr = dir.join(format!("serve-{}.log", next_number()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ociup"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("OCIUP_SERVER")
+            .env_remove("OCIUP_SIGNING_KEY")
+            .env_remove("OCIUP_USERNAME")
+            .env_remove("OCIUP_PASSWORD")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("XDG_CACHE_HOME", dir.join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("ociup serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ociup serve: listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address printed ({line:?}): {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Served {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One HTTP/1.1 request: status, headers (lowercase names), body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        http(&self.addr, method, path, token, body)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn next_number() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// An error answer: its status and code.
+    fn error(&self) -> (u16, String) {
+        let v = self.json();
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        (
+            self.status,
+            v["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+/// A plain HTTP/1.1 client over a TcpStream (`Connection: close`, body read to the end).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let (ctype, bytes) = body.unwrap_or(("application/json", b""));
+    if body.is_some() {
+        req.push_str(&format!("Content-Type: {ctype}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before the whole body is read: a broken pipe is fine.
+    let _ = s.write_all(bytes);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + size]);
+        b = &b[end + 4 + size..];
+    }
+}
+
+/// `ociup token create NAME --role ROLE --file tokens.json` in `dir`: the token printed.
+fn token(dir: &Path, name: &str, role: &str) -> String {
+    ok_at(
+        dir,
+        &[
+            "token",
+            "create",
+            name,
+            "--role",
+            role,
+            "--file",
+            "tokens.json",
+        ],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Runs ociup as a client of `url` with `token`, in an empty home with no registry
+/// credentials and no catalog: exit code, stdout, stderr.
+fn client(dir: &Path, url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let home = dir.join("client-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args(args)
+        .current_dir(&home)
+        .env_clear()
+        .env("HOME", &home)
+        .env("OCIUP_SERVER", url)
+        .env("OCIUP_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The count of one `ociup_http_requests_total` series in `/metrics` (0 when absent).
+fn requests_counted(s: &Served, route: &str, method: &str, status: u16) -> u64 {
+    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    let series = format!(
+        "ociup_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A tar of `entries` (name, bytes), as a client would upload.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        let field = &mut h.as_old_mut().name;
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn token_create_list_revoke() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let a = token(d, "alice", "requester");
+    assert!(a.starts_with("ociup_") && a.len() == 70, "{a}");
+    let b = token(d, "root", "admin");
+    assert_ne!(a, b);
+    let text = std::fs::read_to_string(d.join("tokens.json")).unwrap();
+    assert!(
+        !text.contains(&a[6..]) && !text.contains(&b[6..]),
+        "only hashes are stored"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.join("tokens.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let list = json(&ok_at(
+        d,
+        &["token", "list", "--file", "tokens.json", "--json"],
+    ));
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("alice", "requester"), ("root", "admin")]);
+    // Keys as every --json output has them: snake_case, listed in docs/json.md.
+    let doc = std::fs::read_to_string(repo().join("docs/json.md")).unwrap();
+    for key in list[0].as_object().unwrap().keys() {
+        assert!(
+            key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{key}"
+        );
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "{key} is not in docs/json.md"
+        );
+    }
+    let (code, _, err) = ociup_at(
+        d,
+        &[
+            "token",
+            "create",
+            "alice",
+            "--role",
+            "admin",
+            "--file",
+            "tokens.json",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("exists"), "{err}");
+    let (code, _, err) = ociup_at(
+        d,
+        &[
+            "token",
+            "create",
+            "a/b",
+            "--role",
+            "admin",
+            "--file",
+            "tokens.json",
+        ],
+    );
+    assert!(code == 1 && err.contains("token name"), "{err}");
+    assert!(
+        ok_at(d, &["token", "revoke", "alice", "--file", "tokens.json"]).contains("revoked alice")
+    );
+    let list = ok_at(d, &["token", "list", "--file", "tokens.json"]);
+    assert!(!list.contains("alice") && list.contains("root"), "{list}");
+}
+
+/// Everything over a layout catalog: roles, tokens read again, the allowlist, bad input,
+/// limits, metrics, the document, registration by upload, an upgrade caused by a requester,
+/// and the CLI printing the same through the service as locally.
+#[test]
+fn serve_over_a_layout_catalog() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // A base of our own whose tag can move, and a nick on it; another nick on a base outside
+    // what the service may read.
+    ok_at(
+        d,
+        &[
+            "copy",
+            &format!("oci:{}:v1", fixtures().join("base").display()),
+            "oci:base:latest",
+        ],
+    );
+    std::fs::write(d.join("app.conf"), "mode = test\n").unwrap();
+    ok_at(d, &["keygen", "--out", "k"]);
+    let dir = d.display().to_string();
+    ok_at(
+        d,
+        &[
+            "register",
+            "app",
+            "--base",
+            &format!("oci:{dir}/base:latest"),
+            "--to",
+            &format!("oci:{dir}/images"),
+            "--add",
+            "app.conf:/etc/app.conf",
+            "--sign-key",
+            "k.key",
+        ],
+    );
+    ok_at(
+        d,
+        &[
+            "register",
+            "outside",
+            "--base",
+            &format!("oci:{}:v1", fixtures().join("base").display()),
+            "--to",
+            &format!("oci:{dir}/images"),
+        ],
+    );
+    let alice = token(d, "alice", "requester");
+    let root = token(d, "root", "admin");
+    let allow = [
+        "--tokens",
+        "tokens.json",
+        "--catalog",
+        "oci:catalog",
+        "--allow-read",
+        "oci:base",
+        "--allow-write",
+        "oci:images",
+        "--allow-write",
+        "oci:catalog",
+        "--sign-key",
+        "k.key",
+    ];
+    let s = Served::start(d, &allow, &[]);
+
+    // The document served is the one in the repository, and lists every route.
+    let doc = s.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(doc.status, 200);
+    assert_eq!(
+        doc.body,
+        std::fs::read(repo().join("docs/openapi.json")).unwrap()
+    );
+    let doc = doc.json();
+    for (method, path) in ociup_serve::Service::routes() {
+        assert!(
+            doc["paths"][path][method.to_ascii_lowercase()].is_object(),
+            "{method} {path} is not in docs/openapi.json"
+        );
+    }
+    assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
+    assert_eq!(
+        s.call("GET", "/readyz", None, None).json()["status"],
+        "ready"
+    );
+
+    // No token, an unknown one: 401, JSON, with a challenge.
+    let r = s.call("POST", "/v1/nicks/app/resolve", None, None);
+    assert_eq!(r.error(), (401, "unauthorized".into()));
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer"))
+    );
+    let r = s.call("POST", "/v1/nicks/app/resolve", Some("ociup_00"), None);
+    assert_eq!(r.error(), (401, "unauthorized".into()));
+
+    // The requester resolves; the same output through the service as locally.
+    let r = s.call(
+        "POST",
+        "/v1/nicks/app/resolve",
+        Some(&alice),
+        Some(("application/json", b"{}")),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let local_json = ok_at(d, &["resolve", "app", "--json"]);
+    assert_eq!(r.json(), json(&local_json));
+    for args in [
+        &["resolve", "app"][..],
+        &["resolve", "app", "--json"],
+        &["resolve", "app", "--offline"],
+        &["status", "app"],
+        &["status", "app", "--json"],
+        &["history", "app"],
+        &["history", "app", "--json"],
+    ] {
+        let (code, out, err) = client(d, &s.url(), &alice, args);
+        assert_eq!(code, 0, "{args:?} through the service: {err}");
+        assert_eq!(out, ok_at(d, args), "{args:?}: the same output both ways");
+    }
+    let key = d.join("k.pub").display().to_string();
+    let (code, out, err) = client(d, &s.url(), &alice, &["verify", "app", "--key", &key]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, ok_at(d, &["verify", "app", "--key", &key]));
+    let (code, out, _) = client(d, &s.url(), &alice, &["resolve", "app", "--check"]);
+    assert_eq!((code, out.as_str()), (3, "current\n"));
+
+    // A requester may not register or unregister: 403; nothing changes.
+    let upload = tar_of(&[("recipe.json", b"{}")]);
+    let r = s.call(
+        "POST",
+        "/v1/register",
+        Some(&alice),
+        Some(("application/x-tar", &upload)),
+    );
+    assert_eq!(r.error(), (403, "forbidden".into()));
+    assert_eq!(
+        s.call("DELETE", "/v1/nicks/app", Some(&alice), None)
+            .error(),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        s.call("POST", "/v1/upgrade-all", Some(&alice), None)
+            .error(),
+        (403, "forbidden".into())
+    );
+
+    // A nick whose base is outside --allow-read is refused, by the API and through the CLI.
+    let r = s.call("POST", "/v1/nicks/outside/resolve", Some(&alice), None);
+    assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    let (code, _, err) = client(d, &s.url(), &alice, &["resolve", "outside"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("outside --allow-read") && err.contains("outside_allowlist"),
+        "{err}"
+    );
+
+    // Bad input: a clear 4xx in JSON.
+    let bad = |path: &str, body: &[u8]| {
+        s.call("POST", path, Some(&alice), Some(("application/json", body)))
+            .error()
+    };
+    assert_eq!(
+        bad("/v1/nicks/app/resolve", b"{not json"),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        bad("/v1/nicks/app/resolve", br#"{"chek": true}"#),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        bad(
+            "/v1/nicks/app/resolve",
+            br#"{"check": true, "offline": true}"#
+        ),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        bad("/v1/nicks/..%2Fetc/resolve", b"{}"),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        bad("/v1/nicks/Nope/resolve", b"{}"),
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        bad("/v1/nicks/nope/resolve", b"{}"),
+        (404, "unknown_nick".into())
+    );
+    let big = format!(
+        "{{\"check\": false, \"pad\": \"{}\"}}",
+        "x".repeat(100 * 1024)
+    );
+    assert_eq!(
+        bad("/v1/nicks/app/resolve", big.as_bytes()),
+        (413, "payload_too_large".into())
+    );
+    assert_eq!(
+        s.call("GET", "/v1/nope", Some(&alice), None).error(),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        s.call("GET", "/v1/nicks/app/resolve", Some(&alice), None)
+            .error(),
+        (405, "method_not_allowed".into())
+    );
+
+    // Tokens are read again when the file changes: a new one works at once, a revoked one no
+    // longer does.
+    let bob = token(d, "bob", "requester");
+    assert_eq!(s.call("GET", "/v1/status", Some(&bob), None).status, 200);
+    ok_at(d, &["token", "revoke", "bob", "--file", "tokens.json"]);
+    assert_eq!(
+        s.call("GET", "/v1/status", Some(&bob), None).error(),
+        (401, "unauthorized".into())
+    );
+
+    // The admin registers by upload: a recipe and the files it names; a hostile upload is
+    // refused and registers nothing.
+    let recipe = format!(
+        r#"{{"nick": "uploaded", "base": "oci:{dir}/base:latest", "target": "oci:{dir}/images", "steps": [{{"add": {{"src": "files/motd", "dest": "/etc/motd"}}}}]}}"#
+    );
+    let hostile = tar_of(&[("recipe.json", recipe.as_bytes()), ("../motd", b"x")]);
+    let r = s.call(
+        "POST",
+        "/v1/register",
+        Some(&root),
+        Some(("application/x-tar", &hostile)),
+    );
+    assert_eq!(r.error(), (422, "invalid_recipe".into()));
+    let missing = tar_of(&[("recipe.json", recipe.as_bytes())]);
+    let r = s.call(
+        "POST",
+        "/v1/register",
+        Some(&root),
+        Some(("application/x-tar", &missing)),
+    );
+    assert_eq!(r.error(), (422, "invalid_recipe".into()));
+    assert!(!ok_at(d, &["status"]).contains("uploaded"));
+    let outside = recipe.replace(
+        &format!("oci:{dir}/base:latest"),
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+    );
+    let upload = tar_of(&[
+        ("recipe.json", outside.as_bytes()),
+        ("files/motd", b"hello\n"),
+    ]);
+    let r = s.call(
+        "POST",
+        "/v1/register",
+        Some(&root),
+        Some(("application/x-tar", &upload)),
+    );
+    assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    let good = tar_of(&[
+        ("recipe.json", recipe.as_bytes()),
+        ("files/motd", b"hello\n"),
+    ]);
+    let r = s.call(
+        "POST",
+        "/v1/register",
+        Some(&root),
+        Some(("application/x-tar", &good)),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (r.json()["nick"].as_str(), r.json()["actor"].as_str()),
+        (Some("uploaded"), Some("root"))
+    );
+    let hist = json(&ok_at(d, &["history", "uploaded", "--json"]));
+    assert_eq!(hist[0]["digest"], r.json()["digest"]);
+
+    // The base moves. A service that allows no regeneration answers 503 with Retry-After; the
+    // other one upgrades on the requester's behalf, recorded with the requester as actor.
+    ok_at(
+        d,
+        &[
+            "copy",
+            &format!("oci:{}:v2", fixtures().join("base").display()),
+            "oci:base:latest",
+        ],
+    );
+    let none = Served::start(
+        d,
+        &[
+            &allow[..],
+            &["--max-regenerations", "0", "--retry-after", "7"],
+        ]
+        .concat(),
+        &[],
+    );
+    let r = none.call("POST", "/v1/nicks/app/resolve", Some(&alice), None);
+    assert_eq!(r.error(), (503, "busy".into()));
+    assert_eq!(r.header("retry-after"), Some("7"));
+    let r = none.call(
+        "POST",
+        "/v1/nicks/app/resolve",
+        Some(&alice),
+        Some(("application/json", br#"{"check": true}"#)),
+    );
+    assert_eq!(
+        r.json()["upgrade_due"],
+        true,
+        "a check needs no regeneration"
+    );
+    drop(none);
+    let (code, out, err) = client(d, &s.url(), &alice, &["resolve", "app"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("app upgraded to version 2"), "{err}");
+    assert_eq!(out, ok_at(d, &["resolve", "app"]));
+    let hist = json(&ok_at(d, &["history", "app", "--json"]));
+    assert_eq!(
+        (hist[0]["number"].as_u64(), hist[0]["actor"].as_str()),
+        (Some(2), Some("alice"))
+    );
+    assert_eq!(hist[0]["reason"], "base moved");
+
+    // Metrics count the requests by route and status.
+    let before = requests_counted(&s, "/v1/status", "GET", 200);
+    for _ in 0..3 {
+        assert_eq!(s.call("GET", "/v1/status", Some(&alice), None).status, 200);
+    }
+    assert_eq!(requests_counted(&s, "/v1/status", "GET", 200), before + 3);
+    assert!(requests_counted(&s, "/v1/nicks/{nick}/resolve", "POST", 401) >= 2);
+    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(text.contains("ociup_upgrades_total 1"), "{text}");
+    assert!(
+        text.contains("ociup_http_requests_in_flight 1"),
+        "the /metrics request itself: {text}"
+    );
+
+    // SIGTERM: the service stops cleanly.
+    let mut s = s;
+    let killed = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", s.log());
+    assert!(s.log().contains("stopped"), "{}", s.log());
+}
+
+/// On a registry that hands out bearer tokens: the service holds the credentials; a requester
+/// with none at all causes the upgrade. What the service asks the token server for is listed.
+#[test]
+fn serve_holds_the_credentials_on_a_token_registry() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::Token,
+        tls: false,
+    });
+    let host = reg.host();
+    let (user, password) = reg.credentials().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let creds = [
+        ("OCIUP_USERNAME", user.as_str()),
+        ("OCIUP_PASSWORD", password.as_str()),
+    ];
+    let with_creds = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+            .args(args)
+            .current_dir(d)
+            .env("OCIUP_CATALOG", format!("{host}/ociup/catalog"))
+            .env("OCIUP_ACTOR", "tester")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .envs(creds)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let base = format!("{host}/base/img:latest");
+    with_creds(&[
+        "copy",
+        &format!("oci:{}:v1", fixtures().join("base").display()),
+        &base,
+    ]);
+    std::fs::write(d.join("app.conf"), "mode = test\n").unwrap();
+    with_creds(&[
+        "register",
+        "app",
+        "--base",
+        &base,
+        "--to",
+        &format!("{host}/apps/app"),
+        "--add",
+        "app.conf:/etc/app.conf",
+    ]);
+    let carol = token(d, "carol", "requester");
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            &format!("{host}/ociup/catalog"),
+            "--allow-read",
+            &format!("{host}/base/*"),
+            "--allow-write",
+            &format!("{host}/apps/*"),
+            "--allow-write",
+            &format!("{host}/ociup/catalog"),
+        ],
+        &creds,
+    );
+    with_creds(&[
+        "copy",
+        &format!("oci:{}:v2", fixtures().join("base").display()),
+        &base,
+    ]);
+    let asked_before = reg.token_log().len();
+    let (code, out, err) = client(d, &s.url(), &carol, &["resolve", "app", "--json"]);
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    let r = json(&out);
+    assert_eq!(
+        (r["upgraded"].as_bool(), r["version"].as_u64()),
+        (Some(true), Some(2))
+    );
+    assert!(
+        r["reference"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("docker://")
+            .starts_with(&format!("{host}/apps/app@sha256:")),
+        "{r}"
+    );
+    // The same answer locally now, with the registry's credentials.
+    assert_eq!(
+        json(&with_creds(&["resolve", "app", "--json"]))["digest"],
+        r["digest"]
+    );
+    let hist = json(&with_creds(&["history", "app", "--json"]));
+    assert_eq!(hist[0]["actor"], "carol");
+
+    // Scopes the service asked for during the upgrade: pull on the base, pull and push on the
+    // target and the catalog, nothing else.
+    let asked: Vec<String> = reg.token_log()[asked_before..]
+        .iter()
+        .flat_map(|t| t.scopes.clone())
+        .collect();
+    for needed in [
+        "repository:base/img:pull",
+        "repository:apps/app:pull,push",
+        "repository:ociup/catalog:pull,push",
+    ] {
+        assert!(
+            asked.iter().any(|a| a == needed),
+            "{needed} not asked: {asked:?}"
+        );
+    }
+    for scope in &asked {
+        let ok = scope == "repository:base/img:pull"
+            || ["apps/app", "ociup/catalog"].iter().any(|repo| {
+                scope == &format!("repository:{repo}:pull")
+                    || scope == &format!("repository:{repo}:pull,push")
+                    || scope == &format!("repository:{repo}:push,pull")
+            });
+        assert!(
+            ok,
+            "the service asked for {scope:?}; all it asked: {asked:?}"
+        );
+    }
+}

@@ -23,6 +23,19 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Kubernetes tests (`ociup job --apply`) need a real kube-apiserver and controller manager:
+# ../shared/k8s (beside the repository) starts them on loopback, once for the suite, stopped on
+# exit. Without it those tests say they were skipped (and never reach a cluster of yours).
+unset KUBECONFIG KUBE_URL KUBE_TOKEN KUBE_CA KUBE_STATE_DIR
+if [ -d ../shared/k8s ]; then
+  k8s_env=$(../shared/k8s/start.sh --with-controller-manager) \
+    || { echo "cannot start the Kubernetes API server of ../shared/k8s" >&2; exit 1; }
+  eval "$k8s_env"
+  export KUBECONFIG KUBE_URL KUBE_TOKEN KUBE_CA KUBE_STATE_DIR
+  trap '../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null 2>&1 || true' EXIT
+else
+  echo "Kubernetes tests skipped: ../shared/k8s is absent (no API server to run ociup job --apply against)"
+fi
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 # Every parser of outside input under libFuzzer, 10 s per target here (FUZZ_SECONDS to change).

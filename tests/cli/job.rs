@@ -544,6 +544,21 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
     assert_eq!(v["conditions"][0]["type"], "Complete");
     assert_eq!(v["conditions"][0]["status"], "True");
     assert_eq!(v["conditions"][0]["reason"], "SetByTheTest");
+    // ociup's own keys: snake_case, each listed in docs/json.md.
+    let doc = std::fs::read_to_string(crate::support::repo().join("docs/json.md")).unwrap();
+    let condition = v["conditions"][0].as_object().unwrap();
+    for key in v.as_object().unwrap().keys().chain(condition.keys()) {
+        assert!(
+            key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{key}"
+        );
+        assert!(
+            doc.contains(&format!("`{key}`"))
+                || doc.contains(&format!("{key},"))
+                || doc.contains(&format!("{key}}}")),
+            "{key} is not in docs/json.md"
+        );
+    }
 
     // A Job deleted while followed: a clear error.
     let child = Command::new(env!("CARGO_BIN_EXE_ociup"))

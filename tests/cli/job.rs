@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use ociup_kube::k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use ociup_kube::k8s_openapi::api::authentication::v1::TokenRequest;
 use ociup_kube::k8s_openapi::api::batch::v1::Job;
 use ociup_kube::k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -409,6 +410,185 @@ impl Kube {
     }
 }
 
+/// The webhook's program: answers every AdmissionReview "allowed", and first appends to a log
+/// what it was asked (operation, suspend, the digest annotation) and the nick's versions in the
+/// catalog at that moment (`ociup history`).
+const WEBHOOK: &str = r#"
+import http.server, json, os, ssl, subprocess, sys
+port_file, cert, key, log, ociup, nick = sys.argv[1:7]
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = review["request"]
+        job = req.get("object") or {}
+        history = subprocess.run([ociup, "history", nick, "--json"], capture_output=True, text=True)
+        entry = {
+            "operation": req["operation"],
+            "dry_run": req.get("dryRun", False),
+            "suspend": (job.get("spec") or {}).get("suspend"),
+            "digest": ((job.get("metadata") or {}).get("annotations") or {}).get("ociup.dev/digest"),
+            "versions": sorted(r["digest"] for r in json.loads(history.stdout)) if history.returncode == 0 else None,
+        }
+        with open(log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "response": {"uid": req["uid"], "allowed": True}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(port_file + ".tmp", port_file)
+server.serve_forever()
+"#;
+
+/// A validating admission webhook on the Jobs of one namespace, run by python3 on loopback
+/// over TLS, recording each Job create and update with the catalog's state at that moment;
+/// `None` (said) without python3.
+struct Webhook<'a> {
+    kube: &'a Kube,
+    child: std::process::Child,
+    log: PathBuf,
+    name: String,
+}
+
+impl Webhook<'_> {
+    fn start<'a>(kube: &'a Kube, ns: &str, app: &App) -> Option<Webhook<'a>> {
+        if Command::new("python3").arg("--version").output().is_err() {
+            eprintln!("skipped the admission webhook's view: python3 is not installed");
+            return None;
+        }
+        let dir = app.dir().join("webhook");
+        std::fs::create_dir(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        std::fs::write(dir.join("hook.py"), WEBHOOK).unwrap();
+        let (port_file, log) = (dir.join("port"), dir.join("log"));
+        let child = Command::new("python3")
+            .arg(dir.join("hook.py"))
+            .args([&port_file, &cert, &key, &log])
+            .arg(env!("CARGO_BIN_EXE_ociup"))
+            .arg(app.nick)
+            .env(
+                "OCIUP_CATALOG",
+                format!("oci:{}", app.dir().join("catalog").display()),
+            )
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        kube.until(Duration::from_secs(20), "webhook port", || {
+            port = std::fs::read_to_string(&port_file).unwrap_or_default();
+            !port.is_empty()
+        });
+        let name = format!("{ns}.ociup.dev");
+        let config = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": name,
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}/"),
+                    "caBundle": base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        std::fs::read(&cert).unwrap(),
+                    ),
+                },
+                "rules": [{
+                    "apiGroups": ["batch"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["jobs"],
+                }],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 10,
+            }],
+        });
+        let hook = Webhook {
+            kube,
+            child,
+            log,
+            name,
+        };
+        let api = hook.api();
+        kube.rt
+            .block_on(api.create(
+                &PostParams::default(),
+                &serde_json::from_value(config).unwrap(),
+            ))
+            .unwrap();
+        // The API server takes the configuration up after a moment: a dry-run create tells.
+        let probe: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "probe"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "probe", "image": "probe"}]}}},
+        }))
+        .unwrap();
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        kube.until(Duration::from_secs(30), "webhook called", || {
+            let _ = kube.rt.block_on(kube.api::<Job>(ns).create(&dry, &probe));
+            !hook.calls().is_empty()
+        });
+        Some(hook)
+    }
+
+    fn api(&self) -> Api<ValidatingWebhookConfiguration> {
+        Api::all(self.kube.cluster.client().clone())
+    }
+
+    /// Every call but the dry-run probes, in order.
+    fn calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(json)
+            .collect()
+    }
+}
+
+impl Drop for Webhook<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .kube
+            .rt
+            .block_on(self.api().delete(&self.name, &DeleteParams::default()));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct NamespaceGuard<'a> {
     kube: &'a Kube,
     name: String,
@@ -599,6 +779,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
     let ns = k.namespace("ociup-job-held");
     let app = App::new("held");
     app.move_base();
+    let webhook = Webhook::start(&k, &ns.name, &app);
     let events = k.watch_jobs(&ns.name);
     let (code, out, err) = app.run(&["job", "held", "--apply", "--json", "-n", &ns.name]);
     assert_eq!(code, 0, "{err}");
@@ -642,6 +823,35 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
         1,
         "one Job"
     );
+    // What the API server's admission webhook saw, with the catalog at that moment: created
+    // suspended before the new version was recorded, released once it was.
+    if let Some(hook) = &webhook {
+        let calls: Vec<Value> = hook
+            .calls()
+            .into_iter()
+            .filter(|c| c["dry_run"] == false)
+            .collect();
+        let v1 = &versions[0];
+        assert_eq!(calls[0]["operation"], "CREATE", "{calls:?}");
+        assert_eq!(calls[0]["suspend"], true, "{calls:?}");
+        assert_eq!(calls[0]["digest"], v2.as_str());
+        assert_eq!(
+            calls[0]["versions"],
+            serde_json::json!([v1]),
+            "not yet recorded"
+        );
+        let release = calls
+            .iter()
+            .find(|c| c["operation"] == "UPDATE" && c["suspend"] == false)
+            .unwrap_or_else(|| panic!("no release: {calls:?}"));
+        let mut both = vec![v1.clone(), v2.clone()];
+        both.sort();
+        assert_eq!(
+            release["versions"],
+            serde_json::json!(both),
+            "recorded before"
+        );
+    }
     // The controller makes its pod only once it is released, with the new image.
     let pods = k.pods_of(&ns.name, &name);
     assert_eq!(

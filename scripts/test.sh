@@ -38,5 +38,8 @@ else
 fi
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# `ociup serve` against its OpenAPI document: schemathesis (PyPI), 20 examples per operation,
+# with a requester's and an admin's token (about 30 s).
+bash scripts/schemathesis.sh 20
 # Every parser of outside input under libFuzzer, 10 s per target here (FUZZ_SECONDS to change).
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash fuzz/run.sh

@@ -188,6 +188,15 @@ pub enum Command {
     ///
     /// Example: ociup register trainer --base oci:fixtures/base:latest --to oci:images
     /// --add ./train.py:/opt/train.py --env MODE=train
+    ///
+    /// On a multi-platform base (an index), every platform is built (or those named with
+    /// --platform) and each version is an index: a resolve after the base index moved rebuilds
+    /// only the platforms whose base manifest changed (the others keep their manifests byte for
+    /// byte), and a platform the base dropped is left out of the new version (the record and
+    /// `resolve --json` name it in dropped_platforms).
+    ///
+    /// Example: ociup register app --base oci:fixtures/multi:v1 --to oci:images --add
+    /// ./app.conf:/etc/app.conf --platform linux/amd64 --platform linux/arm64
     Register(Box<RegisterArgs>),
     /// The request to run: print the digest-pinned reference of a nick's newest version,
     /// regenerating it on the spot when its base has moved.
@@ -451,9 +460,13 @@ pub struct RegisterArgs {
     /// oci:<dir> (here or in --base) is recorded as an absolute path.
     #[arg(long, value_name = "REPO", required_unless_present = "recipe")]
     pub to: Option<String>,
-    /// Platform to pick from a multi-platform base.
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: Option<String>,
+    /// Platforms of a multi-platform base the nick has (repeatable; "all", the default, for
+    /// every one): the nick is then an index of them, its layer built once, and a resolve
+    /// rebuilds only the platforms whose base manifest moved. Attestation manifests of the base
+    /// index are not carried over (they attest the base). A single --platform gives a nick of
+    /// that platform's image alone.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]|all")]
+    pub platform: Vec<String>,
     #[command(flatten)]
     pub steps: StepArgs,
     /// Upper bound of timestamps in what is built, seconds since 1970.

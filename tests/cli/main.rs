@@ -19,6 +19,7 @@ mod layer;
 mod login;
 mod managed;
 mod multi;
+mod multi_managed;
 mod rebase;
 mod recipes;
 mod registry;

@@ -7,16 +7,16 @@ use serde_json::Value;
 
 use crate::support::{blob, copy_tree, fixtures, json, ociup_err, ociup_ok, tool};
 
-fn multi(tag: &str) -> String {
+pub(crate) fn multi(tag: &str) -> String {
     format!("oci:{}:{tag}", fixtures().join("multi").display())
 }
 
-fn doc(layout: &Path, digest: &str) -> Value {
+pub(crate) fn doc(layout: &Path, digest: &str) -> Value {
     serde_json::from_slice(&blob(layout, digest)).unwrap()
 }
 
 /// The custom files: a small file and one large enough for several compression threads.
-fn app(dir: &Path) -> Vec<String> {
+pub(crate) fn app(dir: &Path) -> Vec<String> {
     std::fs::write(dir.join("app.txt"), b"custom app\n").unwrap();
     let big: Vec<u8> = (0u32..600_000)
         .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> 7).to_le_bytes())
@@ -39,7 +39,7 @@ fn append(base: &str, to: &str, extra: &[String]) -> Value {
 }
 
 /// Tags a manifest of a layout, for umoci, which names images by tag only.
-fn tag(layout: &Path, digest: &str, tag: &str) {
+pub(crate) fn tag(layout: &Path, digest: &str, tag: &str) {
     let raw = ociup_core::document::RawDocument::new(
         blob(layout, digest),
         ociup_core::media_type::OCI_MANIFEST,

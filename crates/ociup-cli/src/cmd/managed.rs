@@ -79,6 +79,7 @@ fn manager_with(
             key,
             epoch,
             platform: parse_platform(platform)?,
+            platforms: Vec::new(),
             stored_sources,
             cache: cache_dir().map(BlobCache::new),
             unsigned: signing.is_some_and(|s| s.unsigned),
@@ -226,13 +227,24 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
     recipe.base = ociup_registry::absolute_reference(&recipe.base, &dir)?;
     recipe.target = ociup_registry::absolute_reference(&recipe.target, &dir)?;
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
-    let m = manager(
-        ctx,
-        &args.catalog,
-        Some(&args.signing),
-        epoch,
-        args.platform.as_deref(),
-    )?;
+    // `--platform`: none or `all` for every platform of an index base, one for that platform's
+    // image, several for an index of them.
+    if args.platform.iter().any(|p| p == "all") && args.platform.len() > 1 {
+        bail!("--platform all names every platform: give it alone");
+    }
+    let named: Vec<&String> = args.platform.iter().filter(|p| *p != "all").collect();
+    let one = match named.as_slice() {
+        [p] => Some(p.as_str()),
+        _ => None,
+    };
+    let mut m = manager(ctx, &args.catalog, Some(&args.signing), epoch, one)?;
+    if named.len() > 1 {
+        let mut several = Vec::with_capacity(named.len());
+        for p in named {
+            several.extend(parse_platform(Some(p))?);
+        }
+        m = m.with_platforms(several);
+    }
     let nick = recipe.nick.clone();
     let mut registration = Registration::new(recipe, dir);
     registration.access = access;
@@ -251,6 +263,12 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
         "registered {} version {}\n  {}\n  base {} ({})",
         record.nick, record.number, record.image, record.base, record.base_digest
     ))?;
+    for p in &record.platforms {
+        output::line(format!(
+            "  {:<16} {}  base {}",
+            p.platform, p.digest, p.base_digest
+        ))?;
+    }
     Ok(())
 }
 
@@ -304,6 +322,14 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
         (true, true) => CHECK_UPGRADE_DUE,
         (true, false) => CHECK_CURRENT,
     };
+    if !r.dropped_platforms.is_empty() {
+        eprintln!(
+            "ociup: the base of {} no longer has {}: version {} is made without",
+            r.nick,
+            r.dropped_platforms.join(", "),
+            r.version
+        );
+    }
     if args.json {
         output::json(&serde_json::to_value(&r)?)?;
         return Ok(status);
@@ -322,6 +348,7 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
             r.nick, r.version, r.base_digest
         );
     }
+
     output::line(&r.reference)?;
     Ok(0)
 }
@@ -341,6 +368,12 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<()> {
             if s.signed { "signed" } else { "unsigned" },
             s.base
         ))?;
+        for p in &s.platforms {
+            output::line(format!(
+                "  {:<18} {}  base {}",
+                p.platform, p.digest, p.base_digest
+            ))?;
+        }
     }
     Ok(())
 }
@@ -356,6 +389,25 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<()> {
             "v{:<4} {}  {}  base {}  {} by {}",
             v.number, v.digest, v.reason, v.base_digest, v.time, v.actor
         ))?;
+        for p in &v.platforms {
+            output::line(format!(
+                "      {:<16} {}  base {}{}",
+                p.platform,
+                p.digest,
+                p.base_digest,
+                if p.built_in == v.number {
+                    String::new()
+                } else {
+                    format!("  (kept from v{})", p.built_in)
+                }
+            ))?;
+        }
+        if !v.dropped_platforms.is_empty() {
+            output::line(format!(
+                "      dropped (the base no longer has them): {}",
+                v.dropped_platforms.join(", ")
+            ))?;
+        }
     }
     Ok(())
 }
@@ -421,6 +473,12 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
         count(checked.layers, "own layer", "own layers"),
         count(checked.files, "entry", "entries"),
     ))?;
+    for p in &checked.platforms {
+        output::line(format!(
+            "  {:<16} {}  verified (version {})",
+            p.platform, p.digest, p.version
+        ))?;
+    }
     Ok(())
 }
 

@@ -89,6 +89,53 @@ pub struct VersionRecord {
     /// when unsigned, and in records of older ociup (their build manifest names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// For a version that is an index (its base is one): each platform's manifest, in the
+    /// index's order. Empty for a single image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformRecord>,
+    /// Platforms the previous version had and the base no longer has: this version was made
+    /// from the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_platforms: Vec<String>,
+}
+
+impl VersionRecord {
+    /// The platform of an index version that `wanted` names (os and architecture, and the
+    /// variant when it gives one), as [`crate::ops::select_platform`] picks a child of an
+    /// index: its manifest digest is what to run there. `None` for a single image or a
+    /// platform the version lacks.
+    pub fn platform(&self, wanted: &crate::reference::PlatformSpec) -> Option<&PlatformRecord> {
+        self.platforms.iter().find(|p| {
+            p.platform
+                .parse::<crate::reference::PlatformSpec>()
+                .is_ok_and(|have| {
+                    have.os == wanted.os
+                        && have.architecture == wanted.architecture
+                        && (wanted.variant.is_none() || have.variant == wanted.variant)
+                })
+        })
+    }
+}
+
+/// One platform of an index version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRecord {
+    /// `os/architecture[/variant]`, as `--platform` names it.
+    pub platform: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// The base manifest it sits on (the base index's entry for this platform).
+    pub base_digest: String,
+    /// The version that built this manifest: a platform whose base manifest did not move keeps
+    /// its manifest, and its build manifest, from an earlier version.
+    pub built_in: u64,
+    /// Its signed build manifest (a referrer of this manifest): digest and size of its
+    /// envelope blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_manifest: Option<(String, u64)>,
+    /// Its manifest and config, so that a regeneration need not read them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<ImageDocuments>,
 }
 
 /// An image's manifest and config, their exact bytes as text (ociup writes both as JSON).
@@ -220,6 +267,31 @@ impl Current {
     }
 }
 
+/// One platform of an index version, as a nick's manifest annotates it (and `status` shows it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformSummary {
+    /// `os/architecture[/variant]`.
+    pub platform: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// The base manifest it sits on.
+    pub base_digest: String,
+}
+
+impl PlatformSummary {
+    /// The platforms of a version record.
+    pub fn of(v: &VersionRecord) -> Vec<PlatformSummary> {
+        v.platforms
+            .iter()
+            .map(|p| PlatformSummary {
+                platform: p.platform.clone(),
+                digest: p.digest.clone(),
+                base_digest: p.base_digest.clone(),
+            })
+            .collect()
+    }
+}
+
 /// What a nick's manifest says of it (its annotations), read without its blobs.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -237,6 +309,9 @@ pub struct Summary {
     pub signed: Option<bool>,
     /// The id of the key that signed it, when known.
     pub signer: Option<String>,
+    /// For an index version: each platform's manifest and base manifest (absent for a single
+    /// image, and in older entries).
+    pub platforms: Option<Vec<PlatformSummary>>,
     manifest: Value,
     digest: Digest,
 }
@@ -295,6 +370,14 @@ impl Summary {
                     recorded.base_digest
                 )));
             }
+        }
+        if let Some(platforms) = &self.platforms
+            && *platforms != PlatformSummary::of(record)
+        {
+            return Err(bad(format!(
+                "its annotations name other platforms than its version record {}",
+                record.number
+            )));
         }
         if let Some(signed) = self.signed
             && signed != record.build_manifest.is_some()
@@ -555,6 +638,12 @@ impl<S: Store> Catalog<S> {
             current,
             signed: text("dev.ociup.signed").map(|s| s == "true"),
             signer: text("dev.ociup.signer"),
+            platforms: match text("dev.ociup.platforms") {
+                Some(t) => {
+                    Some(serde_json::from_str(&t).map_err(|_| bad("invalid dev.ociup.platforms"))?)
+                }
+                None => None,
+            },
             manifest: v,
             digest: raw.digest().clone(),
         }))
@@ -662,6 +751,11 @@ impl<S: Store> Catalog<S> {
             ann.insert("dev.ociup.signed".into(), signed.to_string().into());
             if let (true, Some(k)) = (signed, &v.signer) {
                 ann.insert("dev.ociup.signer".into(), k.clone().into());
+            }
+            if !v.platforms.is_empty() {
+                let platforms = serde_json::to_string(&PlatformSummary::of(v))
+                    .map_err(|e| Error::io("writing a summary", std::io::Error::other(e)))?;
+                ann.insert("dev.ociup.platforms".into(), platforms.into());
             }
         }
         let manifest = json!({
@@ -775,6 +869,8 @@ mod tests {
             epoch: 0,
             documents: None,
             signer: Some("ab".repeat(32)),
+            platforms: Vec::new(),
+            dropped_platforms: Vec::new(),
         }
     }
 
@@ -811,6 +907,7 @@ mod tests {
             current: Some(Current::of(&record)),
             signed: Some(true),
             signer: record.signer.clone(),
+            platforms: None,
             manifest: Value::Null,
             digest: Digest::sha256(b"manifest"),
         };

@@ -15,18 +15,21 @@ use super::build_manifest::{
 };
 use super::catalog::{
     AuditEntry, BlobCache, BlobRef, Catalog, Current, EMPTY_MEDIA_TYPE, Entry, ImageDocuments,
-    State, Summary, VersionRecord,
+    PlatformRecord, PlatformSummary, State, Summary, VersionRecord,
 };
 use super::recipe::{Recipe, SourceAccess, Step};
 use crate::digest::Digest;
-use crate::document::{Document, Manifest, RawDocument};
+use crate::document::{Document, Index, Manifest, RawDocument};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerOptions};
 use crate::media_type::{self, Compression};
 use crate::mutate::ConfigMode;
 use crate::mutate::NewLayer;
 use crate::ops::rebase::{RebaseOptions, RebaseRequest, rebase_image};
-use crate::ops::{self, AppendBase, AppendRequest};
+use crate::ops::{
+    self, AppendBase, AppendOptions, AppendRequest, AppendResult, BaseDocument, IndexAppendOutcome,
+    PlatformChoice, append_to_base,
+};
 use crate::reference::PlatformSpec;
 use crate::store::MAX_DOCUMENT_SIZE;
 use crate::store::{ManifestRef, Store};
@@ -164,6 +167,14 @@ pub struct Resolution {
     pub base_digest: String,
     /// The base digest the previous version sat on (when upgraded).
     pub previous_base_digest: Option<String>,
+    /// For an index version: each platform's manifest and the base manifest it sits on
+    /// (omitted for a single image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformSummary>,
+    /// Platforms the previous version had and the base no longer has, when this resolve made
+    /// a version without them (omitted when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_platforms: Vec<String>,
 }
 
 /// A nick in `status`.
@@ -191,6 +202,10 @@ pub struct NickStatus {
     pub signer: Option<String>,
     /// Why it failed or could not be checked.
     pub error: Option<String>,
+    /// For an index version: each platform's manifest and the base manifest it sits on
+    /// (omitted for a single image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformSummary>,
 }
 
 /// What `verify` checked.
@@ -206,6 +221,22 @@ pub struct Verified {
     pub layers: usize,
     /// Files checked.
     pub files: usize,
+    /// For an index: each platform's manifest, checked against its own build manifest
+    /// (omitted for a single image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<VerifiedPlatform>,
+}
+
+/// One platform of an index that `verify` checked.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifiedPlatform {
+    /// `os/architecture[/variant]`.
+    pub platform: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// The version whose build manifest it carries (an unchanged platform keeps an earlier
+    /// version's manifest).
+    pub version: u64,
 }
 
 /// The base of a nick could not be looked up by a resolve that was to fail then (not
@@ -303,6 +334,7 @@ pub struct Manager<P: Stores> {
     key: Option<Key>,
     epoch: u64,
     platform: Option<PlatformSpec>,
+    platforms: Vec<PlatformSpec>,
     stored_sources: SourceAccess,
     unsigned: bool,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -317,8 +349,14 @@ pub struct ManagerOptions {
     pub key: Option<Key>,
     /// `created` of what is built, seconds since 1970 (`SOURCE_DATE_EPOCH`).
     pub epoch: u64,
-    /// The platform to pick from a multi-platform base.
+    /// The platform to pick from a multi-platform base: the nick is then a single image.
+    /// Without it (and without `platforms`), a nick registered on a multi-platform base is an
+    /// index of every platform of the base (attestations left out), regenerated as a whole.
     pub platform: Option<PlatformSpec>,
+    /// The platforms of a multi-platform base that a nick registered on it has (each must be
+    /// in the base; one without variant names every variant of it); the nick is an index of
+    /// them. Empty: every platform (or `platform` alone).
+    pub platforms: Vec<PlatformSpec>,
     /// What the recipe read back from the catalog by [`Manager::edit`] and [`Manager::replay`]
     /// may read: by default only files under their directory, symlinks resolved, so that a
     /// recipe someone else wrote into the catalog cannot read the machine's other files.
@@ -335,7 +373,38 @@ pub struct ManagerOptions {
 struct BaseImage<S> {
     store: S,
     digest: Digest,
-    image: ops::Image,
+    image: BaseKind,
+}
+
+/// What a nick is built on: one image, or the chosen platforms of an index.
+enum BaseKind {
+    One(ops::Image),
+    Index(Index, PlatformChoice),
+}
+
+/// Which platforms of a multi-platform base a version is built on.
+struct Shape {
+    /// One platform: a single image.
+    one: Option<PlatformSpec>,
+    /// These platforms (all when empty): an index.
+    several: Vec<PlatformSpec>,
+}
+
+/// `os/architecture[/variant]` of an index entry's platform object.
+fn spec_name(p: &serde_json::Map<String, Value>) -> String {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut name = format!("{}/{}", s("os"), s("architecture"));
+    if let Some(v) = p.get("variant").and_then(Value::as_str) {
+        name = format!("{name}/{v}");
+    }
+    name
+}
+
+/// Attestation manifests of an index (`unknown/unknown`, or typed so by BuildKit).
+fn is_attestation(entry: &Value) -> bool {
+    let p = &entry["platform"];
+    (p["os"] == "unknown" && p["architecture"] == "unknown")
+        || entry["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
 }
 
 /// What [`Manager::register`] registers: a recipe, where its files are, and how.
@@ -420,6 +489,7 @@ impl<P: Stores> Manager<P> {
             key,
             epoch,
             platform,
+            platforms,
             stored_sources,
             cache,
             unsigned,
@@ -439,10 +509,19 @@ impl<P: Stores> Manager<P> {
             key,
             epoch,
             platform,
+            platforms,
             stored_sources,
             unsigned,
             locks: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same manager, registering nicks on these platforms of a multi-platform base (see
+    /// [`ManagerOptions::platforms`]).
+    #[must_use]
+    pub fn with_platforms(mut self, platforms: Vec<PlatformSpec>) -> Self {
+        self.platforms = platforms;
+        self
     }
 
     /// The catalog.
@@ -507,7 +586,15 @@ impl<P: Stores> Manager<P> {
         let dir = dir.as_path();
         recipe.check(dir, access)?;
         self.stores.open(&recipe.base, false)?;
-        let base = self.check_documents(&recipe).await?;
+        let base = self
+            .check_documents(
+                &recipe,
+                Shape {
+                    one: self.platform.clone(),
+                    several: self.platforms.clone(),
+                },
+            )
+            .await?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let lock = self.lock_for(&recipe.nick);
         let _held = lock.lock().await;
@@ -606,14 +693,62 @@ impl<P: Stores> Manager<P> {
     /// Checks that the config and manifest a version of `recipe` would have on what its base
     /// points to now stay within [`MAX_DOCUMENT_SIZE`], before anything is written: ociup
     /// writes no document it could not read back.
-    async fn check_documents(&self, recipe: &Recipe) -> Result<BaseImage<P::Store>> {
+    async fn check_documents(&self, recipe: &Recipe, shape: Shape) -> Result<BaseImage<P::Store>> {
         let (store, digest) = self.base_digest(&recipe.base).await?;
-        let image = ops::load_image(
-            &store,
-            &ManifestRef::Digest(digest.clone()),
-            self.platform.as_ref(),
-        )
-        .await?;
+        let document = ops::load_document(&store, &ManifestRef::Digest(digest.clone())).await?;
+        let document = match (document, &shape.one) {
+            // Every platform, or those asked for: each is checked as it is built, before
+            // anything of the version is written.
+            (Document::Index(index), None) => {
+                // A platform asked for that the index lacks is refused before anything is
+                // written (an entry without a platform object is read when it is built).
+                let listed: Vec<serde_json::Map<String, Value>> =
+                    serde_json::from_slice::<Value>(index.raw().bytes())
+                        .ok()
+                        .and_then(|v| v.get("manifests").and_then(Value::as_array).cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|e| !is_attestation(e))
+                        .map(|e| e["platform"].as_object().cloned())
+                        .collect::<Option<_>>()
+                        .unwrap_or_default();
+                if !listed.is_empty()
+                    && let Some(missing) = shape.several.iter().find(|w| {
+                        !listed.iter().any(|p| {
+                            let have = |k: &str| p.get(k).and_then(Value::as_str);
+                            have("os") == Some(w.os.as_str())
+                                && have("architecture") == Some(w.architecture.as_str())
+                                && (w.variant.is_none() || have("variant") == w.variant.as_deref())
+                        })
+                    })
+                {
+                    return Err(invalid(format!(
+                        "{} has no manifest for {missing} (it has: {}); nothing was written",
+                        recipe.base,
+                        listed.iter().map(spec_name).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let choice = if shape.several.is_empty() {
+                    PlatformChoice::All
+                } else {
+                    PlatformChoice::Several(shape.several)
+                };
+                return Ok(BaseImage {
+                    store,
+                    digest,
+                    image: BaseKind::Index(index, choice),
+                });
+            }
+            (d, _) => d,
+        };
+        if !shape.several.is_empty() {
+            return Err(invalid(format!(
+                "{} is a single image, not a multi-platform index: there are no platforms to \
+                 choose from",
+                recipe.base
+            )));
+        }
+        let image = ops::image_from_document(&store, document, shape.one.as_ref()).await?;
         let placeholder = Digest::sha256(b"");
         let layer = NewLayer {
             layer: Layer {
@@ -662,8 +797,38 @@ impl<P: Stores> Manager<P> {
         Ok(BaseImage {
             store,
             digest,
-            image,
+            image: BaseKind::One(image),
         })
+    }
+
+    /// The platforms a new version of a nick is built on, as its current version has them: the
+    /// same platforms of an index, or the one platform of a single image (read from its config;
+    /// [`ManagerOptions::platform`] for a record of older ociup without it).
+    fn shape_of(&self, current: &VersionRecord) -> Shape {
+        if !current.platforms.is_empty() {
+            return Shape {
+                one: None,
+                several: current
+                    .platforms
+                    .iter()
+                    .filter_map(|p| p.platform.parse().ok())
+                    .collect(),
+            };
+        }
+        let one = current
+            .documents
+            .as_ref()
+            .and_then(|d| d.load(&current.digest.parse().ok()?).ok())
+            .and_then(|(_, config)| {
+                spec_name(&crate::mutate::platform_of_config(&config))
+                    .parse()
+                    .ok()
+            })
+            .or_else(|| self.platform.clone());
+        Shape {
+            one,
+            several: Vec::new(),
+        }
     }
 
     /// Unregisters a nick: its entry is marked removed, with `command` in its audit trail. It
@@ -758,6 +923,22 @@ impl<P: Stores> Manager<P> {
             digest: base_digest,
             image,
         } = base;
+        let image = match image {
+            BaseKind::One(image) => image,
+            BaseKind::Index(index, choice) => {
+                return self
+                    .build_index_version(
+                        recipe,
+                        dir,
+                        target,
+                        entry,
+                        (number, reason, previous),
+                        (&base_store, &base_digest),
+                        (index, choice),
+                    )
+                    .await;
+            }
+        };
         let nick = &recipe.nick;
         let out = self
             .build_image(
@@ -819,6 +1000,180 @@ impl<P: Stores> Manager<P> {
             epoch: self.epoch,
             documents: Some(ImageDocuments::of(&out.manifest, &out.config)?),
             signer: self.key.as_ref().map(Key::key_id),
+            platforms: Vec::new(),
+            dropped_platforms: Vec::new(),
+        };
+        let blob = self.catalog.put_json(&record).await?;
+        Ok((record, blob))
+    }
+
+    /// The recipe built on the chosen platforms of the base index `index` (in `base_store`),
+    /// stored in `dest` under `tag`: the own layer built once, each platform's manifest on its
+    /// base manifest, and an index of them. Registration, edits and replays of index versions
+    /// all build through here.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_index<D: Store>(
+        &self,
+        recipe: &Recipe,
+        dir: &Path,
+        (base_store, index): (&P::Store, Index),
+        epoch: u64,
+        dest: &D,
+        tag: Option<&str>,
+        staging: &Path,
+        platforms: PlatformChoice,
+    ) -> Result<IndexAppendOutcome> {
+        let layer = recipe.layer(
+            dir,
+            LayerOptions {
+                epoch,
+                ..LayerOptions::default()
+            },
+        )?;
+        let request = AppendRequest {
+            layers: layer
+                .map(|b| vec![(b, format!("ociup recipe {}", recipe.nick))])
+                .unwrap_or_default(),
+            changes: recipe.config_changes(),
+            annotations: recipe.annotations(),
+            created: epoch,
+        };
+        let made = append_to_base(
+            BaseDocument {
+                store: base_store,
+                document: Document::Index(index),
+                name: &recipe.base,
+            },
+            dest,
+            request,
+            AppendOptions {
+                tag,
+                staging,
+                platforms,
+            },
+        )
+        .await?;
+        match made {
+            AppendResult::Index(out) => Ok(out),
+            AppendResult::Image(_) => Err(invalid("an index base gave a single image")),
+        }
+    }
+
+    /// [`Manager::build_version`] on a multi-platform base: an index version, with a signed
+    /// build manifest for each platform's manifest and one for the index.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_index_version(
+        &self,
+        recipe: &Recipe,
+        dir: &Path,
+        target: &P::Store,
+        entry: &Entry,
+        (number, reason, previous): (u64, &str, Option<&BlobRef>),
+        (base_store, base_digest): (&P::Store, &Digest),
+        (index, choice): (Index, PlatformChoice),
+    ) -> Result<(VersionRecord, BlobRef)> {
+        let nick = &recipe.nick;
+        let out = self
+            .build_index(
+                recipe,
+                dir,
+                (base_store, index),
+                self.epoch,
+                target,
+                Some(&format!("{nick}-{number}")),
+                &std::env::temp_dir(),
+                choice,
+            )
+            .await?;
+        target.put_manifest(&out.index, Some(nick)).await?;
+        let pinned = self.stores.pinned(&recipe.target, out.index.digest())?;
+        let own = out.layers.len();
+        let mut platforms = Vec::with_capacity(out.platforms.len());
+        // The own layers are the same bytes on every platform: their files are read once.
+        let mut files: Option<Vec<FileEntry>> = None;
+        let mut index_predicate = None;
+        let commands = match &self.key {
+            Some(_) => self.commands(entry).await?,
+            None => Vec::new(),
+        };
+        for p in &out.platforms {
+            let build_manifest = match &self.key {
+                Some(key) => {
+                    let manifest = Manifest::parse(p.manifest.clone())?;
+                    if files.is_none() {
+                        files = Some(own_files(target, &manifest, own).await?);
+                    }
+                    let predicate = BuildManifest {
+                        nick: nick.clone(),
+                        version: number,
+                        base: BaseEntry {
+                            reference: recipe.base.clone(),
+                            digest: p.base.to_string(),
+                        },
+                        layers: own_layers(&manifest, &image_diff_ids(&p.config)?, own)?,
+                        files: files.clone().unwrap_or_default(),
+                        commands: commands.clone(),
+                        recipe: Some(entry.recipe_blob.digest.to_string()),
+                    };
+                    let child = self.stores.pinned(&recipe.target, p.manifest.digest())?;
+                    let attached = attach(
+                        target,
+                        self.catalog.cache(),
+                        key,
+                        &p.manifest,
+                        &child,
+                        &predicate,
+                    )
+                    .await?;
+                    index_predicate.get_or_insert(predicate);
+                    Some(attached)
+                }
+                None => None,
+            };
+            platforms.push(PlatformRecord {
+                platform: spec_name(&p.platform),
+                digest: p.manifest.digest().to_string(),
+                base_digest: p.base.to_string(),
+                built_in: number,
+                build_manifest,
+                documents: Some(ImageDocuments::of(&p.manifest, &p.config)?),
+            });
+        }
+        let build_manifest = match (&self.key, index_predicate) {
+            (Some(key), Some(mut predicate)) => {
+                predicate.base.digest = base_digest.to_string();
+                Some(
+                    attach(
+                        target,
+                        self.catalog.cache(),
+                        key,
+                        &out.index,
+                        &pinned,
+                        &predicate,
+                    )
+                    .await?,
+                )
+            }
+            _ => None,
+        };
+        let record = VersionRecord {
+            nick: nick.clone(),
+            number,
+            image: pinned,
+            digest: out.index.digest().to_string(),
+            base: recipe.base.clone(),
+            base_digest: base_digest.to_string(),
+            recipe: entry.recipe_blob.digest.to_string(),
+            reason: reason.into(),
+            time: now(),
+            actor: self.actor.clone(),
+            previous: previous.map(|b| b.digest.to_string()),
+            build_manifest,
+            epoch: self.epoch,
+            documents: None,
+            signer: self.key.as_ref().map(Key::key_id),
+            platforms,
+            dropped_platforms: Vec::new(),
         };
         let blob = self.catalog.put_json(&record).await?;
         Ok((record, blob))
@@ -872,7 +1227,9 @@ impl<P: Stores> Manager<P> {
             .map_err(outside_hint)?;
         typed.check_sources(dir, SourceAccess::Anywhere)?;
         recipe.layer(dir, LayerOptions::default())?;
-        let base = self.check_documents(&recipe).await?;
+        let base = self
+            .check_documents(&recipe, self.shape_of(&current))
+            .await?;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let recipe_blob = self.catalog.put_json(&recipe).await?;
         let audit = self
@@ -1080,26 +1437,34 @@ impl<P: Stores> Manager<P> {
             let (target, _) = self.stores.open(&entry.recipe.target, false)?;
             self.signing_for(&entry, &record, &target).await?;
         }
-        let answer = |v: &Current, upgraded: bool, due: bool, stale: bool, prev: Option<String>| {
-            Resolution {
-                nick: nick.to_owned(),
-                reference: v.image.clone(),
-                digest: v.digest.clone(),
-                version: v.number,
-                upgraded,
-                upgrade_due: due,
-                stale,
-                base_digest: v.base_digest.clone(),
-                previous_base_digest: prev,
-            }
-        };
+        let answer =
+            |v: &VersionRecord, upgraded: bool, due: bool, stale: bool, prev: Option<String>| {
+                let c = Current::of(v);
+                Resolution {
+                    nick: nick.to_owned(),
+                    reference: c.image,
+                    digest: c.digest,
+                    version: c.number,
+                    upgraded,
+                    upgrade_due: due,
+                    stale,
+                    base_digest: c.base_digest,
+                    previous_base_digest: prev,
+                    platforms: PlatformSummary::of(v),
+                    dropped_platforms: if upgraded {
+                        v.dropped_platforms.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            };
         if opts.offline {
-            return Ok(answer(&current, false, false, false, None));
+            return Ok(answer(&record, false, false, false, None));
         }
         let (base_store, base_digest) = match self.base_digest(&base).await {
             Ok(x) => x,
             Err(_) if opts.unreachable == Unreachable::Stale => {
-                return Ok(answer(&current, false, false, true, None));
+                return Ok(answer(&record, false, false, true, None));
             }
             Err(source) => {
                 return Err(Error::Backend(Box::new(BaseUnreachable {
@@ -1110,10 +1475,10 @@ impl<P: Stores> Manager<P> {
             }
         };
         if base_digest.to_string() == current.base_digest {
-            return Ok(answer(&current, false, false, false, None));
+            return Ok(answer(&record, false, false, false, None));
         }
         if opts.check {
-            return Ok(answer(&current, false, true, false, None));
+            return Ok(answer(&record, false, true, false, None));
         }
         let (next, upgraded) = self
             .regenerate(
@@ -1126,13 +1491,7 @@ impl<P: Stores> Manager<P> {
             )
             .await?;
         let previous = upgraded.then(|| current.base_digest.clone());
-        Ok(answer(
-            &Current::of(&next),
-            upgraded,
-            false,
-            false,
-            previous,
-        ))
+        Ok(answer(&next, upgraded, false, false, previous))
     }
 
     /// The entry a summary was read from, once checked: the summary says what the version
@@ -1258,6 +1617,18 @@ impl<P: Stores> Manager<P> {
         let number = current.number + 1;
         let (target, _) = self.stores.open(&recipe.target, true)?;
         let signing = self.signing_for(entry, current, &target).await?;
+        if !current.platforms.is_empty() {
+            return self
+                .regenerate_index(
+                    entry,
+                    (current, current_blob),
+                    &target,
+                    signing,
+                    (base_store, base_digest),
+                    before_write,
+                )
+                .await;
+        }
         let digest: Digest = current.digest.parse()?;
         // The record holds the image's manifest and config (checked against its digest): no
         // need to read them from the target. Records of older versions of ociup do not.
@@ -1435,6 +1806,341 @@ impl<P: Stores> Manager<P> {
                 None => None,
             },
             signer,
+            platforms: Vec::new(),
+            dropped_platforms: Vec::new(),
+        };
+        let blob = self.catalog.put_json(&record).await?;
+        let mut next = entry.clone();
+        next.version = Some((record.clone(), blob));
+        if let Some(audit) = dropped_audit {
+            next.audit = audit;
+        }
+        self.catalog.put(&next).await?;
+        Ok((record, true))
+    }
+
+    /// Another process may have recorded a version meanwhile: the same regeneration is
+    /// adopted (`Some`); a changed recipe or audit trail is refused.
+    async fn recorded_meanwhile(
+        &self,
+        entry: &Entry,
+        current: &VersionRecord,
+        digest: &str,
+        base_digest: &Digest,
+    ) -> Result<Option<(VersionRecord, bool)>> {
+        let nick = &entry.nick;
+        // Unchanged since it was read (one HEAD), or read again to see what changed.
+        if self.catalog.head(nick).await? == entry.manifest {
+            return Ok(None);
+        }
+        let Some(latest) = self.catalog.get(nick).await? else {
+            return Ok(None);
+        };
+        if let Some((v, _)) = &latest.version
+            && v.digest == digest
+            && v.base_digest == base_digest.to_string()
+        {
+            return Ok(Some((v.clone(), v.number != current.number)));
+        }
+        if latest.recipe_blob != entry.recipe_blob || latest.audit != entry.audit {
+            return Err(invalid(format!(
+                "{nick} was changed by another command while it was regenerated; resolve again"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// [`Manager::regenerate`] of an index version: the platforms whose base manifest moved
+    /// get new manifests (their own layers reused), the others keep theirs byte for byte, and
+    /// a new index of them is written in the base index's order, with the platform objects it
+    /// has. A platform the base no longer has is left out (and named in the record); none left
+    /// is an error. A platform the base gained is not added (the nick keeps the platforms it
+    /// was registered with).
+    #[allow(clippy::too_many_lines)]
+    async fn regenerate_index(
+        &self,
+        entry: &Entry,
+        (current, current_blob): (&VersionRecord, &BlobRef),
+        target: &P::Store,
+        signing: Signing,
+        (base_store, base_digest): (&P::Store, &Digest),
+        before_write: Option<&BeforeWrite>,
+    ) -> Result<(VersionRecord, bool)> {
+        let recipe = &entry.recipe;
+        let nick = &recipe.nick;
+        let number = current.number + 1;
+        let Document::Index(index) =
+            ops::load_document(base_store, &ManifestRef::Digest(base_digest.clone())).await?
+        else {
+            return Err(invalid(format!(
+                "the base {} of {nick} is now a single image, not a multi-platform index as \
+                 when version {} was made; register {nick} again (--replace-recipe) to build \
+                 on it",
+                recipe.base, current.number
+            )));
+        };
+        let value: Value = serde_json::from_slice(index.raw().bytes()).map_err(|source| {
+            Error::MalformedDocument {
+                what: format!("index {base_digest}"),
+                source,
+            }
+        })?;
+        // The base index's platforms that the nick has, in the base index's order.
+        let mut plan: Vec<(serde_json::Map<String, Value>, Digest, usize)> = Vec::new();
+        let mut taken = vec![false; current.platforms.len()];
+        for e in value["manifests"].as_array().into_iter().flatten() {
+            if is_attestation(e) {
+                continue;
+            }
+            let Some(platform) = e["platform"].as_object() else {
+                continue;
+            };
+            let name = spec_name(platform);
+            let Some(i) = current
+                .platforms
+                .iter()
+                .enumerate()
+                .position(|(i, p)| p.platform == name && !taken[i])
+            else {
+                continue;
+            };
+            taken[i] = true;
+            let child: Digest = e["digest"].as_str().unwrap_or_default().parse()?;
+            plan.push((platform.clone(), child, i));
+        }
+        let dropped: Vec<String> = current
+            .platforms
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| !**t)
+            .map(|(p, _)| p.platform.clone())
+            .collect();
+        if plan.is_empty() {
+            return Err(invalid(format!(
+                "the base {} of {nick} ({base_digest}) has none of its platforms ({}) any more",
+                recipe.base,
+                current
+                    .platforms
+                    .iter()
+                    .map(|p| p.platform.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let options = |dry_run: bool, config: Option<crate::config::Config>| RebaseOptions {
+            config: ConfigMode::Derive(recipe.config_changes()),
+            platforms: Vec::new(),
+            created: Some(current.epoch),
+            new_base_name: Some(recipe.base.clone()),
+            dry_run,
+            image_config: config,
+        };
+        // Each platform whose base manifest moved, rebased (or, `dry`, planned): its manifest
+        // and config, or `None` when kept.
+        let rebuild = |dry: bool| {
+            let plan = &plan;
+            async move {
+                let mut made: Vec<Option<(RawDocument, Option<RawDocument>)>> = Vec::new();
+                for (_, child, i) in plan {
+                    let old = &current.platforms[*i];
+                    if old.base_digest == child.to_string() {
+                        made.push(None);
+                        continue;
+                    }
+                    let digest: Digest = old.digest.parse()?;
+                    let (doc, config) = match old.documents.as_ref().map(|d| d.load(&digest)) {
+                        Some(Ok((m, c))) => (Document::Manifest(m), Some(c)),
+                        _ => (
+                            ops::load_document(target, &ManifestRef::Digest(digest)).await?,
+                            None,
+                        ),
+                    };
+                    let outcome = rebase_image(
+                        RebaseRequest::new(
+                            target,
+                            doc,
+                            base_store,
+                            ManifestRef::Digest(child.clone()),
+                        ),
+                        target,
+                        None,
+                        &options(dry, config),
+                    )
+                    .await?;
+                    let document = outcome
+                        .document
+                        .ok_or_else(|| invalid("the rebase returned no document"))?;
+                    made.push(Some((document, outcome.config)));
+                }
+                Ok::<_, Error>(made)
+            }
+        };
+        let mut annotations = recipe.annotations();
+        annotations.insert(
+            crate::mutate::annotations::BASE_NAME.to_owned(),
+            crate::reference::base_name(&recipe.base),
+        );
+        annotations.insert(
+            crate::mutate::annotations::BASE_DIGEST.to_owned(),
+            base_digest.to_string(),
+        );
+        let index_of =
+            |made: &[Option<(RawDocument, Option<RawDocument>)>]| -> Result<RawDocument> {
+                let kept: Vec<RawDocument> = plan
+                    .iter()
+                    .zip(made)
+                    .map(|((_, _, i), m)| match m {
+                        Some((doc, _)) => Ok(doc.clone()),
+                        None => kept_manifest(&current.platforms[*i]),
+                    })
+                    .collect::<Result<_>>()?;
+                let entries: Vec<crate::mutate::IndexEntry<'_>> = plan
+                    .iter()
+                    .zip(&kept)
+                    .map(|((platform, _, _), manifest)| crate::mutate::IndexEntry {
+                        manifest,
+                        platform: platform.clone(),
+                    })
+                    .collect();
+                let raw = crate::mutate::index_of(index.family(), &entries, &annotations)?;
+                crate::store::check_document_size("index", &raw)?;
+                Ok(raw)
+            };
+        // The digest is computed first for a caller that must learn it, or refuse it, before
+        // anything is written.
+        let planned = match before_write {
+            Some(hook) => {
+                let digest = index_of(&rebuild(true).await?)?.digest().clone();
+                let planned = Planned {
+                    nick: nick.clone(),
+                    reference: self.stores.pinned(&recipe.target, &digest)?,
+                    digest: digest.to_string(),
+                    version: number,
+                    base_digest: base_digest.to_string(),
+                    new_image: true,
+                };
+                hook(&planned).await?;
+                Some(planned)
+            }
+            None => None,
+        };
+        let made = rebuild(false).await?;
+        let new_index = index_of(&made)?;
+        if let Some(planned) = &planned
+            && planned.digest != new_index.digest().to_string()
+        {
+            return Err(invalid(format!(
+                "the regeneration of {nick} reached {}, not the {} it planned; nothing was \
+                 recorded",
+                new_index.digest(),
+                planned.digest
+            )));
+        }
+        if let Some(adopted) = self
+            .recorded_meanwhile(entry, current, &new_index.digest().to_string(), base_digest)
+            .await?
+        {
+            return Ok(adopted);
+        }
+        target
+            .put_manifest(&new_index, Some(&format!("{nick}-{number}")))
+            .await?;
+        target.put_manifest(&new_index, Some(nick)).await?;
+        let pinned = self.stores.pinned(&recipe.target, new_index.digest())?;
+        let (carried, dropped_audit) = match (&self.key, signing) {
+            (Some(_), Signing::Carry(carried)) => (Some(*carried), None),
+            (_, Signing::Dropped) => {
+                let audit = self
+                    .catalog
+                    .put_json(&AuditEntry {
+                        command: format!("ociup resolve {nick} --unsigned"),
+                        time: now(),
+                        actor: self.actor.clone(),
+                        previous: Some(entry.audit.digest.to_string()),
+                    })
+                    .await?;
+                (None, Some(audit))
+            }
+            _ => (None, None),
+        };
+        // Same own layers, same files: the previous predicate, checked, carried over to each
+        // new manifest and to the index.
+        let sign = |subject: &RawDocument, base: String| {
+            let carried = carried.clone();
+            let pinned = self.stores.pinned(&recipe.target, subject.digest());
+            let subject = subject.clone();
+            async move {
+                let (Some(key), Some(mut predicate)) = (&self.key, carried) else {
+                    return Ok(None);
+                };
+                predicate.version = number;
+                predicate.base = BaseEntry {
+                    reference: recipe.base.clone(),
+                    digest: base,
+                };
+                predicate.recipe = Some(entry.recipe_blob.digest.to_string());
+                attach(
+                    target,
+                    self.catalog.cache(),
+                    key,
+                    &subject,
+                    &pinned?,
+                    &predicate,
+                )
+                .await
+                .map(Some)
+            }
+        };
+        let mut platforms = Vec::with_capacity(plan.len());
+        for ((platform, child, i), m) in plan.iter().zip(made) {
+            let old = &current.platforms[*i];
+            let record = match m {
+                None => old.clone(),
+                Some((manifest, config)) if manifest.digest().to_string() == old.digest => {
+                    // Its base manifest moved but the image stays the same.
+                    drop(config);
+                    PlatformRecord {
+                        base_digest: child.to_string(),
+                        ..old.clone()
+                    }
+                }
+                Some((manifest, config)) => PlatformRecord {
+                    platform: spec_name(platform),
+                    digest: manifest.digest().to_string(),
+                    base_digest: child.to_string(),
+                    built_in: number,
+                    build_manifest: sign(&manifest, child.to_string()).await?,
+                    documents: match &config {
+                        Some(config) => Some(ImageDocuments::of(&manifest, config)?),
+                        None => None,
+                    },
+                },
+            };
+            platforms.push(record);
+        }
+        let build_manifest = sign(&new_index, base_digest.to_string()).await?;
+        let signer = build_manifest
+            .as_ref()
+            .and(self.key.as_ref())
+            .map(Key::key_id);
+        let record = VersionRecord {
+            nick: nick.clone(),
+            number,
+            image: pinned,
+            digest: new_index.digest().to_string(),
+            base: recipe.base.clone(),
+            base_digest: base_digest.to_string(),
+            recipe: entry.recipe_blob.digest.to_string(),
+            reason: "base moved".into(),
+            time: now(),
+            actor: self.actor.clone(),
+            previous: Some(current_blob.digest.to_string()),
+            build_manifest,
+            epoch: current.epoch,
+            documents: None,
+            signer,
+            platforms,
+            dropped_platforms: dropped,
         };
         let blob = self.catalog.put_json(&record).await?;
         let mut next = entry.clone();
@@ -1509,6 +2215,7 @@ impl<P: Stores> Manager<P> {
                     signed: summary.signed.unwrap_or(false),
                     signer: summary.signer.clone(),
                     error,
+                    platforms: summary.platforms.clone().unwrap_or_default(),
                 }
             })
             .collect())
@@ -1581,15 +2288,42 @@ impl<P: Stores> Manager<P> {
             .check_sources(dir, self.stored_sources)
             .map_err(outside_hint)?;
         let (base_store, _) = self.stores.open(&recipe.base, false)?;
-        let image = ops::load_image(
-            &base_store,
-            &ManifestRef::Digest(v.base_digest.parse()?),
-            self.platform.as_ref(),
-        )
-        .await?;
+        let document =
+            ops::load_document(&base_store, &ManifestRef::Digest(v.base_digest.parse()?)).await?;
         let scratch =
             tempfile::tempdir().map_err(|e| Error::io("creating a scratch directory", e))?;
         let layout = crate::layout::OciLayout::open_or_create(scratch.path().join("replay"))?;
+        if !v.platforms.is_empty() {
+            // The platforms the version has, on the base index it recorded: the platforms it
+            // kept from earlier versions sit on the same base manifests, so they are rebuilt to
+            // the same bytes too.
+            let Document::Index(index) = document else {
+                return Err(invalid(format!(
+                    "{nick} version {number} sits on {}, which is not an index",
+                    v.base_digest
+                )));
+            };
+            let platforms = v
+                .platforms
+                .iter()
+                .map(|p| p.platform.parse())
+                .collect::<Result<Vec<PlatformSpec>>>()?;
+            let out = self
+                .build_index(
+                    &recipe,
+                    dir,
+                    (&base_store, index),
+                    v.epoch,
+                    &layout,
+                    None,
+                    scratch.path(),
+                    PlatformChoice::Several(platforms),
+                )
+                .await?;
+            return Ok((out.index.digest().to_string(), v.digest.clone()));
+        }
+        let image =
+            ops::image_from_document(&base_store, document, self.shape_of(v).one.as_ref()).await?;
         let out = self
             .build_image(
                 &recipe,
@@ -1639,18 +2373,40 @@ impl<P: Stores> Manager<P> {
             .ok_or_else(|| invalid(format!("{nick} has no version yet")))?;
         let (store, _) = self.stores.open(&entry.recipe.target, false)?;
         let recipe = entry.recipe_blob.digest.to_string();
-        verify_expecting(
-            &store,
-            &ManifestRef::Digest(v.digest.parse()?),
-            key,
-            Some(&Expected {
-                nick,
-                version: v.number,
-                recipe: Some(&recipe),
-            }),
-        )
-        .await
+        let expected = Expected {
+            nick,
+            version: v.number,
+            recipe: Some(&recipe),
+        };
+        let image = ManifestRef::Digest(v.digest.parse()?);
+        if v.platforms.is_empty() {
+            return verify_expecting(&store, &image, key, Some(&expected)).await;
+        }
+        // Each platform's manifest must carry the build manifest of the version that built it.
+        let Document::Index(index) = ops::load_document(&store, &image).await? else {
+            return Err(invalid(format!(
+                "{nick} version {} is recorded as an index, but {} is a single image",
+                v.number, v.digest
+            )));
+        };
+        verify_index(&store, &index, key, Some(&expected), Some(&v.platforms)).await
     }
+}
+
+/// The manifest of a platform an index version keeps, from its record.
+fn kept_manifest(p: &PlatformRecord) -> Result<RawDocument> {
+    let digest: Digest = p.digest.parse()?;
+    let documents = p.documents.as_ref().ok_or_else(|| {
+        invalid(format!(
+            "the version record lacks the manifest of {} ({digest})",
+            p.platform
+        ))
+    })?;
+    RawDocument::verified(
+        documents.manifest.as_bytes().to_vec(),
+        documents.media_type.clone(),
+        &digest,
+    )
 }
 
 fn image_diff_ids(config: &RawDocument) -> Result<Vec<Digest>> {
@@ -1804,14 +2560,20 @@ pub async fn verify_expecting<S: Store + Clone + 'static>(
     key: &PublicKey,
     expected: Option<&Expected<'_>>,
 ) -> Result<Verified> {
-    let doc = ops::load_document(store, image).await?;
-    let Document::Manifest(m) = &doc else {
-        return Err(invalid("verify a platform's manifest, not an index"));
-    };
-    let digest = m.raw().digest().clone();
-    let config = ops::image_from_document(store, doc.clone(), None)
-        .await?
-        .config;
+    match ops::load_document(store, image).await? {
+        Document::Index(index) => verify_index(store, &index, key, expected, None).await,
+        Document::Manifest(m) => Ok(verify_manifest(store, &m, key, expected).await?.0),
+    }
+}
+
+/// The predicate of the first build manifest attached to `digest` that verifies with `key` and
+/// names `expected`.
+async fn signed_predicate<S: Store>(
+    store: &S,
+    digest: &Digest,
+    key: &PublicKey,
+    expected: Option<&Expected<'_>>,
+) -> Result<BuildManifest> {
     let tag = format!("{}-{}", digest.algorithm(), digest.hex());
     let listed = match store.get_manifest(&ManifestRef::Tag(tag)).await {
         Ok(raw) => serde_json::from_slice::<Value>(raw.bytes())
@@ -1855,13 +2617,117 @@ pub async fn verify_expecting<S: Store + Clone + 'static>(
                 continue;
             }
         };
-        let predicate = match check_statement(&st, &digest, expected) {
-            Ok(p) => p,
-            Err(e) => {
-                last_err = e;
-                continue;
-            }
+        match check_statement(&st, digest, expected) {
+            Ok(p) => return Ok(p),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
+}
+
+/// An index checked against its signed build manifest, and each of its manifests against its
+/// own: each must name the same nick, a version no later than the index's, and the same own
+/// layers and files. With `children` (the platforms of the version record), each manifest
+/// must be one of them and its build manifest name the version that built it.
+async fn verify_index<S: Store + Clone + 'static>(
+    store: &S,
+    index: &Index,
+    key: &PublicKey,
+    expected: Option<&Expected<'_>>,
+    children: Option<&[PlatformRecord]>,
+) -> Result<Verified> {
+    let digest = index.raw().digest().clone();
+    let predicate = signed_predicate(store, &digest, key, expected).await?;
+    let mut platforms = Vec::new();
+    for d in index.parsed().manifests() {
+        let child = Digest::try_from(d.digest())?;
+        let name = d
+            .platform()
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p).ok())
+            .and_then(|v| v.as_object().map(spec_name))
+            .unwrap_or_default();
+        let built_in = match children {
+            Some(records) => Some(
+                records
+                    .iter()
+                    .find(|p| p.digest == child.to_string())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "index {digest} lists {child} ({name}), which its version record \
+                             does not"
+                        ))
+                    })?
+                    .built_in,
+            ),
+            None => None,
         };
+        let want = built_in.map(|version| Expected {
+            nick: &predicate.nick,
+            version,
+            recipe: expected.and_then(|e| e.recipe),
+        });
+        let m = Manifest::parse(
+            store
+                .get_manifest(&ManifestRef::Digest(child.clone()))
+                .await?,
+        )?;
+        let (got, child_predicate) = verify_manifest(store, &m, key, want.as_ref()).await?;
+        if child_predicate.nick != predicate.nick || child_predicate.version > predicate.version {
+            return Err(invalid(format!(
+                "{name} ({child}) of index {digest} is signed as {} version {}, not as a \
+                 version of {} up to {}",
+                child_predicate.nick, child_predicate.version, predicate.nick, predicate.version
+            )));
+        }
+        let mut files = child_predicate.files.clone();
+        files.sort();
+        let mut index_files = predicate.files.clone();
+        index_files.sort();
+        if child_predicate.layers != predicate.layers || files != index_files {
+            return Err(invalid(format!(
+                "the own layers or files of {name} ({child}) differ from those the build \
+                 manifest of index {digest} lists"
+            )));
+        }
+        platforms.push(VerifiedPlatform {
+            platform: name,
+            digest: got.digest,
+            version: got.version,
+        });
+    }
+    if let Some(records) = children
+        && records.len() != platforms.len()
+    {
+        return Err(invalid(format!(
+            "index {digest} lists {} manifests, its version record {}",
+            platforms.len(),
+            records.len()
+        )));
+    }
+    Ok(Verified {
+        digest: digest.to_string(),
+        nick: predicate.nick,
+        version: predicate.version,
+        layers: predicate.layers.len(),
+        files: predicate.files.len(),
+        platforms,
+    })
+}
+
+/// A manifest checked against its signed build manifest (see [`verify`]); with the predicate.
+async fn verify_manifest<S: Store + Clone + 'static>(
+    store: &S,
+    m: &Manifest,
+    key: &PublicKey,
+    expected: Option<&Expected<'_>>,
+) -> Result<(Verified, BuildManifest)> {
+    let digest = m.raw().digest().clone();
+    let config = ops::image_from_document(store, Document::Manifest(m.clone()), None)
+        .await?
+        .config;
+    let predicate = signed_predicate(store, &digest, key, expected).await?;
+    {
         let own = predicate.layers.len();
         // No own layers listed: nothing of the image's contents would be checked.
         if own == 0 {
@@ -1917,15 +2783,18 @@ pub async fn verify_expecting<S: Store + Clone + 'static>(
                 "the files of {digest} differ from its build manifest: {diff}"
             )));
         }
-        return Ok(Verified {
-            digest: digest.to_string(),
-            nick: predicate.nick,
-            version: predicate.version,
-            layers: own,
-            files: files.len(),
-        });
+        Ok((
+            Verified {
+                digest: digest.to_string(),
+                nick: predicate.nick.clone(),
+                version: predicate.version,
+                layers: own,
+                files: files.len(),
+                platforms: Vec::new(),
+            },
+            predicate,
+        ))
     }
-    Err(last_err)
 }
 
 #[cfg(test)]

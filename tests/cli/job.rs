@@ -204,6 +204,14 @@ fn a_job_is_printed_with_the_version_pinned_by_digest() {
         "nothing written: {history}"
     );
 
+    // --offline runs the current version without asking the base, as resolve does.
+    let offline = json(&app.ok(&["job", "printer", "--offline", "--json"]));
+    assert_eq!(
+        offline["spec"]["template"]["spec"]["containers"][0]["image"],
+        app.image(&v1).as_str()
+    );
+    assert_eq!(app.versions().len(), 1);
+
     // A Job of the upgrade: written, recorded, printed as YAML with the new digest.
     let (code, yaml, err) = app.run(&["job", "printer"]);
     assert_eq!(code, 0, "{err}");

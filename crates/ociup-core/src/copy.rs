@@ -3,10 +3,14 @@
 //! written after its blobs and an index after its manifests.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures_util::TryStreamExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::digest::Digest;
 use crate::document::{Document, RawDocument};
@@ -15,6 +19,11 @@ use crate::media_type::{self, DocumentKind};
 use crate::ops;
 use crate::reference::PlatformSpec;
 use crate::store::{BlobCopy, ManifestRef, Store, copy_blob_with, copy_missing_blob};
+
+/// Blobs a copy into a layout holds at once, downloading or being made durable: a blob whose
+/// bytes have all arrived gives its download slot (one of [`CopyOptions::jobs`]) to the next
+/// one while its file is synced and renamed, so the network never waits for the disk.
+const MAX_BLOBS_IN_FLIGHT: usize = 32;
 
 /// How to copy.
 #[derive(Clone, Debug)]
@@ -151,6 +160,7 @@ pub async fn copy_image<A: Store, B: Store>(
         dst,
         opts,
         events,
+        transfers: Arc::new(Semaphore::new(opts.jobs.max(1))),
         counters: Counters::default(),
         seen: Mutex::new(HashSet::new()),
         root: raw.digest().clone(),
@@ -175,6 +185,9 @@ struct Copier<'a, A, B> {
     dst: &'a B,
     opts: &'a CopyOptions,
     events: &'a (dyn Fn(CopyEvent) + Send + Sync),
+    /// Blobs being read at once into a layout ([`CopyOptions::jobs`]); see
+    /// [`MAX_BLOBS_IN_FLIGHT`].
+    transfers: Arc<Semaphore>,
     counters: Counters,
     /// Documents copied (or being copied) already in this copy.
     seen: Mutex<HashSet<Digest>>,
@@ -211,8 +224,9 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
         }
     }
 
-    /// Makes one blob of a manifest present in the destination.
-    async fn copy_blob(&self, digest: Digest, size: u64) -> Result<()> {
+    /// Makes one blob of a manifest present in the destination; `known_missing` when the
+    /// destination has just named it missing (no existence check then).
+    async fn copy_blob(&self, digest: Digest, size: u64, known_missing: bool) -> Result<()> {
         let c = &self.counters;
         (self.events)(CopyEvent::BlobStarted {
             digest: digest.clone(),
@@ -226,15 +240,25 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
             });
         };
         let how = if self.dst.manifest_implies_blobs() {
-            copy_blob_with(self.src, self.dst, &digest, size, progress).await?
+            let _transfer = self.transfer_permit().await?;
+            if known_missing {
+                copy_missing_blob(self.src, self.dst, &digest, size, progress).await?
+            } else {
+                copy_blob_with(self.src, self.dst, &digest, size, progress).await?
+            }
         } else {
+            // Taken in the order the blobs are listed (largest first; the queue is fair), and
+            // before the check, whose stat goes through the blocking pool and would let the
+            // blobs reach the queue in any order.
+            let permit = self.transfer_permit().await?;
             match self.held(&digest, size).await? {
                 Held::Intact => BlobCopy::Present,
                 held => {
                     if matches!(held, Held::Damaged) {
                         c.blobs_repaired.fetch_add(1, Ordering::Relaxed);
                     }
-                    copy_missing_blob(self.src, self.dst, &digest, size, progress).await?
+                    self.copy_into_layout(&digest, size, permit, progress)
+                        .await?
                 }
             }
         };
@@ -246,6 +270,44 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
         .fetch_add(1, Ordering::Relaxed);
         (self.events)(CopyEvent::BlobDone { digest, how });
         Ok(())
+    }
+
+    async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit> {
+        Arc::clone(&self.transfers)
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                Error::io(
+                    "copying blobs",
+                    std::io::Error::other("the copy was stopped"),
+                )
+            })
+    }
+
+    /// [`crate::store::copy_missing_blob`] into a destination that does not trust its manifests
+    /// (a layout): the source is read under `permit`, given back at its last byte, so the
+    /// destination's sync and rename of this blob overlap the next blob's download.
+    async fn copy_into_layout(
+        &self,
+        digest: &Digest,
+        size: u64,
+        permit: OwnedSemaphorePermit,
+        progress: impl Fn(u64) + Send + Sync,
+    ) -> Result<BlobCopy> {
+        if let Some(source) = self.src.mount_source()
+            && self.dst.mount_blob(digest, &source).await?
+        {
+            return Ok(BlobCopy::Mounted);
+        }
+        // Verified once, by the destination as it writes.
+        let reader = self.src.read_blob_raw(digest, size).await?;
+        let reader = ReleaseAtEnd {
+            inner: reader,
+            permit: Some(permit),
+            progress: &progress,
+        };
+        self.dst.put_new_blob(digest, size, reader).await?;
+        Ok(BlobCopy::Copied)
     }
 
     /// Copies a document and everything under it, children before parents; `tag` is for the
@@ -291,9 +353,51 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                     }
                     blobs.sort();
                     blobs.dedup();
+                    // Largest first: the long transfers start at once and the small ones fill
+                    // the gaps, instead of a large one starting last and running alone.
+                    blobs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                    // A registry that names the blobs a manifest lacks is sent the manifest
+                    // first: only the blobs it names move, with no existence check each (a
+                    // push into a new repository, a copy within one registry), and nothing at
+                    // all when it has them.
+                    let named = if trusted && self.dst.rejects_missing_blobs() {
+                        match self.dst.put_manifest(&raw, tag).await {
+                            Ok(()) => {
+                                for (digest, size) in blobs {
+                                    c.blobs_present.fetch_add(1, Ordering::Relaxed);
+                                    (self.events)(CopyEvent::BlobStarted {
+                                        digest: digest.clone(),
+                                        size,
+                                    });
+                                    (self.events)(CopyEvent::BlobDone {
+                                        digest,
+                                        how: BlobCopy::Present,
+                                    });
+                                }
+                                c.manifests_written.fetch_add(1, Ordering::Relaxed);
+                                return Ok(());
+                            }
+                            Err(Error::MissingBlobs { digests, .. }) => {
+                                digests.into_iter().collect::<HashSet<_>>()
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    } else {
+                        HashSet::new()
+                    };
+                    // The transfers are bounded by `transfers`; into a layout, more blobs may
+                    // be syncing meanwhile.
+                    let in_flight = if trusted {
+                        self.opts.jobs.max(1)
+                    } else {
+                        self.opts.jobs.max(MAX_BLOBS_IN_FLIGHT)
+                    };
                     futures_util::stream::iter(blobs.into_iter().map(Ok::<_, Error>))
-                        .map_ok(|(digest, size)| self.copy_blob(digest, size))
-                        .try_buffer_unordered(self.opts.jobs.max(1))
+                        .map_ok(|(digest, size)| {
+                            let known_missing = named.contains(&digest);
+                            self.copy_blob(digest, size, known_missing)
+                        })
+                        .try_buffer_unordered(in_flight)
                         .try_collect::<Vec<()>>()
                         .await?;
                 }
@@ -361,6 +465,38 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
             c.manifests_written.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
+    }
+}
+
+/// A blob's source that gives its transfer permit back at its end (or when dropped) and
+/// reports the bytes read.
+struct ReleaseAtEnd<'p, R, F> {
+    inner: R,
+    permit: Option<OwnedSemaphorePermit>,
+    progress: &'p F,
+}
+
+impl<R: AsyncRead + Unpin, F: Fn(u64)> AsyncRead for ReleaseAtEnd<'_, R, F> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n == 0 && buf.remaining() > 0 {
+                    self.permit = None; // the end: the next blob may start
+                } else {
+                    (self.progress)(n as u64);
+                }
+            }
+            Poll::Ready(Err(_)) => self.permit = None,
+            Poll::Pending => {}
+        }
+        polled
     }
 }
 

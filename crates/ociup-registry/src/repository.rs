@@ -319,7 +319,6 @@ impl Repository {
         size: u64,
         data: R,
     ) -> ociup_core::Result<()> {
-        let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
         let (url, min_chunk) = self.start_upload().await?;
         // The registry's minimum chunk only sizes the bytes kept for a resume (capped, so a
         // hostile minimum cannot make an upload hold a whole layer in memory); whether a blob
@@ -329,6 +328,7 @@ impl Repository {
         // A source that does not match its digest fails here, before the commit.
         let read_err = |e| ociup_core::Error::from_io(format!("reading blob {digest}"), e);
         if size <= chunk_size as u64 {
+            let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             reader.read_to_end(&mut body).await.map_err(read_err)?;
             let req = Request::new(
@@ -341,6 +341,8 @@ impl Repository {
             let resp = self.send(req, &[201]).await?;
             return Ok(self.check_blob_digest(&resp, digest)?);
         }
+        // Hashed on a thread of its own beside the send; checked before the commit.
+        let mut reader = StreamSource::new(data, digest, size);
         let mut sent = Sent::new(chunk_size.max(min_chunk));
         let mut url = url;
         let mut offset = 0u64;
@@ -395,16 +397,26 @@ impl Repository {
             }
             offset = have;
         }
-        // The registry holds `size` bytes; the source must be at its end too, so that the
-        // verifying reader has checked size and digest (reading at the end again is harmless).
-        let more = reader.read(&mut [0u8; 1]).await.map_err(read_err)?;
-        if more != 0 || sent.end() != size {
+        // The registry holds `size` bytes; the source must be at its end too (reading at the
+        // end again is harmless), and hash to `digest`, or nothing is committed.
+        let more = reader.next().await.map_err(read_err)?;
+        if let Some(more) = more
+            && !more.is_empty()
+        {
             return Err(ociup_core::Error::SizeMismatch {
                 digest: digest.clone(),
                 expected: size,
-                actual: sent.end() + more as u64,
+                actual: sent.end() + more.len() as u64,
             });
         }
+        if sent.end() != size {
+            return Err(ociup_core::Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual: sent.end(),
+            });
+        }
+        reader.verify().await?;
         let req = Request::new(
             Method::PUT,
             Target::Url(with_digest(&url, digest)),
@@ -425,7 +437,7 @@ impl Repository {
         offset: u64,
         size: u64,
         sent: &mut Sent,
-        reader: &mut R,
+        reader: &mut StreamSource<R>,
     ) -> std::io::Result<Result<Url>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
         let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
@@ -444,9 +456,9 @@ impl Repository {
                 }
             }
             loop {
-                let mut buf = BytesMut::with_capacity(PUMP_BUFFER);
-                let n = match reader.read_buf(&mut buf).await {
-                    Ok(n) => n,
+                let b = match reader.next().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Ok(()),
                     Err(e) => {
                         // Breaks the body off, so the registry keeps nothing of it as whole.
                         let _ = tx
@@ -455,10 +467,6 @@ impl Repository {
                         return Err(e);
                     }
                 };
-                if n == 0 {
-                    return Ok(());
-                }
-                let b = buf.freeze();
                 sent.push(b.clone());
                 if tx.send(Ok(b)).await.is_err() {
                     return Ok(());
@@ -588,6 +596,99 @@ type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 /// Bytes read from a blob's source at once while streaming it: as large as the layout's read
 /// buffer, which a read this large bypasses (one copy fewer).
 const PUMP_BUFFER: usize = 1024 * 1024;
+
+/// Pieces queued for an upload's hashing thread (memory: this many [`PUMP_BUFFER`]s at most,
+/// shared with the send, which holds them anyway).
+const HASH_QUEUE: usize = 8;
+
+/// The source of a streamed upload: read [`PUMP_BUFFER`] at a time, its size checked as it
+/// goes (a source longer than announced fails at the first extra byte, shorter at its end) and
+/// its digest computed on a blocking thread beside the send, so hashing does not hold up the
+/// bytes going out. [`StreamSource::verify`] gives the verdict before the upload is committed.
+struct StreamSource<R> {
+    reader: R,
+    digest: Digest,
+    size: u64,
+    seen: u64,
+    hash: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    hashed: Option<tokio::task::JoinHandle<Digest>>,
+}
+
+impl<R: AsyncRead + Unpin> StreamSource<R> {
+    fn new(reader: R, digest: &Digest, size: u64) -> Self {
+        let (hash, mut pieces) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let algorithm = digest.algorithm();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut hasher = algorithm.hasher();
+            while let Some(piece) = pieces.blocking_recv() {
+                hasher.update(&piece);
+            }
+            hasher.finish()
+        });
+        StreamSource {
+            reader,
+            digest: digest.clone(),
+            size,
+            seen: 0,
+            hash: Some(hash),
+            hashed: Some(hashed),
+        }
+    }
+
+    fn size_mismatch(&self, actual: u64) -> std::io::Error {
+        ociup_core::Error::SizeMismatch {
+            digest: self.digest.clone(),
+            expected: self.size,
+            actual,
+        }
+        .into_io()
+    }
+
+    /// The next piece of the source, `None` at its end.
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        let mut buf = BytesMut::with_capacity(PUMP_BUFFER);
+        let n = self.reader.read_buf(&mut buf).await?;
+        if n == 0 {
+            if self.seen != self.size {
+                return Err(self.size_mismatch(self.seen));
+            }
+            return Ok(None);
+        }
+        self.seen += n as u64;
+        if self.seen > self.size {
+            return Err(self.size_mismatch(self.seen));
+        }
+        let piece = buf.freeze();
+        if let Some(hash) = &self.hash
+            && hash.send(piece.clone()).await.is_err()
+        {
+            return Err(std::io::Error::other("the hashing thread stopped"));
+        }
+        Ok(Some(piece))
+    }
+
+    /// After the last piece: whether what was read hashes to the digest.
+    async fn verify(&mut self) -> ociup_core::Result<()> {
+        drop(self.hash.take());
+        let Some(hashed) = self.hashed.take() else {
+            return Ok(());
+        };
+        let actual = hashed.await.map_err(|e| {
+            ociup_core::Error::io(
+                format!("hashing blob {}", self.digest),
+                std::io::Error::other(e),
+            )
+        })?;
+        if actual != self.digest {
+            return Err(ociup_core::Error::DigestMismatch {
+                what: format!("blob {}", self.digest),
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// What an upload has read of its source so far, with the last `keep` bytes (at least) kept in
 /// memory to send again from wherever the registry says it stopped.

@@ -10,10 +10,12 @@
 # Series (each round: a fresh registry on a new port; pushes first, each to a fresh repository,
 # then pulls of the image ociup pushed; the order within each direction rotates every round):
 #   push  skopeo      skopeo copy --preserve-digests oci:IMAGE:v1 docker://H/bench/skopeo-R:v1
+#   push  crane       crane push IMAGE H/bench/crane-R:v1
 #   push  ociup       ociup copy oci:IMAGE:v1 H/bench/ociup-R:v1
 #   push  curl        per blob: POST /blobs/uploads/ then one monolithic PUT ?digest= of the file
 #                     (curl -T, streamed), BENCH_JOBS blobs in flight (xargs -P); then the manifest
 #   pull  skopeo      skopeo copy docker://H/bench/ociup-R:v1 oci:FRESH:v1
+#   pull  crane       crane pull --format oci H/bench/ociup-R:v1 FRESH (no fsync)
 #   pull  ociup       ociup copy H/bench/ociup-R:v1 oci:FRESH:v1
 #   pull  curl-files  one `curl --parallel --parallel-max BENCH_JOBS` GETs the manifest and every
 #                     blob to FRESH/blobs/sha256/<hex>: no fsync, no hashing; then `sync` is timed
@@ -28,8 +30,10 @@
 #                     `sync FILE`, BENCH_JOBS at once: what the disk alone takes
 #   (with OCIUP_B=PATH, a second ociup binary runs as "ociup-b" in both directions: A/B tests)
 #
-# Per copy: wall time (date +%s%N), client CPU and peak RSS (GNU time, children included), the
-# registry's CPU (utime + stime of its pid from /proc/PID/stat, before and after). Everything is
+# Per copy (`measure` of benches/lib.sh): wall time (date +%s%N), client CPU and peak RSS (GNU
+# time, children included), the registry's CPU (utime + stime of its pid from /proc/PID/stat,
+# before and after) and the requests it made (the registry's access log; the curl series send
+# a User-Agent of their own so that lib.sh's curl marker requests are told apart). Everything is
 # checked (pushed manifests served with the image's digest, pulled blobs hash to their names)
 # outside the timed part. Settings (environment variables, all optional):
 #   BENCH_RUNS=5          rounds
@@ -42,11 +46,15 @@
 #   BENCH_JSON=PATH       JSON summary (default benches/results/copy-floor.json)
 #   OCIUP=PATH            ociup binary (default: builds target/release/ociup with cargo)
 #   OCIUP_B=PATH          optional second ociup binary, series "ociup-b"
+#   CRANE=PATH            crane binary (default: crane on PATH or in ~/.local/bin; see
+#                         ../shared/peers/install.sh)
 set -euo pipefail
 shopt -s inherit_errexit
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+
+. "$ROOT/benches/lib.sh"
 
 RUNS=${BENCH_RUNS:-5}
 JOBS_SET=${BENCH_JOBS:-}
@@ -54,47 +62,17 @@ JOBS=${BENCH_JOBS:-4}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/copy-floor.json}
 TAG=v1
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for tool in python3 skopeo docker-registry curl sha256sum xargs; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
-[ -x /usr/bin/time ] || die "GNU time is required at /usr/bin/time (apt-get install -y time)"
+bench_need python3 skopeo docker-registry curl sha256sum xargs
+CRANE=${CRANE:-$(command -v crane || echo "$HOME/.local/bin/crane")}
+[ -x "$CRANE" ] || die "no crane at $CRANE (bash ../shared/peers/install.sh)"
 curl --help all 2>/dev/null | grep -q -- --parallel-max || die "curl >= 7.66 (--parallel) is required"
 
-if [ -z "${OCIUP:-}" ]; then
-  log "building ociup (release)"
-  cargo build --release --quiet -p ociup-cli
-  OCIUP=$ROOT/target/release/ociup
-fi
-[ -x "$OCIUP" ] || die "no ociup binary at $OCIUP"
+bench_ociup
 [ -z "${OCIUP_B:-}" ] || [ -x "$OCIUP_B" ] || die "no ociup binary at $OCIUP_B"
 JOBS_ARGS=()
 [ -z "$JOBS_SET" ] || JOBS_ARGS=(--jobs "$JOBS_SET")
 
-REG_PID=
-if [ -n "${BENCH_WORKDIR:-}" ]; then
-  WORK=$BENCH_WORKDIR
-  KEEP_WORK=1
-  mkdir -p "$WORK"
-else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/ociup-copy-floor.XXXXXX")
-  KEEP_WORK=0
-fi
-stop_registry() {
-  if [ -n "$REG_PID" ]; then
-    kill "$REG_PID" 2>/dev/null || true
-    wait "$REG_PID" 2>/dev/null || true
-    REG_PID=
-  fi
-}
-cleanup() {
-  stop_registry
-  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir ociup-copy-floor
 
 # --- the image: the one copy-throughput.sh uses ----------------------------------------------
 OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGES=mixed BENCH_IMAGE_ONLY=1 \
@@ -110,59 +88,21 @@ MANIFEST_TYPE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[
   "$MANIFEST_FILE")
 cat "$IMAGE"/blobs/sha256/* >/dev/null # page cache
 
-# --- registry (as in copy-throughput.sh: one per round, on a port not used before) ----------
-USED_PORTS=" "
-free_port() {
-  while :; do
-    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    case $USED_PORTS in *" $PORT "*) ;; *) USED_PORTS+="$PORT " && return ;; esac
-  done
-}
-start_registry() {
-  REG_DIR=$WORK/floor-$1
-  rm -rf "$REG_DIR" && mkdir -p "$REG_DIR/data"
-  free_port
-  REG_HOST=127.0.0.1:$PORT
-  cat >"$REG_DIR/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $REG_DIR/data
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: $REG_HOST
-EOF
-  docker-registry serve "$REG_DIR/config.yml" >"$REG_DIR/access.log" 2>"$REG_DIR/registry.log" &
-  REG_PID=$!
-  local i
-  for ((i = 0; i < 100; i++)); do
-    if curl -fsS -o /dev/null "http://$REG_HOST/v2/" 2>/dev/null; then return 0; fi
-    kill -0 "$REG_PID" 2>/dev/null || die "the registry exited: $(tail -n 5 "$REG_DIR/registry.log")"
-    sleep 0.1
-  done
-  die "the registry on $REG_HOST did not come up"
-}
-reg_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$REG_PID/stat"; }
+# --- registry: start_registry of benches/lib.sh, one per round on a port not used before (it
+# stops the previous round's; the loop removes that one's storage) ----------------------------
 
 # --- the curl clients ------------------------------------------------------------------------
 # curl_push_blob HOST REPO DIGEST FILE: POST an upload, PUT the whole file to it with ?digest=.
+FLOOR_UA=bench-floor-curl
 curl_push_blob() {
   local host=$1 repo=$2 digest=$3 file=$4 loc sep
-  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$host/v2/$repo/blobs/uploads/" \
+  loc=$(curl -A "$FLOOR_UA" -fsS -X POST -D - -o /dev/null "http://$host/v2/$repo/blobs/uploads/" \
     | tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
   [ -n "$loc" ] || { echo "no Location for $digest" >&2; return 1; }
   case $loc in /*) loc=http://$host$loc ;; esac
   sep='?'
   case $loc in *\?*) sep='&' ;; esac
-  curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
+  curl -A "$FLOOR_UA" -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
     -T "$file" "$loc${sep}digest=$digest"
 }
 export -f curl_push_blob
@@ -173,7 +113,7 @@ curl_push() {
   for d in $BLOB_DIGESTS; do
     printf '%s %s %s %s\n' "$host" "$repo" "$d" "$IMAGE/blobs/sha256/${d#sha256:}"
   done | xargs -P "$JOBS" -n 4 bash -c 'curl_push_blob "$@"' _
-  curl -fsS -o /dev/null -X PUT -H "Content-Type: $MANIFEST_TYPE" --data-binary "@$MANIFEST_FILE" \
+  curl -A "$FLOOR_UA" -fsS -o /dev/null -X PUT -H "Content-Type: $MANIFEST_TYPE" --data-binary "@$MANIFEST_FILE" \
     "http://$host/v2/$repo/manifests/$TAG"
 }
 
@@ -182,20 +122,20 @@ curl_push() {
 curl_pull() {
   local host=$1 repo=$2 out=$3 d args=()
   if [ "$out" = - ]; then
-    curl -fsS -o /dev/null "http://$host/v2/$repo/manifests/$TAG" -H "Accept: $MANIFEST_TYPE"
+    curl -A "$FLOOR_UA" -fsS -o /dev/null "http://$host/v2/$repo/manifests/$TAG" -H "Accept: $MANIFEST_TYPE"
     for d in $BLOB_DIGESTS; do args+=(-o /dev/null "http://$host/v2/$repo/blobs/$d"); done
   else
     mkdir -p "$out/blobs/sha256"
-    curl -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
+    curl -A "$FLOOR_UA" -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
       "http://$host/v2/$repo/manifests/$TAG"
     for d in $BLOB_DIGESTS; do
       args+=(-o "$out/blobs/sha256/${d#sha256:}" "http://$host/v2/$repo/blobs/$d")
     done
   fi
-  curl -fsS --parallel --parallel-max "$JOBS" "${args[@]}"
+  curl -A "$FLOOR_UA" -fsS --parallel --parallel-max "$JOBS" "${args[@]}"
 }
 # curl_fsync_one URL FILE / cp_fsync_one SRC FILE: one blob, then fsync it.
-curl_fsync_one() { curl -fsS -o "$2" "$1" && sync "$2"; }
+curl_fsync_one() { curl -A "$FLOOR_UA" -fsS -o "$2" "$1" && sync "$2"; }
 cp_fsync_one() { cp "$1" "$2" && sync "$2"; }
 export -f curl_fsync_one cp_fsync_one
 
@@ -204,7 +144,7 @@ export -f curl_fsync_one cp_fsync_one
 each_blob_fsync() {
   local how=$1 host=$2 repo=$3 out=$4 d
   mkdir -p "$out/blobs/sha256"
-  curl -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
+  curl -A "$FLOOR_UA" -fsS -o "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}" -H "Accept: $MANIFEST_TYPE" \
     "http://$host/v2/$repo/manifests/$TAG"
   sync "$out/blobs/sha256/${IMAGE_DIGEST#sha256:}"
   for d in $BLOB_DIGESTS; do
@@ -216,34 +156,27 @@ each_blob_fsync() {
   done | xargs -P "$JOBS" -n 2 bash -c "${how}_fsync_one \"\$@\"" _
 }
 export -f curl_pull curl_push each_blob_fsync
-export BLOB_DIGESTS IMAGE IMAGE_DIGEST MANIFEST_FILE MANIFEST_TYPE TAG JOBS
+export BLOB_DIGESTS IMAGE IMAGE_DIGEST MANIFEST_FILE MANIFEST_TYPE TAG JOBS FLOOR_UA
 
 # --- measuring ---------------------------------------------------------------------------------
-SAMPLES=$WORK/floor-samples.tsv # round direction series wall_s user sys rss_kib reg_ticks
+SAMPLES=$WORK/floor-samples.tsv # round direction series wall_s user sys rss_kib reg_ticks requests
 : >"$SAMPLES"
-mkdir -p "$WORK/floor-out"
+rm -rf "$WORK/requests" "$WORK/out"
 
-# measure ROUND DIRECTION SERIES CMD...: sync (untimed), then CMD under GNU time.
-measure() {
-  local round=$1 dir=$2 series=$3 t0 t1 c0 c1
+# floor_measure ROUND DIRECTION SERIES CMD...: CMD through lib.sh's `measure` (sync before it,
+# untimed; its requests from the access log), one sample appended.
+floor_measure() {
+  local round=$1 dir=$2 series=$3 res wall rss user sys ticks reqs
   shift 3
-  sync
-  c0=$(reg_cpu_ticks)
-  t0=$(date +%s%N)
-  /usr/bin/time -f '%U %S %M' -o "$WORK/floor-time.txt" "$@" \
-    >"$WORK/floor-out/$dir-$series-$round.out" 2>"$WORK/floor-out/$dir-$series-$round.err" \
-    || die "$dir $series failed: $* ($(tail -n 5 "$WORK/floor-out/$dir-$series-$round.err"))"
-  t1=$(date +%s%N)
-  c1=$(reg_cpu_ticks)
-  local wall
-  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
-  read -r user sys rss <"$WORK/floor-time.txt"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$dir" "$series" "$wall" "$user" "$sys" \
-    "$rss" "$((c1 - c0))" >>"$SAMPLES"
+  res=$(measure "$dir-$series-$round" "$@")
+  read -r wall rss user sys ticks <<<"$res"
+  reqs=$(wc -l <"$WORK/requests/$dir-$series-$round.log")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$dir" "$series" "$wall" "$user" "$sys" \
+    "$rss" "$ticks" "$reqs" >>"$SAMPLES"
   log "  round $round $(printf '%-5s %-16s' "$dir" "$series") ${wall}s" \
     "$(awk -v b="$BLOB_BYTES" -v w="$wall" 'BEGIN { printf "%6.1f MB/s", b / w / 1e6 }')" \
     "client cpu $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') s," \
-    "registry cpu $((c1 - c0)) ticks"
+    "registry cpu $ticks ticks, $((rss / 1024)) MiB, $reqs requests"
 }
 
 manifest_sha() {
@@ -261,62 +194,61 @@ check_blobs() {
   done
 }
 
-PUSH_SERIES=(skopeo ociup curl)
-PULL_SERIES=(skopeo ociup curl-files curl-null curl-fsync disk)
+PUSH_SERIES=(skopeo crane ociup curl)
+PULL_SERIES=(skopeo crane ociup curl-files curl-null curl-fsync disk)
 if [ -n "${OCIUP_B:-}" ]; then
   PUSH_SERIES+=(ociup-b)
   PULL_SERIES+=(ociup-b)
 fi
-rotate() { # rotate N ITEMS...: the items, starting at index N mod count
-  local n=$1
-  shift
-  local a=("$@") i
-  for ((i = 0; i < ${#a[@]}; i++)); do printf '%s ' "${a[(i + n) % ${#a[@]}]}"; done
-}
 
 log "timing $RUNS rounds: push ${PUSH_SERIES[*]}; pull ${PULL_SERIES[*]} ($JOBS blobs in flight for curl)"
 for ((round = 1; round <= RUNS; round++)); do
   stop_registry
   [ "$round" -eq 1 ] || rm -rf "$WORK/floor-$((round - 1))"
-  start_registry "$round"
-  for s in $(rotate "$((round - 1))" "${PUSH_SERIES[@]}"); do
+  start_registry "floor-$round"
+  bench_rotate "$((round - 1))" "${PUSH_SERIES[@]}"
+  for s in "${ORDER[@]}"; do
     repo=bench/$s-$round
     case $s in
-      skopeo) measure "$round" push "$s" skopeo copy --quiet --preserve-digests \
+      skopeo) floor_measure "$round" push "$s" skopeo copy --quiet --preserve-digests \
         --dest-tls-verify=false "oci:$IMAGE:$TAG" "docker://$REG_HOST/$repo:$TAG" ;;
-      ociup) measure "$round" push "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
+      crane) floor_measure "$round" push "$s" "$CRANE" push --insecure "$IMAGE" "$REG_HOST/$repo:$TAG" ;;
+      ociup) floor_measure "$round" push "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
         "${JOBS_ARGS[@]}" "oci:$IMAGE:$TAG" "$REG_HOST/$repo:$TAG" ;;
-      ociup-b) measure "$round" push "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
+      ociup-b) floor_measure "$round" push "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
         "${JOBS_ARGS[@]}" "oci:$IMAGE:$TAG" "$REG_HOST/$repo:$TAG" ;;
-      curl) measure "$round" push "$s" bash -c 'curl_push "$@"' _ "$REG_HOST" "$repo" ;;
+      curl) floor_measure "$round" push "$s" bash -c 'curl_push "$@"' _ "$REG_HOST" "$repo" ;;
     esac
     [ "$(manifest_sha "$REG_HOST/$repo:$TAG")" = "$IMAGE_DIGEST" ] || die "push $s: wrong digest served"
   done
   src=bench/ociup-$round
-  for s in $(rotate "$((round - 1))" "${PULL_SERIES[@]}"); do
+  bench_rotate "$((round - 1))" "${PULL_SERIES[@]}"
+  for s in "${ORDER[@]}"; do
     out=$WORK/floor-pull-$s
     rm -rf "$out"
     case $s in
-      skopeo) measure "$round" pull "$s" skopeo copy --quiet --preserve-digests \
+      skopeo) floor_measure "$round" pull "$s" skopeo copy --quiet --preserve-digests \
         --src-tls-verify=false "docker://$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
-      ociup) measure "$round" pull "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
+      crane) floor_measure "$round" pull "$s" "$CRANE" pull --insecure --format oci \
+        "$REG_HOST/$src:$TAG" "$out" ;;
+      ociup) floor_measure "$round" pull "$s" "$OCIUP" copy --insecure-registry "$REG_HOST" \
         "${JOBS_ARGS[@]}" "$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
-      ociup-b) measure "$round" pull "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
+      ociup-b) floor_measure "$round" pull "$s" "$OCIUP_B" copy --insecure-registry "$REG_HOST" \
         "${JOBS_ARGS[@]}" "$REG_HOST/$src:$TAG" "oci:$out:$TAG" ;;
       curl-files)
-        measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" "$out"
+        floor_measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" "$out"
         # The write-back of what curl left dirty, timed on its own (measure syncs first,
         # so the registry's own dirty pages are not in it).
         t0=$(date +%s%N)
         sync
         t1=$(date +%s%N)
-        printf '%s\tpull\tsync-after-curl\t%s\t0\t0\t0\t0\n' "$round" \
+        printf '%s\tpull\tsync-after-curl\t%s\t0\t0\t0\t0\t0\n' "$round" \
           "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')" >>"$SAMPLES"
         ;;
-      curl-null) measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" - ;;
-      curl-fsync) measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ curl "$REG_HOST" \
+      curl-null) floor_measure "$round" pull "$s" bash -c 'curl_pull "$@"' _ "$REG_HOST" "$src" - ;;
+      curl-fsync) floor_measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ curl "$REG_HOST" \
         "$src" "$out" ;;
-      disk) measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ cp "$REG_HOST" "$src" "$out" ;;
+      disk) floor_measure "$round" pull "$s" bash -c 'each_blob_fsync "$@"' _ cp "$REG_HOST" "$src" "$out" ;;
     esac
     [ "$s" = curl-null ] || check_blobs "$out"
     rm -rf "$out"
@@ -330,8 +262,8 @@ mkdir -p "$(dirname "$JSON_OUT")"
 CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
 export SAMPLES JSON_OUT RUNS JOBS BLOB_BYTES IMAGE_INFO NPROC=$(nproc) CPU="${CPU:-unknown}"
 export CLK_TCK=$(getconf CLK_TCK) MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-export VERSIONS="$(skopeo --version), $(docker-registry --version | awk '{ print $2, $3 }'), $(curl --version | head -n 1 | awk '{ print $1, $2 }')"
-export OCIUP OCIUP_B="${OCIUP_B:-}"
+export VERSIONS="crane $("$CRANE" version 2>/dev/null || echo -), $(skopeo --version), $(docker-registry --version | awk '{ print $2, $3 }'), $(curl --version | head -n 1 | awk '{ print $1, $2 }')"
+export OCIUP OCIUP_B="${OCIUP_B:-}" LOAD_END="$(bench_load)"
 python3 - <<'PY'
 import collections, json, os, statistics as st, time
 
@@ -341,10 +273,10 @@ tck = int(env["CLK_TCK"])
 nproc = int(env["NPROC"])
 rows = []
 for line in open(env["SAMPLES"]).read().splitlines():
-    rnd, d, s, wall, user, sys_, rss, ticks = line.split("\t")
+    rnd, d, s, wall, user, sys_, rss, ticks, reqs = line.split("\t")
     rows.append({"round": int(rnd), "direction": d, "series": s, "wall_s": float(wall),
                  "client_cpu_s": round(float(user) + float(sys_), 2), "peak_rss_kib": int(rss),
-                 "registry_cpu_s": int(ticks) / tck})
+                 "registry_cpu_s": int(ticks) / tck, "requests": int(reqs)})
 # curl-files+sync: the durable variant, per round.
 by = collections.defaultdict(dict)
 for r in rows:
@@ -368,17 +300,19 @@ for d in ("push", "pull"):
             "client_cpu_s_median": st.median(r["client_cpu_s"] for r in rs),
             "registry_cpu_s_median": st.median(r["registry_cpu_s"] for r in rs),
             "peak_rss_mib_median": st.median(r["peak_rss_kib"] for r in rs) / 1024,
+            "peak_rss_mib_max": max(r["peak_rss_kib"] for r in rs) / 1024,
+            "requests_median": st.median(r["requests"] for r in rs),
         }
 
 print()
-print(f"machine: {nproc} cores, {env['CPU']}, {int(env['MEM_KIB']) / 1048576:.1f} GiB RAM  |  "
-      f"{env['VERSIONS']}")
+print(f"machine: {nproc} cores, {env['CPU']}, {int(env['MEM_KIB']) / 1048576:.1f} GiB RAM, "
+      f"load at the end {env['LOAD_END']}  |  {env['VERSIONS']}")
 print(f"image: {blob_bytes} blob bytes ({blob_bytes / 1e6:.1f} MB); {env['RUNS']} rounds, "
       f"{env['JOBS']} blobs in flight for curl; ociup {env['OCIUP']}"
       + (f", ociup-b {env['OCIUP_B']}" if env["OCIUP_B"] else ""))
 print()
 hdr = (f"{'direction':<6} {'series':<17} {'wall s':>7} {'(min-max)':>13} {'MB/s':>7} "
-       f"{'client cpu s':>12} {'registry cpu s':>14} {'RSS MiB':>8}")
+       f"{'client cpu s':>12} {'registry cpu s':>14} {'RSS MiB':>8} {'max':>6} {'reqs':>5}")
 print("medians:")
 print(hdr)
 print("-" * len(hdr))
@@ -387,17 +321,20 @@ for k, t in summary.items():
     print(f"{d:<6} {s:<17} {t['wall_s_median']:7.2f} "
           f"{'(' + format(t['wall_s_min'], '.2f') + '-' + format(t['wall_s_max'], '.2f') + ')':>13} "
           f"{t['mb_per_s_median'] or 0:7.1f} {t['client_cpu_s_median']:12.2f} "
-          f"{t['registry_cpu_s_median']:14.2f} {t['peak_rss_mib_median']:8.1f}")
+          f"{t['registry_cpu_s_median']:14.2f} {t['peak_rss_mib_median']:8.1f} "
+          f"{t['peak_rss_mib_max']:6.1f} {t['requests_median']:5g}")
 
 print()
-print("ratios over skopeo (skopeo median wall / series median wall; > 1 is faster than skopeo):")
-ratios = {}
+print("ratios over skopeo and over crane (peer median wall / series median wall; > 1 is faster):")
+ratios, ratios_crane = {}, {}
 for d in ("push", "pull"):
     sk = summary[f"{d}/skopeo"]["wall_s_median"]
+    cr = summary[f"{d}/crane"]["wall_s_median"]
     for k, t in summary.items():
         if k.startswith(d + "/") and not k.endswith(("/skopeo", "/sync-after-curl", "/disk")):
             ratios[k] = sk / t["wall_s_median"]
-            print(f"  {k:<24} {ratios[k]:5.2f}x")
+            ratios_crane[k] = cr / t["wall_s_median"]
+            print(f"  {k:<24} {ratios[k]:5.2f}x skopeo  {ratios_crane[k]:5.2f}x crane")
 # Floors. A floor is a wall time no client can beat here; the best ratio over skopeo any client
 # could reach is skopeo's wall over the floor, taken per round (the machine's speed drifts between
 # rounds; skopeo and the floor series run minutes apart at most) and then the median.
@@ -455,7 +392,8 @@ out = {"benchmark": "copy-floor", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ"
                    "mem_gib": round(int(env["MEM_KIB"]) / 1048576, 1)},
        "versions": env["VERSIONS"], "runs": int(env["RUNS"]), "jobs": int(env["JOBS"]),
        "image": json.loads(env["IMAGE_INFO"]), "summary": summary,
-       "ratios_over_skopeo": ratios, "floor": conclusion, "samples": rows}
+       "ratios_over_skopeo": ratios, "ratios_over_crane": ratios_crane, "floor": conclusion,
+       "load_end": env["LOAD_END"], "samples": rows}
 with open(env["JSON_OUT"], "w") as f:
     json.dump(out, f, indent=2)
     f.write("\n")

@@ -24,6 +24,10 @@
 #            and directory, so the client setup loads no system root certificates: the
 #            difference to main is what loading the roots costs (plain HTTP needs none).
 #   version  (diagnostic) `ociup --version`: the floor of starting the process at all.
+#   crane    the peer: `crane rebase --insecure HOST/team/app:v1 --old_base HOST/lib/base:v1
+#            --new_base HOST/lib/base:v2 --tag HOST/team/app:crane-R`, interleaved with the
+#            others; its medians give the ratio ociup main / crane (skipped when no crane is
+#            found: CRANE=PATH, else crane on PATH or in ~/.local/bin).
 #
 # Per run: wall time (bash's $EPOCHREALTIME around the command: no fork of date), the HTTP
 # requests the registry logged (its access log, sliced by marker requests sent with curl just
@@ -37,8 +41,8 @@
 #
 # Targets (reported as met or MISSED, never failing the script): at most 10 HTTP requests per
 # rebase (median; the cold run, which also mounts the 3 new base layers, one POST each, is shown
-# beside it), zero layer bytes sent, median wall time under 15 ms, and a cost independent of the
-# layer sizes (same requests; wall-time medians within 0.8x-1.25x of each other). The exit
+# beside it), zero layer bytes sent, median wall time under 15 ms and at most 0.45x crane's, and
+# a cost independent of the layer sizes (same requests; wall-time medians within 0.8x-1.25x of each other). The exit
 # status is non-zero only if setup fails, a main/same rebase fails, or a result is wrong (its
 # layers are not v2's layers followed by the image's own).
 #
@@ -82,11 +86,11 @@ JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/rebase.json}
 REGISTRY=${BENCH_REGISTRY:-docker-registry}
 EPOCH=1700000000 # --source-date-epoch of main run R is EPOCH+R; of nocerts run R, EPOCH+100000+R
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# log, die, bench_ociup, bench_machine, bench_load from the shared library. The registries stay
+# this script's own: one per size, all running at once (lib.sh's start_registry keeps one).
+. "$ROOT/benches/lib.sh"
+CRANE=${CRANE:-$(command -v crane || echo "$HOME/.local/bin/crane")}
+[ -x "$CRANE" ] || CRANE=
 
 # --- prerequisites ---------------------------------------------------------------------------
 [ "${BASH_VERSINFO[0]}" -ge 5 ] || die "bash 5 is required (for \$EPOCHREALTIME)"
@@ -120,12 +124,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM # run the EXIT trap on ^C too
 
-if [ -z "${OCIUP:-}" ]; then
-  log "building ociup (release)"
-  cargo build --release --quiet -p ociup-cli
-  OCIUP=$ROOT/target/release/ociup
-fi
-[ -x "$OCIUP" ] || die "no ociup binary at $OCIUP"
+bench_ociup
 mkdir -p "$WORK/bin"
 cp "$OCIUP" "$WORK/bin/ociup" # a snapshot: others may rebuild target/release meanwhile
 OCIUP_SRC=$OCIUP
@@ -242,8 +241,11 @@ run_one() {
     args+=(--source-date-epoch $((EPOCH + 100000 + r)))
     ;;
   version) tag=- ;;
+  crane) tag=crane-$r ;;
   esac
   [ "$tag" = - ] || args+=(--to "$HOST/team/app:$tag")
+  [ "$series" != crane ] || args=(rebase --insecure "$HOST/team/app:v1" --old_base "$HOST/lib/base:v1"
+    --new_base "$HOST/lib/base:v2" --tag "$HOST/team/app:$tag")
 
   [ "$series" = version ] || marker "$id/begin"
   set +e
@@ -251,6 +253,12 @@ run_one() {
   version)
     t0=$EPOCHREALTIME
     "$OCIUP" --version >"$out.json" 2>"$out.err"
+    rc=$?
+    t1=$EPOCHREALTIME
+    ;;
+  crane)
+    t0=$EPOCHREALTIME
+    "$CRANE" "${args[@]}" >"$out.json" 2>"$out.err"
     rc=$?
     t1=$EPOCHREALTIME
     ;;
@@ -364,6 +372,7 @@ sync # the bases' write-back must not overlap the timed runs
 # alike. Round 1 keeps the listed order (main first: its run 1 is the cold run of that size);
 # later rounds rotate the starting size and series.
 SERIES=(main same)
+[ -z "$CRANE" ] || SERIES+=(crane)
 if [ "$DIAG" = 1 ]; then SERIES+=(nocerts version); fi
 log "timing $RUNS rounds of: ${SERIES[*]} x ${SIZE_LIST[*]}"
 nsz=${#SIZE_LIST[@]}
@@ -560,11 +569,12 @@ for run in runs:
     if run["tag"] in results:
         rm, rd = results[run["tag"]]
         run["config_bytes"] = rm["config"]["size"]
+        # crane prints no JSON: only its result's layers are checked.
         run["result_ok"] = [l["digest"] for l in rm["layers"]] == expected_layers \
-            and rd == out.get("digest")
+            and (run["series"] == "crane" or rd == out.get("digest"))
         if not run["result_ok"]:
             failures.append(f"{rid}: result layers are not v2's followed by the image's own")
-    elif run["series"] in ("main", "same"):
+    elif run["series"] in ("main", "same", "crane"):
         failures.append(f"{rid}: exit status {run['rc']}")
 
 def q(xs):
@@ -716,7 +726,8 @@ hdr = (f"{'size':>5} {'series':<16} {'runs':>4} {'wall ms':>8} {'(p25-p75)':>13}
 print(hdr)
 print("-" * len(hdr))
 names = [("main", "main (all)"), ("main_cold", "  cold (run 1)"), ("main_warm", "  warm (2..N)"),
-         ("same", "same config"), ("nocerts", "no root certs"), ("version", "ociup --version")]
+         ("same", "same config"), ("crane", "crane rebase"), ("nocerts", "no root certs"),
+         ("version", "ociup --version")]
 for s in sizes:
     for key, title in names:
         x = s["series"].get(key)
@@ -794,16 +805,26 @@ copied = sum(s["series"][k]["copied_blobs_total"] + s["series"][k]["patch_reques
 copied_bytes = sum(s["series"][k]["copied_bytes_total"] for s in sizes for k in ("main", "same")
                    if s["series"].get(k))
 wall_ok = all(m["wall_ms_median"] < 15 for m in main.values())
+cold_reqs = max(m["requests"][0] for m in main.values())
+crane = {s["label"]: s["series"].get("crane") for s in sizes}
+crane_ratio = {l: main[l]["wall_ms_median"] / c["wall_ms_median"] for l, c in crane.items() if c}
 indep = req_same and 0.8 <= ratio <= 1.25
 targets = [
     ("<= 10 HTTP requests per rebase (median)", med_reqs <= 10,
      ", ".join(f"{l}: median {m['requests_median']:g}, cold run {m['requests'][0]}"
                for l, m in main.items())),
+    ("<= 12 HTTP requests in the cold run", cold_reqs <= 12,
+     ", ".join(f"{l}: {m['requests'][0]}" for l, m in main.items())),
     ("zero layer bytes sent", copied == 0,
      f"{copied} blobs copied / PATCH requests, {copied_bytes} layer bytes; only the config "
      f"({small['series']['main']['config_bytes_median']:g} bytes) and manifest are uploaded"),
     ("median wall time < 15 ms", wall_ok,
      ", ".join(f"{l}: {m['wall_ms_median']:.1f} ms" for l, m in main.items())),
+    ("wall time <= 0.45x crane's (medians)", bool(crane_ratio) and
+     all(r <= 0.45 for r in crane_ratio.values()),
+     ", ".join(f"{l}: {r:.2f}x ({main[l]['wall_ms_median']:.1f} / {crane[l]['wall_ms_median']:.1f} "
+               f"ms; crane {crane[l]['requests_median']:g} requests)" for l, r in crane_ratio.items())
+     or "crane not run"),
     ("cost independent of layer sizes", indep,
      f"wall median {big['label']}/{small['label']} = {ratio:.2f}x; requests "
      + ("identical" if req_same else "DIFFER")
@@ -830,6 +851,7 @@ summary = {
     "elapsed_s": float(env["ELAPSED_S"]),
     "sizes": sizes,
     "wall_median_ratio": ratio,
+    "ociup_over_crane_wall": crane_ratio,
     "requests_identical_across_sizes": req_same,
     "targets": {n: {"met": ok, "value": v} for n, ok, v in targets},
     "failures": failures,

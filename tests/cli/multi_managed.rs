@@ -328,3 +328,130 @@ fn register_on_an_index_is_deterministic_and_platform_restricts_it() {
     ));
     assert_eq!(two["platforms"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn on_a_registry_only_the_moved_platform_is_read_and_written() {
+    use crate::registry::run;
+    use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let host = reg.host();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let catalog = format!("oci:{}", d.join("catalog").display());
+    let env = [("OCIUP_CATALOG", catalog.as_str())];
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(args, &env, "");
+        assert!(ok, "ociup {args:?}: {err}");
+        out
+    };
+    for (tag, to) in [("v1", "v1"), ("v2", "v2"), ("v1", "cur")] {
+        ok(&[
+            "copy",
+            &format!("oci:{}:{tag}", fixtures().join("multi").display()),
+            &format!("{host}/lib/multi:{to}"),
+        ]);
+    }
+    let steps = app(d);
+    let mut args = vec![
+        "register".to_owned(),
+        "app".into(),
+        "--base".into(),
+        format!("{host}/lib/multi:cur"),
+        "--to".into(),
+        format!("{host}/team/app"),
+        "--json".into(),
+    ];
+    args.extend(steps);
+    let v1 = json(&ok(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let amd64 = v1["platforms"][0]["digest"].as_str().unwrap().to_owned();
+    let arm64 = v1["platforms"][1]["digest"].as_str().unwrap().to_owned();
+    let child = |digest: &str| {
+        let (_, out, _) = run(
+            &["inspect", &format!("{host}/team/app@{digest}"), "--json"],
+            &env,
+            "",
+        );
+        json(&out)
+    };
+    let custom = child(&amd64)["manifest"]["layers"][3]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The amd64 blobs: the base's config and layers, and the nick's own config.
+    let base_amd64 = doc(&fixtures().join("multi"), AMD64_V1);
+    let mut amd64_blobs: Vec<String> = base_amd64["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&base_amd64["config"]))
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    amd64_blobs.push(
+        child(&amd64)["manifest"]["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+
+    // Only arm64 of the base index moves.
+    ok(&[
+        "index",
+        "create",
+        "--to",
+        &format!("{host}/lib/multi:cur"),
+        &format!("{host}/lib/multi@{AMD64_V1}"),
+        &format!("{host}/lib/multi@{ARM64_V2}"),
+    ]);
+    let count = |method: &str, part: &str| reg.requests(method, part);
+    let blob_reads = |reg_count: &dyn Fn(&str, &str) -> usize| {
+        amd64_blobs
+            .iter()
+            .map(|b| reg_count("GET", &format!("/blobs/{b}")))
+            .sum::<usize>()
+    };
+    let reads_before = blob_reads(&count);
+    let uploads = || {
+        count("PUT", "/v2/team/app/blobs/uploads/") + count("PATCH", "/v2/team/app/blobs/uploads/")
+    };
+    let uploads_before = uploads();
+    let custom_writes = || {
+        ["POST", "PUT", "PATCH"]
+            .iter()
+            .map(|m| count(m, &custom[7..]))
+            .sum::<usize>()
+    };
+    let custom_before = custom_writes();
+    let r = json(&ok(&["resolve", "app", "--json"]));
+    assert_eq!(
+        (r["upgraded"].as_bool(), r["version"].as_u64()),
+        (Some(true), Some(2))
+    );
+    assert_eq!(r["platforms"][0]["digest"], amd64.as_str(), "amd64 kept");
+    assert_ne!(r["platforms"][1]["digest"], arm64.as_str(), "arm64 rebuilt");
+    assert_eq!(
+        json(&ok(&["history", "app", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "one new version"
+    );
+    assert_eq!(
+        custom_writes(),
+        custom_before,
+        "the custom layer is not uploaded or mounted"
+    );
+    assert_eq!(
+        uploads() - uploads_before,
+        1,
+        "only arm64's new config is uploaded"
+    );
+    assert_eq!(blob_reads(&count), reads_before, "no amd64 blob is read");
+    // The new arm64 child: its base's layers and the same custom layer.
+    let new_arm64 = child(r["platforms"][1]["digest"].as_str().unwrap());
+    assert_eq!(new_arm64["manifest"]["layers"][3]["digest"], custom.as_str());
+    assert_eq!(new_arm64["config"]["architecture"], "arm64");
+}

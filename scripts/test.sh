@@ -37,6 +37,10 @@ else
   echo "Kubernetes tests skipped: ../shared/k8s is absent (no API server to run ociup job --apply against)"
 fi
 cargo test --workspace --all-targets --locked
+if [ -n "${KUBE_STATE_DIR:-}" ]; then # the cluster is needed no further
+  ../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null 2>&1 || true
+  trap - EXIT
+fi
 cargo test --workspace --doc --locked
 # `ociup serve` against its OpenAPI document: schemathesis (PyPI), 20 examples per operation,
 # with a requester's and an admin's token (about 30 s).

@@ -567,3 +567,107 @@ fn a_directory_that_is_not_empty_is_refused() {
     ]);
     assert!(t.path().join("rootfs/etc/os-release").is_file());
 }
+
+/// The Debian root file system (`debootstrap --variant=minbase bookworm` from deb.debian.org,
+/// device nodes left out), made once and kept as a tar in
+/// `$XDG_CACHE_HOME/ociup-tests/debootstrap/bookworm-minbase.tar` (`~/.cache` without it).
+/// `None`, with the reason printed, when it cannot be made here (no debootstrap, not root, no
+/// network).
+pub(crate) fn debian_rootfs_tar() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+        .join("ociup-tests/debootstrap");
+    let tar = cache.join("bookworm-minbase.tar");
+    if tar.is_file() {
+        return Some(tar);
+    }
+    let skip = |why: String| {
+        eprintln!("SKIPPED: the Debian root file system test: {why}");
+        None
+    };
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return skip("debootstrap needs root".into());
+    }
+    std::fs::create_dir_all(&cache).ok()?;
+    let work = tempfile::tempdir_in(&cache).ok()?;
+    let root = work.path().join("root");
+    let out = std::process::Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&root)
+        .arg("http://deb.debian.org/debian")
+        .output();
+    match out {
+        Err(e) => {
+            return skip(format!(
+                "debootstrap cannot run ({e}); apt-get install debootstrap"
+            ));
+        }
+        Ok(o) if !o.status.success() => {
+            let log = String::from_utf8_lossy(&o.stderr);
+            return skip(format!(
+                "debootstrap failed (no network to deb.debian.org?): {}",
+                log.lines().last().unwrap_or_default()
+            ));
+        }
+        Ok(_) => {}
+    }
+    let partial = work.path().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--exclude=./dev/*", "-C"])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&partial)
+        .arg(".")
+        .status()
+        .ok()?;
+    if !status.success() {
+        return skip("tar of the debootstrap tree failed".into());
+    }
+    std::fs::rename(&partial, &tar).ok()?;
+    Some(tar)
+}
+
+/// A Debian root file system (debootstrap minbase, ~200 MB, cached between runs) made into an
+/// image with `ociup append --keep-owner`, unpacked by ociup and by umoci: the same trees.
+#[test]
+fn debian_root_file_system_unpacks_as_umoci_unpacks_it() {
+    let Some(tar) = debian_rootfs_tar() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("debian");
+    std::fs::create_dir(&root).unwrap();
+    tool(
+        "tar",
+        &[
+            "--numeric-owner",
+            "--xattrs",
+            "-xpf",
+            tar.to_str().unwrap(),
+            "-C",
+            root.to_str().unwrap(),
+        ],
+    );
+    let lay = t.path().join("lay");
+    ociup_ok(&[
+        "append",
+        "--base",
+        "scratch",
+        "--add",
+        &format!("{}:/", root.display()),
+        "--keep-owner",
+        "--compression",
+        "none",
+        "--to",
+        &format!("oci:{}:debian", lay.display()),
+    ]);
+    std::fs::remove_dir_all(&root).unwrap();
+    let ours = same_as_umoci(&lay, "debian", t.path());
+    let (items, groups) = scan(&ours);
+    assert!(items.len() > 5000, "{} entries", items.len());
+    assert_eq!(items[Path::new("usr/bin/passwd")].mode, 0o4755);
+    assert_eq!(items[Path::new("etc/shadow")].gid, 42);
+    assert!(!groups.is_empty(), "Debian has hardlinks (perl, for one)");
+}

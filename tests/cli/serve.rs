@@ -636,6 +636,39 @@ fn serve_over_a_layout_catalog() {
         "a check needs no regeneration"
     );
     drop(none);
+    // Requesters asking at once for a nick whose base moved, with different tokens: one
+    // regeneration, one new version, every answer the same.
+    let answers: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, tok) = (&s, if i % 2 == 0 { &alice } else { &root });
+                scope.spawn(move || {
+                    let r = s.call("POST", "/v1/nicks/uploaded/resolve", Some(tok), None);
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    r.json()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["digest"] == answers[0]["digest"] && a["version"] == 2),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| a["upgraded"] == true).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        json(&ok_at(d, &["history", "uploaded", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let (code, out, err) = client(d, &s.url(), &alice, &["resolve", "app"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("app upgraded to version 2"), "{err}");
@@ -655,7 +688,7 @@ fn serve_over_a_layout_catalog() {
     assert_eq!(requests_counted(&s, "/v1/status", "GET", 200), before + 3);
     assert!(requests_counted(&s, "/v1/nicks/{nick}/resolve", "POST", 401) >= 2);
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
-    assert!(text.contains("ociup_upgrades_total 1"), "{text}");
+    assert!(text.contains("ociup_upgrades_total 2"), "{text}");
     assert!(
         text.contains("ociup_http_requests_in_flight 1"),
         "the /metrics request itself: {text}"

@@ -311,13 +311,22 @@ async fn resolve(
     if body.check || body.offline || !first.upgrade_due {
         return json(&first);
     }
+    // Requests for one nick that find an upgrade due wait for each other here (whoever the
+    // requester): the first regenerates; the others then find the new version current and
+    // take no permit.
+    let held = s.nick_lock(&nick).lock_owned().await;
+    let again = m
+        .resolve(&nick, opts(true))
+        .await
+        .map_err(|e| ApiError::from_core(&context, e))?;
+    if !again.upgrade_due {
+        return json(&again);
+    }
     let permit = s.regeneration_permit()?;
     let service = s.clone();
     let r = s
         .run_to_end(async move {
-            let _permit = permit;
-            let lock = service.nick_lock(&nick);
-            let _held = lock.lock().await;
+            let (_held, _permit) = (held, permit);
             let r = m
                 .resolve(&nick, opts(false))
                 .await

@@ -832,3 +832,110 @@ fn serve_holds_the_credentials_on_a_token_registry() {
         );
     }
 }
+
+/// SIGTERM while a request is in flight (its body half sent): the service stops taking
+/// connections, answers that request, then exits 0.
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let base = format!("oci:{}", fixtures().join("base").display());
+    ok_at(
+        d,
+        &[
+            "register",
+            "app",
+            "--base",
+            &format!("{base}:v1"),
+            "--to",
+            "oci:images",
+        ],
+    );
+    let alice = token(d, "alice", "requester");
+    std::fs::write(d.join("alice.token"), format!("{alice}\n")).unwrap();
+    let mut s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            "oci:catalog",
+            "--allow-read",
+            &base,
+            "--allow-write",
+            "oci:images",
+            "--allow-write",
+            "oci:catalog",
+        ],
+        &[],
+    );
+    // --token-file instead of OCIUP_TOKEN.
+    let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args([
+            "--server",
+            &s.url(),
+            "--token-file",
+            "alice.token",
+            "resolve",
+            "app",
+            "--offline",
+        ])
+        .current_dir(d)
+        .env_remove("OCIUP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        ok_at(d, &["resolve", "app", "--offline"])
+    );
+
+    let body = br#"{"offline": true}"#;
+    let mut conn = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/nicks/app/resolve HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {alice}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..5]).unwrap();
+    conn.flush().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Once it says it is shutting down, it takes no new connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.log().contains("shutting down") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shutdown logged: {}",
+            s.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused = (0..100).any(|_| {
+        let gone = TcpStream::connect(&s.addr).is_err();
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        gone
+    });
+    assert!(refused, "still taking connections after SIGTERM");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    conn.write_all(&body[5..]).unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"version\":1"), "{raw}");
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", s.log());
+}

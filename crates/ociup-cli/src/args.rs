@@ -117,9 +117,10 @@ pub enum Command {
     /// Unpack an image into a directory (absent or empty): its layers applied in order, every
     /// blob checked against its digest, nothing written outside the directory.
     ///
-    /// As root, files get the owners the layers give; otherwise they stay yours (as umoci's
-    /// --rootless does). Device nodes and FIFOs are not created: each is listed. The image is
-    /// unpacked beside DIR and renamed into place, so a failure leaves DIR as it was.
+    /// As root, files get the owners the layers give, and device nodes and FIFOs are made;
+    /// otherwise files stay yours (as umoci's --rootless does) and device nodes and FIFOs are
+    /// not made: each is listed. The image is unpacked beside DIR and renamed into place, so a
+    /// failure leaves DIR as it was.
     ///
     /// Example: ociup unpack oci:fixtures/multi:v1 ./rootfs --platform linux/amd64
     Unpack(UnpackArgs),
@@ -135,12 +136,6 @@ pub enum Command {
     ///
     /// Example: ociup run trainer -- python3 /opt/train.py --epochs 3
     Run(Box<crate::cmd::run::RunArgs>),
-    /// Remove cached layers and root file systems of `ociup run` that no run used lately
-    /// (--older-than, default 7 days) or all of them (--all); a run holding them is never
-    /// disturbed.
-    ///
-    /// Example: ociup prune --older-than 30d
-    Prune(crate::cmd::prune::PruneArgs),
     /// Print a nick's newest version as a Kubernetes batch/v1 Job (YAML, or --json), or
     /// submit it (--apply) and follow it (--wait). The nick is resolved as `resolve` does
     /// (regenerated first when its base moved); the container's image is that version pinned
@@ -160,6 +155,12 @@ pub enum Command {
     /// Example: ociup job trainer --namespace ml --request cpu=500m --limit memory=2Gi
     /// --apply --wait -- --epochs 3
     Job(Box<crate::cmd::job::JobArgs>),
+    /// Remove cached layers and root file systems of `ociup run` that no run used lately
+    /// (--older-than, default 7 days) or all of them (--all); a run holding them is never
+    /// disturbed.
+    ///
+    /// Example: ociup prune --older-than 30d
+    Prune(crate::cmd::prune::PruneArgs),
     /// Copy an image or a whole index between layouts and registries, moving only what the
     /// destination lacks (blobs are mounted within one registry).
     ///
@@ -813,7 +814,7 @@ pub struct UnpackArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Print JSON: reference, digest, dir, layers, files, directories, symlinks, hardlinks,
-    /// whiteouts, bytes, owners_from_layers, xattrs_skipped, skipped.
+    /// devices, whiteouts, bytes, owners_from_layers, xattrs_skipped, skipped.
     #[arg(long)]
     pub json: bool,
 }

@@ -264,11 +264,52 @@ impl Tree {
                     .map_err(|e| io_failure(&rel, "creating the hardlink", e))?;
                 self.report.hardlinks += 1;
             }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo if self.chown => {
+                // As root: made with mknod, as umoci does; where even root may not (a container
+                // without CAP_MKNOD), skipped with a note.
+                let h = entry.header();
+                let dev = rustix::fs::makedev(
+                    h.device_major().ok().flatten().unwrap_or(0),
+                    h.device_minor().ok().flatten().unwrap_or(0),
+                );
+                let file_type = match kind {
+                    tar::EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                    tar::EntryType::Block => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
+                };
+                self.remove(&rel)?;
+                let mode = rustix::fs::Mode::from_raw_mode(0o600);
+                match rustix::fs::mknodat(rustix::fs::CWD, &full, file_type, mode, dev) {
+                    Ok(()) => {
+                        std::os::unix::fs::lchown(
+                            &full,
+                            Some(meta.uid as u32),
+                            Some(meta.gid as u32),
+                        )
+                        .map_err(|e| io_failure(&rel, "changing the owner of", e))?;
+                        fs::set_permissions(&full, Permissions::from_mode(meta.mode))
+                            .map_err(|e| io_failure(&rel, "changing the mode of", e))?;
+                        self.set_xattrs(&full, &meta);
+                        let t = FileTime::from_unix_time(meta.mtime, 0);
+                        filetime::set_symlink_file_times(&full, t, t)
+                            .map_err(|e| io_failure(&rel, "setting the times of", e))?;
+                        self.report.devices += 1;
+                    }
+                    Err(e) => {
+                        self.this_layer.remove(&rel);
+                        self.report.skipped.push(format!(
+                            "/{}: {} not created ({e})",
+                            rel.display(),
+                            kind_name(kind)
+                        ));
+                    }
+                }
+            }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 self.this_layer.remove(&rel);
                 tracing::debug!("not created (device or FIFO): /{}", rel.display());
                 self.report.skipped.push(format!(
-                    "/{}: {} not created (ociup does not create device nodes or FIFOs)",
+                    "/{}: {} not created (device nodes and FIFOs only as root)",
                     rel.display(),
                     kind_name(kind)
                 ));

@@ -46,6 +46,8 @@ pub struct UnpackReport {
     pub symlinks: u64,
     /// Hardlinks made.
     pub hardlinks: u64,
+    /// Device nodes and FIFOs made (as root).
+    pub devices: u64,
     /// Whiteouts and opaque markers applied.
     pub whiteouts: u64,
     /// Bytes of file contents written.
@@ -54,7 +56,8 @@ pub struct UnpackReport {
     pub owners_from_layers: bool,
     /// Extended attributes the file system or the caller's rights refused (logged at debug).
     pub xattrs_skipped: u64,
-    /// Entries not created, one note each: device nodes and FIFOs, unknown entry types.
+    /// Entries not created, one note each: device nodes and FIFOs (when not root, or where
+    /// `mknod` is refused), unknown entry types.
     pub skipped: Vec<String>,
 }
 
@@ -83,9 +86,9 @@ pub struct UnpackReport {
 ///
 /// **Owners.** With [`Owners::Auto`], files get the layers' uid and gid when the caller is root,
 /// and stay the caller's otherwise (as `umoci unpack --rootless`): modes are kept, directories
-/// stay writable by the caller until the end. **Device nodes and FIFOs are never created**
-/// (that needs `mknod`, which ociup does without): each one is listed in
-/// [`UnpackReport::skipped`].
+/// stay writable by the caller until the end. **Device nodes and FIFOs** are made (`mknod`)
+/// only when owners come from the layers (root); otherwise, or where `mknod` is refused, each
+/// one is listed in [`UnpackReport::skipped`].
 ///
 /// # Errors
 /// [`Error::NotEmpty`] when `dir` holds something; [`Error::Store`] when a blob cannot be read
@@ -577,7 +580,24 @@ pub(crate) mod tests {
             // Only root may give files away; the rootless path is tested above.
             return;
         }
-        let layer = tar_of(&[(E::Regular, "f", "", b"x", 0o4755, 1234)]);
+        let mut layer = tar_of(&[
+            (E::Regular, "f", "", b"x", 0o4755, 1234),
+            (E::Fifo, "fifo", "", b"", 0o640, 7),
+        ]);
+        // A character device 1:3 (as /dev/null), appended with its numbers.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(E::Char);
+        h.set_path("null").unwrap();
+        h.set_mode(0o666);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let dev = b.into_inner().unwrap();
+        layer.truncate(layer.len() - 1024);
+        layer.extend_from_slice(&dev);
         let (layout, image) = image_of(&t.path().join("lay"), &[plain(layer)]).await;
         let dir = t.path().join("rootfs");
         let report = unpack(&layout, &image, &dir, &UnpackOptions::default())
@@ -586,6 +606,23 @@ pub(crate) mod tests {
         assert!(report.owners_from_layers);
         let m = std::fs::metadata(dir.join("f")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 1234, 0o4755));
+        use std::os::unix::fs::FileTypeExt;
+        let fifo = std::fs::symlink_metadata(dir.join("fifo")).unwrap();
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!((fifo.uid(), fifo.mode() & 0o7777), (7, 0o640));
+        // mknod of a device may be refused even to root (no CAP_MKNOD): then it is listed.
+        match std::fs::symlink_metadata(dir.join("null")) {
+            Ok(null) => {
+                assert!(null.file_type().is_char_device());
+                assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+                assert_eq!(report.devices, 2);
+            }
+            Err(_) => assert!(
+                report.skipped[0].starts_with("/null"),
+                "{:?}",
+                report.skipped
+            ),
+        }
     }
 
     #[tokio::test]

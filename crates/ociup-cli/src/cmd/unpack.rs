@@ -28,6 +28,7 @@ pub async fn run(ctx: &Ctx, args: UnpackArgs) -> Result<()> {
             "directories": report.directories,
             "symlinks": report.symlinks,
             "hardlinks": report.hardlinks,
+            "devices": report.devices,
             "whiteouts": report.whiteouts,
             "bytes": report.bytes,
             "owners_from_layers": report.owners_from_layers,
@@ -37,7 +38,7 @@ pub async fn run(ctx: &Ctx, args: UnpackArgs) -> Result<()> {
     }
     output::line(format!(
         "unpacked {} ({digest}) into {}: {} layers, {} files ({} bytes), {} directories, \
-         {} symlinks, {} hardlinks, {} whiteouts; owners {}",
+         {} symlinks, {} hardlinks, {} devices, {} whiteouts; owners {}",
         args.reference,
         args.dir.display(),
         report.layers,
@@ -46,6 +47,7 @@ pub async fn run(ctx: &Ctx, args: UnpackArgs) -> Result<()> {
         report.directories,
         report.symlinks,
         report.hardlinks,
+        report.devices,
         report.whiteouts,
         if report.owners_from_layers {
             "from the layers"

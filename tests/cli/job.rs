@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use ociup_kube::k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use ociup_kube::k8s_openapi::api::authentication::v1::TokenRequest;
+use ociup_kube::k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use ociup_kube::k8s_openapi::api::batch::v1::Job;
 use ociup_kube::k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use ociup_kube::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use ociup_kube::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ociup_kube::kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -1010,4 +1012,78 @@ fn refused_requests_write_nothing_and_leave_no_job() {
         .filter_map(|j| j.metadata.name)
         .collect();
     assert_eq!(names, ["taken"]);
+
+    // A user who may create and delete Jobs but not change them: the Job is created suspended
+    // and the version recorded, but it cannot be released, so it is deleted.
+    let rbac = |kind: &str, body: Value| -> Value {
+        let mut v = body;
+        v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
+        v["kind"] = kind.into();
+        v["metadata"] = serde_json::json!({"name": "create-only", "namespace": ns.name});
+        v
+    };
+    let role = rbac(
+        "Role",
+        serde_json::json!({"rules": [{"apiGroups": ["batch"], "resources": ["jobs"],
+            "verbs": ["create", "get", "delete"]}]}),
+    );
+    let binding = rbac(
+        "RoleBinding",
+        serde_json::json!({
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "create-only"},
+            "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": ns.name}],
+        }),
+    );
+    let roles: Api<Role> = k.api(&ns.name);
+    let bindings: Api<RoleBinding> = k.api(&ns.name);
+    k.rt.block_on(roles.create(
+        &PostParams::default(),
+        &serde_json::from_value(role).unwrap(),
+    ))
+    .unwrap();
+    k.rt.block_on(bindings.create(
+        &PostParams::default(),
+        &serde_json::from_value(binding).unwrap(),
+    ))
+    .unwrap();
+    // The authorizer takes the binding up after a moment: ask it until it allows.
+    let reviews: Api<SubjectAccessReview> = Api::all(k.cluster.client().clone());
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": format!("system:serviceaccount:{}:nobody", ns.name),
+            "resourceAttributes": {"namespace": ns.name, "verb": "create",
+                "group": "batch", "resource": "jobs"},
+        },
+    }))
+    .unwrap();
+    k.until(Duration::from_secs(30), "the binding in effect", || {
+        let answer =
+            k.rt.block_on(reviews.create(&PostParams::default(), &review))
+                .unwrap();
+        answer.status.is_some_and(|s| s.allowed)
+    });
+    let (code, _, err) = app.run(&[
+        "job",
+        "refused",
+        "--apply",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        forbidden.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "refused version 2 is recorded, but its Job could not be released, so its suspended Job"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("403 Forbidden"), "{err}");
+    assert_eq!(app.versions().len(), 2);
+    let names: Vec<_> = k
+        .jobs(&ns.name)
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(names, ["taken"], "the suspended Job was deleted");
 }

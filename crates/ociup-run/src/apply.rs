@@ -16,6 +16,11 @@ use crate::UnpackReport;
 use crate::error::{Error, Result};
 use crate::path::{self, Missing, WalkError};
 
+/// The most of holes one sparse file of a layer may expand to (written as zeros).
+const MAX_SPARSE_HOLES: u64 = 1 << 30;
+/// The most of holes all sparse files of one unpack may expand to.
+const MAX_SPARSE_HOLES_TOTAL: u64 = 8 << 30;
+
 /// The metadata of a directory, applied once every layer is in.
 #[derive(Clone, Debug)]
 pub(crate) struct DirMeta {
@@ -59,6 +64,8 @@ pub(crate) struct Tree {
     pub(crate) dirs: BTreeMap<PathBuf, DirMeta>,
     /// Set when one layer is unpacked alone: what it leaves for the assembly.
     pub(crate) isolated: Option<Isolated>,
+    /// Bytes of sparse files' holes written so far (as zeros).
+    sparse_holes: u64,
     /// Paths written by the layer being applied: an opaque marker keeps them.
     this_layer: HashSet<PathBuf>,
     pub(crate) report: UnpackReport,
@@ -77,6 +84,7 @@ impl Tree {
             chown,
             dirs: BTreeMap::new(),
             isolated: None,
+            sparse_holes: 0,
             this_layer: HashSet::new(),
             report: UnpackReport {
                 owners_from_layers: chown,
@@ -185,6 +193,21 @@ impl Tree {
                 self.report.directories += 1;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // A sparse entry's holes are written as zeros: bounded, so that a few bytes of
+                // layer cannot fill the disk.
+                let holes = entry
+                    .size()
+                    .saturating_sub(entry.header().entry_size().unwrap_or(0));
+                self.sparse_holes = self.sparse_holes.saturating_add(holes);
+                if holes > MAX_SPARSE_HOLES || self.sparse_holes > MAX_SPARSE_HOLES_TOTAL {
+                    return Err(Failure::Entry(format!(
+                        "a sparse file of {} bytes with {holes} bytes of holes: at most {} \
+                         per file and {} per image are unpacked",
+                        entry.size(),
+                        MAX_SPARSE_HOLES,
+                        MAX_SPARSE_HOLES_TOTAL
+                    )));
+                }
                 self.remove(&rel)?;
                 let mut file = OpenOptions::new()
                     .write(true)

@@ -651,6 +651,50 @@ pub(crate) mod tests {
         }
     }
 
+    /// A GNU sparse entry: `data` stored, then a hole to `real` bytes.
+    fn sparse_tar(data: &[u8], real: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(E::GNUSparse);
+        h.set_path("sparse").unwrap();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.sparse[0].set_offset(0);
+            gnu.sparse[0].set_length(data.len() as u64);
+            gnu.sparse[1].set_offset(real);
+            gnu.sparse[1].set_length(0);
+            gnu.set_real_size(real);
+        }
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sparse_files_expand_within_bounds() {
+        let t = tempfile::tempdir().unwrap();
+        let small = sparse_tar(b"head", 1 << 20);
+        let (layout, image) = image_of(&t.path().join("lay"), &[plain(small)]).await;
+        let dir = t.path().join("ok");
+        unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap();
+        let got = std::fs::read(dir.join("sparse")).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(&got[..4], b"head");
+        // 4 bytes that would expand to 1 TiB are refused before anything is written.
+        let huge = sparse_tar(b"head", 1 << 40);
+        let (layout, image) = image_of(&t.path().join("lay2"), &[plain(huge)]).await;
+        let dir = t.path().join("refused");
+        let err = unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sparse file"), "{err}");
+        assert!(!dir.exists());
+    }
+
     #[tokio::test]
     async fn a_layer_that_does_not_match_its_diff_id_is_refused() {
         let t = tempfile::tempdir().unwrap();

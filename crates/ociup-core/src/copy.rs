@@ -380,7 +380,11 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                             Err(Error::MissingBlobs { digests, .. }) => {
                                 digests.into_iter().collect::<HashSet<_>>()
                             }
-                            Err(e) => return Err(e),
+                            // Any other refusal (a list of missing blobs too long for the error
+                            // body ociup reads, say): every blob is checked and supplied as
+                            // without the probe, and the manifest PUT after them says what is
+                            // still wrong.
+                            Err(_) => HashSet::new(),
                         }
                     } else {
                         HashSet::new()

@@ -628,3 +628,111 @@ async fn a_streamed_upload_goes_over_tls_with_bearer_tokens() {
     .unwrap();
     assert_eq!(back, data);
 }
+
+/// An image of `n` small layers in a new layout under `dir`, tagged `v1`.
+async fn image_of_layers(dir: &Path, n: u32) -> (OciLayout, ociup_core::document::RawDocument) {
+    let src = OciLayout::open_or_create(dir).unwrap();
+    let mut layers = Vec::new();
+    for i in 0..n {
+        let bytes = format!("layer {i}").into_bytes();
+        let digest = Digest::sha256(&bytes);
+        src.put_blob(&digest, bytes.len() as u64, &bytes[..])
+            .await
+            .unwrap();
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+        }));
+    }
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = Digest::sha256(config);
+    src.put_blob(&config_digest, config.len() as u64, &config[..])
+        .await
+        .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": layers,
+    }))
+    .unwrap();
+    let manifest = ociup_core::document::RawDocument::new(
+        manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    src.put_manifest(&manifest, Some("v1")).await.unwrap();
+    (src, manifest)
+}
+
+/// A push sends the manifest first and uploads only the blobs the registry names, without a
+/// HEAD each; a manifest of so many layers that the registry's list of missing blobs is longer
+/// than the error body ociup reads is pushed all the same (every blob checked, then uploaded).
+#[tokio::test]
+async fn a_push_uploads_what_the_manifest_probe_names_even_past_the_error_body_cap() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let c = client(&reg, false, ClientOptions::default());
+    let t = tempfile::tempdir().unwrap();
+    for (name, n) in [("few", 3u32), ("many", 450)] {
+        // 450 layers: Distribution names each missing one in about 150 bytes, past 64 KiB.
+        let (src, manifest) = image_of_layers(&t.path().join(name), n).await;
+        let report = copy_image(
+            &src,
+            &tag("v1"),
+            &repo(&c, &reg, &format!("probe/{name}")),
+            Some("v1"),
+            &CopyOptions {
+                jobs: 16,
+                ..CopyOptions::default()
+            },
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (report.blobs_copied, report.manifests_written),
+            (u64::from(n) + 1, 1)
+        );
+        let d = repo(&c, &reg, &format!("probe/{name}"))
+            .resolve_tag("v1")
+            .await
+            .unwrap();
+        assert_eq!(d.digest().to_string(), manifest.digest().to_string());
+        // Requests, not log lines: a refusal logs a line per error it names.
+        let requests = |method: &str, part: &str| {
+            let log = reg.log();
+            let ids: std::collections::HashSet<&str> = log
+                .lines()
+                .filter(|l| l.contains("response completed"))
+                .filter(|l| l.contains(&format!("http.request.method={method} ")))
+                .filter(|l| l.contains(part))
+                .filter_map(|l| l.split("http.request.id=").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .collect();
+            ids.len()
+        };
+        let heads = requests("HEAD", &format!("/v2/probe/{name}/blobs/"));
+        let puts = requests("PUT", &format!("/v2/probe/{name}/manifests/"));
+        if n == 3 {
+            assert_eq!(
+                (heads, puts),
+                (0, 2),
+                "the probe, then the manifest; no blob HEAD"
+            );
+        } else {
+            assert_eq!(
+                (heads, puts),
+                (451, 2),
+                "every blob checked after the probe"
+            );
+        }
+    }
+}

@@ -151,7 +151,7 @@ impl Cluster {
             ..KubeConfigOptions::default()
         };
         let config_error = |what: String| {
-            move |e: Box<dyn std::error::Error + Send + Sync>| Error::Config { what, source: e }
+            move |e: Box<dyn std::error::Error + Send + Sync>| Error::Config { what, error: e }
         };
         let config = match (&options.kubeconfig, &options.context) {
             (Some(path), _) => {
@@ -188,7 +188,7 @@ impl Cluster {
         let namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|e| Error::Config {
             what: format!("making a Kubernetes client for {url}"),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         Ok(Cluster::new(client, url, namespace))
     }

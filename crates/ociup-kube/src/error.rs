@@ -9,13 +9,12 @@ pub enum Error {
     Invalid(String),
     /// No usable client configuration (no kubeconfig, an unknown context, no in-cluster
     /// service account).
-    #[error("{what}")]
+    #[error("{what}: {}", causes(error.as_ref()))]
     Config {
         /// What was being loaded.
         what: String,
-        /// Why it failed.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Why it failed (its causes are in the message).
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// The API server answered and refused: forbidden (403), a name already taken (409), an
     /// invalid object (422), not found (404).
@@ -95,9 +94,9 @@ impl Error {
 }
 
 /// An error and its causes, each said once (kube's errors repeat their cause in their message).
-fn causes(e: &kube::Error) -> String {
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut next = Some(e);
     while let Some(err) = next {
         let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {

@@ -680,6 +680,37 @@ fn serve_over_a_layout_catalog() {
     );
     assert_eq!(hist[0]["reason"], "base moved");
 
+    // An admin upgrades all and unregisters through the CLI, printing what it prints locally
+    // (nothing is due now; the nick outside the allowlist fails there, as it cannot be read).
+    let (code, out, err) = client(d, &s.url(), &root, &["upgrade", "--all"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("ociup: outside:") && err.contains("outside --allow-read"),
+        "{err}"
+    );
+    let local = ociup_at(d, &["upgrade", "--all"]).1;
+    let without_outside = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with("outside "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    assert_eq!(out, without_outside(&local));
+    assert!(
+        out.contains("app ") && out.contains("current (v2)"),
+        "{out}"
+    );
+    let (code, _, err) = client(d, &s.url(), &alice, &["unregister", "uploaded"]);
+    assert!(code == 1 && err.contains("forbidden"), "{err}");
+    let (code, out, err) = client(d, &s.url(), &root, &["unregister", "uploaded"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "unregistered uploaded (its images, history and audit trail stay)\n"
+    );
+    let st = json(&ok_at(d, &["status", "uploaded", "--json"]));
+    assert_eq!(st[0]["status"], "removed");
+
     // Metrics count the requests by route and status.
     let before = requests_counted(&s, "/v1/status", "GET", 200);
     for _ in 0..3 {

@@ -1,5 +1,5 @@
-//! `--server URL`: resolve, status, history and verify through an `ociup serve`, printing what
-//! they print when run here.
+//! `--server URL`: resolve, status, history, verify, upgrade --all and unregister through an
+//! `ociup serve`, printing what they print when run here.
 
 use std::path::PathBuf;
 
@@ -7,14 +7,19 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::args::{Cli, Command, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, VerifyArgs};
+use crate::args::{
+    Cli, Command, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, UnregisterArgs,
+    UpgradeArgs, VerifyArgs,
+};
 use crate::output;
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Go through this ociup service (`ociup serve`) instead of reaching the stores: resolve,
-    /// status, history and verify ask it, with the token of OCIUP_TOKEN or --token-file; the
-    /// registry credentials and signing key are then the service's.
+    /// status, history, verify (and for an admin token upgrade --all and unregister) ask it,
+    /// with the token of OCIUP_TOKEN or --token-file; the registry credentials and signing key
+    /// are then the service's. Example: OCIUP_SERVER=http://127.0.0.1:8080 OCIUP_TOKEN=ociup_…
+    /// ociup resolve trainer
     #[arg(long, global = true, env = "OCIUP_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Read the service's token from this file (default: OCIUP_TOKEN).
@@ -43,17 +48,17 @@ pub async fn intercept(cli: &Cli) -> Result<Option<u8>> {
     };
     let through = matches!(
         cli.command,
-        Command::Resolve(_) | Command::Status(_) | Command::History(_) | Command::Verify(_)
+        Command::Resolve(_)
+            | Command::Status(_)
+            | Command::History(_)
+            | Command::Verify(_)
+            | Command::Upgrade(_)
+            | Command::Unregister(_)
     );
     if !through {
         if matches!(
             cli.command,
-            Command::Register(_)
-                | Command::Edit(_)
-                | Command::Upgrade(_)
-                | Command::Unregister(_)
-                | Command::Gc(_)
-                | Command::Replay(_)
+            Command::Register(_) | Command::Edit(_) | Command::Gc(_) | Command::Replay(_)
         ) {
             bail!(
                 "this command does not go through a service yet (--server / OCIUP_SERVER {url}); \
@@ -68,6 +73,8 @@ pub async fn intercept(cli: &Cli) -> Result<Option<u8>> {
         Command::Status(a) => status(&server, a).await.map(|()| 0)?,
         Command::History(a) => history(&server, a).await.map(|()| 0)?,
         Command::Verify(a) => verify(&server, a).await.map(|()| 0)?,
+        Command::Upgrade(a) => upgrade(&server, a).await?,
+        Command::Unregister(a) => unregister(&server, a).await.map(|()| 0)?,
         _ => return Ok(None),
     }))
 }
@@ -294,6 +301,52 @@ async fn verify(s: &Server, args: &VerifyArgs) -> Result<()> {
             "entry",
             "entries"
         ),
+    ))?;
+    Ok(())
+}
+
+/// `upgrade --all` (admin): every nick resolved by the service.
+async fn upgrade(s: &Server, args: &UpgradeArgs) -> Result<u8> {
+    let results = s
+        .call(reqwest::Method::POST, "/v1/upgrade-all", None)
+        .await?;
+    let mut failed = false;
+    for r in results.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let nick = text(r, "nick");
+        if let Some(e) = r["error"].as_str() {
+            failed = true;
+            if !args.json {
+                eprintln!("ociup: {nick}: {e}");
+            }
+            continue;
+        }
+        if !args.json {
+            let what = if r["upgraded"].as_bool().unwrap_or(false) {
+                format!("upgraded to v{}", r["version"])
+            } else {
+                format!("current (v{})", r["version"])
+            };
+            output::line(format!("{nick:<20} {what:<18} {}", text(r, "reference")))?;
+        }
+    }
+    if args.json {
+        output::json(&results)?;
+    }
+    Ok(u8::from(failed))
+}
+
+/// `unregister NICK` (admin).
+async fn unregister(s: &Server, args: &UnregisterArgs) -> Result<()> {
+    s.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/nicks/{}", segment(&args.nick)),
+        None,
+    )
+    .await
+    .with_context(|| format!("unregistering {}", args.nick))?;
+    output::line(format!(
+        "unregistered {} (its images, history and audit trail stay)",
+        args.nick
     ))?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 # the CLI tests (tests/cli/serve.rs) cover it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 examples=${1:-20}
 venv=target/schemathesis-venv
 if [ ! -x "$venv/bin/schemathesis" ]; then
@@ -50,14 +51,18 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 [ -n "$url" ] || { cat "$work/serve.log"; exit 1; }
+# Checks left out: positive_data_acceptance (a schema-valid public_key string is not always a
+# PEM key: 400 is right), use_after_free and ensure_resource_availability (an unregistered nick
+# keeps its history and answers 409, not 404: by design).
 status=0
 for role in requester admin; do
     echo "== schemathesis as $role against $url"
-    "$venv/bin/schemathesis" run "$url/v1/openapi.json" \
+    # Run from the scratch directory: schemathesis leaves a .schemathesis/ folder behind.
+    (cd "$work" && "$root/$venv/bin/schemathesis" run "$url/v1/openapi.json" \
         -H "Authorization: Bearer $(cat "$work/$role.token")" \
         --max-examples "$examples" --seed 1 --generation-database none \
         --exclude-operation-id register --checks all \
-        --exclude-checks positive_data_acceptance,use_after_free,ensure_resource_availability \
+        --exclude-checks positive_data_acceptance,use_after_free,ensure_resource_availability) \
         || status=1
 done
 if grep -q '" status=5' "$work/serve.log"; then

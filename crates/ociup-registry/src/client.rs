@@ -959,8 +959,9 @@ struct ErrorEntry {
     detail: serde_json::Value,
 }
 
-/// Error entries kept from one answer.
-const MAX_ERROR_ENTRIES: usize = 100;
+/// Error entries kept from one answer (the body is capped at 64 KiB before that: Distribution
+/// names each blob a manifest lacks in an entry of about 150 bytes, some 430 of them).
+const MAX_ERROR_ENTRIES: usize = 1000;
 
 /// An [`Error::Http`] from an error body: the registry's codes and messages, or a short
 /// description of a body that is not the spec's error JSON (an HTML page from a proxy). Messages
@@ -972,8 +973,11 @@ fn error_from_body(
     body: &[u8],
     note: Option<String>,
 ) -> Error {
-    let (codes, details, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.errors.is_empty() => {
+    let parsed = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .or_else(|| complete_entries(body));
+    let (codes, details, message) = match parsed {
+        Some(b) if !b.errors.is_empty() => {
             let errors = &b.errors[..b.errors.len().min(MAX_ERROR_ENTRIES)];
             let mut codes: Vec<String> = Vec::new();
             let mut messages: Vec<String> = Vec::new();
@@ -1012,6 +1016,18 @@ fn error_from_body(
         details,
         message,
     }
+}
+
+/// The complete entries at the start of an error body cut short at the read cap (a long list of
+/// blobs a manifest lacks): the body up to the last `},{` between two entries, closed. `None`
+/// when that does not parse either.
+fn complete_entries(body: &[u8]) -> Option<ErrorBody> {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).ok()?,
+    };
+    let end = text.rfind("},{")?;
+    serde_json::from_str(&format!("{}]}}", &text[..=end])).ok()
 }
 
 fn describe_body(body: &[u8]) -> String {

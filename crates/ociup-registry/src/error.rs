@@ -102,10 +102,20 @@ pub(crate) fn excerpt(text: &str, max: usize) -> String {
 }
 
 fn codes_suffix(codes: &[String]) -> String {
-    if codes.is_empty() {
+    // Each code once, at most 10 of them: a registry may name hundreds of blobs, each with
+    // the same code.
+    let mut shown: Vec<&str> = Vec::new();
+    for c in codes {
+        if !shown.contains(&c.as_str()) {
+            shown.push(c);
+        }
+    }
+    if shown.is_empty() {
         String::new()
+    } else if shown.len() > 10 {
+        format!(" ({}, ...)", shown[..10].join(", "))
     } else {
-        format!(" ({})", codes.join(", "))
+        format!(" ({})", shown.join(", "))
     }
 }
 

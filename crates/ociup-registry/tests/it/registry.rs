@@ -672,7 +672,8 @@ async fn image_of_layers(dir: &Path, n: u32) -> (OciLayout, ociup_core::document
 
 /// A push sends the manifest first and uploads only the blobs the registry names, without a
 /// HEAD each; a manifest of so many layers that the registry's list of missing blobs is longer
-/// than the error body ociup reads is pushed all the same (every blob checked, then uploaded).
+/// than the error body ociup reads is pushed all the same: the blobs named in the part read go
+/// without a HEAD, the rest are checked.
 #[tokio::test]
 async fn a_push_uploads_what_the_manifest_probe_names_even_past_the_error_body_cap() {
     let reg = TestRegistry::start(RegistryOptions {
@@ -728,10 +729,10 @@ async fn a_push_uploads_what_the_manifest_probe_names_even_past_the_error_body_c
                 "the probe, then the manifest; no blob HEAD"
             );
         } else {
-            assert_eq!(
-                (heads, puts),
-                (451, 2),
-                "every blob checked after the probe"
+            assert_eq!(puts, 2);
+            assert!(
+                heads > 0 && heads < 60,
+                "{heads} blob HEADs: only those past the part of the list read"
             );
         }
     }

@@ -327,6 +327,20 @@ fn register_on_an_index_is_deterministic_and_platform_restricts_it() {
         ],
     ));
     assert_eq!(two["platforms"].as_array().unwrap().len(), 2);
+    // An edit rebuilds the nick's platforms, as an index again.
+    let edited = json(&ok_at(d, &["edit", "pair", "--env", "B=2", "--json"]));
+    assert_eq!(edited["number"], 2);
+    assert_eq!(edited["platforms"].as_array().unwrap().len(), 2);
+    assert_eq!(edited["platforms"][1]["built_in"], 2);
+    assert_ne!(
+        edited["platforms"][1]["digest"],
+        two["platforms"][1]["digest"]
+    );
+    let single = json(&ok_at(d, &["edit", "app", "--env", "B=2", "--json"]));
+    assert!(
+        single["platforms"].is_null(),
+        "a single image stays one: {single}"
+    );
 }
 
 #[test]
@@ -452,6 +466,9 @@ fn on_a_registry_only_the_moved_platform_is_read_and_written() {
     assert_eq!(blob_reads(&count), reads_before, "no amd64 blob is read");
     // The new arm64 child: its base's layers and the same custom layer.
     let new_arm64 = child(r["platforms"][1]["digest"].as_str().unwrap());
-    assert_eq!(new_arm64["manifest"]["layers"][3]["digest"], custom.as_str());
+    assert_eq!(
+        new_arm64["manifest"]["layers"][3]["digest"],
+        custom.as_str()
+    );
     assert_eq!(new_arm64["config"]["architecture"], "arm64");
 }

@@ -897,6 +897,8 @@ fn sigterm_lets_the_request_in_flight_finish() {
             "oci:images",
             "--allow-write",
             "oci:catalog",
+            "--header-timeout",
+            "1",
         ],
         &[],
     );
@@ -924,6 +926,21 @@ fn sigterm_lets_the_request_in_flight_finish() {
         String::from_utf8_lossy(&out.stdout),
         ok_at(d, &["resolve", "app", "--offline"])
     );
+
+    // A client that trickles its request head is cut off; the service goes on serving.
+    let mut slow = TcpStream::connect(&s.addr).unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHo").unwrap();
+    assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let ended = slow.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok() && started.elapsed() < std::time::Duration::from_secs(20),
+        "the slow connection was not closed: {ended:?}"
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
 
     let body = br#"{"offline": true}"#;
     let mut conn = TcpStream::connect(&s.addr).unwrap();

@@ -70,6 +70,9 @@ pub struct Config {
     pub max_regenerations: usize,
     /// The `Retry-After` of that 503, in seconds.
     pub retry_after: u64,
+    /// The longest a client may take to send a request's head (line and headers); the
+    /// connection is closed beyond. Its body is bounded by `timeout`.
+    pub header_timeout: Duration,
 }
 
 /// A service error at start.
@@ -264,16 +267,45 @@ impl Drop for Regenerating {
 /// flight finish, and waits for the regenerations they started.
 ///
 /// # Errors
-/// Accepting connections failed.
+/// Accepting connections failed for good.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let app = service.router();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(service.inner.config.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     service.inner.tracker.close();
     service.inner.tracker.wait().await;
     Ok(())

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// on).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub request_timeout: u64,
+    /// The longest a client may take to send a request's head, in seconds (the connection is
+    /// closed beyond: a client that trickles it holds nothing for long).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout: u64,
     /// Log lines as text or as JSON objects (one per line), on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -106,6 +110,7 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
         max_regenerations: args.max_regenerations,
         retry_after: args.retry_after,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
     };
     let service = Service::new(config).context("starting the service")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

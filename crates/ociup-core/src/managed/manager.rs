@@ -378,8 +378,8 @@ struct BaseImage<S> {
 
 /// What a nick is built on: one image, or the chosen platforms of an index.
 enum BaseKind {
-    One(ops::Image),
-    Index(Index, PlatformChoice),
+    One(Box<ops::Image>),
+    Index(Box<Index>, PlatformChoice),
 }
 
 /// Which platforms of a multi-platform base a version is built on.
@@ -736,7 +736,7 @@ impl<P: Stores> Manager<P> {
                 return Ok(BaseImage {
                     store,
                     digest,
-                    image: BaseKind::Index(index, choice),
+                    image: BaseKind::Index(Box::new(index), choice),
                 });
             }
             (d, _) => d,
@@ -797,7 +797,7 @@ impl<P: Stores> Manager<P> {
         Ok(BaseImage {
             store,
             digest,
-            image: BaseKind::One(image),
+            image: BaseKind::One(Box::new(image)),
         })
     }
 
@@ -924,7 +924,7 @@ impl<P: Stores> Manager<P> {
             image,
         } = base;
         let image = match image {
-            BaseKind::One(image) => image,
+            BaseKind::One(image) => *image,
             BaseKind::Index(index, choice) => {
                 return self
                     .build_index_version(
@@ -934,7 +934,7 @@ impl<P: Stores> Manager<P> {
                         entry,
                         (number, reason, previous),
                         (&base_store, &base_digest),
-                        (index, choice),
+                        (*index, choice),
                     )
                     .await;
             }

@@ -2808,9 +2808,16 @@ mod tests {
     use crate::managed::layouts::Layouts;
 
     /// A copy of `fixtures/base` whose tag `cur` names v1, a catalog and a target in `dir`, and
-    /// a nick `app` registered on `cur` (one file, one env).
+    /// a nick `app` registered on `cur` (one file, one env); then `cur` moves to v2.
     async fn registered(dir: &Path) -> (Manager<Layouts>, OciLayout) {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/base");
+        registered_on(dir, "base").await
+    }
+
+    /// [`registered`] on a copy of the fixture layout `fixture` (`base`, or `multi`: an index).
+    async fn registered_on(dir: &Path, fixture: &str) -> (Manager<Layouts>, OciLayout) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(fixture);
         let base_dir = dir.join("base");
         for entry in walkdir::WalkDir::new(&fixture) {
             let entry = entry.unwrap();
@@ -2914,6 +2921,43 @@ mod tests {
         let again = manager.resolve("app", opts).await.unwrap();
         assert!(!again.upgraded);
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn before_write_sees_an_index_version_before_it_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let (manager, _base) = registered_on(t.path(), "multi").await;
+        assert_eq!(manager.history("app").await.unwrap()[0].platforms.len(), 2);
+        let catalog = files(&t.path().join("catalog"));
+        let images = files(&t.path().join("images"));
+        let refuse = ResolveOptions {
+            before_write: Some(Arc::new(|p: &Planned| {
+                let reason = format!("refused {} version {}", p.digest, p.version);
+                async move { Err(Error::InvalidChange { reason }) }.boxed()
+            })),
+            ..ResolveOptions::default()
+        };
+        let err = manager.resolve("app", refuse).await.unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+        assert_eq!(files(&t.path().join("catalog")), catalog);
+        assert_eq!(files(&t.path().join("images")), images);
+        let seen: Arc<Mutex<Vec<Planned>>> = Arc::default();
+        let keep = Arc::clone(&seen);
+        let opts = ResolveOptions {
+            before_write: Some(Arc::new(move |p: &Planned| {
+                keep.lock().unwrap().push(p.clone());
+                async { Ok(()) }.boxed()
+            })),
+            ..ResolveOptions::default()
+        };
+        let answer = manager.resolve("app", opts).await.unwrap();
+        assert!(answer.upgraded);
+        let planned = seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            (planned.digest, planned.reference, planned.version),
+            (answer.digest, answer.reference, 2)
+        );
+        assert_eq!(answer.platforms.len(), 2);
     }
 
     #[tokio::test]

@@ -239,6 +239,21 @@ fn whiteouts_and_opaque_dirs_unpack_as_umoci_unpacks_them() {
             PathBuf::from("opt/app/etc/app.conf.hard")
         ])])
     );
+    // --owners caller: the layers' 1000:1001 are dropped, the files are the caller's.
+    let mine = t.path().join("mine");
+    let out = json(&ociup_ok(&[
+        "unpack",
+        &img("one"),
+        mine.to_str().unwrap(),
+        "--owners",
+        "caller",
+        "--json",
+    ]));
+    assert_eq!(out["owners_from_layers"], false);
+    let me = std::fs::metadata(t.path()).unwrap();
+    let tool = std::fs::metadata(mine.join("opt/app/bin/tool")).unwrap();
+    assert_eq!((tool.uid(), tool.gid()), (me.uid(), me.gid()));
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
 }
 
 fn sha256(bytes: &[u8]) -> String {

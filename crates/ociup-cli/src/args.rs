@@ -813,6 +813,10 @@ pub struct UnpackArgs {
     /// The platform to unpack when the reference is an index.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// Whose owner the files get: auto (the layers' as root, yours otherwise), layers (needs
+    /// root or CAP_CHOWN), or caller (yours, as umoci --rootless; no device nodes then).
+    #[arg(long, value_enum, default_value_t = crate::cmd::unpack::OwnersArg::Auto)]
+    pub owners: crate::cmd::unpack::OwnersArg,
     /// Print JSON: reference, digest, dir, layers, files, directories, symlinks, hardlinks,
     /// devices, whiteouts, bytes, owners_from_layers, xattrs_skipped, skipped.
     #[arg(long)]

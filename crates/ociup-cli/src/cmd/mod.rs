@@ -14,7 +14,7 @@ pub mod prune;
 pub mod run;
 pub mod serve;
 pub mod token;
-mod unpack;
+pub mod unpack;
 
 use std::io::Read;
 

@@ -1,10 +1,18 @@
 use anyhow::{Context, Result};
 use ociup_core::ops;
-use ociup_run::{UnpackOptions, unpack};
+use ociup_run::{Owners, UnpackOptions, unpack};
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::UnpackArgs;
 use crate::output;
+
+/// `--owners`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OwnersArg {
+    Auto,
+    Layers,
+    Caller,
+}
 
 pub async fn run(ctx: &Ctx, args: UnpackArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
@@ -14,7 +22,14 @@ pub async fn run(ctx: &Ctx, args: UnpackArgs) -> Result<()> {
     let image = ops::load_image(&store, &reference, platform.as_ref())
         .await
         .with_context(|| format!("reading {}", args.reference))?;
-    let report = unpack(&store, &image, &args.dir, &UnpackOptions::default())
+    let options = UnpackOptions {
+        owners: match args.owners {
+            OwnersArg::Auto => Owners::Auto,
+            OwnersArg::Layers => Owners::FromLayers,
+            OwnersArg::Caller => Owners::Caller,
+        },
+    };
+    let report = unpack(&store, &image, &args.dir, &options)
         .await
         .with_context(|| format!("unpacking {} into {}", args.reference, args.dir.display()))?;
     let digest = image.manifest.raw().digest().to_string();

@@ -545,3 +545,38 @@ fn signals_reach_the_container() {
         0
     );
 }
+
+#[test]
+fn two_runs_at_once_share_one_unpack() {
+    if !can_run() {
+        return;
+    }
+    let s = Scene::new();
+    let image = s.image("app");
+    let spawn = || {
+        s.cmd(&["run", "--image", &image, "--", "cat", "/etc/motd"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"from the image\n");
+    }
+    // One layer entry, one snapshot, no unfinished directory left.
+    assert_eq!(s.cached_layers().len(), 1);
+    let snapshots: Vec<_> = std::fs::read_dir(s.cache().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(!snapshots[0].starts_with(".tmp-"));
+}

@@ -6,14 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ociup_core::managed::catalog::BlobCache;
-use ociup_core::managed::manager::{
-    BaseUnreachable, Manager, ManagerOptions, ResolveOptions, Unreachable,
-};
+use ociup_core::managed::manager::{BaseUnreachable, Manager, ResolveOptions, Unreachable};
 use ociup_kube::{Cluster, ConnectOptions, JobOptions};
 use ociup_registry::Opener;
 
-use super::{Ctx, parse_ref};
+use super::Ctx;
 use crate::args::{CatalogArgs, SigningArgs, UnreachableArg};
 use crate::output;
 
@@ -113,52 +110,8 @@ pub struct JobArgs {
 
 /// The catalog's manager, as `resolve` makes it.
 fn manager(ctx: &Ctx, args: &JobArgs) -> Result<Manager<Opener>> {
-    let catalog = match &args.catalog.catalog {
-        Some(c) => c.clone(),
-        None => {
-            let data = std::env::var_os("XDG_DATA_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-                .context(
-                    "no --catalog, OCIUP_CATALOG, XDG_DATA_HOME or HOME to place the catalog",
-                )?;
-            format!("oci:{}", data.join("ociup/catalog").display())
-        }
-    };
-    let cref = parse_ref(&catalog)?;
-    let client = ctx.client(&[&cref])?;
-    let store = cref
-        .open_for_writing(&client)
-        .context("opening the catalog")?;
-    let key = match &args.signing.sign_key {
-        Some(p) => Some(ociup_core::managed::build_manifest::Key::load(p)?),
-        None => None,
-    };
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| BlobCache::new(d.join("ociup/blobs")));
-    Ok(Manager::new(
-        Opener::new(client),
-        store,
-        ManagerOptions {
-            actor: args
-                .signing
-                .actor
-                .clone()
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "unknown".into()),
-            key,
-            epoch: ociup_core::time::parse_epoch(&args.source_date_epoch)?,
-            platform: None,
-            stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
-            cache,
-            unsigned: args.signing.unsigned,
-            ..ManagerOptions::default()
-        },
-    ))
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    super::managed::manager(ctx, &args.catalog, Some(&args.signing), epoch, None)
 }
 
 /// `KEY=VALUE` pairs of a repeated flag.

@@ -34,7 +34,9 @@ fn catalog_ref(args: &CatalogArgs) -> Result<String> {
     Ok(format!("oci:{}", data.join("ociup/catalog").display()))
 }
 
-fn manager(
+/// The catalog's manager, as every command that reads or writes nicks makes it (also `run`
+/// and `job`).
+pub(crate) fn manager(
     ctx: &Ctx,
     catalog: &CatalogArgs,
     signing: Option<&SigningArgs>,

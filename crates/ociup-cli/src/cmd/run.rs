@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ociup_core::managed::catalog::BlobCache;
-use ociup_core::managed::manager::{self, Manager, ManagerOptions, ResolveOptions, Unreachable};
+use ociup_core::managed::manager::{self, Manager, ResolveOptions, Unreachable};
 use ociup_core::ops;
 use ociup_core::reference::PlatformSpec;
 use ociup_registry::Opener;
@@ -135,42 +134,8 @@ fn host_platform() -> PlatformSpec {
 
 /// The catalog's manager, as `resolve` makes it.
 fn manager(ctx: &Ctx, args: &RunArgs) -> Result<Manager<Opener>> {
-    let catalog = match &args.catalog.catalog {
-        Some(c) => c.clone(),
-        None => format!("oci:{}", data_dir()?.join("catalog").display()),
-    };
-    let cref = parse_ref(&catalog)?;
-    let client = ctx.client(&[&cref])?;
-    let store = cref
-        .open_for_writing(&client)
-        .context("opening the catalog")?;
-    let key = match &args.signing.sign_key {
-        Some(p) => Some(ociup_core::managed::build_manifest::Key::load(p)?),
-        None => None,
-    };
-    let blob_cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| BlobCache::new(d.join("ociup/blobs")));
-    Ok(Manager::new(
-        Opener::new(client),
-        store,
-        ManagerOptions {
-            actor: args
-                .signing
-                .actor
-                .clone()
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "unknown".into()),
-            key,
-            epoch: ociup_core::time::parse_epoch(&args.source_date_epoch)?,
-            stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
-            cache: blob_cache,
-            unsigned: args.signing.unsigned,
-            ..ManagerOptions::default()
-        },
-    ))
+    let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
+    super::managed::manager(ctx, &args.catalog, Some(&args.signing), epoch, None)
 }
 
 /// The reference to run: the nick resolved (upgraded when due), or `--image`.

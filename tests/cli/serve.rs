@@ -10,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
 use crate::support::{fixtures, json, ociup_at, ok_at, repo};
 
+/// The base fixture by its real path: the service refuses a layout path with `..` in it.
+fn base_dir() -> std::path::PathBuf {
+    fixtures().join("base").canonicalize().unwrap()
+}
+
 /// A running `ociup serve`; killed on drop (a test that stops it checks how it ended).
 struct Served {
     child: Child,
@@ -346,7 +351,7 @@ fn serve_over_a_layout_catalog() {
         d,
         &[
             "copy",
-            &format!("oci:{}:v1", fixtures().join("base").display()),
+            &format!("oci:{}:v1", base_dir().display()),
             "oci:base:latest",
         ],
     );
@@ -374,7 +379,7 @@ fn serve_over_a_layout_catalog() {
             "register",
             "outside",
             "--base",
-            &format!("oci:{}:v1", fixtures().join("base").display()),
+            &format!("oci:{}:v1", base_dir().display()),
             "--to",
             &format!("oci:{dir}/images"),
         ],
@@ -571,7 +576,7 @@ fn serve_over_a_layout_catalog() {
     assert!(!ok_at(d, &["status"]).contains("uploaded"));
     let outside = recipe.replace(
         &format!("oci:{dir}/base:latest"),
-        &format!("oci:{}:v1", fixtures().join("base").display()),
+        &format!("oci:{}:v1", base_dir().display()),
     );
     let upload = tar_of(&[
         ("recipe.json", outside.as_bytes()),
@@ -608,7 +613,7 @@ fn serve_over_a_layout_catalog() {
         d,
         &[
             "copy",
-            &format!("oci:{}:v2", fixtures().join("base").display()),
+            &format!("oci:{}:v2", base_dir().display()),
             "oci:base:latest",
         ],
     );
@@ -774,7 +779,7 @@ fn serve_holds_the_credentials_on_a_token_registry() {
     let base = format!("{host}/base/img:latest");
     with_creds(&[
         "copy",
-        &format!("oci:{}:v1", fixtures().join("base").display()),
+        &format!("oci:{}:v1", base_dir().display()),
         &base,
     ]);
     std::fs::write(d.join("app.conf"), "mode = test\n").unwrap();
@@ -807,7 +812,7 @@ fn serve_holds_the_credentials_on_a_token_registry() {
     );
     with_creds(&[
         "copy",
-        &format!("oci:{}:v2", fixtures().join("base").display()),
+        &format!("oci:{}:v2", base_dir().display()),
         &base,
     ]);
     let asked_before = reg.token_log().len();
@@ -870,7 +875,7 @@ fn serve_holds_the_credentials_on_a_token_registry() {
 fn sigterm_lets_the_request_in_flight_finish() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let base = format!("oci:{}", fixtures().join("base").display());
+    let base = format!("oci:{}", base_dir().display());
     ok_at(
         d,
         &[

@@ -7,6 +7,8 @@
 //! `localhost:5000/base/team/python`; `localhost:5000/**` allows the whole registry.
 //! What may be written may also be read (a target is read back); the catalog must be writable.
 
+use std::path::{Component, Path, PathBuf};
+
 use ociup_core::store::ManifestRef;
 use ociup_registry::{AnyStore, Opener, StoreRef, Stores};
 
@@ -57,11 +59,73 @@ pub fn repository_of(reference: &str) -> Result<String, Refused> {
     };
     match StoreRef::parse(reference).map_err(|e| refuse(e.to_string()))? {
         StoreRef::Registry(r) => Ok(format!("{}/{}", r.registry(), r.repository())),
-        StoreRef::Layout(l) if l.dir.is_absolute() => Ok(format!("oci:{}", l.dir.display())),
+        StoreRef::Layout(l) if l.dir.is_absolute() => {
+            let dir = resolved(&l.dir).map_err(refuse)?;
+            Ok(format!("oci:{}", dir.display()))
+        }
         StoreRef::Layout(_) => Err(refuse(
             "a layout the service reaches must be named by an absolute path".into(),
         )),
     }
+}
+
+/// `dir` as the file system reaches it: refused with a `..` component (it could climb out of an
+/// allowed directory), and its longest existing prefix made canonical (symbolic links followed,
+/// so a link inside an allowed directory that points outside it is matched where it points).
+fn resolved(dir: &Path) -> Result<PathBuf, String> {
+    if dir.components().any(|c| c == Component::ParentDir) {
+        return Err("a layout path may not contain `..`".into());
+    }
+    let mut existing = dir.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = existing.canonicalize() {
+            real.extend(rest.iter().rev());
+            return Ok(real);
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                existing = parent.to_path_buf();
+            }
+            _ => return Ok(dir.components().collect()),
+        }
+    }
+}
+
+/// An `oci:` pattern with its literal leading directories (those before the first `*`) resolved
+/// as layouts are, so that both sides are compared as the file system reaches them.
+fn resolved_pattern(pattern: &str) -> Result<String, String> {
+    let Some(dir) = pattern.strip_prefix("oci:") else {
+        return Ok(pattern.to_owned());
+    };
+    let path = Path::new(dir);
+    if !path.is_absolute() {
+        return Err("an oci: pattern must be an absolute path".into());
+    }
+    let literal: PathBuf = path
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains('*'))
+        .collect();
+    let globbed: PathBuf = path
+        .components()
+        .skip(literal.components().count())
+        .collect();
+    if globbed.components().any(|c| c == Component::ParentDir) {
+        return Err("an oci: pattern may not contain `..` after a `*`".into());
+    }
+    // A `..` in the leading directories is taken only where they exist: the file system then
+    // says exactly where it leads. Anywhere else it is refused.
+    let mut out = match literal.canonicalize() {
+        Ok(real) => real,
+        Err(_) => resolved(&literal).map_err(|_| {
+            "an oci: pattern may not contain `..` (but in directories that exist)".to_owned()
+        })?,
+    };
+    if !globbed.as_os_str().is_empty() {
+        out.push(globbed);
+    }
+    Ok(format!("oci:{}", out.display()))
 }
 
 /// Whether `name` matches `pattern` (`*` within one path segment, `**` across them).
@@ -84,8 +148,19 @@ impl Allowlist {
     /// An allowlist of these patterns. With no pattern at all, nothing is allowed.
     ///
     /// # Errors
-    /// A pattern with a tag or digest, or empty.
+    /// A pattern with a tag or digest, or empty; an `oci:` pattern that is relative or has a
+    /// `..` component.
     pub fn new(read: Vec<String>, write: Vec<String>) -> Result<Allowlist, Refused> {
+        let resolve = |ps: Vec<String>| -> Result<Vec<String>, Refused> {
+            ps.into_iter()
+                .map(|p| {
+                    resolved_pattern(&p).map_err(|reason| Refused {
+                        reference: p.clone(),
+                        reason,
+                    })
+                })
+                .collect()
+        };
         for p in read.iter().chain(&write) {
             let bare = p.strip_prefix("oci:").unwrap_or(p);
             let tagged = !p.starts_with("oci:")
@@ -99,7 +174,10 @@ impl Allowlist {
                 });
             }
         }
-        Ok(Allowlist { read, write })
+        Ok(Allowlist {
+            read: resolve(read)?,
+            write: resolve(write)?,
+        })
     }
 
     /// Checks that the service may read (or write) what `reference` names.
@@ -219,5 +297,47 @@ mod tests {
         assert!(hub.check("python:3.12", Access::Read).is_ok());
         assert!(a.check("oci:relative/dir", Access::Read).is_err());
         assert!(Allowlist::new(vec!["localhost:5000/base:v1".into()], vec![]).is_err());
+    }
+
+    #[test]
+    fn layouts_cannot_climb_out_of_an_allowed_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let imgs = root.path().join("imgs");
+        std::fs::create_dir_all(imgs.join("x")).expect("mkdir");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, imgs.join("link")).expect("symlink");
+        let a =
+            Allowlist::new(vec![], vec![format!("oci:{}/**", imgs.display())]).expect("allowlist");
+        let at = |rel: &str| format!("oci:{}/{rel}", imgs.display());
+        // Inside: allowed, existing or not yet.
+        assert!(a.check(&at("app"), Access::Write).is_ok());
+        assert!(a.check(&at("x/app"), Access::Write).is_ok());
+        // `..` anywhere is refused, even when it would land back inside.
+        for rel in ["..", "../../escaped", "x/../../y", "x/../app"] {
+            let e = a.check(&at(rel), Access::Write).expect_err(rel);
+            assert!(e.reason.contains(".."), "{rel}: {}", e.reason);
+        }
+        // A link inside the allowed directory that points outside it is matched where it points.
+        assert!(a.check(&at("link"), Access::Write).is_err());
+        assert!(a.check(&at("link/app"), Access::Write).is_err());
+        // Patterns: no `..` but in directories that exist (resolved), absolute only.
+        assert!(Allowlist::new(vec![], vec![format!("oci:{}/**/../x", imgs.display())]).is_err());
+        assert!(Allowlist::new(vec![], vec![format!("oci:{}/no/../x", imgs.display())]).is_err());
+        let up = Allowlist::new(vec![], vec![format!("oci:{}/x/../*", imgs.display())])
+            .expect("allowlist");
+        assert!(up.check(&at("app"), Access::Write).is_ok());
+        assert!(
+            up.check(&format!("oci:{}/app", root.path().display()), Access::Write)
+                .is_err()
+        );
+        assert!(Allowlist::new(vec!["oci:rel/**".into()], vec![]).is_err());
+        // A pattern through a link is matched where the link points.
+        let via = Allowlist::new(vec![], vec![format!("oci:{}/link/*", imgs.display())])
+            .expect("allowlist");
+        assert!(
+            via.check(&format!("oci:{}/app", outside.display()), Access::Write)
+                .is_ok()
+        );
     }
 }

@@ -723,6 +723,19 @@ fn serve_over_a_layout_catalog() {
     }
     assert_eq!(requests_counted(&s, "/v1/status", "GET", 200), before + 3);
     assert!(requests_counted(&s, "/v1/nicks/{nick}/resolve", "POST", 401) >= 2);
+    // Invented methods and paths share one label each: the label set stays bounded.
+    let other_before = requests_counted(&s, "unmatched", "other", 404);
+    for i in 0..3 {
+        let r = s.call(&format!("XYZ{i}"), &format!("/nope{i}"), None, None);
+        assert_eq!(r.status, 404);
+        s.call(&format!("XYZ{i}"), "/healthz", None, None);
+    }
+    assert_eq!(
+        requests_counted(&s, "unmatched", "other", 404),
+        other_before + 3
+    );
+    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(!text.contains("XYZ") && !text.contains("/nope"), "{text}");
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
     assert!(text.contains("ociup_upgrades_total 2"), "{text}");
     assert!(

@@ -80,7 +80,7 @@ async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     s.inner.metrics.start();
     let resp = next.run(req).await;
@@ -96,6 +96,22 @@ async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response
         "request"
     );
     resp
+}
+
+/// The method as a metrics label: the standard ones by name, any other as `other`, so that a
+/// client inventing methods cannot grow the label set (routes are templates or `unmatched`).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Answers 504 when a request takes longer than allowed (reading its body included).
@@ -740,6 +756,17 @@ mod tests {
             ("a", tar::EntryType::Regular, b"2"),
         ]);
         assert!(unpack_upload(&twice, dir.path()).is_err());
+    }
+
+    #[test]
+    fn invented_methods_share_one_metrics_label() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for m in ["XYZ1", "XYZ2", "TRACE", "CONNECT"] {
+            let m = Method::from_bytes(m.as_bytes()).expect("method");
+            assert_eq!(method_label(&m), "other", "{m}");
+        }
     }
 
     #[test]

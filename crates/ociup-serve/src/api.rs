@@ -87,7 +87,7 @@ async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response
     let took = started.elapsed();
     s.inner
         .metrics
-        .end(&route, &method, resp.status().as_u16(), took);
+        .end(&route, method, resp.status().as_u16(), took);
     tracing::info!(
         method,
         route,

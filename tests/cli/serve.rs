@@ -485,6 +485,29 @@ fn serve_over_a_layout_catalog() {
     // A nick whose base is outside --allow-read is refused, by the API and through the CLI.
     let r = s.call("POST", "/v1/nicks/outside/resolve", Some(&alice), None);
     assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    // Commands that do not go through the service, and flags that only mean something here,
+    // are refused rather than run locally or ignored.
+    for args in [&["run", "app"][..], &["job", "app"]] {
+        let (code, _, err) = client(d, &s.url(), &alice, args);
+        assert!(
+            code == 1 && err.contains("does not go through a service"),
+            "{args:?}: {err}"
+        );
+    }
+    for flag in [
+        &["--catalog", "oci:/tmp/elsewhere"][..],
+        &["--sign-key", "/tmp/k.pem"],
+        &["--actor", "mallory"],
+        &["--unsigned"],
+    ] {
+        let mut args = vec!["resolve", "app"];
+        args.extend_from_slice(flag);
+        let (code, _, err) = client(d, &s.url(), &alice, &args);
+        assert!(
+            code == 1 && err.contains(&format!("{}: through a service", flag[0])),
+            "{args:?}: {err}"
+        );
+    }
     let (code, _, err) = client(d, &s.url(), &alice, &["resolve", "outside"]);
     assert_eq!(code, 1);
     assert!(
@@ -790,11 +813,7 @@ fn serve_holds_the_credentials_on_a_token_registry() {
         String::from_utf8(out.stdout).unwrap()
     };
     let base = format!("{host}/base/img:latest");
-    with_creds(&[
-        "copy",
-        &format!("oci:{}:v1", base_dir().display()),
-        &base,
-    ]);
+    with_creds(&["copy", &format!("oci:{}:v1", base_dir().display()), &base]);
     std::fs::write(d.join("app.conf"), "mode = test\n").unwrap();
     with_creds(&[
         "register",
@@ -823,11 +842,7 @@ fn serve_holds_the_credentials_on_a_token_registry() {
         ],
         &creds,
     );
-    with_creds(&[
-        "copy",
-        &format!("oci:{}:v2", base_dir().display()),
-        &base,
-    ]);
+    with_creds(&["copy", &format!("oci:{}:v2", base_dir().display()), &base]);
     let asked_before = reg.token_log().len();
     let (code, out, err) = client(d, &s.url(), &carol, &["resolve", "app", "--json"]);
     assert_eq!(code, 0, "{err}\n{}", s.log());

@@ -27,6 +27,15 @@ pub struct ServerArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// Flags (clap ids) that only mean something when the command runs here.
+const LOCAL_ONLY: [&str; 5] = [
+    "catalog",
+    "sign_key",
+    "actor",
+    "unsigned",
+    "source_date_epoch",
+];
+
 /// A service and the token to present.
 struct Server {
     base: String,
@@ -36,7 +45,10 @@ struct Server {
 
 /// Runs the command through the service when `--server` is given and the command goes through
 /// it; `None` to run it here.
-pub async fn intercept(cli: &Cli) -> Result<Option<u8>> {
+/// `matches` tells which flags were given on the command line: those that only mean something
+/// here (the service has its own catalog, key and epoch, and records the token's name as the
+/// actor) are refused rather than ignored.
+pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u8>> {
     let Some(url) = cli
         .global
         .server
@@ -58,14 +70,35 @@ pub async fn intercept(cli: &Cli) -> Result<Option<u8>> {
     if !through {
         if matches!(
             cli.command,
-            Command::Register(_) | Command::Edit(_) | Command::Gc(_) | Command::Replay(_)
+            Command::Register(_)
+                | Command::Edit(_)
+                | Command::Gc(_)
+                | Command::Replay(_)
+                | Command::Run(_)
+                | Command::Job(_)
         ) {
+            let name = matches.subcommand_name().unwrap_or("this command");
             bail!(
-                "this command does not go through a service yet (--server / OCIUP_SERVER {url}); \
-                 unset it to run the command here"
+                "ociup {name} does not go through a service yet, and --server / OCIUP_SERVER \
+                 ({url}) is set: unset it to run {name} here, with your own credentials"
             );
         }
         return Ok(None);
+    }
+    if let Some((name, sub)) = matches.subcommand() {
+        for id in sub.ids() {
+            let id = id.as_str();
+            if LOCAL_ONLY.contains(&id)
+                && sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            {
+                bail!(
+                    "ociup {name} --{}: through a service (--server {url}) the service's own \
+                     catalog, signing key, epoch and actor are used; drop the flag, or unset \
+                     --server / OCIUP_SERVER to run here",
+                    id.replace('_', "-")
+                );
+            }
+        }
     }
     let server = Server::new(url, cli.global.server.token_file.as_deref())?;
     Ok(Some(match &cli.command {

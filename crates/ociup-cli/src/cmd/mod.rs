@@ -29,7 +29,7 @@ use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerO
 
 /// Runs a command; the result is the exit status. `matches` gives the order of repeated flags.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
-    if let Some(status) = crate::client::intercept(&cli).await? {
+    if let Some(status) = crate::client::intercept(&cli, matches).await? {
         return Ok(status);
     }
     let ctx = Ctx::new(&cli.global)?;

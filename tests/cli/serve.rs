@@ -400,6 +400,11 @@ fn serve_over_a_layout_catalog() {
         "--sign-key",
         "k.key",
     ];
+    // Plain HTTP on an address other machines reach: refused unless asked for.
+    let mut wide = vec!["serve", "--listen", "0.0.0.0:0"];
+    wide.extend_from_slice(&allow);
+    let (code, _, err) = ociup_at(d, &wide);
+    assert!(code == 1 && err.contains("--insecure-listen"), "{err}");
     let s = Served::start(d, &allow, &[]);
 
     // The document served is the one in the repository, and lists every route.
@@ -485,6 +490,9 @@ fn serve_over_a_layout_catalog() {
     // A nick whose base is outside --allow-read is refused, by the API and through the CLI.
     let r = s.call("POST", "/v1/nicks/outside/resolve", Some(&alice), None);
     assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    // Plain http:// to another machine is refused before anything is sent.
+    let (code, _, err) = client(d, "http://192.0.2.1:9", &alice, &["resolve", "app"]);
+    assert!(code == 1 && err.contains("--insecure-server"), "{err}");
     // Commands that do not go through the service, and flags that only mean something here,
     // are refused rather than run locally or ignored.
     for args in [&["run", "app"][..], &["job", "app"]] {

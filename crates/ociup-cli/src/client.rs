@@ -25,6 +25,10 @@ pub struct ServerArgs {
     /// Read the service's token from this file (default: OCIUP_TOKEN).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Send the token over plain http:// to a host that is not this machine (anyone on the
+    /// way can read it). Without it, an http:// --server must be a loopback address.
+    #[arg(long, global = true, env = "OCIUP_SERVER_INSECURE")]
+    pub insecure_server: bool,
 }
 
 /// Flags (clap ids) that only mean something when the command runs here.
@@ -100,7 +104,11 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             }
         }
     }
-    let server = Server::new(url, cli.global.server.token_file.as_deref())?;
+    let server = Server::new(
+        url,
+        cli.global.server.token_file.as_deref(),
+        cli.global.server.insecure_server,
+    )?;
     Ok(Some(match &cli.command {
         Command::Resolve(a) => resolve(&server, a).await?,
         Command::Status(a) => status(&server, a).await.map(|()| 0)?,
@@ -113,11 +121,18 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
 }
 
 impl Server {
-    fn new(url: &str, token_file: Option<&std::path::Path>) -> Result<Server> {
+    fn new(url: &str, token_file: Option<&std::path::Path>, insecure: bool) -> Result<Server> {
         let parsed =
             reqwest::Url::parse(url).with_context(|| format!("--server {url}: not a URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             bail!("--server {url}: give an http:// or https:// URL");
+        }
+        if parsed.scheme() == "http" && !insecure && !loopback(&parsed) {
+            bail!(
+                "--server {url}: plain http:// would send the token readable to anyone on the \
+                 way; use https://, a loopback address, or --insecure-server \
+                 (OCIUP_SERVER_INSECURE=true) to send it anyway"
+            );
         }
         let token = match token_file {
             Some(f) => std::fs::read_to_string(f)
@@ -169,6 +184,21 @@ impl Server {
             bail!("{message} (the service: {code}, HTTP {})", status.as_u16());
         }
         Ok(value)
+    }
+}
+
+/// Whether the URL's host is this machine (a loopback address, or `localhost`).
+fn loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
     }
 }
 

@@ -14,6 +14,11 @@ pub struct ServeArgs {
     /// Where to listen (a port of 0 picks a free one; the address is printed on stdout).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Listen on an address other machines can reach although the service speaks plain HTTP
+    /// (TLS is not built yet): tokens then cross the network readable. Without it, --listen
+    /// must be a loopback address (put a TLS-terminating proxy in front).
+    #[arg(long)]
+    pub insecure_listen: bool,
     /// The tokens file (`ociup token create`), read again whenever it changes.
     #[arg(long, env = "OCIUP_TOKENS", value_name = "TOKENS")]
     pub tokens: PathBuf,
@@ -117,6 +122,14 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !args.insecure_listen {
+        anyhow::bail!(
+            "--listen {}: the service speaks plain HTTP (no TLS yet), so tokens would cross the \
+             network readable; listen on a loopback address behind a TLS-terminating proxy, or \
+             give --insecure-listen",
+            args.listen
+        );
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ociup serve: listening on http://{addr}")?;

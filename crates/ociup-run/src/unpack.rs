@@ -231,7 +231,7 @@ fn apply_one(
     };
     // Large reads: each read of the blob crosses from this thread to the runtime and back.
     let blob = BufReader::with_capacity(BLOB_BUFFER, blob);
-    let mut tar = Decompressed::new(blob, compression).map_err(layer_err)?;
+    let mut tar = Decompressed::new(blob, compression, diff_id).map_err(layer_err)?;
     let at = At { index, digest };
     let failed = match tree.apply_layer(&mut tar, &at) {
         // What the tar reader left (padding after the end blocks) counts in the diff_id.
@@ -246,7 +246,9 @@ fn apply_one(
         return Err(e);
     }
     let actual = tar.finish().map_err(layer_err)?;
-    if actual.algorithm() == diff_id.algorithm() && actual != *diff_id {
+    // Hashed with the diff_id's own algorithm, so the comparison always runs: a cache entry is
+    // named after the diff_id, and an unchecked one would poison it.
+    if actual != *diff_id {
         return Err(Error::DiffIdMismatch {
             index,
             digest: digest.clone(),
@@ -282,7 +284,8 @@ impl<R: Read> Read for Tap<R> {
     }
 }
 
-/// A layer's tar: the blob decompressed, hashed as it is read (sha256, as diff_ids are).
+/// A layer's tar: the blob decompressed, hashed as it is read with the algorithm of the
+/// diff_id it must match (sha256 or sha512).
 enum Decoder<R: Read> {
     Gzip(Box<flate2::read::MultiGzDecoder<R>>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
@@ -295,7 +298,7 @@ struct Decompressed<R: Read> {
 }
 
 impl<R: Read> Decompressed<R> {
-    fn new(blob: R, compression: Compression) -> io::Result<Self> {
+    fn new(blob: R, compression: Compression, diff_id: &Digest) -> io::Result<Self> {
         let decoder = match compression {
             Compression::Gzip => Decoder::Gzip(Box::new(flate2::read::MultiGzDecoder::new(blob))),
             Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::new(blob)?),
@@ -303,7 +306,7 @@ impl<R: Read> Decompressed<R> {
         };
         Ok(Decompressed {
             decoder,
-            hasher: ociup_core::digest::Algorithm::Sha256.hasher(),
+            hasher: diff_id.algorithm().hasher(),
         })
     }
 
@@ -712,5 +715,57 @@ pub(crate) mod tests {
         );
         assert!(!dir.exists());
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "{err}");
+    }
+
+    /// A sha512 diff_id is checked too (it names the cache entry: an unchecked one would let a
+    /// layer poison `layers/sha512-HEX` for every image naming that diff_id); the right one
+    /// passes.
+    #[tokio::test]
+    async fn a_sha512_diff_id_is_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[(E::Regular, "f", "", b"x", 0o644, 0)]);
+        let sha512 = |b: &[u8]| {
+            let mut h = ociup_core::digest::Algorithm::Sha512.hasher();
+            h.update(b);
+            h.finish()
+        };
+        let wrong = sha512(b"another tar");
+        let (layout, image) = image_of(
+            &t.path().join("lay"),
+            &[(layer.clone(), OCI_LAYER_TAR, wrong.clone())],
+        )
+        .await;
+        let err = unpack(
+            &layout,
+            &image,
+            &t.path().join("rootfs"),
+            &UnpackOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::DiffIdMismatch { expected, .. } if *expected == wrong),
+            "{err}"
+        );
+        // Nor does the layer cache take it under that name.
+        let cache = crate::LayerCache::new(t.path().join("cache"));
+        let err = cache.snapshot(&layout, &image, false).await.unwrap_err();
+        assert!(matches!(err, Error::DiffIdMismatch { .. }), "{err}");
+        let layers = std::fs::read_dir(t.path().join("cache/layers")).unwrap();
+        let names: Vec<_> = layers
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+
+        let right = sha512(&layer);
+        let (layout, image) =
+            image_of(&t.path().join("lay2"), &[(layer, OCI_LAYER_TAR, right)]).await;
+        let dir = t.path().join("ok");
+        unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"x");
     }
 }

@@ -384,6 +384,24 @@ fn serve_over_a_layout_catalog() {
             &format!("oci:{dir}/images"),
         ],
     );
+    // A nick on a multi-platform base: an index version, one manifest per platform.
+    let multi = fixtures().join("multi").canonicalize().unwrap();
+    ok_at(
+        d,
+        &[
+            "register",
+            "multi",
+            "--base",
+            &format!("oci:{}:v1", multi.display()),
+            "--to",
+            &format!("oci:{dir}/images"),
+            "--add",
+            "app.conf:/etc/app.conf",
+            "--sign-key",
+            "k.key",
+        ],
+    );
+    let multi_read = format!("oci:{}", multi.display());
     let alice = token(d, "alice", "requester");
     let root = token(d, "root", "admin");
     let allow = [
@@ -391,6 +409,8 @@ fn serve_over_a_layout_catalog() {
         "tokens.json",
         "--catalog",
         "oci:catalog",
+        "--allow-read",
+        &multi_read,
         "--allow-read",
         "oci:base",
         "--allow-write",
@@ -455,15 +475,30 @@ fn serve_over_a_layout_catalog() {
         &["status", "app", "--json"],
         &["history", "app"],
         &["history", "app", "--json"],
+        &["resolve", "multi"],
+        &["resolve", "multi", "--json"],
+        &["status", "multi"],
+        &["history", "multi"],
+        &["history", "multi", "--json"],
     ] {
         let (code, out, err) = client(d, &s.url(), &alice, args);
         assert_eq!(code, 0, "{args:?} through the service: {err}");
         assert_eq!(out, ok_at(d, args), "{args:?}: the same output both ways");
+        if args[1] == "multi" && args.len() == 2 && args[0] != "resolve" {
+            assert!(
+                out.contains("linux/"),
+                "{args:?}: a line per platform: {out}"
+            );
+        }
     }
     let key = d.join("k.pub").display().to_string();
     let (code, out, err) = client(d, &s.url(), &alice, &["verify", "app", "--key", &key]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, ok_at(d, &["verify", "app", "--key", &key]));
+    let (code, out, err) = client(d, &s.url(), &alice, &["verify", "multi", "--key", &key]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified (version 1)"), "{out}");
+    assert_eq!(out, ok_at(d, &["verify", "multi", "--key", &key]));
     let (code, out, _) = client(d, &s.url(), &alice, &["resolve", "app", "--check"]);
     assert_eq!((code, out.as_str()), (3, "current\n"));
 

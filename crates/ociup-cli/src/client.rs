@@ -215,6 +215,15 @@ fn segment(s: &str) -> String {
     })
 }
 
+/// The elements of a JSON array (none when absent: single-platform answers leave it out).
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    list(v).iter().filter_map(Value::as_str).collect()
+}
+
 fn text(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_owned()
 }
@@ -250,6 +259,14 @@ async fn resolve(s: &Server, args: &ResolveArgs) -> Result<u8> {
         (true, true) => 0,
         (true, false) => 3,
     };
+    let dropped = strings(&r["dropped_platforms"]);
+    if !dropped.is_empty() {
+        eprintln!(
+            "ociup: the base of {nick} no longer has {}: version {} is made without",
+            dropped.join(", "),
+            r["version"]
+        );
+    }
     if args.json {
         output::json(&r)?;
         return Ok(status);
@@ -298,6 +315,14 @@ async fn status(s: &Server, args: &StatusArgs) -> Result<()> {
             },
             text(st, "base")
         ))?;
+        for p in list(&st["platforms"]) {
+            output::line(format!(
+                "  {:<18} {}  base {}",
+                text(p, "platform"),
+                text(p, "digest"),
+                text(p, "base_digest")
+            ))?;
+        }
     }
     Ok(())
 }
@@ -323,6 +348,28 @@ async fn history(s: &Server, args: &HistoryArgs) -> Result<()> {
             text(v, "time"),
             text(v, "actor")
         ))?;
+        let number = v["number"].as_u64().unwrap_or_default();
+        for p in list(&v["platforms"]) {
+            let built_in = p["built_in"].as_u64().unwrap_or(number);
+            output::line(format!(
+                "      {:<16} {}  base {}{}",
+                text(p, "platform"),
+                text(p, "digest"),
+                text(p, "base_digest"),
+                if built_in == number {
+                    String::new()
+                } else {
+                    format!("  (kept from v{built_in})")
+                }
+            ))?;
+        }
+        let dropped = strings(&v["dropped_platforms"]);
+        if !dropped.is_empty() {
+            output::line(format!(
+                "      dropped (the base no longer has them): {}",
+                dropped.join(", ")
+            ))?;
+        }
     }
     Ok(())
 }
@@ -365,6 +412,14 @@ async fn verify(s: &Server, args: &VerifyArgs) -> Result<()> {
             "entries"
         ),
     ))?;
+    for p in list(&checked["platforms"]) {
+        output::line(format!(
+            "  {:<16} {}  verified (version {})",
+            text(p, "platform"),
+            text(p, "digest"),
+            p["version"]
+        ))?;
+    }
     Ok(())
 }
 

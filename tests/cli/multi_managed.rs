@@ -472,3 +472,106 @@ fn on_a_registry_only_the_moved_platform_is_read_and_written() {
     );
     assert_eq!(new_arm64["config"]["architecture"], "arm64");
 }
+
+/// The catalog layout of `d`, its entry of `nick` (the manifest) and its version record.
+mod forge {
+    use std::path::Path;
+
+    use ociup_core::digest::Digest;
+    use ociup_core::document::RawDocument;
+    use ociup_core::layout::OciLayout;
+    use ociup_core::store::{ManifestRef, Store};
+    use serde_json::Value;
+
+    const VERSION: &str = "application/vnd.ociup.version.v1+json";
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Runtime::new().unwrap().block_on(f)
+    }
+
+    fn catalog(d: &Path) -> OciLayout {
+        OciLayout::open(d.join("catalog")).unwrap()
+    }
+
+    /// Rewrites the version record of `nick` with `change` (and the entry's summary annotations
+    /// with `annotate`), as someone with write access to the catalog could.
+    pub fn version(
+        d: &Path,
+        nick: &str,
+        change: impl FnOnce(&mut Value),
+        annotate: impl FnOnce(&mut Value),
+    ) {
+        let tag = format!("nick.{nick}");
+        let raw = block_on(catalog(d).get_manifest(&ManifestRef::Tag(tag.clone()))).unwrap();
+        let mut entry: Value = serde_json::from_slice(raw.bytes()).unwrap();
+        let layer = entry["layers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|l| l["mediaType"] == VERSION)
+            .unwrap();
+        let path = d.join("catalog/blobs/sha256").join(
+            layer["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:"),
+        );
+        let mut record: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        change(&mut record);
+        let bytes = ociup_core::document::canonical_json(&record).unwrap();
+        let digest = Digest::sha256(&bytes);
+        block_on(catalog(d).put_blob(&digest, bytes.len() as u64, &bytes[..])).unwrap();
+        layer["digest"] = digest.to_string().into();
+        layer["size"] = bytes.len().into();
+        annotate(&mut entry["annotations"]);
+        let raw = RawDocument::canonical(&entry, ociup_core::media_type::OCI_MANIFEST).unwrap();
+        block_on(catalog(d).put_manifest(&raw, Some(&tag))).unwrap();
+    }
+
+    /// Sets `key` of the JSON list in the annotation `dev.ociup.platforms` at `n`.
+    pub fn platforms_annotation(ann: &mut Value, n: usize, key: &str, value: &str) {
+        let mut list: Value =
+            serde_json::from_str(ann["dev.ociup.platforms"].as_str().unwrap()).unwrap();
+        list[n][key] = value.into();
+        ann["dev.ociup.platforms"] = list.to_string().into();
+    }
+}
+
+#[test]
+fn a_record_naming_another_platform_manifest_than_its_index_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    copy_tree(&fixtures().join("multi"), &d.join("multi"));
+    ok_at(d, &["copy", "oci:multi:v1", "oci:multi:cur"]);
+    ok_at(d, &["keygen", "--out", "k"]);
+    let steps = app(d);
+    let v1 = json(&ok_at(d, &register_args(&steps, &["--sign-key", "k.key"])));
+    // amd64 made to name the base's own amd64 manifest (kept, as its base did not move).
+    forge::version(
+        d,
+        "app",
+        |r| {
+            r["platforms"][0]["digest"] = AMD64_V1.into();
+            r["platforms"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("documents");
+        },
+        |ann| forge::platforms_annotation(ann, 0, "digest", AMD64_V1),
+    );
+    let signed = ["resolve", "app", "--json", "--sign-key", "k.key"];
+    let (code, out, err) = ociup_at(d, &signed);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("changed outside ociup"), "{err}");
+    assert!(err.contains(AMD64_V1), "names the foreign manifest: {err}");
+    // After arm64 moved, no version is made on it: nothing is written to the target.
+    point_cur(d, &[AMD64_V1, ARM64_V2]);
+    let before = crate::support::snapshot(&d.join("img"));
+    let (code, _, err) = ociup_at(d, &signed);
+    assert_eq!(code, 1);
+    assert!(err.contains("changed outside ociup"), "{err}");
+    assert_eq!(before, crate::support::snapshot(&d.join("img")));
+    let history = json(&ok_at(d, &["history", "app", "--json"]));
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["digest"], v1["digest"]);
+}

@@ -466,6 +466,30 @@ impl BlobCache {
         Ok(bytes)
     }
 
+    /// The bytes of the manifest or index `digest` from the cache, or from `store` (then
+    /// cached; a layout's are read from the layout). Checked against `digest` either way.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn read_manifest<S: Store>(
+        cache: Option<&BlobCache>,
+        store: &S,
+        digest: &Digest,
+    ) -> Result<Vec<u8>> {
+        let cache = cache.filter(|_| !is_layout(store));
+        if let Some(bytes) = cache.and_then(|c| c.get(digest)) {
+            return Ok(bytes);
+        }
+        let raw = store
+            .get_manifest(&ManifestRef::Digest(digest.clone()))
+            .await?;
+        digest.verify(raw.bytes(), || format!("document {digest}"))?;
+        if let Some(c) = cache {
+            c.put(digest, raw.bytes());
+        }
+        Ok(raw.bytes().to_vec())
+    }
+
     /// Keeps `bytes`, just written to `store` as `digest`, unless `store` is a layout.
     pub fn keep<S: Store>(cache: Option<&BlobCache>, store: &S, digest: &Digest, bytes: &[u8]) {
         if let Some(c) = cache.filter(|_| !is_layout(store)) {

@@ -1519,6 +1519,15 @@ impl<P: Stores> Manager<P> {
                     ),
                 });
             }
+            if !v.platforms.is_empty() {
+                // The platforms the record lists are those of the index it pins, in its
+                // order: a record rewritten to name other manifests is refused, not answered
+                // or rebuilt on. The index is read through the cache (no request once seen).
+                let (target, _) = self.stores.open(&entry.recipe.target, false)?;
+                let bytes =
+                    BlobCache::read_manifest(self.catalog.cache(), &target, &digest).await?;
+                check_index_platforms(&entry.nick, v, &bytes)?;
+            }
         }
         Ok(entry)
     }
@@ -2393,7 +2402,56 @@ impl<P: Stores> Manager<P> {
     }
 }
 
-/// The manifest of a platform an index version keeps, from its record.
+/// Checks that the platforms an index version's record lists are the entries of the index it
+/// pins (`index`, its bytes): the same manifests, platforms and order, none more or fewer.
+fn check_index_platforms(nick: &str, v: &VersionRecord, index: &[u8]) -> Result<()> {
+    let value: Value =
+        serde_json::from_slice(index).map_err(|source| Error::MalformedDocument {
+            what: format!("index {}", v.digest),
+            source,
+        })?;
+    let listed: Vec<(String, String)> = value["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let platform = e["platform"].as_object().map(spec_name).unwrap_or_default();
+            (
+                e["digest"].as_str().unwrap_or_default().to_owned(),
+                platform,
+            )
+        })
+        .collect();
+    let recorded: Vec<(String, String)> = v
+        .platforms
+        .iter()
+        .map(|p| (p.digest.clone(), p.platform.clone()))
+        .collect();
+    if listed != recorded {
+        let show = |l: &[(String, String)]| {
+            l.iter()
+                .map(|(d, p)| format!("{p} {d}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::InvalidDocument {
+            what: format!("catalog entry of {nick}"),
+            reason: format!(
+                "its version record {} lists the platforms [{}], but the index {} it pins \
+                 lists [{}]; the catalog was changed outside ociup",
+                v.number,
+                show(&recorded),
+                v.digest,
+                show(&listed)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The manifest of a platform an index version keeps, from its record: it must be the manifest
+/// the record names, and sit on the base manifest the record says (its base digest
+/// annotation), since it is kept because that base manifest did not move.
 fn kept_manifest(p: &PlatformRecord) -> Result<RawDocument> {
     let digest: Digest = p.digest.parse()?;
     let documents = p.documents.as_ref().ok_or_else(|| {
@@ -2402,11 +2460,27 @@ fn kept_manifest(p: &PlatformRecord) -> Result<RawDocument> {
             p.platform
         ))
     })?;
-    RawDocument::verified(
+    let raw = RawDocument::verified(
         documents.manifest.as_bytes().to_vec(),
         documents.media_type.clone(),
         &digest,
-    )
+    )?;
+    let value: Value =
+        serde_json::from_slice(raw.bytes()).map_err(|source| Error::MalformedDocument {
+            what: format!("manifest {digest}"),
+            source,
+        })?;
+    let on = value["annotations"][crate::mutate::annotations::BASE_DIGEST].as_str();
+    if on != Some(p.base_digest.as_str()) {
+        return Err(invalid(format!(
+            "the manifest {digest} of {} says it sits on the base manifest {}, but the version \
+             record says {}; the catalog was changed outside ociup",
+            p.platform,
+            on.unwrap_or("(none)"),
+            p.base_digest
+        )));
+    }
+    Ok(raw)
 }
 
 fn image_diff_ids(config: &RawDocument) -> Result<Vec<Digest>> {

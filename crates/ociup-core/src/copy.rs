@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::media_type::{self, DocumentKind};
 use crate::ops;
 use crate::reference::PlatformSpec;
-use crate::store::{BlobCopy, ManifestRef, Store, copy_blob_with, copy_missing_blob};
+use crate::store::{BlobCopy, ManifestRef, Probe, Store, copy_blob_with, copy_missing_blob};
 
 /// Blobs a copy into a layout holds at once, downloading or being made durable: a blob whose
 /// bytes have all arrived gives its download slot (one of [`CopyOptions::jobs`]) to the next
@@ -131,6 +131,10 @@ pub async fn copy_image<A: Store, B: Store>(
     opts: &CopyOptions,
     events: &(dyn Fn(CopyEvent) + Send + Sync),
 ) -> Result<CopyReport> {
+    if let Some(t) = tag {
+        // Refused before any byte moves, not after the blobs.
+        crate::layout::validate_tag(t)?;
+    }
     let mut doc = ops::load_document(src, reference).await?;
     if let (Document::Index(_), Some(p)) = (&doc, &opts.platform) {
         let image = ops::image_from_document(src, doc, Some(p)).await?;
@@ -357,12 +361,17 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                     // the gaps, instead of a large one starting last and running alone.
                     blobs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                     // A registry that names the blobs a manifest lacks is sent the manifest
-                    // first: only the blobs it names move, with no existence check each (a
-                    // push into a new repository, a copy within one registry), and nothing at
-                    // all when it has them.
+                    // first, by digest (a tag only once the image is complete): only the blobs
+                    // it names move, with no existence check each (a push into a new
+                    // repository, a copy within one registry). Its taking the manifest proves
+                    // the blobs there only where it is known to check them (it named missing
+                    // ones before); elsewhere every blob is checked.
                     let named = if trusted && self.dst.rejects_missing_blobs() {
-                        match self.dst.put_manifest(&raw, tag).await {
-                            Ok(()) => {
+                        match self.dst.probe_manifest(&raw).await? {
+                            Probe::Taken { proves_blobs: true } => {
+                                if tag.is_some() {
+                                    self.dst.put_manifest(&raw, tag).await?;
+                                }
                                 for (digest, size) in blobs {
                                     c.blobs_present.fetch_add(1, Ordering::Relaxed);
                                     (self.events)(CopyEvent::BlobStarted {
@@ -377,14 +386,13 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                                 c.manifests_written.fetch_add(1, Ordering::Relaxed);
                                 return Ok(());
                             }
-                            Err(Error::MissingBlobs { digests, .. }) => {
-                                digests.into_iter().collect::<HashSet<_>>()
-                            }
-                            // Any other refusal (a list of missing blobs too long for the error
+                            Probe::Missing(digests) => digests.into_iter().collect::<HashSet<_>>(),
+                            // Taken by a registry that may not check blobs, or refused for
+                            // another reason (a list of missing blobs too long for the error
                             // body ociup reads, say): every blob is checked and supplied as
                             // without the probe, and the manifest PUT after them says what is
                             // still wrong.
-                            Err(_) => HashSet::new(),
+                            Probe::Taken { .. } | Probe::Refused => HashSet::new(),
                         }
                     } else {
                         HashSet::new()

@@ -159,6 +159,27 @@ pub trait Store: Send + Sync {
         async { Ok(false) }
     }
 
+    /// Puts `document` by digest only (never a tag: a store may take a manifest whose blobs it
+    /// lacks, and a tag must not point at an incomplete image), once, to learn which blobs the
+    /// store lacks; call it only where [`Store::rejects_missing_blobs`]. The default puts it
+    /// untagged with [`Store::put_manifest`] and never counts an acceptance as proof of blobs.
+    ///
+    /// # Errors
+    /// What is no answer of the store's (an invalid or oversized document, a refused login):
+    /// a refusal the store answered is [`Probe::Refused`].
+    fn probe_manifest(&self, document: &RawDocument) -> impl Future<Output = Result<Probe>> + Send {
+        async move {
+            match self.put_manifest(document, None).await {
+                Ok(()) => Ok(Probe::Taken {
+                    proves_blobs: false,
+                }),
+                Err(Error::MissingBlobs { digests, .. }) => Ok(Probe::Missing(digests)),
+                Err(Error::Backend(_)) => Ok(Probe::Refused),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
     /// Whether [`Store::put_manifest`] refuses a manifest that references a blob the store lacks,
     /// with [`Error::MissingBlobs`] naming it. A writer can then put a manifest first and supply
     /// only the blobs named, instead of checking every blob before. Defaults to `false`: the
@@ -205,6 +226,21 @@ pub trait Store: Send + Sync {
             Ok(bytes)
         }
     }
+}
+
+/// What [`Store::probe_manifest`] learnt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The store took the manifest (by digest, untagged). `proves_blobs` when the store is
+    /// known to refuse a manifest whose blobs it lacks: only then is every blob present.
+    Taken {
+        /// Whether the acceptance proves every blob present.
+        proves_blobs: bool,
+    },
+    /// Refused for these missing blobs (empty when the store did not say which).
+    Missing(Vec<Digest>),
+    /// Refused for another reason the store answered: every blob is to be checked.
+    Refused,
 }
 
 /// A repository a blob can be mounted from.
@@ -321,16 +357,30 @@ where
         return Ok(copies);
     }
     // A few rounds at most: a store that names the missing blobs needs one.
+    // Probed by digest: a tag is written only once the image is known complete.
+    let mut probe = Some(dest.probe_manifest(document).await?);
     for _ in 0..3 {
-        let named = match dest.put_manifest(document, tag).await {
-            Ok(()) => {
-                return Ok(done
-                    .into_iter()
-                    .map(|d| d.unwrap_or(BlobCopy::Present))
-                    .collect());
+        let named = match probe.take() {
+            Some(Probe::Taken { proves_blobs: true }) => {
+                if tag.is_some() {
+                    dest.put_manifest(document, tag).await?;
+                }
+                return Ok(vec![BlobCopy::Present; blobs.len()]);
             }
-            Err(Error::MissingBlobs { digests, .. }) => digests,
-            Err(e) => return Err(e),
+            // Taken by a store that may not check blobs, or refused for another reason: every
+            // blob is checked and supplied, then the manifest put with its tag.
+            Some(Probe::Taken { .. } | Probe::Refused) => Vec::new(),
+            Some(Probe::Missing(digests)) => digests,
+            None => match dest.put_manifest(document, tag).await {
+                Ok(()) => {
+                    return Ok(done
+                        .into_iter()
+                        .map(|d| d.unwrap_or(BlobCopy::Present))
+                        .collect());
+                }
+                Err(Error::MissingBlobs { digests, .. }) => digests,
+                Err(e) => return Err(e),
+            },
         };
         let wanted: Vec<usize> = (0..blobs.len())
             .filter(|&i| done[i].is_none() && named.contains(&blobs[i]))

@@ -137,6 +137,9 @@ struct Inner {
     token_fetch: Mutex<()>,
     requests: AtomicU64,
     token_fetches: AtomicU64,
+    /// Registries (API hosts) seen refusing a manifest for blobs they lacked, naming them: they
+    /// check a manifest's blobs, so their taking a manifest proves it complete.
+    checks_blobs: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A registry client. Cheap to clone; clones share connections, tokens and limits.
@@ -172,6 +175,8 @@ pub(crate) struct Request {
     pub scopes: Vec<String>,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
+    /// Whether a failure that may pass (5xx, 429, a broken connection) is tried again.
+    pub retry: bool,
 }
 
 impl Request {
@@ -182,7 +187,15 @@ impl Request {
             scopes,
             headers: HeaderMap::new(),
             body: None,
+            retry: true,
         }
+    }
+
+    /// Sent once: a failure is answered as it is, not tried again (a probe whose failure has a
+    /// fallback).
+    pub fn once(mut self) -> Self {
+        self.retry = false;
+        self
     }
 
     pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
@@ -248,6 +261,7 @@ impl Client {
                 token_fetch: Mutex::new(()),
                 requests: AtomicU64::new(0),
                 token_fetches: AtomicU64::new(0),
+                checks_blobs: std::sync::Mutex::default(),
             }),
         })
     }
@@ -321,6 +335,26 @@ impl Client {
     /// HTTP requests sent so far (retries and token fetches not included in the latter).
     pub fn requests_sent(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether `registry` (its API host) has refused a manifest through this client naming the
+    /// blobs it lacked: such a registry checks a manifest's blobs, and its taking a manifest
+    /// proves it has them. The distribution spec lets a registry take a manifest without them.
+    pub(crate) fn checks_blobs(&self, registry: &str) -> bool {
+        self.inner
+            .checks_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(registry)
+    }
+
+    /// Notes that `registry` refused a manifest naming the blobs it lacked.
+    pub(crate) fn note_checks_blobs(&self, registry: &str) {
+        self.inner
+            .checks_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(registry.to_owned());
     }
 
     /// Tokens fetched so far.
@@ -632,7 +666,7 @@ impl Client {
                         self.set_scheme(registry, "http").await;
                         continue;
                     }
-                    if err.is_retryable() && attempt + 1 < policy.max_attempts {
+                    if req.retry && err.is_retryable() && attempt + 1 < policy.max_attempts {
                         let delay = backoff(policy, attempt);
                         attempt += 1;
                         tracing::debug!(%err, attempt, ?delay, "retrying");
@@ -669,7 +703,7 @@ impl Client {
                     }
                     let retryable = matches!(status.as_u16(), 408 | 429)
                         || (status.is_server_error() && !matches!(status.as_u16(), 501 | 505));
-                    if retryable && attempt + 1 < policy.max_attempts {
+                    if req.retry && retryable && attempt + 1 < policy.max_attempts {
                         let delay = retry_after(&resp)
                             .map(|d| d.min(policy.max_delay))
                             .unwrap_or_else(|| backoff(policy, attempt));

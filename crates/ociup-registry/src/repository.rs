@@ -8,7 +8,9 @@ use oci_spec::image::{Descriptor, MediaType};
 use ociup_core::Digest;
 use ociup_core::document::RawDocument;
 use ociup_core::media_type;
-use ociup_core::store::{BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, Store};
+use ociup_core::store::{
+    BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, Probe, Store, check_document_size,
+};
 use ociup_core::verify::AsyncVerifyingReader;
 use reqwest::header::{
     ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, LOCATION, RANGE,
@@ -1032,6 +1034,53 @@ impl Store for Repository {
             .head_manifest(&ManifestRef::Digest(digest.clone()))
             .await?
             .is_some())
+    }
+
+    /// One PUT by digest, not tried again: any refusal the registry answers (but a refused
+    /// login) is a [`Probe::Refused`] and the caller checks every blob instead.
+    async fn probe_manifest(&self, document: &RawDocument) -> ociup_core::Result<Probe> {
+        check_document_size("manifest", document)?;
+        let req = Request::new(
+            Method::PUT,
+            self.path(&format!("manifests/{}", document.digest())),
+            self.push(),
+        )
+        .header(CONTENT_TYPE, document.media_type())
+        .body(Bytes::copy_from_slice(document.bytes()))
+        .once();
+        match self.send(req, &[201, 200]).await {
+            Ok(resp) => {
+                if let Some(d) = header_str(resp.headers(), DIGEST_HEADER)
+                    && d != document.digest().to_string()
+                {
+                    return Err(Error::Protocol {
+                        url: display_url(resp.url()),
+                        reason: format!(
+                            "put manifest {}, the registry stored {}",
+                            document.digest(),
+                            excerpt(&d, 150)
+                        ),
+                    }
+                    .into());
+                }
+                Ok(Probe::Taken {
+                    proves_blobs: self.client.checks_blobs(&self.api_host),
+                })
+            }
+            Err(e @ Error::Http { status: 400, .. })
+                if e.codes().iter().any(|c| c == "MANIFEST_BLOB_UNKNOWN")
+                    && !e.codes().iter().any(|c| c == "DIGEST_INVALID") =>
+            {
+                let named = e.unknown_blobs();
+                if !named.is_empty() {
+                    self.client.note_checks_blobs(&self.api_host);
+                }
+                Ok(Probe::Missing(named))
+            }
+            Err(Error::Http { status, .. }) if !matches!(status, 401 | 403) => Ok(Probe::Refused),
+            Err(e @ Error::Transport { .. }) if e.is_retryable() => Ok(Probe::Refused),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn rejects_missing_blobs(&self) -> bool {

@@ -630,7 +630,10 @@ async fn a_streamed_upload_goes_over_tls_with_bearer_tokens() {
 }
 
 /// An image of `n` small layers in a new layout under `dir`, tagged `v1`.
-async fn image_of_layers(dir: &Path, n: u32) -> (OciLayout, ociup_core::document::RawDocument) {
+pub(crate) async fn image_of_layers(
+    dir: &Path,
+    n: u32,
+) -> (OciLayout, ociup_core::document::RawDocument) {
     let src = OciLayout::open_or_create(dir).unwrap();
     let mut layers = Vec::new();
     for i in 0..n {

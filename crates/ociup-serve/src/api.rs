@@ -470,8 +470,12 @@ fn public_key(pem: &str) -> Result<PublicKey, ApiError> {
 async fn unregister(State(s): State<Service>, caller: Caller, Path(nick): Path<String>) -> Answer {
     let actor = caller.require(Role::Admin, "unregister")?;
     nick_param(&nick)?;
-    s.manager(actor)?
-        .unregister(&nick, format!("ociup unregister {nick}"))
+    let m = s.manager(actor)?;
+    // Each requester has a manager of its own, whose per-nick lock is its own: the service's
+    // lock keeps this from interleaving with another requester's regeneration of the nick.
+    let lock = s.nick_lock(&nick);
+    let _held = lock.lock().await;
+    m.unregister(&nick, format!("ociup unregister {nick}"))
         .await
         .map_err(|e| ApiError::from_core(&format!("unregistering {nick}"), e))?;
     json(&json!({"nick": nick, "unregistered": true}))
@@ -501,8 +505,10 @@ async fn gc(
             "keep must be at least 1: the current version stays",
         ));
     }
-    let deleted = s
-        .manager(actor)?
+    let m = s.manager(actor)?;
+    let lock = s.nick_lock(&nick);
+    let _held = lock.lock().await;
+    let deleted = m
         .gc(&nick, keep)
         .await
         .map_err(|e| ApiError::from_core(&format!("collecting {nick}"), e))?;
@@ -518,12 +524,29 @@ async fn upgrade_all(State(s): State<Service>, caller: Caller) -> Answer {
     let out = s
         .run_to_end(async move {
             let _permit = permit;
-            let results = m
-                .upgrade_all()
+            // As `Manager::upgrade_all`, nick by nick, each under the service's lock of that
+            // nick (shared with every requester's resolves).
+            let nicks = m
+                .catalog()
+                .nicks()
                 .await
                 .map_err(|e| ApiError::from_core("upgrading all", e))?;
             let mut out = Vec::new();
-            for (nick, r) in results {
+            for nick in nicks {
+                let r = {
+                    let lock = service.nick_lock(&nick);
+                    let _held = lock.lock().await;
+                    m.resolve(&nick, ResolveOptions::default()).await
+                };
+                // Unregistered nicks are not upgraded: resolve refuses them, and only then is
+                // the entry read again to tell that from a failure.
+                if r.is_err()
+                    && m.catalog().summary(&nick).await.is_ok_and(|s| {
+                        s.is_some_and(|s| s.state == ociup_core::managed::catalog::State::Removed)
+                    })
+                {
+                    continue;
+                }
                 out.push(match r {
                     Ok(r) => {
                         if r.upgraded {

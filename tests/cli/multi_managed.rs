@@ -575,3 +575,62 @@ fn a_record_naming_another_platform_manifest_than_its_index_is_refused() {
     assert_eq!(history.as_array().unwrap().len(), 1);
     assert_eq!(history[0]["digest"], v1["digest"]);
 }
+
+#[test]
+fn a_base_moving_from_an_oci_index_to_a_docker_list_keeps_the_nicks_family() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    copy_tree(&fixtures().join("multi"), &d.join("multi"));
+    ok_at(d, &["copy", "oci:multi:v1", "oci:multi:cur"]);
+    let steps = app(d);
+    let v1 = json(&ok_at(d, &register_args(&steps, &[])));
+    // The same platforms as Docker manifests (skopeo converts them), under a Docker list.
+    let layout = d.join("multi");
+    let mut docker = Vec::new();
+    for (child, name) in [(AMD64_V1, "amd"), (ARM64_V2, "arm")] {
+        tag(&layout, child, name);
+        let from = format!("oci:{}:{name}", layout.display());
+        let to = format!("oci:{}:d{name}", layout.display());
+        tool(
+            "skopeo",
+            &["copy", "--format", "v2s2", "--quiet", &from, &to],
+        );
+        let inspected = json(&ok_at(
+            d,
+            &["inspect", &format!("oci:multi:d{name}"), "--json"],
+        ));
+        docker.push(inspected["digest"].as_str().unwrap().to_owned());
+    }
+    let refs: Vec<&str> = docker.iter().map(String::as_str).collect();
+    point_cur(d, &refs);
+    let base = doc(
+        &layout,
+        json(&ok_at(d, &["inspect", "oci:multi:cur", "--json"]))["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        base["mediaType"],
+        ociup_core::media_type::DOCKER_INDEX,
+        "{base}"
+    );
+    let r = json(&ok_at(d, &["resolve", "app", "--json"]));
+    assert_eq!(
+        (r["upgraded"].as_bool(), r["version"].as_u64()),
+        (Some(true), Some(2)),
+        "{r}"
+    );
+    let img = d.join("img");
+    let index = doc(&img, r["digest"].as_str().unwrap());
+    assert_eq!(
+        index["mediaType"],
+        doc(&img, v1["digest"].as_str().unwrap())["mediaType"],
+        "the nick's own family"
+    );
+    for (n, base) in docker.iter().enumerate() {
+        assert_eq!(r["platforms"][n]["base_digest"], base.as_str());
+        let child = &index["manifests"][n];
+        assert_eq!(child["digest"], r["platforms"][n]["digest"]);
+        assert_eq!(child["mediaType"], ociup_core::media_type::OCI_MANIFEST);
+    }
+}

@@ -1944,36 +1944,60 @@ impl<P: Stores> Manager<P> {
             dry_run,
             image_config: config,
         };
+        // Each platform's current manifest (with its config when the record holds it): those
+        // kept go into the new index as they are, those whose base manifest moved are rebased.
+        let mut olds: Vec<(Document, Option<crate::config::Config>)> = Vec::new();
+        for (_, child, i) in &plan {
+            let old = &current.platforms[*i];
+            if old.base_digest == child.to_string() {
+                olds.push((
+                    Document::Manifest(Manifest::parse(kept_manifest(old)?)?),
+                    None,
+                ));
+                continue;
+            }
+            let digest: Digest = old.digest.parse()?;
+            olds.push(match old.documents.as_ref().map(|d| d.load(&digest)) {
+                Some(Ok((m, c))) => (Document::Manifest(m), Some(c)),
+                _ => (
+                    ops::load_document(target, &ManifestRef::Digest(digest)).await?,
+                    None,
+                ),
+            });
+        }
+        // The index is of the family of its manifests, the nick's own (a rebase keeps each
+        // image's family), whatever the base index's is now.
+        let family = match olds.first().map(|(d, _)| d) {
+            Some(Document::Manifest(m)) => m.family(),
+            _ => {
+                return Err(invalid(format!(
+                    "{nick} version {} lists a platform that is not an image manifest",
+                    current.number
+                )));
+            }
+        };
         // Each platform whose base manifest moved, rebased (or, `dry`, planned): its manifest
         // and config, or `None` when kept.
         let rebuild = |dry: bool| {
-            let plan = &plan;
+            let (plan, olds) = (&plan, &olds);
             async move {
                 let mut made: Vec<Option<(RawDocument, Option<RawDocument>)>> = Vec::new();
-                for (_, child, i) in plan {
+                for ((_, child, i), (doc, config)) in plan.iter().zip(olds) {
                     let old = &current.platforms[*i];
                     if old.base_digest == child.to_string() {
                         made.push(None);
                         continue;
                     }
-                    let digest: Digest = old.digest.parse()?;
-                    let (doc, config) = match old.documents.as_ref().map(|d| d.load(&digest)) {
-                        Some(Ok((m, c))) => (Document::Manifest(m), Some(c)),
-                        _ => (
-                            ops::load_document(target, &ManifestRef::Digest(digest)).await?,
-                            None,
-                        ),
-                    };
                     let outcome = rebase_image(
                         RebaseRequest::new(
                             target,
-                            doc,
+                            doc.clone(),
                             base_store,
                             ManifestRef::Digest(child.clone()),
                         ),
                         target,
                         None,
-                        &options(dry, config),
+                        &options(dry, config.clone()),
                     )
                     .await?;
                     let document = outcome
@@ -2011,10 +2035,22 @@ impl<P: Stores> Manager<P> {
                         platform: platform.clone(),
                     })
                     .collect();
-                let raw = crate::mutate::index_of(index.family(), &entries, &annotations)?;
+                let raw = crate::mutate::index_of(family, &entries, &annotations)?;
                 crate::store::check_document_size("index", &raw)?;
                 Ok(raw)
             };
+        // The index of the current manifests, checked (family, platforms, duplicates, size)
+        // before anything is written: a rebuilt manifest differs only in its digest and size.
+        {
+            let current_manifests: Vec<Option<(RawDocument, Option<RawDocument>)>> = olds
+                .iter()
+                .map(|(d, _)| match d {
+                    Document::Manifest(m) => Some((m.raw().clone(), None)),
+                    Document::Index(i) => Some((i.raw().clone(), None)),
+                })
+                .collect();
+            index_of(&current_manifests)?;
+        }
         // The digest is computed first for a caller that must learn it, or refuse it, before
         // anything is written.
         let planned = match before_write {

@@ -169,9 +169,9 @@ impl LayerCache {
             owners_from_layers,
             ..SnapshotReport::default()
         };
-        for dir in [self.layers(), self.snapshots()] {
-            fs::create_dir_all(&dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // As root, the cache holds setuid files and device nodes: no other user may reach it.
+        for dir in [self.root.clone(), self.layers(), self.snapshots()] {
+            private_dir(&dir)?;
         }
         let snap_name = format!("{}{suffix}", entry_name(&chain));
         let snap_dir = self.snapshots().join(&snap_name);
@@ -456,6 +456,52 @@ fn try_lock_exclusive(path: &Path) -> Result<Option<File>> {
         Err(fs::TryLockError::WouldBlock) => Ok(None),
         Err(fs::TryLockError::Error(e)) => Err(err(e)),
     }
+}
+
+/// Makes `dir` a directory only this process's user may enter: created with mode 0700 (its
+/// parents as `create_dir_all` makes them), or, where it exists, checked to be a directory (not
+/// a symlink) owned by this user and set to mode 0700.
+///
+/// The layer cache, the bundles and the runtime's state live in such directories: as root they
+/// hold setuid files and device nodes made from the images' layers, which another local user
+/// must not reach.
+///
+/// # Errors
+/// [`Error::NotPrivate`] when `dir` is someone else's or not a directory; [`Error::Io`].
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    let m = fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let not_private = |reason: String| Error::NotPrivate {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if !m.is_dir() {
+        return Err(not_private("not a directory".into()));
+    }
+    let me = fs::metadata("/proc/self").map(|p| p.uid()).ok();
+    if let Some(me) = me
+        && m.uid() != me
+    {
+        return Err(not_private(format!(
+            "owned by uid {}, not by this user (uid {me})",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o7777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 /// Marks an entry used now (its directory's time).
@@ -989,6 +1035,47 @@ mod tests {
         let report = cache.prune(&all).unwrap();
         assert_eq!(report.removed.len(), 1);
         assert!(cache.entries().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_private_to_its_user() {
+        let t = tempfile::tempdir().unwrap();
+        let (layout, image) = image_of(
+            &t.path().join("lay"),
+            &[plain(tar_of(&[(E::Regular, "f", "", b"x", 0o4755, 0)]))],
+        )
+        .await;
+        // An existing cache directory left open by an older version is closed again.
+        let root = t.path().join("data/rootfs-cache");
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = LayerCache::new(&root);
+        let snap = cache
+            .snapshot(&layout, &image, crate::runtime::running_as_root())
+            .await
+            .unwrap();
+        drop(snap);
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        for d in [root.clone(), root.join("layers"), root.join("snapshots")] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        // A fresh one is made 0700 (umask or not).
+        let fresh = t.path().join("fresh/bundles");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // A symlink in its place is refused.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(matches!(private_dir(&link), Err(Error::NotPrivate { .. })));
+        // Someone else's directory is refused (only root can make one to test with).
+        if crate::runtime::running_as_root() {
+            let theirs = t.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(1234), Some(1234)).unwrap();
+            let err = private_dir(&theirs).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 1234"), "{err}");
+            assert_ne!(mode(&theirs), 0o700);
+        }
     }
 
     #[test]

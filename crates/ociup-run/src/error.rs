@@ -14,6 +14,15 @@ pub enum Error {
         /// The directory.
         dir: PathBuf,
     },
+    /// A directory that must be private to this user (the layer cache, the bundles, the
+    /// runtime's state) is not: someone else owns it, or it is not a directory.
+    #[error("{}: {reason}; refusing to use it", dir.display())]
+    NotPrivate {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("{context}")]
     Io {

@@ -132,14 +132,24 @@ pub(crate) fn resolve_dir(
 
 /// Where `name` is inside `root`, following symlinks inside it (the last component too), as a
 /// path relative to `root`; `None` when nothing is there.
+///
+/// A symlink's target is joined, as it is, to the directory holding the link and walked one
+/// component at a time: `etc/link -> ../nowhere` is `nowhere` (not `etc/nowhere`), and `..`
+/// never climbs above the root.
 pub(crate) fn resolve_in_root(root: &Path, name: &[u8]) -> Result<Option<PathBuf>, WalkError> {
     let mut components = clean(name);
     for _ in 0..MAX_LINKS {
-        let Some(last) = components.pop() else {
-            return Ok(Some(PathBuf::new()));
+        // Trailing `.`, `..` and empty parts (from a link's target) are walked as directories.
+        let last = match components.last() {
+            None => return Ok(Some(PathBuf::new())),
+            Some(c) if c.is_empty() || c == "." || c == ".." => None,
+            Some(_) => components.pop(),
         };
         let Some(dir) = resolve_dir(root, &components, Missing::Stop, &mut |_| {})? else {
             return Ok(None);
+        };
+        let Some(last) = last else {
+            return Ok(Some(join(&dir)));
         };
         let rel = join(&dir).join(&last);
         match std::fs::symlink_metadata(root.join(&rel)) {
@@ -152,10 +162,13 @@ pub(crate) fn resolve_in_root(root: &Path, name: &[u8]) -> Result<Option<PathBuf
                 } else {
                     dir
                 };
-                components.extend(clean(bytes));
-                // `clean` of the joined parts keeps `..` inside the root.
-                let joined: Vec<u8> = join(&components).as_os_str().as_bytes().to_vec();
-                components = clean(&joined);
+                // Raw: `..` is resolved by the walk against real directories, never dropped.
+                components.extend(
+                    bytes
+                        .split(|b| *b == b'/')
+                        .filter(|c| !c.is_empty() && *c != b".")
+                        .map(|c| OsStr::from_bytes(c).to_owned()),
+                );
             }
             Ok(_) => return Ok(Some(rel)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -237,5 +250,42 @@ mod tests {
             Err(WalkError::Loop)
         ));
         assert_eq!(made, [PathBuf::from("etc")]);
+    }
+
+    #[test]
+    fn relative_links_with_dotdot_resolve_against_the_links_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/zoneinfo/Etc")).unwrap();
+        std::fs::write(root.join("usr/share/zoneinfo/Etc/UTC"), b"TZif").unwrap();
+        std::fs::write(root.join("real-passwd"), b"root:x:0:0::/:/bin/sh\n").unwrap();
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+        };
+        link("../nowhere", "etc/link");
+        link("../usr/share/zoneinfo/Etc/UTC", "etc/localtime");
+        link("../real-passwd", "etc/passwd");
+        link("../../../../../../etc", "etc/up");
+        link("..", "etc/parent");
+        let r = |n: &str| resolve_in_root(&root, n.as_bytes()).unwrap();
+        // `../nowhere` from /etc is /nowhere: missing, not /etc/nowhere.
+        assert_eq!(r("/etc/link"), None);
+        std::fs::write(root.join("etc/nowhere"), b"decoy").unwrap();
+        assert_eq!(r("/etc/link"), None);
+        std::fs::write(root.join("nowhere"), b"x").unwrap();
+        assert_eq!(r("/etc/link"), Some(PathBuf::from("nowhere")));
+        assert_eq!(
+            r("/etc/localtime"),
+            Some(PathBuf::from("usr/share/zoneinfo/Etc/UTC"))
+        );
+        // `..` stops at the root.
+        assert_eq!(r("/etc/up"), Some(PathBuf::from("etc")));
+        assert_eq!(r("/etc/parent"), Some(PathBuf::new()));
+        assert_eq!(r("/etc/parent/etc/link"), Some(PathBuf::from("nowhere")));
+        assert_eq!(
+            read_in_root(&root, "/etc/passwd", 100).unwrap().unwrap(),
+            b"root:x:0:0::/:/bin/sh\n"
+        );
     }
 }

@@ -94,6 +94,9 @@ impl std::str::FromStr for BindMount {
         if src.is_empty() || !dest.starts_with('/') {
             return Err(bad("SRC must be given and DEST absolute"));
         }
+        if has_dotdot(dest) {
+            return Err(bad("DEST must not hold `..`"));
+        }
         let source = std::path::absolute(src)
             .map_err(|e| Error::io(format!("--mount: resolving {src}"), e))?;
         Ok(BindMount {
@@ -102,6 +105,12 @@ impl std::str::FromStr for BindMount {
             read_only,
         })
     }
+}
+
+/// Whether a path inside the container has a `..` component (refused in mount destinations and
+/// working directories: they are looked up in the shared snapshot).
+fn has_dotdot(p: &str) -> bool {
+    p.split('/').any(|c| c == "..")
 }
 
 /// One range of a user-namespace mapping.
@@ -405,6 +414,11 @@ pub fn runtime_spec(
             reason: format!("the working directory {cwd:?} is not absolute"),
         });
     }
+    if has_dotdot(&cwd) {
+        return Err(Error::InvalidImage {
+            reason: format!("the working directory {cwd:?} holds `..`"),
+        });
+    }
     let rootless = options.rootless.is_some();
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
@@ -612,6 +626,12 @@ mod tests {
         };
         let r = rootfs();
         assert!(runtime_spec(&c, r.path(), "rootfs", &o).is_err());
+        let o = SpecOptions {
+            workdir: Some("/srv/../etc".into()),
+            ..SpecOptions::default()
+        };
+        let err = runtime_spec(&c, r.path(), "rootfs", &o).unwrap_err();
+        assert!(err.to_string().contains("`..`"), "{err}");
     }
 
     #[test]
@@ -756,5 +776,8 @@ mod tests {
         assert!("/a".parse::<BindMount>().is_err());
         assert!("a:relative".parse::<BindMount>().is_err());
         assert!("a:/b:bogus".parse::<BindMount>().is_err());
+        assert!("a:/etc/../x".parse::<BindMount>().is_err());
+        assert!("a:/..".parse::<BindMount>().is_err());
+        assert!("a:/x..y/..z".parse::<BindMount>().is_ok());
     }
 }

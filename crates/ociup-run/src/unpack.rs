@@ -717,6 +717,29 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "{err}");
     }
 
+    /// An entry under a relative link climbing out of its directory lands where the link
+    /// points (`etc/up -> ../usr`: `etc/up/x` is `usr/x`), and `..` stops at the root.
+    #[tokio::test]
+    async fn entries_under_relative_dotdot_links_land_where_they_point() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[
+            (E::Directory, "etc", "", b"", 0o755, 0),
+            (E::Directory, "usr", "", b"", 0o755, 0),
+            (E::Symlink, "etc/up", "../usr", b"", 0o777, 0),
+            (E::Symlink, "etc/top", "../../../..", b"", 0o777, 0),
+            (E::Regular, "etc/up/x", "", b"x", 0o644, 0),
+            (E::Regular, "etc/top/y", "", b"y", 0o644, 0),
+        ]);
+        let (layout, image) = image_of(&t.path().join("lay"), &[plain(layer)]).await;
+        let dir = t.path().join("rootfs");
+        unpack(&layout, &image, &dir, &UnpackOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.join("usr/x")).unwrap(), b"x");
+        assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"y");
+        assert!(!dir.join("etc/usr").exists() && !t.path().join("y").exists());
+    }
+
     /// A sha512 diff_id is checked too (it names the cache entry: an unchecked one would let a
     /// layer poison `layers/sha512-HEX` for every image naming that diff_id); the right one
     /// passes.

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// How to run a bundle.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// The runtime's executable (runc, or one with its command line).
+    /// The runtime's executable (runc, or one that takes runc's command line).
     pub runtime: PathBuf,
     /// The runtime's state directory (`runc --root`).
     pub state_root: PathBuf,
@@ -26,7 +26,7 @@ pub struct RuntimeOptions {
 
 /// Runs `runtime --root STATE run --bundle BUNDLE ID` with this process's standard input,
 /// output and error (passed to the container as they are: nothing is buffered), forwarding
-/// SIGINT and SIGTERM to the container (`runtime kill ID SIGNAL`), and answers the container's
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT (listened for before the runtime starts) to the container (`runtime kill ID SIGNAL`), and answers the container's
 /// exit status (128 + the signal's number when a signal ended it, as a shell reports it).
 ///
 /// # Errors
@@ -45,6 +45,13 @@ pub async fn run_bundle(options: &RuntimeOptions) -> Result<i32> {
     if options.own_process_group {
         cmd.process_group(0);
     }
+    // Listening before the runtime starts: a signal from then on is forwarded, never the
+    // default action that would end this process and leave the container running.
+    let sig_err = |e| Error::io("listening for signals", e);
+    let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(sig_err)?;
+    let mut quit = signal(SignalKind::quit()).map_err(sig_err)?;
     let mut child = cmd.spawn().map_err(|e| {
         Error::io(
             format!(
@@ -55,14 +62,13 @@ pub async fn run_bundle(options: &RuntimeOptions) -> Result<i32> {
             e,
         )
     })?;
-    let sig_err = |e| Error::io("listening for signals", e);
-    let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
-    let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
     let status = loop {
         let name = tokio::select! {
             s = child.wait() => break s.map_err(|e| Error::io("waiting for the runtime", e))?,
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+            _ = quit.recv() => "SIGQUIT",
         };
         tracing::debug!("forwarding {name} to container {}", options.id);
         forward(options, name).await;

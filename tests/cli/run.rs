@@ -71,6 +71,8 @@ impl Scene {
             0o644,
         );
         write(&bb.join("etc/motd"), b"from the image\n", 0o644);
+        // A relative symlink climbing out of its directory, to a path the image lacks.
+        std::os::unix::fs::symlink("../nowhere", bb.join("etc/link")).unwrap();
         s.ok(&[
             "append",
             "--base",
@@ -225,9 +227,31 @@ fn run_passes_exit_status_args_env_workdir_user_and_mounts() {
     let (code, _, _) = s.run_app(&["--mount", &ro], &["sh", "-c", "echo x > /data/no.txt"]);
     assert_ne!(code, 0);
     assert!(!host.join("no.txt").exists());
+    // A mount onto `/etc/link -> ../nowhere`: runc makes /nowhere, in a copy of the root file
+    // system for this run, never in the shared snapshot.
+    let onto_link = format!("{}:/etc/link:ro", host.display());
+    let (code, out, err) = s.run_app(&["--mount", &onto_link], &["cat", "/nowhere/in.txt"]);
+    assert_eq!((code, out.as_str()), (0, "from the host\n"), "{err}");
+    for snap in std::fs::read_dir(s.cache().join("snapshots")).unwrap() {
+        let rootfs = snap.unwrap().path().join("rootfs");
+        if rootfs.is_dir() {
+            assert!(!rootfs.join("nowhere").exists(), "{}", rootfs.display());
+            assert!(!rootfs.join("etc/nowhere").exists());
+        }
+    }
+    let (code, _, err) = s.run_app(
+        &["--mount", &format!("{}:/etc/../x", host.display())],
+        &["true"],
+    );
+    assert!(code != 0 && err.contains("`..`"), "{err}");
     // No network by default: only a loopback device.
     let (_, out, _) = s.run_app(&[], &["ls", "/sys/class/net"]);
     assert_eq!(out, "lo\n");
+    // The cache, the bundles and runc's state are only root's (they hold setuid files).
+    for d in ["rootfs-cache", "bundles", "runc"] {
+        let m = std::fs::metadata(s.path("data/ociup").join(d)).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o700, "{d}");
+    }
     // Every bundle was removed; --keep keeps one.
     let bundles = s.path("data/ociup/bundles");
     assert_eq!(std::fs::read_dir(&bundles).unwrap().count(), 0);
@@ -271,6 +295,21 @@ fn run_reuses_the_layer_cache_and_never_writes_into_it() {
             "{key} not in docs/json.md"
         );
     }
+    assert_eq!(dry["private_copy"], false);
+    // A dry run that would need its own copy makes none: it names the snapshot.
+    let host = s.path("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let mount = format!("{}:/not-in-image", host.display());
+    let wants_copy = json(&s.ok(&["run", "--image", &image, "--mount", &mount, "--dry-run"]));
+    assert_eq!(wants_copy["private_copy"], true);
+    assert_eq!(wants_copy["rootfs"], dry["rootfs"]);
+    assert!(
+        Path::new(dry["rootfs"].as_str().unwrap())
+            .join("etc/motd")
+            .is_file()
+    );
+    let bundles = s.path("data/ociup/bundles");
+    assert!(!bundles.exists() || std::fs::read_dir(&bundles).unwrap().count() == 0);
     let layers = s.cached_layers();
     assert_eq!(layers.len(), 1);
     let layer_tree = s.cache().join("layers").join(&layers[0].0).join("tree");
@@ -412,6 +451,20 @@ fn run_of_a_nick_upgrades_it_when_its_base_moved() {
     // --offline runs the current version without asking the base.
     let out = s.ok(&["run", "tool", "--offline", "--", "cat", "/base-marker"]);
     assert_eq!(out, "base v1\n");
+    // A dry run plans the upgrade and writes nothing: the run after it still upgrades.
+    let dry = json(&s.ok(&["run", "tool", "--dry-run"]));
+    assert_eq!(
+        (&dry["upgrade_due"], &dry["version"]),
+        (&serde_json::json!(true), &serde_json::json!(2)),
+        "{dry}"
+    );
+    assert!(dry["reference"].as_str().unwrap().contains("@sha256:"));
+    let doc = std::fs::read_to_string(repo().join("docs/json.md")).unwrap();
+    let section = doc.split("## `ociup run --dry-run`").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    for key in dry.as_object().unwrap().keys() {
+        assert!(section.contains(&format!("| `{key}` |")), "{key}");
+    }
     let o = s.run(&["run", "tool", "--", "cat", "/base-marker", "/opt/app.txt"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "base v2\ncustom\n");
@@ -511,33 +564,31 @@ fn signals_reach_the_container() {
     let image = s.image("app");
     // Fill the cache first, so the container starts at once.
     s.ok(&["run", "--image", &image, "--", "true"]);
-    let mut child = s
-        .cmd(&[
-            "run",
-            "--image",
-            &image,
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut first).unwrap();
-    assert_eq!(&first, b"ready\n");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    assert_eq!(rest, "got TERM\n");
-    assert_eq!(status.code(), Some(42));
+    // Each signal reaches the container (which traps it), and ociup exits with its status.
+    for (sig, code) in [("TERM", 42), ("INT", 43), ("HUP", 44)] {
+        let script = format!(
+            "trap 'echo got {sig}; exit {code}' {sig}; echo ready; while true; do sleep 0.1; done"
+        );
+        let mut child = s
+            .cmd(&["run", "--image", &image, "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut first).unwrap();
+        assert_eq!(&first, b"ready\n");
+        let killed = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert_eq!(rest, format!("got {sig}\n"));
+        assert_eq!(status.code(), Some(code), "{sig}");
+    }
     assert_eq!(
         std::fs::read_dir(s.path("data/ociup/bundles"))
             .unwrap()

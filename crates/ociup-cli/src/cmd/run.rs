@@ -69,8 +69,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep: bool,
     /// Print the reference that would run and the runtime spec, as JSON (reference, digest,
-    /// rootfs, read_only, layers, unpacked, assembled, spec), and run nothing. The
-    /// layers are still unpacked into the cache.
+    /// rootfs, private_copy, read_only, layers, unpacked, assembled, spec), and run nothing.
+    /// The layers are still unpacked into the cache. For a nick whose base moved, the upgrade
+    /// is planned, not written: only its reference, digest, version and base_digest are
+    /// printed, with upgrade_due: true.
     #[arg(long)]
     pub dry_run: bool,
     /// For a nick: run the current version without asking the base.
@@ -138,13 +140,36 @@ fn manager(ctx: &Ctx, args: &RunArgs) -> Result<Manager<Opener>> {
     super::managed::manager(ctx, &args.catalog, Some(&args.signing), epoch, None)
 }
 
-/// The reference to run: the nick resolved (upgraded when due), or `--image`.
-async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<String> {
+/// What to run: a reference, or (in a dry run of a nick whose upgrade is due) the version the
+/// upgrade would write, which does not exist yet.
+enum Target {
+    Ready(String),
+    Planned(manager::Planned),
+}
+
+/// The reference to run: the nick resolved (upgraded when due), or `--image`. In a dry run an
+/// upgrade is planned, never written: its plan is answered instead.
+async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<Target> {
     if let Some(image) = &args.image {
-        return Ok(image.clone());
+        return Ok(Target::Ready(image.clone()));
     }
     let nick = args.nick.as_deref().unwrap_or_default();
     let m = manager(ctx, args)?;
+    let planned: std::sync::Arc<std::sync::Mutex<Option<manager::Planned>>> = Default::default();
+    let before_write: Option<manager::BeforeWrite> = args.dry_run.then(|| {
+        let slot = std::sync::Arc::clone(&planned);
+        let hook: manager::BeforeWrite = std::sync::Arc::new(move |p: &manager::Planned| {
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(p.clone());
+            }
+            Box::pin(async {
+                Err(ociup_core::Error::InvalidChange {
+                    reason: "dry run: nothing is written".into(),
+                })
+            })
+        });
+        hook
+    });
     let resolved = m
         .resolve(
             nick,
@@ -155,10 +180,14 @@ async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<String> {
                     UnreachableArg::Fail => Unreachable::Fail,
                     UnreachableArg::Stale => Unreachable::Stale,
                 },
+                before_write,
                 ..ResolveOptions::default()
             },
         )
         .await;
+    if let Some(p) = planned.lock().ok().and_then(|mut s| s.take()) {
+        return Ok(Target::Planned(p));
+    }
     let r = match resolved {
         Ok(r) => r,
         Err(ociup_core::Error::Backend(e)) if e.is::<manager::BaseUnreachable>() => bail!(
@@ -180,7 +209,7 @@ async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<String> {
             r.version, r.base_digest
         );
     }
-    Ok(r.reference)
+    Ok(Target::Ready(r.reference))
 }
 
 fn split_env(e: &str) -> Result<(String, String)> {
@@ -233,7 +262,20 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         Some(find_runtime(args.runtime.as_deref())?)
     };
 
-    let reference = reference(ctx, &args).await?;
+    let reference = match reference(ctx, &args).await? {
+        Target::Ready(r) => r,
+        Target::Planned(p) => {
+            // A dry run: the upgrade is due, and nothing was written.
+            output::json(&serde_json::json!({
+                "reference": p.reference,
+                "digest": p.digest,
+                "upgrade_due": true,
+                "version": p.version,
+                "base_digest": p.base_digest,
+            }))?;
+            return Ok(0);
+        }
+    };
     let r = parse_ref(&reference)?;
     let client = ctx.client(&[&r])?;
     let (store, image_ref) = open_for_reading(&r, &client)?;
@@ -273,16 +315,6 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos())
     );
-    let data = data_dir()?;
-    let bundles = data.join("bundles");
-    std::fs::create_dir_all(&bundles).with_context(|| format!("creating {}", bundles.display()))?;
-    let bundle = Bundle {
-        path: bundles.join(&id),
-        keep: args.keep,
-    };
-    std::fs::create_dir(&bundle.path)
-        .with_context(|| format!("creating {}", bundle.path.display()))?;
-
     let workdir_needed = args.workdir.clone().or_else(|| {
         image
             .config
@@ -305,16 +337,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         needed.extend(["/etc/resolv.conf".to_owned(), "/etc/hosts".to_owned()]);
     }
     let own_rootfs = args.writable || needed.iter().any(|p| !snapshot.has(p));
-    let rootfs = if own_rootfs {
-        let dest = bundle.path.join("rootfs");
-        let (snap, dest2, copy) = (snapshot.rootfs.clone(), dest.clone(), args.writable);
-        tokio::task::spawn_blocking(move || ociup_run::cache::clone_rootfs(&snap, &dest2, copy))
-            .await??;
-        dest
-    } else {
-        snapshot.rootfs.clone()
-    };
-    let terminal = std::io::stdin().is_terminal() && !args.dry_run;
+    let terminal =
+        !args.dry_run && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let options = SpecOptions {
         args: args.args.clone(),
         entrypoint,
@@ -328,17 +352,21 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         hostname: "ociup".into(),
         rootless: (!root).then(rootless_mappings),
     };
-    let spec = runtime_spec(
-        &image.config,
-        &rootfs,
-        &rootfs.display().to_string(),
-        &options,
-    )?;
     if args.dry_run {
+        // Nothing is copied nor written: the spec names the snapshot, and `private_copy` says
+        // whether a run would get its own copy of it.
+        let rootfs = snapshot.rootfs.clone();
+        let spec = runtime_spec(
+            &image.config,
+            &rootfs,
+            &rootfs.display().to_string(),
+            &options,
+        )?;
         output::json(&serde_json::json!({
             "reference": reference,
             "digest": digest,
             "rootfs": rootfs.display().to_string(),
+            "private_copy": own_rootfs,
             "read_only": !args.writable,
             "layers": rep.layers,
             "unpacked": rep.unpacked,
@@ -347,12 +375,37 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         }))?;
         return Ok(0);
     }
+    let data = data_dir()?;
+    let bundles = data.join("bundles");
+    // Private to this user: as root a bundle holds a copy of the image's setuid files.
+    ociup_run::cache::private_dir(&bundles)?;
+    let bundle = Bundle {
+        path: bundles.join(&id),
+        keep: args.keep,
+    };
+    std::fs::create_dir(&bundle.path)
+        .with_context(|| format!("creating {}", bundle.path.display()))?;
+
+    let rootfs = if own_rootfs {
+        let dest = bundle.path.join("rootfs");
+        let (snap, dest2, copy) = (snapshot.rootfs.clone(), dest.clone(), args.writable);
+        tokio::task::spawn_blocking(move || ociup_run::cache::clone_rootfs(&snap, &dest2, copy))
+            .await??;
+        dest
+    } else {
+        snapshot.rootfs.clone()
+    };
+    let spec = runtime_spec(
+        &image.config,
+        &rootfs,
+        &rootfs.display().to_string(),
+        &options,
+    )?;
     let config = bundle.path.join("config.json");
     std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)
         .with_context(|| format!("writing {}", config.display()))?;
     let state_root = data.join("runc");
-    std::fs::create_dir_all(&state_root)
-        .with_context(|| format!("creating {}", state_root.display()))?;
+    ociup_run::cache::private_dir(&state_root)?;
     let status = run_bundle(&RuntimeOptions {
         runtime: runtime.unwrap_or_default(),
         state_root,

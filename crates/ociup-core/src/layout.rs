@@ -441,7 +441,24 @@ impl OciLayout {
             .map_err(|e| Error::io(ctx("writing"), e))?;
         tmp.persist(&path)
             .map_err(|e| Error::io(ctx("replacing"), e.error))?;
-        Ok(())
+        // The rename itself survives a crash only once the directory is synced.
+        sync_dir(&self.root)
+    }
+
+    /// Syncs `blobs/` and each of its algorithm directories: the renames that put blobs (and
+    /// manifests) in place survive a crash. Done before `index.json` names what they hold, once
+    /// per edit rather than once per blob.
+    fn sync_blob_dirs(&self) -> Result<()> {
+        let blobs = self.root.join("blobs");
+        let entries = std::fs::read_dir(&blobs)
+            .map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                sync_dir(&entry.path())?;
+            }
+        }
+        sync_dir(&blobs)
     }
 
     /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
@@ -456,7 +473,11 @@ impl OciLayout {
         if let Some(Value::Array(list)) = index.get_mut("manifests") {
             edit(list);
         }
-        let result = self.write_atomic(INDEX_FILE, &canonical_json(&Value::Object(index))?);
+        // What the index is about to name (a manifest and its blobs, renamed into place) is
+        // made durable first.
+        let result = self
+            .sync_blob_dirs()
+            .and_then(|()| self.write_atomic(INDEX_FILE, &canonical_json(&Value::Object(index))?));
         drop(lock); // unlocks
         result
     }
@@ -630,6 +651,13 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
 }
 
 /// Temporary files are created 0600; what a layout holds is for every reader of the layout.
+/// `fsync` of a directory: the entries created, renamed or removed in it become durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))
+}
+
 fn readable(f: &std::fs::File) -> std::io::Result<()> {
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
 }

@@ -55,14 +55,27 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             Ok::<_, Error>((s, doc))
         }
     };
-    // An old base named on the command line is read beside the image.
+    // Bases named on the command line are read beside the image.
     let explicit_old = args.old_base.as_deref().map(parse_ref).transpose()?;
-    let (doc, early_old) = tokio::join!(load_document(&image_store, &image), async {
-        match &explicit_old {
-            Some(r) => Some(load_old(r.clone()).await),
-            None => None,
+    let explicit_new = match &args.new_base {
+        Some(n) => Some(open_for_reading(&parse_ref(n)?, &client)?),
+        None => None,
+    };
+    let (doc, early_old, early_new) = tokio::join!(
+        load_document(&image_store, &image),
+        async {
+            match &explicit_old {
+                Some(r) => Some(load_old(r.clone()).await),
+                None => None,
+            }
+        },
+        async {
+            match &explicit_new {
+                Some((s, m)) => Some(load_document(s, m).await),
+                None => None,
+            }
         }
-    });
+    );
     let doc = doc.with_context(|| format!("reading {}", args.image))?;
     let recorded = recorded_base(&image_store, &doc).await?;
     let (recorded_name, recorded_digest) = (recorded.name, recorded.digest);
@@ -100,17 +113,33 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             image_ref.clone()
         }
     };
-    let (new_store, new_image) = open_for_reading(&new_ref, &client)?;
+    let (new_store, new_image) = match explicit_new {
+        Some(opened) => opened,
+        None => open_for_reading(&new_ref, &client)?,
+    };
     let dest = dest_ref.open_for_writing(&client)?;
 
+    // The old base (when not read yet) and the new base (when named by the image's record) are
+    // independent: read at once.
+    let (old_attempt, new_doc) = tokio::join!(
+        async {
+            match (&old_ref, early_old) {
+                (Some(_), Some(loaded)) => Some(loaded),
+                (Some((r, _)), None) => Some(load_old(r.clone()).await),
+                (None, _) => None,
+            }
+        },
+        async {
+            match early_new {
+                Some(loaded) => loaded,
+                None => load_document(&new_store, &new_image).await,
+            }
+        }
+    );
     // The recorded old base may be gone (deleted, garbage-collected): then the image's own
     // record of its base boundary is used.
     let mut old_store = None;
-    if let Some((r, explicit)) = &old_ref {
-        let attempt = match early_old {
-            Some(loaded) => loaded,
-            None => load_old(r.clone()).await,
-        };
+    if let (Some((r, explicit)), Some(attempt)) = (&old_ref, old_attempt) {
         match attempt {
             Ok(found) => old_store = Some(found),
             Err(
@@ -126,7 +155,9 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             Err(e) => return Err(e).with_context(|| format!("reading the old base {r}")),
         }
     }
-    let request = RebaseRequest::new(&image_store, doc, &new_store, new_image);
+    let new_doc = new_doc.with_context(|| format!("rebasing {} onto {new_name}", args.image))?;
+    let request =
+        RebaseRequest::new(&image_store, doc, &new_store, new_image).new_base_loaded(new_doc);
     let request = match old_store.as_ref() {
         Some((s, doc)) => request.old_base(OldBaseSource::Loaded(s, Box::new(doc.clone()))),
         None => request,

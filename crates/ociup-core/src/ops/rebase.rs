@@ -108,6 +108,9 @@ pub struct RebaseRequest<'a, I, N, O = N> {
     pub new_base_store: &'a N,
     /// The new base in it (a tag or a digest).
     pub new_base: ManifestRef,
+    /// The new base's document, when the caller has loaded it already (as it can while reading
+    /// the image, to overlap the two): `new_base` is not read again.
+    pub new_base_doc: Option<Document>,
     /// Where the old base is.
     pub old_base: OldBaseSource<'a, O>,
 }
@@ -126,6 +129,7 @@ impl<'a, I, N> RebaseRequest<'a, I, N> {
             image,
             new_base_store,
             new_base,
+            new_base_doc: None,
             old_base: OldBaseSource::Recorded,
         }
     }
@@ -139,8 +143,17 @@ impl<'a, I, N, O> RebaseRequest<'a, I, N, O> {
             image: self.image,
             new_base_store: self.new_base_store,
             new_base: self.new_base,
+            new_base_doc: self.new_base_doc,
             old_base,
         }
+    }
+
+    /// The same request with the new base's document already loaded (from `new_base` in the
+    /// new base's store): the rebase reads only its config, not the document again.
+    #[must_use]
+    pub fn new_base_loaded(mut self, doc: Document) -> Self {
+        self.new_base_doc = Some(doc);
+        self
     }
 }
 
@@ -309,6 +322,7 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
         image: image_doc,
         new_base_store,
         new_base,
+        new_base_doc,
         old_base,
     } = request;
     let new_base = &new_base;
@@ -325,7 +339,10 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
         }
     };
     let new_fut = async {
-        let d = load_document(new_base_store, new_base).await?;
+        let d = match new_base_doc {
+            Some(d) => d,
+            None => load_document(new_base_store, new_base).await?,
+        };
         Base::load(new_base_store, d).await
     };
     let image_cfg_fut = async {

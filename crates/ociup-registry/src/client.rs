@@ -1053,15 +1053,38 @@ fn error_from_body(
 }
 
 /// The complete entries at the start of an error body cut short at the read cap (a long list of
-/// blobs a manifest lacks): the body up to the last `},{` between two entries, closed. `None`
-/// when that does not parse either.
+/// blobs a manifest lacks): the body up to the last `}`, `,`, `{` between two entries (white
+/// space allowed between them), closed. `None` when that does not parse either.
 fn complete_entries(body: &[u8]) -> Option<ErrorBody> {
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).ok()?,
     };
-    let end = text.rfind("},{")?;
+    let end = last_entry_boundary(text)?;
     serde_json::from_str(&format!("{}]}}", &text[..=end])).ok()
+}
+
+/// The byte offset of the `}` of the last `}` white space `,` white space `{` in `text`.
+fn last_entry_boundary(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let skip_ws_back = |mut i: usize| {
+        while i > 0 && b[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    };
+    let mut at = text.len();
+    while let Some(open) = text[..at].rfind('{') {
+        let before = skip_ws_back(open);
+        if before > 0 && b[before - 1] == b',' {
+            let close = skip_ws_back(before - 1);
+            if close > 0 && b[close - 1] == b'}' {
+                return Some(close - 1);
+            }
+        }
+        at = open;
+    }
+    None
 }
 
 fn describe_body(body: &[u8]) -> String {
@@ -1104,6 +1127,23 @@ mod tests {
         let d3 = backoff(&p, 3);
         assert!(d3 >= Duration::from_millis(400) && d3 < Duration::from_millis(800));
         assert!(backoff(&p, 10) < Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn a_cut_error_body_keeps_its_complete_entries_however_spaced() {
+        let entry = |n: u32| format!(r#"{{"code":"MANIFEST_BLOB_UNKNOWN","detail":"d{n}"}}"#);
+        for sep in [",", ", ", " ,\n  ", ",\r\n\t"] {
+            let body = format!(
+                "{{\n  \"errors\": [\n    {}{sep}{}{sep}{}",
+                entry(1),
+                entry(2),
+                &entry(3)[..10]
+            );
+            let parsed = complete_entries(body.as_bytes()).expect(sep);
+            let details: Vec<_> = parsed.errors.iter().map(|e| e.detail.to_string()).collect();
+            assert_eq!(details, [r#""d1""#, r#""d2""#], "{sep:?}");
+        }
+        assert!(complete_entries(br#"{"errors":[{"code":"X""#).is_none());
     }
 
     #[test]

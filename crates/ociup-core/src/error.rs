@@ -146,11 +146,17 @@ fn join_digests(digests: &[Digest]) -> String {
     if digests.is_empty() {
         return "(it did not say which)".into();
     }
-    digests
+    const SHOWN: usize = 10;
+    let mut text = digests
         .iter()
+        .take(SHOWN)
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if digests.len() > SHOWN {
+        text.push_str(&format!(" and {} more", digests.len() - SHOWN));
+    }
+    text
 }
 
 /// `Result` with [`Error`].
@@ -178,5 +184,33 @@ impl Error {
     /// `Read`/`AsyncRead` and be recovered by [`Error::from_io`].
     pub fn into_io(self) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_blobs_name_ten_then_count_the_rest() {
+        let digests: Vec<Digest> = (0..1000u32)
+            .map(|n| Digest::sha256(&n.to_le_bytes()))
+            .collect();
+        let err = Error::MissingBlobs {
+            store: "r/x".into(),
+            digests: digests.clone(),
+            source: None,
+        };
+        let text = err.to_string();
+        assert!(text.contains(&digests[9].to_string()), "{text}");
+        assert!(!text.contains(&digests[10].to_string()), "{text}");
+        assert!(text.ends_with(" and 990 more"), "{text}");
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        let few = Error::MissingBlobs {
+            store: "r/x".into(),
+            digests: digests[..2].to_vec(),
+            source: None,
+        };
+        assert!(!few.to_string().contains("more"), "{few}");
     }
 }

@@ -12,6 +12,9 @@
 #
 # Only 127.0.0.1 is used. Everything here reports on stderr and leaves stdout to the caller.
 
+# Loopback only: a proxy set in the environment must not see (or break) the registry requests.
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+
 log() { printf '%s\n' "$*" >&2; }
 die() {
   log "error: $*"

@@ -114,11 +114,13 @@ for ((r = -1; r <= RUNS; r++)); do # runs -1 and 0 warm up (both directions once
   bench_rotate $((r + 2)) index single rest
   for what in "${ORDER[@]}"; do
     id=$what-$((r + 2))
+    # Captured first: a failed measure stops the script (set -e), which `read <<<"$(...)"` hides.
     case $what in
-      index) read -r wall rss _ <<<"$(measure "$id" "$OCIUP" resolve m --json)" ;;
-      single) read -r wall rss _ <<<"$(measure "$id" "$OCIUP" resolve s1 --json)" ;;
-      rest) read -r wall rss _ <<<"$(measure "$id" bash -c rest)" ;;
+      index) res=$(measure "$id" "$OCIUP" resolve m --json) ;;
+      single) res=$(measure "$id" "$OCIUP" resolve s1 --json) ;;
+      rest) res=$(measure "$id" bash -c rest) ;;
     esac
+    read -r wall rss _ <<<"$res"
     n=$(wc -l <"$WORK/requests/$id.log")
     if [ "$what" = index ]; then
       PREV_M=$(python3 - "$WORK/out/$id.out" "$PREV_M" <<'EOF'

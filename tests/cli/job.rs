@@ -244,16 +244,37 @@ struct Kube {
 }
 
 fn kube(test: &str) -> Option<Kube> {
-    let (Some(kubeconfig), Ok(token)) = (
+    let (Some(kubeconfig), Ok(token), Some(_)) = (
         std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()),
         std::env::var("KUBE_TOKEN"),
+        std::env::var_os("KUBE_STATE_DIR").filter(|k| !k.is_empty()),
     ) else {
         eprintln!(
-            "{test}: skipped: no Kubernetes API server (KUBECONFIG and KUBE_TOKEN unset: \
-             scripts/test.sh starts one from ../shared/k8s, absent here or not started)"
+            "{test}: skipped: no Kubernetes API server (KUBECONFIG, KUBE_TOKEN and \
+             KUBE_STATE_DIR unset: scripts/test.sh starts one from ../shared/k8s, absent here \
+             or not started)"
         );
         return None;
     };
+    // Never a developer's real cluster: only the loopback one ../shared/k8s/start.sh made.
+    let url = std::env::var("KUBE_URL").unwrap_or_default();
+    let text = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
+    let servers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server: "))
+        .collect();
+    if servers.is_empty()
+        || !servers
+            .iter()
+            .all(|s| s.trim_matches('"').starts_with("https://127.0.0.1:"))
+        || !url.starts_with("https://127.0.0.1:")
+    {
+        eprintln!(
+            "{test}: skipped: KUBECONFIG's servers {servers:?} (KUBE_URL {url:?}) are not all \
+             on 127.0.0.1: the cluster tests run only against ../shared/k8s/start.sh's server"
+        );
+        return None;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -425,7 +446,7 @@ impl Kube {
 /// catalog at that moment (`ociup history`).
 const WEBHOOK: &str = r#"
 import http.server, json, os, ssl, subprocess, sys
-port_file, cert, key, log, ociup, nick = sys.argv[1:7]
+port_file, cert, key, log, ociup, nick, stop = sys.argv[1:8]
 class Hook(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -441,6 +462,10 @@ class Hook(http.server.BaseHTTPRequestHandler):
         }
         with open(log, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        # Stops (SIGSTOP) a process the moment a held Job is created: the registry, say.
+        if stop and req["operation"] == "CREATE" and entry["suspend"] and not entry["dry_run"]:
+            import signal
+            os.kill(int(stop), signal.SIGSTOP)
         body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                            "response": {"uid": req["uid"], "allowed": True}}).encode()
         self.send_response(200)
@@ -461,8 +486,8 @@ server.serve_forever()
 "#;
 
 /// A validating admission webhook on the Jobs of one namespace, run by python3 on loopback
-/// over TLS, recording each Job create and update with the catalog's state at that moment;
-/// `None` (said) without python3.
+/// over TLS, recording each Job create and update with the catalog's state at that moment,
+/// and stopping (SIGSTOP) the process `stop` when a held Job is created.
 struct Webhook<'a> {
     kube: &'a Kube,
     child: std::process::Child,
@@ -471,11 +496,11 @@ struct Webhook<'a> {
 }
 
 impl Webhook<'_> {
-    fn start<'a>(kube: &'a Kube, ns: &str, app: &App) -> Option<Webhook<'a>> {
-        if Command::new("python3").arg("--version").output().is_err() {
-            eprintln!("skipped the admission webhook's view: python3 is not installed");
-            return None;
-        }
+    fn start<'a>(kube: &'a Kube, ns: &str, app: &App, stop: Option<u32>) -> Webhook<'a> {
+        assert!(
+            Command::new("python3").arg("--version").output().is_ok(),
+            "the admission webhook needs python3 (scripts/test.sh installs it)"
+        );
         let dir = app.dir().join("webhook");
         std::fs::create_dir(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -507,6 +532,7 @@ impl Webhook<'_> {
             .args([&port_file, &cert, &key, &log])
             .arg(env!("CARGO_BIN_EXE_ociup"))
             .arg(app.nick)
+            .arg(stop.map(|p| p.to_string()).unwrap_or_default())
             .env(
                 "OCIUP_CATALOG",
                 format!("oci:{}", app.dir().join("catalog").display()),
@@ -571,7 +597,7 @@ impl Webhook<'_> {
             let _ = kube.rt.block_on(kube.api::<Job>(ns).create(&dry, &probe));
             !hook.calls().is_empty()
         });
-        Some(hook)
+        hook
     }
 
     fn api(&self) -> Api<ValidatingWebhookConfiguration> {
@@ -621,6 +647,14 @@ fn suspended(job: &Job) -> bool {
 fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata
         .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn label<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
+    job.metadata
+        .labels
         .as_ref()
         .and_then(|a| a.get(key))
         .map(String::as_str)
@@ -677,7 +711,7 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
     // --wait follows the Job until its status says how it ended: completed (exit 0) ...
     for (name, condition, code, said) in [
         ("run-2", "Complete", 0, "completed"),
-        ("run-3", "Failed", 2, "failed"),
+        ("run-3", "Failed", 4, "failed"),
     ] {
         let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
             .args([
@@ -789,7 +823,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
     let ns = k.namespace("ociup-job-held");
     let app = App::new("held");
     app.move_base();
-    let webhook = Webhook::start(&k, &ns.name, &app);
+    let hook = Webhook::start(&k, &ns.name, &app, None);
     let events = k.watch_jobs(&ns.name);
     let (code, out, err) = app.run(&["job", "held", "--apply", "--json", "-n", &ns.name]);
     assert_eq!(code, 0, "{err}");
@@ -821,6 +855,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
     assert!(suspended(created), "created suspended");
     assert_eq!(annotation(created, keys::DIGEST), Some(v2.as_str()));
     assert!(annotation(created, keys::HELD).is_some());
+    assert_eq!(label(created, keys::HELD), Some("true"), "listed as held");
     assert_eq!(container_image(created), app.image(v2));
     let released = seen
         .iter()
@@ -828,6 +863,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
         .map(|(_, j)| j)
         .unwrap();
     assert_eq!(annotation(released, keys::HELD), None);
+    assert_eq!(label(released, keys::HELD), None);
     assert_eq!(
         seen.iter().filter(|(e, _)| *e == "added").count(),
         1,
@@ -835,7 +871,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
     );
     // What the API server's admission webhook saw, with the catalog at that moment: created
     // suspended before the new version was recorded, released once it was.
-    if let Some(hook) = &webhook {
+    {
         let calls: Vec<Value> = hook
             .calls()
             .into_iter()
@@ -971,7 +1007,10 @@ fn refused_requests_write_nothing_and_leave_no_job() {
     assert_eq!(code, 1);
     assert!(err.contains("403 Forbidden"), "{err}");
     assert!(
-        err.contains(&format!("system:serviceaccount:{}:nobody", ns.name)),
+        err.contains(&format!(
+            "may not create, patch, delete jobs.batch in namespace {}",
+            ns.name
+        )),
         "{err}"
     );
 
@@ -1013,8 +1052,8 @@ fn refused_requests_write_nothing_and_leave_no_job() {
         .collect();
     assert_eq!(names, ["taken"]);
 
-    // A user who may create and delete Jobs but not change them: the Job is created suspended
-    // and the version recorded, but it cannot be released, so it is deleted.
+    // A user who may create and delete Jobs but not change them: asked first, refused before
+    // anything is written, so no version and no Job.
     let rbac = |kind: &str, body: Value| -> Value {
         let mut v = body;
         v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
@@ -1072,18 +1111,77 @@ fn refused_requests_write_nothing_and_leave_no_job() {
         forbidden.to_str().unwrap(),
     ]);
     assert_eq!(code, 1);
+    assert!(err.contains("403 Forbidden"), "{err}");
     assert!(
-        err.contains(
-            "refused version 2 is recorded, but its Job could not be released, so its suspended Job"
-        ),
+        err.contains(&format!(
+            "may not patch jobs.batch in namespace {}",
+            ns.name
+        )),
         "{err}"
     );
-    assert!(err.contains("403 Forbidden"), "{err}");
-    assert_eq!(app.versions().len(), 2);
+    assert_eq!(app.versions().len(), 1, "nothing written");
     let names: Vec<_> = k
         .jobs(&ns.name)
         .into_iter()
         .filter_map(|j| j.metadata.name)
         .collect();
-    assert_eq!(names, ["taken"], "the suspended Job was deleted");
+    assert_eq!(names, ["taken"], "no Job created");
+}
+
+#[test]
+fn a_stopped_apply_deletes_its_suspended_job() {
+    let Some(k) = kube("a_stopped_apply_deletes_its_suspended_job") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-stopped");
+    let app = App::new("stopped");
+    app.move_base();
+    // The webhook stops the registry (SIGSTOP) the moment the held Job is created: the
+    // regeneration then blocks on its push, and stays blocked, until SIGCONT.
+    let registry = app.reg.pid().to_string();
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let resume = Resume(registry);
+    let _hook = Webhook::start(&k, &ns.name, &app, Some(app.reg.pid()));
+    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
+        .args(["job", "stopped", "--apply", "-n", &ns.name])
+        .current_dir(app.dir())
+        .env(
+            "OCIUP_CATALOG",
+            format!("oci:{}", app.dir().join("catalog").display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held = None;
+    k.until(Duration::from_secs(30), "the held Job", || {
+        held = k.jobs(&ns.name).into_iter().find(suspended);
+        held.is_some()
+    });
+    let held = held.unwrap();
+    assert_eq!(label(&held, keys::HELD), Some("true"));
+    let name = held.metadata.name.unwrap();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stopped before the Job was released, so its suspended Job {}/{name} was deleted",
+            ns.name
+        )),
+        "{stderr}"
+    );
+    assert!(k.jobs(&ns.name).is_empty(), "no Job left");
+    drop(resume);
+    assert_eq!(app.versions().len(), 1, "no version recorded");
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use k8s_openapi::api::batch::v1::Job;
 use ociup_core::managed::manager::{Manager, Planned, Resolution, ResolveOptions, Stores};
 use serde::Serialize;
@@ -68,6 +69,9 @@ impl Applied {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The namespace and name of a Job created suspended and not yet released or deleted.
+type Held = Arc<tokio::sync::Mutex<Option<(String, String)>>>;
 
 /// The error a `before_write` callback returns to stop a resolve; the real one is kept aside.
 #[derive(Debug)]
@@ -146,8 +150,15 @@ impl Cluster {
     /// before anything is written the Job is created suspended with the digest it will
     /// produce; the new version is then written and recorded, and the Job released
     /// (`spec.suspend: false`). If the regeneration fails, the Job is deleted and the error
-    /// says why. If the Job cannot be created (forbidden, a name taken, the server down),
-    /// nothing is written and no Job is left.
+    /// says why. Before the nick is resolved, the API server is asked (SelfSubjectAccessReview)
+    /// whether this client may create, patch and delete Jobs in the namespace: when it may not,
+    /// nothing is written. If the Job cannot be created (forbidden, a name taken, the server
+    /// down), nothing is written and no Job is left.
+    ///
+    /// `cancel` stops the request when it completes first (give it SIGINT and SIGTERM, say):
+    /// a Job created suspended meanwhile is deleted before [`Error::Cancelled`] is returned.
+    /// A Job left behind all the same (ociup killed outright) carries the label
+    /// `ociup.dev/held=true` until it is released: `kubectl delete jobs -l ociup.dev/held=true`.
     ///
     /// ```no_run
     /// # use ociup_core::managed::manager::{Manager, ResolveOptions, Stores};
@@ -160,7 +171,7 @@ impl Cluster {
     ///     ..JobOptions::default()
     /// };
     /// let applied = cluster
-    ///     .apply(&manager, "trainer", ResolveOptions::default(), &options)
+    ///     .apply(&manager, "trainer", ResolveOptions::default(), &options, std::future::pending())
     ///     .await?;
     /// println!("job.batch/{} runs {}", applied.name, applied.image);
     /// let finished = cluster.wait(&applied.namespace, &applied.name, None).await?;
@@ -173,28 +184,90 @@ impl Cluster {
     /// Options [`JobOptions::validate`] refuses; [`Error::Resolve`]; [`Error::Refused`] and
     /// [`Error::Unreachable`] from creating the Job (nothing written, no Job);
     /// [`Error::Withdrawn`] when the version could not be written after the Job was
-    /// created, or the Job not released (the Job deleted).
+    /// created, or the Job not released (the Job deleted); [`Error::Cancelled`].
     pub async fn apply<P: Stores>(
         &self,
         manager: &Manager<P>,
         nick: &str,
         resolve: ResolveOptions,
         options: &JobOptions,
+        cancel: impl Future<Output = ()>,
     ) -> Result<Applied> {
         options.validate()?;
         let mut options = options.clone();
-        options
+        let namespace = options
             .namespace
-            .get_or_insert_with(|| self.default_namespace().to_owned());
+            .get_or_insert_with(|| self.default_namespace().to_owned())
+            .clone();
+        // Every right the request needs, asked before anything is written.
+        let created: Held = Arc::default();
+        let work = async {
+            self.check_access(&namespace, &["create", "patch", "delete"])
+                .await?;
+            self.apply_checked(manager, nick, resolve, &options, Arc::clone(&created))
+                .await
+        };
+        let (work, cancel) = (std::pin::pin!(work), std::pin::pin!(cancel));
+        match futures_util::future::select(work, cancel).await {
+            Either::Left((result, _)) => result,
+            // The work is not polled again (it is dropped on return).
+            Either::Right(((), _)) => {
+                // A create still in flight holds the slot until it is answered.
+                let held = created.lock().await.take();
+                let Some((namespace, name)) = held else {
+                    return Err(Error::Cancelled {
+                        job: None,
+                        cleanup: None,
+                    });
+                };
+                let cleanup = self.delete(&namespace, &name).await.err().map(Box::new);
+                Err(Error::Cancelled {
+                    job: Some(format!("{namespace}/{name}")),
+                    cleanup,
+                })
+            }
+        }
+    }
+
+    /// [`Cluster::apply`] once the rights are checked; `created` names the held Job while it
+    /// is suspended (for the cancellation to delete).
+    async fn apply_checked<P: Stores>(
+        &self,
+        manager: &Manager<P>,
+        nick: &str,
+        resolve: ResolveOptions,
+        options: &JobOptions,
+        created: Held,
+    ) -> Result<Applied> {
+        let options = options.clone();
         let held: Arc<Mutex<Option<(Job, Pinned)>>> = Arc::default();
         let refusal = Arc::default();
         let resolve = {
             let (cluster, options, held) = (self.clone(), options.clone(), Arc::clone(&held));
+            let created = Arc::clone(&created);
             with_hook(resolve, Arc::clone(&refusal), move |pinned| {
-                let (cluster, options, held) =
-                    (cluster.clone(), options.clone(), Arc::clone(&held));
+                let (cluster, options, held, created) = (
+                    cluster.clone(),
+                    options.clone(),
+                    Arc::clone(&held),
+                    Arc::clone(&created),
+                );
                 async move {
-                    let job = cluster.create(&build_job(&pinned, &options, true)?).await?;
+                    let job = build_job(&pinned, &options, true)?;
+                    // The create runs on its own task holding the slot, so that a cancellation
+                    // meanwhile waits for its answer and deletes what it made.
+                    let mut slot = created.lock_owned().await;
+                    let task = tokio::spawn(async move {
+                        let job = cluster.create(&job).await?;
+                        *slot = Some((
+                            job.metadata.namespace.clone().unwrap_or_default(),
+                            job.metadata.name.clone().unwrap_or_default(),
+                        ));
+                        Ok::<_, Error>(job)
+                    });
+                    let job = task
+                        .await
+                        .map_err(|e| Error::Invalid(format!("creating the held Job: {e}")))??;
                     *lock(&held) = Some((job, pinned));
                     Ok(())
                 }
@@ -216,8 +289,10 @@ impl Cluster {
         let namespace = job.metadata.namespace.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
         let (namespace, name) = (namespace.as_str(), name.as_str());
+        let created = &created;
         let failed = |what: String, source: Error| async move {
             let cleanup = self.delete(namespace, name).await.err().map(Box::new);
+            *created.lock().await = None;
             Err(Error::Withdrawn {
                 what,
                 job: format!("{namespace}/{name}"),
@@ -239,7 +314,10 @@ impl Cluster {
             }
         };
         match self.release(namespace, name).await {
-            Ok(job) => Ok(Applied::new(job, resolution, planned.image()?, true)),
+            Ok(job) => {
+                *created.lock().await = None;
+                Ok(Applied::new(job, resolution, planned.image()?, true))
+            }
             Err(e) => {
                 let what = format!(
                     "{nick} version {} is recorded, but its Job could not be released",

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -245,6 +248,58 @@ impl Cluster {
         }
     }
 
+    /// Asks the API server (SelfSubjectAccessReviews) whether this client may `verbs` Jobs in
+    /// `namespace`; nothing is created.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] (403) naming the verbs not allowed; [`Error::Unreachable`].
+    pub async fn check_access(&self, namespace: &str, verbs: &[&str]) -> Result<()> {
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let action = format!("checking access to Jobs in namespace {namespace}");
+        let (mut denied, mut reasons) = (Vec::new(), Vec::new());
+        for verb in verbs {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(namespace.to_owned()),
+                        verb: Some((*verb).to_owned()),
+                        group: Some("batch".into()),
+                        resource: Some("jobs".into()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            let answer = api
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| self.failed(action.clone(), e))?;
+            let status = answer.status.unwrap_or_default();
+            if !status.allowed {
+                denied.push(*verb);
+                reasons.extend(status.reason.filter(|r| !r.is_empty()));
+            }
+        }
+        if denied.is_empty() {
+            return Ok(());
+        }
+        let mut message = format!(
+            "this user may not {} jobs.batch in namespace {namespace} (ociup job --apply needs {})",
+            denied.join(", "),
+            verbs.join(", ")
+        );
+        if !reasons.is_empty() {
+            message = format!("{message}: {}", reasons.join("; "));
+        }
+        Err(Error::Refused {
+            action,
+            code: 403,
+            reason: "Forbidden".into(),
+            message,
+        })
+    }
+
     /// Creates a Job in its namespace (the default namespace when it names none) and answers
     /// it as the server stored it (with its generated name).
     ///
@@ -272,13 +327,13 @@ impl Cluster {
     }
 
     /// Releases a Job created suspended: `spec.suspend` false, its `ociup.dev/held`
-    /// annotation removed. The Job controller then creates its pods.
+    /// annotation and label removed. The Job controller then creates its pods.
     ///
     /// # Errors
     /// [`Error::Refused`], [`Error::Unreachable`].
     pub async fn release(&self, namespace: &str, name: &str) -> Result<Job> {
         let patch = serde_json::json!({
-            "metadata": {"annotations": {keys::HELD: null}},
+            "metadata": {"annotations": {keys::HELD: null}, "labels": {keys::HELD: null}},
             "spec": {"suspend": false},
         });
         self.jobs(namespace)

@@ -77,6 +77,25 @@ pub enum Error {
         /// Why deleting the Job failed, if it did.
         cleanup: Option<Box<Error>>,
     },
+    /// The request was stopped (SIGINT, SIGTERM) before it finished. A Job created suspended
+    /// meanwhile was deleted (`cleanup` is `None`), or deleting it failed too.
+    #[error(
+        "stopped before the Job was released{}",
+        match (job, cleanup) {
+            (None, _) => String::new(),
+            (Some(job), None) => format!(", so its suspended Job {job} was deleted"),
+            (Some(job), Some(e)) => format!(
+                "; deleting its suspended Job {job} failed ({e}); delete it by hand \
+                 (kubectl delete jobs -l ociup.dev/held=true)"
+            ),
+        }
+    )]
+    Cancelled {
+        /// The Job created suspended, as `namespace/name`, if there was one.
+        job: Option<String>,
+        /// Why deleting it failed, if it did.
+        cleanup: Option<Box<Error>>,
+    },
     /// Waiting on a Job ended before it finished: deleted meanwhile, or the time given ran out.
     #[error("{0}")]
     Wait(String),

@@ -26,7 +26,9 @@ pub mod keys {
     pub const DIGEST: &str = "ociup.dev/digest";
     /// Annotation: the digest of the base the version sits on.
     pub const BASE_DIGEST: &str = "ociup.dev/base-digest";
-    /// Annotation on a Job created suspended: what it waits for. Removed when it is released.
+    /// Annotation on a Job created suspended: what it waits for. Label (`true`) on the Job
+    /// itself, not its pods, so that held Jobs can be listed
+    /// (`kubectl get jobs -l ociup.dev/held=true`). Both are removed when it is released.
     pub const HELD: &str = "ociup.dev/held";
     /// The standard label naming the tool that manages the object: `ociup`.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -245,7 +247,9 @@ pub fn build_job(pinned: &Pinned, options: &JobOptions, suspend: bool) -> Result
         (keys::BASE_DIGEST.to_owned(), pinned.base_digest.clone()),
     ]);
     let pod_annotations = annotations.clone();
+    let pod_labels = labels.clone();
     if suspend {
+        labels.insert(keys::HELD.into(), "true".into());
         annotations.insert(
             keys::HELD.into(),
             format!(
@@ -315,7 +319,7 @@ pub fn build_job(pinned: &Pinned, options: &JobOptions, suspend: bool) -> Result
             name,
             generate_name,
             namespace: options.namespace.clone(),
-            labels: Some(labels.clone()),
+            labels: Some(labels),
             annotations: Some(annotations),
             ..ObjectMeta::default()
         },
@@ -325,7 +329,7 @@ pub fn build_job(pinned: &Pinned, options: &JobOptions, suspend: bool) -> Result
             suspend: suspend.then_some(true),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
+                    labels: Some(pod_labels),
                     annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
@@ -670,6 +674,16 @@ mod tests {
         assert_eq!(spec.backoff_limit, Some(0));
         assert_eq!(spec.ttl_seconds_after_finished, Some(600));
         assert!(job.metadata.annotations.as_ref().unwrap()[keys::HELD].contains("version 12"));
+        assert_eq!(job.metadata.labels.as_ref().unwrap()[keys::HELD], "true");
+        let template = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert!(!template.labels.as_ref().unwrap().contains_key(keys::HELD));
         let p = pod(&job);
         assert_eq!(p.service_account_name.as_deref(), Some("trainer"));
         let secrets: Vec<_> = p

@@ -14,8 +14,9 @@ use super::Ctx;
 use crate::args::{CatalogArgs, SigningArgs, UnreachableArg};
 use crate::output;
 
-/// Exit status of `--wait` when the Job failed.
-const JOB_FAILED: u8 = 2;
+/// Exit status of `--wait` when the Job failed (2 is clap's usage error, 3 rebase's "nothing
+/// to do").
+const JOB_FAILED: u8 = 4;
 
 /// `ociup job` arguments.
 #[derive(Debug, Args)]
@@ -70,7 +71,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub apply: bool,
     /// With --apply: follow the Job until it finishes, print its conditions, and exit 0 when
-    /// it completed, 2 when it failed.
+    /// it completed, 4 when it failed.
     #[arg(long, requires = "apply")]
     pub wait: bool,
     /// With --wait: give up (exit 1, the Job left running) after this many seconds.
@@ -165,7 +166,7 @@ fn resolve_error(nick: &str, e: ociup_kube::Error) -> anyhow::Error {
     anyhow::Error::new(e)
 }
 
-/// Exit status: 0 printed or submitted (with --wait: the Job completed); 2 the Job failed;
+/// Exit status: 0 printed or submitted (with --wait: the Job completed); 4 the Job failed;
 /// 1 ociup failed.
 pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
     // Every option is checked before the nick is resolved (which may write a new version).
@@ -198,7 +199,7 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
     .await?;
     let m = manager(ctx, &args)?;
     let applied = cluster
-        .apply(&m, nick, resolve, &options)
+        .apply(&m, nick, resolve, &options, stopped())
         .await
         .map_err(|e| resolve_error(nick, e))?;
     note_resolution(&applied.resolution);
@@ -241,6 +242,22 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
         Some(f) if !f.succeeded => JOB_FAILED,
         _ => 0,
     })
+}
+
+/// Completes on SIGINT or SIGTERM: `apply` then deletes a Job it holds suspended.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn note_resolution(r: &ociup_core::managed::manager::Resolution) {

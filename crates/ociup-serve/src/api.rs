@@ -155,6 +155,13 @@ impl FromRequestParts<Service> for Caller {
         s.inner
             .tokens
             .identify(token)
+            .map_err(|_| {
+                ApiError::new(
+                    Code::TokensUnreadable,
+                    "the service cannot read its tokens file, so no token is accepted now (its \
+                     log says why)",
+                )
+            })?
             .map(Caller)
             .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))
     }

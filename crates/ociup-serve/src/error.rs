@@ -42,6 +42,8 @@ pub enum Code {
     Busy,
     /// 503: the service is not ready (the catalog cannot be read).
     NotReady,
+    /// 503: the tokens file cannot be read as it is now, so no token is accepted.
+    TokensUnreadable,
     /// 504: the request took longer than the service allows (work it started goes on).
     Timeout,
     /// 500: a fault of the service.
@@ -62,7 +64,7 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::InvalidRecipe | Code::VerificationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Code::BaseUnreachable | Code::StoreError => StatusCode::BAD_GATEWAY,
-            Code::Busy | Code::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Busy | Code::NotReady | Code::TokensUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

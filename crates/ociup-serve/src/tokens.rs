@@ -167,6 +167,21 @@ impl TokenFile {
                 });
             }
         }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for t in &file.tokens {
+            let twice = if !names.insert(t.name.as_str()) {
+                format!("the name {:?} is given twice", t.name)
+            } else if !hashes.insert(t.sha256.to_ascii_lowercase()) {
+                format!("token {:?}: its sha256 is another token's too", t.name)
+            } else {
+                continue;
+            };
+            return Err(TokenError::Malformed {
+                path: path.display().to_string(),
+                reason: twice,
+            });
+        }
         Ok(file)
     }
 
@@ -292,10 +307,19 @@ fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
 struct Loaded {
     stamp: Option<Stamp>,
     by_hash: HashMap<String, Identity>,
+    /// Why the file as it is now cannot be read: then no token is accepted.
+    broken: Option<String>,
 }
 
+/// The tokens file cannot be read as it is now: no token is accepted until it is fixed.
+#[derive(Debug, thiserror::Error)]
+#[error("the tokens file cannot be read, so no token is accepted: {0}")]
+pub struct Unreadable(pub String);
+
 /// The tokens the service accepts, read again from the file whenever it changes (one `stat` per
-/// request). A file that turns malformed keeps the last good set and is reported in the log.
+/// request). A file that turns unreadable or malformed accepts no token at all until it is fixed
+/// (fail closed: a revocation written badly must not leave the revoked token working), and says
+/// why in the log.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
     path: PathBuf,
@@ -311,45 +335,85 @@ impl TokenStore {
         let path = path.into();
         let st = stamp(&path).map_err(io(format!("reading {}", path.display())))?;
         let file = TokenFile::load(&path)?;
+        warn_if_exposed(&path);
         Ok(TokenStore {
             loaded: Arc::new(Mutex::new(Loaded {
                 stamp: st,
                 by_hash: index(&file),
+                broken: None,
             })),
             path,
         })
     }
 
     /// Who holds `token`, if anyone.
-    pub fn identify(&self, token: &str) -> Option<Identity> {
+    ///
+    /// # Errors
+    /// The file cannot be read as it is now: no token is accepted.
+    pub fn identify(&self, token: &str) -> Result<Option<Identity>, Unreadable> {
         self.refresh();
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        loaded.by_hash.get(&hash(token)).cloned()
+        if let Some(why) = &loaded.broken {
+            return Err(Unreadable(why.clone()));
+        }
+        Ok(loaded.by_hash.get(&hash(token)).cloned())
     }
 
     fn refresh(&self) {
-        let now = match stamp(&self.path) {
+        let now = stamp(&self.path);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let now = match now {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(
-                    "tokens file {}: {e}; keeping the tokens read before",
-                    self.path.display()
-                );
+                let why = format!("tokens file {}: {e}", self.path.display());
+                if loaded.broken.as_deref() != Some(&why) {
+                    tracing::error!("{why}; no token is accepted until it can be read");
+                }
+                loaded.broken = Some(why);
+                loaded.stamp = None;
                 return;
             }
         };
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.stamp == now {
+        if loaded.stamp == now && (now.is_some() || loaded.broken.is_some()) {
             return;
         }
+        loaded.stamp = now;
         match TokenFile::load(&self.path) {
             Ok(file) => {
                 loaded.by_hash = index(&file);
-                loaded.stamp = now;
+                loaded.broken = None;
                 tracing::info!(tokens = loaded.by_hash.len(), "tokens file read again");
             }
-            Err(e) => tracing::warn!("{e}; keeping the tokens read before"),
+            Err(e) => {
+                tracing::error!("{e}; no token is accepted until it is fixed");
+                loaded.by_hash.clear();
+                loaded.broken = Some(e.to_string());
+            }
         }
+    }
+}
+
+/// Warns when the tokens file may be read or changed by others than the user serving: a mode
+/// looser than 0600, or another owner.
+fn warn_if_exposed(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "tokens file {}: mode {mode:o} lets others read or change it; chmod 600 it",
+            path.display()
+        );
+    }
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if me.is_some_and(|uid| uid != meta.uid()) {
+        tracing::warn!(
+            "tokens file {}: owned by uid {}, not by the user serving; whoever owns it decides \
+             who gets in",
+            path.display(),
+            meta.uid()
+        );
     }
 }
 
@@ -388,29 +452,57 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let store = TokenStore::open(&path).expect("open");
         assert_eq!(
-            store.identify(&token),
+            store.identify(&token).expect("readable"),
             Some(Identity {
                 name: "ci".into(),
                 role: Role::Requester
             })
         );
-        assert_eq!(store.identify("ociup_0000"), None);
+        assert_eq!(store.identify("ociup_0000").expect("readable"), None);
         // A second token with the same name is refused; revoking it makes it unknown at once.
         assert!(create(&path, "ci", Role::Admin, "t").is_err());
         revoke(&path, "ci").expect("revoke");
-        assert_eq!(store.identify(&token), None);
+        assert_eq!(store.identify(&token).expect("readable"), None);
         assert!(revoke(&path, "ci").is_err());
     }
 
     #[test]
-    fn a_malformed_file_keeps_the_last_good_tokens() {
+    fn a_malformed_or_missing_file_accepts_no_token_until_fixed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokens.json");
         let token = create(&path, "a", Role::Admin, "t").expect("create");
+        let good = std::fs::read(&path).expect("read");
         let store = TokenStore::open(&path).expect("open");
         std::fs::write(&path, "{not json").expect("write");
-        assert_eq!(store.identify(&token).map(|i| i.role), Some(Role::Admin));
+        assert!(store.identify(&token).is_err(), "fails closed");
+        assert!(store.identify(&token).is_err(), "and stays closed");
         assert!(TokenFile::load(&path).is_err());
+        std::fs::write(&path, &good).expect("write");
+        assert_eq!(
+            store.identify(&token).expect("readable").map(|i| i.role),
+            Some(Role::Admin)
+        );
+        std::fs::remove_file(&path).expect("rm");
+        assert!(
+            !matches!(store.identify(&token), Ok(Some(_))),
+            "a removed file accepts no token"
+        );
+        // Names and hashes are each given once.
+        let h = hash(&token);
+        let entry = |name: &str, sha: &str| {
+            format!(r#"{{"name":"{name}","role":"admin","sha256":"{sha}","created":"t"}}"#)
+        };
+        for tokens in [
+            format!("{},{}", entry("a", &h), entry("a", &hash("other"))),
+            format!("{},{}", entry("a", &h), entry("b", &h.to_ascii_uppercase())),
+        ] {
+            let text = format!(r#"{{"tokens":[{tokens}]}}"#);
+            let e = TokenFile::parse(text.as_bytes(), &path).expect_err(&text);
+            assert!(
+                e.to_string().contains("twice") || e.to_string().contains("another"),
+                "{e}"
+            );
+        }
         assert!(validate_name("a/b").is_err() && validate_name("").is_err());
     }
 }

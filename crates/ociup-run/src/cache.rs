@@ -180,6 +180,15 @@ impl LayerCache {
         let lock = lock_file(&snap_lock, false)?;
         if snap_dir.join("rootfs").is_dir() {
             touch(&snap_dir);
+            // Its files are the layers': they are used too, and `prune --older-than` must
+            // not take them from under a snapshot it keeps.
+            for layer in &plan {
+                touch(
+                    &self
+                        .layers()
+                        .join(format!("{}{suffix}", entry_name(&layer.diff_id))),
+                );
+            }
             return Ok(Snapshot {
                 rootfs: snap_dir.join("rootfs"),
                 report,
@@ -369,6 +378,19 @@ impl LayerCache {
                     .and_then(|t| now.duration_since(t).ok())
                     .is_some_and(|a| a > Duration::from_secs(3600));
                 if name.as_bytes().starts_with(b".tmp-") && old {
+                    // `.tmp-NAME-XXXXXX`: a run making NAME holds NAME.lock; leave it be.
+                    let text = name.to_string_lossy();
+                    let entry = text[".tmp-".len()..]
+                        .rsplit_once('-')
+                        .map_or("", |(n, _)| n);
+                    let _held = if entry.is_empty() {
+                        None
+                    } else {
+                        match try_lock_exclusive(&dir.join(format!("{entry}.lock")))? {
+                            Some(l) => Some(l),
+                            None => continue,
+                        }
+                    };
                     report.partial += 1;
                     if !options.dry_run {
                         remove_tree(&e.path()).map_err(|err| {
@@ -538,8 +560,8 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Bytes of file contents under `dir` (each inode once; only inodes with one link when
-/// `own_only` is false, that is those not shared with a layer), plus 4 KiB per directory.
+/// Bytes of file contents under `dir` (each inode once; with `all_files` false only inodes
+/// with one link, that is those not shared with a layer), plus 4 KiB per directory.
 fn tree_bytes(dir: &Path, all_files: bool) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -1076,6 +1098,35 @@ mod tests {
             assert!(err.to_string().contains("owned by uid 1234"), "{err}");
             assert_ne!(mode(&theirs), 0o700);
         }
+    }
+
+    #[tokio::test]
+    async fn a_used_snapshot_keeps_its_layers_from_prune() {
+        let t = tempfile::tempdir().unwrap();
+        let (layout, image) = image_of(
+            &t.path().join("lay"),
+            &[plain(tar_of(&[(E::Regular, "f", "", b"x", 0o644, 0)]))],
+        )
+        .await;
+        let cache = LayerCache::new(t.path().join("cache"));
+        let root = crate::runtime::running_as_root();
+        drop(cache.snapshot(&layout, &image, root).await.unwrap());
+        // Everything last used two hours ago; then the snapshot is used again (cached).
+        let old = FileTime::from_unix_time(FileTime::now().unix_seconds() - 7200, 0);
+        for e in cache.entries().unwrap() {
+            filetime::set_file_times(&e.path, old, old).unwrap();
+        }
+        let again = cache.snapshot(&layout, &image, root).await.unwrap();
+        assert!(!again.report.assembled);
+        drop(again);
+        let report = cache
+            .prune(&PruneOptions {
+                older_than: Duration::from_secs(3600),
+                dry_run: false,
+            })
+            .unwrap();
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+        assert_eq!(report.kept, 2);
     }
 
     #[test]

@@ -634,3 +634,45 @@ fn a_base_moving_from_an_oci_index_to_a_docker_list_keeps_the_nicks_family() {
         assert_eq!(child["mediaType"], ociup_core::media_type::OCI_MANIFEST);
     }
 }
+
+/// Points the tag `cur` of the layout `multi` in `d` at an index of these manifests of it whose
+/// entries have no platform object (each platform is in its config).
+fn point_cur_without_platforms(d: &Path, children: &[&str]) {
+    use ociup_core::store::Store as _;
+    point_cur(d, children);
+    let layout = ociup_core::layout::OciLayout::open(d.join("multi")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let raw = rt
+        .block_on(layout.get_manifest(&ociup_core::store::ManifestRef::Tag("cur".into())))
+        .unwrap();
+    let mut index: serde_json::Value = serde_json::from_slice(raw.bytes()).unwrap();
+    for e in index["manifests"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("platform");
+    }
+    let raw =
+        ociup_core::document::RawDocument::canonical(&index, ociup_core::media_type::OCI_INDEX)
+            .unwrap();
+    rt.block_on(layout.put_manifest(&raw, Some("cur"))).unwrap();
+}
+
+#[test]
+fn a_base_index_without_platform_objects_is_resolved_as_append_reads_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    copy_tree(&fixtures().join("multi"), &d.join("multi"));
+    point_cur_without_platforms(d, &[AMD64_V1, ARM64_V1]);
+    let steps = app(d);
+    let v1 = json(&ok_at(d, &register_args(&steps, &[])));
+    assert_eq!(v1["platforms"].as_array().unwrap().len(), 2, "{v1}");
+    point_cur_without_platforms(d, &[AMD64_V1, ARM64_V2]);
+    let r = json(&ok_at(d, &["resolve", "app", "--json"]));
+    assert_eq!(
+        (r["upgraded"].as_bool(), r["version"].as_u64()),
+        (Some(true), Some(2)),
+        "{r}"
+    );
+    assert_eq!(r["platforms"][0]["digest"], v1["platforms"][0]["digest"]);
+    assert_eq!(r["platforms"][1]["base_digest"], ARM64_V2);
+    assert_ne!(r["platforms"][1]["digest"], v1["platforms"][1]["digest"]);
+    assert!(r.get("dropped_platforms").is_none(), "{r}");
+}

@@ -28,7 +28,7 @@ use crate::mutate::NewLayer;
 use crate::ops::rebase::{RebaseOptions, RebaseRequest, rebase_image};
 use crate::ops::{
     self, AppendBase, AppendOptions, AppendRequest, AppendResult, BaseDocument, IndexAppendOutcome,
-    PlatformChoice, append_to_base,
+    PlatformChoice, append_to_base, is_attestation, spec_name,
 };
 use crate::reference::PlatformSpec;
 use crate::store::MAX_DOCUMENT_SIZE;
@@ -388,23 +388,6 @@ struct Shape {
     one: Option<PlatformSpec>,
     /// These platforms (all when empty): an index.
     several: Vec<PlatformSpec>,
-}
-
-/// `os/architecture[/variant]` of an index entry's platform object.
-fn spec_name(p: &serde_json::Map<String, Value>) -> String {
-    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
-    let mut name = format!("{}/{}", s("os"), s("architecture"));
-    if let Some(v) = p.get("variant").and_then(Value::as_str) {
-        name = format!("{name}/{v}");
-    }
-    name
-}
-
-/// Attestation manifests of an index (`unknown/unknown`, or typed so by BuildKit).
-fn is_attestation(entry: &Value) -> bool {
-    let p = &entry["platform"];
-    (p["os"] == "unknown" && p["architecture"] == "unknown")
-        || entry["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
 }
 
 /// What [`Manager::register`] registers: a recipe, where its files are, and how.
@@ -1888,23 +1871,13 @@ impl<P: Stores> Manager<P> {
                 recipe.base, current.number
             )));
         };
-        let value: Value = serde_json::from_slice(index.raw().bytes()).map_err(|source| {
-            Error::MalformedDocument {
-                what: format!("index {base_digest}"),
-                source,
-            }
-        })?;
-        // The base index's platforms that the nick has, in the base index's order.
+        // The base index's platforms that the nick has, in the base index's order, chosen as
+        // append chooses them (an entry without a platform object is for the platform its
+        // config names).
         let mut plan: Vec<(serde_json::Map<String, Value>, Digest, usize)> = Vec::new();
         let mut taken = vec![false; current.platforms.len()];
-        for e in value["manifests"].as_array().into_iter().flatten() {
-            if is_attestation(e) {
-                continue;
-            }
-            let Some(platform) = e["platform"].as_object() else {
-                continue;
-            };
-            let name = spec_name(platform);
+        for (platform, child) in ops::platform_entries(base_store, &index).await? {
+            let name = spec_name(&platform);
             let Some(i) = current
                 .platforms
                 .iter()
@@ -1914,8 +1887,7 @@ impl<P: Stores> Manager<P> {
                 continue;
             };
             taken[i] = true;
-            let child: Digest = e["digest"].as_str().unwrap_or_default().parse()?;
-            plan.push((platform.clone(), child, i));
+            plan.push((platform, child, i));
         }
         let dropped: Vec<String> = current
             .platforms

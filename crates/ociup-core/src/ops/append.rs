@@ -122,7 +122,7 @@ impl AppendResult {
 
 /// Attestations are manifests for platform `unknown/unknown` or typed as attestations by
 /// BuildKit (provenance and SBOMs of the base).
-fn is_attestation(entry: &Value) -> bool {
+pub(crate) fn is_attestation(entry: &Value) -> bool {
     let p = &entry["platform"];
     (p["os"] == "unknown" && p["architecture"] == "unknown")
         || entry["annotations"]["vnd.docker.reference.type"] == "attestation-manifest"
@@ -261,6 +261,77 @@ async fn one<S: Store, D: Store>(
     )
     .await
     .map(AppendResult::Image)
+}
+
+/// `os/architecture[/variant]` of a platform object, as `--platform` names it.
+pub(crate) fn spec_name(p: &Map<String, Value>) -> String {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut name = format!("{}/{}", s("os"), s("architecture"));
+    if let Some(v) = p.get("variant").and_then(Value::as_str) {
+        name = format!("{name}/{v}");
+    }
+    name
+}
+
+/// The platform manifests of `index` as [`append_to_base`] builds on them, in its order: each
+/// entry's platform object (read from the manifest's config when the entry has none, as append
+/// does) and its digest. Attestations are left out; a nested index, an entry without a valid
+/// digest, or a manifest listed twice is an error.
+///
+/// # Errors
+/// Those, and store errors reading a config.
+pub(crate) async fn platform_entries<S: Store>(
+    store: &S,
+    index: &Index,
+) -> Result<Vec<(Map<String, Value>, Digest)>> {
+    let what = format!("index {}", index.raw().digest());
+    let value: Value =
+        serde_json::from_slice(index.raw().bytes()).map_err(|source| Error::MalformedDocument {
+            what: what.clone(),
+            source,
+        })?;
+    let mut out: Vec<(Map<String, Value>, Digest)> = Vec::new();
+    for entry in value["manifests"].as_array().into_iter().flatten() {
+        let digest: Digest = entry["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| Error::InvalidDocument {
+                what: what.clone(),
+                reason: format!("an entry has no valid digest: {}", entry["digest"]),
+            })?;
+        if is_attestation(entry) {
+            continue;
+        }
+        let media = entry["mediaType"].as_str().unwrap_or_default();
+        if matches!(
+            media_type::document_kind(media),
+            Ok((DocumentKind::Index, _))
+        ) {
+            return Err(Error::InvalidDocument {
+                what,
+                reason: format!("nests index {digest}"),
+            });
+        }
+        if out.iter().any(|(_, d)| *d == digest) {
+            return Err(Error::InvalidDocument {
+                what,
+                reason: format!("lists manifest {digest} more than once"),
+            });
+        }
+        if out.len() >= MAX_PLATFORMS {
+            return Err(Error::InvalidDocument {
+                what,
+                reason: format!("lists more than {MAX_PLATFORMS} platform manifests"),
+            });
+        }
+        let platform = match entry["platform"].as_object() {
+            Some(p) => p.clone(),
+            None => mutate::platform_of_config(&read_child(store, index, &digest).await?.config),
+        };
+        out.push((platform, digest));
+    }
+    Ok(out)
 }
 
 /// The platforms of `index` to build: each chosen entry's platform object and its manifest with

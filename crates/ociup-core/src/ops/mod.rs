@@ -26,6 +26,7 @@ pub use append::{
     AppendOptions, AppendResult, BaseDocument, IndexAppendOutcome, PlatformAppend, PlatformChoice,
     append_to_base,
 };
+pub(crate) use append::{is_attestation, platform_entries, spec_name};
 pub use index::{
     IndexMember, IndexRemoval, add_to_index, create_index, index_member, remove_from_index,
 };

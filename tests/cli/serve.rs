@@ -525,6 +525,12 @@ fn serve_over_a_layout_catalog() {
     // A nick whose base is outside --allow-read is refused, by the API and through the CLI.
     let r = s.call("POST", "/v1/nicks/outside/resolve", Some(&alice), None);
     assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    // A nick that is not one is refused by the client, before any request.
+    let (code, _, err) = client(d, &s.url(), &alice, &["resolve", ".."]);
+    assert!(
+        code == 1 && err.contains("the nick \"..\"") && !err.contains("no such route"),
+        "{err}"
+    );
     // Plain http:// to another machine is refused before anything is sent.
     let (code, _, err) = client(d, "http://192.0.2.1:9", &alice, &["resolve", "app"]);
     assert!(code == 1 && err.contains("--insecure-server"), "{err}");

@@ -104,6 +104,16 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             }
         }
     }
+    let nick = match &cli.command {
+        Command::Resolve(a) => Some(&a.nick),
+        Command::History(a) => Some(&a.nick),
+        Command::Unregister(a) => Some(&a.nick),
+        _ => None,
+    };
+    if let Some(nick) = nick {
+        ociup_core::managed::recipe::validate_nick(nick)
+            .with_context(|| format!("the nick {nick:?}"))?;
+    }
     let server = Server::new(
         url,
         cli.global.server.token_file.as_deref(),

@@ -194,6 +194,12 @@ fn a_job_is_printed_with_the_version_pinned_by_digest() {
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(expected), "{expected:?} not in {err}");
     }
+    // Cluster flags without --apply: a usage error (2), not silently ignored.
+    for flag in ["--context", "--kubeconfig"] {
+        let (code, _, err) = app.run(&["job", "printer", flag, "nowhere"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--apply"), "{err}");
+    }
     assert_eq!(app.versions(), std::slice::from_ref(&v1));
     let (code, out, err) = app.run(&["job", "local"]);
     assert_eq!(code, 1, "{out}");

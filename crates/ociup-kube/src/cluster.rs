@@ -234,11 +234,15 @@ impl Cluster {
                 reason: s.reason,
                 message: s.message,
             },
+            e @ kube::Error::Auth(_) => Error::Auth {
+                action,
+                url: self.url.clone(),
+                error: e,
+            },
             e @ (kube::Error::HyperError(_)
             | kube::Error::Service(_)
             | kube::Error::HttpError(_)
             | kube::Error::RustlsTls(_)
-            | kube::Error::Auth(_)
             | kube::Error::TlsRequired) => Error::Unreachable {
                 action,
                 url: self.url.clone(),

@@ -29,8 +29,21 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
-    /// The API server could not be reached (connection refused, TLS or authentication
-    /// failures, a timeout).
+    /// The client could not authenticate to the API server (a token file or exec plugin that
+    /// fails, an expired credential it cannot refresh).
+    #[error(
+        "{action}: authenticating to the Kubernetes API server at {url}: {}",
+        causes(error)
+    )]
+    Auth {
+        /// What was asked.
+        action: String,
+        /// The server's URL.
+        url: String,
+        /// Why (its causes are in the message).
+        error: kube::Error,
+    },
+    /// The API server could not be reached (connection refused, TLS failures, a timeout).
     #[error(
         "{action}: cannot reach the Kubernetes API server at {url}: {}",
         causes(error)

@@ -35,6 +35,9 @@
 //! The types of the Kubernetes API are `k8s-openapi`'s, the client `kube`'s; both are
 //! re-exported, so a caller uses the same versions.
 
+#![doc = ""]
+#![doc = include_str!("../README.md")]
+
 mod apply;
 mod cluster;
 mod error;

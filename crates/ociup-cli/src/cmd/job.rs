@@ -77,12 +77,12 @@ pub struct JobArgs {
     /// With --wait: give up (exit 1, the Job left running) after this many seconds.
     #[arg(long, value_name = "SECS", requires = "wait")]
     pub wait_timeout: Option<u64>,
-    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the in-cluster
+    /// With --apply: the kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the in-cluster
     /// service account, as kubectl finds them).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "apply")]
     pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (default: its current context).
-    #[arg(long)]
+    /// With --apply: the kubeconfig context to use (default: its current context).
+    #[arg(long, requires = "apply")]
     pub context: Option<String>,
     /// Print JSON: the Job itself (Kubernetes' own field names); with --apply, what was done:
     /// namespace, name, uid, nick, version, image, digest, base_digest, upgraded, held, stale,
@@ -204,7 +204,13 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
         .map_err(|e| resolve_error(nick, e))?;
     note_resolution(&applied.resolution);
     let job = format!("job.batch/{}", applied.name);
-    if applied.held {
+    if applied.held && !applied.upgraded {
+        eprintln!(
+            "ociup: {job} was created suspended in {} while the record of {nick} version {} was \
+             written on the base's new digest (the image itself did not change), then released",
+            applied.namespace, applied.version
+        );
+    } else if applied.held {
         eprintln!(
             "ociup: {job} was created suspended in {} while {nick} version {} was written, then \
              released",

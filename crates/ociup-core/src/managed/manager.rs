@@ -3034,6 +3034,7 @@ mod tests {
         };
         let answer = manager.resolve("app", opts).await.unwrap();
         assert!(answer.upgraded);
+        assert_eq!(seen.lock().unwrap().len(), 1, "called exactly once");
         let planned = seen.lock().unwrap()[0].clone();
         assert_eq!(
             (planned.digest, planned.reference, planned.version),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,10 +20,12 @@ use crate::ops;
 use crate::reference::PlatformSpec;
 use crate::store::{BlobCopy, ManifestRef, Probe, Store, copy_blob_with, copy_missing_blob};
 
-/// Blobs a copy into a layout holds at once, downloading or being made durable: a blob whose
-/// bytes have all arrived gives its download slot (one of [`CopyOptions::jobs`]) to the next
-/// one while its file is synced and renamed, so the network never waits for the disk.
-const MAX_BLOBS_IN_FLIGHT: usize = 32;
+/// Blobs a copy into a layout holds at once, per download slot ([`CopyOptions::jobs`]),
+/// downloading or being made durable: a blob whose bytes have all arrived gives its slot to the
+/// next one while its file is synced and renamed, so the network seldom waits for the disk; the
+/// bound keeps what a blob's writer still holds queued (a few MiB) from piling up when the disk
+/// is slower than the network.
+const BLOBS_IN_FLIGHT_PER_JOB: usize = 2;
 
 /// How to copy.
 #[derive(Clone, Debug)]
@@ -397,21 +399,36 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                     } else {
                         HashSet::new()
                     };
-                    // The transfers are bounded by `transfers`; into a layout, more blobs may
-                    // be syncing meanwhile.
+                    // The transfers are bounded by `transfers`; into a layout, as many blobs
+                    // again may be syncing meanwhile.
+                    let jobs = self.opts.jobs.max(1);
                     let in_flight = if trusted {
-                        self.opts.jobs.max(1)
+                        jobs
                     } else {
-                        self.opts.jobs.max(MAX_BLOBS_IN_FLIGHT)
+                        jobs * BLOBS_IN_FLIGHT_PER_JOB
                     };
-                    futures_util::stream::iter(blobs.into_iter().map(Ok::<_, Error>))
-                        .map_ok(|(digest, size)| {
+                    // On the first error no further blob starts, and the ones under way are
+                    // waited for: nothing keeps writing after the copy returned its error.
+                    let failed = std::sync::atomic::AtomicBool::new(false);
+                    let results: Vec<Result<()>> = futures_util::stream::iter(blobs)
+                        .map(|(digest, size)| {
                             let known_missing = named.contains(&digest);
-                            self.copy_blob(digest, size, known_missing)
+                            let failed = &failed;
+                            async move {
+                                if failed.load(Ordering::Relaxed) {
+                                    return Ok(());
+                                }
+                                let r = self.copy_blob(digest, size, known_missing).await;
+                                if r.is_err() {
+                                    failed.store(true, Ordering::Relaxed);
+                                }
+                                r
+                            }
                         })
-                        .try_buffer_unordered(in_flight)
-                        .try_collect::<Vec<()>>()
-                        .await?;
+                        .buffer_unordered(in_flight)
+                        .collect()
+                        .await;
+                    results.into_iter().collect::<Result<Vec<()>>>()?;
                 }
                 Document::Index(i) => {
                     if depth >= ops::MAX_INDEX_NESTING

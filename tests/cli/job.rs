@@ -97,9 +97,56 @@ impl App {
         v.into_iter().map(|(_, d)| d).collect()
     }
 
+    /// `ociup ARGS` started in the background, with the environment of [`ociup_at`]
+    /// (catalog, actor, SOURCE_DATE_EPOCH, no signing key), its output piped.
+    fn spawn(&self, args: &[&str]) -> Ociup {
+        let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
+            .args(args)
+            .current_dir(self.dir())
+            .env(
+                "OCIUP_CATALOG",
+                format!("oci:{}", self.dir().join("catalog").display()),
+            )
+            .env("OCIUP_ACTOR", "tester")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env_remove("OCIUP_SIGNING_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Ociup(child)
+    }
+
     /// What a cluster pulls for `digest`.
     fn image(&self, digest: &str) -> String {
         format!("{}/team/{}@{digest}", self.reg.host(), self.nick)
+    }
+}
+
+/// An ociup started by [`App::spawn`].
+struct Ociup(std::process::Child);
+
+impl Ociup {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Its output once it has exited; killed, and the test failed, after 60 s.
+    fn wait_limited(mut self) -> std::process::Output {
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.0.try_wait().unwrap().is_none() {
+            if Instant::now() >= end {
+                let _ = self.0.kill();
+                let out = self.0.wait_with_output().unwrap();
+                panic!(
+                    "ociup still running after 60 s, killed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.0.wait_with_output().unwrap()
     }
 }
 
@@ -719,25 +766,15 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
         ("run-2", "Complete", 0, "completed"),
         ("run-3", "Failed", 4, "failed"),
     ] {
-        let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
-            .args([
-                "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", name,
-            ])
-            .current_dir(app.dir())
-            .env(
-                "OCIUP_CATALOG",
-                format!("oci:{}", app.dir().join("catalog").display()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = app.spawn(&[
+            "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", name,
+        ]);
         k.until(Duration::from_secs(30), "Job created by --wait", || {
             k.job(&ns.name, name).is_some()
         });
         std::thread::sleep(Duration::from_millis(500));
         k.finish(&ns.name, name, condition);
-        let out = child.wait_with_output().unwrap();
+        let out = child.wait_limited();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{stdout}{stderr}");
@@ -751,23 +788,14 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
         );
     }
     // ... and as JSON.
-    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
-        .args([
-            "job", "current", "--apply", "--wait", "--json", "-n", &ns.name, "--name", "run-4",
-        ])
-        .current_dir(app.dir())
-        .env(
-            "OCIUP_CATALOG",
-            format!("oci:{}", app.dir().join("catalog").display()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = app.spawn(&[
+        "job", "current", "--apply", "--wait", "--json", "-n", &ns.name, "--name", "run-4",
+    ]);
     k.until(Duration::from_secs(30), "Job created by --wait", || {
         k.job(&ns.name, "run-4").is_some()
     });
     k.finish(&ns.name, "run-4", "Complete");
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_limited();
     assert!(out.status.success());
     let v = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(v["succeeded"], true);
@@ -812,19 +840,9 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
     );
 
     // A Job deleted while followed: a clear error.
-    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
-        .args([
-            "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", "run-5",
-        ])
-        .current_dir(app.dir())
-        .env(
-            "OCIUP_CATALOG",
-            format!("oci:{}", app.dir().join("catalog").display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = app.spawn(&[
+        "job", "current", "--apply", "--wait", "-n", &ns.name, "--name", "run-5",
+    ]);
     k.until(Duration::from_secs(30), "Job created by --wait", || {
         k.job(&ns.name, "run-5").is_some()
     });
@@ -833,7 +851,7 @@ fn apply_runs_the_current_version_and_wait_reports_how_it_ended() {
             .delete("run-5", &DeleteParams::background()),
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_limited();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1174,17 +1192,7 @@ fn a_stopped_apply_deletes_its_suspended_job() {
     }
     let resume = Resume(registry);
     let _hook = Webhook::start(&k, &ns.name, &app, Some(app.reg.pid()));
-    let child = Command::new(env!("CARGO_BIN_EXE_ociup"))
-        .args(["job", "stopped", "--apply", "-n", &ns.name])
-        .current_dir(app.dir())
-        .env(
-            "OCIUP_CATALOG",
-            format!("oci:{}", app.dir().join("catalog").display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = app.spawn(&["job", "stopped", "--apply", "-n", &ns.name]);
     let mut held = None;
     k.until(Duration::from_secs(30), "the held Job", || {
         held = k.jobs(&ns.name).into_iter().find(suspended);
@@ -1198,7 +1206,7 @@ fn a_stopped_apply_deletes_its_suspended_job() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_limited();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

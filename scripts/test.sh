@@ -14,6 +14,11 @@ done
 command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# The Kubernetes tests: etcd for ../shared/k8s/start.sh, python3 for their admission webhook.
+if [ -d ../shared/k8s ]; then
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
   echo "installing ${need[*]} (Debian packages)"
@@ -32,14 +37,16 @@ if [ -d ../shared/k8s ]; then
     || { echo "cannot start the Kubernetes API server of ../shared/k8s" >&2; exit 1; }
   eval "$k8s_env"
   export KUBECONFIG KUBE_URL KUBE_TOKEN KUBE_CA KUBE_STATE_DIR
-  trap '../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null 2>&1 || true' EXIT
+  trap '../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null || true' EXIT
 else
   echo "Kubernetes tests skipped: ../shared/k8s is absent (no API server to run ociup job --apply against)"
 fi
 cargo test --workspace --all-targets --locked
 if [ -n "${KUBE_STATE_DIR:-}" ]; then # the cluster is needed no further
-  ../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null 2>&1 || true
+  ../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null || true
   trap - EXIT
+else # said again where it is seen, after the tests' output
+  echo "Kubernetes tests skipped: ../shared/k8s is absent (no API server to run ociup job --apply against)"
 fi
 cargo test --workspace --doc --locked
 # `ociup serve` against its OpenAPI document: schemathesis (PyPI), 20 examples per operation,

@@ -244,6 +244,12 @@ fn run_passes_exit_status_args_env_workdir_user_and_mounts() {
         &["true"],
     );
     assert!(code != 0 && err.contains("`..`"), "{err}");
+    let missing = format!("{}:/data", s.path("no-such-dir").display());
+    let (code, _, err) = s.run_app(&["--mount", &missing], &["true"]);
+    assert!(
+        code != 0 && err.contains("no-such-dir") && err.contains("source"),
+        "{err}"
+    );
     // No network by default: only a loopback device.
     let (_, out, _) = s.run_app(&[], &["ls", "/sys/class/net"]);
     assert_eq!(out, "lo\n");

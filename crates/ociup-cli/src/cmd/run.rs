@@ -181,7 +181,6 @@ async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<Target> {
                     UnreachableArg::Stale => Unreachable::Stale,
                 },
                 before_write,
-                ..ResolveOptions::default()
             },
         )
         .await;
@@ -243,6 +242,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         .iter()
         .map(|m| m.parse::<BindMount>())
         .collect::<Result<Vec<_>, _>>()?;
+    for m in &mounts {
+        if let Err(e) = std::fs::metadata(&m.source) {
+            bail!(
+                "--mount {}:{}: the source cannot be used: {e}",
+                m.source.display(),
+                m.destination
+            );
+        }
+    }
     let env = args
         .env
         .iter()

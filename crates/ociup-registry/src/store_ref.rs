@@ -8,7 +8,7 @@ use ociup_core::Digest;
 use ociup_core::document::RawDocument;
 use ociup_core::layout::OciLayout;
 use ociup_core::reference::LayoutRef;
-use ociup_core::store::{BlobReader, ManifestRef, MountSource, Store};
+use ociup_core::store::{BlobReader, ManifestRef, MountSource, Probe, Store};
 use tokio::io::AsyncRead;
 
 use crate::client::Client;
@@ -213,6 +213,10 @@ impl Store for AnyStore {
         tag: Option<&str>,
     ) -> ociup_core::Result<()> {
         delegate!(self, s => s.put_manifest(document, tag).await)
+    }
+
+    async fn probe_manifest(&self, document: &RawDocument) -> ociup_core::Result<Probe> {
+        delegate!(self, s => s.probe_manifest(document).await)
     }
 
     async fn resolve_tag(&self, tag: &str) -> ociup_core::Result<Descriptor> {

@@ -529,6 +529,15 @@ pub enum UnreachableArg {
     Stale,
 }
 
+impl From<UnreachableArg> for ociup_core::managed::manager::Unreachable {
+    fn from(arg: UnreachableArg) -> Self {
+        match arg {
+            UnreachableArg::Fail => Self::Fail,
+            UnreachableArg::Stale => Self::Stale,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Nicks to show (default: all).

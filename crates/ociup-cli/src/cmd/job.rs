@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ociup_core::managed::manager::{BaseUnreachable, Manager, ResolveOptions, Unreachable};
+use ociup_core::managed::manager::{BaseUnreachable, Manager, ResolveOptions};
 use ociup_kube::{Cluster, ConnectOptions, JobOptions};
 use ociup_registry::Opener;
 
@@ -173,10 +173,7 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
     let options = job_options(&args)?;
     let resolve = ResolveOptions {
         offline: args.offline,
-        unreachable: match args.if_unreachable {
-            UnreachableArg::Fail => Unreachable::Fail,
-            UnreachableArg::Stale => Unreachable::Stale,
-        },
+        unreachable: args.if_unreachable.into(),
         ..ResolveOptions::default()
     };
     let nick = args.nick.as_str();

@@ -8,9 +8,7 @@ use ociup_core::layout::OciLayout;
 use ociup_core::managed::build_manifest::{Key, PublicKey};
 use ociup_core::managed::catalog::BlobCache;
 use ociup_core::managed::gc::{self, SweepOptions};
-use ociup_core::managed::manager::{
-    self, Manager, ManagerOptions, Registration, ResolveOptions, Unreachable,
-};
+use ociup_core::managed::manager::{self, Manager, ManagerOptions, Registration, ResolveOptions};
 use ociup_core::managed::recipe::{Recipe, SourceAccess, Step};
 use ociup_core::store::ManifestRef;
 use ociup_registry::{AnyStore, Opener, StoreRef};
@@ -18,7 +16,7 @@ use ociup_registry::{AnyStore, Opener, StoreRef};
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
 use crate::args::{
     CatalogArgs, EditArgs, GcArgs, HistoryArgs, KeygenArgs, RegisterArgs, ReplayArgs, ResolveArgs,
-    SigningArgs, StatusArgs, UnreachableArg, UnregisterArgs, UpgradeArgs, VerifyArgs,
+    SigningArgs, StatusArgs, UnregisterArgs, UpgradeArgs, VerifyArgs,
 };
 use crate::output;
 
@@ -289,10 +287,7 @@ pub async fn resolve(ctx: &Ctx, args: ResolveArgs) -> Result<u8> {
             ResolveOptions {
                 check: args.check,
                 offline: args.offline,
-                unreachable: match args.if_unreachable {
-                    UnreachableArg::Fail => Unreachable::Fail,
-                    UnreachableArg::Stale => Unreachable::Stale,
-                },
+                unreachable: args.if_unreachable.into(),
                 ..ResolveOptions::default()
             },
         )

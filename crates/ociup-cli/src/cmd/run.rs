@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ociup_core::managed::manager::{self, Manager, ResolveOptions, Unreachable};
+use ociup_core::managed::manager::{self, Manager, ResolveOptions};
 use ociup_core::ops;
 use ociup_core::reference::PlatformSpec;
 use ociup_registry::Opener;
@@ -176,10 +176,7 @@ async fn reference(ctx: &Ctx, args: &RunArgs) -> Result<Target> {
             ResolveOptions {
                 check: false,
                 offline: args.offline,
-                unreachable: match args.if_unreachable {
-                    UnreachableArg::Fail => Unreachable::Fail,
-                    UnreachableArg::Stale => Unreachable::Stale,
-                },
+                unreachable: args.if_unreachable.into(),
                 before_write,
             },
         )

@@ -1,0 +1,732 @@
+//! The Kubernetes mutating admission webhook (`POST /v1/admission`, AdmissionReview
+//! `admission.k8s.io/v1`): a workload whose containers name a nick gets those images rewritten
+//! to the nick's pinned reference, regenerated first when its base moved.
+//!
+//! What names a nick (docs/serve.md says it for users):
+//! - a container or initContainer whose image is exactly `ociup.dev/<nick>`;
+//! - the object's annotation `ociup.dev/nick.<container-name>: <nick>`: that container or
+//!   initContainer, whatever its image;
+//! - the object's annotation `ociup.dev/nick: <nick>`: the pod template's only container (an
+//!   object with several containers is refused: name the container instead).
+//!
+//! An image that already carries a digest is left as it is when only an annotation names it (a
+//! Deployment's ReplicaSets carry its annotations and its pinned template: they are not pinned
+//! again to a newer version). Objects that name no nick are admitted at once, untouched,
+//! without reading the catalog.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use ociup_core::managed::manager::{Resolution, ResolveOptions, Unreachable};
+use ociup_core::managed::recipe::validate_nick;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, Code};
+use crate::{Access, Service};
+
+/// The image prefix that names a nick: `ociup.dev/<nick>`.
+pub const IMAGE_PREFIX: &str = "ociup.dev/";
+/// The annotation that names the nick of the only container.
+pub const NICK_ANNOTATION: &str = "ociup.dev/nick";
+/// The annotation set on an object admitted with a stale version, saying why.
+pub const STALE_ANNOTATION: &str = "ociup.dev/stale";
+
+/// The largest AdmissionReview read (an object and its old version; the API server's own
+/// request limit is 3 MiB).
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// How long the stale policy may spend reading the catalog's current version once the
+/// regeneration failed or timed out.
+const FALLBACK_LIMIT: Duration = Duration::from_secs(1);
+
+/// What to do when a nick cannot be resolved in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Deny the object (`allowed: false`, with the reason).
+    Refuse,
+    /// Admit it with the last recorded version, annotated `ociup.dev/stale: <reason>`.
+    Stale,
+}
+
+/// The webhook's settings.
+#[derive(Debug)]
+pub struct Admission {
+    /// The longest a review may take resolving (the regeneration it started goes on).
+    pub timeout: Duration,
+    /// What a failure or a timeout does.
+    pub failure: Failure,
+    /// Serve reviews from callers that present no credentials (an API server not configured
+    /// to authenticate to webhooks). Only on a loopback listener.
+    pub unauthenticated: bool,
+    /// The last version pinned per nick: what the stale policy falls back to when the catalog
+    /// cannot be read either.
+    last: Mutex<HashMap<String, Resolution>>,
+}
+
+impl Admission {
+    /// The webhook's settings.
+    pub fn new(timeout: Duration, failure: Failure, unauthenticated: bool) -> Admission {
+        Admission {
+            timeout,
+            failure,
+            unauthenticated,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remember(&self, r: &Resolution) {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r.nick.clone(), r.clone());
+    }
+
+    fn remembered(&self, nick: &str) -> Option<Resolution> {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(nick)
+            .cloned()
+    }
+}
+
+/// One image to rewrite.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// JSON pointer of the image in the object.
+    pointer: String,
+    container: String,
+    image: String,
+    nick: String,
+}
+
+/// What the review answers.
+#[derive(Debug, Default)]
+struct Outcome {
+    denied: Option<String>,
+    patch: Vec<Value>,
+    warnings: Vec<String>,
+    pinned: usize,
+    stale: Vec<String>,
+}
+
+impl Outcome {
+    fn deny(message: String) -> Outcome {
+        Outcome {
+            denied: Some(message),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// `POST /v1/admission`.
+pub(crate) async fn admit(State(s): State<Service>, req: Request) -> Response {
+    match review(&s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn review(s: &Service, req: Request) -> Result<Response, ApiError> {
+    let Some(settings) = s.inner.config.admission.as_ref() else {
+        return Err(ApiError::new(
+            Code::NotFound,
+            "this service was started without --admission",
+        ));
+    };
+    let caller = if settings.unauthenticated {
+        None
+    } else {
+        Some(authenticate(s, &req)?)
+    };
+    let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                Code::PayloadTooLarge,
+                format!("the AdmissionReview: {e} (at most {BODY_LIMIT} bytes)"),
+            )
+        })?;
+    let review: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            Code::InvalidRequest,
+            format!("the body is not an AdmissionReview: {e}"),
+        )
+    })?;
+    if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "the body is not an AdmissionReview of admission.k8s.io/v1 (configure the webhook \
+             with admissionReviewVersions: [v1])",
+        ));
+    }
+    let request = &review["request"];
+    let uid = request["uid"].as_str().ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidRequest,
+            "the AdmissionReview has no request.uid",
+        )
+    })?;
+    let user = request["userInfo"]["username"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .unwrap_or("unknown");
+    let actor = format!("k8s:{user}");
+    let outcome = decide(s, settings, request, &actor).await;
+    let kind = request["kind"]["kind"].as_str().unwrap_or("");
+    let name = request["name"]
+        .as_str()
+        .or_else(|| request["object"]["metadata"]["generateName"].as_str())
+        .unwrap_or("");
+    tracing::info!(
+        uid,
+        kind,
+        namespace = request["namespace"].as_str().unwrap_or(""),
+        name,
+        user,
+        caller = caller.as_deref().unwrap_or("(unauthenticated)"),
+        allowed = outcome.denied.is_none(),
+        pinned = outcome.pinned,
+        stale = outcome.stale.join(","),
+        "admission"
+    );
+    let mut response = json!({"uid": uid, "allowed": outcome.denied.is_none()});
+    if let Some(message) = &outcome.denied {
+        response["status"] = json!({"code": 403, "reason": "Forbidden", "message": message});
+    }
+    if !outcome.patch.is_empty() {
+        let patch = serde_json::to_vec(&outcome.patch)
+            .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    if !outcome.warnings.is_empty() {
+        response["warnings"] = json!(outcome.warnings);
+    }
+    Ok(Json(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+    .into_response())
+}
+
+/// Who calls the webhook: a client certificate given a role (when no Authorization header is
+/// sent), or a bearer token of any role.
+fn authenticate(s: &Service, req: &Request) -> Result<String, ApiError> {
+    let auth = req.headers().get(header::AUTHORIZATION);
+    if auth.is_none()
+        && let Some(cert) = req.extensions().get::<crate::tls::ClientCert>()
+    {
+        return cert.identity().map(|i| i.name);
+    }
+    let token = auth
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::Unauthorized,
+                "the webhook takes a bearer token or a client certificate (the API server's \
+                 AdmissionConfiguration kubeConfigFile gives them), or a service started with \
+                 --admission-unauthenticated",
+            )
+        })?;
+    s.inner
+        .tokens
+        .identify(token)
+        .map_err(|_| {
+            ApiError::new(
+                Code::TokensUnreadable,
+                "the service cannot read its tokens file, so no token is accepted now",
+            )
+        })?
+        .map(|i| i.name)
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))
+}
+
+/// The pod spec of an object of `kind`, and its JSON pointer; `None` for kinds without one.
+fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<(&'a Value, &'static str)> {
+    let pointer = match kind {
+        "Pod" => "/spec",
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => "/spec/template/spec",
+        "CronJob" => "/spec/jobTemplate/spec/template/spec",
+        "PodTemplate" => "/template/spec",
+        _ => return None,
+    };
+    object.pointer(pointer).map(|v| (v, pointer))
+}
+
+/// The images of `object` that name a nick; `Err` (the object is denied) for a name that is
+/// meant for ociup but wrong.
+fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
+    let Some((spec, base)) = pod_spec(kind, object) else {
+        return Ok(Vec::new());
+    };
+    let mut containers = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            containers.push((
+                list,
+                format!("{base}/{list}/{i}/image"),
+                c["name"].as_str().unwrap_or("").to_owned(),
+                c["image"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    let mut out: Vec<Target> = Vec::new();
+    for (_, pointer, container, image) in &containers {
+        if let Some(nick) = image.strip_prefix(IMAGE_PREFIX) {
+            validate_nick(nick).map_err(|e| {
+                format!(
+                    "container {container}: image {image}: write {IMAGE_PREFIX}<nick> with no \
+                     tag or digest ({e})"
+                )
+            })?;
+            out.push(Target {
+                pointer: pointer.clone(),
+                container: container.clone(),
+                image: image.clone(),
+                nick: nick.to_owned(),
+            });
+        }
+    }
+    let annotations = object["metadata"]["annotations"].as_object();
+    for (key, value) in annotations.into_iter().flatten() {
+        let chosen = if key == NICK_ANNOTATION {
+            let only: Vec<_> = containers
+                .iter()
+                .filter(|(list, ..)| *list == "containers")
+                .collect();
+            if only.len() != 1 {
+                return Err(format!(
+                    "annotation {key}: the pod template has {} containers; name the one to pin \
+                     with {NICK_ANNOTATION}.<container-name>",
+                    only.len()
+                ));
+            }
+            only[0]
+        } else if let Some(name) = key.strip_prefix("ociup.dev/nick.") {
+            containers
+                .iter()
+                .find(|(_, _, c, _)| c == name)
+                .ok_or_else(|| {
+                    format!("annotation {key}: no container or initContainer is named {name}")
+                })?
+        } else {
+            continue;
+        };
+        let nick = value.as_str().unwrap_or("");
+        validate_nick(nick).map_err(|e| format!("annotation {key}: {nick:?}: {e}"))?;
+        let (_, pointer, container, image) = chosen;
+        if let Some(named) = out.iter().find(|t| &t.pointer == pointer) {
+            if named.nick != nick {
+                return Err(format!(
+                    "container {container}: its image names the nick {} and annotation {key} \
+                     names {nick}",
+                    named.nick
+                ));
+            }
+            continue;
+        }
+        if image.contains('@') {
+            continue; // pinned already (a copy of a pinned template): left as it is
+        }
+        out.push(Target {
+            pointer: pointer.clone(),
+            container: container.clone(),
+            image: image.clone(),
+            nick: nick.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str) -> Outcome {
+    let object = &request["object"];
+    let kind = request["kind"]["kind"]
+        .as_str()
+        .or_else(|| object["kind"].as_str())
+        .unwrap_or("");
+    if !object.is_object() {
+        return Outcome::default();
+    }
+    let targets = match targets(kind, object) {
+        Ok(t) if t.is_empty() => return Outcome::default(),
+        Ok(t) => t,
+        Err(message) => return Outcome::deny(format!("ociup: {message}")),
+    };
+    let dry_run = request["dryRun"].as_bool().unwrap_or(false);
+    let mut nicks: Vec<String> = targets.iter().map(|t| t.nick.clone()).collect();
+    nicks.sort();
+    nicks.dedup();
+    let unreachable = match settings.failure {
+        Failure::Refuse => Unreachable::Fail,
+        Failure::Stale => Unreachable::Stale,
+    };
+    // Every nick at once, each within the timeout.
+    let mut set = tokio::task::JoinSet::new();
+    for nick in &nicks {
+        let (s, nick, actor) = (s.clone(), nick.clone(), actor.to_owned());
+        let limit = settings.timeout;
+        set.spawn(async move {
+            let r = match tokio::time::timeout(
+                limit,
+                s.resolve_pinned(&actor, &nick, dry_run, unreachable),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ApiError::new(
+                    Code::Timeout,
+                    format!(
+                        "no version within the admission timeout ({}s); a regeneration it \
+                         started goes on",
+                        limit.as_secs_f64()
+                    ),
+                )),
+            };
+            (nick, r)
+        });
+    }
+    let mut resolved: BTreeMap<String, Resolution> = BTreeMap::new();
+    let mut outcome = Outcome::default();
+    while let Some(joined) = set.join_next().await {
+        let (nick, r) = match joined {
+            Ok(x) => x,
+            Err(e) => return Outcome::deny(format!("ociup: resolving failed: {e}")),
+        };
+        match r {
+            Ok(r) => {
+                if r.stale {
+                    let why = format!(
+                        "{nick}: the base could not be reached; version {} is the last recorded",
+                        r.version
+                    );
+                    outcome.stale.push(nick.clone());
+                    outcome.warnings.push(format!("ociup: {why}"));
+                }
+                settings.remember(&r);
+                resolved.insert(nick, r);
+            }
+            Err(e) if settings.failure == Failure::Refuse || !recoverable(e.code) => {
+                return Outcome::deny(format!("ociup: nick {nick}: {}", e.message));
+            }
+            Err(e) => match stale_version(s, settings, actor, &nick).await {
+                Some(r) => {
+                    let why = format!(
+                        "{nick}: {}; version {} is the last recorded",
+                        e.message, r.version
+                    );
+                    outcome.stale.push(nick.clone());
+                    outcome.warnings.push(format!("ociup: {why}"));
+                    resolved.insert(nick, r);
+                }
+                None => {
+                    return Outcome::deny(format!(
+                        "ociup: nick {nick}: {}; and no recorded version could be read to \
+                         admit instead",
+                        e.message
+                    ));
+                }
+            },
+        }
+    }
+    for t in &targets {
+        let r = &resolved[&t.nick];
+        if r.reference.starts_with("oci:") {
+            return Outcome::deny(format!(
+                "ociup: container {}: nick {}: its versions are in a layout ({}), which a \
+                 cluster cannot pull",
+                t.container, t.nick, r.reference
+            ));
+        }
+        outcome.pinned += 1;
+        if t.image != r.reference {
+            outcome.patch.push(json!({
+                "op": "replace", "path": t.pointer, "value": r.reference,
+            }));
+        }
+    }
+    if !outcome.stale.is_empty() {
+        let reason: String = outcome
+            .warnings
+            .iter()
+            .map(|w| w.trim_start_matches("ociup: "))
+            .collect::<Vec<_>>()
+            .join("; ")
+            .chars()
+            .take(2000)
+            .collect();
+        if object["metadata"]["annotations"].is_object() {
+            outcome.patch.push(json!({
+                "op": "add",
+                "path": format!("/metadata/annotations/{}", STALE_ANNOTATION.replace('~', "~0").replace('/', "~1")),
+                "value": reason,
+            }));
+        } else {
+            outcome.patch.push(json!({
+                "op": "add", "path": "/metadata/annotations",
+                "value": {STALE_ANNOTATION: reason},
+            }));
+        }
+    }
+    outcome
+}
+
+/// Whether the stale policy may admit the last version after this failure: not when the
+/// object names something that is not there or not allowed (there is no version to fall back
+/// to, or none it may use).
+fn recoverable(code: Code) -> bool {
+    !matches!(
+        code,
+        Code::UnknownNick | Code::OutsideAllowlist | Code::InvalidRequest | Code::Conflict
+    )
+}
+
+/// The stale policy's version: the catalog's current one (read without asking the base,
+/// briefly), else the last this service pinned.
+async fn stale_version(
+    s: &Service,
+    settings: &Admission,
+    actor: &str,
+    nick: &str,
+) -> Option<Resolution> {
+    let offline = async {
+        let m = s.manager(actor)?;
+        s.check_allowed(&m, nick).await?;
+        m.resolve(
+            nick,
+            ResolveOptions {
+                offline: true,
+                ..ResolveOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| ApiError::from_core(nick, e))
+    };
+    match tokio::time::timeout(FALLBACK_LIMIT, offline).await {
+        Ok(Ok(r)) => Some(r),
+        _ => settings.remembered(nick),
+    }
+}
+
+impl Service {
+    /// The nick's entry, its recipe within the allowlist (as a resolve checks it).
+    async fn check_allowed(
+        &self,
+        m: &ociup_core::managed::manager::Manager<crate::Guarded>,
+        nick: &str,
+    ) -> Result<(), ApiError> {
+        let entry = m
+            .catalog()
+            .get(nick)
+            .await
+            .map_err(|e| ApiError::from_core(&format!("resolving {nick}"), e))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::UnknownNick,
+                    format!("no managed image is registered as {nick:?}"),
+                )
+            })?;
+        let allow = &self.inner.config.allow;
+        for (reference, access) in [
+            (&entry.recipe.base, Access::Read),
+            (&entry.recipe.target, Access::Write),
+        ] {
+            allow
+                .check(reference, access)
+                .map_err(|e| ApiError::new(Code::OutsideAllowlist, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The nick's version to run, regenerated when its base moved, as `POST
+    /// /v1/nicks/{nick}/resolve` does it: whether an upgrade is due is asked first; only then
+    /// is the service's lock of the nick taken (shared with every resolve, registration and
+    /// upgrade of it), asked again under it, and a permit of the regeneration bound taken, so
+    /// that requests at once for one nick make one version. `check_only` (a dry run) answers
+    /// the current version and writes nothing.
+    pub(crate) async fn resolve_pinned(
+        &self,
+        actor: &str,
+        nick: &str,
+        check_only: bool,
+        unreachable: Unreachable,
+    ) -> Result<Resolution, ApiError> {
+        let m = self.manager(actor)?;
+        self.check_allowed(&m, nick).await?;
+        let opts = move |check: bool| ResolveOptions {
+            check,
+            unreachable,
+            ..ResolveOptions::default()
+        };
+        let context = format!("resolving {nick}");
+        let first = m
+            .resolve(nick, opts(true))
+            .await
+            .map_err(|e| ApiError::from_core(&context, e))?;
+        if check_only || !first.upgrade_due {
+            return Ok(first);
+        }
+        let held = self.nick_lock(nick).lock_owned().await;
+        let again = m
+            .resolve(nick, opts(true))
+            .await
+            .map_err(|e| ApiError::from_core(&context, e))?;
+        if !again.upgrade_due {
+            return Ok(again);
+        }
+        let permit = self.regeneration_permit()?;
+        let service = self.clone();
+        let nick = nick.to_owned();
+        self.run_to_end(async move {
+            let (_held, _permit) = (held, permit);
+            let r = m
+                .resolve(&nick, opts(false))
+                .await
+                .map_err(|e| ApiError::from_core(&context, e))?;
+            if r.upgraded {
+                service
+                    .inner
+                    .metrics
+                    .upgrades
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(nick, version = r.version, digest = r.digest, "upgraded");
+            }
+            Ok(r)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(containers: Value, annotations: Value) -> Value {
+        json!({"metadata": {"annotations": annotations}, "spec": containers})
+    }
+
+    #[test]
+    fn images_and_annotations_name_nicks() {
+        let p = pod(
+            json!({
+                "initContainers": [{"name": "init", "image": "ociup.dev/setup"}],
+                "containers": [
+                    {"name": "app", "image": "ociup.dev/app"},
+                    {"name": "side", "image": "registry.example/side:1"},
+                    {"name": "pinned", "image": "registry.example/x@sha256:00"},
+                ],
+            }),
+            json!({"ociup.dev/nick.side": "helper", "ociup.dev/nick.pinned": "x",
+                   "ociup.dev/stale": "ignored", "other": "ignored"}),
+        );
+        let t = targets("Pod", &p).expect("targets");
+        let got: Vec<_> = t
+            .iter()
+            .map(|t| (t.pointer.as_str(), t.nick.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/spec/initContainers/0/image", "setup"),
+                ("/spec/containers/0/image", "app"),
+                ("/spec/containers/1/image", "helper"),
+            ]
+        );
+        // Nothing named: nothing to do (no catalog read).
+        let plain = pod(
+            json!({"containers": [{"name": "a", "image": "busybox"}]}),
+            json!({}),
+        );
+        assert!(targets("Pod", &plain).expect("ok").is_empty());
+        assert!(targets("ConfigMap", &p).expect("ok").is_empty());
+    }
+
+    #[test]
+    fn workload_kinds_are_walked_to_their_pod_template() {
+        let containers = json!({"containers": [{"name": "a", "image": "ociup.dev/app"}]});
+        let template = json!({"template": {"spec": containers}});
+        for (kind, object, pointer) in [
+            (
+                "Deployment",
+                json!({"spec": template}),
+                "/spec/template/spec/containers/0/image",
+            ),
+            (
+                "Job",
+                json!({"spec": template}),
+                "/spec/template/spec/containers/0/image",
+            ),
+            (
+                "CronJob",
+                json!({"spec": {"jobTemplate": {"spec": template}}}),
+                "/spec/jobTemplate/spec/template/spec/containers/0/image",
+            ),
+        ] {
+            let t = targets(kind, &object).expect(kind);
+            assert_eq!(t.len(), 1, "{kind}");
+            assert_eq!(t[0].pointer, pointer);
+        }
+    }
+
+    #[test]
+    fn names_meant_for_ociup_but_wrong_are_refused() {
+        for (containers, annotations, says) in [
+            (
+                json!([{"name": "a", "image": "ociup.dev/app:v1"}]),
+                json!({}),
+                "no tag or digest",
+            ),
+            (
+                json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]),
+                json!({"ociup.dev/nick": "app"}),
+                "2 containers",
+            ),
+            (
+                json!([{"name": "a", "image": "x"}]),
+                json!({"ociup.dev/nick.b": "app"}),
+                "no container or initContainer is named b",
+            ),
+            (
+                json!([{"name": "a", "image": "ociup.dev/one"}]),
+                json!({"ociup.dev/nick.a": "two"}),
+                "names the nick one",
+            ),
+            (
+                json!([{"name": "a", "image": "x"}]),
+                json!({"ociup.dev/nick": "Bad/Nick"}),
+                "Bad/Nick",
+            ),
+        ] {
+            let p = pod(json!({"containers": containers}), annotations);
+            let e = targets("Pod", &p).expect_err(says);
+            assert!(e.contains(says), "{e}");
+        }
+        // The only container, by the plain annotation; a pinned image is left alone.
+        let p = pod(
+            json!({"containers": [{"name": "a", "image": "r.example/app:latest"}]}),
+            json!({"ociup.dev/nick": "app"}),
+        );
+        assert_eq!(targets("Pod", &p).expect("ok")[0].nick, "app");
+        let p = pod(
+            json!({"containers": [{"name": "a", "image": "r.example/app@sha256:00"}]}),
+            json!({"ociup.dev/nick": "app"}),
+        );
+        assert!(targets("Pod", &p).expect("ok").is_empty());
+    }
+}

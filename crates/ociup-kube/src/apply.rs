@@ -2,6 +2,7 @@
 //! moved) and run the answer, the Job held suspended while the new version is written.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::Either;
@@ -9,9 +10,9 @@ use k8s_openapi::api::batch::v1::Job;
 use ociup_core::managed::manager::{Manager, Planned, Resolution, ResolveOptions, Stores};
 use serde::Serialize;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Call, Cluster};
 use crate::error::{Error, Result};
-use crate::job::{JobOptions, Pinned, build_job};
+use crate::job::{JobOptions, Pinned, build_job, keys};
 
 /// What [`Cluster::apply`] did.
 #[derive(Clone, Debug, Serialize)]
@@ -63,6 +64,58 @@ impl Applied {
             job,
             resolution,
         }
+    }
+}
+
+/// How many times a release is sent when its answer is lost, and the pause before the
+/// second (doubled each time).
+const RELEASE_ATTEMPTS: u32 = 4;
+const RELEASE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Letters the API server uses for generated names (no vowels, no look-alikes).
+const NAME_LETTERS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// A fresh mark for one request: 16 letters of [`NAME_LETTERS`], from the standard library's
+/// per-process random hash keys, the time and a counter.
+fn request_mark() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    let (mut a, mut b) = (h.finish(), {
+        h.write_u8(1);
+        h.finish()
+    });
+    let n = NAME_LETTERS.len() as u64;
+    (0..16)
+        .map(|i| {
+            let x = if i < 8 { &mut a } else { &mut b };
+            let c = NAME_LETTERS[(*x % n) as usize];
+            *x /= n;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// Marks a Job as this request's (its [`keys::REQUEST`] annotation) and, when the server was to
+/// pick its name's suffix (`generateName`), picks it here, as the server would (five letters):
+/// a Job whose creation goes unanswered can then be looked for by name.
+fn own(job: &mut Job, mark: &str) {
+    let meta = &mut job.metadata;
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(keys::REQUEST.into(), mark.to_owned());
+    if meta.name.is_none()
+        && let Some(stem) = meta.generate_name.take()
+    {
+        meta.name = Some(format!("{stem}{}", &mark[..5]));
     }
 }
 
@@ -220,7 +273,7 @@ impl Cluster {
                         cleanup: None,
                     });
                 };
-                let cleanup = self.delete(&namespace, &name).await.err().map(Box::new);
+                let cleanup = self.clean_up(&namespace, &name).await.err().map(Box::new);
                 Err(Error::Cancelled {
                     job: Some(format!("{namespace}/{name}")),
                     cleanup,
@@ -240,11 +293,13 @@ impl Cluster {
         created: Held,
     ) -> Result<Applied> {
         let options = options.clone();
+        let mark = request_mark();
         let held: Arc<Mutex<Option<(Job, Pinned)>>> = Arc::default();
         let refusal = Arc::default();
         let resolve = {
             let (cluster, options, held) = (self.clone(), options.clone(), Arc::clone(&held));
             let created = Arc::clone(&created);
+            let mark = mark.clone();
             with_hook(resolve, Arc::clone(&refusal), move |pinned| {
                 let (cluster, options, held, created) = (
                     cluster.clone(),
@@ -252,13 +307,15 @@ impl Cluster {
                     Arc::clone(&held),
                     Arc::clone(&created),
                 );
+                let mark = mark.clone();
                 async move {
-                    let job = build_job(&pinned, &options, true)?;
+                    let mut job = build_job(&pinned, &options, true)?;
+                    own(&mut job, &mark);
                     // The create runs on its own task holding the slot, so that a cancellation
                     // meanwhile waits for its answer and deletes what it made.
                     let mut slot = created.lock_owned().await;
                     let task = tokio::spawn(async move {
-                        let job = cluster.create(&job).await?;
+                        let job = cluster.create_owned(&job, &mark).await?;
                         *slot = Some((
                             job.metadata.namespace.clone().unwrap_or_default(),
                             job.metadata.name.clone().unwrap_or_default(),
@@ -283,7 +340,9 @@ impl Cluster {
             };
             let pinned = Pinned::from(&resolution);
             let image = pinned.image()?;
-            let job = self.create(&build_job(&pinned, &options, false)?).await?;
+            let mut job = build_job(&pinned, &options, false)?;
+            own(&mut job, &mark);
+            let job = self.create_owned(&job, &mark).await?;
             return Ok(Applied::new(job, resolution, image, false));
         };
         let namespace = job.metadata.namespace.clone().unwrap_or_default();
@@ -291,7 +350,7 @@ impl Cluster {
         let (namespace, name) = (namespace.as_str(), name.as_str());
         let created = &created;
         let failed = |what: String, source: Error| async move {
-            let cleanup = self.delete(namespace, name).await.err().map(Box::new);
+            let cleanup = self.clean_up(namespace, name).await.err().map(Box::new);
             *created.lock().await = None;
             Err(Error::Withdrawn {
                 what,
@@ -313,18 +372,112 @@ impl Cluster {
                 return failed(format!("regenerating {nick} failed"), Error::Resolve(e)).await;
             }
         };
-        match self.release(namespace, name).await {
+        match self.release_retrying(namespace, name).await {
             Ok(job) => {
                 *created.lock().await = None;
                 Ok(Applied::new(job, resolution, planned.image()?, true))
             }
-            Err(e) => {
-                let what = format!(
-                    "{nick} version {} is recorded, but its Job could not be released",
-                    resolution.version
-                );
-                failed(what, e).await
+            // The version is recorded and the Job pins it: it is left for the user to release
+            // (it may even be released already, the answer lost), not deleted.
+            Err((e, attempts)) => {
+                *created.lock().await = None;
+                Err(Error::Unreleased {
+                    nick: nick.to_owned(),
+                    version: resolution.version,
+                    job: format!("{namespace}/{name}"),
+                    attempts,
+                    source: Box::new(e),
+                })
             }
+        }
+    }
+
+    /// [`Cluster::release`], sent again (it is idempotent) while it fails in a way that may
+    /// pass (no answer in time, the connection cut, 5xx): at most [`RELEASE_ATTEMPTS`] times,
+    /// pausing [`RELEASE_PAUSE`], doubled each time, in between. The last error and how many
+    /// were sent, on failure.
+    async fn release_retrying(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> std::result::Result<Job, (Error, u32)> {
+        let mut pause = RELEASE_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.release(namespace, name).await {
+                Ok(job) => return Ok(job),
+                Err(e) if e.is_transient() && attempt < RELEASE_ATTEMPTS => {
+                    tracing::debug!("{e}; sending it again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err((e, attempt)),
+            }
+        }
+    }
+
+    /// [`Cluster::create`]; when the creation may have happened unanswered (no answer in
+    /// time, the connection cut, 5xx), the Job is looked for and deleted if it is this
+    /// request's (`mark`), within the cleanup bound, and [`Error::Unanswered`] says so.
+    async fn create_owned(&self, job: &Job, mark: &str) -> Result<Job> {
+        match self.create(job).await {
+            Err(e) if e.is_transient() => {
+                let namespace = job
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| self.default_namespace().to_owned());
+                let name = job.metadata.name.clone().unwrap_or_default();
+                let cleanup = self
+                    .withdraw(&namespace, &name, mark)
+                    .await
+                    .err()
+                    .map(Box::new);
+                Err(Error::Unanswered {
+                    job: format!("{namespace}/{name}"),
+                    source: Box::new(e),
+                    cleanup,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes the Job `namespace/name` if it exists and is this request's (`mark`), within
+    /// the cleanup bound.
+    async fn withdraw(&self, namespace: &str, name: &str, mark: &str) -> Result<()> {
+        let api: kube::Api<Job> = kube::Api::namespaced(self.client().clone(), namespace);
+        let limit = Some(self.cleanup_timeout());
+        let action = || format!("looking for Job {namespace}/{name}");
+        let job = match Cluster::within(limit, api.get_opt(name)).await {
+            Call::Done(Some(job)) => job,
+            Call::Done(None) => return Ok(()),
+            Call::Failed(e) => return Err(self.failed(action(), e)),
+            Call::TimedOut(after) => return Err(self.timed_out(action(), after)),
+        };
+        let ours = job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::REQUEST))
+            .is_some_and(|m| m == mark);
+        if !ours {
+            return Ok(());
+        }
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: job.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..kube::api::DeleteParams::background()
+        };
+        let action = || format!("deleting Job {namespace}/{name}");
+        match Cluster::within(limit, api.delete(name, &params)).await {
+            Call::Done(_) => Ok(()),
+            Call::Failed(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Call::Failed(e) => Err(self.failed(action(), e)),
+            Call::TimedOut(after) => Err(self.timed_out(action(), after)),
         }
     }
 }

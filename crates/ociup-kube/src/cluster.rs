@@ -8,7 +8,9 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Serialize;
 
@@ -131,6 +133,26 @@ pub struct Cluster {
     client: kube::Client,
     url: String,
     namespace: String,
+    request_timeout: Option<Duration>,
+}
+
+/// How long a call to the API server may take unless [`Cluster::with_request_timeout`] says
+/// otherwise: connecting, sending, and the whole answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a watch stays open before the server ends it and it is resumed from the last
+/// resourceVersion seen.
+const WATCH_SECONDS: u32 = 60;
+
+/// How often in a row following a Job may fail (the server unreachable, a watch that breaks
+/// before it brings anything) before [`Cluster::wait`] gives up.
+const FOLLOW_ATTEMPTS: u32 = 6;
+
+/// What a call to the API server ended with.
+pub(crate) enum Call<T> {
+    Done(T),
+    Failed(kube::Error),
+    TimedOut(Duration),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -138,6 +160,7 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("url", &self.url)
             .field("namespace", &self.namespace)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -197,12 +220,77 @@ impl Cluster {
     }
 
     /// A cluster from a client made elsewhere; `url` is named in errors, `namespace` is where
-    /// Jobs without one go.
+    /// Jobs without one go. Each call must be answered within [`DEFAULT_REQUEST_TIMEOUT`].
     pub fn new(client: kube::Client, url: impl Into<String>, namespace: impl Into<String>) -> Self {
         Cluster {
             client,
             url: url.into().trim_end_matches('/').to_owned(),
             namespace: namespace.into(),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+        }
+    }
+
+    /// The same cluster, each call to the API server bounded by `timeout` instead of
+    /// [`DEFAULT_REQUEST_TIMEOUT`]: connecting, sending the request and reading the whole answer
+    /// (kubectl's `--request-timeout`). `None` (kubectl's `0`): no bound, except for the
+    /// deletion of a held Job after a failure, which is always bounded (by
+    /// [`DEFAULT_REQUEST_TIMEOUT`] then). A call that runs out of time fails with
+    /// [`Error::TimedOut`]. [`Cluster::wait`] bounds each request it makes, and the silence of
+    /// a watch (the server ends each watch after a minute; a watch silent for a minute more
+    /// than that is resumed).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// The bound on each call ([`Cluster::with_request_timeout`]).
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
+    /// The bound on deleting a Job after a failure: never unbounded.
+    pub(crate) fn cleanup_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// Runs one call to the API server within `limit`.
+    pub(crate) async fn within<T>(
+        limit: Option<Duration>,
+        call: impl Future<Output = kube::Result<T>>,
+    ) -> Call<T> {
+        let answer = match limit {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer,
+                Err(_) => return Call::TimedOut(limit),
+            },
+            None => call.await,
+        };
+        match answer {
+            Ok(v) => Call::Done(v),
+            Err(e) => Call::Failed(e),
+        }
+    }
+
+    /// Runs one call to the API server within the request timeout; its error sorted and
+    /// named with `action`.
+    async fn call<T>(
+        &self,
+        action: impl FnOnce() -> String,
+        call: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T> {
+        match Cluster::within(self.request_timeout, call).await {
+            Call::Done(v) => Ok(v),
+            Call::Failed(e) => Err(self.failed(action(), e)),
+            Call::TimedOut(after) => Err(self.timed_out(action(), after)),
+        }
+    }
+
+    pub(crate) fn timed_out(&self, action: String, after: Duration) -> Error {
+        Error::TimedOut {
+            action,
+            url: self.url.clone(),
+            after,
         }
     }
 
@@ -275,10 +363,12 @@ impl Cluster {
                 },
                 ..SelfSubjectAccessReview::default()
             };
-            let answer = api
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| self.failed(action.clone(), e))?;
+            let answer = self
+                .call(
+                    || action.clone(),
+                    api.create(&PostParams::default(), &review),
+                )
+                .await?;
             let status = answer.status.unwrap_or_default();
             if !status.allowed {
                 denied.push(*verb);
@@ -324,10 +414,12 @@ impl Cluster {
             .clone()
             .or_else(|| job.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
             .unwrap_or_default();
-        self.jobs(&namespace)
-            .create(&PostParams::default(), &job)
-            .await
-            .map_err(|e| self.failed(format!("creating Job {namespace}/{what}"), e))
+        let api = self.jobs(&namespace);
+        self.call(
+            || format!("creating Job {namespace}/{what}"),
+            api.create(&PostParams::default(), &job),
+        )
+        .await
     }
 
     /// Releases a Job created suspended: `spec.suspend` false, its `ociup.dev/held`
@@ -340,10 +432,12 @@ impl Cluster {
             "metadata": {"annotations": {keys::HELD: null}, "labels": {keys::HELD: null}},
             "spec": {"suspend": false},
         });
-        self.jobs(namespace)
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| self.failed(format!("unsuspending Job {namespace}/{name}"), e))
+        let api = self.jobs(namespace);
+        self.call(
+            || format!("unsuspending Job {namespace}/{name}"),
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
     }
 
     /// Deletes a Job and, in the background, its pods. A Job already gone is not an error.
@@ -351,23 +445,46 @@ impl Cluster {
     /// # Errors
     /// [`Error::Refused`], [`Error::Unreachable`].
     pub async fn delete(&self, namespace: &str, name: &str) -> Result<()> {
-        match self
-            .jobs(namespace)
-            .delete(name, &DeleteParams::background())
+        self.delete_within(namespace, name, self.request_timeout)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(self.failed(format!("deleting Job {namespace}/{name}"), e)),
+    }
+
+    /// [`Cluster::delete`] bounded by `limit`.
+    pub(crate) async fn delete_within(
+        &self,
+        namespace: &str,
+        name: &str,
+        limit: Option<Duration>,
+    ) -> Result<()> {
+        let api = self.jobs(namespace);
+        let action = || format!("deleting Job {namespace}/{name}");
+        match Cluster::within(limit, api.delete(name, &DeleteParams::background())).await {
+            Call::Done(_) => Ok(()),
+            Call::Failed(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Call::Failed(e) => Err(self.failed(action(), e)),
+            Call::TimedOut(after) => Err(self.timed_out(action(), after)),
         }
+    }
+
+    /// Deletes a Job after a failure, bounded even when calls are not
+    /// ([`Cluster::with_request_timeout`]).
+    pub(crate) async fn clean_up(&self, namespace: &str, name: &str) -> Result<()> {
+        self.delete_within(namespace, name, Some(self.cleanup_timeout()))
+            .await
     }
 
     /// Follows a Job until it has finished (`Complete` or `Failed`), watching it rather than
     /// polling; `timeout` bounds the wait.
     ///
+    /// A watch that ends (the server closes each after a minute) or breaks (a connection cut,
+    /// a silent server) is resumed from the last resourceVersion it brought; one the server no
+    /// longer has (410 Gone) starts again from a fresh list. Six failures in a row (the
+    /// server unreachable or not answering, a watch broken before it brought anything) end
+    /// the wait.
+    ///
     /// # Errors
     /// [`Error::Wait`]: the Job was deleted, or the time ran out; [`Error::Refused`],
-    /// [`Error::Unreachable`].
+    /// [`Error::Unreachable`], [`Error::TimedOut`].
     pub async fn wait(
         &self,
         namespace: &str,
@@ -394,41 +511,112 @@ impl Cluster {
                 "Job {namespace}/{name} was deleted before it finished"
             ))
         };
-        loop {
-            let job = match api.get(name).await {
-                Ok(job) => job,
-                Err(kube::Error::Api(s)) if s.code == 404 => return Err(gone()),
-                Err(e) => return Err(self.failed(action(), e)),
-            };
-            if let Some(f) = finished(&job) {
-                return Ok(f);
+        let selector = format!("metadata.name={name}");
+        // The resourceVersion to watch from; `None`: list first.
+        let mut from: Option<String> = None;
+        let mut failures = 0u32;
+        // A failure that may pass (the server restarting, a connection cut): retried after a
+        // pause, up to FOLLOW_ATTEMPTS in a row.
+        let again = |failures: &mut u32, e: Error| {
+            *failures += 1;
+            if *failures >= FOLLOW_ATTEMPTS || !e.is_transient() {
+                return Err(e);
             }
-            let version = job.metadata.resource_version.unwrap_or_default();
-            // The server ends a watch after its timeout (or sooner); the loop reads the Job
-            // again and watches on from there.
+            tracing::debug!("{e}; following again");
+            Ok(Duration::from_millis(250 << (*failures).min(5)))
+        };
+        loop {
+            let version = match from.take() {
+                Some(v) => v,
+                None => {
+                    let list = self
+                        .call(action, api.list(&ListParams::default().fields(&selector)))
+                        .await;
+                    let list = match list {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tokio::time::sleep(again(&mut failures, e)?).await;
+                            continue;
+                        }
+                    };
+                    let Some(job) = list.items.first() else {
+                        return Err(gone());
+                    };
+                    if let Some(f) = finished(job) {
+                        return Ok(f);
+                    }
+                    list.metadata.resource_version.unwrap_or_default()
+                }
+            };
+            tracing::debug!("watching Job {namespace}/{name} from resourceVersion {version}");
             let params = WatchParams::default()
-                .fields(&format!("metadata.name={name}"))
-                .timeout(240);
-            let mut events = api
-                .watch(&params, &version)
-                .await
-                .map_err(|e| self.failed(action(), e))?
-                .boxed();
+                .fields(&selector)
+                .timeout(WATCH_SECONDS);
+            let events = match self.call(action, api.watch(&params, &version)).await {
+                Ok(events) => events,
+                // Too old a version: list again.
+                Err(e) if e.status_code() == Some(410) => continue,
+                Err(e) => {
+                    tokio::time::sleep(again(&mut failures, e)?).await;
+                    from = Some(version);
+                    continue;
+                }
+            };
+            let mut events = events.boxed();
+            let mut last = version;
+            // The server ends the watch after WATCH_SECONDS; silence well beyond that is a
+            // server that stopped answering.
+            let silence = Duration::from_secs(u64::from(WATCH_SECONDS))
+                + self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
             loop {
-                match events.try_next().await {
-                    Ok(Some(WatchEvent::Added(job) | WatchEvent::Modified(job))) => {
+                let next = tokio::time::timeout(silence, events.try_next()).await;
+                match next {
+                    Ok(Ok(Some(WatchEvent::Added(job) | WatchEvent::Modified(job)))) => {
+                        failures = 0;
                         if let Some(f) = finished(&job) {
                             return Ok(f);
                         }
+                        last = job.metadata.resource_version.unwrap_or(last);
                     }
-                    Ok(Some(WatchEvent::Deleted(_))) => return Err(gone()),
-                    Ok(Some(WatchEvent::Bookmark(_))) => {}
-                    // The server closed the watch (after its timeout): read the Job again.
-                    Ok(None) => break,
-                    // 410 Gone (the version is too old), a stream cut short: read the Job
-                    // again (which fails if the server is gone), after a pause.
-                    Ok(Some(WatchEvent::Error(_))) | Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(Ok(Some(WatchEvent::Deleted(_)))) => return Err(gone()),
+                    Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
+                        failures = 0;
+                        last = b.metadata.resource_version;
+                    }
+                    // The server ended the watch: on from the last version.
+                    Ok(Ok(None)) => {
+                        from = Some(last);
+                        break;
+                    }
+                    // 410 Gone: the server no longer has that version; list again.
+                    Ok(Ok(Some(WatchEvent::Error(status)))) if status.code == 410 => {
+                        tracing::debug!(
+                            "watching Job {namespace}/{name}: {} (410); listing again",
+                            status.message
+                        );
+                        break;
+                    }
+                    Ok(Ok(Some(WatchEvent::Error(status)))) => {
+                        let e = Error::Refused {
+                            action: action(),
+                            code: status.code,
+                            reason: status.reason,
+                            message: status.message,
+                        };
+                        tokio::time::sleep(again(&mut failures, e)?).await;
+                        from = Some(last);
+                        break;
+                    }
+                    // A stream cut short: on from the last version, after a pause.
+                    Ok(Err(e)) => {
+                        tokio::time::sleep(again(&mut failures, self.failed(action(), e))?).await;
+                        from = Some(last);
+                        break;
+                    }
+                    Err(_) => {
+                        let e = self.timed_out(action(), silence);
+                        tokio::time::sleep(again(&mut failures, e)?).await;
+                        from = Some(last);
                         break;
                     }
                 }

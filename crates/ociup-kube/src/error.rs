@@ -56,6 +56,18 @@ pub enum Error {
         /// Why (its causes are in the message).
         error: kube::Error,
     },
+    /// The API server did not answer in time ([`Cluster::with_request_timeout`](crate::Cluster::with_request_timeout)):
+    /// it accepted the connection and then went silent, or answered too slowly. Whether the
+    /// request took effect is unknown.
+    #[error("{action}: the Kubernetes API server at {url} did not answer within {after:?}")]
+    TimedOut {
+        /// What was asked.
+        action: String,
+        /// The server's URL.
+        url: String,
+        /// The time given.
+        after: std::time::Duration,
+    },
     /// Another failure of the client (an answer that does not parse as what was asked).
     #[error("{action}: {}", causes(error))]
     Client {
@@ -75,7 +87,9 @@ pub enum Error {
         match cleanup {
             None => format!("so its suspended Job {job} was deleted"),
             Some(e) => format!(
-                "and deleting its suspended Job {job} failed too ({e}); delete it by hand"
+                "and deleting its suspended Job {job} failed too ({e}); it may be left: \
+                 delete it with {}",
+                kubectl_delete(job)
             ),
         }
     )]
@@ -90,6 +104,55 @@ pub enum Error {
         /// Why deleting the Job failed, if it did.
         cleanup: Option<Box<Error>>,
     },
+    /// Creating a Job was not answered (the server silent, the connection cut): it may have
+    /// been created all the same. It was looked for and deleted if it had been (`cleanup` is
+    /// `None`), or that failed too and it may be left. When it was to be held, no version was
+    /// written.
+    #[error(
+        "{source}; {}",
+        match cleanup {
+            None => format!(
+                "the Job {job} was looked for and deleted in case the server created it"
+            ),
+            Some(e) => format!(
+                "the Job {job} may have been created and may be left: looking for it to delete \
+                 it failed ({e}); delete it with {}",
+                kubectl_delete(job)
+            ),
+        }
+    )]
+    Unanswered {
+        /// The Job, as `namespace/name`.
+        job: String,
+        /// Why the creation is not known to have happened or not.
+        #[source]
+        source: Box<Error>,
+        /// Why looking for it or deleting it failed, if it did.
+        cleanup: Option<Box<Error>>,
+    },
+    /// The version was written and recorded, but releasing its held Job failed (the server
+    /// refused, or did not answer after `attempts` tries): the Job is left as it is, most
+    /// likely still suspended. The error names it and the command that releases it.
+    #[error(
+        "{nick} version {version} is recorded, but releasing its Job {job} failed{} ({source}); \
+         the Job may still be suspended: release it with {} (or delete it with {})",
+        if *attempts > 1 { format!(" {attempts} times") } else { String::new() },
+        kubectl_release(job),
+        kubectl_delete(job)
+    )]
+    Unreleased {
+        /// The nick.
+        nick: String,
+        /// The version recorded.
+        version: u64,
+        /// The Job, as `namespace/name`.
+        job: String,
+        /// How many times the release was sent.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// The request was stopped (SIGINT, SIGTERM) before it finished. A Job created suspended
     /// meanwhile was deleted (`cleanup` is `None`), or deleting it failed too.
     #[error(
@@ -98,8 +161,9 @@ pub enum Error {
             (None, _) => String::new(),
             (Some(job), None) => format!(", so its suspended Job {job} was deleted"),
             (Some(job), Some(e)) => format!(
-                "; deleting its suspended Job {job} failed ({e}); delete it by hand \
-                 (kubectl delete jobs -l ociup.dev/held=true)"
+                "; deleting its suspended Job {job} failed ({e}); it may be left: delete it \
+                 with {}",
+                kubectl_delete(job)
             ),
         }
     )]
@@ -115,14 +179,49 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether asking again may succeed: the server not reached or not answering in time, a
+    /// stream cut short, a 5xx or 429 answer. A refusal (4xx), an authentication or
+    /// configuration failure is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::TimedOut { .. } => true,
+            Error::Client { error, .. } => !matches!(
+                error,
+                kube::Error::SerdeError(_) | kube::Error::BuildRequest(_)
+            ),
+            Error::Refused { code, .. } => *code >= 500 || *code == 429,
+            _ => false,
+        }
+    }
+
     /// The HTTP status of a refusal by the API server.
     pub fn status_code(&self) -> Option<u16> {
         match self {
             Error::Refused { code, .. } => Some(*code),
-            Error::Withdrawn { source, .. } => source.status_code(),
+            Error::Withdrawn { source, .. }
+            | Error::Unanswered { source, .. }
+            | Error::Unreleased { source, .. } => source.status_code(),
             _ => None,
         }
     }
+}
+
+/// `kubectl delete` of a Job given as `namespace/name`.
+fn kubectl_delete(job: &str) -> String {
+    let (namespace, name) = job.split_once('/').unwrap_or(("default", job));
+    format!("kubectl delete job -n {namespace} {name}")
+}
+
+/// The `kubectl patch` that releases a held Job (`namespace/name`) as ociup would: suspend
+/// false, its held label and annotation removed.
+fn kubectl_release(job: &str) -> String {
+    let (namespace, name) = job.split_once('/').unwrap_or(("default", job));
+    format!(
+        "kubectl patch job -n {namespace} {name} --type merge -p \
+         '{{\"spec\":{{\"suspend\":false}},\"metadata\":{{\"labels\":{{\"{held}\":null}},\
+         \"annotations\":{{\"{held}\":null}}}}}}'",
+        held = crate::job::keys::HELD
+    )
 }
 
 /// An error and its causes, each said once (kube's errors repeat their cause in their message).

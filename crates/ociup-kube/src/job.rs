@@ -30,6 +30,10 @@ pub mod keys {
     /// itself, not its pods, so that held Jobs can be listed
     /// (`kubectl get jobs -l ociup.dev/held=true`). Both are removed when it is released.
     pub const HELD: &str = "ociup.dev/held";
+    /// Annotation on a Job submitted by [`Cluster::apply`](crate::Cluster::apply): a mark of
+    /// that request, so that a Job whose creation went unanswered is known as its own before
+    /// it is deleted.
+    pub const REQUEST: &str = "ociup.dev/request";
     /// The standard label naming the tool that manages the object: `ociup`.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 }

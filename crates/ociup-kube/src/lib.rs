@@ -44,7 +44,9 @@ mod error;
 mod job;
 
 pub use apply::{Applied, job_for};
-pub use cluster::{Cluster, Condition, ConnectOptions, Finished, conditions, finished};
+pub use cluster::{
+    Cluster, Condition, ConnectOptions, DEFAULT_REQUEST_TIMEOUT, Finished, conditions, finished,
+};
 pub use error::{Error, Result};
 pub use job::{JobOptions, Pinned, build_job, keys, to_yaml};
 pub use {k8s_openapi, kube};

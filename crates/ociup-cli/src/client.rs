@@ -32,12 +32,14 @@ pub struct ServerArgs {
 }
 
 /// Flags (clap ids) that only mean something when the command runs here.
-const LOCAL_ONLY: [&str; 5] = [
+const LOCAL_ONLY: [&str; 7] = [
     "catalog",
     "sign_key",
     "actor",
     "unsigned",
     "source_date_epoch",
+    "kubeconfig",
+    "context",
 ];
 
 /// A service and the token to present.
@@ -70,7 +72,15 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             | Command::Verify(_)
             | Command::Upgrade(_)
             | Command::Unregister(_)
-    );
+    ) || matches!(&cli.command, Command::Job(a) if a.apply);
+    if let Command::Job(a) = &cli.command
+        && !a.apply
+    {
+        bail!(
+            "ociup job without --apply prints a Job with your own credentials, and --server / \
+             OCIUP_SERVER ({url}) is set: give --apply to have the service run it, or unset it"
+        );
+    }
     if !through {
         if matches!(
             cli.command,
@@ -108,6 +118,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         Command::Resolve(a) => Some(&a.nick),
         Command::History(a) => Some(&a.nick),
         Command::Unregister(a) => Some(&a.nick),
+        Command::Job(a) => Some(&a.nick),
         _ => None,
     };
     if let Some(nick) = nick {
@@ -126,6 +137,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         Command::Verify(a) => verify(&server, a).await.map(|()| 0)?,
         Command::Upgrade(a) => upgrade(&server, a).await?,
         Command::Unregister(a) => unregister(&server, a).await.map(|()| 0)?,
+        Command::Job(a) => job(&server, a).await?,
         _ => return Ok(None),
     }))
 }
@@ -477,4 +489,179 @@ async fn unregister(s: &Server, args: &UnregisterArgs) -> Result<()> {
         args.nick
     ))?;
     Ok(())
+}
+
+/// `KEY=VALUE` pairs of a repeated flag.
+fn pairs(flag: &str, values: &[String]) -> Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|v| {
+            v.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--{flag} {v:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `KEY=VALUE` pairs as a JSON object, each key once.
+fn map(flag: &str, values: &[String]) -> Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in pairs(flag, values)? {
+        if out.insert(k.clone(), Value::String(v)).is_some() {
+            bail!("--{flag} {k}: given twice");
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// A condition of a Job as `ociup job --wait` prints it: `Type=Status (Reason): message`.
+fn condition_line(c: &Value) -> String {
+    let mut line = format!("{}={}", text(c, "type"), text(c, "status"));
+    if let Some(r) = c["reason"].as_str() {
+        line.push_str(&format!(" ({r})"));
+    }
+    if let Some(m) = c["message"].as_str() {
+        line.push_str(&format!(": {m}"));
+    }
+    line
+}
+
+/// `job NICK --apply`: a run created by the service (`POST /v1/nicks/NICK/runs`), followed
+/// (`GET /v1/runs/ID`) until its Job is submitted (and with --wait until it finishes), printed
+/// as `ociup job --apply` prints locally.
+async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
+    let nick = &args.nick;
+    let env: Vec<Value> = pairs("env", &args.env)?
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    let body = json!({
+        "namespace": args.namespace,
+        "name": args.name,
+        "args": args.arg.iter().chain(&args.args).collect::<Vec<_>>(),
+        "env": env,
+        "service_account": args.service_account,
+        "image_pull_secrets": args.image_pull_secret,
+        "backoff_limit": args.backoff_limit,
+        "ttl_seconds_after_finished": args.ttl_seconds_after_finished,
+        "labels": map("label", &args.label)?,
+        "requests": map("request", &args.request)?,
+        "limits": map("limit", &args.limit)?,
+        "offline": args.offline,
+        "if_unreachable": match args.if_unreachable {
+            UnreachableArg::Fail => "fail",
+            UnreachableArg::Stale => "stale",
+        },
+    });
+    let created = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nicks/{}/runs", segment(nick)),
+            Some(body),
+        )
+        .await
+        .with_context(|| format!("running {nick}"))?;
+    let id = text(&created, "id");
+    let path = format!("/v1/runs/{}", segment(&id));
+    let mut run = created;
+    while run["state"] == "pending" {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        run = s
+            .call(reqwest::Method::GET, &path, None)
+            .await
+            .with_context(|| format!("following run {id} of {nick}"))?;
+    }
+    if run["state"] != "submitted" {
+        bail!(
+            "{} (run {id})",
+            run["error"].as_str().unwrap_or("the run failed")
+        );
+    }
+    let flag = |k: &str| run[k].as_bool().unwrap_or(false);
+    let (upgraded, held, stale) = (flag("upgraded"), flag("held"), flag("stale"));
+    // As `ociup job --apply` prints locally (cmd/job.rs).
+    if stale {
+        eprintln!(
+            "ociup: the base of {nick} cannot be reached; running the last good version (stale)"
+        );
+    }
+    if upgraded {
+        eprintln!(
+            "ociup: {nick} upgraded to version {} (base {})",
+            run["version"],
+            text(&run, "base_digest")
+        );
+    }
+    let name = text(&run, "name");
+    let namespace = text(&run, "namespace");
+    let job = format!("job.batch/{name}");
+    if held && !upgraded {
+        eprintln!(
+            "ociup: {job} was created suspended in {namespace} while the record of {nick} \
+             version {} was written on the base's new digest (the image itself did not \
+             change), then released",
+            run["version"]
+        );
+    } else if held {
+        eprintln!(
+            "ociup: {job} was created suspended in {namespace} while {nick} version {} was \
+             written, then released",
+            run["version"]
+        );
+    }
+    if !args.json {
+        output::line(format!("{job} created ({})", text(&run, "image")))?;
+    }
+    let finished = if args.wait {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(ok) = run["job"]["finished"].as_bool() {
+                break Some((ok, run["job"]["conditions"].clone()));
+            }
+            if let Some(e) = run["job_error"].as_str() {
+                bail!("{e} before it finished");
+            }
+            if let Some(limit) = args.wait_timeout
+                && started.elapsed().as_secs() >= limit
+            {
+                bail!("Job {namespace}/{name} had not finished after {limit}s");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            run = s
+                .call(reqwest::Method::GET, &path, None)
+                .await
+                .with_context(|| format!("following Job {namespace}/{name}"))?;
+        }
+    } else {
+        None
+    };
+    if args.json {
+        output::json(&json!({
+            "namespace": namespace,
+            "name": name,
+            "uid": run["uid"],
+            "nick": run["nick"],
+            "version": run["version"],
+            "image": run["image"],
+            "digest": run["digest"],
+            "base_digest": run["base_digest"],
+            "upgraded": upgraded,
+            "held": held,
+            "stale": stale,
+            "succeeded": finished.as_ref().map(|(ok, _)| *ok),
+            "conditions": finished.as_ref().map(|(_, c)| c),
+        }))?;
+    } else if let Some((ok, conditions)) = &finished {
+        for c in list(conditions) {
+            output::line(format!("  {}", condition_line(c)))?;
+        }
+        output::line(format!(
+            "{job} {}",
+            if *ok { "completed" } else { "failed" }
+        ))?;
+    }
+    Ok(match finished {
+        Some((false, _)) => 4,
+        _ => 0,
+    })
 }

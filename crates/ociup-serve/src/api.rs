@@ -42,6 +42,8 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<Service>)> {
         ("POST", "/v1/nicks/{nick}/gc", post(gc)),
         ("POST", "/v1/upgrade-all", post(upgrade_all)),
         ("POST", "/v1/register", post(register)),
+        ("POST", "/v1/nicks/{nick}/runs", post(create_run)),
+        ("GET", "/v1/runs/{id}", get(show_run)),
     ]
 }
 
@@ -152,7 +154,8 @@ impl FromRequestParts<Service> for Caller {
                     "no bearer token (Authorization: Bearer <token>)",
                 )
             })?;
-        s.inner
+        let caller = s
+            .inner
             .tokens
             .identify(token)
             .map_err(|_| {
@@ -163,7 +166,26 @@ impl FromRequestParts<Service> for Caller {
                 )
             })?
             .map(Caller)
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))?;
+        if let Some(rate) = s.inner.config.rate_limit
+            && let Err(wait) = s.inner.limiter.take(&caller.0.name, rate, Instant::now())
+        {
+            s.inner
+                .metrics
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "{} has made more requests than this service allows ({}/s, bursts of {}); \
+                     retry later",
+                    caller.0.name, rate.per_second, rate.burst
+                ),
+            );
+            e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            return Err(e);
+        }
+        Ok(caller)
     }
 }
 
@@ -180,6 +202,10 @@ impl Caller {
             ));
         }
         Ok(&self.0.name)
+    }
+
+    fn is_admin(&self) -> bool {
+        self.0.role == Role::Admin
     }
 }
 
@@ -732,6 +758,242 @@ fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
             .map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The nick's catalog entry, its recipe checked against the allowlist (as a resolve checks it).
+async fn allowed_entry(
+    s: &Service,
+    m: &ociup_core::managed::manager::Manager<crate::Guarded>,
+    nick: &str,
+    context: &str,
+) -> Result<(), ApiError> {
+    let entry = m
+        .catalog()
+        .get(nick)
+        .await
+        .map_err(|e| ApiError::from_core(context, e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::UnknownNick,
+                format!("no managed image is registered as {nick:?}"),
+            )
+        })?;
+    let allow = &s.inner.config.allow;
+    allow
+        .check(&entry.recipe.base, Access::Read)
+        .map_err(refused)?;
+    allow
+        .check(&entry.recipe.target, Access::Write)
+        .map_err(refused)?;
+    Ok(())
+}
+
+/// The service's cluster, or `no_cluster` saying why there is none.
+fn cluster(s: &Service) -> Result<ociup_kube::Cluster, ApiError> {
+    match &s.inner.config.runs.cluster {
+        Some(Ok(c)) => Ok(c.clone()),
+        Some(Err(why)) => Err(ApiError::new(
+            Code::NoCluster,
+            format!("this service has no Kubernetes cluster to run on: {why}"),
+        )),
+        None => Err(ApiError::new(
+            Code::NoCluster,
+            "this service has no Kubernetes cluster to run on (start it with --kubeconfig, \
+             KUBECONFIG or in a pod with a service account)",
+        )),
+    }
+}
+
+/// The request to run, as a Kubernetes Job: answered at once (202, `pending`); the nick is
+/// resolved (regenerated when its base moved, the Job held suspended meanwhile) and the Job
+/// submitted in a task of its own. `GET /v1/runs/{id}` says how it went.
+async fn create_run(
+    State(s): State<Service>,
+    caller: Caller,
+    Path(nick): Path<String>,
+    Body(body): Body<crate::runs::RunRequest>,
+) -> Answer {
+    let actor = caller.require(Role::Requester, "create runs")?.to_owned();
+    nick_param(&nick)?;
+    let options = body
+        .job_options()
+        .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+    let cluster = cluster(&s)?;
+    let namespace = options
+        .namespace
+        .clone()
+        .unwrap_or_else(|| cluster.default_namespace().to_owned());
+    if !s.inner.config.runs.allows(&namespace) {
+        return Err(ApiError::new(
+            Code::OutsideAllowlist,
+            format!(
+                "namespace {namespace} is outside what this service may run in (--allow-namespace: {})",
+                match s.inner.config.runs.allow_namespaces.as_slice() {
+                    [] => "none given, so no run is allowed".to_owned(),
+                    p => p.join(", "),
+                }
+            ),
+        ));
+    }
+    let m = s.manager(&actor)?;
+    let context = format!("running {nick}");
+    allowed_entry(&s, &m, &nick, &context).await?;
+    let resolve = ResolveOptions {
+        offline: body.offline,
+        unreachable: match body.if_unreachable {
+            crate::runs::IfUnreachable::Fail => Unreachable::Fail,
+            crate::runs::IfUnreachable::Stale => Unreachable::Stale,
+        },
+        ..ResolveOptions::default()
+    };
+    // Whether a regeneration is due, first: only then is a permit of the bound taken, here, so
+    // that a service at its bound answers 503 rather than a run that fails.
+    let permit = if body.offline {
+        None
+    } else {
+        let first = m
+            .resolve(
+                &nick,
+                ResolveOptions {
+                    check: true,
+                    ..resolve.clone()
+                },
+            )
+            .await
+            .map_err(|e| ApiError::from_core(&context, e))?;
+        if first.upgrade_due {
+            Some(s.regeneration_permit()?)
+        } else {
+            None
+        }
+    };
+    let id = crate::runs::new_id()
+        .map_err(|e| ApiError::new(Code::Internal, format!("a run id: {e}")))?;
+    let run = crate::runs::Run::new(
+        id.clone(),
+        &nick,
+        &actor,
+        &namespace,
+        ociup_core::time::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        ),
+    );
+    if !s.inner.runs.insert(run.clone()) {
+        let mut e = ApiError::new(
+            Code::Busy,
+            format!(
+                "{} runs are pending, as many as the service keeps; retry later",
+                crate::runs::MAX_RUNS
+            ),
+        );
+        e.retry_after = Some(s.inner.config.retry_after);
+        return Err(e);
+    }
+    tracing::info!(run = id, nick, namespace, requester = actor, "run accepted");
+    let (service, run_id) = (s.clone(), id.clone());
+    s.inner.tracker.spawn(async move {
+        let (_permit, id) = (permit, run_id);
+        let lock = service.nick_lock(&nick);
+        let _held = lock.lock().await;
+        let applied = cluster
+            .apply(&m, &nick, resolve, &options, std::future::pending())
+            .await;
+        match applied {
+            Ok(a) => {
+                if a.upgraded {
+                    service
+                        .inner
+                        .metrics
+                        .upgrades
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(
+                    run = id,
+                    job = format!("{}/{}", a.namespace, a.name),
+                    digest = a.digest,
+                    held = a.held,
+                    "run submitted"
+                );
+                service.inner.runs.update(&id, |r| r.submitted(&a));
+            }
+            Err(e) => {
+                let why = chain(&e);
+                tracing::warn!(run = id, "run failed: {why}");
+                service.inner.runs.update(&id, |r| {
+                    r.state = crate::runs::State::Failed;
+                    r.error = Some(format!("{context}: {why}"));
+                });
+            }
+        }
+    });
+    let mut resp = json(&run_answer(&run, None))?;
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// A run as answered: its fields, `job` (the Job's status as the API server has it, once
+/// submitted) and `job_error` (why it could not be read).
+fn run_answer(
+    run: &crate::runs::Run,
+    job: Option<Result<crate::runs::JobStatus, String>>,
+) -> Value {
+    let mut v = serde_json::to_value(run).unwrap_or_default();
+    let (status, error) = match job {
+        Some(Ok(j)) => (serde_json::to_value(j).unwrap_or_default(), Value::Null),
+        Some(Err(e)) => (Value::Null, Value::String(e)),
+        None => (Value::Null, Value::Null),
+    };
+    v["job"] = status;
+    v["job_error"] = error;
+    v
+}
+
+/// A run: its state, and its Job's read from the API server. Only its requester and admins
+/// see it.
+async fn show_run(State(s): State<Service>, caller: Caller, Path(id): Path<String>) -> Answer {
+    let name = caller.require(Role::Requester, "show runs")?;
+    let run = s
+        .inner
+        .runs
+        .get(&id)
+        .filter(|r| r.requester == name || caller.is_admin())
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::NotFound,
+                format!(
+                    "no run {id:?} (runs are kept in memory: a restarted service has forgotten \
+                     its runs; their Jobs stay in the cluster)"
+                ),
+            )
+        })?;
+    let job = match (&run.state, &run.name) {
+        (crate::runs::State::Submitted, Some(job_name)) => Some(match cluster(&s) {
+            Ok(c) => {
+                let api: ociup_kube::kube::Api<ociup_kube::k8s_openapi::api::batch::v1::Job> =
+                    ociup_kube::kube::Api::namespaced(c.client().clone(), &run.namespace);
+                match api.get_opt(job_name).await {
+                    Ok(Some(job)) => Ok(crate::runs::JobStatus::of(&job)),
+                    Ok(None) => Err(format!(
+                        "Job {}/{job_name} is gone from the cluster",
+                        run.namespace
+                    )),
+                    Err(e) => Err(format!(
+                        "reading Job {}/{job_name}: {}",
+                        run.namespace,
+                        chain(&e)
+                    )),
+                }
+            }
+            Err(e) => Err(e.message),
+        }),
+        _ => None,
+    };
+    json(&run_answer(&run, job))
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub enum Code {
     MethodNotAllowed,
     /// 409: the nick cannot do this now (unregistered, no version yet, registered already).
     Conflict,
+    /// 429: the token has made more requests than `--rate-limit` allows; retry after
+    /// `Retry-After`.
+    RateLimited,
     /// 413: the body is larger than the service takes.
     PayloadTooLarge,
     /// 415: the body is not of the type the route takes.
@@ -40,6 +43,8 @@ pub enum Code {
     StoreError,
     /// 503: as many regenerations as allowed are running; retry after `Retry-After`.
     Busy,
+    /// 503: the service has no Kubernetes cluster to create runs on.
+    NoCluster,
     /// 503: the service is not ready (the catalog cannot be read).
     NotReady,
     /// 503: the tokens file cannot be read as it is now, so no token is accepted.
@@ -64,7 +69,10 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::InvalidRecipe | Code::VerificationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Code::BaseUnreachable | Code::StoreError => StatusCode::BAD_GATEWAY,
-            Code::Busy | Code::NotReady | Code::TokensUnreadable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Busy | Code::NoCluster | Code::NotReady | Code::TokensUnreadable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

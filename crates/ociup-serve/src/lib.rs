@@ -18,6 +18,8 @@ pub mod allow;
 mod api;
 pub mod error;
 pub mod metrics;
+pub mod ratelimit;
+pub mod runs;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -73,6 +75,13 @@ pub struct Config {
     /// The longest a client may take to send a request's head (line and headers); the
     /// connection is closed beyond. Its body is bounded by `timeout`.
     pub header_timeout: Duration,
+    /// Runs (Kubernetes Jobs): the cluster, and the namespaces they may use.
+    pub runs: runs::RunsConfig,
+    /// Requests per second allowed to each token, with a burst; `None`: no limit.
+    pub rate_limit: Option<ratelimit::Rate>,
+    /// The service's own identity, recorded as `via` beside the requester in what it writes
+    /// (`ociup-serve@<hostname>` by default in the CLI).
+    pub identity: String,
 }
 
 /// A service error at start.
@@ -107,6 +116,8 @@ struct Inner {
     regenerations: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     tracker: TaskTracker,
+    runs: runs::Runs,
+    limiter: ratelimit::Limiter,
 }
 
 impl std::fmt::Debug for Inner {
@@ -145,6 +156,8 @@ impl Service {
                 nick_locks: Mutex::new(HashMap::new()),
                 metrics: metrics::Metrics::default(),
                 tracker: TaskTracker::new(),
+                runs: runs::Runs::default(),
+                limiter: ratelimit::Limiter::default(),
             }),
         })
     }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub upgrades: AtomicU64,
     /// Requests refused with 503 because the regeneration bound was reached.
     pub regenerations_refused: AtomicU64,
+    /// Requests refused with 429 by the per-token rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -133,6 +135,12 @@ impl Metrics {
                 self.regenerations_refused
                     .load(Ordering::Relaxed)
                     .to_string(),
+            ),
+            (
+                "ociup_rate_limited_total",
+                "Requests refused (429) by the per-token rate limit.",
+                "counter",
+                self.rate_limited.load(Ordering::Relaxed).to_string(),
             ),
         ];
         for (name, help, kind, value) in gauges {

@@ -60,6 +60,26 @@ pub struct ServeArgs {
     /// closed beyond: a client that trickles it holds nothing for long).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub header_timeout: u64,
+    /// Namespaces runs (Kubernetes Jobs, POST /v1/nicks/NICK/runs) may use: a name, or a
+    /// pattern with `*` (team-*). Repeatable; none given: every run is refused.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow_namespace: Vec<String>,
+    /// The kubeconfig runs are created with (default: KUBECONFIG, else ~/.kube/config, else the
+    /// in-cluster service account, as kubectl finds them; none found: runs answer 503
+    /// no_cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context runs are created with (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Requests each token may make: N/s (or N/m), in bursts of up to N; beyond, 429
+    /// rate_limited with Retry-After. Default: no limit. Example: --rate-limit 20/s
+    #[arg(long, value_name = "N/s")]
+    pub rate_limit: Option<ociup_serve::ratelimit::Rate>,
+    /// The service's own name, recorded as `via` beside the requester in the audit trail and
+    /// version records (default: ociup-serve@HOSTNAME).
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
     /// Log lines as text or as JSON objects (one per line), on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -116,6 +136,12 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         max_regenerations: args.max_regenerations,
         retry_after: args.retry_after,
         header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        runs: ociup_serve::runs::RunsConfig {
+            cluster: Some(cluster(args.kubeconfig, args.context).await?),
+            allow_namespaces: args.allow_namespace,
+        },
+        rate_limit: args.rate_limit,
+        identity: args.identity.unwrap_or_else(identity),
     };
     let service = Service::new(config).context("starting the service")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -138,6 +164,60 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
     ociup_serve::serve(listener, service, shutdown_signal()).await?;
     tracing::info!("stopped: every request in flight answered");
     Ok(())
+}
+
+/// The cluster runs go to: as `ociup job --apply` finds it. A --kubeconfig or --context that
+/// fails is an error at start; no configuration at all leaves the service without runs (said
+/// in the log, and to whoever asks for a run).
+async fn cluster(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> Result<Result<ociup_kube::Cluster, String>> {
+    let given = kubeconfig.is_some() || context.is_some();
+    match ociup_kube::Cluster::connect(&ociup_kube::ConnectOptions {
+        kubeconfig,
+        context,
+    })
+    .await
+    {
+        Ok(c) => Ok(Ok(c)),
+        Err(e) if given => Err(e).context("the cluster for runs"),
+        Err(e) => {
+            tracing::warn!("runs are refused: {e}");
+            Ok(Err(e.to_string()))
+        }
+    }
+}
+
+/// `ociup-serve@<hostname>`.
+fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("ociup-serve@{host}")
+}
+
+/// `--cert-role NAME=ROLE` flags as a map; a name given twice is refused.
+fn cert_roles(
+    flags: &[String],
+) -> Result<std::collections::BTreeMap<String, ociup_serve::Role>> {
+    let mut roles = std::collections::BTreeMap::new();
+    for flag in flags {
+        let (name, role) = flag
+            .split_once('=')
+            .with_context(|| format!("--cert-role {flag}: give NAME=ROLE (ops=admin)"))?;
+        ociup_serve::tokens::validate_name(name).with_context(|| format!("--cert-role {flag}"))?;
+        let role: ociup_serve::Role = role
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--cert-role {flag}: {e}"))?;
+        if roles.insert(name.to_owned(), role).is_some() {
+            anyhow::bail!("--cert-role {name}: given twice");
+        }
+    }
+    Ok(roles)
 }
 
 /// Where catalog records and build manifests read from a registry are kept by digest, as the

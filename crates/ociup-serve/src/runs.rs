@@ -1,0 +1,342 @@
+//! Runs: a nick's request to run as a Kubernetes Job, made by the service on a requester's
+//! behalf through [`ociup_kube::Cluster::apply`] (the Job held suspended with the planned digest
+//! while the new version is written, released once it is recorded, deleted if that fails).
+//!
+//! A run is answered at once (`pending`); the work goes on in a task of its own, and the run
+//! turns `submitted` (the Job created unsuspended, or released) or `failed` (with why). Runs are
+//! kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones are forgotten first, and
+//! a restart forgets them all (the Jobs stay in the cluster, labelled with the nick).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use ociup_kube::k8s_openapi::api::batch::v1::Job;
+use ociup_kube::{Applied, Cluster, Condition, JobOptions};
+use serde::{Deserialize, Serialize};
+
+/// The most runs kept in memory; beyond, the oldest finished run is forgotten (a new run is
+/// refused with 503 `busy` only when every run kept is still pending).
+pub const MAX_RUNS: usize = 1024;
+
+/// Where runs go: a cluster (or why there is none) and the namespaces the service may use.
+#[derive(Debug, Default)]
+pub struct RunsConfig {
+    /// The cluster, or why none could be configured (said to whoever asks for a run).
+    pub cluster: Option<Result<Cluster, String>>,
+    /// Namespace patterns a run may use (`*` matches any run of characters): none refuses
+    /// every run.
+    pub allow_namespaces: Vec<String>,
+}
+
+impl RunsConfig {
+    /// Whether `namespace` matches an `--allow-namespace` pattern.
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.allow_namespaces
+            .iter()
+            .any(|p| glob(p.as_bytes(), namespace.as_bytes()))
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((c, rest)) => text
+            .split_first()
+            .is_some_and(|(t, tr)| t == c && glob(rest, tr)),
+    }
+}
+
+/// An environment variable of the container.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// What a requester asks for: `ociup job`'s options.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The namespace (default: the service's cluster configuration's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Job's name (default: `<nick>-v<version>-` and a suffix the API server picks).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Arguments: they replace the image's Cmd.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// The pod's service account.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Secrets holding registry credentials for pulling the image.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+    /// Retries before the Job is marked failed.
+    #[serde(default)]
+    pub backoff_limit: Option<i32>,
+    /// Seconds after it finishes before the Job is deleted.
+    #[serde(default)]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// Labels on the Job and its pods.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Resource requests.
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+    /// Run the current version without asking the base.
+    #[serde(default)]
+    pub offline: bool,
+    /// When the base cannot be reached: `fail`, or `stale` (the last good version).
+    #[serde(default)]
+    pub if_unreachable: IfUnreachable,
+}
+
+/// What a run does when the base cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfUnreachable {
+    /// Fail.
+    #[default]
+    Fail,
+    /// Run the last good version (marked stale).
+    Stale,
+}
+
+impl RunRequest {
+    /// The Job options, checked as the API server would check them.
+    ///
+    /// # Errors
+    /// What [`JobOptions::validate`] refuses.
+    pub fn job_options(&self) -> Result<JobOptions, ociup_kube::Error> {
+        let options = JobOptions {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            args: self.args.clone(),
+            env: self
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            service_account: self.service_account.clone(),
+            image_pull_secrets: self.image_pull_secrets.clone(),
+            backoff_limit: self.backoff_limit,
+            ttl_seconds_after_finished: self.ttl_seconds_after_finished,
+            labels: self.labels.clone(),
+            requests: self.requests.clone(),
+            limits: self.limits.clone(),
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepted; the version is being resolved (and regenerated), the Job held if created.
+    Pending,
+    /// The Job exists and is released: the controller creates its pods.
+    Submitted,
+    /// It failed; no Job is left (`error` says why).
+    Failed,
+}
+
+/// A run as kept, and as answered (with the Job's status read when asked).
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    /// Its id.
+    pub id: String,
+    /// The nick.
+    pub nick: String,
+    /// Who asked (the token's name).
+    pub requester: String,
+    /// When it was asked (RFC 3339, UTC).
+    pub created: String,
+    /// Where it is.
+    pub state: State,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The Job's namespace (known at once).
+    pub namespace: String,
+    /// The Job's name, its uid, the version it runs, as [`Applied`] says (once submitted).
+    pub name: Option<String>,
+    /// The Job's uid.
+    pub uid: Option<String>,
+    /// The version the Job runs.
+    pub version: Option<u64>,
+    /// The image it runs, pinned by digest.
+    pub image: Option<String>,
+    /// Its manifest digest.
+    pub digest: Option<String>,
+    /// The base digest the version sits on.
+    pub base_digest: Option<String>,
+    /// Whether this run made a new version.
+    pub upgraded: bool,
+    /// Whether the Job was created suspended while the new version was written, then released.
+    pub held: bool,
+    /// The base could not be asked; the last good version runs.
+    pub stale: bool,
+}
+
+/// The Job of a run as the API server has it now.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    /// Whether it is suspended.
+    pub suspended: bool,
+    /// Pods running.
+    pub active: i32,
+    /// Pods that succeeded.
+    pub succeeded: i32,
+    /// Pods that failed.
+    pub failed: i32,
+    /// Its conditions (`Complete`, `Failed`, `Suspended`…).
+    pub conditions: Vec<Condition>,
+    /// Whether it has finished, and how: `true` completed, `false` failed, `null` running.
+    pub finished: Option<bool>,
+}
+
+impl JobStatus {
+    /// The status of `job`.
+    pub fn of(job: &Job) -> JobStatus {
+        let status = job.status.clone().unwrap_or_default();
+        JobStatus {
+            suspended: job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false),
+            active: status.active.unwrap_or(0),
+            succeeded: status.succeeded.unwrap_or(0),
+            failed: status.failed.unwrap_or(0),
+            conditions: ociup_kube::conditions(job),
+            finished: ociup_kube::finished(job).map(|f| f.succeeded),
+        }
+    }
+}
+
+impl Run {
+    /// A new pending run.
+    pub fn new(id: String, nick: &str, requester: &str, namespace: &str, created: String) -> Run {
+        Run {
+            id,
+            nick: nick.to_owned(),
+            requester: requester.to_owned(),
+            created,
+            state: State::Pending,
+            error: None,
+            namespace: namespace.to_owned(),
+            name: None,
+            uid: None,
+            version: None,
+            image: None,
+            digest: None,
+            base_digest: None,
+            upgraded: false,
+            held: false,
+            stale: false,
+        }
+    }
+
+    /// Submitted, as `applied` says.
+    pub fn submitted(&mut self, applied: &Applied) {
+        self.state = State::Submitted;
+        self.namespace.clone_from(&applied.namespace);
+        self.name = Some(applied.name.clone());
+        self.uid.clone_from(&applied.uid);
+        self.version = Some(applied.version);
+        self.image = Some(applied.image.clone());
+        self.digest = Some(applied.digest.clone());
+        self.base_digest = Some(applied.base_digest.clone());
+        self.upgraded = applied.upgraded;
+        self.held = applied.held;
+        self.stale = applied.stale;
+    }
+}
+
+/// The runs kept, oldest first.
+#[derive(Debug, Default)]
+pub struct Runs {
+    runs: Mutex<VecDeque<Run>>,
+}
+
+impl Runs {
+    /// Keeps `run`, forgetting the oldest finished run when [`MAX_RUNS`] are kept; `false`
+    /// (and nothing kept) when every run kept is still pending.
+    pub fn insert(&self, run: Run) -> bool {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs.len() >= MAX_RUNS {
+            let Some(i) = runs.iter().position(|r| r.state != State::Pending) else {
+                return false;
+            };
+            runs.remove(i);
+        }
+        runs.push_back(run);
+        true
+    }
+
+    /// Changes the run `id` (if still kept).
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut Run)) {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = runs.iter_mut().find(|r| r.id == id) {
+            f(r);
+        }
+    }
+
+    /// The run `id`.
+    pub fn get(&self, id: &str) -> Option<Run> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.iter().find(|r| r.id == id).cloned()
+    }
+}
+
+/// A new run id: `run-` and 32 hex digits from the operating system's random source.
+pub fn new_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!(
+        "run-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_patterns() {
+        let c = RunsConfig {
+            cluster: None,
+            allow_namespaces: vec!["ml".into(), "team-*".into()],
+        };
+        assert!(c.allows("ml"));
+        assert!(c.allows("team-a") && c.allows("team-"));
+        assert!(!c.allows("mlx") && !c.allows("default") && !c.allows("xteam-a"));
+        assert!(!RunsConfig::default().allows("default"), "none: refused");
+    }
+
+    #[test]
+    fn the_oldest_finished_run_is_forgotten_first_and_pending_ones_kept() {
+        let runs = Runs::default();
+        let run = |i: usize| Run::new(format!("r{i}"), "n", "a", "ns", String::new());
+        for i in 0..MAX_RUNS {
+            assert!(runs.insert(run(i)));
+        }
+        assert!(!runs.insert(run(MAX_RUNS)), "all pending: refused");
+        runs.update("r5", |r| r.state = State::Failed);
+        runs.update("r9", |r| r.state = State::Failed);
+        assert!(runs.insert(run(MAX_RUNS)));
+        assert!(runs.get("r5").is_none() && runs.get("r9").is_some());
+        assert!(runs.get("r0").is_some() && runs.get(&format!("r{MAX_RUNS}")).is_some());
+    }
+}

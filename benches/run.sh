@@ -2,8 +2,10 @@
 # `ociup unpack` and `ociup run` on a Debian root file system (debootstrap --variant=minbase
 # bookworm, ~200 MB, made once and cached as a tar), against umoci and runc:
 #
-#   1. cold unpack: `ociup unpack` beside `umoci unpack` of the same image (gzip), interleaved,
-#      RUNS runs each (target: ociup at least 2x faster);
+#   1. cold unpack: `ociup unpack` beside `umoci unpack` of the same image (gzip) and the floor,
+#      `tar -xzf` of the same layer blob (GNU tar + gzip; and `tar -I pigz` when pigz is there),
+#      interleaved, RUNS runs each (target: ociup at least 2x faster than umoci); each also
+#      timed with the `sync` after it (the writeback it left), reported separately;
 #   2. warm run: `ociup run --image ... -- /bin/true` with its layers cached beside `runc run` of
 #      a bundle prepared beforehand (the same config.json and root file system), WARM_RUNS
 #      each (target: ociup's overhead, the difference of the medians, under 50 ms);
@@ -11,7 +13,8 @@
 #
 # Needs root (runc and umoci keep the layers' owners), umoci, runc, tar, python3, GNU time, and
 # debootstrap with network to deb.debian.org the first time (or DEBIAN_TAR=path to a tar of a
-# root file system). Prints a summary; JSON to benches/results/run.json.
+# root file system). Prints a summary; JSON to benches/results/run.json. UNPACK_ONLY=1 skips the
+# warm runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -61,22 +64,58 @@ timed() {
   echo "$(awk -v a="$n0" -v b="$n1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }') $(tail -n 1 "$WORK/out/$id.time")"
 }
 
-declare -A WALL RSS
+declare -A WALL RSS SYNCED
 add() { WALL[$1]+="${2} "; RSS[$1]+="${3} "; }
 
-log "cold unpack: $RUNS runs each, interleaved"
+# The layer blob itself, for the floor: what tar alone does with it.
+BLOB=$LAY/blobs/$(python3 -c 'import json,sys
+d = sys.argv[1]
+m = json.load(open(d + "/index.json"))["manifests"][0]["digest"].replace(":", "/")
+print(json.load(open(d + "/blobs/" + m))["layers"][0]["digest"].replace(":", "/"))' "$LAY")
+FLOOR=(tar-gzip)
+command -v pigz >/dev/null && FLOOR+=(tar-pigz)
+TOOLS=(ociup umoci "${FLOOR[@]}")
+
+log "cold unpack: $RUNS runs each of ${TOOLS[*]}, interleaved"
 for ((i = 0; i < RUNS; i++)); do
-  bench_rotate "$i" ociup umoci
+  bench_rotate "$i" "${TOOLS[@]}"
   for tool in "${ORDER[@]}"; do
     dir=$WORK/unpack-$tool-$i
     case $tool in
       ociup) read -r w r < <(timed "unpack-ociup-$i" "$OCIUP" unpack "oci:$LAY:debian" "$dir") ;;
       umoci) read -r w r < <(timed "unpack-umoci-$i" umoci unpack --image "$LAY:debian" "$dir") ;;
+      tar-gzip)
+        mkdir -p "$dir"
+        read -r w r < <(timed "unpack-$tool-$i" tar --numeric-owner -xzpf "$BLOB" -C "$dir") ;;
+      tar-pigz)
+        mkdir -p "$dir"
+        read -r w r < <(timed "unpack-$tool-$i" tar --numeric-owner -I pigz -xpf "$BLOB" -C "$dir") ;;
     esac
+    # The writeback the tool left, timed on its own (not in the wall figure above).
+    s0=$(date +%s%N)
+    sync
+    s1=$(date +%s%N)
+    SYNCED[unpack-$tool]+="$(awk -v a="$s0" -v b="$s1" -v w="$w" 'BEGIN { printf "%.4f", w + (b - a) / 1e9 }') "
     add "unpack-$tool" "$w" "$r"
+    log "  round $((i + 1)) $tool: ${w} s ($(uptime | sed 's/.*load/load/'))"
     rm -rf "$dir"
   done
 done
+
+if [ "${UNPACK_ONLY:-0}" = 1 ]; then
+  median() { bench_median $1; }
+  {
+    echo "machine: $(bench_machine); ociup $(bench_git_rev); RUNS=$RUNS"
+    for tool in "${TOOLS[@]}"; do
+      echo "unpack $tool: median $(median "${WALL[unpack-$tool]}") s, with the sync after it \
+$(median "${SYNCED[unpack-$tool]}") s (runs: ${WALL[unpack-$tool]})"
+    done
+    awk -v o="$(median "${WALL[unpack-ociup]}")" -v u="$(median "${WALL[unpack-umoci]}")" \
+      -v f="$(median "${WALL[unpack-tar-gzip]}")" \
+      'BEGIN { printf "umoci/ociup %.2fx; ociup/floor(tar-gzip) %.2fx\n", u / o, o / f }'
+  } | tee "$WORK/unpack-summary.txt"
+  exit 0
+fi
 
 log "warm run: fill the cache, prepare the runc bundle"
 "$OCIUP" run --image "oci:$LAY:debian" -- /bin/true </dev/null

@@ -24,17 +24,78 @@ pub struct RuntimeOptions {
     pub own_process_group: bool,
 }
 
-/// Runs `runtime --root STATE run --bundle BUNDLE ID` with this process's standard input,
-/// output and error (passed to the container as they are: nothing is buffered), forwarding
-/// SIGINT, SIGTERM, SIGHUP and SIGQUIT (listened for before the runtime starts) to the container (`runtime kill ID SIGNAL`), and answers the container's
-/// exit status (128 + the signal's number when a signal ended it, as a shell reports it).
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The container's process ran and exited with this status (128 + N when signal N ended
+    /// it, as a shell reports it).
+    Container(i32),
+    /// The runtime could not find the command to run (its message).
+    NotFound(String),
+    /// The runtime found the command but could not execute it: permission denied, not an
+    /// executable (its message).
+    NotExecutable(String),
+    /// The runtime failed before the command ran (its message).
+    Runtime(String),
+}
+
+impl Exit {
+    /// The exit status a command line answers for it, as `docker run` does: the container's;
+    /// 127 for a command not found, 126 for one that cannot be executed, 125 for a failure of
+    /// the runtime.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Container(c) => *c,
+            Exit::NotFound(_) => 127,
+            Exit::NotExecutable(_) => 126,
+            Exit::Runtime(_) => 125,
+        }
+    }
+
+    /// What the runtime's log (runc's `--log-format json`: one JSON object a line, `level` and
+    /// `msg`) says of a run whose runtime exited with `status`: its last error, classified.
+    /// Without an error logged, the status is the container's.
+    pub fn classify(status: i32, log: &str) -> Exit {
+        let error = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+            .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+            .last();
+        let Some(msg) = error.filter(|_| status != 0) else {
+            return Exit::Container(status);
+        };
+        // runc: "unable to start container process: exec: \"X\": <why>".
+        if let Some((_, why)) = msg.split_once("exec: ") {
+            if why.contains("no such file or directory")
+                || why.contains("executable file not found")
+            {
+                return Exit::NotFound(msg);
+            }
+            return Exit::NotExecutable(msg);
+        }
+        Exit::Runtime(msg)
+    }
+}
+
+/// Runs `runtime --root STATE --log BUNDLE/runtime.log --log-format json run --bundle BUNDLE ID`
+/// with this process's standard input, output and error (passed to the container as they are:
+/// nothing is buffered), forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT (listened for before
+/// the runtime starts) to the container (`runtime kill ID SIGNAL`), and answers how it ended
+/// (the runtime's own failures told apart from the container's status by its log, see
+/// [`Exit::classify`]).
 ///
 /// # Errors
 /// [`Error::Io`] when the runtime cannot be started.
-pub async fn run_bundle(options: &RuntimeOptions) -> Result<i32> {
+pub async fn run_bundle(options: &RuntimeOptions) -> Result<Exit> {
+    let log = options.bundle.join("runtime.log");
     let mut cmd = tokio::process::Command::new(&options.runtime);
     cmd.arg("--root")
         .arg(&options.state_root)
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-format")
+        .arg("json")
         .arg("run")
         .arg("--bundle")
         .arg(&options.bundle)
@@ -74,11 +135,16 @@ pub async fn run_bundle(options: &RuntimeOptions) -> Result<i32> {
         forward(options, name).await;
     };
     use std::os::unix::process::ExitStatusExt;
-    Ok(match (status.code(), status.signal()) {
+    let status = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => 1,
-    })
+    };
+    // Only the tail: a runtime's log of one run is short, but the bundle is the caller's.
+    let text = std::fs::read(&log)
+        .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(64 * 1024)..]).into_owned())
+        .unwrap_or_default();
+    Ok(Exit::classify(status, &text))
 }
 
 /// `runtime kill ID SIGNAL`; a container that is not running yet or any more is not an error.
@@ -137,4 +203,53 @@ fn which(name: &std::ffi::OsStr) -> Option<PathBuf> {
 /// Whether this process runs as root (its effective user, read from /proc/self).
 pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_log_tells_its_failures_from_the_containers_status() {
+        let line = |msg: &str| format!("{}\n", serde_json::json!({"level": "error", "msg": msg}));
+        let warn = "{\"level\":\"warning\",\"msg\":\"cgroup v1 is deprecated\"}\n";
+        assert_eq!(Exit::classify(3, ""), Exit::Container(3));
+        assert_eq!(Exit::classify(1, warn), Exit::Container(1));
+        assert_eq!(Exit::classify(0, &line("late")), Exit::Container(0));
+        let e = Exit::classify(
+            1,
+            &line(
+                r#"runc run failed: unable to start container process: exec: "/bin/nope": stat /bin/nope: no such file or directory"#,
+            ),
+        );
+        assert!(
+            matches!(&e, Exit::NotFound(m) if m.contains("/bin/nope")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), 127);
+        let e = Exit::classify(
+            1,
+            &line(
+                r#"runc run failed: unable to start container process: exec: "nope": executable file not found in $PATH"#,
+            ),
+        );
+        assert_eq!(e.code(), 127);
+        let e = Exit::classify(
+            1,
+            &line(
+                r#"runc run failed: unable to start container process: exec: "/etc/passwd": permission denied"#,
+            ),
+        );
+        assert_eq!(e.code(), 126);
+        let e = Exit::classify(
+            1,
+            &format!("{warn}{}", line("runc run failed: invalid mount")),
+        );
+        assert!(
+            matches!(&e, Exit::Runtime(m) if m.contains("invalid mount")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), 125);
+        assert_eq!(Exit::Container(143).code(), 143);
+    }
 }

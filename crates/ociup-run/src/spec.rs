@@ -168,6 +168,56 @@ impl Rootless {
     }
 }
 
+/// The seccomp filter of a container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Seccomp {
+    /// The default profile ([`crate::seccomp::default_profile`] for the container's
+    /// capabilities and this machine's architecture), as containerd and Docker apply.
+    #[default]
+    Default,
+    /// No filter.
+    Unconfined,
+    /// This `linux.seccomp` object of the OCI runtime spec, as given.
+    Profile(Value),
+}
+
+impl Seccomp {
+    /// A profile read from a JSON file: an OCI runtime spec `linux.seccomp` object
+    /// (`defaultAction`, optional `architectures`, `syscalls`, ...).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read; [`Error::InvalidImage`] when it is not such
+    /// an object (Docker's profile format, with `archMap` or `includes`, is refused: its rules
+    /// depend on what Docker resolves first).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("reading the seccomp profile {}", path.display()), e))?;
+        let bad = |why: String| Error::InvalidImage {
+            reason: format!("the seccomp profile {}: {why}", path.display()),
+        };
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if !v.get("defaultAction").is_some_and(Value::is_string) {
+            return Err(bad(
+                "no \"defaultAction\": expected the linux.seccomp object of an OCI runtime spec"
+                    .into(),
+            ));
+        }
+        let docker = v.get("archMap").is_some()
+            || v["syscalls"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|r| r.get("includes").is_some() || r.get("excludes").is_some())
+            });
+        if docker {
+            return Err(bad(
+                "a Docker profile (archMap, includes, excludes): give the linux.seccomp object \
+                 of an OCI runtime spec instead"
+                    .into(),
+            ));
+        }
+        Ok(Seccomp::Profile(v))
+    }
+}
+
 /// What to run and how, beyond what the image config says.
 #[derive(Clone, Debug, Default)]
 pub struct SpecOptions {
@@ -193,6 +243,8 @@ pub struct SpecOptions {
     pub hostname: String,
     /// Set for a rootless container: its user namespace.
     pub rootless: Option<Rootless>,
+    /// The seccomp filter (default: the default profile).
+    pub seccomp: Seccomp,
 }
 
 /// The user a process runs as.
@@ -358,7 +410,9 @@ pub fn process_args(config: &Config, options: &SpecOptions) -> Result<Vec<String
 /// /sys/fs/cgroup read-only (not rootless), a tmpfs at /tmp, and with a read-only root also at
 /// /var/tmp and /run; then the binds. Namespaces: pid, ipc, uts, mount, cgroup, network
 /// (unless [`Network::Host`]), user (rootless, with its mappings). Devices: none beyond the
-/// runtime's defaults (null, zero, full, random, urandom, tty).
+/// runtime's defaults (null, zero, full, random, urandom, tty). Seccomp: as
+/// [`SpecOptions::seccomp`] says, by default [`crate::seccomp::default_profile`] (everything
+/// not allowed fails with `EPERM`).
 ///
 /// # Errors
 /// As [`process_args`] and [`resolve_user`].
@@ -505,6 +559,13 @@ pub fn runtime_spec(
         linux["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
     }
     let caps = DEFAULT_CAPABILITIES;
+    match &options.seccomp {
+        Seccomp::Default => {
+            linux["seccomp"] = crate::seccomp::default_profile(caps, std::env::consts::ARCH);
+        }
+        Seccomp::Profile(p) => linux["seccomp"] = p.clone(),
+        Seccomp::Unconfined => {}
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -690,6 +751,51 @@ mod tests {
         std::fs::write(&inside, "evil:x:7:8::/:/bin/sh\n").unwrap();
         let u = resolve_user(r.path(), "evil").unwrap();
         assert_eq!((u.uid, u.gid), (7, 8));
+    }
+
+    #[test]
+    fn seccomp_is_the_default_profile_unless_told_otherwise() {
+        let c = config(json!({"Cmd": ["x"]}));
+        let s = spec(&c, &SpecOptions::default());
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(
+            s["linux"]["seccomp"],
+            crate::seccomp::default_profile(DEFAULT_CAPABILITIES, std::env::consts::ARCH)
+        );
+        let o = SpecOptions {
+            seccomp: Seccomp::Unconfined,
+            ..SpecOptions::default()
+        };
+        assert_eq!(spec(&c, &o)["linux"]["seccomp"], Value::Null);
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("p.json");
+        let mine = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                          "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]});
+        std::fs::write(&file, mine.to_string()).unwrap();
+        let o = SpecOptions {
+            seccomp: Seccomp::from_file(&file).unwrap(),
+            ..SpecOptions::default()
+        };
+        assert_eq!(spec(&c, &o)["linux"]["seccomp"], mine);
+        for (bad, why) in [
+            ("{", "not JSON"),
+            (r#"{"syscalls": []}"#, "defaultAction"),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ERRNO", "archMap": []}"#,
+                "Docker profile",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["x"],
+                   "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}}]}"#,
+                "Docker profile",
+            ),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let e = Seccomp::from_file(&file).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("p.json"), "{e}");
+        }
+        let e = Seccomp::from_file(&t.path().join("absent.json")).unwrap_err();
+        assert!(e.to_string().contains("absent.json"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use ociup_core::reference::PlatformSpec;
 use ociup_registry::Opener;
 use ociup_run::runtime::{find_runtime, running_as_root};
 use ociup_run::{
-    BindMount, LayerCache, Network, Rootless, RuntimeOptions, SpecOptions, run_bundle, runtime_spec,
+    BindMount, LayerCache, Network, Rootless, RuntimeOptions, Seccomp, SpecOptions, run_bundle,
+    runtime_spec,
 };
 
 use super::{Ctx, open_for_reading, parse_platform, parse_ref};
@@ -61,6 +62,16 @@ pub struct RunArgs {
     /// The platform to run from a multi-platform image (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// The seccomp filter: `default` (the profile containerd and Docker apply: every system call
+    /// not on its allow list fails with EPERM, among them mount, unshare, setns, keyctl, bpf,
+    /// reboot, module loading and clock setting), `unconfined` (no filter), or the path of a
+    /// JSON file holding the `linux.seccomp` object of an OCI runtime spec.
+    #[arg(long, value_name = "default|unconfined|PATH")]
+    pub seccomp: Option<String>,
+    /// Docker's spelling of --seccomp: `seccomp=unconfined`, `seccomp=PATH`. Only `seccomp=`
+    /// is known.
+    #[arg(long, value_name = "seccomp=PROFILE")]
+    pub security_opt: Vec<String>,
     /// The OCI runtime to run the bundle with (default: runc on PATH).
     #[arg(long, env = "OCIUP_RUNTIME", value_name = "PATH")]
     pub runtime: Option<PathBuf>,
@@ -233,7 +244,49 @@ fn rootless_mappings() -> Rootless {
     )
 }
 
+/// The seccomp filter `--seccomp` and `--security-opt seccomp=` ask for.
+fn seccomp(args: &RunArgs) -> Result<Seccomp> {
+    let mut given: Vec<&str> = args.seccomp.iter().map(String::as_str).collect();
+    for o in &args.security_opt {
+        match o.split_once(['=', ':']) {
+            Some(("seccomp", v)) => given.push(v),
+            _ => bail!("--security-opt {o:?}: only seccomp=unconfined|default|PATH is known"),
+        }
+    }
+    let value = match given.as_slice() {
+        [] => return Ok(Seccomp::Default),
+        [one] => *one,
+        _ => bail!("the seccomp filter is given more than once (--seccomp, --security-opt)"),
+    };
+    Ok(match value {
+        "default" => Seccomp::Default,
+        "unconfined" => Seccomp::Unconfined,
+        "" => bail!("--seccomp: empty; give default, unconfined or a file"),
+        path => Seccomp::from_file(std::path::Path::new(path))?,
+    })
+}
+
+/// ociup's own failures exit with this status, as `docker run`'s do: a container's own statuses
+/// stay its own.
+const OCIUP_FAILED: u8 = 125;
+
+/// `ociup run`: the container's exit status; 125 when ociup (or the runtime, before the command
+/// ran) fails, the error said on stderr; 126 and 127 when the command cannot be executed or
+/// found.
 pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
+    match run_container(ctx, args).await {
+        Ok(status) => Ok(status),
+        // A closed stdout (of --dry-run) is no failure: main answers success.
+        Err(e) if output::is_broken_pipe(&e) => Err(e),
+        Err(e) => {
+            eprintln!("ociup: {e:#}");
+            Ok(OCIUP_FAILED)
+        }
+    }
+}
+
+async fn run_container(ctx: &Ctx, args: RunArgs) -> Result<u8> {
+    let seccomp = seccomp(&args)?;
     let mounts = args
         .mount
         .iter()
@@ -356,6 +409,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         readonly_rootfs: !args.writable,
         hostname: "ociup".into(),
         rootless: (!root).then(rootless_mappings),
+        seccomp,
     };
     if args.dry_run {
         // Nothing is copied nor written: the spec names the snapshot, and `private_copy` says
@@ -423,7 +477,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
         eprintln!("ociup: bundle kept at {}", bundle.path.display());
     }
     drop(snapshot);
-    Ok(u8::try_from(status & 0xff).unwrap_or(1))
+    if !matches!(status, ociup_run::Exit::Container(_)) {
+        // The runtime said why on stderr already.
+        tracing::debug!("the runtime failed: {status:?}");
+    }
+    Ok(u8::try_from(status.code() & 0xff).unwrap_or(OCIUP_FAILED))
 }
 
 /// A run's bundle directory: removed when dropped, unless kept.

@@ -145,16 +145,19 @@ pub enum Command {
     ///
     /// With --apply and an upgrade due, the Job is created at once with spec.suspend: true and
     /// the digest the new version will have; the version is then written and recorded, and
-    /// the Job released. If that fails, the Job is deleted and the error says why. The rights
-    /// to create, patch and delete Jobs are asked first: a request the API server refuses
-    /// (forbidden, a name taken) or cannot take (down) writes nothing and leaves no Job. Only
-    /// a release that fails after the version was recorded (the server gone meanwhile, a
-    /// webhook refusing the update) leaves the version recorded; its Job is deleted. Stopped
-    /// (Ctrl-C, SIGTERM) while held, the Job is deleted; one left by a killed ociup is
-    /// labelled ociup.dev/held=true (kubectl delete jobs -l ociup.dev/held=true).
+    /// the Job released. If the regeneration fails, the Job is deleted and the error says why.
+    /// The rights to create, patch and delete Jobs are asked first: a request the API server
+    /// refuses (forbidden, a name taken) or cannot take (down, or silent past
+    /// --request-timeout) writes nothing and leaves no Job (a creation left unanswered is
+    /// looked for and deleted; the error says if that failed, naming the Job). A release whose
+    /// answer is lost is sent again; if it still fails, the version stays recorded and the Job
+    /// is left, maybe still suspended: the error names it and the kubectl patch that releases
+    /// it. Stopped (Ctrl-C, SIGTERM) while held, the Job is deleted; one left by a killed
+    /// ociup is labelled ociup.dev/held=true (kubectl delete jobs -l ociup.dev/held=true).
     ///
     /// Exit status: 0 printed or submitted (with --wait: the Job completed), 4 the Job failed
-    /// (--wait), 1 ociup failed, 2 a usage error.
+    /// (--wait), 1 ociup failed (with --wait: also the Job deleted, --wait-timeout reached, or
+    /// the API server lost), 2 a usage error.
     ///
     /// Example: ociup job trainer --namespace ml --request cpu=500m --limit memory=2Gi
     /// --apply --wait -- --epochs 3

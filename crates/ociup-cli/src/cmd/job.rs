@@ -74,7 +74,10 @@ pub struct JobArgs {
     /// it completed, 4 when it failed.
     #[arg(long, requires = "apply")]
     pub wait: bool,
-    /// With --wait: give up (exit 1, the Job left running) after this many seconds.
+    /// With --wait: give up after this many seconds (exit 1, the Job left running). Without
+    /// it, --wait follows the Job as long as it runs, resuming its watch when the stream ends
+    /// or breaks, and gives up (exit 1) only when the API server cannot be reached or does not
+    /// answer 6 times in a row.
     #[arg(long, value_name = "SECS", requires = "wait")]
     pub wait_timeout: Option<u64>,
     /// With --apply: the kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the in-cluster
@@ -84,6 +87,20 @@ pub struct JobArgs {
     /// With --apply: the kubeconfig context to use (default: its current context).
     #[arg(long, requires = "apply")]
     pub context: Option<String>,
+    /// With --apply: the longest one request to the API server may take, connecting, sending
+    /// and reading the whole answer (as kubectl's --request-timeout): 30s, 1m, 500ms, a number
+    /// of seconds; 0 for no limit. A release whose answer is lost is sent again (3 more times);
+    /// deleting a held Job after a failure is always bounded (by 30s when this is 0). While
+    /// --wait follows the Job, each request is bounded, and a watch silent for a minute more
+    /// than this is resumed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_timeout,
+        requires = "apply"
+    )]
+    pub request_timeout: Duration,
     /// Print JSON: the Job itself (Kubernetes' own field names); with --apply, what was done:
     /// namespace, name, uid, nick, version, image, digest, base_digest, upgraded, held, stale,
     /// succeeded and conditions (with --wait, else null).
@@ -107,6 +124,29 @@ pub struct JobArgs {
     pub catalog: CatalogArgs,
     #[command(flatten)]
     pub signing: SigningArgs,
+}
+
+/// A duration as kubectl's --request-timeout takes it: a number with `ms`, `s`, `m` or `h`, or
+/// a number of seconds; `0` is no limit.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(end);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?}: expected a duration: 30s, 1m, 500ms, 0")),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && number.chars().any(|c| c.is_ascii_digit()) => {
+            Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{text:?}: {e}"))
+        }
+        _ => Err(format!("{text:?}: expected a duration: 30s, 1m, 500ms, 0")),
+    }
 }
 
 /// The catalog's manager, as `resolve` makes it.
@@ -193,7 +233,8 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
     })
-    .await?;
+    .await?
+    .with_request_timeout(Some(args.request_timeout));
     let m = manager(ctx, &args)?;
     let applied = cluster
         .apply(&m, nick, resolve, &options, stopped())

@@ -9,6 +9,13 @@
 //! each block's bytes only on its own input and dictionary, so one thread or eight give the same
 //! output. This is the scheme pigz uses; the bytes differ from pigz's because the deflate engine
 //! is zlib-rs.
+//!
+//! A block that [looks incompressible](looks_incompressible) (already compressed files: `.gz`
+//! man pages and changelogs, images, archives) is written as stored deflate blocks instead of
+//! being searched for matches that are not there: on a Debian root file system that is about a
+//! sixth of the input and a fifth of the compression time, for about 0.2% more output. The test
+//! is a pure function of the block's bytes (integer arithmetic only), so the output still
+//! depends on nothing but the input and the level.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -215,9 +222,79 @@ fn worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
     }
 }
 
-/// Raw deflate of one block: primed with `dict`, ended by a sync flush, or finished if `last`.
+/// Raw deflate of one block: primed with `dict`, ended by a sync flush, or finished if `last`;
+/// stored blocks when the block looks incompressible. A fresh deflate state each time: zlib-rs's
+/// `reset` keeps something of the blocks before (a reset state gave other bytes than a new one
+/// on the Debian root file system), and the bytes must not depend on which thread had which
+/// block before.
 fn compress_block(level: u32, dict: &[u8], data: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    if level > 0 && looks_incompressible(data) {
+        return Ok(stored_blocks(data, last));
+    }
     let mut c = Compress::new(flate2::Compression::new(level), false);
+    deflate_block(&mut c, dict, data, last)
+}
+
+/// Blocks shorter than this are always deflated: too few bytes for the byte statistics to say
+/// much, and too few to matter.
+const MIN_STORED_TEST: usize = 4096;
+
+/// Whether deflate would gain next to nothing on `data`: its bytes are close to evenly spread,
+/// so Huffman coding cannot shorten them, and data like that (compressed or encrypted) has no
+/// repeats for matches either. The measure is the collision entropy: with `c_i` the count of
+/// byte value `i` among `n` bytes, `-log2(sum (c_i / n)^2)` bits a byte; the block counts as
+/// incompressible when that is at least `log2(INCOMPRESSIBLE)` (7.58 of the 8 possible), tested
+/// exactly as `INCOMPRESSIBLE * sum c_i^2 <= n^2` in integers, so no floating point (which could
+/// round differently elsewhere) decides the output bytes. Chosen on a Debian root file system:
+/// it stores 36 MB of its 204 MB, blocks deflate would have shrunk by 0.5% on average.
+fn looks_incompressible(data: &[u8]) -> bool {
+    const INCOMPRESSIBLE: u64 = 192;
+    if data.len() < MIN_STORED_TEST {
+        return false;
+    }
+    // Four tables, so consecutive equal bytes do not wait on one counter.
+    let mut counts = [[0u32; 256]; 4];
+    let mut quads = data.chunks_exact(4);
+    for q in &mut quads {
+        counts[0][usize::from(q[0])] += 1;
+        counts[1][usize::from(q[1])] += 1;
+        counts[2][usize::from(q[2])] += 1;
+        counts[3][usize::from(q[3])] += 1;
+    }
+    for &b in quads.remainder() {
+        counts[0][usize::from(b)] += 1;
+    }
+    let squares: u64 = (0..256)
+        .map(|i| {
+            let c = u64::from(counts[0][i] + counts[1][i] + counts[2][i] + counts[3][i]);
+            c * c
+        })
+        .sum();
+    let n = data.len() as u64;
+    INCOMPRESSIBLE * squares <= n * n
+}
+
+/// `data` as stored deflate blocks (RFC 1951 3.2.4) of at most 65,535 bytes each, the last one
+/// final when `last`. The stream is on a byte boundary before (the previous block ended with a
+/// sync flush or is itself stored) and after.
+fn stored_blocks(data: &[u8], last: bool) -> Vec<u8> {
+    const MAX: usize = 65_535;
+    let mut out = Vec::with_capacity(data.len() + 5 * (data.len() / MAX + 1));
+    let mut chunks = data.chunks(MAX).peekable();
+    while let Some(chunk) = chunks.next() {
+        let is_final = last && chunks.peek().is_none();
+        // BFINAL, then BTYPE 00 and the padding to the byte boundary, all zero bits.
+        out.push(u8::from(is_final));
+        let len = u16::try_from(chunk.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// Deflates one block with the new state `c`.
+fn deflate_block(c: &mut Compress, dict: &[u8], data: &[u8], last: bool) -> io::Result<Vec<u8>> {
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(io::Error::other)?;
     }
@@ -306,6 +383,67 @@ mod tests {
         for (threads, chunk) in [(2, 1000), (4, 65536), (8, 1), (1, 333)] {
             assert_eq!(gzip(&data, threads, chunk), one, "{threads} threads");
         }
+    }
+
+    /// Bytes with no structure (an LCG's high bits), as compressed files look.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_blocks_without_structure_look_incompressible() {
+        assert!(looks_incompressible(&noise(BLOCK_SIZE, 1)));
+        assert!(looks_incompressible(&noise(MIN_STORED_TEST, 2)));
+        assert!(!looks_incompressible(&noise(MIN_STORED_TEST - 1, 3)));
+        assert!(!looks_incompressible(&sample(BLOCK_SIZE)));
+        assert!(!looks_incompressible(&vec![0u8; BLOCK_SIZE]));
+        // Half noise, half text: deflate still gains on the text half.
+        let mut half = noise(BLOCK_SIZE / 2, 4);
+        half.extend_from_slice(&sample(BLOCK_SIZE / 2));
+        assert!(!looks_incompressible(&half));
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_and_mix_with_deflated_ones() {
+        // text, noise, text, then noise as the last (partial) block: stored blocks before and
+        // after deflated ones, a stored final block, and matches reaching back over stored data
+        // (the third block repeats the first).
+        let text = sample(BLOCK_SIZE);
+        let mut data = text.clone();
+        data.extend_from_slice(&noise(BLOCK_SIZE, 5));
+        data.extend_from_slice(&text);
+        data.extend_from_slice(&noise(BLOCK_SIZE / 2 + 77, 6));
+        let gz = gzip(&data, 1, 65536);
+        for threads in [2, 3] {
+            assert_eq!(gzip(&data, threads, 4096), gz, "{threads} threads");
+        }
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        // The noise costs its size plus 5 bytes per stored block of at most 65,535 bytes; the
+        // text deflates.
+        let noise_bytes = BLOCK_SIZE + BLOCK_SIZE / 2 + 77;
+        assert!(gz.len() > noise_bytes);
+        assert!(
+            gz.len() < noise_bytes + 2 * BLOCK_SIZE / 3,
+            "{} bytes for {noise_bytes} of noise and 2 blocks of text",
+            gz.len()
+        );
+        let only_noise = noise(3 * BLOCK_SIZE, 7);
+        let stored = gzip(&only_noise, 2, 65536);
+        // 3 stored blocks a block (65,535 + 65,535 + 2 bytes), the empty final deflate block
+        // finish() adds after a full block (2 bytes), the gzip header and trailer.
+        assert_eq!(stored.len(), only_noise.len() + 3 * 3 * 5 + 2 + 10 + 8);
     }
 
     #[test]

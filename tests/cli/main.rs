@@ -4,6 +4,7 @@
 // A test binary: a panic with the failing value is the right outcome of an unexpected error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod append;
 mod bad_input;
 mod conventions;
@@ -27,5 +28,7 @@ mod registry;
 mod registry_support;
 mod run;
 mod serve;
+mod serve_replicas;
+mod serve_tls;
 mod support;
 mod unpack;

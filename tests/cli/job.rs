@@ -444,7 +444,22 @@ impl Kube {
 
     /// Every event of the namespace's Jobs from now on, collected in the background.
     fn watch_jobs(&self, ns: &str) -> Arc<Mutex<Vec<(&'static str, Job)>>> {
-        let api = self.api::<Job>(ns);
+        self.watch::<Job>(ns)
+    }
+
+    /// Every event of the namespace's objects of one kind from now on, collected in the
+    /// background.
+    fn watch<K>(&self, ns: &str) -> Arc<Mutex<Vec<(&'static str, K)>>>
+    where
+        K: ociup_kube::kube::Resource<Scope = ociup_kube::k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + ociup_kube::k8s_openapi::serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+        <K as ociup_kube::kube::Resource>::DynamicType: Default,
+    {
+        let api = self.api::<K>(ns);
         let events = Arc::new(Mutex::new(Vec::new()));
         let version = self
             .rt
@@ -557,27 +572,7 @@ impl Webhook<'_> {
         let dir = app.dir().join("webhook");
         std::fs::create_dir(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        self_signed(&cert, &key, false);
         std::fs::write(dir.join("hook.py"), WEBHOOK).unwrap();
         let (port_file, log) = (dir.join("port"), dir.join("log"));
         let child = Command::new("python3")
@@ -676,6 +671,255 @@ impl Drop for Webhook<'_> {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The fault-injecting proxy's program: a TLS proxy on loopback in front of the API server
+/// (python3, asyncio), which logs every request line it sees (method, path, what it did) and
+/// follows a control file (JSON, re-read when its `serial` changes): `stall` forwards nothing
+/// either way (the server accepts and never answers); `lose` forwards the next `count` requests
+/// of `method` whose path holds `path` (-1: all), then drops the connection (`how: drop`) or
+/// keeps it open silent (`how: stall`) once the server's answer starts, so the request takes
+/// effect and its answer is lost (`then_stall`: the proxy then stalls everything); `gone`
+/// answers the next N watch requests itself with a 410 Gone event; `cut` aborts every open
+/// connection.
+const PROXY: &str = r#"import asyncio, json, os, re, ssl, sys
+port_file, cert, key, up_port, ca, control, log = sys.argv[1:8]
+REQ = re.compile(rb"(GET|POST|PUT|PATCH|DELETE) (/[^ ]*) HTTP/1\.1\r\n")
+state = {"serial": None, "rules": {}, "stall": False}
+conns = set()
+
+def load():
+    try:
+        with open(control) as f:
+            c = json.load(f)
+    except (OSError, ValueError):
+        return
+    if c.get("serial") == state["serial"]:
+        return
+    state["serial"] = c.get("serial")
+    state["rules"] = c
+    state["stall"] = bool(c.get("stall"))
+    state["lose"] = dict(c["lose"]) if c.get("lose") else None
+    state["gone"] = int(c.get("gone", 0))
+    if c.get("cut"):
+        for t in list(conns):
+            t.abort()
+
+def record(method, path, action):
+    with open(log, "a") as f:
+        f.write(f"{method} {path} {action}\n")
+
+async def poll():
+    while True:
+        load()
+        await asyncio.sleep(0.05)
+
+GONE = json.dumps({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+    "metadata": {}, "status": "Failure", "message": "too old resource version (injected)",
+    "reason": "Expired", "code": 410}}).encode() + b"\n"
+
+async def handle(cr, cw):
+    up = ssl.create_default_context(cafile=ca)
+    ur, uw = await asyncio.open_connection("127.0.0.1", int(up_port), ssl=up, server_hostname="127.0.0.1")
+    conns.add(cw.transport); conns.add(uw.transport)
+    lost = {"how": None}
+    async def c2s():
+        while True:
+            data = await cr.read(65536)
+            if not data:
+                break
+            load()
+            for m in REQ.finditer(data):
+                method, path = m.group(1).decode(), m.group(2).decode()
+                action = "stalled" if state["stall"] else "passed"
+                lose = state.get("lose")
+                if not state["stall"] and lose and lose["count"] != 0 and method == lose["method"] and lose["path"] in path:
+                    lose["count"] -= 1
+                    lost["how"] = lose["how"]
+                    action = "lost-" + lose["how"]
+                elif not state["stall"] and state["gone"] > 0 and method == "GET" and "watch=" in path:
+                    state["gone"] -= 1
+                    record(method, path, "gone")
+                    cw.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + GONE)
+                    await cw.drain()
+                    cw.close(); uw.close()
+                    return
+                record(method, path, action)
+            if state["stall"]:
+                continue
+            uw.write(data)
+            await uw.drain()
+    async def s2c():
+        while True:
+            data = await ur.read(65536)
+            if not data:
+                break
+            if lost["how"] == "drop":
+                cw.transport.abort(); uw.transport.abort()
+                if state["rules"].get("then_stall"):
+                    state["stall"] = True
+                return
+            if lost["how"] == "stall":
+                if state["rules"].get("then_stall"):
+                    state["stall"] = True
+                continue
+            if state["stall"]:
+                continue
+            cw.write(data)
+            await cw.drain()
+        cw.close()
+    try:
+        await asyncio.gather(c2s(), s2c())
+    except Exception:
+        pass
+    finally:
+        for t in (cw.transport, uw.transport):
+            conns.discard(t)
+            t.abort()
+
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.sockets[0].getsockname()[1]))
+    os.rename(port_file + ".tmp", port_file)
+    asyncio.get_running_loop().create_task(poll())
+    await server.serve_forever()
+
+asyncio.run(main())
+"#;
+
+/// The fault-injecting proxy ([`PROXY`]) in front of the test's API server, and a kubeconfig
+/// that goes through it.
+struct Proxy {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+    serial: std::cell::Cell<u64>,
+}
+
+impl Proxy {
+    fn start(kube: &Kube, dir: &Path) -> Proxy {
+        let dir = dir.join("proxy");
+        std::fs::create_dir(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        self_signed(&cert, &key, true);
+        std::fs::write(dir.join("proxy.py"), PROXY).unwrap();
+        let config = std::fs::read_to_string(&kube.kubeconfig).unwrap();
+        let field = |name: &str| {
+            config
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap()
+                .trim_matches('"')
+                .to_owned()
+        };
+        let server = field("server: ");
+        let port = server.rsplit(':').next().unwrap().to_owned();
+        let control = dir.join("control");
+        std::fs::write(&control, "{}").unwrap();
+        let port_file = dir.join("port");
+        let child = Command::new("python3")
+            .arg(dir.join("proxy.py"))
+            .arg(&port_file)
+            .args([&cert, &key])
+            .arg(port)
+            .arg(field("certificate-authority: "))
+            .arg(&control)
+            .arg(dir.join("log"))
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        kube.until(Duration::from_secs(20), "proxy port", || {
+            port = std::fs::read_to_string(&port_file).unwrap_or_default();
+            !port.is_empty()
+        });
+        let port = port.trim().parse().unwrap();
+        // Through the proxy, trusting its certificate, as the same user.
+        let text = config
+            .replace(&server, &format!("https://127.0.0.1:{port}"))
+            .replace(&field("certificate-authority: "), cert.to_str().unwrap());
+        std::fs::write(dir.join("kubeconfig"), text).unwrap();
+        Proxy {
+            child,
+            dir,
+            port,
+            serial: std::cell::Cell::new(0),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn kubeconfig(&self) -> String {
+        self.dir.join("kubeconfig").to_str().unwrap().to_owned()
+    }
+
+    /// What the proxy does from now on (see [`PROXY`]).
+    fn set(&self, mut control: Value) {
+        self.serial.set(self.serial.get() + 1);
+        control["serial"] = self.serial.get().into();
+        let tmp = self.dir.join("control.tmp");
+        std::fs::write(&tmp, control.to_string()).unwrap();
+        std::fs::rename(&tmp, self.dir.join("control")).unwrap();
+        // The proxy reads it every 50 ms.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Every request line it saw: method, path and query, what it did.
+    fn requests(&self) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(self.dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ').map(str::to_owned);
+                let mut next = || parts.next().unwrap_or_default();
+                (next(), next(), next())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1; `leaf`: not a CA (rustls refuses a CA certificate
+/// as the server's own).
+fn self_signed(cert: &Path, key: &Path, leaf: bool) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(if leaf {
+            &["-addext", "basicConstraints=critical,CA:FALSE"][..]
+        } else {
+            &[]
+        })
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }
 
 struct NamespaceGuard<'a> {
@@ -870,6 +1114,7 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
     app.move_base();
     let hook = Webhook::start(&k, &ns.name, &app, None);
     let events = k.watch_jobs(&ns.name);
+    let pod_events = k.watch::<Pod>(&ns.name);
     let (code, out, err) = app.run(&["job", "held", "--apply", "--json", "-n", &ns.name]);
     assert_eq!(code, 0, "{err}");
     let applied = json(&out);
@@ -943,7 +1188,8 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
             "recorded before"
         );
     }
-    // The controller makes its pod only once it is released, with the new image.
+    // The controller makes its pod only once it is released, with the new image: the pod's
+    // creation (its ADDED event's resourceVersion, etcd's revision) comes after the release.
     let pods = k.pods_of(&ns.name, &name);
     assert_eq!(
         pods[0].spec.as_ref().unwrap().containers[0]
@@ -951,6 +1197,26 @@ fn an_upgrade_holds_the_job_suspended_until_the_new_version_is_recorded() {
             .as_deref(),
         Some(app.image(v2).as_str())
     );
+    k.until(Duration::from_secs(10), "the pod's ADDED event", || {
+        pod_events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(e, _)| *e == "added")
+    });
+    let revision =
+        |meta: &ObjectMeta| -> u64 { meta.resource_version.as_deref().unwrap().parse().unwrap() };
+    let release = revision(&released.metadata);
+    for (event, pod) in pod_events.lock().unwrap().iter() {
+        if *event == "added" {
+            assert!(
+                revision(&pod.metadata) > release,
+                "pod {:?} added at {} before the release at {release}",
+                pod.metadata.name,
+                revision(&pod.metadata)
+            );
+        }
+    }
 }
 
 #[test]
@@ -979,6 +1245,14 @@ fn a_failed_regeneration_deletes_its_suspended_job() {
         "{err}"
     );
     assert!(err.contains("was deleted"), "{err}");
+    // Why: the registry refused the new version's first upload (405, read-only).
+    assert!(
+        err.contains(&format!(
+            "was deleted: POST http://{}/v2/team/doomed/blobs/uploads/: 405",
+            app.reg.host()
+        )),
+        "{err}"
+    );
     assert!(k.jobs(&ns.name).is_empty(), "no Job left");
     assert_eq!(app.versions().len(), 1, "no version recorded");
     k.until(
@@ -1086,7 +1360,10 @@ fn refused_requests_write_nothing_and_leave_no_job() {
     // A context the kubeconfig does not have.
     let (code, _, err) = app.run(&["job", "refused", "--apply", "--context", "nowhere"]);
     assert_eq!(code, 1);
-    assert!(err.contains("nowhere"), "{err}");
+    assert!(
+        err.contains("loading context \"nowhere\" from the kubeconfig"),
+        "{err}"
+    );
 
     // None of them wrote the new version or left a Job.
     assert_eq!(app.versions().len(), 1);
@@ -1219,4 +1496,298 @@ fn a_stopped_apply_deletes_its_suspended_job() {
     assert!(k.jobs(&ns.name).is_empty(), "no Job left");
     drop(resume);
     assert_eq!(app.versions().len(), 1, "no version recorded");
+}
+
+#[test]
+fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
+    let Some(k) = kube("a_silent_api_server_times_out") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-silent");
+    let app = App::new("silent");
+    app.move_base();
+    let proxy = Proxy::start(&k, app.dir());
+    let config = proxy.kubeconfig();
+    let apply = || {
+        app.run(&[
+            "job",
+            "silent",
+            "--apply",
+            "-n",
+            &ns.name,
+            "--kubeconfig",
+            &config,
+            "--request-timeout",
+            "2s",
+        ])
+    };
+    let silent = |action: &str| {
+        format!(
+            "{action}: the Kubernetes API server at {} did not answer within 2s",
+            proxy.url()
+        )
+    };
+
+    // A server that accepts and never answers: a clear error after the request timeout, naming
+    // the server and what was asked; nothing written, no Job.
+    proxy.set(serde_json::json!({"stall": true}));
+    let start = Instant::now();
+    let (code, _, err) = apply();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&silent(&format!(
+            "checking access to Jobs in namespace {}",
+            ns.name
+        ))),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(30), "{err}");
+    assert_eq!(app.versions().len(), 1);
+    assert!(k.jobs(&ns.name).is_empty());
+
+    // The held Job's creation reaches the server, its answer never comes back: the Job, which
+    // the server did create, is looked for and deleted; no version is written.
+    let events = k.watch_jobs(&ns.name);
+    proxy.set(serde_json::json!({
+        "lose": {"method": "POST", "path": "/jobs", "count": 1, "how": "stall"},
+    }));
+    let (code, _, err) = apply();
+    assert_eq!(code, 1, "{err}");
+    k.until(Duration::from_secs(10), "the deletion", || {
+        events.lock().unwrap().iter().any(|(e, _)| *e == "deleted")
+    });
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(seen[0].0, "added", "the server created it");
+    assert!(suspended(&seen[0].1));
+    let name = seen[0].1.metadata.name.clone().unwrap();
+    assert!(name.starts_with("silent-v2-"), "{name}");
+    assert!(
+        err.contains(&silent(&format!("creating Job {}/{name}", ns.name))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the Job {}/{name} was looked for and deleted in case the server created it",
+            ns.name
+        )),
+        "{err}"
+    );
+    assert!(k.jobs(&ns.name).is_empty(), "no Job left");
+    assert_eq!(app.versions().len(), 1, "no version written");
+
+    // The same, and then the server goes silent altogether: the cleanup gives up after its
+    // own bound, and the error names the Job that may be left and how to delete it.
+    proxy.set(serde_json::json!({
+        "lose": {"method": "POST", "path": "/jobs", "count": 1, "how": "stall"},
+        "then_stall": true,
+    }));
+    let start = Instant::now();
+    let (code, _, err) = apply();
+    assert_eq!(code, 1, "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "{err}");
+    let left = k.jobs(&ns.name);
+    assert_eq!(left.len(), 1, "{err}");
+    assert!(suspended(&left[0]));
+    let name = left[0].metadata.name.clone().unwrap();
+    assert!(
+        err.contains(&silent(&format!("creating Job {}/{name}", ns.name))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the Job {ns}/{name} may have been created and may be left: looking for it to \
+             delete it failed ({}); delete it with kubectl delete job -n {ns} {name}",
+            silent(&format!("looking for Job {}/{name}", ns.name)),
+            ns = ns.name
+        )),
+        "{err}"
+    );
+    assert_eq!(app.versions().len(), 1, "no version written");
+}
+
+#[test]
+fn a_lost_release_is_sent_again_and_wait_resumes_its_watch() {
+    let Some(k) = kube("a_lost_release_is_sent_again") else {
+        return;
+    };
+    let ns = k.namespace("ociup-job-lost");
+    let app = App::new("lost");
+    app.move_base();
+    let proxy = Proxy::start(&k, app.dir());
+    let config = proxy.kubeconfig();
+    let patches = || -> Vec<(String, String)> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|(m, _, _)| m == "PATCH")
+            .map(|(_, path, action)| (path, action))
+            .collect()
+    };
+
+    // The first release's answer is lost (the connection dropped once the server answered):
+    // it is sent again, and the request succeeds.
+    proxy.set(serde_json::json!({
+        "lose": {"method": "PATCH", "path": "/jobs/", "count": 1, "how": "drop"},
+    }));
+    let (code, out, err) = app.run(&[
+        "job",
+        "lost",
+        "--apply",
+        "--json",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        &config,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let applied = json(&out);
+    assert_eq!(applied["held"], true);
+    assert_eq!(applied["version"], 2);
+    let name = applied["name"].as_str().unwrap().to_owned();
+    let sent = patches();
+    let actions: Vec<&str> = sent.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(actions, ["lost-drop", "passed"], "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|(p, _)| p.contains(&format!("/jobs/{name}"))),
+        "{sent:?}"
+    );
+    let job = k.job(&ns.name, &name).unwrap();
+    assert!(!suspended(&job));
+    assert_eq!(label(&job, keys::HELD), None);
+
+    // --wait through the proxy: its watch is cut, then resumed from the last resourceVersion
+    // (no list in between); the resumed watch is answered 410 Gone, so the Job is listed
+    // again and watched from there; the Job's end is still seen.
+    proxy.set(serde_json::json!({}));
+    let child = app.spawn(&[
+        "job",
+        "lost",
+        "--apply",
+        "--wait",
+        "-n",
+        &ns.name,
+        "--name",
+        "waited",
+        "--kubeconfig",
+        &config,
+    ]);
+    let follows = || -> Vec<(String, String, String)> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains("metadata.name%3Dwaited"))
+            .collect()
+    };
+    k.until(Duration::from_secs(30), "the first watch", || {
+        follows().iter().any(|(_, p, _)| p.contains("watch="))
+    });
+    k.pods_of(&ns.name, "waited");
+    proxy.set(serde_json::json!({"cut": true, "gone": 1}));
+    k.until(Duration::from_secs(30), "a watch after the 410", || {
+        follows()
+            .iter()
+            .filter(|(_, p, a)| p.contains("watch=") && a == "passed")
+            .count()
+            == 2
+    });
+    k.finish(&ns.name, "waited", "Complete");
+    let out = child.wait_limited();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("job.batch/waited completed"), "{stdout}");
+    let seen = follows();
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|(_, p, a)| match (p.contains("watch="), a.as_str()) {
+            (false, _) => "list",
+            (true, "gone") => "watch-gone",
+            (true, _) => "watch",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["list", "watch", "watch-gone", "list", "watch"],
+        "{seen:?}"
+    );
+    let from = |i: usize| -> u64 {
+        seen[i]
+            .1
+            .split(['?', '&'])
+            .find_map(|q| q.strip_prefix("resourceVersion="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(from(2) >= from(1), "resumed, not older: {seen:?}");
+
+    // Every release's answer is lost: the version stays recorded, the Job is left (not
+    // deleted: it pins that version), and the error names it and the command to release it.
+    app.ok(&["copy", &app.base("v1"), &app.base("latest")]);
+    proxy.set(serde_json::json!({
+        "lose": {"method": "PATCH", "path": "/jobs/", "count": -1, "how": "drop"},
+    }));
+    let before = patches().len();
+    let (code, _, err) = app.run(&[
+        "job",
+        "lost",
+        "--apply",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        &config,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(app.versions().len(), 3, "the version is recorded");
+    let held: Vec<Job> = k
+        .jobs(&ns.name)
+        .into_iter()
+        .filter(|j| label(j, keys::VERSION) == Some("3"))
+        .collect();
+    assert_eq!(held.len(), 1, "the Job is left: {err}");
+    let name = held[0].metadata.name.clone().unwrap();
+    let sent = patches().split_off(before);
+    assert_eq!(sent.len(), 4, "sent 4 times: {sent:?}");
+    assert!(sent.iter().all(|(_, a)| a == "lost-drop"), "{sent:?}");
+    let job = format!("{}/{name}", ns.name);
+    assert!(
+        err.contains(&format!(
+            "lost version 3 is recorded, but releasing its Job {job} failed 4 times"
+        )),
+        "{err}"
+    );
+    let release = format!(
+        "the Job may still be suspended: release it with kubectl patch job -n {} {name} \
+         --type merge -p '",
+        ns.name
+    );
+    assert!(err.contains(&release), "{err}");
+    assert!(
+        err.contains(&format!(
+            "or delete it with kubectl delete job -n {} {name}",
+            ns.name
+        )),
+        "{err}"
+    );
+    // The patch it gives is ociup's release: suspend false, the held label and annotation
+    // removed.
+    let payload = err
+        .split(&release)
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    assert_eq!(
+        json(payload),
+        serde_json::json!({
+            "spec": {"suspend": false},
+            "metadata": {"labels": {keys::HELD: null}, "annotations": {keys::HELD: null}},
+        })
+    );
 }

@@ -322,6 +322,12 @@ async fn resolve(
             "check and offline exclude each other",
         ));
     }
+    // Nothing due: answered from tag reads coalesced across requests (see coalesce.rs).
+    if !body.offline
+        && let Some(r) = s.nothing_due(actor, &nick).await
+    {
+        return json(&r);
+    }
     let m = s.manager(actor)?;
     let entry = m
         .catalog()

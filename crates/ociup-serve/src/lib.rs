@@ -16,6 +16,7 @@
 
 pub mod allow;
 mod api;
+mod coalesce;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
@@ -116,6 +117,8 @@ struct Inner {
     regenerations: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     tracker: TaskTracker,
+    /// Answers with nothing due: tag reads coalesced, entries known by digest.
+    coalesce: coalesce::Coalescer,
     runs: runs::Runs,
     limiter: ratelimit::Limiter,
 }
@@ -156,6 +159,7 @@ impl Service {
                 nick_locks: Mutex::new(HashMap::new()),
                 metrics: metrics::Metrics::default(),
                 tracker: TaskTracker::new(),
+                coalesce: coalesce::Coalescer::default(),
                 runs: runs::Runs::default(),
                 limiter: ratelimit::Limiter::default(),
             }),

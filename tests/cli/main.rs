@@ -4,6 +4,7 @@
 // A test binary: a panic with the failing value is the right outcome of an unexpected error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod append;
 mod bad_input;
 mod conventions;

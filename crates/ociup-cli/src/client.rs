@@ -29,6 +29,16 @@ pub struct ServerArgs {
     /// way can read it). Without it, an http:// --server must be a loopback address.
     #[arg(long, global = true, env = "OCIUP_SERVER_INSECURE")]
     pub insecure_server: bool,
+    /// Trust this CA (PEM) for an https:// --server, besides the system's roots.
+    #[arg(long, global = true, env = "OCIUP_SERVER_CA", value_name = "PEM")]
+    pub server_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) to an https:// --server that verifies them
+    /// (`ociup serve --client-ca`); then no token is needed. With --client-key.
+    #[arg(long, global = true, env = "OCIUP_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, env = "OCIUP_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// Flags (clap ids) that only mean something when the command runs here.
@@ -129,6 +139,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         url,
         cli.global.server.token_file.as_deref(),
         cli.global.server.insecure_server,
+        &cli.global.server,
     )?;
     Ok(Some(match &cli.command {
         Command::Resolve(a) => resolve(&server, a).await?,
@@ -143,7 +154,12 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
 }
 
 impl Server {
-    fn new(url: &str, token_file: Option<&std::path::Path>, insecure: bool) -> Result<Server> {
+    fn new(
+        url: &str,
+        token_file: Option<&std::path::Path>,
+        insecure: bool,
+        tls: &ServerArgs,
+    ) -> Result<Server> {
         let parsed =
             reqwest::Url::parse(url).with_context(|| format!("--server {url}: not a URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -159,17 +175,18 @@ impl Server {
         let token = match token_file {
             Some(f) => std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token from {}", f.display()))?,
+            None if tls.client_cert.is_some() => std::env::var("OCIUP_TOKEN").unwrap_or_default(),
             None => std::env::var("OCIUP_TOKEN")
                 .context("--server needs a token: OCIUP_TOKEN or --token-file")?,
         };
         let token = token.trim().to_owned();
-        if token.is_empty() {
+        if token.is_empty() && tls.client_cert.is_none() {
             bail!("the service token is empty");
         }
         Ok(Server {
             base: url.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::builder()
+            http: tls_options(reqwest::Client::builder(), tls)?
                 .build()
                 .context("making the HTTP client")?,
         })
@@ -183,7 +200,10 @@ impl Server {
         body: Option<Value>,
     ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self.http.request(method, &url);
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
         if let Some(b) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -207,6 +227,45 @@ impl Server {
         }
         Ok(value)
     }
+}
+
+/// --server-ca and --client-cert/--client-key on the HTTP client.
+fn tls_options(
+    mut builder: reqwest::ClientBuilder,
+    tls: &ServerArgs,
+) -> Result<reqwest::ClientBuilder> {
+    if let Some(ca) = &tls.server_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--server-ca {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--server-ca {}: not PEM certificates", ca.display()))?;
+        if certs.is_empty() {
+            bail!("--server-ca {}: no PEM certificate in it", ca.display());
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem =
+                std::fs::read(cert).with_context(|| format!("--client-cert {}", cert.display()))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(key).with_context(|| format!("--client-key {}", key.display()))?,
+            );
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "--client-cert {} with --client-key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => bail!("--client-cert and --client-key go together"),
+    }
+    Ok(builder)
 }
 
 /// Whether the URL's host is this machine (a loopback address, or `localhost`).

@@ -454,10 +454,15 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
                 t.container, t.nick, r.reference
             ));
         }
+        // What a cluster pulls: the reference without ociup's `docker://` transport.
+        let pinned = r
+            .reference
+            .strip_prefix("docker://")
+            .unwrap_or(&r.reference);
         outcome.pinned += 1;
-        if t.image != r.reference {
+        if t.image != pinned {
             outcome.patch.push(json!({
-                "op": "replace", "path": t.pointer, "value": r.reference,
+                "op": "replace", "path": t.pointer, "value": pinned,
             }));
         }
     }

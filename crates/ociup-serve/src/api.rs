@@ -44,6 +44,7 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<Service>)> {
         ("POST", "/v1/register", post(register)),
         ("POST", "/v1/nicks/{nick}/runs", post(create_run)),
         ("GET", "/v1/runs/{id}", get(show_run)),
+        ("POST", "/v1/admission", post(crate::admission::admit)),
     ]
 }
 
@@ -139,6 +140,13 @@ impl FromRequestParts<Service> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &Service) -> Result<Caller, ApiError> {
+        // A verified client certificate (TLS with --client-ca) names the caller when no token
+        // is sent.
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>()
+        {
+            return cert.identity().map(Caller);
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -14,13 +14,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod allow;
 mod api;
-mod coalesce;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
 pub mod runs;
+pub mod tls;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use allow::{Access, Allowlist, Guarded};
 pub use error::{ApiError, Code};
+pub use tls::TlsFiles;
 pub use tokens::{Identity, Role, TokenStore};
 
 /// The OpenAPI document the service serves (the repository's `docs/openapi.json`).
@@ -83,6 +85,12 @@ pub struct Config {
     /// The service's own identity, recorded as `via` beside the requester in what it writes
     /// (`ociup-serve@<hostname>` by default in the CLI).
     pub identity: String,
+    /// Serve HTTPS with these files (read again when they change); `None`: plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
+    /// The role of each client certificate's subject CN (with `tls.client_ca`).
+    pub cert_roles: std::collections::BTreeMap<String, Role>,
+    /// Serve the mutating admission webhook at `/v1/admission` (docs/serve.md).
+    pub admission: Option<admission::Admission>,
 }
 
 /// A service error at start.
@@ -97,6 +105,9 @@ pub enum StartError {
     /// The catalog or key cannot be opened.
     #[error(transparent)]
     Core(#[from] ociup_core::Error),
+    /// The TLS certificate, key or client CA.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The service: what every request shares. Cheap to clone.
@@ -117,10 +128,10 @@ struct Inner {
     regenerations: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     tracker: TaskTracker,
-    /// Answers with nothing due: tag reads coalesced, entries known by digest.
-    coalesce: coalesce::Coalescer,
     runs: runs::Runs,
     limiter: ratelimit::Limiter,
+    /// The TLS configuration, read again when its files change.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -139,6 +150,12 @@ impl Service {
     /// A malformed tokens file, a catalog outside the allowlist or not openable, a bad key.
     pub fn new(config: Config) -> Result<Service, StartError> {
         let tokens = TokenStore::open(&config.tokens)?;
+        let tls = config
+            .tls
+            .clone()
+            .map(tls::Tls::load)
+            .transpose()?
+            .map(Arc::new);
         config.allow.check(&config.catalog, Access::Write)?;
         let opener = Opener::new(config.client.clone());
         let (catalog, _) = opener.open(&config.catalog, true)?;
@@ -159,7 +176,7 @@ impl Service {
                 nick_locks: Mutex::new(HashMap::new()),
                 metrics: metrics::Metrics::default(),
                 tracker: TaskTracker::new(),
-                coalesce: coalesce::Coalescer::default(),
+                tls,
                 runs: runs::Runs::default(),
                 limiter: ratelimit::Limiter::default(),
             }),
@@ -193,19 +210,22 @@ impl Service {
             }
             None => None,
         };
-        let m = Arc::new(Manager::new(
-            self.inner.stores.clone(),
-            self.inner.catalog.clone(),
-            ManagerOptions {
-                actor: actor.to_owned(),
-                key,
-                epoch: c.epoch,
-                stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
-                cache: c.cache.clone().map(BlobCache::new),
-                unsigned: c.unsigned,
-                ..ManagerOptions::default()
-            },
-        ));
+        let m = Arc::new(
+            Manager::new(
+                self.inner.stores.clone(),
+                self.inner.catalog.clone(),
+                ManagerOptions {
+                    actor: actor.to_owned(),
+                    key,
+                    epoch: c.epoch,
+                    stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
+                    cache: c.cache.clone().map(BlobCache::new),
+                    unsigned: c.unsigned,
+                    ..ManagerOptions::default()
+                },
+            )
+            .with_via(c.identity.clone()),
+        );
         managers.insert(actor.to_owned(), Arc::clone(&m));
         Ok(m)
     }
@@ -312,6 +332,50 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        if let Some(tls) = &service.inner.tls {
+            // The handshake runs in the connection's task, bounded by the header timeout: a
+            // client that never finishes it holds nothing for long. Shutdown waits for it
+            // (the watcher is taken now) and then closes the connection once idle.
+            let (acceptor, watcher, http, app) = (
+                tls.acceptor(),
+                graceful.watcher(),
+                http.clone(),
+                app.clone(),
+            );
+            let (limit, roles) = (
+                service.inner.config.header_timeout,
+                service.inner.config.cert_roles.clone(),
+            );
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake not finished within {limit:?}: closed");
+                        return;
+                    }
+                };
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|leaf| tls::ClientCert::new(leaf, &roles));
+                let app = match cert {
+                    Some(c) => app.layer(axum::Extension(c)),
+                    None => app,
+                };
+                let conn =
+                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, "connection: {e}");
+                }
+            });
+            continue;
+        }
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);

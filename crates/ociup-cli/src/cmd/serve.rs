@@ -15,10 +15,45 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Listen on an address other machines can reach although the service speaks plain HTTP
-    /// (TLS is not built yet): tokens then cross the network readable. Without it, --listen
-    /// must be a loopback address (put a TLS-terminating proxy in front).
+    /// (no --tls-cert): tokens then cross the network readable. Without it or TLS, --listen
+    /// must be a loopback address.
     #[arg(long)]
     pub insecure_listen: bool,
+    /// Serve HTTPS with this certificate chain (PEM, the service's certificate first), with
+    /// --tls-key. Both files are read again when they change (checked at each new
+    /// connection). Example: --tls-cert /etc/ociup/tls.crt --tls-key /etc/ociup/tls.key
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Verify client certificates against these CAs (PEM): a verified certificate's subject
+    /// CN is the caller, in the role --cert-role gives it. Clients without a certificate may
+    /// still present a bearer token.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// The role of client certificates whose subject CN is NAME (repeatable). Example:
+    /// --cert-role ci-runner=requester --cert-role ops=admin
+    #[arg(long, value_name = "NAME=ROLE", requires = "client_ca")]
+    pub cert_role: Vec<String>,
+    /// Serve the Kubernetes mutating admission webhook at /v1/admission (needs TLS): images
+    /// `ociup.dev/<nick>` are rewritten to the nick's pinned reference (docs/serve.md).
+    #[arg(long, requires = "tls_cert")]
+    pub admission: bool,
+    /// The longest an admission review may take resolving, in seconds (keep it under the
+    /// webhook's timeoutSeconds, 10 by default, with a second to spare); beyond,
+    /// --admission-failure decides.
+    #[arg(long, value_name = "SECS", default_value_t = 8, requires = "admission")]
+    pub admission_timeout: u64,
+    /// What an admission review does when a nick cannot be resolved in time: refuse the
+    /// object, or admit it with the last recorded version and the annotation
+    /// `ociup.dev/stale: <reason>`.
+    #[arg(long, value_enum, default_value_t = AdmissionFailure::Refuse, requires = "admission")]
+    pub admission_failure: AdmissionFailure,
+    /// Take admission reviews from callers with no token or client certificate (an API
+    /// server not configured to authenticate to its webhooks). Only with a loopback --listen.
+    #[arg(long, requires = "admission")]
+    pub admission_unauthenticated: bool,
     /// The tokens file (`ociup token create`), read again whenever it changes.
     #[arg(long, env = "OCIUP_TOKENS", value_name = "TOKENS")]
     pub tokens: PathBuf,
@@ -94,6 +129,12 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AdmissionFailure {
+    Refuse,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -121,6 +162,26 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             .collect()
     };
     let allow = Allowlist::new(absolute(&args.allow_read), absolute(&args.allow_write))?;
+    let https = args.tls_cert.is_some();
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(ociup_serve::TlsFiles {
+            cert: cwd.join(cert),
+            key: cwd.join(key),
+            client_ca: args.client_ca.map(|c| cwd.join(c)),
+        }),
+        _ => None,
+    };
+    let cert_roles = cert_roles(&args.cert_role)?;
+    let admission = args.admission.then(|| {
+        ociup_serve::admission::Admission::new(
+            std::time::Duration::from_secs(args.admission_timeout.max(1)),
+            match args.admission_failure {
+                AdmissionFailure::Refuse => ociup_serve::admission::Failure::Refuse,
+                AdmissionFailure::Stale => ociup_serve::admission::Failure::Stale,
+            },
+            args.admission_unauthenticated,
+        )
+    });
     let config = Config {
         catalog,
         client: ctx.client(&[])?,
@@ -142,23 +203,36 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         },
         rate_limit: args.rate_limit,
         identity: args.identity.unwrap_or_else(identity),
+        tls,
+        cert_roles,
+        admission,
     };
     let service = Service::new(config).context("starting the service")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && !args.insecure_listen {
+    if !addr.ip().is_loopback() && !https && !args.insecure_listen {
         anyhow::bail!(
-            "--listen {}: the service speaks plain HTTP (no TLS yet), so tokens would cross the \
-             network readable; listen on a loopback address behind a TLS-terminating proxy, or \
-             give --insecure-listen",
+            "--listen {}: without --tls-cert the service speaks plain HTTP, so tokens would \
+             cross the network readable; give --tls-cert and --tls-key, listen on a loopback \
+             address behind a TLS-terminating proxy, or give --insecure-listen",
+            args.listen
+        );
+    }
+    if !addr.ip().is_loopback() && args.admission_unauthenticated {
+        anyhow::bail!(
+            "--listen {}: --admission-unauthenticated would let anyone who reaches this address \
+             have images pinned and regenerated; listen on loopback, or have the API server \
+             authenticate to the webhook (a token, or a client certificate with --client-ca and \
+             --cert-role) and drop the flag",
             args.listen
         );
     }
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "ociup serve: listening on http://{addr}")?;
+        let scheme = if https { "https" } else { "http" };
+        writeln!(out, "ociup serve: listening on {scheme}://{addr}")?;
         out.flush()?;
     }
     ociup_serve::serve(listener, service, shutdown_signal()).await?;
@@ -201,9 +275,7 @@ fn identity() -> String {
 }
 
 /// `--cert-role NAME=ROLE` flags as a map; a name given twice is refused.
-fn cert_roles(
-    flags: &[String],
-) -> Result<std::collections::BTreeMap<String, ociup_serve::Role>> {
+fn cert_roles(flags: &[String]) -> Result<std::collections::BTreeMap<String, ociup_serve::Role>> {
     let mut roles = std::collections::BTreeMap::new();
     for flag in flags {
         let (name, role) = flag

@@ -17,6 +17,7 @@
 pub mod admission;
 pub mod allow;
 mod api;
+mod coalesce;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
@@ -128,6 +129,8 @@ struct Inner {
     regenerations: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     tracker: TaskTracker,
+    /// Answers with nothing due: tag reads coalesced, entries known by digest.
+    coalesce: coalesce::Coalescer,
     runs: runs::Runs,
     limiter: ratelimit::Limiter,
     /// The TLS configuration, read again when its files change.
@@ -177,6 +180,7 @@ impl Service {
                 metrics: metrics::Metrics::default(),
                 tracker: TaskTracker::new(),
                 tls,
+                coalesce: coalesce::Coalescer::default(),
                 runs: runs::Runs::default(),
                 limiter: ratelimit::Limiter::default(),
             }),

@@ -57,6 +57,7 @@ impl Scene {
         std::fs::copy(busybox().unwrap(), bb.join("bin/busybox")).unwrap();
         for a in [
             "sh", "echo", "cat", "id", "pwd", "env", "sleep", "true", "ls", "touch", "stat",
+            "unshare", "mkdir",
         ] {
             std::os::unix::fs::symlink("busybox", bb.join("bin").join(a)).unwrap();
         }
@@ -208,7 +209,7 @@ fn run_passes_exit_status_args_env_workdir_user_and_mounts() {
     let (_, out, _) = s.run_app(&["--user", "4242:77"], &["sh", "-c", "id -u; id -g"]);
     assert_eq!(out, "4242\n77\n");
     let (code, _, err) = s.run_app(&["--user", "nobody"], &["true"]);
-    assert!(code != 0 && err.contains("nobody"), "{err}");
+    assert!(code == 125 && err.contains("nobody"), "{code} {err}");
     // Bind mounts: read-write and read-only.
     let host = s.path("host");
     write(&host.join("in.txt"), b"from the host\n", 0o644);
@@ -262,6 +263,7 @@ fn run_passes_exit_status_args_env_workdir_user_and_mounts() {
     let bundles = s.path("data/ociup/bundles");
     assert_eq!(std::fs::read_dir(&bundles).unwrap().count(), 0);
     let (code, _, err) = s.run_app(&["--keep"], &["true"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(code, 0);
     let kept = std::fs::read_dir(&bundles)
         .unwrap()
@@ -636,4 +638,104 @@ fn two_runs_at_once_share_one_unpack() {
         .collect();
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     assert!(!snapshots[0].starts_with(".tmp-"));
+}
+
+/// The default seccomp profile refuses what it does not allow (unshare without CAP_SYS_ADMIN,
+/// which the capabilities alone would let a user namespace through), `--seccomp unconfined`
+/// and `--security-opt seccomp=unconfined` lift it, a profile file replaces it; exit statuses:
+/// the container's, 127 for a command not found, 126 for one that cannot be executed, 125 for
+/// ociup's own failures.
+#[test]
+fn seccomp_profiles_and_exit_statuses() {
+    if !can_run() {
+        return;
+    }
+    let s = Scene::new();
+    let unshare = ["unshare", "-U", "echo", "in a user namespace"];
+    let (code, out, err) = s.run_app(&[], &unshare);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    for flags in [
+        ["--seccomp", "unconfined"],
+        ["--security-opt", "seccomp=unconfined"],
+    ] {
+        let (code, out, err) = s.run_app(&flags, &unshare);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "in a user namespace\n"),
+            "{flags:?}: {err}"
+        );
+    }
+    // Ordinary programs run under the default profile (the other tests run under it too).
+    let (code, out, _) = s.run_app(
+        &["--seccomp", "default"],
+        &["sh", "-c", "mkdir /tmp/d && ls /tmp && id -u"],
+    );
+    assert_eq!((code, out.as_str()), (0, "d\n0\n"));
+    // A profile file: everything allowed but mkdir.
+    let profile = s.path("no-mkdir.json");
+    let text = r#"{"defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#;
+    write(&profile, text.as_bytes(), 0o644);
+    let p = profile.display().to_string();
+    let (code, _, err) = s.run_app(&["--seccomp", &p], &["mkdir", "/tmp/d"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let (code, out, err) = s.run_app(&["--seccomp", &p], &unshare);
+    assert_eq!((code, out.as_str()), (0, "in a user namespace\n"), "{err}");
+    // The kept spec holds the default profile.
+    let dry = json(&s.ok(&["run", "--image", &s.image("app"), "--dry-run"]));
+    assert_eq!(
+        dry["spec"]["linux"]["seccomp"]["defaultAction"],
+        "SCMP_ACT_ERRNO"
+    );
+    let dry = json(&s.ok(&[
+        "run",
+        "--image",
+        &s.image("app"),
+        "--dry-run",
+        "--seccomp",
+        "unconfined",
+    ]));
+    assert!(dry["spec"]["linux"].get("seccomp").is_none(), "{dry}");
+
+    // Exit statuses.
+    assert_eq!(s.run_app(&[], &["sh", "-c", "exit 1"]).0, 1);
+    assert_eq!(s.run_app(&[], &["sh", "-c", "exit 125"]).0, 125);
+    let (code, _, err) = s.run_app(&[], &["/bin/no-such-program"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("no-such-program"), "{err}");
+    let (code, _, err) = s.run_app(&[], &["no-such-program"]);
+    assert_eq!(code, 127, "{err}");
+    // /etc/motd is no executable.
+    let (code, _, err) = s.run_app(&[], &["/etc/motd"]);
+    assert_eq!(code, 126, "{err}");
+    // ociup's own failures: 125, said on stderr.
+    for (flags, said) in [
+        (vec!["--seccomp", "/no/such/profile.json"], "profile.json"),
+        (vec!["--security-opt", "apparmor=x"], "only seccomp="),
+        (
+            vec![
+                "--seccomp",
+                "unconfined",
+                "--security-opt",
+                "seccomp=default",
+            ],
+            "more than once",
+        ),
+        (vec!["--runtime", "/no/such/runc"], "/no/such/runc"),
+    ] {
+        let (code, _, err) = s.run_app(&flags, &["true"]);
+        assert_eq!(code, 125, "{flags:?}: {err}");
+        assert!(err.contains(said), "{flags:?}: {err}");
+    }
+    // A usage error is clap's: 2.
+    assert_eq!(s.run(&["run", "--no-such-flag"]).status.code(), Some(2));
+    // Every bundle was removed, the failed ones too.
+    assert_eq!(
+        std::fs::read_dir(s.path("data/ociup/bundles"))
+            .unwrap()
+            .count(),
+        0
+    );
 }

@@ -68,7 +68,29 @@ pub(crate) struct Tree {
     sparse_holes: u64,
     /// Paths written by the layer being applied: an opaque marker keeps them.
     this_layer: HashSet<PathBuf>,
+    /// Relative paths known to be real directories (not symlinks), so that the walk to an
+    /// entry looks at each directory once, not once per entry under it. Every removal goes
+    /// through [`Tree::remove`], which forgets what it removes.
+    known_dirs: HashSet<PathBuf>,
+    /// The uid and gid a file made here gets before any chown (this process's, when the root
+    /// is no setgid directory); `None` when unknown: then every file is chowned.
+    creator: Option<(u32, u32)>,
+    /// This process's umask (from /proc/self/status), when known: a file whose mode it does
+    /// not change is created with that mode and needs no chmod.
+    umask: Option<u32>,
+    /// The buffer file contents are copied through.
+    buffer: Vec<u8>,
     pub(crate) report: UnpackReport,
+}
+
+/// How much of a file's contents is written at once.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// This process's umask, read from /proc/self/status (`umask(2)` would change it).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Where an error arose, for messages.
@@ -79,7 +101,17 @@ pub(crate) struct At<'a> {
 
 impl Tree {
     pub(crate) fn new(root: PathBuf, chown: bool) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        // Files take the gid of a setgid directory: then the creator's ids are not known.
+        let creator = fs::metadata(&root)
+            .ok()
+            .filter(|m| m.mode() & 0o2000 == 0)
+            .map(|m| (m.uid(), m.gid()));
         Tree {
+            known_dirs: HashSet::new(),
+            creator,
+            umask: current_umask(),
+            buffer: Vec::new(),
             root,
             chown,
             dirs: BTreeMap::new(),
@@ -166,9 +198,13 @@ impl Tree {
             return self.whiteout(&components, hidden);
         }
         let mut made = Vec::new();
-        let dir = path::resolve_dir(&self.root, &components, Missing::Create, &mut |p| {
-            made.push(p.to_owned())
-        })
+        let dir = path::resolve_dir_known(
+            &self.root,
+            &components,
+            Missing::Create,
+            &mut |p| made.push(p.to_owned()),
+            Some(&mut self.known_dirs),
+        )
         .map_err(walk)?
         .unwrap_or_default();
         if let Some(iso) = &mut self.isolated {
@@ -208,21 +244,41 @@ impl Tree {
                         MAX_SPARSE_HOLES_TOTAL
                     )));
                 }
-                self.remove(&rel)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&full)
-                    .map_err(|e| io_failure(&rel, "creating", e))?;
-                let n = io::copy(entry, &mut file).map_err(Failure::Read)?;
+                // Made with its final mode when the umask leaves it as it is and no chown
+                // follows (a chown clears setuid and setgid): then no chmod is needed.
+                let ids = (meta.uid as u32, meta.gid as u32);
+                let chown = self.chown && self.creator != Some(ids);
+                let exact = !chown
+                    && meta.mode & 0o7000 == 0
+                    && self.umask.is_some_and(|u| meta.mode & u == 0);
+                let create_mode = if exact { meta.mode } else { 0o600 };
+                let create = |full: &Path| {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(create_mode)
+                        .open(full)
+                };
+                // Created first; only when something is there already is it removed (one
+                // look-up fewer for the usual new file).
+                let mut file = match create(&full) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.remove(&rel)?;
+                        create(&full).map_err(|e| io_failure(&rel, "creating", e))?
+                    }
+                    Err(e) => return Err(io_failure(&rel, "creating", e)),
+                };
+                let n = self.copy_contents(entry, &mut file, &rel)?;
                 self.report.bytes += n;
-                if self.chown {
-                    std::os::unix::fs::fchown(&file, Some(meta.uid as u32), Some(meta.gid as u32))
+                if chown {
+                    std::os::unix::fs::fchown(&file, Some(ids.0), Some(ids.1))
                         .map_err(|e| io_failure(&rel, "changing the owner of", e))?;
                 }
-                file.set_permissions(Permissions::from_mode(meta.mode))
-                    .map_err(|e| io_failure(&rel, "changing the mode of", e))?;
+                if !exact {
+                    file.set_permissions(Permissions::from_mode(meta.mode))
+                        .map_err(|e| io_failure(&rel, "changing the mode of", e))?;
+                }
                 self.set_xattrs(&full, &meta);
                 let t = FileTime::from_unix_time(meta.mtime, 0);
                 filetime::set_file_handle_times(&file, Some(t), Some(t))
@@ -234,10 +290,17 @@ impl Tree {
                     .link_name_bytes()
                     .ok_or_else(|| Failure::Entry("a symlink without a target".into()))?
                     .into_owned();
-                self.remove(&rel)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &full)
-                    .map_err(|e| io_failure(&rel, "creating the symlink", e))?;
-                if self.chown {
+                let target = std::ffi::OsStr::from_bytes(&target);
+                match std::os::unix::fs::symlink(target, &full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.remove(&rel)?;
+                        std::os::unix::fs::symlink(target, &full)
+                            .map_err(|e| io_failure(&rel, "creating the symlink", e))?;
+                    }
+                    Err(e) => return Err(io_failure(&rel, "creating the symlink", e)),
+                }
+                if self.chown && self.creator != Some((meta.uid as u32, meta.gid as u32)) {
                     std::os::unix::fs::lchown(&full, Some(meta.uid as u32), Some(meta.gid as u32))
                         .map_err(|e| io_failure(&rel, "changing the owner of", e))?;
                 }
@@ -390,8 +453,14 @@ impl Tree {
                 .push(path::join(components).join(std::ffi::OsStr::from_bytes(&name)));
             return Ok(());
         }
-        let Some(dir) =
-            path::resolve_dir(&self.root, components, Missing::Stop, &mut |_| {}).map_err(walk)?
+        let Some(dir) = path::resolve_dir_known(
+            &self.root,
+            components,
+            Missing::Stop,
+            &mut |_| {},
+            Some(&mut self.known_dirs),
+        )
+        .map_err(walk)?
         else {
             return Ok(());
         };
@@ -417,6 +486,7 @@ impl Tree {
         let full = self.root.join(rel);
         match fs::symlink_metadata(&full) {
             Ok(m) if m.is_dir() => {
+                self.known_dirs.retain(|k| !k.starts_with(rel));
                 fs::remove_dir_all(&full).map_err(|e| io_failure(rel, "removing", e))?;
                 let gone: Vec<PathBuf> = self
                     .dirs
@@ -432,6 +502,39 @@ impl Tree {
             Ok(_) => fs::remove_file(&full).map_err(|e| io_failure(rel, "removing", e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_failure(rel, "reading", e)),
+        }
+    }
+
+    /// Copies an entry's contents into `file` through a large buffer (one write per 256 KiB,
+    /// where `io::copy` writes 8 KiB at a time).
+    fn copy_contents(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut fs::File,
+        rel: &Path,
+    ) -> std::result::Result<u64, Failure> {
+        use std::io::Write;
+        if self.buffer.len() < WRITE_BUFFER {
+            self.buffer.resize(WRITE_BUFFER, 0);
+        }
+        let mut total = 0u64;
+        loop {
+            // Filled as far as the entry goes before each write.
+            let mut filled = 0;
+            while filled < self.buffer.len() {
+                match entry.read(&mut self.buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Failure::Read(e)),
+                }
+            }
+            if filled == 0 {
+                return Ok(total);
+            }
+            file.write_all(&self.buffer[..filled])
+                .map_err(|e| io_failure(rel, "writing", e))?;
+            total += filled as u64;
         }
     }
 

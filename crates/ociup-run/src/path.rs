@@ -11,7 +11,7 @@
 //! unpacks into a fresh directory created mode 0700 beside the target, renamed into place at
 //! the end.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -81,6 +81,19 @@ pub(crate) fn resolve_dir(
     missing: Missing,
     created: &mut dyn FnMut(&Path),
 ) -> Result<Option<Vec<OsString>>, WalkError> {
+    resolve_dir_known(root, components, missing, created, None)
+}
+
+/// [`resolve_dir`], with `known`: relative paths already found to be real directories (not
+/// symlinks) in this walk or earlier ones, which are not looked at again; those found or made
+/// now are added. The caller must forget every path at or under one it removes.
+pub(crate) fn resolve_dir_known(
+    root: &Path,
+    components: &[OsString],
+    missing: Missing,
+    created: &mut dyn FnMut(&Path),
+    mut known: Option<&mut HashSet<PathBuf>>,
+) -> Result<Option<Vec<OsString>>, WalkError> {
     let mut resolved: Vec<OsString> = Vec::new();
     let mut pending: VecDeque<OsString> = components.iter().cloned().collect();
     let mut links = 0usize;
@@ -94,9 +107,16 @@ pub(crate) fn resolve_dir(
         }
         resolved.push(c);
         let rel = join(&resolved);
+        if known.as_ref().is_some_and(|k| k.contains(&rel)) {
+            continue;
+        }
         let path = root.join(&rel);
         match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.is_dir() => {
+                if let Some(k) = known.as_mut() {
+                    k.insert(rel);
+                }
+            }
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > MAX_LINKS {
@@ -122,6 +142,9 @@ pub(crate) fn resolve_dir(
                         .create(&path)
                         .map_err(|e| WalkError::Io(rel.clone(), e))?;
                     created(&rel);
+                    if let Some(k) = known.as_mut() {
+                        k.insert(rel);
+                    }
                 }
             },
             Err(e) => return Err(WalkError::Io(rel, e)),

@@ -214,11 +214,16 @@ pub(crate) async fn apply_blob<S: Store>(
 
 /// How much of a blob is read at once.
 const BLOB_BUFFER: usize = 256 * 1024;
+/// The chunks of decompressed tar handed from the decompressing thread to the writing one.
+const CHUNK: usize = 256 * 1024;
+/// How many chunks may wait for the writing thread (4 MiB).
+const CHUNKS_AHEAD: usize = 16;
 
-/// Unpacks one layer: decompress, hash for the diff_id, apply, read to the end.
+/// Unpacks one layer: decompress and hash for the diff_id on one thread, apply the tar on this
+/// one (so that inflating and hashing overlap the file system's work), read to the end.
 fn apply_one(
     tree: &mut Tree,
-    blob: impl Read,
+    blob: impl Read + Send,
     compression: Compression,
     diff_id: &Digest,
     digest: &Digest,
@@ -229,23 +234,43 @@ fn apply_one(
         digest: digest.clone(),
         source,
     };
-    // Large reads: each read of the blob crosses from this thread to the runtime and back.
-    let blob = BufReader::with_capacity(BLOB_BUFFER, blob);
-    let mut tar = Decompressed::new(blob, compression, diff_id).map_err(layer_err)?;
     let at = At { index, digest };
-    let failed = match tree.apply_layer(&mut tar, &at) {
-        // What the tar reader left (padding after the end blocks) counts in the diff_id.
-        Ok(()) => io::copy(&mut tar, &mut io::sink()).err().map(layer_err),
-        Err(Ok(e)) => Some(layer_err(e)),
-        Err(Err(e)) => Some(e),
-    };
+    let (failed, produced) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        let producer = std::thread::Builder::new()
+            .name("ociup-inflate".into())
+            .spawn_scoped(scope, move || {
+                decompress_into(blob, compression, diff_id, tx)
+            });
+        let producer = match producer {
+            Ok(p) => p,
+            Err(e) => return (Some(layer_err(e)), None),
+        };
+        let mut tar = Chunks::new(rx);
+        let failed = match tree.apply_layer(&mut tar, &at) {
+            // What the tar reader left (padding after the end blocks) counts in the diff_id.
+            Ok(()) => io::copy(&mut tar, &mut io::sink()).err().map(layer_err),
+            Err(Ok(e)) => Some(layer_err(e)),
+            Err(Err(e)) => Some(e),
+        };
+        // Gone: a producer still sending reads the blob to the end instead, so that a blob
+        // that fails its digest is reported as such (the caller checks that first), even when
+        // its bytes broke the decompressor or the tar reader.
+        drop(tar);
+        (failed, Some(producer.join()))
+    });
     if let Some(e) = failed {
-        // A blob that fails its digest is reported as such, even when its bytes broke the
-        // decompressor or the tar reader first: read it to the end so its check runs.
-        let _ = drain(tar.into_blob());
         return Err(e);
     }
-    let actual = tar.finish().map_err(layer_err)?;
+    let actual = match produced {
+        Some(Ok(Ok(Some(d)))) => d,
+        Some(Ok(Err(e))) => return Err(layer_err(e)),
+        _ => {
+            return Err(layer_err(io::Error::other(
+                "the decompressing thread ended early",
+            )));
+        }
+    };
     // Hashed with the diff_id's own algorithm, so the comparison always runs: a cache entry is
     // named after the diff_id, and an unchecked one would poison it.
     if actual != *diff_id {
@@ -257,6 +282,92 @@ fn apply_one(
         });
     }
     Ok(())
+}
+
+/// The decompressing thread: reads `blob` through its decompressor, hashing, and sends the tar
+/// in chunks (an error as the last one). Answers the digest of the uncompressed bytes once the
+/// whole blob is read (its digest checked to the end), `None` when the receiver went away
+/// first (the blob is then read to the end all the same), or the decompressor's error.
+fn decompress_into(
+    blob: impl Read,
+    compression: Compression,
+    diff_id: &Digest,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<Option<Digest>> {
+    // Large reads: each read of the blob crosses from this thread to the runtime and back.
+    let blob = BufReader::with_capacity(BLOB_BUFFER, blob);
+    let mut tar = Decompressed::new(blob, compression, diff_id)?;
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let mut failed = None;
+        while filled < CHUNK {
+            match tar.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        chunk.truncate(filled);
+        let end = filled == 0 || failed.is_some();
+        if filled > 0 && tx.send(Ok(chunk)).is_err() {
+            let _ = drain(tar.into_blob());
+            return Ok(None);
+        }
+        if let Some(e) = failed {
+            // The tar reader sees the error; the blob is read to the end for its check.
+            let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            drop(tx);
+            let _ = drain(tar.into_blob());
+            return Err(e);
+        }
+        if end {
+            break;
+        }
+    }
+    drop(tx);
+    tar.finish().map(Some)
+}
+
+/// The tar as the decompressing thread sends it: a reader over the chunks; the end when the
+/// sender is gone.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Chunks {
+    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        Chunks {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Keeps the first error of the blob reader, so a blob that fails its digest is reported as

@@ -242,10 +242,22 @@ fn a_job_is_printed_with_the_version_pinned_by_digest() {
         assert!(err.contains(expected), "{expected:?} not in {err}");
     }
     // Cluster flags without --apply: a usage error (2), not silently ignored.
-    for flag in ["--context", "--kubeconfig"] {
-        let (code, _, err) = app.run(&["job", "printer", flag, "nowhere"]);
+    for (flag, value) in [
+        ("--context", "nowhere"),
+        ("--kubeconfig", "nowhere"),
+        ("--request-timeout", "5s"),
+    ] {
+        let (code, _, err) = app.run(&["job", "printer", flag, value]);
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--apply"), "{err}");
+    }
+    for bad in ["5x", "1d", "s", "1.2.3"] {
+        let (code, _, err) = app.run(&["job", "printer", "--apply", "--request-timeout", bad]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!("{bad:?}: expected a duration: 30s, 1m, 500ms, 0")),
+            "{err}"
+        );
     }
     assert_eq!(app.versions(), std::slice::from_ref(&v1));
     let (code, out, err) = app.run(&["job", "local"]);

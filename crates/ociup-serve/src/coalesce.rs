@@ -13,7 +13,12 @@
 //!   one of its own (once the check under way ends, so at most one check per tag is in flight).
 //!   So an answer is never staler than one computed alone at the moment the request came in,
 //!   and a burst of requests for one nick, or for nicks on one base, costs one `HEAD` per tag
-//!   (at most two reads' time of waiting).
+//!   (at most two reads' time of waiting). With `Config::fresh_within` (`ociup serve
+//!   --fresh-within MS`, 0 by default) a request may also take a read that began at most that
+//!   long before it arrived: the exact guarantee is then that each tag was read no earlier than
+//!   that window before the request arrived, so an upgrade recorded elsewhere or a base moved
+//!   within the window may be answered as the version before it, and a replica reads each tag at
+//!   most once per window however many requests it answers.
 //! - **Immutable knowledge.** The first time a replica sees a catalog entry (a catalog manifest
 //!   digest), the library's own resolve (`check`) answers, with every check it makes (the
 //!   entry against its record, the record against the target, the signature). When that
@@ -30,6 +35,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ociup_core::managed::catalog::Catalog;
 use ociup_core::managed::manager::{Resolution, ResolveOptions, Stores};
@@ -37,8 +43,8 @@ use ociup_core::store::{ManifestRef, Store};
 
 use crate::{Access, Service};
 
-/// The last check of one key: the sequence number it started at, and what it found.
-type Slot<T> = Arc<tokio::sync::Mutex<Option<(u64, T)>>>;
+/// The last check of one key: the sequence number and instant it started at, and what it found.
+type Slot<T> = Arc<tokio::sync::Mutex<Option<(u64, Instant, T)>>>;
 
 /// Checks keyed by what they read, shared by the requests waiting for them: a request uses the
 /// result of a check that started after it arrived, never an older one.
@@ -59,13 +65,22 @@ impl<T> Default for Flights<T> {
 
 impl<T: Clone> Flights<T> {
     /// The result of `check` for `key`, run by this request or by one that waited alongside it,
-    /// started after this call began.
-    pub(crate) async fn run<F, Fut>(&self, key: &str, check: F) -> T
+    /// started after this call began, or (with a `window`) at most `window` before it began.
+    /// With a window, the last result of a key stays for later requests while `keep` says so
+    /// (a tag that exists: the keys kept are then bounded by the catalog).
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        key: &str,
+        window: Duration,
+        keep: impl Fn(&T) -> bool,
+        check: F,
+    ) -> T
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
         let arrived = self.clock.fetch_add(1, Ordering::SeqCst);
+        let arrived_at = Instant::now();
         let slot = Arc::clone(
             self.slots
                 .lock()
@@ -76,15 +91,23 @@ impl<T: Clone> Flights<T> {
         let value = {
             let mut last = slot.lock().await;
             match &*last {
-                Some((started, value)) if *started > arrived => value.clone(),
+                Some((started, at, value))
+                    if *started > arrived || (!window.is_zero() && *at + window >= arrived_at) =>
+                {
+                    value.clone()
+                }
                 _ => {
+                    let at = Instant::now();
                     let started = self.clock.fetch_add(1, Ordering::SeqCst);
                     let value = check().await;
-                    *last = Some((started, value.clone()));
+                    *last = Some((started, at, value.clone()));
                     value
                 }
             }
         };
+        if !window.is_zero() && keep(&value) {
+            return value;
+        }
         // Nobody else waits on this slot: drop it, so slots exist only while in use (a request
         // arriving later starts its own check anyway). Clones are made under the map's lock.
         drop(slot);
@@ -138,7 +161,12 @@ impl Service {
             .filter(|k| k.entry == entry)
             .cloned();
         if let Some(k) = known {
-            let base = c.base_tags.run(&k.base, || self.base_tag(&k.base)).await?;
+            let base = c
+                .base_tags
+                .run(&k.base, self.window(), Option::is_some, || {
+                    self.base_tag(&k.base)
+                })
+                .await?;
             return (base == k.answer.base_digest).then_some(k.answer);
         }
         self.learn(actor, nick, entry).await
@@ -183,12 +211,17 @@ impl Service {
         Some(answer)
     }
 
+    /// How long before a request the tag reads it may take began (`Config::fresh_within`).
+    fn window(&self) -> Duration {
+        self.inner.config.fresh_within
+    }
+
     /// Where the nick's catalog tag points now (coalesced).
     async fn catalog_tag(&self, nick: &str) -> Option<String> {
         self.inner
             .coalesce
             .catalog_tags
-            .run(nick, || async {
+            .run(nick, self.window(), Option::is_some, || async {
                 let catalog = Catalog::new(self.inner.catalog.clone());
                 catalog.head(nick).await.ok()?.map(|d| d.to_string())
             })
@@ -210,7 +243,6 @@ impl Service {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     /// Requests that arrive while a check runs do not take its result: they share the next one,
     /// which starts after they arrived. A request arriving alone runs its own.
@@ -229,7 +261,10 @@ mod tests {
         // The first check starts and is held.
         let first = {
             let (f, r, g) = (Arc::clone(&flights), Arc::clone(&runs), Arc::clone(&gate));
-            tokio::spawn(async move { f.run("k", || check(r, Some(g))).await })
+            tokio::spawn(async move {
+                f.run("k", Duration::ZERO, |_| true, || check(r, Some(g)))
+                    .await
+            })
         };
         while runs.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -238,7 +273,10 @@ mod tests {
         let later: Vec<_> = (0..8)
             .map(|_| {
                 let (f, r) = (Arc::clone(&flights), Arc::clone(&runs));
-                tokio::spawn(async move { f.run("k", || check(r, None)).await })
+                tokio::spawn(async move {
+                    f.run("k", Duration::ZERO, |_| true, || check(r, None))
+                        .await
+                })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -250,9 +288,66 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 2, "one check for all eight");
         // Alone again: a check of its own; the slot was dropped when nobody waited.
-        assert_eq!(flights.run("k", || check(Arc::clone(&runs), None)).await, 3);
+        assert_eq!(
+            flights
+                .run(
+                    "k",
+                    Duration::ZERO,
+                    |_| true,
+                    || check(Arc::clone(&runs), None)
+                )
+                .await,
+            3
+        );
         assert!(flights.slots.lock().unwrap().is_empty());
         // Other keys do not wait for each other.
-        assert_eq!(flights.run("other", || async { 7 }).await, 7);
+        assert_eq!(
+            flights
+                .run("other", Duration::ZERO, |_| true, || async { 7 })
+                .await,
+            7
+        );
+    }
+
+    /// With a window, a result stays for requests arriving within it after its check began,
+    /// and only while `keep` says so.
+    #[tokio::test]
+    async fn a_window_lets_later_requests_take_a_recent_check() {
+        let flights: Flights<Option<u32>> = Flights::default();
+        let window = Duration::from_millis(300);
+        let runs = AtomicUsize::new(0);
+        let check = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Some(1)
+        };
+        assert_eq!(
+            flights.run("k", window, Option::is_some, check).await,
+            Some(1)
+        );
+        assert_eq!(
+            flights.run("k", window, Option::is_some, check).await,
+            Some(1)
+        );
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "the second took the first's"
+        );
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        flights.run("k", window, Option::is_some, check).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "past the window: a check of its own"
+        );
+        // Not kept: a missing tag is read again by the next request.
+        let none = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            None
+        };
+        flights.run("gone", window, Option::is_some, none).await;
+        flights.run("gone", window, Option::is_some, none).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        assert!(!flights.slots.lock().unwrap().contains_key("gone"));
     }
 }

@@ -79,6 +79,9 @@ pub struct Config {
     /// The longest a client may take to send a request's head (line and headers); the
     /// connection is closed beyond. Its body is bounded by `timeout`.
     pub header_timeout: Duration,
+    /// How long before a request the reads of its nick's catalog tag and base tag may have
+    /// begun for a resolve with nothing due (0: after it arrived). See `coalesce.rs`.
+    pub fresh_within: Duration,
     /// Runs (Kubernetes Jobs): the cluster, and the namespaces they may use.
     pub runs: runs::RunsConfig,
     /// Requests per second allowed to each token, with a burst; `None`: no limit.

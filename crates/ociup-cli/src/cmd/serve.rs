@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// closed beyond: a client that trickles it holds nothing for long).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub header_timeout: u64,
+    /// A resolve with nothing due may be answered from reads of the nick's catalog tag and
+    /// its base's tag that began up to this many milliseconds before the request arrived
+    /// (each tag then read at most once per window, whatever the load). 0: only reads that
+    /// began after it arrived (concurrent requests still share them). Example: 1000.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub fresh_within: u64,
     /// Namespaces runs (Kubernetes Jobs, POST /v1/nicks/NICK/runs) may use: a name, or a
     /// pattern with `*` (team-*). Repeatable; none given: every run is refused.
     #[arg(long, value_name = "PATTERN")]
@@ -197,6 +203,7 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         max_regenerations: args.max_regenerations,
         retry_after: args.retry_after,
         header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        fresh_within: std::time::Duration::from_millis(args.fresh_within),
         runs: ociup_serve::runs::RunsConfig {
             cluster: Some(cluster(args.kubeconfig, args.context).await?),
             allow_namespaces: args.allow_namespace,

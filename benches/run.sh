@@ -14,7 +14,7 @@
 # Needs root (runc and umoci keep the layers' owners), umoci, runc, tar, python3, GNU time, and
 # debootstrap with network to deb.debian.org the first time (or DEBIAN_TAR=path to a tar of a
 # root file system). Prints a summary; JSON to benches/results/run.json. UNPACK_ONLY=1 skips the
-# warm runs.
+# warm runs; OCIUP_BASELINE=PATH adds an older ociup binary to the unpack rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -75,6 +75,8 @@ print(json.load(open(d + "/blobs/" + m))["layers"][0]["digest"].replace(":", "/"
 FLOOR=(tar-gzip)
 command -v pigz >/dev/null && FLOOR+=(tar-pigz)
 TOOLS=(ociup umoci "${FLOOR[@]}")
+# OCIUP_BASELINE=path: an older ociup binary in the same rounds too (before/after a change).
+[ -n "${OCIUP_BASELINE:-}" ] && TOOLS+=(ociup-baseline)
 
 log "cold unpack: $RUNS runs each of ${TOOLS[*]}, interleaved"
 for ((i = 0; i < RUNS; i++)); do
@@ -84,6 +86,7 @@ for ((i = 0; i < RUNS; i++)); do
     case $tool in
       ociup) read -r w r < <(timed "unpack-ociup-$i" "$OCIUP" unpack "oci:$LAY:debian" "$dir") ;;
       umoci) read -r w r < <(timed "unpack-umoci-$i" umoci unpack --image "$LAY:debian" "$dir") ;;
+      ociup-baseline) read -r w r < <(timed "unpack-$tool-$i" "$OCIUP_BASELINE" unpack "oci:$LAY:debian" "$dir") ;;
       tar-gzip)
         mkdir -p "$dir"
         read -r w r < <(timed "unpack-$tool-$i" tar --numeric-owner -xzpf "$BLOB" -C "$dir") ;;

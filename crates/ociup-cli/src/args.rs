@@ -132,7 +132,12 @@ pub enum Command {
     /// Rootless when not run as root (user namespace mapped from /etc/subuid and /etc/subgid).
     /// SIGINT and SIGTERM are forwarded to the container; the bundle is removed afterwards.
     ///
-    /// Exit status: the container's (128 + N when signal N ended it); 1 when ociup fails.
+    /// The default seccomp profile of containerd and Docker applies (--seccomp unconfined to
+    /// turn it off, or a profile file).
+    ///
+    /// Exit status: the container's (128 + N when signal N ended it); 125 when ociup or the
+    /// runtime fails before the command runs (2 for a usage error); 126 when the command cannot
+    /// be executed; 127 when it is not found.
     ///
     /// Example: ociup run trainer -- python3 /opt/train.py --epochs 3
     Run(Box<crate::cmd::run::RunArgs>),

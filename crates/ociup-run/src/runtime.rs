@@ -58,10 +58,10 @@ impl Exit {
     pub fn classify(status: i32, log: &str) -> Exit {
         let error = log
             .lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["level"] == "error" || v["level"] == "fatal")
-            .filter_map(|v| v["msg"].as_str().map(str::to_owned))
-            .last();
+            .find_map(|v| v["msg"].as_str().map(str::to_owned));
         let Some(msg) = error.filter(|_| status != 0) else {
             return Exit::Container(status);
         };

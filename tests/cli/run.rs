@@ -739,3 +739,49 @@ fn seccomp_profiles_and_exit_statuses() {
         0
     );
 }
+
+/// `prune` removes the bundles of killed runs (process gone, container unknown to runc) older
+/// than --older-than, and keeps a live run's, runc's still known and fresh ones.
+#[test]
+fn prune_removes_the_bundles_of_killed_runs() {
+    let s = Scene::new();
+    let bundles = s.path("data/ociup/bundles");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    let make = |name: &str, age: Option<std::time::SystemTime>| {
+        let b = bundles.join(name);
+        std::fs::create_dir_all(b.join("rootfs/etc")).unwrap();
+        write(&b.join("config.json"), b"{}", 0o644);
+        if let Some(t) = age {
+            std::fs::File::open(&b).unwrap().set_modified(t).unwrap();
+        }
+        b
+    };
+    // pid_max is at most 2^22: no process has this pid.
+    let dead = make("ociup-999999999-1", Some(old));
+    let fresh = make("ociup-999999999-2", None);
+    let live = make(&format!("ociup-{}-3", std::process::id()), Some(old));
+    let running = make("ociup-999999999-4", Some(old));
+    std::fs::create_dir_all(s.path("data/ociup/runc/ociup-999999999-4")).unwrap();
+    let other = make("not-ours", Some(old));
+    let dry = json(&s.ok(&["prune", "--older-than", "1h", "--dry-run", "--json"]));
+    assert_eq!(
+        dry["bundles"],
+        serde_json::json!([dead.display().to_string()])
+    );
+    assert!(dead.exists());
+    let done = json(&s.ok(&["prune", "--older-than", "1h", "--json"]));
+    assert_eq!(done["bundles"], dry["bundles"]);
+    assert!(!dead.exists());
+    for kept in [&fresh, &live, &running, &other] {
+        assert!(kept.exists(), "{}", kept.display());
+    }
+    let doc = std::fs::read_to_string(repo().join("docs/json.md")).unwrap();
+    assert!(doc.contains("| `bundles` |"));
+    // --all: the fresh one too, never a live run's or one runc knows.
+    let all = json(&s.ok(&["prune", "--all", "--json"]));
+    assert_eq!(
+        all["bundles"],
+        serde_json::json!([fresh.display().to_string()])
+    );
+    assert!(live.exists() && running.exists());
+}

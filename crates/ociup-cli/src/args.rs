@@ -169,7 +169,8 @@ pub enum Command {
     Job(Box<crate::cmd::job::JobArgs>),
     /// Remove cached layers and root file systems of `ociup run` that no run used lately
     /// (--older-than, default 7 days) or all of them (--all); a run holding them is never
-    /// disturbed.
+    /// disturbed. Bundles left by a killed `ociup run` (its process gone, its container no
+    /// longer known to runc) older than that are removed too.
     ///
     /// Example: ociup prune --older-than 30d
     Prune(crate::cmd::prune::PruneArgs),

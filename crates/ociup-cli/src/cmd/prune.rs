@@ -1,5 +1,6 @@
 //! `ociup prune`: remove what the layer cache of `ociup run` holds and no run used lately.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,7 +24,7 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Print JSON: cache, dry_run, removed (each: kind, digest, bytes, path), bytes, kept,
-    /// in_use, partial.
+    /// in_use, partial, bundles.
     #[arg(long)]
     pub json: bool,
 }
@@ -49,6 +50,48 @@ fn parse_age(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// The bundles of `ociup run`s that ended without removing them (ociup killed):
+/// `DATA/bundles/ociup-PID-N` whose PID runs no process now, whose container runc no longer
+/// knows (no `DATA/runc/ociup-PID-N`: a container still running keeps its state there), and
+/// that were last changed longer than `older_than` ago. Removed unless `dry_run`; answers
+/// their paths.
+fn stale_bundles(older_than: Duration, dry_run: bool) -> Result<Vec<PathBuf>> {
+    let data = super::run::data_dir()?;
+    let bundles = data.join("bundles");
+    let Ok(entries) = std::fs::read_dir(&bundles) else {
+        return Ok(Vec::new());
+    };
+    let mut stale = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ociup-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let known_to_runc = data.join("runc").join(&name).exists();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if alive || known_to_runc || !old || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if !dry_run {
+            ociup_run::cache::remove_tree(&e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+        stale.push(e.path());
+    }
+    stale.sort();
+    Ok(stale)
+}
+
 pub fn run(args: PruneArgs) -> Result<()> {
     let cache = super::run::layer_cache()?;
     let older_than = if args.all {
@@ -56,11 +99,24 @@ pub fn run(args: PruneArgs) -> Result<()> {
     } else {
         args.older_than
     };
+    let bundles = stale_bundles(older_than, args.dry_run)?;
+    let bundle_paths: Vec<String> = bundles.iter().map(|b| b.display().to_string()).collect();
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    if !args.json {
+        for b in &bundle_paths {
+            output::line(format!("{verb} the bundle of a killed run {b}"))?;
+        }
+    }
     if !cache.root().exists() {
         if args.json {
             return output::json(&serde_json::json!({
                 "cache": cache.root().display().to_string(), "dry_run": args.dry_run,
                 "removed": [], "bytes": 0, "kept": 0, "in_use": 0, "partial": 0,
+                "bundles": bundle_paths,
             }));
         }
         output::line(format!("{}: empty", cache.root().display()))?;
@@ -91,13 +147,9 @@ pub fn run(args: PruneArgs) -> Result<()> {
             "kept": report.kept,
             "in_use": report.in_use,
             "partial": report.partial,
+            "bundles": bundle_paths,
         }));
     }
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
     for e in &report.removed {
         output::line(format!(
             "{verb} {} {} ({} bytes)",

@@ -194,10 +194,21 @@ fn pod(image: &str) -> Value {
 
 /// The service's answer to a review: `response`, and its JSONPatch decoded (empty when none).
 fn admit(s: &Https, setup: &Setup, token: Option<&str>, body: &[u8]) -> (Value, Vec<Value>) {
+    admit_as(s, setup, None, token, body)
+}
+
+/// [`admit`] presenting a client certificate too.
+fn admit_as(
+    s: &Https,
+    setup: &Setup,
+    cert: Option<(&Path, &Path)>,
+    token: Option<&str>,
+    body: &[u8],
+) -> (Value, Vec<Value>) {
     let (code, status, out) = curl(
         &format!("{}/v1/admission", s.url()),
         &setup.ca,
-        None,
+        cert,
         token,
         "POST",
         Some(body),
@@ -261,7 +272,15 @@ fn admission_reviews_pin_nicks_and_authenticate_their_caller() {
         "{err}"
     );
 
-    let s = setup.serve(&[]);
+    // The API server may authenticate with a client certificate (its kubeConfigFile) too.
+    let (client, client_key) = leaf(&d, "ca", "apiserver", "kube-apiserver", false);
+    let (stranger, stranger_key) = leaf(&d, "ca", "stranger", "someone-else", false);
+    let s = setup.serve(&[
+        "--client-ca",
+        "ca.pem",
+        "--cert-role",
+        "kube-apiserver=requester",
+    ]);
     let token = setup.token.clone();
     // No credentials: 401 (the API server then applies the webhook's failurePolicy).
     let (_, status, body) = curl(
@@ -357,6 +376,70 @@ fn admission_reviews_pin_nicks_and_authenticate_their_caller() {
         ]
     );
     assert_eq!(setup.last_actor(), "k8s:jane");
+
+    // A client certificate with a role is a caller; one without is refused (403).
+    let (r, patch) = admit_as(
+        &s,
+        &setup,
+        Some((&client, &client_key)),
+        None,
+        &review("Pod", &pod("ociup.dev/app"), "jane"),
+    );
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(patch[0]["value"], versions[1].as_str());
+    let (_, status, body) = curl(
+        &format!("{}/v1/admission", s.url()),
+        &setup.ca,
+        Some((&stranger, &stranger_key)),
+        None,
+        "POST",
+        Some(&review("Pod", &pod("ociup.dev/app"), "jane")),
+    );
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+
+    // The registry stops answering (SIGSTOP) while the base has moved: with a 1 s timeout and
+    // the stale policy, the Pod is admitted within about that with the last version, marked;
+    // the regeneration it started goes on and records the version once the registry is back.
+    let quick = setup.serve(&["--admission-timeout", "1", "--admission-failure", "stale"]);
+    setup.move_base();
+    let signal = |sig: &str| {
+        let pid = setup.reg.pid().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let (r, patch) = admit(
+        &quick,
+        &setup,
+        Some(&token),
+        &review("Pod", &pod("ociup.dev/app"), "jane"),
+    );
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(patch[0]["value"], versions[1].as_str(), "the last version");
+    assert_eq!(patch[1]["path"], "/metadata/annotations");
+    let note = patch[1]["value"]["ociup.dev/stale"].as_str().unwrap();
+    assert!(
+        note.contains("admission timeout") && note.contains("version 2"),
+        "{note}"
+    );
+    assert!(
+        r["warnings"][0].as_str().unwrap().contains("version 2"),
+        "{r}"
+    );
+    until(
+        Duration::from_secs(60),
+        "the version the regeneration records",
+        || setup.versions().len() == 3,
+    );
 }
 
 /// The API server `scripts/test.sh` started, as its admin; `None` (the test says it was

@@ -425,7 +425,7 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
             Err(e) if settings.failure == Failure::Refuse || !recoverable(e.code) => {
                 return Outcome::deny(format!("ociup: nick {nick}: {}", e.message));
             }
-            Err(e) => match stale_version(s, settings, actor, &nick).await {
+            Err(e) => match stale_version(s, settings, &nick).await {
                 Some(r) => {
                     let why = format!(
                         "{nick}: {}; version {} is the last recorded",
@@ -504,14 +504,11 @@ fn recoverable(code: Code) -> bool {
 
 /// The stale policy's version: the catalog's current one (read without asking the base,
 /// briefly), else the last this service pinned.
-async fn stale_version(
-    s: &Service,
-    settings: &Admission,
-    actor: &str,
-    nick: &str,
-) -> Option<Resolution> {
+async fn stale_version(s: &Service, settings: &Admission, nick: &str) -> Option<Resolution> {
+    // A manager of its own: the caller's may hold the nick's lock for the very regeneration
+    // that is late. Nothing is written, so the actor does not matter.
     let offline = async {
-        let m = s.manager(actor)?;
+        let m = s.manager("ociup-serve")?;
         s.check_allowed(&m, nick).await?;
         m.resolve(
             nick,

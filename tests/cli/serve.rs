@@ -36,6 +36,9 @@ impl Served {
             .env_remove("OCIUP_SIGNING_KEY")
             .env_remove("OCIUP_USERNAME")
             .env_remove("OCIUP_PASSWORD")
+            // No cluster unless a test names one (--kubeconfig): runs answer no_cluster.
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .env("XDG_CACHE_HOME", dir.join("cache"))
             .stdout(Stdio::piped())
@@ -214,20 +217,24 @@ fn token(dir: &Path, name: &str, role: &str) -> String {
     .to_owned()
 }
 
-/// Runs ociup as a client of `url` with `token`, in an empty home with no registry
-/// credentials and no catalog: exit code, stdout, stderr.
-fn client(dir: &Path, url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+/// ociup as a client of `url` with `token`, in an empty home (its working directory) with no
+/// registry credentials, no catalog and no cluster configuration.
+fn client_command(dir: &Path, url: &str, token: &str, args: &[&str]) -> Command {
     let home = dir.join("client-home");
     std::fs::create_dir_all(&home).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ociup"));
+    cmd.args(args)
         .current_dir(&home)
         .env_clear()
         .env("HOME", &home)
         .env("OCIUP_SERVER", url)
-        .env("OCIUP_TOKEN", token)
-        .output()
-        .unwrap();
+        .env("OCIUP_TOKEN", token);
+    cmd
+}
+
+/// Runs [`client_command`]: exit code, stdout, stderr.
+fn client(dir: &Path, url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = client_command(dir, url, token, args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -536,12 +543,16 @@ fn serve_over_a_layout_catalog() {
     assert!(code == 1 && err.contains("--insecure-server"), "{err}");
     // Commands that do not go through the service, and flags that only mean something here,
     // are refused rather than run locally or ignored.
-    for args in [&["run", "app"][..], &["job", "app"]] {
+    for (args, says) in [
+        (&["run", "app"][..], "does not go through a service"),
+        (&["job", "app"], "give --apply"),
+        (
+            &["job", "app", "--apply", "--kubeconfig", "/tmp/k"],
+            "--kubeconfig: through a service",
+        ),
+    ] {
         let (code, _, err) = client(d, &s.url(), &alice, args);
-        assert!(
-            code == 1 && err.contains("does not go through a service"),
-            "{args:?}: {err}"
-        );
+        assert!(code == 1 && err.contains(says), "{args:?}: {err}");
     }
     for flag in [
         &["--catalog", "oci:/tmp/elsewhere"][..],
@@ -777,6 +788,85 @@ fn serve_over_a_layout_catalog() {
         out.contains("app ") && out.contains("current (v2)"),
         "{out}"
     );
+    // The admin edits through the CLI: the steps and the files the recipe reads (stored and
+    // new) are uploaded from the working directory; the output is what `edit` prints here.
+    let home = d.join("client-home");
+    std::fs::copy(d.join("app.conf"), home.join("app.conf")).unwrap();
+    for dir in [&home, &d.to_path_buf()] {
+        std::fs::write(dir.join("extra.txt"), "extra\n").unwrap();
+    }
+    let (code, _, err) = client(d, &s.url(), &alice, &["edit", "app", "--env", "A=1"]);
+    assert!(code == 1 && err.contains("forbidden"), "{err}");
+    let (code, out, err) = client(
+        d,
+        &s.url(),
+        &root,
+        &[
+            "edit",
+            "app",
+            "--env",
+            "MODE=served",
+            "--add",
+            "extra.txt:/etc/extra.txt",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let newest = |d: &Path| json(&ok_at(d, &["history", "app", "--json"]))[0].clone();
+    let edited = newest(d);
+    assert_eq!(
+        (edited["number"].as_u64(), edited["actor"].as_str()),
+        (Some(3), Some("root"))
+    );
+    assert_eq!(
+        out,
+        format!(
+            "app version 3 (recipe edited): {}\n",
+            edited["image"].as_str().unwrap()
+        )
+    );
+    // Locally, the same edit prints the same line (and --json the record history shows).
+    let local = ok_at(
+        d,
+        &[
+            "edit",
+            "app",
+            "--env",
+            "MODE=local",
+            "--json",
+            "--sign-key",
+            "k.key",
+        ],
+    );
+    assert_eq!(json(&local), newest(d));
+    let (code, out, err) = client(
+        d,
+        &s.url(),
+        &root,
+        &["edit", "app", "--env", "B=2", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out), newest(d), "edit --json is the version record");
+    assert_eq!(newest(d)["number"], 5);
+    // A step that names a file outside the upload is refused, and nothing is made.
+    let r = s.call(
+        "POST",
+        "/v1/nicks/app/edit",
+        Some(&root),
+        Some((
+            "application/json",
+            br#"{"steps": [{"add": {"src": "/etc/passwd", "dest": "/etc/x"}}]}"#,
+        )),
+    );
+    assert_eq!(r.error(), (422, "invalid_recipe".into()));
+    let r = s.call(
+        "POST",
+        "/v1/nicks/app/edit",
+        Some(&root),
+        Some(("application/json", br#"{"steps": [{"env": {"key": "C"}}]}"#)),
+    );
+    assert_eq!(r.error().0, 400);
+    assert_eq!(newest(d)["number"], 5);
+
     let (code, _, err) = client(d, &s.url(), &alice, &["unregister", "uploaded"]);
     assert!(code == 1 && err.contains("forbidden"), "{err}");
     let (code, out, err) = client(d, &s.url(), &root, &["unregister", "uploaded"]);
@@ -1071,4 +1161,479 @@ fn sigterm_lets_the_request_in_flight_finish() {
     assert!(raw.contains("\"version\":1"), "{raw}");
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}: {}", s.log());
+}
+
+/// Per-token rate limits (a burst, then 429 with Retry-After, counted), and runs refused by a
+/// service that has no cluster.
+#[test]
+fn rate_limits_and_runs_without_a_cluster() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let alice = token(d, "alice", "requester");
+    let bob = token(d, "bob", "requester");
+    // HOME without ~/.kube, no KUBECONFIG: no cluster configuration at all.
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            "oci:catalog",
+            "--allow-write",
+            "oci:catalog",
+            "--allow-namespace",
+            "*",
+            "--rate-limit",
+            "3/m",
+        ],
+        &[("HOME", d.to_str().unwrap())],
+    );
+    let r = s.call(
+        "POST",
+        "/v1/nicks/app/runs",
+        Some(&bob),
+        Some(("application/json", br#"{"namespace": "ml"}"#)),
+    );
+    assert_eq!(r.error(), (503, "no_cluster".into()));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no Kubernetes cluster"),
+        "{:?}",
+        r.json()
+    );
+    // A field the run does not take is refused before anything else.
+    let r = s.call(
+        "POST",
+        "/v1/nicks/app/runs",
+        Some(&bob),
+        Some(("application/json", br#"{"namespace": "ml", "nodes": 3}"#)),
+    );
+    assert_eq!(r.error(), (400, "invalid_request".into()));
+    // The CLI says the same through the service.
+    let (code, _, err) = client(d, &s.url(), &bob, &["job", "app", "--apply", "-n", "ml"]);
+    assert!(code == 1 && err.contains("no_cluster"), "{err}");
+
+    // 3/m: a burst of 3, then one request every 20 s. Bob's bucket is his own.
+    for _ in 0..3 {
+        assert_eq!(s.call("GET", "/v1/status", Some(&alice), None).status, 200);
+    }
+    let r = s.call("GET", "/v1/status", Some(&alice), None);
+    assert_eq!(r.error(), (429, "rate_limited".into()));
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    let r = s.call("GET", "/v1/status", Some(&bob), None);
+    assert_eq!(
+        r.error(),
+        (429, "rate_limited".into()),
+        "bob made 3 already"
+    );
+    assert_eq!(requests_counted(&s, "/v1/status", "GET", 429), 2);
+    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    assert!(text.contains("ociup_rate_limited_total 2"), "{text}");
+}
+
+/// The API server `scripts/test.sh` started (KUBECONFIG, KUBE_STATE_DIR), as its admin; `None`
+/// (the test says it was skipped) without one.
+struct Kube {
+    rt: tokio::runtime::Runtime,
+    client: ociup_kube::kube::Client,
+    kubeconfig: String,
+}
+
+impl Kube {
+    fn new(test: &str) -> Option<Kube> {
+        let (Some(kubeconfig), Some(_)) = (
+            std::env::var("KUBECONFIG").ok().filter(|k| !k.is_empty()),
+            std::env::var_os("KUBE_STATE_DIR").filter(|k| !k.is_empty()),
+        ) else {
+            eprintln!(
+                "{test}: skipped: no Kubernetes API server (KUBECONFIG and KUBE_STATE_DIR \
+                 unset: scripts/test.sh starts one from ../shared/k8s, absent here or not \
+                 started)"
+            );
+            return None;
+        };
+        // Never a developer's real cluster: only ../shared/k8s/start.sh's, on loopback.
+        let text = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
+        if !text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("server: "))
+            .all(|s| s.trim_matches('"').starts_with("https://127.0.0.1:"))
+        {
+            eprintln!("{test}: skipped: KUBECONFIG names a server that is not on 127.0.0.1");
+            return None;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cluster = rt
+            .block_on(ociup_kube::Cluster::connect(&ociup_kube::ConnectOptions {
+                kubeconfig: Some(kubeconfig.clone().into()),
+                context: None,
+            }))
+            .unwrap();
+        Some(Kube {
+            client: cluster.client().clone(),
+            rt,
+            kubeconfig,
+        })
+    }
+
+    fn jobs(
+        &self,
+        ns: &str,
+    ) -> ociup_kube::kube::Api<ociup_kube::k8s_openapi::api::batch::v1::Job> {
+        ociup_kube::kube::Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// A namespace of the test's own, with its `default` ServiceAccount (pods need it);
+    /// deleted at the end.
+    fn namespace(&self, prefix: &str) -> Namespace<'_> {
+        use ociup_kube::k8s_openapi::api::core::v1::{Namespace as Ns, ServiceAccount};
+        use ociup_kube::kube::api::{Api, PostParams};
+        let name = format!("{prefix}-{}-{}", std::process::id(), next_number());
+        let ns: Ns =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let all: Api<Ns> = Api::all(self.client.clone());
+        self.rt
+            .block_on(all.create(&PostParams::default(), &ns))
+            .unwrap();
+        let sa: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        self.until("the default ServiceAccount", || {
+            self.rt.block_on(sa.get_opt("default")).unwrap().is_some()
+        });
+        Namespace { kube: self, name }
+    }
+
+    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "no {what} after 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Every Job of a namespace (by name), with the nick label `nick`.
+    fn jobs_of(&self, ns: &str, nick: &str) -> Vec<ociup_kube::k8s_openapi::api::batch::v1::Job> {
+        let params =
+            ociup_kube::kube::api::ListParams::default().labels(&format!("ociup.dev/nick={nick}"));
+        self.rt.block_on(self.jobs(ns).list(&params)).unwrap().items
+    }
+}
+
+struct Namespace<'a> {
+    kube: &'a Kube,
+    name: String,
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        use ociup_kube::k8s_openapi::api::core::v1::Namespace as Ns;
+        let all: ociup_kube::kube::Api<Ns> = ociup_kube::kube::Api::all(self.kube.client.clone());
+        let _ = self.kube.rt.block_on(all.delete(
+            &self.name,
+            &ociup_kube::kube::api::DeleteParams::background(),
+        ));
+    }
+}
+
+/// A run through the service on the real API server and controller manager: answered
+/// `pending`, then `submitted` with the Job held until the new version was recorded; the pod
+/// the controller makes runs that version; a namespace outside the allowlist is refused with
+/// nothing made; the CLI as a client prints what `ociup job --apply` prints.
+#[test]
+fn runs_through_the_service_on_a_cluster() {
+    let Some(k) = Kube::new("runs_through_the_service_on_a_cluster") else {
+        return;
+    };
+    let reg = TestRegistry::start(RegistryOptions::default());
+    let host = reg.host();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let dir = d.display().to_string();
+    ok_at(
+        d,
+        &[
+            "copy",
+            &format!("oci:{}:v1", base_dir().display()),
+            "oci:base:latest",
+        ],
+    );
+    std::fs::write(d.join("app.txt"), "app\n").unwrap();
+    ok_at(
+        d,
+        &[
+            "register",
+            "runner",
+            "--base",
+            &format!("oci:{dir}/base:latest"),
+            "--to",
+            &format!("{host}/team/runner"),
+            "--add",
+            "app.txt:/opt/app.txt",
+        ],
+    );
+    let versions = || -> Vec<String> {
+        let h = json(&ok_at(d, &["history", "runner", "--json"]));
+        let mut v: Vec<(u64, String)> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["number"].as_u64().unwrap(),
+                    r["digest"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, d)| d).collect()
+    };
+    // The base moves: the run is due an upgrade.
+    ok_at(
+        d,
+        &[
+            "copy",
+            &format!("oci:{}:v2", base_dir().display()),
+            "oci:base:latest",
+        ],
+    );
+    let alice = token(d, "alice", "requester");
+    let bob = token(d, "bob", "requester");
+    let ns = k.namespace("ociup-serve-runs");
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            "oci:catalog",
+            "--allow-read",
+            "oci:base",
+            "--allow-write",
+            &format!("{host}/team/*"),
+            "--allow-write",
+            "oci:catalog",
+            "--kubeconfig",
+            &k.kubeconfig,
+            "--allow-namespace",
+            "ociup-serve-runs-*",
+            "--identity",
+            "ociup-serve@test",
+        ],
+        &[],
+    );
+    let run = |body: &str| {
+        s.call(
+            "POST",
+            "/v1/nicks/runner/runs",
+            Some(&alice),
+            Some(("application/json", body.as_bytes())),
+        )
+    };
+
+    // Outside --allow-namespace: refused, nothing regenerated, no Job.
+    let r = run(r#"{"namespace": "default"}"#);
+    assert_eq!(r.error(), (403, "outside_allowlist".into()));
+    assert!(k.jobs_of("default", "runner").is_empty());
+    assert_eq!(versions().len(), 1);
+
+    let r = run(&format!(
+        r#"{{"namespace": "{}", "env": [{{"name": "MODE", "value": "run"}}], "labels": {{"team": "ml"}}, "args": ["--epochs", "3"]}}"#,
+        ns.name
+    ));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let accepted = r.json();
+    assert_eq!(accepted["state"], "pending");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/runs/{id}").as_str())
+    );
+    let path = format!("/v1/runs/{id}");
+    let mut seen = vec![accepted["state"].as_str().unwrap().to_owned()];
+    let mut got = accepted;
+    k.until("the run's end", || {
+        got = s.call("GET", &path, Some(&alice), None).json();
+        seen.push(got["state"].as_str().unwrap().to_owned());
+        got["state"] != "pending"
+    });
+    assert_eq!(got["state"], "submitted", "{got}");
+    assert_eq!(seen.last().unwrap(), "submitted");
+    let v = versions();
+    assert_eq!(v.len(), 2, "the new version is recorded");
+    let image = format!("{host}/team/runner@{}", v[1]);
+    assert_eq!(
+        (
+            got["upgraded"].as_bool(),
+            got["held"].as_bool(),
+            got["version"].as_u64()
+        ),
+        (Some(true), Some(true), Some(2)),
+        "{got}"
+    );
+    assert_eq!(got["digest"], v[1].as_str());
+    assert_eq!(got["image"], image.as_str());
+    assert_eq!(got["requester"], "alice");
+    assert_eq!(got["job"]["suspended"], false, "{got}");
+    assert!(got["job_error"].is_null());
+    // Another requester does not see it.
+    assert_eq!(
+        s.call("GET", &path, Some(&bob), None).error(),
+        (404, "not_found".into())
+    );
+    // The Job as the API server has it, and the pod the controller made: the new version.
+    let name = got["name"].as_str().unwrap().to_owned();
+    let job = k.rt.block_on(k.jobs(&ns.name).get(&name)).unwrap();
+    let job = serde_json::to_value(&job).unwrap();
+    assert_eq!(
+        job["metadata"]["annotations"]["ociup.dev/digest"],
+        v[1].as_str()
+    );
+    assert_eq!(job["metadata"]["labels"]["team"], "ml");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], image.as_str());
+    assert_eq!(c["args"], serde_json::json!(["--epochs", "3"]));
+    assert_eq!(
+        c["env"],
+        serde_json::json!([{"name": "MODE", "value": "run"}])
+    );
+    let pods: ociup_kube::kube::Api<ociup_kube::k8s_openapi::api::core::v1::Pod> =
+        ociup_kube::kube::Api::namespaced(k.client.clone(), &ns.name);
+    let mut pod_images = Vec::new();
+    k.until("the Job's pod", || {
+        let params =
+            ociup_kube::kube::api::ListParams::default().labels(&format!("job-name={name}"));
+        pod_images =
+            k.rt.block_on(pods.list(&params))
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+                .collect();
+        !pod_images.is_empty()
+    });
+    assert_eq!(pod_images, [image.clone()]);
+    // The requester is the actor; the service is recorded beside it.
+    let newest = json(&ok_at(d, &["history", "runner", "--json"]))[0].clone();
+    assert_eq!(newest["actor"], "alice");
+
+    // The CLI through the service prints what `ociup job --apply` prints here.
+    let (code, out, err) = client(
+        d,
+        &s.url(),
+        &alice,
+        &["job", "runner", "--apply", "-n", &ns.name],
+    );
+    assert_eq!(code, 0, "{err}");
+    let kubeconfig = ["--kubeconfig", k.kubeconfig.as_str()];
+    let local = ok_at(
+        d,
+        &[
+            &["job", "runner", "--apply", "-n", &ns.name][..],
+            &kubeconfig,
+        ]
+        .concat(),
+    );
+    let shape = |out: &str| {
+        let (job, rest) = out.split_once(" created (").unwrap();
+        assert!(job.starts_with("job.batch/runner-v2-"), "{out}");
+        rest.to_owned()
+    };
+    assert_eq!(shape(&out), format!("{image})\n"));
+    assert_eq!(shape(&out), shape(&local));
+    let (code, out, err) = client(
+        d,
+        &s.url(),
+        &alice,
+        &["job", "runner", "--apply", "-n", &ns.name, "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let local = ok_at(
+        d,
+        &[
+            &["job", "runner", "--apply", "-n", &ns.name, "--json"][..],
+            &kubeconfig,
+        ]
+        .concat(),
+    );
+    let (mut remote, mut local) = (json(&out), json(&local));
+    for v in [&mut remote, &mut local] {
+        assert!(v["name"].as_str().unwrap().starts_with("runner-v2-"), "{v}");
+        v["name"] = serde_json::Value::Null;
+        v["uid"] = serde_json::Value::Null;
+    }
+    assert_eq!(remote, local);
+
+    // --wait follows the Job until it ends (the test sets its condition: there is no kubelet).
+    let before: Vec<String> = k
+        .jobs_of(&ns.name, "runner")
+        .into_iter()
+        .map(|j| j.metadata.name.unwrap())
+        .collect();
+    let mut waiting = client_command(
+        d,
+        &s.url(),
+        &alice,
+        &[
+            "job",
+            "runner",
+            "--apply",
+            "-n",
+            &ns.name,
+            "--wait",
+            "--wait-timeout",
+            "60",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut new = String::new();
+    k.until("the waited Job", || {
+        if let Some(j) = k
+            .jobs_of(&ns.name, "runner")
+            .into_iter()
+            .find(|j| !before.contains(j.metadata.name.as_ref().unwrap()))
+        {
+            new = j.metadata.name.unwrap();
+        }
+        !new.is_empty()
+    });
+    let now = "2026-01-01T00:00:00Z";
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "Complete", "status": "True", "reason": "SetByTheTest",
+        "message": "done", "lastProbeTime": now, "lastTransitionTime": now,
+    }]}});
+    k.rt.block_on(k.jobs(&ns.name).patch_status(
+        &new,
+        &ociup_kube::kube::api::PatchParams::default(),
+        &ociup_kube::kube::api::Patch::Merge(&patch),
+    ))
+    .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while waiting.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = waiting.kill();
+            panic!("ociup job --wait through the service did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "job.batch/{new} created ({image})\n  Complete=True (SetByTheTest): done\njob.batch/{new} completed\n"
+        )
+    );
 }

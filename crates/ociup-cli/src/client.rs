@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, UnregisterArgs,
+    Cli, Command, EditArgs, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, UnregisterArgs,
     UpgradeArgs, VerifyArgs,
 };
 use crate::output;
@@ -42,7 +42,7 @@ pub struct ServerArgs {
 }
 
 /// Flags (clap ids) that only mean something when the command runs here.
-const LOCAL_ONLY: [&str; 7] = [
+const LOCAL_ONLY: [&str; 8] = [
     "catalog",
     "sign_key",
     "actor",
@@ -50,6 +50,7 @@ const LOCAL_ONLY: [&str; 7] = [
     "source_date_epoch",
     "kubeconfig",
     "context",
+    "allow_outside",
 ];
 
 /// A service and the token to present.
@@ -82,6 +83,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             | Command::Verify(_)
             | Command::Upgrade(_)
             | Command::Unregister(_)
+            | Command::Edit(_)
     ) || matches!(&cli.command, Command::Job(a) if a.apply);
     if let Command::Job(a) = &cli.command
         && !a.apply
@@ -129,6 +131,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         Command::History(a) => Some(&a.nick),
         Command::Unregister(a) => Some(&a.nick),
         Command::Job(a) => Some(&a.nick),
+        Command::Edit(a) => Some(&a.nick),
         _ => None,
     };
     if let Some(nick) = nick {
@@ -149,6 +152,10 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         Command::Upgrade(a) => upgrade(&server, a).await?,
         Command::Unregister(a) => unregister(&server, a).await.map(|()| 0)?,
         Command::Job(a) => job(&server, a).await?,
+        Command::Edit(a) => {
+            let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
+            edit(&server, a, sub).await.map(|()| 0)?
+        }
         _ => return Ok(None),
     }))
 }
@@ -723,4 +730,159 @@ async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
         Some((false, _)) => 4,
         _ => 0,
     })
+}
+
+impl Server {
+    /// Sends `body` as `content_type` (an upload); the answer as [`Server::call`] reads it.
+    async fn upload(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching the service at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the service answered {status} without JSON at {url}"))?;
+        if !status.is_success() {
+            let message = value["message"].as_str().unwrap_or("(no message)");
+            let code = value["code"].as_str().unwrap_or("?");
+            bail!("{message} (the service: {code}, HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// A tar of `files` (names relative to the working directory: files, or directories and all
+/// under them) beside `extra` (name, bytes) entries, as the service's uploads take it: regular
+/// files and directories only.
+fn upload_tar(extra: &[(&str, &[u8])], files: &[String]) -> Result<Vec<u8>> {
+    use std::path::{Component, Path};
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |size: u64, mode: u32, kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_entry_type(kind);
+        h
+    };
+    for (name, data) in extra {
+        let mut h = header(data.len() as u64, 0o644, tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<std::path::PathBuf> = Vec::new();
+    for f in files {
+        let p = Path::new(f);
+        if !p
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            bail!(
+                "{f}: through a service, the files a recipe reads are uploaded, so they must \
+                 be named relative to the working directory, without `..`"
+            );
+        }
+        todo.push(p.components().collect());
+    }
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p.clone()) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&p)
+            .with_context(|| format!("reading {} to upload it", p.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            let mut h = header(0, mode, tar::EntryType::Directory);
+            b.append_data(&mut h, &p, std::io::empty())?;
+            for e in std::fs::read_dir(&p).with_context(|| format!("reading {}", p.display()))? {
+                todo.push(e?.path());
+            }
+        } else if meta.is_file() {
+            let mut h = header(meta.len(), mode, tar::EntryType::Regular);
+            let f = std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            b.append_data(&mut h, &p, f)?;
+        } else {
+            bail!(
+                "{}: only regular files and directories can be uploaded to a service (not \
+                 symlinks or devices)",
+                p.display()
+            );
+        }
+    }
+    Ok(b.into_inner()?)
+}
+
+/// The files `steps` read (`add`, `replace`).
+fn step_sources(steps: &[ociup_core::managed::recipe::Step]) -> Vec<String> {
+    use ociup_core::managed::recipe::Step;
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Add { src, .. } | Step::Replace { src, .. } => Some(src.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `edit NICK STEPS` (admin): the steps, and the files the recipe's steps read (those stored
+/// and those given, from the working directory), uploaded to the service.
+async fn edit(s: &Server, args: &EditArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let nick = &args.nick;
+    let steps = crate::cmd::managed::ordered_steps(matches)?;
+    if steps.is_empty() {
+        bail!("no steps given: say what to add, remove or set");
+    }
+    let stored = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nicks/{}/recipe", segment(nick)),
+            None,
+        )
+        .await
+        .with_context(|| format!("editing {nick}"))?;
+    let stored: Vec<ociup_core::managed::recipe::Step> =
+        serde_json::from_value(stored["steps"].clone())
+            .with_context(|| format!("the recipe of {nick} the service answered"))?;
+    let mut sources = step_sources(&stored);
+    sources.extend(step_sources(&steps));
+    let path = format!("/v1/nicks/{}/edit", segment(nick));
+    let body = json!({ "steps": steps });
+    let record = if sources.is_empty() {
+        s.call(reqwest::Method::POST, &path, Some(body)).await
+    } else {
+        let tar = upload_tar(&[("steps.json", &serde_json::to_vec(&body)?)], &sources)?;
+        s.upload(reqwest::Method::POST, &path, "application/x-tar", tar)
+            .await
+    }
+    .with_context(|| format!("editing {nick}"))?;
+    if args.json {
+        return output::json(&record);
+    }
+    output::line(format!(
+        "{} version {} ({}): {}",
+        text(&record, "nick"),
+        record["number"],
+        text(&record, "reason"),
+        text(&record, "image")
+    ))?;
+    Ok(())
 }

@@ -44,6 +44,8 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<Service>)> {
         ("POST", "/v1/register", post(register)),
         ("POST", "/v1/nicks/{nick}/runs", post(create_run)),
         ("GET", "/v1/runs/{id}", get(show_run)),
+        ("POST", "/v1/nicks/{nick}/edit", post(edit)),
+        ("GET", "/v1/nicks/{nick}/recipe", get(recipe)),
         ("POST", "/v1/admission", post(crate::admission::admit)),
     ]
 }
@@ -57,7 +59,7 @@ pub(crate) fn router(service: Service) -> Router {
     let (body_limit, upload_limit) = (c.body_limit, c.upload_limit);
     let mut r = Router::new();
     for (_, path, handler) in table() {
-        let handler = if path == "/v1/register" {
+        let handler = if path == "/v1/register" || path == "/v1/nicks/{nick}/edit" {
             handler.layer(DefaultBodyLimit::max(upload_limit))
         } else {
             handler
@@ -832,6 +834,12 @@ async fn create_run(
     let options = body
         .job_options()
         .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+    if s.inner.config.runs.allow_namespaces.is_empty() {
+        return Err(ApiError::new(
+            Code::OutsideAllowlist,
+            "this service runs nothing: it was started without --allow-namespace",
+        ));
+    }
     let cluster = cluster(&s)?;
     let namespace = options
         .namespace
@@ -841,11 +849,9 @@ async fn create_run(
         return Err(ApiError::new(
             Code::OutsideAllowlist,
             format!(
-                "namespace {namespace} is outside what this service may run in (--allow-namespace: {})",
-                match s.inner.config.runs.allow_namespaces.as_slice() {
-                    [] => "none given, so no run is allowed".to_owned(),
-                    p => p.join(", "),
-                }
+                "namespace {namespace} is outside what this service may run in \
+                 (--allow-namespace {})",
+                s.inner.config.runs.allow_namespaces.join(", ")
             ),
         ));
     }
@@ -1008,6 +1014,135 @@ async fn show_run(State(s): State<Service>, caller: Caller, Path(id): Path<Strin
         _ => None,
     };
     json(&run_answer(&run, job))
+}
+
+/// The recipe a nick is built from, as the catalog holds it (its steps name the files an edit
+/// must upload again).
+async fn recipe(State(s): State<Service>, caller: Caller, Path(nick): Path<String>) -> Answer {
+    let actor = caller.require(Role::Requester, "show recipes")?;
+    nick_param(&nick)?;
+    let entry = s
+        .manager(actor)?
+        .catalog()
+        .get(&nick)
+        .await
+        .map_err(|e| ApiError::from_core(&format!("reading the recipe of {nick}"), e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::UnknownNick,
+                format!("no managed image is registered as {nick:?}"),
+            )
+        })?;
+    json(&entry.recipe)
+}
+
+/// The steps of an edit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    /// Steps appended to the recipe, in the recipe's format.
+    steps: Vec<ociup_core::managed::recipe::Step>,
+}
+
+/// `ociup edit`: steps appended to a nick's recipe, and the version made of it. The body is
+/// JSON `{"steps": [...]}` when no step (stored or new) reads a file, else a tar holding
+/// `steps.json` and every file the recipe's steps name, by their relative names (regular files
+/// and directories only, as a registration's upload).
+async fn edit(
+    State(s): State<Service>,
+    caller: Caller,
+    Path(nick): Path<String>,
+    req: Request,
+) -> Answer {
+    let actor = caller.require(Role::Admin, "edit")?.to_owned();
+    nick_param(&nick)?;
+    let kind = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let is_tar = match kind.as_deref() {
+        Some("application/x-tar") => true,
+        Some("application/json") | None => false,
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                "the body must be JSON {\"steps\": [...]} or a tar (application/x-tar) of \
+                 steps.json and the files the steps name",
+            ));
+        }
+    };
+    let bytes = Bytes::from_request(req, &s).await?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| ApiError::new(Code::Internal, format!("a staging directory: {e}")))?;
+    let root = dir.path().to_owned();
+    let body = tokio::task::spawn_blocking(move || -> Result<EditBody, ApiError> {
+        let text = if is_tar {
+            unpack_upload(&bytes, &root)?;
+            std::fs::read(root.join("steps.json")).map_err(|_| {
+                ApiError::new(
+                    Code::InvalidRecipe,
+                    "the upload holds no steps.json at its root",
+                )
+            })?
+        } else {
+            bytes.to_vec()
+        };
+        serde_json::from_slice(&text)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the steps: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(Code::Internal, e.to_string()))??;
+    if body.steps.is_empty() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "no steps given: say what to add, remove or set",
+        ));
+    }
+    let m = s.manager(&actor)?;
+    let context = format!("editing {nick}");
+    allowed_entry(&s, &m, &nick, &context).await?;
+    // The steps given read only what was uploaded (the library lets steps typed on a command
+    // line read anywhere: here they come from the network).
+    let typed = Recipe {
+        nick: nick.clone(),
+        base: "-".into(),
+        target: "-".into(),
+        steps: body.steps.clone(),
+    };
+    typed
+        .check_sources(dir.path(), SourceAccess::Confined)
+        .map_err(|e| ApiError::new(Code::InvalidRecipe, format!("{context}: {}", chain(&e))))?;
+    let command = std::iter::once(format!("ociup edit {nick}"))
+        .chain(
+            body.steps
+                .iter()
+                .map(ociup_core::managed::recipe::Step::command),
+        )
+        .collect::<Vec<_>>()
+        .join(" ");
+    let permit = s.regeneration_permit()?;
+    let service = s.clone();
+    let record = s
+        .run_to_end(async move {
+            let _permit = permit;
+            let lock = service.nick_lock(&nick);
+            let _held = lock.lock().await;
+            let record = m
+                .edit(&nick, body.steps, dir.path(), command)
+                .await
+                .map_err(|e| ApiError::from_core(&context, e))?;
+            drop(dir);
+            Ok(record)
+        })
+        .await?;
+    json(&record)
 }
 
 #[cfg(test)]

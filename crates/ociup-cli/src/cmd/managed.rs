@@ -108,7 +108,7 @@ fn stored_sources(allow_outside: bool) -> SourceAccess {
 }
 
 /// The step flags (of `append`, `register` and `edit`), in the order they were given.
-pub(super) fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
+pub(crate) fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
     let split = |flag: &str, v: &str, sep: char| -> Result<(String, String)> {
         let (a, b) = if sep == ':' {
             v.rsplit_once(sep)

@@ -8,7 +8,7 @@ mod inspect;
 pub mod job;
 mod layer;
 mod login;
-mod managed;
+pub(crate) mod managed;
 pub mod prune;
 mod rebase;
 pub mod run;

@@ -97,6 +97,10 @@ pub struct VersionRecord {
     /// from the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_platforms: Vec<String>,
+    /// The service that acted for `actor` (`ociup serve`'s identity), when one did. Absent
+    /// otherwise, and in records of older ociup: a record without it hashes as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl VersionRecord {
@@ -208,6 +212,10 @@ pub struct AuditEntry {
     pub actor: String,
     /// Digest of the previous entry.
     pub previous: Option<String>,
+    /// The service that acted for `actor`, when one did (absent otherwise, and in entries of
+    /// older ociup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A blob of the catalog: digest and size.
@@ -895,6 +903,7 @@ mod tests {
             signer: Some("ab".repeat(32)),
             platforms: Vec::new(),
             dropped_platforms: Vec::new(),
+            via: None,
         }
     }
 

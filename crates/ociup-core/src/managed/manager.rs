@@ -331,6 +331,7 @@ pub struct Manager<P: Stores> {
     stores: P,
     catalog: Catalog<P::Store>,
     actor: String,
+    via: Option<String>,
     key: Option<Key>,
     epoch: u64,
     platform: Option<PlatformSpec>,
@@ -464,6 +465,16 @@ fn invalid(reason: impl Into<String>) -> Error {
 }
 
 impl<P: Stores> Manager<P> {
+    /// Records `via` beside the actor in the audit entries and version records this manager
+    /// writes: the service that acts for the actor (`ociup serve` records itself so). Left out
+    /// of what is written when not set, so records without it read and hash as before.
+    #[must_use]
+    pub fn with_via(mut self, via: impl Into<String>) -> Self {
+        let via = via.into();
+        self.via = (!via.is_empty()).then_some(via);
+        self
+    }
+
     /// A manager of the nicks in the catalog kept in `catalog`, opening the stores recipes
     /// name with `stores`.
     pub fn new(stores: P, catalog: P::Store, options: ManagerOptions) -> Self {
@@ -489,6 +500,7 @@ impl<P: Stores> Manager<P> {
             } else {
                 actor
             },
+            via: None,
             key,
             epoch,
             platform,
@@ -626,6 +638,7 @@ impl<P: Stores> Manager<P> {
                 command,
                 time: now(),
                 actor: self.actor.clone(),
+                via: self.via.clone(),
                 previous: prior.map(|p| p.audit.digest.to_string()),
             })
             .await?;
@@ -834,6 +847,7 @@ impl<P: Stores> Manager<P> {
                 command,
                 time: now(),
                 actor: self.actor.clone(),
+                via: self.via.clone(),
                 previous: Some(entry.audit.digest.to_string()),
             })
             .await?;
@@ -978,6 +992,7 @@ impl<P: Stores> Manager<P> {
             reason: reason.into(),
             time: now(),
             actor: self.actor.clone(),
+            via: self.via.clone(),
             previous: previous.map(|b| b.digest.to_string()),
             build_manifest,
             epoch: self.epoch,
@@ -1150,6 +1165,7 @@ impl<P: Stores> Manager<P> {
             reason: reason.into(),
             time: now(),
             actor: self.actor.clone(),
+            via: self.via.clone(),
             previous: previous.map(|b| b.digest.to_string()),
             build_manifest,
             epoch: self.epoch,
@@ -1221,6 +1237,7 @@ impl<P: Stores> Manager<P> {
                 command,
                 time: now(),
                 actor: self.actor.clone(),
+                via: self.via.clone(),
                 previous: Some(entry.audit.digest.to_string()),
             })
             .await?;
@@ -1722,6 +1739,7 @@ impl<P: Stores> Manager<P> {
                 base_digest: base_digest.to_string(),
                 time: now(),
                 actor: self.actor.clone(),
+                via: self.via.clone(),
                 ..current.clone()
             };
             let blob = self.catalog.put_json(&record).await?;
@@ -1767,6 +1785,7 @@ impl<P: Stores> Manager<P> {
                         command: format!("ociup resolve {nick} --unsigned"),
                         time: now(),
                         actor: self.actor.clone(),
+                        via: self.via.clone(),
                         previous: Some(entry.audit.digest.to_string()),
                     })
                     .await?;
@@ -1790,6 +1809,7 @@ impl<P: Stores> Manager<P> {
             reason: "base moved".into(),
             time: now(),
             actor: self.actor.clone(),
+            via: self.via.clone(),
             previous: Some(current_blob.digest.to_string()),
             build_manifest,
             epoch: current.epoch,
@@ -2073,6 +2093,7 @@ impl<P: Stores> Manager<P> {
                         command: format!("ociup resolve {nick} --unsigned"),
                         time: now(),
                         actor: self.actor.clone(),
+                        via: self.via.clone(),
                         previous: Some(entry.audit.digest.to_string()),
                     })
                     .await?;
@@ -2151,6 +2172,7 @@ impl<P: Stores> Manager<P> {
             reason: "base moved".into(),
             time: now(),
             actor: self.actor.clone(),
+            via: self.via.clone(),
             previous: Some(current_blob.digest.to_string()),
             build_manifest,
             epoch: current.epoch,
@@ -3067,5 +3089,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((answer.version, answer.upgraded), (2, true));
+    }
+
+    #[tokio::test]
+    async fn via_is_recorded_beside_the_actor_and_absent_without_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (manager, _base) = registered(t.path()).await;
+        let first = serde_json::to_value(&manager.history("app").await.unwrap()[0]).unwrap();
+        assert!(first.get("via").is_none(), "left out when not set: {first}");
+        let manager = manager.with_via("ociup-serve@test");
+        let answer = manager
+            .resolve("app", ResolveOptions::default())
+            .await
+            .unwrap();
+        assert!(answer.upgraded);
+        let history = manager.history("app").await.unwrap();
+        let newest = history.iter().find(|r| r.number == 2).unwrap();
+        assert_eq!(
+            (newest.actor.as_str(), newest.via.as_deref()),
+            ("test", Some("ociup-serve@test"))
+        );
+        let older = history.iter().find(|r| r.number == 1).unwrap();
+        assert_eq!(serde_json::to_value(older).unwrap(), first, "unchanged");
     }
 }

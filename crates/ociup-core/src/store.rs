@@ -188,6 +188,16 @@ pub trait Store: Send + Sync {
         false
     }
 
+    /// For each of `digests`, whether the store is known to hold it without asking, from what
+    /// was learnt before (a registry client remembers, for a while, blobs it saw in a
+    /// repository). `None` unless the store [rejects missing blobs](Store::rejects_missing_blobs)
+    /// naming them and is known to: a `true` may be stale, and only such a store turns that
+    /// into a refusal naming the blob instead of an incomplete image. The default is `None`.
+    fn known_blobs(&self, digests: &[Digest]) -> Option<Vec<bool>> {
+        let _ = digests;
+        None
+    }
+
     /// Whether a manifest the store holds implies that it holds every blob and child manifest
     /// the manifest references, intact. A registry refuses a manifest whose blobs it lacks and
     /// checks every blob it takes, so `true` is the default; a layout directory is files anyone
@@ -349,16 +359,64 @@ where
     F: Fn(usize, bool) -> Fut,
     Fut: Future<Output = Result<BlobCopy>>,
 {
-    let mut done: Vec<Option<BlobCopy>> = vec![None; blobs.len()];
+    let done: Vec<Option<BlobCopy>> = vec![None; blobs.len()];
     if !dest.rejects_missing_blobs() {
         let copies =
             futures_util::future::try_join_all((0..blobs.len()).map(|i| supply(i, false))).await?;
         dest.put_manifest(document, tag).await?;
         return Ok(copies);
     }
-    // A few rounds at most: a store that names the missing blobs needs one.
     // Probed by digest: a tag is written only once the image is known complete.
-    let mut probe = Some(dest.probe_manifest(document).await?);
+    let probe = dest.probe_manifest(document).await?;
+    supply_named(dest, document, tag, blobs, done, Some(probe), supply).await
+}
+
+/// [`put_manifest_with_blobs`] where the caller has made present (or knows present) the blobs
+/// `done` says, on a store that [names what it lacks](Store::known_blobs) (`known_blobs` is
+/// `Some`): no probe, the document is put with its tag at once, and blobs the store still
+/// names are supplied then (`supply(i, true)`) before it is put again.
+///
+/// # Errors
+/// As [`put_manifest_with_blobs`]; [`Error::InvalidChange`] when `done` and `blobs` differ in
+/// length.
+pub async fn put_manifest_after_blobs<D, F, Fut>(
+    dest: &D,
+    document: &RawDocument,
+    tag: Option<&str>,
+    blobs: &[Digest],
+    done: Vec<Option<BlobCopy>>,
+    supply: F,
+) -> Result<Vec<BlobCopy>>
+where
+    D: Store,
+    F: Fn(usize, bool) -> Fut,
+    Fut: Future<Output = Result<BlobCopy>>,
+{
+    if done.len() != blobs.len() {
+        return Err(Error::InvalidChange {
+            reason: "one state for each blob expected".into(),
+        });
+    }
+    supply_named(dest, document, tag, blobs, done, None, supply).await
+}
+
+/// The rounds of [`put_manifest_with_blobs`] after its probe (`probe`), or with none: the
+/// document is put, and the blobs the store names supplied, a few times at most.
+async fn supply_named<D, F, Fut>(
+    dest: &D,
+    document: &RawDocument,
+    tag: Option<&str>,
+    blobs: &[Digest],
+    mut done: Vec<Option<BlobCopy>>,
+    mut probe: Option<Probe>,
+    supply: F,
+) -> Result<Vec<BlobCopy>>
+where
+    D: Store,
+    F: Fn(usize, bool) -> Fut,
+    Fut: Future<Output = Result<BlobCopy>>,
+{
+    // A few rounds at most: a store that names the missing blobs needs one.
     for _ in 0..3 {
         let named = match probe.take() {
             Some(Probe::Taken { proves_blobs: true }) => {
@@ -382,8 +440,12 @@ where
                 Err(e) => return Err(e),
             },
         };
+        // A blob only believed present (known from before, or found by a check) that the store
+        // names is supplied after all.
         let wanted: Vec<usize> = (0..blobs.len())
-            .filter(|&i| done[i].is_none() && named.contains(&blobs[i]))
+            .filter(|&i| {
+                matches!(done[i], None | Some(BlobCopy::Present)) && named.contains(&blobs[i])
+            })
             .collect();
         // Named nothing we can supply (or did not say which): check and supply every blob not
         // yet supplied, then try once more.

@@ -81,6 +81,11 @@ pub struct ClientOptions {
     /// Fixed addresses for host names, used instead of DNS (as curl's `--resolve`): for split
     /// horizons and tests.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Where the client keeps, between processes, which registries check a manifest's blobs
+    /// and which blobs repositories hold (for a day each), so that the next process writing
+    /// there need not ask again; `None` (the default) keeps them for this client's life only.
+    /// The CLI uses `ociup`'s data directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -97,6 +102,7 @@ impl Default for ClientOptions {
             check_blobs_first: false,
             idle_timeout: Duration::from_secs(60),
             resolve: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -138,8 +144,9 @@ struct Inner {
     requests: AtomicU64,
     token_fetches: AtomicU64,
     /// Registries (API hosts) seen refusing a manifest for blobs they lacked, naming them: they
-    /// check a manifest's blobs, so their taking a manifest proves it complete.
-    checks_blobs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// check a manifest's blobs, so their taking a manifest proves it complete; and blobs seen
+    /// in repositories. Kept in `opts.state_dir` between processes.
+    known: crate::known::Known,
 }
 
 /// A registry client. Cheap to clone; clones share connections, tokens and limits.
@@ -250,6 +257,7 @@ impl Client {
             }))
             .build()
             .map_err(|e| Error::Config(format!("setting up HTTP: {e}")))?;
+        let known = crate::known::Known::new(opts.state_dir.as_deref());
         Ok(Client {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(opts.max_concurrent_requests.max(1)),
@@ -261,7 +269,7 @@ impl Client {
                 token_fetch: Mutex::new(()),
                 requests: AtomicU64::new(0),
                 token_fetches: AtomicU64::new(0),
-                checks_blobs: std::sync::Mutex::default(),
+                known,
             }),
         })
     }
@@ -341,20 +349,33 @@ impl Client {
     /// blobs it lacked: such a registry checks a manifest's blobs, and its taking a manifest
     /// proves it has them. The distribution spec lets a registry take a manifest without them.
     pub(crate) fn checks_blobs(&self, registry: &str) -> bool {
-        self.inner
-            .checks_blobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(registry)
+        self.inner.known.checks_blobs(registry)
     }
 
     /// Notes that `registry` refused a manifest naming the blobs it lacked.
     pub(crate) fn note_checks_blobs(&self, registry: &str) {
-        self.inner
-            .checks_blobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(registry.to_owned());
+        self.inner.known.note_checks_blobs(registry);
+    }
+
+    /// Whether `repository` of `registry` was seen holding `digest` (within a day).
+    pub(crate) fn knows_blob(&self, registry: &str, repository: &str, digest: &str) -> bool {
+        self.inner.known.has_blob(registry, repository, digest)
+    }
+
+    /// Notes that `repository` of `registry` holds these blobs.
+    pub(crate) fn note_blobs<'a>(
+        &self,
+        registry: &str,
+        repository: &str,
+        digests: impl Iterator<Item = &'a str>,
+    ) {
+        self.inner.known.note_blobs(registry, repository, digests);
+    }
+
+    /// Writes what was learnt of registries to [`ClientOptions::state_dir`] now (it is written
+    /// when the last clone of the client is dropped too).
+    pub fn save_state(&self) {
+        self.inner.known.save();
     }
 
     /// Tokens fetched so far.

@@ -4,6 +4,7 @@ pub mod auth;
 mod body;
 mod client;
 pub mod error;
+mod known;
 mod policy;
 pub mod reference;
 mod repository;

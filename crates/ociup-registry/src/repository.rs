@@ -295,7 +295,37 @@ impl Repository {
         let target = self.path(&format!("blobs/uploads/?mount={digest}&from={from}"));
         let req = Request::new(Method::POST, target, scopes).header(CONTENT_LENGTH, "0");
         let resp = self.send(req, &[201, 202]).await?;
-        Ok(resp.status().as_u16() == 201)
+        let mounted = resp.status().as_u16() == 201;
+        if mounted {
+            self.note_blobs([digest.to_string().as_str()].into_iter());
+        }
+        Ok(mounted)
+    }
+
+    /// Notes that this repository holds these blobs (see [`crate::known`]).
+    fn note_blobs<'a>(&self, digests: impl Iterator<Item = &'a str>) {
+        self.client.note_blobs(&self.api_host, &self.name, digests);
+    }
+
+    /// After the registry took `document`: when it is known to check a manifest's blobs, the
+    /// blobs the manifest references are all here.
+    fn note_manifest_blobs(&self, document: &RawDocument) {
+        if !self.client.checks_blobs(&self.api_host) {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(document.bytes()) else {
+            return;
+        };
+        let config = v.get("config").into_iter();
+        let layers = v
+            .get("layers")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten();
+        let digests = config
+            .chain(layers)
+            .filter_map(|d| d.get("digest").and_then(serde_json::Value::as_str));
+        self.note_blobs(digests);
     }
 
     /// The most bytes an upload keeps to send again after a failed PATCH, whatever minimum chunk
@@ -872,9 +902,12 @@ impl Store for Repository {
         let resp = self.client.send(&self.api_host, &req).await?;
         match resp.status().as_u16() {
             404 => Ok(None),
-            200 => Ok(header_str(resp.headers(), CONTENT_LENGTH.as_str())
-                .and_then(|s| s.parse().ok())
-                .or(Some(0))),
+            200 => {
+                self.note_blobs([digest.to_string().as_str()].into_iter());
+                Ok(header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .or(Some(0)))
+            }
             _ => Err(self
                 .client
                 .http_error(&self.api_host, &Method::HEAD, resp)
@@ -902,7 +935,9 @@ impl Store for Repository {
         if self.blob_size(digest).await?.is_some() {
             return Ok(());
         }
-        self.upload(digest, size, data).await
+        self.upload(digest, size, data).await?;
+        self.note_blobs([digest.to_string().as_str()].into_iter());
+        Ok(())
     }
 
     async fn put_new_blob<R: AsyncRead + Send + Unpin>(
@@ -911,7 +946,9 @@ impl Store for Repository {
         size: u64,
         data: R,
     ) -> ociup_core::Result<()> {
-        self.upload(digest, size, data).await
+        self.upload(digest, size, data).await?;
+        self.note_blobs([digest.to_string().as_str()].into_iter());
+        Ok(())
     }
 
     async fn read_blob_raw(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {
@@ -1009,6 +1046,11 @@ impl Store for Repository {
             }
             .into());
         }
+        self.note_manifest_blobs(document);
+        if tag.is_some() {
+            // A tagged PUT ends a write: what was learnt is kept now, whatever comes later.
+            self.client.save_state();
+        }
         Ok(())
     }
 
@@ -1063,6 +1105,7 @@ impl Store for Repository {
                     }
                     .into());
                 }
+                self.note_manifest_blobs(document);
                 Ok(Probe::Taken {
                     proves_blobs: self.client.checks_blobs(&self.api_host),
                 })
@@ -1085,6 +1128,23 @@ impl Store for Repository {
 
     fn rejects_missing_blobs(&self) -> bool {
         !self.client.options().check_blobs_first
+    }
+
+    /// Only where the registry is known to check a manifest's blobs: what it does not hold, a
+    /// manifest PUT names, so a stale answer costs a request, never an incomplete image.
+    fn known_blobs(&self, digests: &[Digest]) -> Option<Vec<bool>> {
+        if self.client.options().check_blobs_first || !self.client.checks_blobs(&self.api_host) {
+            return None;
+        }
+        Some(
+            digests
+                .iter()
+                .map(|d| {
+                    self.client
+                        .knows_blob(&self.api_host, &self.name, &d.to_string())
+                })
+                .collect(),
+        )
     }
 
     fn mount_source(&self) -> Option<MountSource> {

@@ -243,6 +243,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.rejects_missing_blobs())
     }
 
+    fn known_blobs(&self, digests: &[Digest]) -> Option<Vec<bool>> {
+        delegate!(self, s => s.known_blobs(digests))
+    }
+
     fn manifest_implies_blobs(&self) -> bool {
         delegate!(self, s => s.manifest_implies_blobs())
     }

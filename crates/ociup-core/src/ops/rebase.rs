@@ -14,7 +14,7 @@ use crate::mutate::{self, ConfigMode, OldBase, RebaseInput, RebasePlan, annotati
 use crate::reference::PlatformSpec;
 use crate::store::{
     BlobCopy, ManifestRef, Store, check_document_size, copy_blob, copy_missing_blob,
-    put_manifest_with_blobs,
+    put_manifest_after_blobs, put_manifest_with_blobs,
 };
 
 /// How to rebase.
@@ -534,7 +534,42 @@ async fn write_one<I: Store, N: Store, D: Store>(
             }
         }
     };
-    let done = put_manifest_with_blobs(dest, &rebased.manifest, tag, &digests, supply).await?;
+    let done = match dest.known_blobs(&digests) {
+        // The destination names what it lacks and was seen holding some of these before:
+        // supply the others at once, cheaply (a mount answers whether or not the blob was
+        // there; the config is new unless seen), and put the manifest with its tag, no probe.
+        // A blob gone since it was seen is named by the refusal and supplied then.
+        Some(known) => {
+            let mountable = matches!(
+                (new_store.mount_source(), dest.mount_source()),
+                (Some(a), Some(b)) if a.registry == b.registry && a.repository != b.repository
+            );
+            let first = |i: usize| {
+                let (digest, size, source) = &jobs[i];
+                let known = known.get(i).copied().unwrap_or(false);
+                async move {
+                    match source {
+                        _ if known => Ok(BlobCopy::Present),
+                        Source::Image if own_here => Ok(BlobCopy::Present),
+                        Source::NewBase if mountable => {
+                            copy_missing_blob(new_store, dest, digest, *size, |_| {}).await
+                        }
+                        Source::Config => dest
+                            .put_new_blob(digest, *size, config.bytes())
+                            .await
+                            .map(|()| BlobCopy::Copied),
+                        // Elsewhere a blob is checked before its bytes are sent.
+                        _ => supply(i, false).await,
+                    }
+                }
+            };
+            let supplied = futures_util::future::try_join_all((0..jobs.len()).map(first)).await?;
+            let supplied = supplied.into_iter().map(Some).collect();
+            put_manifest_after_blobs(dest, &rebased.manifest, tag, &digests, supplied, supply)
+                .await?
+        }
+        None => put_manifest_with_blobs(dest, &rebased.manifest, tag, &digests, supply).await?,
+    };
     for ((d, size, _), how) in jobs.iter().zip(done).take(layers) {
         let action = match how {
             BlobCopy::Present => "present",

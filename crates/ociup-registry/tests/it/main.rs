@@ -7,6 +7,7 @@
 mod bounds;
 mod fake;
 mod hostile;
+mod known;
 mod probe;
 mod registry;
 #[path = "../support/mod.rs"]

@@ -1,0 +1,231 @@
+//! What a client remembers of a registry between processes (`ClientOptions::state_dir`): a
+//! rebase in a new process neither probes nor checks blobs the last one saw, against the real
+//! Distribution server; and a remembered blob that is not there costs a request, never an
+//! incomplete image.
+
+use std::path::Path;
+
+use ociup_core::copy::{CopyOptions, copy_image};
+use ociup_core::layer::{LayerBuilder, LayerOptions};
+use ociup_core::layout::OciLayout;
+use ociup_core::ops::rebase::{OldBaseSource, RebaseOptions, RebaseRequest, rebase_image};
+use ociup_core::ops::{self, AppendBase, AppendRequest};
+use ociup_core::reference::PlatformSpec;
+use ociup_core::store::{ManifestRef, Store};
+use ociup_registry::{Client, ClientOptions, Reference, Repository};
+
+use crate::support::{AuthMode, RegistryOptions, TestRegistry};
+
+fn tag(t: &str) -> ManifestRef {
+    ManifestRef::Tag(t.into())
+}
+
+/// A layout with base-1 and base-2 (one layer each) and app-1 (one layer) on base-1.
+async fn images(dir: &Path) -> OciLayout {
+    let layout = OciLayout::open_or_create(dir.join("images")).unwrap();
+    let platform: PlatformSpec = "linux/amd64".parse().unwrap();
+    let one_file = |path: &str| {
+        let mut layer = LayerBuilder::new(LayerOptions::default());
+        layer
+            .add_bytes(path, path.as_bytes().repeat(100), 0o644)
+            .unwrap();
+        AppendRequest {
+            layers: vec![(layer, path.into())],
+            ..AppendRequest::default()
+        }
+    };
+    for (t, file) in [("base-1", "/etc/v1"), ("base-2", "/etc/v2")] {
+        ops::append_image::<OciLayout, _>(
+            AppendBase::Scratch(&platform),
+            &layout,
+            Some(t),
+            one_file(file),
+            dir,
+        )
+        .await
+        .unwrap();
+    }
+    let base = ops::load_image(&layout, &tag("base-1"), None)
+        .await
+        .unwrap();
+    let name = format!("oci:{}:base-1", layout.root().display());
+    let base = AppendBase::Image {
+        store: &layout,
+        image: &base,
+        name: &name,
+    };
+    ops::append_image(base, &layout, Some("app-1"), one_file("/opt/app"), dir)
+        .await
+        .unwrap();
+    layout
+}
+
+/// A client as a new process makes it, remembering in `state`, for the plain-HTTP `reg` (no
+/// HTTPS attempt first, which would count as a request).
+fn process(state: &Path, reg: &TestRegistry) -> Client {
+    Client::new(ClientOptions {
+        state_dir: Some(state.to_owned()),
+        insecure: vec![reg.host()],
+        ..ClientOptions::default()
+    })
+    .unwrap()
+}
+
+fn repo(c: &Client, reg: &TestRegistry, name: &str) -> Repository {
+    c.repository(&Reference::parse(&format!("{}/{name}", reg.host())).unwrap())
+}
+
+/// Rebases team/app:v1 from lib/base:v1 onto lib/base:v2 into `dest_repo`:`to` with a new
+/// process remembering in `state`, and checks the result is complete: the number of requests
+/// it sent, and (method, path) of each as the registry logged them.
+async fn rebase(
+    reg: &TestRegistry,
+    state: &Path,
+    dest_repo: &str,
+    to: &str,
+    created: u64,
+) -> (u64, Vec<(String, String)>) {
+    let from = completed(reg);
+    let c = process(state, reg);
+    let (app, old, new) = (
+        repo(&c, reg, "team/app"),
+        repo(&c, reg, "lib/base"),
+        repo(&c, reg, "lib/base"),
+    );
+    let dest = repo(&c, reg, dest_repo);
+    let image = ops::load_document(&app, &tag("v1")).await.unwrap();
+    let old_ref = tag("v1");
+    let request = RebaseRequest::new(&app, image, &new, tag("v2"))
+        .old_base(OldBaseSource::Image(&old, &old_ref));
+    let opts = RebaseOptions {
+        created: Some(created),
+        ..RebaseOptions::default()
+    };
+    let outcome = rebase_image(request, &dest, Some(to), &opts).await.unwrap();
+    assert!(outcome.written);
+    let seen = requests_since(reg, from);
+    // The result is complete where it was written: every blob it names is there.
+    let check = process(&state.join("unused"), reg);
+    let d = repo(&check, reg, dest_repo);
+    let m = ops::load_image(&d, &tag(to), None).await.unwrap();
+    for l in m.manifest.parsed().layers() {
+        let digest = l.digest().to_string().parse().unwrap();
+        assert!(
+            d.blob_exists(&digest).await.unwrap(),
+            "{dest_repo}:{to} lacks {digest}"
+        );
+    }
+    (c.requests_sent(), seen)
+}
+
+/// Requests in the registry's log since `from` lines: (method, path) of each.
+fn requests_since(reg: &TestRegistry, from: usize) -> Vec<(String, String)> {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("response completed"))
+        .skip(from)
+        .map(|l| {
+            let field = |k: &str| {
+                l.split(&format!("{k}="))
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (field("http.request.method"), field("http.request.uri"))
+        })
+        .collect()
+}
+
+fn completed(reg: &TestRegistry) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("response completed"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let layout = images(t.path()).await;
+    {
+        // The pushes teach the client that this registry checks a manifest's blobs (its probe
+        // is refused naming them).
+        let c = process(&state, &reg);
+        for (from, to, name) in [
+            ("base-1", "v1", "lib/base"),
+            ("base-2", "v2", "lib/base"),
+            ("app-1", "v1", "team/app"),
+        ] {
+            let dst = repo(&c, &reg, name);
+            copy_image(
+                &layout,
+                &tag(from),
+                &dst,
+                Some(to),
+                &CopyOptions::default(),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        }
+    }
+    assert!(
+        std::fs::read_to_string(state.join("registries-v1"))
+            .unwrap()
+            .contains(&format!("checks-blobs {} ", reg.host())),
+        "remembered that the registry checks blobs"
+    );
+
+    // Cold: the new base's layer is not in team/app. 6 reads (image manifest and config, each
+    // base's manifest and config), its mount, the config's POST and PUT, the tagged PUT: no
+    // probe by digest.
+    let (sent, seen) = rebase(&reg, &state, "team/app", "r1", 1).await;
+    assert_eq!(sent, 10, "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, p)| m == "PUT" && p.contains("/manifests/sha256:")),
+        "no probe: {seen:?}"
+    );
+    // Warm, another config: the layer is known there; no HEAD, no mount.
+    let (sent, seen) = rebase(&reg, &state, "team/app", "r2", 2).await;
+    assert_eq!(sent, 9, "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, p)| m == "HEAD" || p.contains("mount=")),
+        "nothing asked of blobs: {seen:?}"
+    );
+    // The same config again: only the tagged PUT is written.
+    let (sent, seen) = rebase(&reg, &state, "team/app", "r3", 2).await;
+    assert_eq!(sent, 7, "{seen:#?}");
+
+    // Remembered wrongly (the blobs of team/app claimed for a new repository): the tagged PUT
+    // is refused naming them, they are supplied, and the result is complete (checked in
+    // `rebase`).
+    let facts = std::fs::read_to_string(state.join("registries-v1")).unwrap();
+    let claimed: String = facts
+        .lines()
+        .filter(|l| l.contains(" team/app "))
+        .map(|l| l.replace(" team/app ", " team/copy ") + "\n")
+        .collect();
+    assert!(!claimed.is_empty());
+    std::fs::write(state.join("registries-v1"), facts + &claimed).unwrap();
+    let (sent, seen) = rebase(&reg, &state, "team/copy", "r1", 3).await;
+    let refused = seen
+        .iter()
+        .filter(|(m, p)| m == "PUT" && p.ends_with("/team/copy/manifests/r1"))
+        .count();
+    let mounts = seen.iter().filter(|(_, p)| p.contains("mount=")).count();
+    // (Distribution's refusal may say DIGEST_INVALID too, which the client takes for a race
+    // with a link rewrite and sends once more before supplying.)
+    assert!(refused >= 2, "refused, then taken: {seen:#?}");
+    assert_eq!(mounts, 2, "the two claimed layers supplied: {seen:#?}");
+    assert!(sent > 9, "{sent}");
+}

@@ -126,6 +126,8 @@ impl Ctx {
             ca_file: self.ca_file.clone(),
             check_blobs_first: self.check_blobs_first,
             idle_timeout: self.timeout,
+            // Which registries check blobs and which blobs repositories hold, kept for a day.
+            state_dir: run::data_dir().ok(),
             ..ClientOptions::default()
         })?)
     }

@@ -8,7 +8,8 @@
 //! PUT is refused naming it and the writer supplies it then. The file is one line a fact,
 //! `checks-blobs HOST SECONDS` or `blob HOST REPOSITORY DIGEST SECONDS` (seconds since 1970 when
 //! learnt), rewritten whole (merged with what other processes wrote meanwhile, expired facts
-//! dropped, at most [`MAX_BLOBS`] blobs, newest kept) through a temporary file and a rename.
+//! dropped, at most [`MAX_BLOBS`] blobs, newest kept) through a temporary file and a rename,
+//! under a lock file so that processes saving at once lose nothing.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -198,6 +199,15 @@ fn write(path: &Path, new: Facts) -> std::io::Result<()> {
     let now = now();
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
+    // One saver at a time, so that two processes merging at once do not lose each other's
+    // facts (released when the file is closed).
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(format!(".{FILE}.lock")))?;
+    lock.lock()?;
     let mut facts = std::fs::read_to_string(path)
         .map(|text| Facts::parse(&text, now))
         .unwrap_or_default();

@@ -109,6 +109,11 @@ else
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/ociup-rebase-bench.XXXXXX")
   REMOVE_WORK=1
 fi
+# ociup's data directory of this run: what the registry client learns of the registries (which
+# check a manifest's blobs, which blobs a repository holds) starts empty, is learnt by the
+# setup's pushes and kept from run to run, as for a user running rebase again and again.
+rm -rf "$WORK/data"
+export XDG_DATA_HOME=$WORK/data
 
 REG_PIDS=() # every registry this script started (one per size)
 # stop_registry PID: stops one registry this script started, by its pid.

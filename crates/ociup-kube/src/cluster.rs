@@ -525,6 +525,18 @@ impl Cluster {
             tracing::debug!("{e}; following again");
             Ok(Duration::from_millis(250 << (*failures).min(5)))
         };
+        // A watch that ended at once, or answered 410 Gone: counted as a failure.
+        let ended = |failures: &mut u32| {
+            *failures += 1;
+            if *failures >= FOLLOW_ATTEMPTS {
+                return Err(Error::Wait(format!(
+                    "following Job {namespace}/{name}: the Kubernetes API server at {} ended \
+                     {FOLLOW_ATTEMPTS} watches in a row without an event",
+                    self.url
+                )));
+            }
+            Ok(Duration::from_millis(250 << (*failures).min(5)))
+        };
         loop {
             let version = match from.take() {
                 Some(v) => v,
@@ -555,7 +567,10 @@ impl Cluster {
             let events = match self.call(action, api.watch(&params, &version)).await {
                 Ok(events) => events,
                 // Too old a version: list again.
-                Err(e) if e.status_code() == Some(410) => continue,
+                Err(e) if e.status_code() == Some(410) => {
+                    tokio::time::sleep(ended(&mut failures)?).await;
+                    continue;
+                }
                 Err(e) => {
                     tokio::time::sleep(again(&mut failures, e)?).await;
                     from = Some(version);
@@ -563,6 +578,7 @@ impl Cluster {
                 }
             };
             let mut events = events.boxed();
+            let opened = std::time::Instant::now();
             let mut last = version;
             // The server ends the watch after WATCH_SECONDS; silence well beyond that is a
             // server that stopped answering.
@@ -585,6 +601,14 @@ impl Cluster {
                     }
                     // The server ended the watch: on from the last version.
                     Ok(Ok(None)) => {
+                        // Ended at once: counted, and paused after, so that a server that ends
+                        // every watch is not asked again and again. A watch that lasted is
+                        // a server that works.
+                        if opened.elapsed() < Duration::from_secs(1) {
+                            tokio::time::sleep(ended(&mut failures)?).await;
+                        } else {
+                            failures = 0;
+                        }
                         from = Some(last);
                         break;
                     }
@@ -594,6 +618,7 @@ impl Cluster {
                             "watching Job {namespace}/{name}: {} (410); listing again",
                             status.message
                         );
+                        tokio::time::sleep(ended(&mut failures)?).await;
                         break;
                     }
                     Ok(Ok(Some(WatchEvent::Error(status)))) => {

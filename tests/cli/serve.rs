@@ -825,6 +825,12 @@ fn serve_over_a_layout_catalog() {
         )
     );
     // Locally, the same edit prints the same line (and --json the record history shows).
+    assert!(
+        edited["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("ociup-serve@")),
+        "the service's own identity beside the actor: {edited}"
+    );
     let local = ok_at(
         d,
         &[
@@ -838,6 +844,7 @@ fn serve_over_a_layout_catalog() {
         ],
     );
     assert_eq!(json(&local), newest(d));
+    assert!(json(&local).get("via").is_none(), "no service, no via");
     let (code, out, err) = client(
         d,
         &s.url(),
@@ -1517,10 +1524,11 @@ fn runs_through_the_service_on_a_cluster() {
                 .collect();
         !pod_images.is_empty()
     });
-    assert_eq!(pod_images, [image.clone()]);
+    assert_eq!(pod_images.as_slice(), std::slice::from_ref(&image));
     // The requester is the actor; the service is recorded beside it.
     let newest = json(&ok_at(d, &["history", "runner", "--json"]))[0].clone();
     assert_eq!(newest["actor"], "alice");
+    assert_eq!(newest["via"], "ociup-serve@test");
 
     // The CLI through the service prints what `ociup job --apply` prints here.
     let (code, out, err) = client(

@@ -39,6 +39,8 @@
 #
 # Settings: BENCH_RUNS=7 BENCH_SECONDS=5 BENCH_NICKS=100 BENCH_BASES=10 BENCH_MOVED=5
 # BENCH_REQUESTS=2000 BENCH_CLIENTS=100 BENCH_BASELINE=400 BENCH_MAX_REGENERATIONS=64
+# BENCH_FRESH_WITHIN=MS (the replicas' --fresh-within; not given by default: a binary without
+# the flag can be measured too)
 # BENCH_WORKDIR=DIR (kept) BENCH_JSON=PATH (benches/results/serve.json) OCIUP=PATH (default:
 # builds target/release/ociup; copied into the work directory). Needs bash 5, curl, python3, GNU
 # time, docker-registry and wrk (apt-get install -y wrk). Only 127.0.0.1 is contacted. About 3
@@ -62,6 +64,7 @@ REQUESTS=${BENCH_REQUESTS:-2000}
 CLIENTS=${BENCH_CLIENTS:-100}
 BASELINE=${BENCH_BASELINE:-400}
 MAX_REGEN=${BENCH_MAX_REGENERATIONS:-64}
+FRESH_WITHIN=${BENCH_FRESH_WITHIN:-}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/serve.json}
 [ $((REQUESTS % CLIENTS)) = 0 ] || die "BENCH_REQUESTS must be a multiple of BENCH_CLIENTS"
 bench_need python3 curl docker-registry wrk
@@ -106,11 +109,12 @@ start_replica() {
   XDG_CACHE_HOME=$dir/cache "$OCIUP" serve --listen 127.0.0.1:0 --tokens "$WORK/files/tokens.json" \
     --catalog "$H/ociup/catalog" --allow-read "$H/base/*" --allow-write "$H/apps/*" \
     --allow-write "$H/ociup/catalog" --sign-key "$WORK/files/signer.key" \
-    --max-regenerations "$MAX_REGEN" >"$dir/stdout" 2>"$dir/log" &
+    --max-regenerations "$MAX_REGEN" ${FRESH_WITHIN:+--fresh-within "$FRESH_WITHIN"} \
+    >"$dir/stdout" 2>"$dir/log" &
   REPLICA_PIDS+=($!)
   local i
   for ((i = 0; i < 200; i++)); do
-    line=$(head -n 1 "$dir/stdout")
+    line=$(head -n 1 "$dir/stdout" 2>/dev/null || true)
     [ -n "$line" ] && break
     kill -0 "${REPLICA_PIDS[-1]}" 2>/dev/null || die "replica $1 exited: $(tail -n 5 "$dir/log")"
     sleep 0.05
@@ -327,7 +331,7 @@ EOF
 )
 log "baseline: $BASELINE_JSON"
 
-export WORK RUNS NICKS BASES MOVED REQUESTS CLIENTS MAX_REGEN JSON_OUT UPGRADE UPGRADE_WALL UPGRADE_SERVED
+export FRESH_WITHIN WORK RUNS NICKS BASES MOVED REQUESTS CLIENTS MAX_REGEN JSON_OUT UPGRADE UPGRADE_WALL UPGRADE_SERVED
 export UPGRADES BASELINE_JSON RSS_KIB="${RSS[*]}" MACHINE="$(bench_machine)" REV="$(bench_git_rev)"
 export SECONDS_PER_RUN OCIUP_VERSION="$("$OCIUP" --version)"
 mkdir -p "$(dirname "$JSON_OUT")"
@@ -364,6 +368,7 @@ out = {
     "machine": E["MACHINE"], "commit": E["REV"], "ociup": E["OCIUP_VERSION"],
     "nicks": nicks, "bases": bases, "moved_bases": moved, "moved_nicks": moved_nicks,
     "clients": int(E["CLIENTS"]), "max_regenerations": int(E["MAX_REGEN"]),
+    "fresh_within_ms": E["FRESH_WITHIN"] or None,
     "upgrade_pass": {**upgrade, "served_by_replicas": int(E["UPGRADE_SERVED"]), "wall_s": float(E["UPGRADE_WALL"]),
                      "upgrades_counted_per_replica": [int(x) for x in E["UPGRADES"].split()]},
     "nothing_due": {"runs": due, "median_per_s": round(med(rps), 1), "median_p50_ms": p50, "median_p99_ms": p99,
@@ -382,7 +387,7 @@ targets = {
 }
 out["targets"] = targets
 json.dump(out, open(E["JSON_OUT"], "w"), indent=2)
-print(f"ociup serve, 2 replicas ({out['machine']}; {out['ociup']}, {out['commit']})")
+print(f"ociup serve, 2 replicas, --fresh-within {E['FRESH_WITHIN'] or '(not given)'} ({out['machine']}; {out['ociup']}, {out['commit']})")
 u = out["upgrade_pass"]
 print(f"  upgrade pass: {u['answered']} answers ({u['served_by_replicas']} served), {u['non_200']} non-200, {u['errors']} errors, "
       f"{u['wall_s']} s, p50 {u['p50_ms']:.1f} ms, p99 {u['p99_ms']:.1f} ms; upgrades counted {u['upgrades_counted_per_replica']} for {moved_nicks} moved nicks")

@@ -386,7 +386,7 @@ impl Cluster {
                     version: resolution.version,
                     job: format!("{namespace}/{name}"),
                     attempts,
-                    source: Box::new(e),
+                    cause: Box::new(e),
                 })
             }
         }
@@ -436,7 +436,7 @@ impl Cluster {
                     .map(Box::new);
                 Err(Error::Unanswered {
                     job: format!("{namespace}/{name}"),
-                    source: Box::new(e),
+                    cause: Box::new(e),
                     cleanup,
                 })
             }

@@ -109,7 +109,7 @@ pub enum Error {
     /// `None`), or that failed too and it may be left. When it was to be held, no version was
     /// written.
     #[error(
-        "{source}; {}",
+        "{cause}; {}",
         match cleanup {
             None => format!(
                 "the Job {job} was looked for and deleted in case the server created it"
@@ -124,9 +124,8 @@ pub enum Error {
     Unanswered {
         /// The Job, as `namespace/name`.
         job: String,
-        /// Why the creation is not known to have happened or not.
-        #[source]
-        source: Box<Error>,
+        /// Why the creation is not known to have happened or not (in the message).
+        cause: Box<Error>,
         /// Why looking for it or deleting it failed, if it did.
         cleanup: Option<Box<Error>>,
     },
@@ -134,7 +133,7 @@ pub enum Error {
     /// refused, or did not answer after `attempts` tries): the Job is left as it is, most
     /// likely still suspended. The error names it and the command that releases it.
     #[error(
-        "{nick} version {version} is recorded, but releasing its Job {job} failed{} ({source}); \
+        "{nick} version {version} is recorded, but releasing its Job {job} failed{} ({cause}); \
          the Job may still be suspended: release it with {} (or delete it with {})",
         if *attempts > 1 { format!(" {attempts} times") } else { String::new() },
         kubectl_release(job),
@@ -149,9 +148,8 @@ pub enum Error {
         job: String,
         /// How many times the release was sent.
         attempts: u32,
-        /// Why the last one failed.
-        #[source]
-        source: Box<Error>,
+        /// Why the last one failed (in the message).
+        cause: Box<Error>,
     },
     /// The request was stopped (SIGINT, SIGTERM) before it finished. A Job created suspended
     /// meanwhile was deleted (`cleanup` is `None`), or deleting it failed too.
@@ -198,9 +196,10 @@ impl Error {
     pub fn status_code(&self) -> Option<u16> {
         match self {
             Error::Refused { code, .. } => Some(*code),
-            Error::Withdrawn { source, .. }
-            | Error::Unanswered { source, .. }
-            | Error::Unreleased { source, .. } => source.status_code(),
+            Error::Withdrawn { source, .. } => source.status_code(),
+            Error::Unanswered { cause, .. } | Error::Unreleased { cause, .. } => {
+                cause.status_code()
+            }
             _ => None,
         }
     }

@@ -41,6 +41,10 @@ if [ -d ../shared/k8s ]; then
 else
   echo "Kubernetes tests skipped: ../shared/k8s is absent (no API server to run ociup job --apply against)"
 fi
+# ociup's data directory (the default catalog, the run cache, what the registry client remembers
+# of registries) for this suite alone: not the user's, and empty at the start of every run.
+XDG_DATA_HOME=$(mktemp -d "${TMPDIR:-/tmp}/ociup-test-data.XXXXXX")
+export XDG_DATA_HOME
 cargo test --workspace --all-targets --locked
 if [ -n "${KUBE_STATE_DIR:-}" ]; then # the cluster is needed no further
   ../shared/k8s/stop.sh "$KUBE_STATE_DIR" >/dev/null || true
@@ -54,3 +58,4 @@ cargo test --workspace --doc --locked
 bash scripts/schemathesis.sh 20
 # Every parser of outside input under libFuzzer, 10 s per target here (FUZZ_SECONDS to change).
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash fuzz/run.sh
+rm -rf "$XDG_DATA_HOME"

@@ -267,12 +267,15 @@ pub fn put_index(lay: &Path, index: &serde_json::Value, tag: &str) {
 }
 
 /// Runs ociup in `dir` with the catalog of that directory (`OCIUP_CATALOG=oci:<dir>/catalog`),
+/// a data directory of its own (`<dir>/.ociup-data`: what the registry client remembers of
+/// registries is keyed by address, and another test's registry may have had this one's port),
 /// actor `tester`, `SOURCE_DATE_EPOCH=1700000000` and no signing key from the environment:
 /// exit code, stdout, stderr.
 pub fn ociup_at(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
         .args(args)
         .current_dir(dir)
+        .env("XDG_DATA_HOME", dir.join(".ociup-data"))
         .env(
             "OCIUP_CATALOG",
             format!("oci:{}", dir.join("catalog").display()),

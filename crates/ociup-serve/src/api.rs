@@ -144,39 +144,14 @@ impl FromRequestParts<Service> for Caller {
     async fn from_request_parts(parts: &mut Parts, s: &Service) -> Result<Caller, ApiError> {
         // A verified client certificate (TLS with --client-ca) names the caller when no token
         // is sent.
-        if !parts.headers.contains_key(header::AUTHORIZATION)
+        let caller = if !parts.headers.contains_key(header::AUTHORIZATION)
             && let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>()
         {
-            return cert.identity().map(Caller);
-        }
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::Unauthorized,
-                    "no bearer token (Authorization: Bearer <token>)",
-                )
-            })?;
-        let caller = s
-            .inner
-            .tokens
-            .identify(token)
-            .map_err(|_| {
-                ApiError::new(
-                    Code::TokensUnreadable,
-                    "the service cannot read its tokens file, so no token is accepted now (its \
-                     log says why)",
-                )
-            })?
-            .map(Caller)
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))?;
+            Caller(cert.identity()?)
+        } else {
+            Self::from_token(parts, s)?
+        };
+        // The rate limit, keyed by the identity however it was proven (token or certificate).
         if let Some(rate) = s.inner.config.rate_limit
             && let Err(wait) = s.inner.limiter.take(&caller.0.name, rate, Instant::now())
         {
@@ -196,6 +171,39 @@ impl FromRequestParts<Service> for Caller {
             return Err(e);
         }
         Ok(caller)
+    }
+}
+
+impl Caller {
+    /// The caller named by `Authorization: Bearer <token>`.
+    fn from_token(parts: &Parts, s: &Service) -> Result<Caller, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::Unauthorized,
+                    "no bearer token (Authorization: Bearer <token>)",
+                )
+            })?;
+        s.inner
+            .tokens
+            .identify(token)
+            .map_err(|_| {
+                ApiError::new(
+                    Code::TokensUnreadable,
+                    "the service cannot read its tokens file, so no token is accepted now (its \
+                     log says why)",
+                )
+            })?
+            .map(Caller)
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "unknown or revoked token"))
     }
 }
 

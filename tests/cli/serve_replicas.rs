@@ -347,7 +347,8 @@ fn two_replicas_record_one_version_and_finish_a_killed_upgrade() {
         );
     }
     let barrier = Arc::new(Barrier::new(16));
-    let answers: Vec<(usize, String, Option<(u16, serde_json::Value)>)> = (0..16)
+    type Answer = (usize, String, Option<(u16, serde_json::Value)>);
+    let answers: Vec<Answer> = (0..16)
         .map(|i| {
             let addr = if i % 2 == 0 { &a.addr } else { &b.addr }.clone();
             let (token, barrier) = (carol.clone(), Arc::clone(&barrier));

@@ -948,10 +948,25 @@ async fn create_run(
             }
             Err(e) => {
                 let why = chain(&e);
-                tracing::warn!(run = id, "run failed: {why}");
+                let left = crate::runs::Left::by(&e);
+                // The version is recorded: its record names the image and digests it pins.
+                let recorded = match &left {
+                    crate::runs::Left::Unreleased { version, .. } => {
+                        service
+                            .inner
+                            .metrics
+                            .upgrades
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        m.history(&nick)
+                            .await
+                            .ok()
+                            .and_then(|h| h.into_iter().find(|r| r.number == *version))
+                    }
+                    _ => None,
+                };
+                tracing::warn!(run = id, left = ?left, "run failed: {why}");
                 service.inner.runs.update(&id, |r| {
-                    r.state = crate::runs::State::Failed;
-                    r.error = Some(format!("{context}: {why}"));
+                    r.ended(left, format!("{context}: {why}"), recorded.as_ref());
                 });
             }
         }
@@ -965,7 +980,7 @@ async fn create_run(
 }
 
 /// A run as answered: its fields, `job` (the Job's status as the API server has it, once
-/// submitted) and `job_error` (why it could not be read).
+/// submitted or unreleased) and `job_error` (why it could not be read).
 fn run_answer(
     run: &crate::runs::Run,
     job: Option<Result<crate::runs::JobStatus, String>>,
@@ -1000,25 +1015,12 @@ async fn show_run(State(s): State<Service>, caller: Caller, Path(id): Path<Strin
             )
         })?;
     let job = match (&run.state, &run.name) {
-        (crate::runs::State::Submitted, Some(job_name)) => Some(match cluster(&s) {
-            Ok(c) => {
-                let api: ociup_kube::kube::Api<ociup_kube::k8s_openapi::api::batch::v1::Job> =
-                    ociup_kube::kube::Api::namespaced(c.client().clone(), &run.namespace);
-                match api.get_opt(job_name).await {
-                    Ok(Some(job)) => Ok(crate::runs::JobStatus::of(&job)),
-                    Ok(None) => Err(format!(
-                        "Job {}/{job_name} is gone from the cluster",
-                        run.namespace
-                    )),
-                    Err(e) => Err(format!(
-                        "reading Job {}/{job_name}: {}",
-                        run.namespace,
-                        chain(&e)
-                    )),
-                }
-            }
-            Err(e) => Err(e.message),
-        }),
+        (crate::runs::State::Submitted | crate::runs::State::Unreleased, Some(job_name)) => {
+            Some(match cluster(&s) {
+                Ok(c) => crate::runs::read_job(&c, &run.namespace, job_name).await,
+                Err(e) => Err(e.message),
+            })
+        }
         _ => None,
     };
     json(&run_answer(&run, job))

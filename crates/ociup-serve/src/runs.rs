@@ -3,15 +3,18 @@
 //! while the new version is written, released once it is recorded, deleted if that fails).
 //!
 //! A run is answered at once (`pending`); the work goes on in a task of its own, and the run
-//! turns `submitted` (the Job created unsuspended, or released) or `failed` (with why). Runs are
-//! kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones are forgotten first, and
+//! turns (see [`State`]) `submitted` (the Job created unsuspended, or released), `unreleased`
+//! (the new version recorded and its Job created, but releasing it failed: the Job is left, most
+//! likely suspended) or `failed` (with why; no Job is left, unless `job_left` names one whose
+//! deletion failed: [`Left`]). Runs are kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones are forgotten first, and
 //! a restart forgets them all (the Jobs stay in the cluster, labelled with the nick).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
+use ociup_core::managed::catalog::VersionRecord;
 use ociup_kube::k8s_openapi::api::batch::v1::Job;
-use ociup_kube::{Applied, Cluster, Condition, JobOptions};
+use ociup_kube::{Applied, Cluster, Condition, DEFAULT_REQUEST_TIMEOUT, JobOptions};
 use serde::{Deserialize, Serialize};
 
 /// The most runs kept in memory; beyond, the oldest finished run is forgotten (a new run is
@@ -151,8 +154,60 @@ pub enum State {
     Pending,
     /// The Job exists and is released: the controller creates its pods.
     Submitted,
-    /// It failed; no Job is left (`error` says why).
+    /// The new version is written and recorded and its Job exists (`name`, `job_left`), but
+    /// releasing it failed ([`ociup_kube::Error::Unreleased`]): the Job is left as it is, most
+    /// likely still suspended (it may be running if a release answer was lost). `error` says
+    /// how to release it or delete it.
+    Unreleased,
+    /// It failed (`error` says why). No Job is left, unless `job_left` names one: its deletion
+    /// failed too, and it may be left in the cluster.
     Failed,
+}
+
+/// What a failed [`ociup_kube::Cluster::apply`] left in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// No Job: none was created, or it was deleted.
+    Nothing,
+    /// A Job (`namespace/name`) that may be left: deleting it (or looking for it to delete
+    /// it) failed.
+    MaybeJob(String),
+    /// The version `version` is recorded and its Job (`namespace/name`) exists, not released.
+    Unreleased {
+        /// The Job, as `namespace/name`.
+        job: String,
+        /// The version recorded.
+        version: u64,
+    },
+}
+
+impl Left {
+    /// What `e` says was left.
+    pub fn by(e: &ociup_kube::Error) -> Left {
+        use ociup_kube::Error;
+        match e {
+            Error::Unreleased { job, version, .. } => Left::Unreleased {
+                job: job.clone(),
+                version: *version,
+            },
+            Error::Withdrawn {
+                job,
+                cleanup: Some(_),
+                ..
+            }
+            | Error::Unanswered {
+                job,
+                cleanup: Some(_),
+                ..
+            }
+            | Error::Cancelled {
+                job: Some(job),
+                cleanup: Some(_),
+                ..
+            } => Left::MaybeJob(job.clone()),
+            _ => Left::Nothing,
+        }
+    }
 }
 
 /// A run as kept, and as answered (with the Job's status read when asked).
@@ -168,8 +223,11 @@ pub struct Run {
     pub created: String,
     /// Where it is.
     pub state: State,
-    /// Why it failed.
+    /// Why it failed (`failed`), or why its Job was not released (`unreleased`).
     pub error: Option<String>,
+    /// A Job left in the cluster (`namespace/name`) by a run that did not end `submitted`:
+    /// the unreleased Job, or one whose deletion failed (it may be left).
+    pub job_left: Option<String>,
     /// The Job's namespace (known at once).
     pub namespace: String,
     /// The Job's name, its uid, the version it runs, as [`Applied`] says (once submitted).
@@ -234,6 +292,7 @@ impl Run {
             created,
             state: State::Pending,
             error: None,
+            job_left: None,
             namespace: namespace.to_owned(),
             name: None,
             uid: None,
@@ -260,6 +319,59 @@ impl Run {
         self.upgraded = applied.upgraded;
         self.held = applied.held;
         self.stale = applied.stale;
+    }
+
+    /// Ended by `error` (the text said), as [`Left::by`] says what it left: `unreleased` with
+    /// the Job's name, the version and (when `recorded` is that version's record) its image and
+    /// digests, or `failed`, with `job_left` when a Job may be left.
+    pub fn ended(&mut self, left: Left, error: String, recorded: Option<&VersionRecord>) {
+        self.error = Some(error);
+        match left {
+            Left::Nothing => self.state = State::Failed,
+            Left::MaybeJob(job) => {
+                self.state = State::Failed;
+                self.job_left = Some(job);
+            }
+            Left::Unreleased { job, version } => {
+                self.state = State::Unreleased;
+                if let Some((namespace, name)) = job.split_once('/') {
+                    self.namespace = namespace.to_owned();
+                    self.name = Some(name.to_owned());
+                }
+                self.job_left = Some(job);
+                self.version = Some(version);
+                if let Some(r) = recorded.filter(|r| r.number == version) {
+                    self.image = Some(r.image.clone());
+                    self.digest = Some(r.digest.clone());
+                    self.base_digest = Some(r.base_digest.clone());
+                }
+                // Only a regeneration holds a Job: the version is new.
+                self.upgraded = true;
+                self.held = true;
+            }
+        }
+    }
+}
+
+/// The status of the Job `namespace/name` as the API server has it now, or why it cannot be
+/// read: each read bounded by the cluster's request timeout ([`DEFAULT_REQUEST_TIMEOUT`] when it
+/// has none), so that a silent API server does not hold the answer.
+pub async fn read_job(cluster: &Cluster, namespace: &str, name: &str) -> Result<JobStatus, String> {
+    let api: ociup_kube::kube::Api<Job> =
+        ociup_kube::kube::Api::namespaced(cluster.client().clone(), namespace);
+    let limit = cluster.request_timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    match tokio::time::timeout(limit, api.get_opt(name)).await {
+        Ok(Ok(Some(job))) => Ok(JobStatus::of(&job)),
+        Ok(Ok(None)) => Err(format!("Job {namespace}/{name} is gone from the cluster")),
+        Ok(Err(e)) => Err(format!(
+            "reading Job {namespace}/{name}: {}",
+            crate::error::chain(&e)
+        )),
+        Err(_) => Err(format!(
+            "reading Job {namespace}/{name}: the Kubernetes API server at {} did not answer \
+             within {limit:?}",
+            cluster.url()
+        )),
     }
 }
 
@@ -338,5 +450,107 @@ mod tests {
         assert!(runs.insert(run(MAX_RUNS)));
         assert!(runs.get("r5").is_none() && runs.get("r9").is_some());
         assert!(runs.get("r0").is_some() && runs.get(&format!("r{MAX_RUNS}")).is_some());
+    }
+
+    fn withdrawn(cleanup: Option<Box<ociup_kube::Error>>) -> ociup_kube::Error {
+        ociup_kube::Error::Withdrawn {
+            what: "regenerating trainer failed".into(),
+            job: "ml/trainer-v3-x".into(),
+            source: Box::new(ociup_kube::Error::Invalid("the base is gone".into())),
+            cleanup,
+        }
+    }
+
+    #[test]
+    fn a_job_left_behind_is_named_and_nothing_else_is() {
+        assert_eq!(Left::by(&withdrawn(None)), Left::Nothing, "deleted");
+        let silent = Box::new(ociup_kube::Error::Invalid("no answer".into()));
+        assert_eq!(
+            Left::by(&withdrawn(Some(silent))),
+            Left::MaybeJob("ml/trainer-v3-x".into())
+        );
+        assert_eq!(
+            Left::by(&ociup_kube::Error::Invalid("bad".into())),
+            Left::Nothing
+        );
+
+        let mut run = Run::new("r".into(), "trainer", "alice", "ml", String::new());
+        run.ended(Left::Nothing, "running trainer: bad".into(), None);
+        assert_eq!((run.state, run.job_left.as_deref()), (State::Failed, None));
+        let mut run = Run::new("r".into(), "trainer", "alice", "ml", String::new());
+        run.ended(Left::MaybeJob("ml/t".into()), "e".into(), None);
+        assert_eq!(run.state, State::Failed);
+        assert_eq!(run.job_left.as_deref(), Some("ml/t"));
+        assert!(
+            run.name.is_none() && !run.upgraded,
+            "no version was recorded"
+        );
+    }
+
+    #[test]
+    fn an_unreleased_run_names_its_job_and_the_recorded_version() {
+        let record: VersionRecord = serde_json::from_value(serde_json::json!({
+            "nick": "trainer", "number": 3, "image": "r/t@sha256:aa", "digest": "sha256:aa",
+            "base": "r/b", "base_digest": "sha256:bb", "recipe": "sha256:cc",
+            "reason": "base moved", "time": "2026-11-29T08:00:00Z", "actor": "alice",
+            "previous": null, "build_manifest": null, "epoch": 0
+        }))
+        .expect("a version record");
+        let left = Left::Unreleased {
+            job: "team-a/trainer-v3-x".into(),
+            version: 3,
+        };
+        let mut run = Run::new("r".into(), "trainer", "alice", "default", String::new());
+        run.ended(left.clone(), "released it not".into(), Some(&record));
+        assert_eq!(run.state, State::Unreleased);
+        assert_eq!(run.namespace, "team-a");
+        assert_eq!(run.name.as_deref(), Some("trainer-v3-x"));
+        assert_eq!(run.job_left.as_deref(), Some("team-a/trainer-v3-x"));
+        assert_eq!(run.version, Some(3));
+        assert_eq!(run.digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(run.image.as_deref(), Some("r/t@sha256:aa"));
+        assert_eq!(run.base_digest.as_deref(), Some("sha256:bb"));
+        assert!(run.upgraded && run.held);
+        assert_eq!(run.error.as_deref(), Some("released it not"));
+        let answer = serde_json::to_value(&run).expect("json");
+        assert_eq!(answer["state"], "unreleased");
+        assert_eq!(answer["job_left"], "team-a/trainer-v3-x");
+
+        // Another version's record (a later run's) is not taken for this one's.
+        let mut run = Run::new("r".into(), "trainer", "alice", "default", String::new());
+        let other = VersionRecord {
+            number: 4,
+            ..record
+        };
+        run.ended(left, "e".into(), Some(&other));
+        assert_eq!((run.version, run.digest.as_deref()), (Some(3), None));
+    }
+
+    #[tokio::test]
+    async fn reading_a_job_from_a_silent_api_server_is_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        // Accepts, reads nothing, answers nothing.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let config = ociup_kube::kube::Config::new(url.parse().expect("url"));
+        let cluster = Cluster::from_config(config)
+            .expect("cluster")
+            .with_request_timeout(Some(std::time::Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        let e = read_job(&cluster, "ml", "t").await.expect_err("silent");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            e.starts_with("reading Job ml/t: the Kubernetes API server at http://127.0.0.1:")
+                && e.ends_with("did not answer within 300ms"),
+            "{e}"
+        );
+        silent.abort();
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ociup_kube::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use ociup_kube::k8s_openapi::api::apps::v1::Deployment;
+use ociup_kube::k8s_openapi::api::batch::v1::{CronJob, Job};
 use ociup_kube::k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use ociup_kube::kube::api::{Api, DeleteParams, PostParams};
 use ociup_kube::{Cluster, ConnectOptions};
@@ -100,6 +101,10 @@ impl Setup {
             "--tls-key",
             "server.key",
             "--admission",
+            "--admission-caller",
+            "apiserver",
+            "--admission-caller",
+            "kube-apiserver",
         ];
         args.extend_from_slice(extra);
         Https::start(self.dir(), "127.0.0.1:0", &args)
@@ -271,17 +276,108 @@ fn admission_reviews_pin_nicks_and_authenticate_their_caller() {
         code == 1 && err.contains("--admission-unauthenticated"),
         "{err}"
     );
+    // No caller named; a timeout of 0; a certificate name that cannot be one: refused, saying so.
+    let tls = [
+        "serve",
+        "--tokens",
+        "tokens.json",
+        "--catalog",
+        "oci:catalog",
+        "--allow-write",
+        "oci:catalog",
+        "--tls-cert",
+        "server.pem",
+        "--tls-key",
+        "server.key",
+    ];
+    for (extra, exit, says) in [
+        (&["--admission"][..], 1, "--admission-caller NAME"),
+        (
+            &["--admission", "--admission-timeout", "0"][..],
+            2,
+            "--admission-timeout",
+        ),
+        (
+            &["--client-ca", "ca.pem", "--cert-role", "a:b=admin"][..],
+            1,
+            "the certificate name \"a:b\"",
+        ),
+    ] {
+        let args: Vec<&str> = tls.iter().chain(extra).copied().collect();
+        let (code, _, err) = ociup_at(&d, &args);
+        assert!(code == exit && err.contains(says), "{extra:?}: {err}");
+    }
 
     // The API server may authenticate with a client certificate (its kubeConfigFile) too.
     let (client, client_key) = leaf(&d, "ca", "apiserver", "kube-apiserver", false);
     let (stranger, stranger_key) = leaf(&d, "ca", "stranger", "someone-else", false);
+    // A nick whose versions go to a layout: a cluster cannot pull it.
+    let base = format!("oci:{}/base:latest", d.display());
+    ok_at(
+        &d,
+        &[
+            "register",
+            "local",
+            "--base",
+            &base,
+            "--to",
+            &format!("oci:{}/out", d.display()),
+            "--add",
+            "app.txt:/opt/app.txt",
+        ],
+    );
     let s = setup.serve(&[
         "--client-ca",
         "ca.pem",
         "--cert-role",
         "kube-apiserver=requester",
+        "--allow-write",
+        "oci:out",
+        "--rate-limit",
+        "1/m",
     ]);
     let token = setup.token.clone();
+    // A token of another name, even an admin's, is not a webhook caller: 403.
+    let admin = ok_at(
+        &d,
+        &[
+            "token",
+            "create",
+            "ops",
+            "--role",
+            "admin",
+            "--file",
+            "tokens.json",
+        ],
+    );
+    let (_, status, body) = curl(
+        &format!("{}/v1/admission", s.url()),
+        &setup.ca,
+        None,
+        Some(admin.trim()),
+        "POST",
+        Some(&review("Pod", &pod("ociup.dev/app"), "jane")),
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        status == 403 && body.contains("--admission-caller ops"),
+        "{status} {body}"
+    );
+    // A client certificate's caller is rate limited as a token's is (1/m: the second is 429).
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| {
+            curl(
+                &format!("{}/v1/status", s.url()),
+                &setup.ca,
+                Some((&client, &client_key)),
+                None,
+                "GET",
+                None,
+            )
+            .1
+        })
+        .collect();
+    assert_eq!(statuses, [200, 429]);
     // No credentials: 401 (the API server then applies the webhook's failurePolicy).
     let (_, status, body) = curl(
         &format!("{}/v1/admission", s.url()),
@@ -348,8 +444,45 @@ fn admission_reviews_pin_nicks_and_authenticate_their_caller() {
         assert!(message.contains(says), "{image}: {message}");
     }
 
-    // The base moved: a Deployment by user jane regenerates; jane is the actor recorded.
+    // The base moved. A dry run pins the current version and writes nothing; a nick whose
+    // versions go to a layout is denied before anything is resolved (nothing written either).
     setup.move_base();
+    let mut dry: Value =
+        serde_json::from_slice(&review("Pod", &pod("ociup.dev/app"), "jane")).unwrap();
+    dry["request"]["dryRun"] = json!(true);
+    let (r, patch) = admit(&s, &setup, Some(&token), &serde_json::to_vec(&dry).unwrap());
+    assert_eq!(
+        (&r["allowed"], &patch[0]["value"]),
+        (&json!(true), &json!(v1[0])),
+        "{r}"
+    );
+    assert_eq!(setup.versions(), v1, "a dry run writes nothing");
+    let local_versions = || {
+        parse(&ok_at(&d, &["history", "local", "--json"]))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = local_versions();
+    let (r, _) = admit(
+        &s,
+        &setup,
+        Some(&token),
+        &review("Pod", &pod("ociup.dev/local"), "jane"),
+    );
+    let message = r["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        r["allowed"] == false && message.contains("a cluster cannot pull"),
+        "{r}"
+    );
+    assert_eq!(
+        local_versions(),
+        before,
+        "no version written for a layout nick"
+    );
+
+    // A Deployment by user jane regenerates; jane is the actor recorded, the service for the
+    // webhook caller (the token apiserver) its via.
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "annotations": {"ociup.dev/nick.side": "app"}},
@@ -376,6 +509,18 @@ fn admission_reviews_pin_nicks_and_authenticate_their_caller() {
         ]
     );
     assert_eq!(setup.last_actor(), "k8s:jane");
+    let history = parse(&ok_at(&d, &["history", "app", "--json"]));
+    let newest = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|r| r["number"].as_u64())
+        .unwrap();
+    let via = newest["via"].as_str().unwrap_or_default();
+    assert!(
+        via.starts_with("ociup-serve@") && via.ends_with(" for apiserver"),
+        "{newest}"
+    );
 
     // A client certificate with a role is a caller; one without is refused (403).
     let (r, patch) = admit_as(
@@ -542,6 +687,8 @@ impl<'a> Scoped<'a> {
                      "resources": ["pods"]},
                     {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"],
                      "resources": ["deployments"]},
+                    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                     "resources": ["jobs", "cronjobs"]},
                 ],
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": scoped.ns}},
                 "sideEffects": "NoneOnDryRun",
@@ -673,6 +820,49 @@ fn the_webhook_pins_pods_of_a_real_api_server() {
         .unwrap();
     let template = made.spec.unwrap().template.spec.unwrap();
     assert_eq!(template.containers[0].image.as_deref(), Some(v[0].as_str()));
+    // A Job is pinned; a CronJob is not (each Job it creates is, when created).
+    let job_spec = json!({"template": {"spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "ociup.dev/app"}],
+    }}});
+    let jobs: Api<Job> = Api::namespaced(cluster.client().clone(), &a.ns);
+    let job = rt
+        .block_on(
+            jobs.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "once"}, "spec": job_spec}))
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+    let template = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(template.containers[0].image.as_deref(), Some(v[0].as_str()));
+    let cron_jobs: Api<CronJob> = Api::namespaced(cluster.client().clone(), &a.ns);
+    let cron = rt
+        .block_on(
+            cron_jobs.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "nightly"},
+                    "spec": {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": job_spec}},
+                }))
+                .unwrap(),
+            ),
+        )
+        .unwrap();
+    let template = cron
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert_eq!(
+        template.containers[0].image.as_deref(),
+        Some("ociup.dev/app")
+    );
 
     // The base moved: the next Pod gets a new version.
     setup.move_base();

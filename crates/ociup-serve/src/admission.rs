@@ -9,13 +9,17 @@
 //! - the object's annotation `ociup.dev/nick: <nick>`: the pod template's only container (an
 //!   object with several containers is refused: name the container instead).
 //!
+//! `ephemeralContainers` are not rewritten. A CronJob is checked but not pinned: each Job it
+//! creates is pinned when that Job is created (its `jobTemplate` would otherwise freeze the
+//! version of the day the CronJob was applied).
+//!
 //! An image that already carries a digest is left as it is when only an annotation names it (a
 //! Deployment's ReplicaSets carry its annotations and its pinned template: they are not pinned
 //! again to a newer version). Objects that name no nick are admitted at once, untouched,
 //! without reading the catalog.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -40,9 +44,12 @@ pub const STALE_ANNOTATION: &str = "ociup.dev/stale";
 /// The largest AdmissionReview read (an object and its old version; the API server's own
 /// request limit is 3 MiB).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
-/// How long the stale policy may spend reading the catalog's current version once the
-/// regeneration failed or timed out.
+/// How long past the admission timeout the stale policy may spend reading the catalog's current
+/// versions once regenerations failed or timed out (one deadline shared by every nick).
 const FALLBACK_LIMIT: Duration = Duration::from_secs(1);
+/// The longest Kubernetes username kept as it is in an actor and the log, in bytes; longer
+/// ones are cut (see [`bounded_user`]).
+pub const USER_LIMIT: usize = 256;
 
 /// What to do when a nick cannot be resolved in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,20 +68,31 @@ pub struct Admission {
     /// What a failure or a timeout does.
     pub failure: Failure,
     /// Serve reviews from callers that present no credentials (an API server not configured
-    /// to authenticate to webhooks). Only on a loopback listener.
+    /// to authenticate to webhooks). Only on a loopback listener ([`crate::serve`] refuses
+    /// another).
     pub unauthenticated: bool,
+    /// The token names and client-certificate CNs that may call the webhook (the API server's
+    /// identities); any other caller gets 403, whatever its role.
+    pub callers: BTreeSet<String>,
     /// The last version pinned per nick: what the stale policy falls back to when the catalog
     /// cannot be read either.
     last: Mutex<HashMap<String, Resolution>>,
 }
 
 impl Admission {
-    /// The webhook's settings.
-    pub fn new(timeout: Duration, failure: Failure, unauthenticated: bool) -> Admission {
+    /// The webhook's settings: callers named in `callers` (token names, client-certificate
+    /// CNs), or any caller at all when `unauthenticated`.
+    pub fn new(
+        timeout: Duration,
+        failure: Failure,
+        unauthenticated: bool,
+        callers: impl IntoIterator<Item = String>,
+    ) -> Admission {
         Admission {
             timeout,
             failure,
             unauthenticated,
+            callers: callers.into_iter().collect(),
             last: Mutex::new(HashMap::new()),
         }
     }
@@ -101,7 +119,10 @@ struct Target {
     /// JSON pointer of the image in the object.
     pointer: String,
     container: String,
+    /// The image, empty when the container has none.
     image: String,
+    /// Whether the container has an `image` (else the patch adds it).
+    has_image: bool,
     nick: String,
 }
 
@@ -142,7 +163,17 @@ async fn review(s: &Service, req: Request) -> Result<Response, ApiError> {
     let caller = if settings.unauthenticated {
         None
     } else {
-        Some(authenticate(s, &req)?)
+        let name = authenticate(s, &req)?;
+        if !settings.callers.contains(&name) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "{name} may not call the admission webhook: only the API server's identities \
+                     may (--admission-caller {name})"
+                ),
+            ));
+        }
+        Some(name)
     };
     let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
         .await
@@ -172,12 +203,19 @@ async fn review(s: &Service, req: Request) -> Result<Response, ApiError> {
             "the AdmissionReview has no request.uid",
         )
     })?;
-    let user = request["userInfo"]["username"]
-        .as_str()
-        .filter(|u| !u.is_empty())
-        .unwrap_or("unknown");
+    let user = bounded_user(
+        request["userInfo"]["username"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .unwrap_or("unknown"),
+    );
     let actor = format!("k8s:{user}");
-    let outcome = decide(s, settings, request, &actor).await;
+    // Who made the change, and through whom: the service for the authenticated webhook caller.
+    let via = match &caller {
+        Some(c) => format!("{} for {c}", s.inner.config.identity),
+        None => format!("{} for an unauthenticated caller", s.inner.config.identity),
+    };
+    let outcome = decide(s, settings, request, &actor, &via).await;
     let kind = request["kind"]["kind"].as_str().unwrap_or("");
     let name = request["name"]
         .as_str()
@@ -187,7 +225,7 @@ async fn review(s: &Service, req: Request) -> Result<Response, ApiError> {
         uid,
         kind,
         namespace = request["namespace"].as_str().unwrap_or(""),
-        name,
+        name = bounded_user(name),
         user,
         caller = caller.as_deref().unwrap_or("(unauthenticated)"),
         allowed = outcome.denied.is_none(),
@@ -263,7 +301,6 @@ fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<(&'a Value, &'static st
         | "DaemonSet"
         | "Job"
         | "ReplicationController" => "/spec/template/spec",
-        "CronJob" => "/spec/jobTemplate/spec/template/spec",
         "PodTemplate" => "/template/spec",
         _ => return None,
     };
@@ -284,11 +321,12 @@ fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
                 format!("{base}/{list}/{i}/image"),
                 c["name"].as_str().unwrap_or("").to_owned(),
                 c["image"].as_str().unwrap_or("").to_owned(),
+                c["image"].is_string(),
             ));
         }
     }
     let mut out: Vec<Target> = Vec::new();
-    for (_, pointer, container, image) in &containers {
+    for (_, pointer, container, image, _) in &containers {
         if let Some(nick) = image.strip_prefix(IMAGE_PREFIX) {
             validate_nick(nick).map_err(|e| {
                 format!(
@@ -300,6 +338,7 @@ fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
                 pointer: pointer.clone(),
                 container: container.clone(),
                 image: image.clone(),
+                has_image: true,
                 nick: nick.to_owned(),
             });
         }
@@ -322,7 +361,7 @@ fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
         } else if let Some(name) = key.strip_prefix("ociup.dev/nick.") {
             containers
                 .iter()
-                .find(|(_, _, c, _)| c == name)
+                .find(|(_, _, c, ..)| c == name)
                 .ok_or_else(|| {
                     format!("annotation {key}: no container or initContainer is named {name}")
                 })?
@@ -331,7 +370,7 @@ fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
         };
         let nick = value.as_str().unwrap_or("");
         validate_nick(nick).map_err(|e| format!("annotation {key}: {nick:?}: {e}"))?;
-        let (_, pointer, container, image) = chosen;
+        let (_, pointer, container, image, has_image) = chosen;
         if let Some(named) = out.iter().find(|t| &t.pointer == pointer) {
             if named.nick != nick {
                 return Err(format!(
@@ -349,13 +388,20 @@ fn targets(kind: &str, object: &Value) -> Result<Vec<Target>, String> {
             pointer: pointer.clone(),
             container: container.clone(),
             image: image.clone(),
+            has_image: *has_image,
             nick: nick.to_owned(),
         });
     }
     Ok(out)
 }
 
-async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str) -> Outcome {
+async fn decide(
+    s: &Service,
+    settings: &Admission,
+    request: &Value,
+    actor: &str,
+    via: &str,
+) -> Outcome {
     let object = &request["object"];
     let kind = request["kind"]["kind"]
         .as_str()
@@ -363,6 +409,9 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
         .unwrap_or("");
     if !object.is_object() {
         return Outcome::default();
+    }
+    if kind == "CronJob" {
+        return cron_job(object);
     }
     let targets = match targets(kind, object) {
         Ok(t) if t.is_empty() => return Outcome::default(),
@@ -377,18 +426,24 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
         Failure::Refuse => Unreachable::Fail,
         Failure::Stale => Unreachable::Stale,
     };
-    // Every nick at once, each within the timeout.
+    // Every nick at once, all within one deadline; the stale policy's fallbacks (run in the
+    // same tasks, at once too) within one more shared second.
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let fallback_deadline = deadline + FALLBACK_LIMIT;
+    let (limit, stale_policy) = (settings.timeout, settings.failure == Failure::Stale);
     let mut set = tokio::task::JoinSet::new();
     for nick in &nicks {
-        let (s, nick, actor) = (s.clone(), nick.clone(), actor.to_owned());
-        let limit = settings.timeout;
+        let (s, nick, actor, via) = (s.clone(), nick.clone(), actor.to_owned(), via.to_owned());
         set.spawn(async move {
-            let r = match tokio::time::timeout(
-                limit,
-                s.resolve_pinned(&actor, &nick, dry_run, unreachable),
-            )
-            .await
-            {
+            let work = async {
+                let shared = s.manager("ociup-serve")?;
+                s.check_allowed(&shared, &nick).await?;
+                // The nick exists and is allowed: a manager for this review's actor, dropped
+                // with it (actors are whatever the API server names; none is kept).
+                let m = Arc::new(s.new_manager(&actor, via)?);
+                s.resolve_pinned(m, &nick, dry_run, unreachable).await
+            };
+            let r = match tokio::time::timeout_at(deadline, work).await {
                 Ok(r) => r,
                 Err(_) => Err(ApiError::new(
                     Code::Timeout,
@@ -399,41 +454,46 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
                     ),
                 )),
             };
-            (nick, r)
+            let fallback = match &r {
+                Err(e) if stale_policy && recoverable(e.code) => {
+                    stale_version(&s, &nick, fallback_deadline).await
+                }
+                _ => None,
+            };
+            (nick, r, fallback)
         });
     }
-    let mut resolved: BTreeMap<String, Resolution> = BTreeMap::new();
+    let mut pinned: BTreeMap<String, String> = BTreeMap::new();
     let mut outcome = Outcome::default();
     while let Some(joined) = set.join_next().await {
-        let (nick, r) = match joined {
+        let (nick, r, fallback) = match joined {
             Ok(x) => x,
             Err(e) => return Outcome::deny(format!("ociup: resolving failed: {e}")),
         };
-        match r {
+        let r = match r {
             Ok(r) => {
                 if r.stale {
-                    let why = format!(
-                        "{nick}: the base could not be reached; version {} is the last recorded",
-                        r.version
-                    );
                     outcome.stale.push(nick.clone());
-                    outcome.warnings.push(format!("ociup: {why}"));
+                    outcome.warnings.push(format!(
+                        "ociup: {nick}: the base could not be reached; version {} is the last \
+                         recorded",
+                        r.version
+                    ));
                 }
                 settings.remember(&r);
-                resolved.insert(nick, r);
+                r
             }
             Err(e) if settings.failure == Failure::Refuse || !recoverable(e.code) => {
                 return Outcome::deny(format!("ociup: nick {nick}: {}", e.message));
             }
-            Err(e) => match stale_version(s, settings, &nick).await {
+            Err(e) => match fallback.or_else(|| settings.remembered(&nick)) {
                 Some(r) => {
-                    let why = format!(
-                        "{nick}: {}; version {} is the last recorded",
-                        e.message, r.version
-                    );
                     outcome.stale.push(nick.clone());
-                    outcome.warnings.push(format!("ociup: {why}"));
-                    resolved.insert(nick, r);
+                    outcome.warnings.push(format!(
+                        "ociup: {nick}: {}; version {} is the last recorded",
+                        e.message, r.version
+                    ));
+                    r
                 }
                 None => {
                     return Outcome::deny(format!(
@@ -443,31 +503,16 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
                     ));
                 }
             },
-        }
-    }
-    for t in &targets {
-        let r = &resolved[&t.nick];
-        if r.reference.starts_with("oci:") {
-            return Outcome::deny(format!(
-                "ociup: container {}: nick {}: its versions are in a layout ({}), which a \
-                 cluster cannot pull",
-                t.container, t.nick, r.reference
-            ));
-        }
+        };
         // What a cluster pulls: the reference without ociup's `docker://` transport.
-        let pinned = r
+        let reference = r
             .reference
             .strip_prefix("docker://")
             .unwrap_or(&r.reference);
-        outcome.pinned += 1;
-        if t.image != pinned {
-            outcome.patch.push(json!({
-                "op": "replace", "path": t.pointer, "value": pinned,
-            }));
-        }
+        pinned.insert(nick, reference.to_owned());
     }
-    if !outcome.stale.is_empty() {
-        let reason: String = outcome
+    let reason = (!outcome.stale.is_empty()).then(|| {
+        outcome
             .warnings
             .iter()
             .map(|w| w.trim_start_matches("ociup: "))
@@ -475,21 +520,95 @@ async fn decide(s: &Service, settings: &Admission, request: &Value, actor: &str)
             .join("; ")
             .chars()
             .take(2000)
-            .collect();
-        if object["metadata"]["annotations"].is_object() {
-            outcome.patch.push(json!({
-                "op": "add",
-                "path": format!("/metadata/annotations/{}", STALE_ANNOTATION.replace('~', "~0").replace('/', "~1")),
-                "value": reason,
-            }));
-        } else {
-            outcome.patch.push(json!({
-                "op": "add", "path": "/metadata/annotations",
-                "value": {STALE_ANNOTATION: reason},
-            }));
+            .collect::<String>()
+    });
+    outcome.pinned = targets.len();
+    outcome.patch = patch(object, &targets, &pinned, reason.as_deref());
+    outcome
+}
+
+/// A CronJob is checked, not pinned: each Job it creates is pinned at its own CREATE (a pinned
+/// `jobTemplate` would freeze the version of the day the CronJob was applied).
+fn cron_job(object: &Value) -> Outcome {
+    match targets("Job", &object["spec"]["jobTemplate"]) {
+        Ok(t) if t.is_empty() => Outcome::default(),
+        Ok(_) => Outcome {
+            warnings: vec![
+                "ociup: a CronJob is not pinned; each Job it creates is pinned when it is \
+                 created (have the webhook match jobs)"
+                    .to_owned(),
+            ],
+            ..Outcome::default()
+        },
+        Err(message) => Outcome::deny(format!("ociup: spec.jobTemplate: {message}")),
+    }
+}
+
+/// The JSON patch pinning `targets` to `pinned` (nick to reference): `replace` of an image,
+/// `add` where a container has none; the stale annotation set to `stale` (its reason), or
+/// removed when the object carries it and every nick resolved cleanly.
+fn patch(
+    object: &Value,
+    targets: &[Target],
+    pinned: &BTreeMap<String, String>,
+    stale: Option<&str>,
+) -> Vec<Value> {
+    let mut patch = Vec::new();
+    for t in targets {
+        let Some(reference) = pinned.get(&t.nick) else {
+            continue;
+        };
+        if t.image != *reference || !t.has_image {
+            let op = if t.has_image { "replace" } else { "add" };
+            patch.push(json!({"op": op, "path": t.pointer, "value": reference}));
         }
     }
-    outcome
+    // RFC 6901: `~` is `~0`, `/` is `~1` in a pointer's token.
+    let key = format!(
+        "/metadata/annotations/{}",
+        STALE_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let annotations = object["metadata"]["annotations"].as_object();
+    match (stale, annotations) {
+        (Some(reason), Some(_)) => patch.push(json!({"op": "add", "path": key, "value": reason})),
+        (Some(reason), None) => patch.push(json!({
+            "op": "add", "path": "/metadata/annotations",
+            "value": {STALE_ANNOTATION: reason},
+        })),
+        (None, Some(a)) if a.contains_key(STALE_ANNOTATION) => {
+            patch.push(json!({"op": "remove", "path": key}));
+        }
+        (None, _) => {}
+    }
+    patch
+}
+
+/// `username` as an actor and the log may hold it: control and odd space characters escaped
+/// (`\n`, `\u{2028}`), and when that is longer than [`USER_LIMIT`] bytes, its first 200 bytes
+/// and the marker `…[N bytes, sha256:<16 hex>]` (N the username's length): two long names
+/// stay apart, none grows what is kept or logged without bound.
+pub fn bounded_user(username: &str) -> String {
+    let mut out = String::new();
+    for c in username.chars() {
+        if c.is_control() || (c.is_whitespace() && c != ' ') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if out.len() <= USER_LIMIT {
+        return out;
+    }
+    let mut cut = 200;
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}…[{} bytes, sha256:{}]",
+        &out[..cut],
+        username.len(),
+        &crate::tokens::hash(username)[..16]
+    )
 }
 
 /// Whether the stale policy may admit the last version after this failure: not when the
@@ -502,11 +621,15 @@ fn recoverable(code: Code) -> bool {
     )
 }
 
-/// The stale policy's version: the catalog's current one (read without asking the base,
-/// briefly), else the last this service pinned.
-async fn stale_version(s: &Service, settings: &Admission, nick: &str) -> Option<Resolution> {
-    // A manager of its own: the caller's may hold the nick's lock for the very regeneration
-    // that is late. Nothing is written, so the actor does not matter.
+/// The stale policy's version: the catalog's current one, read without asking the base, by
+/// `deadline`; `None` when it cannot be (the caller then takes the last this service pinned).
+async fn stale_version(
+    s: &Service,
+    nick: &str,
+    deadline: tokio::time::Instant,
+) -> Option<Resolution> {
+    // The service's own manager: the review's may hold the nick's lock for the very
+    // regeneration that is late. Nothing is written, so the actor does not matter.
     let offline = async {
         let m = s.manager("ociup-serve")?;
         s.check_allowed(&m, nick).await?;
@@ -520,14 +643,12 @@ async fn stale_version(s: &Service, settings: &Admission, nick: &str) -> Option<
         .await
         .map_err(|e| ApiError::from_core(nick, e))
     };
-    match tokio::time::timeout(FALLBACK_LIMIT, offline).await {
-        Ok(Ok(r)) => Some(r),
-        _ => settings.remembered(nick),
-    }
+    tokio::time::timeout_at(deadline, offline).await.ok()?.ok()
 }
 
 impl Service {
-    /// The nick's entry, its recipe within the allowlist (as a resolve checks it).
+    /// The nick's entry, its recipe within the allowlist (as a resolve checks it), its target
+    /// a registry (a cluster cannot pull from a layout): checked before anything is resolved.
     async fn check_allowed(
         &self,
         m: &ociup_core::managed::manager::Manager<crate::Guarded>,
@@ -553,6 +674,15 @@ impl Service {
                 .check(reference, access)
                 .map_err(|e| ApiError::new(Code::OutsideAllowlist, e.to_string()))?;
         }
+        if entry.recipe.target.starts_with("oci:") {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!(
+                    "its versions are written to a layout ({}), which a cluster cannot pull",
+                    entry.recipe.target
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -564,13 +694,11 @@ impl Service {
     /// the current version and writes nothing.
     pub(crate) async fn resolve_pinned(
         &self,
-        actor: &str,
+        m: Arc<ociup_core::managed::manager::Manager<crate::Guarded>>,
         nick: &str,
         check_only: bool,
         unreachable: Unreachable,
     ) -> Result<Resolution, ApiError> {
-        let m = self.manager(actor)?;
-        self.check_allowed(&m, nick).await?;
         let opts = move |check: bool| ResolveOptions {
             check,
             unreachable,
@@ -674,16 +802,103 @@ mod tests {
                 json!({"spec": template}),
                 "/spec/template/spec/containers/0/image",
             ),
-            (
-                "CronJob",
-                json!({"spec": {"jobTemplate": {"spec": template}}}),
-                "/spec/jobTemplate/spec/template/spec/containers/0/image",
-            ),
         ] {
             let t = targets(kind, &object).expect(kind);
             assert_eq!(t.len(), 1, "{kind}");
             assert_eq!(t[0].pointer, pointer);
         }
+    }
+
+    #[test]
+    fn a_cron_job_is_checked_but_its_jobs_are_what_is_pinned() {
+        let cron = |image: &str, annotations: Value| {
+            json!({"spec": {"jobTemplate": {
+                "metadata": {"annotations": annotations},
+                "spec": {"template": {"spec": {"containers": [{"name": "a", "image": image}]}}},
+            }}})
+        };
+        // Naming a nick: admitted, no patch, a warning saying when it is pinned.
+        let o = cron_job(&cron("ociup.dev/app", json!({})));
+        assert_eq!((o.denied, o.patch.len()), (None, 0));
+        assert!(
+            o.warnings[0].contains("each Job it creates"),
+            "{:?}",
+            o.warnings
+        );
+        // The job template's annotations name nicks too (the Jobs carry them).
+        let o = cron_job(&cron("r.example/x:1", json!({"ociup.dev/nick": "app"})));
+        assert_eq!((o.denied, o.warnings.len()), (None, 1));
+        // Wrong names are denied now rather than at each Job.
+        let o = cron_job(&cron("ociup.dev/app:v1", json!({})));
+        assert!(o.denied.expect("denied").contains("spec.jobTemplate"));
+        // Nothing named: untouched, silent.
+        let o = cron_job(&cron("busybox", json!({})));
+        assert_eq!((o.denied, o.warnings.len(), o.patch.len()), (None, 0, 0));
+    }
+
+    #[test]
+    fn patches_replace_or_add_images_and_escape_the_stale_annotation() {
+        let object = json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"containers": [
+            {"name": "a", "image": "ociup.dev/app"},
+            {"name": "b"},
+            {"name": "c", "image": "r.example/app@sha256:11"},
+        ]}});
+        let t = |i: usize, image: &str, has_image: bool| Target {
+            pointer: format!("/spec/containers/{i}/image"),
+            container: String::new(),
+            image: image.to_owned(),
+            has_image,
+            nick: "app".to_owned(),
+        };
+        let targets = [
+            t(0, "ociup.dev/app", true),
+            t(1, "", false),
+            t(2, "r.example/app@sha256:11", true),
+        ];
+        let pinned = BTreeMap::from([("app".to_owned(), "r.example/app@sha256:11".to_owned())]);
+        let p = patch(&object, &targets, &pinned, Some("app: late"));
+        assert_eq!(
+            p,
+            [
+                json!({"op": "replace", "path": "/spec/containers/0/image", "value": "r.example/app@sha256:11"}),
+                json!({"op": "add", "path": "/spec/containers/1/image", "value": "r.example/app@sha256:11"}),
+                json!({"op": "add", "path": "/metadata/annotations/ociup.dev~1stale", "value": "app: late"}),
+            ]
+        );
+        // No annotations yet: the map is added whole.
+        let bare = json!({"metadata": {}});
+        assert_eq!(
+            patch(&bare, &[], &pinned, Some("why")),
+            [
+                json!({"op": "add", "path": "/metadata/annotations", "value": {"ociup.dev/stale": "why"}})
+            ]
+        );
+        // Resolved cleanly, once marked stale: the mark is removed; never marked: nothing.
+        let marked = json!({"metadata": {"annotations": {"ociup.dev/stale": "old"}}});
+        assert_eq!(
+            patch(&marked, &[], &pinned, None),
+            [json!({"op": "remove", "path": "/metadata/annotations/ociup.dev~1stale"})]
+        );
+        assert!(patch(&object, &targets[2..], &pinned, None).is_empty());
+    }
+
+    #[test]
+    fn usernames_are_bounded_before_they_become_actors_or_log_lines() {
+        let sa = "system:serviceaccount:team-a:deployer";
+        assert_eq!(bounded_user(sa), sa);
+        assert_eq!(bounded_user("eve\nforged line"), "eve\\nforged line");
+        assert_eq!(bounded_user("a\u{2028}b\u{7}"), "a\\u{2028}b\\u{7}");
+        let long = |c: char| format!("{}{c}", "x".repeat(10_000));
+        let (a, b) = (bounded_user(&long('a')), bounded_user(&long('b')));
+        assert!(a.len() <= USER_LIMIT && b.len() <= USER_LIMIT, "{a}");
+        assert_ne!(a, b, "two long names stay apart");
+        assert!(
+            a.starts_with(&"x".repeat(200)) && a.contains("[10001 bytes, sha256:"),
+            "{a}"
+        );
+        // Cut on a character boundary.
+        let wide = bounded_user(&"é".repeat(300));
+        assert!(wide.len() <= USER_LIMIT && wide.starts_with("éé"), "{wide}");
     }
 
     #[test]

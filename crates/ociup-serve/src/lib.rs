@@ -200,7 +200,9 @@ impl Service {
         api::routes()
     }
 
-    /// The manager acting for `actor`: recorded in the audit trail of what it does.
+    /// The manager acting for `actor`: recorded in the audit trail of what it does. Kept for
+    /// the service's life: only for actors the service knows (token names, certificate names
+    /// given a role, the service itself), never for names a request makes up.
     fn manager(&self, actor: &str) -> Result<Arc<Manager<Guarded>>, ApiError> {
         let mut managers = self
             .inner
@@ -210,6 +212,14 @@ impl Service {
         if let Some(m) = managers.get(actor) {
             return Ok(Arc::clone(m));
         }
+        let m = Arc::new(self.new_manager(actor, self.inner.config.identity.clone())?);
+        managers.insert(actor.to_owned(), Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// A manager acting for `actor` with `via` recorded beside it, kept by nobody: for actors
+    /// a request names (an admission review's Kubernetes user), dropped with the request.
+    fn new_manager(&self, actor: &str, via: String) -> Result<Manager<Guarded>, ApiError> {
         let c = &self.inner.config;
         let key = match &c.key {
             Some(p) => {
@@ -217,24 +227,20 @@ impl Service {
             }
             None => None,
         };
-        let m = Arc::new(
-            Manager::new(
-                self.inner.stores.clone(),
-                self.inner.catalog.clone(),
-                ManagerOptions {
-                    actor: actor.to_owned(),
-                    key,
-                    epoch: c.epoch,
-                    stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
-                    cache: c.cache.clone().map(BlobCache::new),
-                    unsigned: c.unsigned,
-                    ..ManagerOptions::default()
-                },
-            )
-            .with_via(c.identity.clone()),
-        );
-        managers.insert(actor.to_owned(), Arc::clone(&m));
-        Ok(m)
+        Ok(Manager::new(
+            self.inner.stores.clone(),
+            self.inner.catalog.clone(),
+            ManagerOptions {
+                actor: actor.to_owned(),
+                key,
+                epoch: c.epoch,
+                stored_sources: ociup_core::managed::recipe::SourceAccess::Confined,
+                cache: c.cache.clone().map(BlobCache::new),
+                unsigned: c.unsigned,
+                ..ManagerOptions::default()
+            },
+        )
+        .with_via(via))
     }
 
     fn nick_lock(&self, nick: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -311,7 +317,8 @@ impl Drop for Regenerating {
 /// flight finish, and waits for the regenerations they started.
 ///
 /// # Errors
-/// Accepting connections failed for good.
+/// Accepting connections failed for good; unauthenticated admission reviews
+/// ([`admission::Admission::unauthenticated`]) on a listener that is not on loopback.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Service,
@@ -320,6 +327,24 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
+    if service
+        .inner
+        .config
+        .admission
+        .as_ref()
+        .is_some_and(|a| a.unauthenticated)
+    {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{addr}: unauthenticated admission reviews are served on a loopback address \
+                     only (anyone who reaches this one could have images regenerated and pinned)"
+                ),
+            ));
+        }
+    }
     let app = service.router();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();

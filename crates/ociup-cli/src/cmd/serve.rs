@@ -36,14 +36,21 @@ pub struct ServeArgs {
     /// --cert-role ci-runner=requester --cert-role ops=admin
     #[arg(long, value_name = "NAME=ROLE", requires = "client_ca")]
     pub cert_role: Vec<String>,
-    /// Serve the Kubernetes mutating admission webhook at /v1/admission (needs TLS): images
-    /// `ociup.dev/<nick>` are rewritten to the nick's pinned reference (docs/serve.md).
+    /// Serve the Kubernetes mutating admission webhook at /v1/admission (needs TLS, and
+    /// --admission-caller or --admission-unauthenticated): images `ociup.dev/<nick>` are
+    /// rewritten to the nick's pinned reference (docs/serve.md).
     #[arg(long, requires = "tls_cert")]
     pub admission: bool,
-    /// The longest an admission review may take resolving, in seconds (keep it under the
-    /// webhook's timeoutSeconds, 10 by default, with a second to spare); beyond,
-    /// --admission-failure decides.
-    #[arg(long, value_name = "SECS", default_value_t = 8, requires = "admission")]
+    /// A token name or client-certificate CN (with --cert-role) that may call the admission
+    /// webhook: the API server's identity (repeatable). Other callers get 403, whatever their
+    /// role. Example: --admission-caller kube-apiserver
+    #[arg(long, value_name = "NAME", requires = "admission")]
+    pub admission_caller: Vec<String>,
+    /// The longest an admission review may take resolving, in seconds (at least 1); beyond,
+    /// --admission-failure decides. Set the webhook's timeoutSeconds (10 by default) to at
+    /// least this + 2: the stale policy may read the last version for one more second.
+    #[arg(long, value_name = "SECS", default_value_t = 8, requires = "admission",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub admission_timeout: u64,
     /// What an admission review does when a nick cannot be resolved in time: refuse the
     /// object, or admit it with the last recorded version and the annotation
@@ -178,14 +185,22 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let cert_roles = cert_roles(&args.cert_role)?;
+    if args.admission && args.admission_caller.is_empty() && !args.admission_unauthenticated {
+        anyhow::bail!(
+            "--admission: name the API server's identity with --admission-caller NAME (its \
+             token's name, or its client certificate's CN given a --cert-role), or give \
+             --admission-unauthenticated on a loopback --listen"
+        );
+    }
     let admission = args.admission.then(|| {
         ociup_serve::admission::Admission::new(
-            std::time::Duration::from_secs(args.admission_timeout.max(1)),
+            std::time::Duration::from_secs(args.admission_timeout),
             match args.admission_failure {
                 AdmissionFailure::Refuse => ociup_serve::admission::Failure::Refuse,
                 AdmissionFailure::Stale => ociup_serve::admission::Failure::Stale,
             },
             args.admission_unauthenticated,
+            args.admission_caller,
         )
     });
     let config = Config {
@@ -288,7 +303,12 @@ fn cert_roles(flags: &[String]) -> Result<std::collections::BTreeMap<String, oci
         let (name, role) = flag
             .split_once('=')
             .with_context(|| format!("--cert-role {flag}: give NAME=ROLE (ops=admin)"))?;
-        ociup_serve::tokens::validate_name(name).with_context(|| format!("--cert-role {flag}"))?;
+        ociup_serve::tokens::validate_name(name).map_err(|_| {
+            anyhow::anyhow!(
+                "--cert-role {flag}: the certificate name {name:?}: give 1 to 64 of letters, \
+                 digits, '.', '_', '@', '-' (the CN the certificates carry)"
+            )
+        })?;
         let role: ociup_serve::Role = role
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--cert-role {flag}: {e}"))?;

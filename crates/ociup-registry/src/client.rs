@@ -19,7 +19,7 @@ use crate::auth::token::{self, Token};
 use crate::auth::{Credential, Credentials, challenge};
 use crate::body::{self, answer_deadline};
 use crate::error::{Error, Result, display_url, excerpt};
-use crate::policy::{credentials_may_go, refused_target};
+use crate::policy::{RedirectStep, credentials_may_go, redirect_step, refused_target};
 use crate::reference::{Reference, is_loopback_host};
 use crate::repository::Repository;
 
@@ -75,8 +75,10 @@ pub struct ClientOptions {
     pub check_blobs_first: bool,
     /// The longest a registry may stay silent: for the answer to a request to start (plus a
     /// second per 16 KiB of request body, sent meanwhile), and within any answer, where less
-    /// than 1 KiB in this time counts as silence (a registry trickling a byte a second). A
-    /// request that times out is retried, a blob download resumed, as for a broken connection.
+    /// than 1 KiB in this time counts as silence (a registry trickling a byte a second). Also
+    /// the longest a registry may go without taking any of a streamed upload's body (a registry
+    /// that stops reading). A request that times out is retried, a blob download or upload
+    /// resumed, as for a broken connection. Default: 60 s.
     pub idle_timeout: Duration,
     /// Fixed addresses for host names, used instead of DNS (as curl's `--resolve`): for split
     /// horizons and tests.
@@ -246,15 +248,7 @@ impl Client {
         // root): `send` hands it to the HTTPS one.
         let plain = Self::builder(&opts)
             .tls_built_in_root_certs(false)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if let Some(why) = refused_target(attempt.url()) {
-                    attempt.error(why)
-                } else if attempt.url().scheme() == "https" || attempt.previous().len() >= 10 {
-                    attempt.stop()
-                } else {
-                    attempt.follow()
-                }
-            }))
+            .redirect(redirect_policy(true))
             .build()
             .map_err(|e| Error::Config(format!("setting up HTTP: {e}")))?;
         let known = crate::known::Known::new(opts.state_dir.as_deref());
@@ -281,18 +275,10 @@ impl Client {
                 Duration::from_secs(15).min(opts.idle_timeout.max(Duration::from_millis(1))),
             )
             .pool_idle_timeout(Duration::from_secs(60))
-            // reqwest drops Authorization (and cookies) when a redirect leaves the host, so
-            // credentials never follow a blob download to object storage. No redirect leads to
-            // a link-local or metadata address.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if let Some(why) = refused_target(attempt.url()) {
-                    attempt.error(why)
-                } else if attempt.previous().len() >= 10 {
-                    attempt.error("more than 10 redirects")
-                } else {
-                    attempt.follow()
-                }
-            }));
+            // Credentials never follow a redirect to another origin (a blob download sent to
+            // object storage) and no redirect downgrades to plain HTTP or leads to a
+            // link-local or metadata address: see `redirect_step`.
+            .redirect(redirect_policy(false));
         for (host, addr) in &opts.resolve {
             b = b.resolve(host, *addr);
         }
@@ -928,6 +914,17 @@ impl Client {
         };
         error_from_body(method, url, status, &body, note)
     }
+}
+
+/// The redirect policy of the plain-HTTP client (`plain`) or of the HTTPS one.
+fn redirect_policy(plain: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        match redirect_step(attempt.previous(), attempt.url(), plain) {
+            RedirectStep::Follow => attempt.follow(),
+            RedirectStep::Stop => attempt.stop(),
+            RedirectStep::Refuse(why) => attempt.error(why),
+        }
+    })
 }
 
 fn scope_key(scopes: &[String]) -> String {

@@ -36,6 +36,57 @@ pub(crate) fn refused_target(url: &Url) -> Option<String> {
     }
 }
 
+/// What a client does with one redirect.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RedirectStep {
+    /// Followed by reqwest, which drops `Authorization` when the host or port changes.
+    Follow,
+    /// Not followed here: the 3xx is the answer (the plain-HTTP client's hop to HTTPS, which
+    /// [`crate::Client`] makes itself with the HTTPS client and without credentials).
+    Stop,
+    /// Refused with this reason.
+    Refuse(String),
+}
+
+/// Redirects followed in a row at most.
+const MAX_REDIRECTS: usize = 10;
+
+/// The redirect policy of both HTTP clients (`plain`: the one for `http://`, which loads no
+/// root certificate). reqwest keeps `Authorization` across a redirect that changes only the
+/// scheme, so no scheme change is ever followed by reqwest: a hop from HTTPS to plain HTTP is
+/// refused (a downgrade, and on the same host and port it would carry the credentials in clear
+/// text), and one from plain HTTP to HTTPS is stopped and made without credentials. With the
+/// scheme fixed, reqwest's dropping of `Authorization` on a host or port change covers the
+/// rest of the origin. Link-local and metadata targets are refused.
+pub(crate) fn redirect_step(previous: &[Url], next: &Url, plain: bool) -> RedirectStep {
+    if let Some(why) = refused_target(next) {
+        return RedirectStep::Refuse(why);
+    }
+    let scheme = next.scheme();
+    if scheme != "http" && scheme != "https" {
+        return RedirectStep::Refuse(format!(
+            "refusing a redirect to a {scheme}: URL (only http and https are followed)"
+        ));
+    }
+    if scheme == "http" && previous.iter().any(|u| u.scheme() == "https") {
+        return RedirectStep::Refuse(format!(
+            "refusing a redirect from HTTPS to plain HTTP ({})",
+            next.host_str().unwrap_or("")
+        ));
+    }
+    if plain && scheme == "https" {
+        return RedirectStep::Stop;
+    }
+    if previous.len() >= MAX_REDIRECTS {
+        return if plain {
+            RedirectStep::Stop
+        } else {
+            RedirectStep::Refuse(format!("more than {MAX_REDIRECTS} redirects"))
+        };
+    }
+    RedirectStep::Follow
+}
+
 fn refused_ip(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -104,6 +155,96 @@ mod tests {
         ] {
             assert_eq!(refused_target(&url(good)), None, "{good}");
         }
+    }
+
+    /// Whether reqwest keeps `Authorization` on a redirect from `prev` to `next` (its own rule:
+    /// dropped when the host or the port, known defaults included, changes).
+    fn reqwest_keeps_authorization(prev: &Url, next: &Url) -> bool {
+        prev.host_str() == next.host_str()
+            && prev.port_or_known_default() == next.port_or_known_default()
+    }
+
+    #[test]
+    fn no_redirect_carries_credentials_to_another_origin_or_downgrades() {
+        let urls = [
+            "https://reg.example/v2/x/blobs/d",
+            "https://reg.example:443/v2/x/blobs/d",
+            "https://reg.example:5000/v2/x/blobs/d",
+            "http://reg.example:5000/v2/x/blobs/d",
+            "http://reg.example:443/v2/x/blobs/d",
+            "http://reg.example/v2/x/blobs/d",
+            "https://storage.example/bucket/d",
+            "http://storage.example/bucket/d",
+            "http://127.0.0.1:5000/v2/x/blobs/d",
+            "https://127.0.0.1:5000/v2/x/blobs/d",
+            "ftp://reg.example/d",
+        ];
+        let mut followed = 0;
+        for prev in urls.map(url) {
+            for next in urls.map(url) {
+                for plain in [true, false] {
+                    // Each client only starts from its own scheme.
+                    if (prev.scheme() == "http") != plain || prev.scheme() == "ftp" {
+                        continue;
+                    }
+                    let step = redirect_step(std::slice::from_ref(&prev), &next, plain);
+                    if step != RedirectStep::Follow {
+                        continue;
+                    }
+                    followed += 1;
+                    // A followed redirect keeps the scheme: reqwest's host-and-port rule is
+                    // then the whole origin.
+                    assert_eq!(prev.scheme(), next.scheme(), "{prev} -> {next} followed");
+                    if reqwest_keeps_authorization(&prev, &next) {
+                        assert_eq!(
+                            prev.origin(),
+                            next.origin(),
+                            "{prev} -> {next}: credentials kept to another origin"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(followed > 10, "{followed}");
+        // The case reqwest itself gets wrong: same host and port, HTTPS to HTTP.
+        let https = url("https://reg.example:5000/v2/x/blobs/d");
+        let http = url("http://reg.example:5000/v2/x/blobs/d");
+        assert!(reqwest_keeps_authorization(&https, &http));
+        assert!(matches!(
+            redirect_step(std::slice::from_ref(&https), &http, false),
+            RedirectStep::Refuse(why) if why.contains("HTTPS to plain HTTP")
+        ));
+        // Further down a chain too.
+        let other = url("https://cdn.example/d");
+        assert!(matches!(
+            redirect_step(&[https.clone(), other], &url("http://cdn.example/d"), false),
+            RedirectStep::Refuse(_)
+        ));
+        // Plain HTTP to HTTPS: stopped, made by the client without credentials.
+        assert_eq!(
+            redirect_step(std::slice::from_ref(&http), &https, true),
+            RedirectStep::Stop
+        );
+        assert_eq!(
+            redirect_step(
+                std::slice::from_ref(&https),
+                &url("https://cdn.example/d"),
+                false
+            ),
+            RedirectStep::Follow
+        );
+        assert!(matches!(
+            redirect_step(&vec![https.clone(); 10], &https, false),
+            RedirectStep::Refuse(_)
+        ));
+        assert!(matches!(
+            redirect_step(
+                std::slice::from_ref(&https),
+                &url("http://169.254.169.254/"),
+                false
+            ),
+            RedirectStep::Refuse(_)
+        ));
     }
 
     #[test]

@@ -481,9 +481,34 @@ impl Repository {
         let request = self
             .client
             .send_streamed(&self.api_host, &req, body, size - offset);
+        // A registry that stops reading the body would hold the request until its answer
+        // deadline (a second per 16 KiB of the whole blob): when it takes no chunk for the idle
+        // timeout while one waits, the request is given up, as a broken one (resumed).
+        let idle = self.client.options().idle_timeout;
+        let (stall_tx, stall_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut stall_tx = Some(stall_tx);
+        let request = async move {
+            use futures_util::future::{Either, select};
+            match select(std::pin::pin!(request), stall_rx).await {
+                Either::Left((answer, _)) => Some(answer),
+                Either::Right((Ok(()), _)) => None,
+                // The pump ended without a stall.
+                Either::Right((Err(_), request)) => Some(request.await),
+            }
+        };
         let pump = async move {
+            // Whether the chunk was taken; on a stall the request is told to give up.
+            let mut give = async |b: Bytes| match tokio::time::timeout(idle, tx.send(Ok(b))).await {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    if let Some(s) = stall_tx.take() {
+                        let _ = s.send(());
+                    }
+                    false
+                }
+            };
             for b in sent.from(offset) {
-                if tx.send(Ok(b)).await.is_err() {
+                if !give(b).await {
                     return Ok(());
                 }
             }
@@ -500,7 +525,7 @@ impl Repository {
                     }
                 };
                 sent.push(b.clone());
-                if tx.send(Ok(b)).await.is_err() {
+                if !give(b).await {
                     return Ok(());
                 }
             }
@@ -508,12 +533,22 @@ impl Repository {
         let (pumped, answer) = futures_util::future::join(pump, request).await;
         pumped?;
         Ok(match answer {
-            Ok(resp) if resp.status().as_u16() == 202 => location(&resp),
-            Ok(resp) => Err(self
+            Some(Ok(resp)) if resp.status().as_u16() == 202 => location(&resp),
+            Some(Ok(resp)) => Err(self
                 .client
                 .http_error(&self.api_host, &Method::PATCH, resp)
                 .await),
-            Err(e) => Err(e),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Transport {
+                method: Method::PATCH.to_string(),
+                url: display_url(&url),
+                reason: format!(
+                    "timed out: the registry took none of the upload for {} (it stopped \
+                     reading)",
+                    crate::body::secs(idle)
+                ),
+                retryable: true,
+            }),
         })
     }
 

@@ -795,3 +795,127 @@ async fn a_resume_after_nothing_was_kept_starts_at_zero() {
         "streamed PATCHes (not one PUT of the whole blob), the second from byte 0"
     );
 }
+
+/// A redirect to another port of the same host is another origin: the registry's credentials
+/// stay behind. A redirect within the registry keeps them (the control: the fake sees them).
+#[tokio::test]
+async fn credentials_do_not_follow_a_redirect_to_another_port() {
+    let data = b"blob on another port".to_vec();
+    let digest = Digest::sha256(&data);
+    let d = data.clone();
+    let storage = Fake::start(move |_| Reply::new(200).body(d.clone())).await;
+    // Same host (127.0.0.1) and scheme, only the port differs.
+    let registry = redirecting_registry(format!("http://{}/bucket/blob", storage.host)).await;
+    let client = client_for(&registry.host, user_secret(&registry.host));
+    let repo = client.repository(&Reference::parse(&format!("{}/test/x", registry.host)).unwrap());
+    let mut out = Vec::new();
+    repo.get_blob(&digest, data.len() as u64)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, data);
+    let at_storage = storage.requests();
+    assert_eq!(at_storage.len(), 1);
+    assert!(
+        !at_storage[0].headers.contains_key("authorization"),
+        "credentials followed the redirect to another port"
+    );
+
+    // Within the registry's own origin they are kept.
+    let d = data.clone();
+    let same = Fake::start(move |req: &Seen| {
+        match (req.path.as_str(), req.headers.get("authorization")) {
+            (_, None) => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="fake""#),
+            ("/elsewhere/blob", Some(_)) => Reply::new(200).body(d.clone()),
+            (_, Some(_)) => Reply::new(307).header("Location", "/elsewhere/blob"),
+        }
+    })
+    .await;
+    let client = client_for(&same.host, user_secret(&same.host));
+    let repo = client.repository(&Reference::parse(&format!("{}/test/x", same.host)).unwrap());
+    let mut out = Vec::new();
+    repo.get_blob(&digest, data.len() as u64)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, data);
+    let last = same.requests().pop().unwrap();
+    assert_eq!(last.path, "/elsewhere/blob");
+    assert!(last.headers.contains_key("authorization"));
+}
+
+/// A registry that takes an upload's PATCH and then stops reading its body: the upload fails
+/// after the idle timeout (here 1 s) with a timeout, instead of hanging until the answer
+/// deadline of the whole blob (a second per 16 KiB: over 17 minutes for these 16 MiB).
+#[tokio::test]
+async fn an_upload_the_registry_stops_reading_times_out() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let patches = Arc::new(AtomicUsize::new(0));
+    let seen_patches = Arc::clone(&patches);
+    let server = tokio::spawn(async move {
+        // Connections whose PATCH body is never read, held open.
+        let mut held = Vec::new();
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if sock.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let reply: &[u8] = match head.split(|b| *b == b' ').next().unwrap_or(b"") {
+                b"PATCH" => {
+                    seen_patches.fetch_add(1, Ordering::SeqCst);
+                    held.push(sock);
+                    continue;
+                }
+                b"POST" => {
+                    b"HTTP/1.1 202 Accepted\r\nLocation: /v2/test/s/blobs/uploads/u1\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n"
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            };
+            let _ = sock.write_all(reply).await;
+        }
+    });
+    let client = Client::new(ClientOptions {
+        insecure: vec![host.clone()],
+        chunk_size: 64 * 1024,
+        idle_timeout: Duration::from_secs(1),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let repo = client.repository(&Reference::parse(&format!("{host}/test/s")).unwrap());
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::sha256(&data);
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        repo.put_blob(&digest, data.len() as u64, &data[..]),
+    )
+    .await
+    .expect("the upload hung")
+    .unwrap_err();
+    let took = started.elapsed();
+    server.abort();
+    assert_eq!(patches.load(Ordering::SeqCst), 1);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("PATCH") && msg.contains("took none of the upload for 1 s"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

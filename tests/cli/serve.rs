@@ -1488,6 +1488,8 @@ fn runs_through_the_service_on_a_cluster() {
     assert_eq!(got["requester"], "alice");
     assert_eq!(got["job"]["suspended"], false, "{got}");
     assert!(got["job_error"].is_null());
+    // Submitted: no Job said to be left (the key is there, null).
+    assert_eq!(got.get("job_left"), Some(&serde_json::Value::Null), "{got}");
     // Another requester does not see it.
     assert_eq!(
         s.call("GET", &path, Some(&bob), None).error(),

@@ -592,6 +592,28 @@ fn condition_line(c: &Value) -> String {
     line
 }
 
+/// How often in a row the service may fail to read a run's Job before `--wait` gives up.
+const JOB_READS: u32 = 6;
+
+/// Why a run that ended other than `submitted` (`unreleased`, `failed`) ran nothing, with the
+/// Job it left in the cluster, if any.
+fn not_submitted(nick: &str, id: &str, run: &Value) -> String {
+    let error = run["error"].as_str().unwrap_or("the run failed");
+    match (run["state"].as_str(), run["job_left"].as_str()) {
+        (Some("unreleased"), job) => format!(
+            "run {id} of {nick}: its Job {} is left in the cluster, not released (most likely \
+             suspended): {error}",
+            job.unwrap_or("(unnamed)")
+        ),
+        (_, Some(job)) => format!(
+            "{error} (run {id}); the Job {job} may be left in the cluster: check with \
+             kubectl get job -n {}",
+            job.replacen('/', " ", 1)
+        ),
+        _ => format!("{error} (run {id})"),
+    }
+}
+
 /// `job NICK --apply`: a run created by the service (`POST /v1/nicks/NICK/runs`), followed
 /// (`GET /v1/runs/ID`) until its Job is submitted (and with --wait until it finishes), printed
 /// as `ociup job --apply` prints locally.
@@ -638,10 +660,7 @@ async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
             .with_context(|| format!("following run {id} of {nick}"))?;
     }
     if run["state"] != "submitted" {
-        bail!(
-            "{} (run {id})",
-            run["error"].as_str().unwrap_or("the run failed")
-        );
+        bail!("{}", not_submitted(nick, &id, &run));
     }
     let flag = |k: &str| run[k].as_bool().unwrap_or(false);
     let (upgraded, held, stale) = (flag("upgraded"), flag("held"), flag("stale"));
@@ -680,12 +699,23 @@ async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
     }
     let finished = if args.wait {
         let started = std::time::Instant::now();
+        let mut unread = 0;
         loop {
             if let Some(ok) = run["job"]["finished"].as_bool() {
                 break Some((ok, run["job"]["conditions"].clone()));
             }
+            // A Job the service could not read (the API server slow, say): asked again, up to
+            // JOB_READS times in a row, as `ociup job --wait` does locally.
             if let Some(e) = run["job_error"].as_str() {
-                bail!("{e} before it finished");
+                unread += 1;
+                if unread >= JOB_READS {
+                    bail!(
+                        "following Job {namespace}/{name}: the service could not read it \
+                         {unread} times in a row, the last time: {e}"
+                    );
+                }
+            } else {
+                unread = 0;
             }
             if let Some(limit) = args.wait_timeout
                 && started.elapsed().as_secs() >= limit
@@ -885,4 +915,32 @@ async fn edit(s: &Server, args: &EditArgs, matches: &clap::ArgMatches) -> Result
         text(&record, "image")
     ))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_left_a_job_names_it() {
+        let unreleased = json!({"state": "unreleased", "job_left": "ml/t-v3-x", "version": 3,
+            "error": "running t: t version 3 is recorded, but releasing its Job ml/t-v3-x failed"});
+        assert_eq!(
+            not_submitted("t", "run-1", &unreleased),
+            "run run-1 of t: its Job ml/t-v3-x is left in the cluster, not released (most likely \
+             suspended): running t: t version 3 is recorded, but releasing its Job ml/t-v3-x \
+             failed"
+        );
+        let left = json!({"state": "failed", "job_left": "ml/t-v3-x", "error": "gone wrong"});
+        assert_eq!(
+            not_submitted("t", "run-1", &left),
+            "gone wrong (run run-1); the Job ml/t-v3-x may be left in the cluster: check with \
+             kubectl get job -n ml t-v3-x"
+        );
+        let clean = json!({"state": "failed", "job_left": null, "error": "gone wrong"});
+        assert_eq!(
+            not_submitted("t", "run-1", &clean),
+            "gone wrong (run run-1)"
+        );
+    }
 }

@@ -221,11 +221,17 @@ async fn review(s: &Service, req: Request) -> Result<Response, ApiError> {
         .as_str()
         .or_else(|| request["object"]["metadata"]["generateName"].as_str())
         .unwrap_or("");
+    // Every field bounded: the log holds no more than a few hundred bytes of what was sent.
+    let (uid_logged, namespace, name) = (
+        bounded_user(uid),
+        bounded_user(request["namespace"].as_str().unwrap_or("")),
+        bounded_user(name),
+    );
     tracing::info!(
-        uid,
-        kind,
-        namespace = request["namespace"].as_str().unwrap_or(""),
-        name = bounded_user(name),
+        uid = uid_logged,
+        kind = bounded_user(kind),
+        namespace,
+        name,
         user,
         caller = caller.as_deref().unwrap_or("(unauthenticated)"),
         allowed = outcome.denied.is_none(),

@@ -423,3 +423,63 @@ pub async fn serve(
     service.inner.tracker.wait().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service on a layout catalog, taking unauthenticated admission reviews.
+    fn unauthenticated(dir: &std::path::Path) -> Service {
+        let catalog = format!("oci:{}/catalog", dir.display());
+        Service::new(Config {
+            catalog: catalog.clone(),
+            client: Client::new(ociup_registry::ClientOptions::default()).expect("client"),
+            key: None,
+            unsigned: false,
+            epoch: 0,
+            cache: None,
+            tokens: dir.join("tokens.json"),
+            allow: Allowlist::new(Vec::new(), vec![catalog]).expect("allowlist"),
+            body_limit: 1024,
+            upload_limit: 1024,
+            timeout: Duration::from_secs(5),
+            max_regenerations: 1,
+            retry_after: 1,
+            header_timeout: Duration::from_secs(5),
+            fresh_within: Duration::ZERO,
+            runs: runs::RunsConfig::default(),
+            rate_limit: None,
+            identity: "ociup-serve@test".into(),
+            tls: None,
+            cert_roles: Default::default(),
+            admission: Some(admission::Admission::new(
+                Duration::from_secs(1),
+                admission::Failure::Refuse,
+                true,
+                Vec::new(),
+            )),
+        })
+        .expect("service")
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_admission_is_served_on_loopback_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = unauthenticated(dir.path());
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+            .await
+            .expect("bind");
+        let e = serve(listener, s.clone(), std::future::pending())
+            .await
+            .expect_err("refused off loopback");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("loopback"), "{e}");
+        // On loopback it serves (and stops when told).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        serve(listener, s, std::future::ready(()))
+            .await
+            .expect("served on loopback");
+    }
+}

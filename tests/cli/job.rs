@@ -691,7 +691,8 @@ impl Drop for Webhook<'_> {
 /// either way (the server accepts and never answers); `lose` forwards the next `count` requests
 /// of `method` whose path holds `path` (-1: all), then drops the connection (`how: drop`) or
 /// keeps it open silent (`how: stall`) once the server's answer starts, so the request takes
-/// effect and its answer is lost (`then_stall`: the proxy then stalls everything); `gone`
+/// effect and its answer is lost (`then_stall`: the proxy then stalls everything), or drops
+/// the connection without forwarding them (`how: unsent`: they never take effect); `gone`
 /// answers the next N watch requests itself with a 410 Gone event; `cut` aborts every open
 /// connection.
 const PROXY: &str = r#"import asyncio, json, os, re, ssl, sys
@@ -757,6 +758,9 @@ async def handle(cr, cw):
                     cw.close(); uw.close()
                     return
                 record(method, path, action)
+            if lost["how"] == "unsent":
+                cw.transport.abort(); uw.transport.abort()
+                return
             if state["stall"]:
                 continue
             uw.write(data)
@@ -1339,7 +1343,7 @@ fn refused_requests_write_nothing_and_leave_no_job() {
     assert!(err.contains("403 Forbidden"), "{err}");
     assert!(
         err.contains(&format!(
-            "may not create, patch, delete jobs.batch in namespace {}",
+            "may not create, get, patch, delete jobs.batch in namespace {}",
             ns.name
         )),
         "{err}"
@@ -1435,6 +1439,25 @@ fn refused_requests_write_nothing_and_leave_no_job() {
                 .unwrap();
         answer.status.is_some_and(|s| s.allowed)
     });
+    // With --wait, following the Job (list, watch) is asked for too.
+    let (code, _, err) = app.run(&[
+        "job",
+        "refused",
+        "--apply",
+        "--wait",
+        "-n",
+        &ns.name,
+        "--kubeconfig",
+        forbidden.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "may not list, watch jobs.batch in namespace {}",
+            ns.name
+        )),
+        "{err}"
+    );
     let (code, _, err) = app.run(&[
         "job",
         "refused",
@@ -1520,7 +1543,7 @@ fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
     app.move_base();
     let proxy = Proxy::start(&k, app.dir());
     let config = proxy.kubeconfig();
-    let apply = || {
+    let apply_within = |timeout: &str| {
         app.run(&[
             "job",
             "silent",
@@ -1530,15 +1553,17 @@ fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
             "--kubeconfig",
             &config,
             "--request-timeout",
-            "2s",
+            timeout,
         ])
     };
-    let silent = |action: &str| {
+    let apply = || apply_within("2s");
+    let silent_within = |action: &str, timeout: &str| {
         format!(
-            "{action}: the Kubernetes API server at {} did not answer within 2s",
+            "{action}: the Kubernetes API server at {} did not answer within {timeout}",
             proxy.url()
         )
     };
+    let silent = |action: &str| silent_within(action, "2s");
 
     // A server that accepts and never answers: a clear error after the request timeout, naming
     // the server and what was asked; nothing written, no Job.
@@ -1558,12 +1583,13 @@ fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
     assert!(k.jobs(&ns.name).is_empty());
 
     // The held Job's creation reaches the server, its answer never comes back: the Job, which
-    // the server did create, is looked for and deleted; no version is written.
+    // the server did create, is looked for and deleted; no version is written. (A longer
+    // timeout: the server must have answered the proxy by then, even on a loaded machine.)
     let events = k.watch_jobs(&ns.name);
     proxy.set(serde_json::json!({
         "lose": {"method": "POST", "path": "/jobs", "count": 1, "how": "stall"},
     }));
-    let (code, _, err) = apply();
+    let (code, _, err) = apply_within("6s");
     assert_eq!(code, 1, "{err}");
     k.until(Duration::from_secs(10), "the deletion", || {
         events.lock().unwrap().iter().any(|(e, _)| *e == "deleted")
@@ -1573,13 +1599,21 @@ fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
     assert!(suspended(&seen[0].1));
     let name = seen[0].1.metadata.name.clone().unwrap();
     assert!(name.starts_with("silent-v2-"), "{name}");
+    assert_eq!(
+        label(&seen[0].1, keys::REQUEST),
+        annotation(&seen[0].1, keys::REQUEST),
+        "the mark is a label too"
+    );
     assert!(
-        err.contains(&silent(&format!("creating Job {}/{name}", ns.name))),
+        err.contains(&silent_within(
+            &format!("creating Job {}/{name}", ns.name),
+            "6s"
+        )),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "the Job {}/{name} was looked for and deleted in case the server created it",
+            "the server had created the Job {}/{name} all the same: it was found and deleted",
             ns.name
         )),
         "{err}"
@@ -1738,43 +1772,68 @@ fn a_lost_release_is_sent_again_and_wait_resumes_its_watch() {
     };
     assert!(from(2) >= from(1), "resumed, not older: {seen:?}");
 
-    // Every release's answer is lost: the version stays recorded, the Job is left (not
-    // deleted: it pins that version), and the error names it and the command to release it.
+    let apply = || {
+        app.run(&[
+            "job",
+            "lost",
+            "--apply",
+            "-n",
+            &ns.name,
+            "--kubeconfig",
+            &config,
+        ])
+    };
+    let of_version = |v: &str| -> Vec<Job> {
+        k.jobs(&ns.name)
+            .into_iter()
+            .filter(|j| label(j, keys::VERSION) == Some(v))
+            .collect()
+    };
+
+    // Every release's answer is lost, each release taking effect: the Job is looked at once
+    // more, seen released, and the request succeeds.
     app.ok(&["copy", &app.base("v1"), &app.base("latest")]);
     proxy.set(serde_json::json!({
         "lose": {"method": "PATCH", "path": "/jobs/", "count": -1, "how": "drop"},
     }));
     let before = patches().len();
-    let (code, _, err) = app.run(&[
-        "job",
-        "lost",
-        "--apply",
-        "-n",
-        &ns.name,
-        "--kubeconfig",
-        &config,
-    ]);
-    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = apply();
+    assert_eq!(code, 0, "{err}");
     assert_eq!(app.versions().len(), 3, "the version is recorded");
-    let held: Vec<Job> = k
-        .jobs(&ns.name)
-        .into_iter()
-        .filter(|j| label(j, keys::VERSION) == Some("3"))
-        .collect();
-    assert_eq!(held.len(), 1, "the Job is left: {err}");
-    let name = held[0].metadata.name.clone().unwrap();
+    let released = of_version("3");
+    assert_eq!(released.len(), 1, "{err}");
+    assert!(!suspended(&released[0]), "{err}");
     let sent = patches().split_off(before);
     assert_eq!(sent.len(), 4, "sent 4 times: {sent:?}");
     assert!(sent.iter().all(|(_, a)| a == "lost-drop"), "{sent:?}");
+
+    // Every release is cut off before it reaches the server: the version stays recorded, the
+    // Job is left (not deleted: it pins that version), seen still suspended, and the error
+    // names it and the command to release it.
+    app.ok(&["copy", &app.base("v2"), &app.base("latest")]);
+    proxy.set(serde_json::json!({
+        "lose": {"method": "PATCH", "path": "/jobs/", "count": -1, "how": "unsent"},
+    }));
+    let before = patches().len();
+    let (code, _, err) = apply();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(app.versions().len(), 4, "the version is recorded");
+    let held = of_version("4");
+    assert_eq!(held.len(), 1, "the Job is left: {err}");
+    assert!(suspended(&held[0]), "{err}");
+    let name = held[0].metadata.name.clone().unwrap();
+    let sent = patches().split_off(before);
+    assert_eq!(sent.len(), 4, "sent 4 times: {sent:?}");
+    assert!(sent.iter().all(|(_, a)| a == "lost-unsent"), "{sent:?}");
     let job = format!("{}/{name}", ns.name);
     assert!(
         err.contains(&format!(
-            "lost version 3 is recorded, but releasing its Job {job} failed 4 times"
+            "lost version 4 is recorded, but releasing its Job {job} failed 4 times"
         )),
         "{err}"
     );
     let release = format!(
-        "the Job may still be suspended: release it with kubectl patch job -n {} {name} \
+        "the Job is still suspended: release it with kubectl patch job -n {} {name} \
          --type merge -p '",
         ns.name
     );

@@ -309,7 +309,7 @@ impl Cluster {
         &self.namespace
     }
 
-    fn jobs(&self, namespace: &str) -> Api<Job> {
+    pub(crate) fn jobs(&self, namespace: &str) -> Api<Job> {
         Api::namespaced(self.client.clone(), namespace)
     }
 
@@ -379,7 +379,7 @@ impl Cluster {
             return Ok(());
         }
         let mut message = format!(
-            "this user may not {} jobs.batch in namespace {namespace} (ociup job --apply needs {})",
+            "this user may not {} jobs.batch in namespace {namespace} (ociup needs {} for this)",
             denied.join(", "),
             verbs.join(", ")
         );
@@ -395,11 +395,13 @@ impl Cluster {
     }
 
     /// Creates a Job in its namespace (the default namespace when it names none) and answers
-    /// it as the server stored it (with its generated name).
+    /// it as the server stored it (with its generated name, for a `generateName`).
     ///
     /// # Errors
-    /// [`Error::Refused`] (forbidden, a name taken, invalid), [`Error::Unreachable`]; no Job
-    /// exists then.
+    /// [`Error::Refused`] (forbidden, a name taken, invalid; no Job exists then);
+    /// [`Error::Unreachable`], [`Error::TimedOut`], a 5xx [`Error::Refused`]: the Job may or
+    /// may not have been created (the connection cut or the answer lost after the request was
+    /// sent). [`Cluster::apply`] looks for it then.
     pub async fn create(&self, job: &Job) -> Result<Job> {
         let namespace = job
             .metadata
@@ -479,8 +481,9 @@ impl Cluster {
     /// A watch that ends (the server closes each after a minute) or breaks (a connection cut,
     /// a silent server) is resumed from the last resourceVersion it brought; one the server no
     /// longer has (410 Gone) starts again from a fresh list. Six failures in a row (the
-    /// server unreachable or not answering, a watch broken before it brought anything) end
-    /// the wait.
+    /// server unreachable or not answering, a stream cut before it brought anything), or six
+    /// watches in a row that end at once or answer 410 Gone, end the wait. A Job deleted after
+    /// it finished (its `ttlSecondsAfterFinished`) is answered as it finished.
     ///
     /// # Errors
     /// [`Error::Wait`]: the Job was deleted, or the time ran out; [`Error::Refused`],
@@ -514,7 +517,9 @@ impl Cluster {
         let selector = format!("metadata.name={name}");
         // The resourceVersion to watch from; `None`: list first.
         let mut from: Option<String> = None;
-        let mut failures = 0u32;
+        // Failures in a row (the server unreachable or not answering, a stream cut), and watches
+        // ended at once or 410 Gone in a row: counted apart, so the message says which.
+        let (mut failures, mut empty) = (0u32, 0u32);
         // A failure that may pass (the server restarting, a connection cut): retried after a
         // pause, up to FOLLOW_ATTEMPTS in a row.
         let again = |failures: &mut u32, e: Error| {
@@ -525,17 +530,17 @@ impl Cluster {
             tracing::debug!("{e}; following again");
             Ok(Duration::from_millis(250 << (*failures).min(5)))
         };
-        // A watch that ended at once, or answered 410 Gone: counted as a failure.
-        let ended = |failures: &mut u32| {
-            *failures += 1;
-            if *failures >= FOLLOW_ATTEMPTS {
+        // A watch that ended at once, or answered 410 Gone.
+        let ended = |empty: &mut u32| {
+            *empty += 1;
+            if *empty >= FOLLOW_ATTEMPTS {
                 return Err(Error::Wait(format!(
                     "following Job {namespace}/{name}: the Kubernetes API server at {} ended \
                      {FOLLOW_ATTEMPTS} watches in a row without an event",
                     self.url
                 )));
             }
-            Ok(Duration::from_millis(250 << (*failures).min(5)))
+            Ok(Duration::from_millis(250 << (*empty).min(5)))
         };
         loop {
             let version = match from.take() {
@@ -568,7 +573,7 @@ impl Cluster {
                 Ok(events) => events,
                 // Too old a version: list again.
                 Err(e) if e.status_code() == Some(410) => {
-                    tokio::time::sleep(ended(&mut failures)?).await;
+                    tokio::time::sleep(ended(&mut empty)?).await;
                     continue;
                 }
                 Err(e) => {
@@ -588,15 +593,18 @@ impl Cluster {
                 let next = tokio::time::timeout(silence, events.try_next()).await;
                 match next {
                     Ok(Ok(Some(WatchEvent::Added(job) | WatchEvent::Modified(job)))) => {
-                        failures = 0;
+                        (failures, empty) = (0, 0);
                         if let Some(f) = finished(&job) {
                             return Ok(f);
                         }
                         last = job.metadata.resource_version.unwrap_or(last);
                     }
-                    Ok(Ok(Some(WatchEvent::Deleted(_)))) => return Err(gone()),
+                    // Deleted after it finished (its TTL, say): how it ended is in its last state.
+                    Ok(Ok(Some(WatchEvent::Deleted(job)))) => {
+                        return finished(&job).ok_or_else(gone);
+                    }
                     Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
-                        failures = 0;
+                        (failures, empty) = (0, 0);
                         last = b.metadata.resource_version;
                     }
                     // The server ended the watch: on from the last version.
@@ -605,9 +613,9 @@ impl Cluster {
                         // every watch is not asked again and again. A watch that lasted is
                         // a server that works.
                         if opened.elapsed() < Duration::from_secs(1) {
-                            tokio::time::sleep(ended(&mut failures)?).await;
+                            tokio::time::sleep(ended(&mut empty)?).await;
                         } else {
-                            failures = 0;
+                            (failures, empty) = (0, 0);
                         }
                         from = Some(last);
                         break;
@@ -618,7 +626,7 @@ impl Cluster {
                             "watching Job {namespace}/{name}: {} (410); listing again",
                             status.message
                         );
-                        tokio::time::sleep(ended(&mut failures)?).await;
+                        tokio::time::sleep(ended(&mut empty)?).await;
                         break;
                     }
                     Ok(Ok(Some(WatchEvent::Error(status)))) => {

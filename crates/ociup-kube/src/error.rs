@@ -43,7 +43,9 @@ pub enum Error {
         /// Why (its causes are in the message).
         error: kube::Error,
     },
-    /// The API server could not be reached (connection refused, TLS failures, a timeout).
+    /// The API server could not be reached (connection refused, TLS failures), or the
+    /// connection was cut (before the request was sent, or after: whether it took effect is
+    /// then unknown).
     #[error(
         "{action}: cannot reach the Kubernetes API server at {url}: {}",
         causes(error)
@@ -80,8 +82,9 @@ pub enum Error {
     #[error(transparent)]
     Resolve(#[from] ociup_core::Error),
     /// A Job created suspended while its version was regenerated was withdrawn: the
-    /// regeneration failed (`source`), or the version was recorded but the Job could not be
-    /// released. The Job was deleted (`cleanup` is `None`), or deleting it failed too.
+    /// regeneration failed, or answered another digest than the planned one (`source`). The Job
+    /// was deleted (`cleanup` is `None`), or deleting it failed too. (A Job that could not be
+    /// released after its version was recorded is [`Error::Unreleased`], not deleted.)
     #[error(
         "{what}, {}",
         match cleanup {
@@ -104,19 +107,37 @@ pub enum Error {
         /// Why deleting the Job failed, if it did.
         cleanup: Option<Box<Error>>,
     },
-    /// Creating a Job was not answered (the server silent, the connection cut): it may have
-    /// been created all the same. It was looked for and deleted if it had been (`cleanup` is
-    /// `None`), or that failed too and it may be left. When it was to be held, no version was
+    /// Creating a Job failed without a refusal (the server silent, the connection cut, a 5xx,
+    /// an answer that does not parse): it may have been created all the same. It was looked
+    /// for by name (`lookup` says what was found: deleted if it was this request's), or that
+    /// failed too (`cleanup`) and it may be left. When it was to be held, no version was
     /// written.
     #[error(
         "{cause}; {}",
-        match cleanup {
-            None => format!(
-                "the Job {job} was looked for and deleted in case the server created it"
+        match (cleanup, lookup) {
+            (None, Some(Lookup::Deleted)) => format!(
+                "the server had created the Job {job} all the same: it was found and deleted"
             ),
-            Some(e) => format!(
+            (None, Some(Lookup::Foreign)) => format!(
+                "a Job {job} exists but is not this request's (its {} annotation is not {mark}): \
+                 it was left alone",
+                crate::job::keys::REQUEST
+            ),
+            (None, Some(Lookup::Absent { looks, apart })) => format!(
+                "the Job {job} was not found (looked for {looks} times, {apart:?} apart) but may \
+                 still appear: it carries the label {request}={mark}; find it with {} and delete \
+                 it with {}",
+                kubectl_by_mark("get", job, mark),
+                kubectl_by_mark("delete", job, mark),
+                request = crate::job::keys::REQUEST
+            ),
+            (Some(e), _) => format!(
                 "the Job {job} may have been created and may be left: looking for it to delete \
                  it failed ({e}); delete it with {}",
+                kubectl_delete(job)
+            ),
+            (None, None) => format!(
+                "the Job {job} may have been created: delete it with {}",
                 kubectl_delete(job)
             ),
         }
@@ -128,14 +149,20 @@ pub enum Error {
         cause: Box<Error>,
         /// Why looking for it or deleting it failed, if it did.
         cleanup: Option<Box<Error>>,
+        /// This request's mark: the Job's `ociup.dev/request` label and annotation.
+        mark: String,
+        /// What looking for it found, when that did not fail.
+        lookup: Option<Lookup>,
     },
     /// The version was written and recorded, but releasing its held Job failed (the server
-    /// refused, or did not answer after `attempts` tries): the Job is left as it is, most
-    /// likely still suspended. The error names it and the command that releases it.
+    /// refused, or did not answer after `attempts` tries): the Job is left as it is, still
+    /// suspended (`suspended` is `Some(true)`: it was looked at afterwards) or most likely so
+    /// (`None`: looking failed too). The error names it and the command that releases it.
     #[error(
         "{nick} version {version} is recorded, but releasing its Job {job} failed{} ({cause}); \
-         the Job may still be suspended: release it with {} (or delete it with {})",
+         the Job {}: release it with {} (or delete it with {})",
         if *attempts > 1 { format!(" {attempts} times") } else { String::new() },
+        if *suspended == Some(true) { "is still suspended" } else { "may still be suspended" },
         kubectl_release(job),
         kubectl_delete(job)
     )]
@@ -150,14 +177,20 @@ pub enum Error {
         attempts: u32,
         /// Why the last one failed (in the message).
         cause: Box<Error>,
+        /// Whether the Job was seen still suspended afterwards (`None`: it could not be seen).
+        suspended: Option<bool>,
     },
-    /// The request was stopped (SIGINT, SIGTERM) before it finished. A Job created suspended
-    /// meanwhile was deleted (`cleanup` is `None`), or deleting it failed too.
+    /// The request was stopped (SIGINT, SIGTERM) before it finished. A Job created meanwhile
+    /// (suspended, or `running` when nothing was due) was deleted (`cleanup` is `None`), or
+    /// deleting it failed too.
     #[error(
         "stopped before the Job was released{}",
         match (job, cleanup) {
             (None, _) => String::new(),
-            (Some(job), None) => format!(", so its suspended Job {job} was deleted"),
+            (Some(job), None) => format!(
+                ", so its {} Job {job} was deleted",
+                if *running { "just created" } else { "suspended" }
+            ),
             (Some(job), Some(e)) => format!(
                 "; deleting its suspended Job {job} failed ({e}); it may be left: delete it \
                  with {}",
@@ -170,6 +203,8 @@ pub enum Error {
         job: Option<String>,
         /// Why deleting it failed, if it did.
         cleanup: Option<Box<Error>>,
+        /// Whether the Job was created unsuspended (nothing was due).
+        running: bool,
     },
     /// Waiting on a Job ended before it finished: deleted meanwhile, or the time given ran out.
     #[error("{0}")]
@@ -203,6 +238,34 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// What looking for a Job whose creation went unanswered found ([`Error::Unanswered`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lookup {
+    /// It was there, this request's, and was deleted.
+    Deleted,
+    /// A Job by that name is there but is not this request's: it was left alone.
+    Foreign,
+    /// It was not there, `looks` times, `apart` apart; it may still appear (the server may
+    /// still be working on the creation).
+    Absent {
+        /// How many times it was looked for.
+        looks: u32,
+        /// The pause between two looks.
+        apart: std::time::Duration,
+    },
+}
+
+/// `kubectl VERB jobs` selecting the Jobs of a request by its mark, in the namespace of `job`
+/// (`namespace/name`).
+fn kubectl_by_mark(verb: &str, job: &str, mark: &str) -> String {
+    let (namespace, _) = job.split_once('/').unwrap_or(("default", job));
+    format!(
+        "kubectl {verb} jobs -n {namespace} -l {}={mark}",
+        crate::job::keys::REQUEST
+    )
 }
 
 /// `kubectl delete` of a Job given as `namespace/name`.
@@ -239,3 +302,100 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A result of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unanswered(lookup: Option<Lookup>, cleanup: Option<Box<Error>>) -> String {
+        Error::Unanswered {
+            job: "ns/trainer-v3-bcdfg".into(),
+            cause: Box::new(Error::Invalid(
+                "creating Job ns/trainer-v3-bcdfg: no answer".into(),
+            )),
+            cleanup,
+            mark: "bcdfghjklmnpqrst".into(),
+            lookup,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn unanswered_says_what_the_lookup_found() {
+        let deleted = unanswered(Some(Lookup::Deleted), None);
+        assert_eq!(
+            deleted,
+            "creating Job ns/trainer-v3-bcdfg: no answer; the server had created the Job \
+             ns/trainer-v3-bcdfg all the same: it was found and deleted"
+        );
+        let absent = unanswered(
+            Some(Lookup::Absent {
+                looks: 2,
+                apart: std::time::Duration::from_secs(30),
+            }),
+            None,
+        );
+        assert!(
+            absent.contains(
+                "the Job ns/trainer-v3-bcdfg was not found (looked for 2 times, 30s apart) but \
+                 may still appear: it carries the label ociup.dev/request=bcdfghjklmnpqrst; find \
+                 it with kubectl get jobs -n ns -l ociup.dev/request=bcdfghjklmnpqrst and delete \
+                 it with kubectl delete jobs -n ns -l ociup.dev/request=bcdfghjklmnpqrst"
+            ),
+            "{absent}"
+        );
+        let foreign = unanswered(Some(Lookup::Foreign), None);
+        assert!(
+            foreign.ends_with(
+                "a Job ns/trainer-v3-bcdfg exists but is not this request's (its \
+                 ociup.dev/request annotation is not bcdfghjklmnpqrst): it was left alone"
+            ),
+            "{foreign}"
+        );
+        let failed = unanswered(None, Some(Box::new(Error::Invalid("silent".into()))));
+        assert!(
+            failed.ends_with(
+                "may be left: looking for it to delete it failed (silent); delete it with \
+                 kubectl delete job -n ns trainer-v3-bcdfg"
+            ),
+            "{failed}"
+        );
+    }
+
+    #[test]
+    fn unreleased_says_still_suspended_only_when_it_was_seen() {
+        let unreleased = |suspended| {
+            Error::Unreleased {
+                nick: "trainer".into(),
+                version: 3,
+                job: "ns/t".into(),
+                attempts: 4,
+                cause: Box::new(Error::Invalid("refused".into())),
+                suspended,
+            }
+            .to_string()
+        };
+        assert!(unreleased(Some(true)).contains("failed 4 times (refused); the Job is still suspended: release it with kubectl patch job -n ns t"));
+        assert!(unreleased(None).contains("the Job may still be suspended: release it"));
+    }
+
+    #[test]
+    fn cancelled_names_what_it_deleted() {
+        let cancelled = |running| {
+            Error::Cancelled {
+                job: Some("ns/t".into()),
+                cleanup: None,
+                running,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            cancelled(false),
+            "stopped before the Job was released, so its suspended Job ns/t was deleted"
+        );
+        assert_eq!(
+            cancelled(true),
+            "stopped before the Job was released, so its just created Job ns/t was deleted"
+        );
+    }
+}

@@ -47,6 +47,6 @@ pub use apply::{Applied, job_for};
 pub use cluster::{
     Cluster, Condition, ConnectOptions, DEFAULT_REQUEST_TIMEOUT, Finished, conditions, finished,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Lookup, Result};
 pub use job::{JobOptions, Pinned, build_job, keys, to_yaml};
 pub use {k8s_openapi, kube};

@@ -235,6 +235,15 @@ pub async fn run(ctx: &Ctx, args: JobArgs) -> Result<u8> {
     })
     .await?
     .with_request_timeout(Some(args.request_timeout));
+    // --wait follows the Job (list, watch): asked before anything is written, as apply asks
+    // for what it needs.
+    if args.wait {
+        let namespace = options
+            .namespace
+            .as_deref()
+            .unwrap_or_else(|| cluster.default_namespace());
+        cluster.check_access(namespace, &["list", "watch"]).await?;
+    }
     let m = manager(ctx, &args)?;
     let applied = cluster
         .apply(&m, nick, resolve, &options, stopped())

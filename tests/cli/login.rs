@@ -225,3 +225,33 @@ fn logins_written_by_skopeo_are_read() {
     let (ok, _, err) = run(&["inspect", &format!("{host}/lib/base:v1")], &with_file, "");
     assert!(ok, "{err}");
 }
+
+/// `--username` goes with the one registry a command names: a copy between two registries
+/// cannot say whose login it is, and is refused before any request, naming both and the way
+/// out (a login saved per registry).
+#[test]
+fn a_command_line_login_for_a_command_naming_two_registries_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let env = env_of(home.path());
+    let env = refs(&env);
+    let (ok, _, err) = run(
+        &[
+            "copy",
+            "docker://127.0.0.1:9/a/x:v1",
+            "docker://localhost:9/b/x:v1",
+            "--username",
+            "ci",
+            "--password-stdin",
+        ],
+        &env,
+        "s3cret-pass\n",
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--username is for one registry")
+            && err.contains("127.0.0.1:9 and localhost:9")
+            && err.contains("ociup login"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pass"), "{err}");
+}

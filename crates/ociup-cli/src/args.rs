@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// host is given).
 ///
 /// Registry credentials come from --username with --password-stdin (or OCIUP_USERNAME and
-/// OCIUP_PASSWORD), which apply to every registry the command reaches, else from
+/// OCIUP_PASSWORD), which go only to the one registry the command names (a command naming two,
+/// such as a copy between registries, is refused: use `ociup login` for each; a command naming
+/// none, only layouts, applies them to the registries it reaches), else from
 /// $REGISTRY_AUTH_FILE, Docker's config.json (auths, credsStore, credHelpers; `ociup login`
 /// writes there) and the auth.json of skopeo and podman ($XDG_RUNTIME_DIR/containers/auth.json,
 /// /run/containers/$UID/auth.json, ~/.config/containers/auth.json).
@@ -53,7 +55,10 @@ pub struct GlobalArgs {
     /// Distribution does. Use this for a registry that stores such a manifest.
     #[arg(long, global = true, env = "OCIUP_CHECK_BLOBS_FIRST")]
     pub check_blobs_first: bool,
-    /// User name for the registries this command reaches.
+    /// User name for the registry this command names, and no other (several registries named
+    /// is refused: log in to each with `ociup login`; with only layouts named, for the
+    /// registries the command reaches). Example: ociup inspect reg.example/app:v1 --username ci
+    /// --password-stdin
     #[arg(long, global = true, env = "OCIUP_USERNAME")]
     pub username: Option<String>,
     /// Read the password (or token) for --username from standard input.
@@ -64,8 +69,8 @@ pub struct GlobalArgs {
     pub verbose: bool,
     /// The longest a registry may stay silent, in seconds (fractions allowed): for an answer to
     /// start (plus a second per 16 KiB sent with the request), and within an answer, where less
-    /// than 1 KiB in that time counts as silence. A timed-out request is retried, a blob
-    /// download resumed, then the command fails.
+    /// than 1 KiB in that time counts as silence; and for a registry to take more of an upload.
+    /// A timed-out request is retried, a blob download or upload resumed, then the command fails.
     #[arg(
         long,
         global = true,

@@ -23,7 +23,7 @@ use ociup_core::layer::{LayerOptions, Owner};
 use ociup_core::media_type::Compression;
 use ociup_core::reference::PlatformSpec;
 use ociup_core::store::ManifestRef;
-use ociup_registry::{AnyStore, Client, ClientOptions, Credential, Credentials, StoreRef};
+use ociup_registry::{AnyStore, Client, ClientOptions, Credentials, StoreRef};
 
 use crate::args::{Cli, Command, CompressionArg, GlobalArgs, LayerCommand, LayerOpts};
 
@@ -110,16 +110,11 @@ impl Ctx {
         })
     }
 
-    /// A registry client. The login given on the command line applies to every registry the
-    /// command reaches (those named in `_refs`, a recipe's base, an image's recorded old base).
-    fn client(&self, _refs: &[&StoreRef]) -> Result<Client> {
-        let mut credentials = Credentials::from_env();
-        if let Some((u, p)) = &self.login {
-            credentials = credentials.with_default(Credential::Basic {
-                username: u.clone(),
-                password: p.clone(),
-            });
-        }
+    /// A registry client. The login given on the command line goes only to the one registry
+    /// named in `refs` (see `login::with_command_line_login`).
+    fn client(&self, refs: &[&StoreRef]) -> Result<Client> {
+        let credentials =
+            login::with_command_line_login(Credentials::from_env(), self.login.as_ref(), refs)?;
         Ok(Client::new(ClientOptions {
             credentials,
             insecure: self.insecure.clone(),

@@ -1621,7 +1621,37 @@ fn a_silent_api_server_times_out_and_a_held_job_is_cleaned_up() {
     assert!(k.jobs(&ns.name).is_empty(), "no Job left");
     assert_eq!(app.versions().len(), 1, "no version written");
 
-    // The same, and then the server goes silent altogether: the cleanup gives up after its
+    // The creation never reaches the server (the connection cut before it is sent): the Job
+    // is looked for twice, the request timeout apart, not found; the error says it may still
+    // appear and how to find it by its mark.
+    proxy.set(serde_json::json!({
+        "lose": {"method": "POST", "path": "/jobs", "count": 1, "how": "unsent"},
+    }));
+    let (code, _, err) = apply();
+    assert_eq!(code, 1, "{err}");
+    let mark = err
+        .split("it carries the label ociup.dev/request=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(mark.len(), 16, "{err}");
+    assert!(
+        err.contains("was not found (looked for 2 times, 2s apart) but may still appear"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "find it with kubectl get jobs -n {ns} -l ociup.dev/request={mark} and delete it \
+             with kubectl delete jobs -n {ns} -l ociup.dev/request={mark}",
+            ns = ns.name
+        )),
+        "{err}"
+    );
+    assert!(k.jobs(&ns.name).is_empty(), "no Job: {err}");
+    assert_eq!(app.versions().len(), 1, "no version written");
+
+    // The creation's answer lost again, and then the server goes silent altogether: the
+    // cleanup gives up after its
     // own bound, and the error names the Job that may be left and how to delete it.
     proxy.set(serde_json::json!({
         "lose": {"method": "POST", "path": "/jobs", "count": 1, "how": "stall"},

@@ -156,13 +156,13 @@ pub enum Command {
     /// With --apply and an upgrade due, the Job is created at once with spec.suspend: true and
     /// the digest the new version will have; the version is then written and recorded, and
     /// the Job released. If the regeneration fails, the Job is deleted and the error says why.
-    /// The rights to create, patch and delete Jobs are asked first: a request the API server
-    /// refuses (forbidden, a name taken) or cannot take (down, or silent past
-    /// --request-timeout) writes nothing and leaves no Job (a creation left unanswered is
-    /// looked for and deleted; the error says if that failed, naming the Job). A release whose
-    /// answer is lost is sent again; if it still fails, the version stays recorded and the Job
-    /// is left, maybe still suspended: the error names it and the kubectl patch that releases
-    /// it. Stopped (Ctrl-C, SIGTERM) while held, the Job is deleted; one left by a killed
+    /// The rights to create, get, patch and delete Jobs (and list, watch with --wait) are
+    /// asked first: a request the API server refuses (forbidden, a name taken) or cannot take
+    /// (down, or silent past --request-timeout) writes nothing and leaves no Job (a creation
+    /// left unanswered is looked for, twice, and deleted; the error says what was found, or
+    /// gives the ociup.dev/request label that finds it). A release whose answer is lost is
+    /// sent again; if it still fails, the version stays recorded and the Job is left,
+    /// suspended: the error names it and the kubectl patch that releases it. Stopped (Ctrl-C, SIGTERM) while held, the Job is deleted; one left by a killed
     /// ociup is labelled ociup.dev/held=true (kubectl delete jobs -l ociup.dev/held=true).
     ///
     /// Exit status: 0 printed or submitted (with --wait: the Job completed), 4 the Job failed

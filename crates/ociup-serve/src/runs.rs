@@ -1,13 +1,14 @@
 //! Runs: a nick's request to run as a Kubernetes Job, made by the service on a requester's
 //! behalf through [`ociup_kube::Cluster::apply`] (the Job held suspended with the planned digest
-//! while the new version is written, released once it is recorded, deleted if that fails).
+//! while the new version is written, released once it is recorded, deleted if writing fails).
 //!
 //! A run is answered at once (`pending`); the work goes on in a task of its own, and the run
 //! turns (see [`State`]) `submitted` (the Job created unsuspended, or released), `unreleased`
 //! (the new version recorded and its Job created, but releasing it failed: the Job is left, most
-//! likely suspended) or `failed` (with why; no Job is left, unless `job_left` names one whose
-//! deletion failed: [`Left`]). Runs are kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones are forgotten first, and
-//! a restart forgets them all (the Jobs stay in the cluster, labelled with the nick).
+//! likely suspended) or `failed` (with why; no Job is left, unless `job_left` names one that may
+//! be: [`Left`]). Runs are kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones
+//! are forgotten first, and a restart forgets them all (the Jobs stay in the cluster, labelled
+//! with the nick).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -159,8 +160,8 @@ pub enum State {
     /// likely still suspended (it may be running if a release answer was lost). `error` says
     /// how to release it or delete it.
     Unreleased,
-    /// It failed (`error` says why). No Job is left, unless `job_left` names one: its deletion
-    /// failed too, and it may be left in the cluster.
+    /// It failed (`error` says why). No Job is left, unless `job_left` names one that may be
+    /// ([`Left::MaybeJob`]).
     Failed,
 }
 
@@ -170,7 +171,7 @@ pub enum Left {
     /// No Job: none was created, or it was deleted.
     Nothing,
     /// A Job (`namespace/name`) that may be left: deleting it (or looking for it to delete
-    /// it) failed.
+    /// it) failed, or its creation went unanswered and it was not found (yet).
     MaybeJob(String),
     /// The version `version` is recorded and its Job (`namespace/name`) exists, not released.
     Unreleased {
@@ -184,18 +185,21 @@ pub enum Left {
 impl Left {
     /// What `e` says was left.
     pub fn by(e: &ociup_kube::Error) -> Left {
-        use ociup_kube::Error;
+        use ociup_kube::{Error, Lookup};
         match e {
             Error::Unreleased { job, version, .. } => Left::Unreleased {
                 job: job.clone(),
                 version: *version,
             },
-            Error::Withdrawn {
-                job,
-                cleanup: Some(_),
+            // Found and deleted, or someone else's (not this run's): nothing of the run's left.
+            Error::Unanswered {
+                cleanup: None,
+                lookup: Some(Lookup::Deleted | Lookup::Foreign),
                 ..
-            }
-            | Error::Unanswered {
+            } => Left::Nothing,
+            // Not found but may still appear, not looked for, or looking failed.
+            Error::Unanswered { job, .. } => Left::MaybeJob(job.clone()),
+            Error::Withdrawn {
                 job,
                 cleanup: Some(_),
                 ..
@@ -226,7 +230,7 @@ pub struct Run {
     /// Why it failed (`failed`), or why its Job was not released (`unreleased`).
     pub error: Option<String>,
     /// A Job left in the cluster (`namespace/name`) by a run that did not end `submitted`:
-    /// the unreleased Job, or one whose deletion failed (it may be left).
+    /// the unreleased Job, or one that may be left ([`Left::MaybeJob`]).
     pub job_left: Option<String>,
     /// The Job's namespace (known at once).
     pub namespace: String,
@@ -472,6 +476,54 @@ mod tests {
         assert_eq!(
             Left::by(&ociup_kube::Error::Invalid("bad".into())),
             Left::Nothing
+        );
+        let unanswered = |lookup, cleanup| ociup_kube::Error::Unanswered {
+            job: "ml/t".into(),
+            cause: Box::new(ociup_kube::Error::Invalid("no answer".into())),
+            cleanup,
+            mark: "m".into(),
+            lookup,
+        };
+        let absent = ociup_kube::Lookup::Absent {
+            looks: 2,
+            apart: std::time::Duration::from_secs(1),
+        };
+        let maybe = Left::MaybeJob("ml/t".into());
+        assert_eq!(Left::by(&unanswered(Some(absent), None)), maybe);
+        assert_eq!(Left::by(&unanswered(None, None)), maybe);
+        let failed = Box::new(ociup_kube::Error::Invalid("silent".into()));
+        assert_eq!(Left::by(&unanswered(None, Some(failed))), maybe);
+        assert_eq!(
+            Left::by(&unanswered(Some(ociup_kube::Lookup::Deleted), None)),
+            Left::Nothing
+        );
+        assert_eq!(
+            Left::by(&unanswered(Some(ociup_kube::Lookup::Foreign), None)),
+            Left::Nothing,
+            "someone else's Job is not the run's"
+        );
+        let cancelled = |cleanup| ociup_kube::Error::Cancelled {
+            job: Some("ml/t".into()),
+            cleanup,
+            running: false,
+        };
+        assert_eq!(Left::by(&cancelled(None)), Left::Nothing);
+        let failed = Box::new(ociup_kube::Error::Invalid("silent".into()));
+        assert_eq!(Left::by(&cancelled(Some(failed))), maybe);
+        let unreleased = ociup_kube::Error::Unreleased {
+            nick: "t".into(),
+            version: 3,
+            job: "ml/t".into(),
+            attempts: 4,
+            cause: Box::new(ociup_kube::Error::Invalid("refused".into())),
+            suspended: Some(true),
+        };
+        assert_eq!(
+            Left::by(&unreleased),
+            Left::Unreleased {
+                job: "ml/t".into(),
+                version: 3
+            }
         );
 
         let mut run = Run::new("r".into(), "trainer", "alice", "ml", String::new());

@@ -498,8 +498,9 @@ impl Cluster {
     async fn create_owned(&self, job: &Job, mark: &str, stem: Option<&str>) -> Result<Job> {
         let mut answer = self.create(job).await;
         let mut job = std::borrow::Cow::Borrowed(job);
-        if let (Err(e), Some(stem)) = (&answer, stem)
+        if let (Err(e @ Error::Refused { reason, .. }), Some(stem)) = (&answer, stem)
             && e.status_code() == Some(409)
+            && reason == "AlreadyExists"
         {
             tracing::debug!("{e}; sending it again with another name");
             let mut again = job.into_owned();

@@ -388,6 +388,20 @@ fn https_with_client_certificates_reloaded_files_and_a_stalled_handshake_cut_off
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, ok_at(d, &["resolve", "app"]));
+    // The same certificate toward a plain http:// address is refused before anything is sent
+    // (it would reach the service with no credentials at all).
+    let plain = url.replacen("https://", "http://", 1);
+    let (code, out, err) = client(
+        d,
+        &plain,
+        &[
+            ("OCIUP_CLIENT_CERT", path(&alice)),
+            ("OCIUP_CLIENT_KEY", path(&alice_key)),
+        ],
+        &["resolve", "app"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("only mean something over https://"), "{err}");
     let resolve = format!("{url}/v1/nicks/app/resolve");
     // curl: no certificate, no token: 401; a certificate of the CA whose name has no role:
     // 403 naming it; a certificate of another CA: the handshake fails.

@@ -179,6 +179,12 @@ impl Server {
                  (OCIUP_SERVER_INSECURE=true) to send it anyway"
             );
         }
+        if parsed.scheme() == "http" && (tls.client_cert.is_some() || tls.server_ca.is_some()) {
+            bail!(
+                "--server {url}: --client-cert and --server-ca only mean something over https:// \
+                 (plain http:// would send no certificate); use the service's https:// address"
+            );
+        }
         let token = match token_file {
             Some(f) => std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token from {}", f.display()))?,

@@ -46,10 +46,7 @@ pub enum Error {
     /// The API server could not be reached (connection refused, TLS failures), or the
     /// connection was cut (before the request was sent, or after: whether it took effect is
     /// then unknown).
-    #[error(
-        "{action}: cannot reach the Kubernetes API server at {url}: {}",
-        causes(error)
-    )]
+    #[error("{action}: {}: {}", reach(url, error), causes(error))]
     Unreachable {
         /// What was asked.
         action: String,
@@ -268,6 +265,20 @@ fn kubectl_by_mark(verb: &str, job: &str, mark: &str) -> String {
     )
 }
 
+/// How an [`Error::Unreachable`] begins: the connection cut once the request was sent (its
+/// answer cut short: hyper's "connection closed before message completed"), or the server
+/// not reached.
+fn reach(url: &str, error: &kube::Error) -> String {
+    if causes(error).contains("connection closed before message completed") {
+        format!(
+            "the connection to the Kubernetes API server at {url} was cut before its answer \
+             (the request may have taken effect)"
+        )
+    } else {
+        format!("cannot reach the Kubernetes API server at {url}")
+    }
+}
+
 /// `kubectl delete` of a Job given as `namespace/name`.
 fn kubectl_delete(job: &str) -> String {
     let (namespace, name) = job.split_once('/').unwrap_or(("default", job));
@@ -377,6 +388,29 @@ mod tests {
         };
         assert!(unreleased(Some(true)).contains("failed 4 times (refused); the Job is still suspended: release it with kubectl patch job -n ns t"));
         assert!(unreleased(None).contains("the Job may still be suspended: release it"));
+    }
+
+    #[test]
+    fn unreachable_says_when_the_connection_was_cut_after_sending() {
+        let unreachable = |why: &str| {
+            Error::Unreachable {
+                action: "creating Job ns/t".into(),
+                url: "https://127.0.0.1:6443".into(),
+                error: kube::Error::Service(Box::new(std::io::Error::other(why.to_owned()))),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            unreachable("connection closed before message completed"),
+            "creating Job ns/t: the connection to the Kubernetes API server at \
+             https://127.0.0.1:6443 was cut before its answer (the request may have taken \
+             effect): ServiceError: connection closed before message completed"
+        );
+        assert_eq!(
+            unreachable("Connection refused (os error 111)"),
+            "creating Job ns/t: cannot reach the Kubernetes API server at \
+             https://127.0.0.1:6443: ServiceError: Connection refused (os error 111)"
+        );
     }
 
     #[test]

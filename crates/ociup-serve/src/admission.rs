@@ -447,7 +447,8 @@ async fn decide(
                 // The nick exists and is allowed: a manager for this review's actor, dropped
                 // with it (actors are whatever the API server names; none is kept).
                 let m = Arc::new(s.new_manager(&actor, via)?);
-                s.resolve_pinned(m, &nick, dry_run, unreachable).await
+                s.resolve_pinned(m, &nick, dry_run, false, unreachable)
+                    .await
             };
             let r = match tokio::time::timeout_at(deadline, work).await {
                 Ok(r) => r,
@@ -692,21 +693,24 @@ impl Service {
         Ok(())
     }
 
-    /// The nick's version to run, regenerated when its base moved, as `POST
-    /// /v1/nicks/{nick}/resolve` does it: whether an upgrade is due is asked first; only then
-    /// is the service's lock of the nick taken (shared with every resolve, registration and
-    /// upgrade of it), asked again under it, and a permit of the regeneration bound taken, so
-    /// that requests at once for one nick make one version. `check_only` (a dry run) answers
-    /// the current version and writes nothing.
+    /// The nick's version to run, regenerated when its base moved: what `POST
+    /// /v1/nicks/{nick}/resolve` and the webhook answer. Whether an upgrade is due is asked
+    /// first; only then is the service's lock of the nick taken (shared with every resolve,
+    /// registration and upgrade of it), asked again under it, and a permit of the regeneration
+    /// bound taken, so that requests at once for one nick make one version. `check_only` (a
+    /// dry run, a check, an offline resolve) answers the current version and writes nothing;
+    /// `offline` reads nothing of the base.
     pub(crate) async fn resolve_pinned(
         &self,
         m: Arc<ociup_core::managed::manager::Manager<crate::Guarded>>,
         nick: &str,
         check_only: bool,
+        offline: bool,
         unreachable: Unreachable,
     ) -> Result<Resolution, ApiError> {
         let opts = move |check: bool| ResolveOptions {
             check,
+            offline,
             unreachable,
             ..ResolveOptions::default()
         };

@@ -369,51 +369,17 @@ async fn resolve(
         Policy::Fail => Unreachable::Fail,
         Policy::Stale => Unreachable::Stale,
     };
-    let opts = move |check: bool| ResolveOptions {
-        check,
-        offline: body.offline,
-        unreachable,
-        ..ResolveOptions::default()
-    };
-    let context = format!("resolving {nick}");
-    // Whether a regeneration is due, first: only then is a permit of the bound taken.
-    let first = m
-        .resolve(&nick, opts(true))
-        .await
-        .map_err(|e| ApiError::from_core(&context, e))?;
-    if body.check || body.offline || !first.upgrade_due {
-        return json(&first);
-    }
-    // Requests for one nick that find an upgrade due wait for each other here (whoever the
-    // requester): the first regenerates; the others then find the new version current and
-    // take no permit.
-    let held = s.nick_lock(&nick).lock_owned().await;
-    let again = m
-        .resolve(&nick, opts(true))
-        .await
-        .map_err(|e| ApiError::from_core(&context, e))?;
-    if !again.upgrade_due {
-        return json(&again);
-    }
-    let permit = s.regeneration_permit()?;
-    let service = s.clone();
+    // Requests for one nick that find an upgrade due wait for each other (whoever the
+    // requester): the first regenerates; the others then find the new version current and take
+    // no permit.
     let r = s
-        .run_to_end(async move {
-            let (_held, _permit) = (held, permit);
-            let r = m
-                .resolve(&nick, opts(false))
-                .await
-                .map_err(|e| ApiError::from_core(&context, e))?;
-            if r.upgraded {
-                service
-                    .inner
-                    .metrics
-                    .upgrades
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(nick, version = r.version, digest = r.digest, "upgraded");
-            }
-            Ok(r)
-        })
+        .resolve_pinned(
+            m,
+            &nick,
+            body.check || body.offline,
+            body.offline,
+            unreachable,
+        )
         .await?;
     json(&r)
 }

@@ -269,21 +269,14 @@ fn authenticate(s: &Service, req: &Request) -> Result<String, ApiError> {
     {
         return cert.identity().map(|i| i.name);
     }
-    let token = auth
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::Unauthorized,
-                "the webhook takes a bearer token or a client certificate (the API server's \
+    let token = crate::api::bearer(auth).ok_or_else(|| {
+        ApiError::new(
+            Code::Unauthorized,
+            "the webhook takes a bearer token or a client certificate (the API server's \
                  AdmissionConfiguration kubeConfigFile gives them), or a service started with \
                  --admission-unauthenticated",
-            )
-        })?;
+        )
+    })?;
     s.inner
         .tokens
         .identify(token)

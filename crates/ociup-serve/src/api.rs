@@ -177,21 +177,12 @@ impl FromRequestParts<Service> for Caller {
 impl Caller {
     /// The caller named by `Authorization: Bearer <token>`.
     fn from_token(parts: &Parts, s: &Service) -> Result<Caller, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::Unauthorized,
-                    "no bearer token (Authorization: Bearer <token>)",
-                )
-            })?;
+        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or_else(|| {
+            ApiError::new(
+                Code::Unauthorized,
+                "no bearer token (Authorization: Bearer <token>)",
+            )
+        })?;
         s.inner
             .tokens
             .identify(token)
@@ -259,6 +250,14 @@ impl<T: serde::de::DeserializeOwned + Default> FromRequest<Service> for Body<T> 
             .map(Body)
             .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body: {e}")))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
+    let v = value?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 fn nick_param(nick: &str) -> Result<(), ApiError> {
@@ -347,24 +346,7 @@ async fn resolve(
         return json(&r);
     }
     let m = s.manager(actor)?;
-    let entry = m
-        .catalog()
-        .get(&nick)
-        .await
-        .map_err(|e| ApiError::from_core(&format!("resolving {nick}"), e))?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::UnknownNick,
-                format!("no managed image is registered as {nick:?}"),
-            )
-        })?;
-    let allow = &s.inner.config.allow;
-    allow
-        .check(&entry.recipe.base, Access::Read)
-        .map_err(refused)?;
-    allow
-        .check(&entry.recipe.target, Access::Write)
-        .map_err(refused)?;
+    allowed_entry(&s, &m, &nick, &format!("resolving {nick}")).await?;
     let unreachable = match body.if_unreachable {
         Policy::Fail => Unreachable::Fail,
         Policy::Stale => Unreachable::Stale,

@@ -544,7 +544,8 @@ fn serve_over_a_layout_catalog() {
     // Commands that do not go through the service, and flags that only mean something here,
     // are refused rather than run locally or ignored.
     for (args, says) in [
-        (&["run", "app"][..], "does not go through a service"),
+        (&["gc"][..], "does not go through a service"),
+        (&["run", "--image", "oci:elsewhere"], "--image reads the image with your own"),
         (&["job", "app"], "give --apply"),
         (
             &["job", "app", "--apply", "--kubeconfig", "/tmp/k"],
@@ -1647,3 +1648,7 @@ fn runs_through_the_service_on_a_cluster() {
         )
     );
 }
+
+/// `register` and `run` through the service: its own file, sharing these helpers.
+#[path = "serve_run.rs"]
+mod through;

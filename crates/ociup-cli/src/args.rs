@@ -144,7 +144,17 @@ pub enum Command {
     /// runtime fails before the command runs (2 for a usage error); 126 when the command cannot
     /// be executed; 127 when it is not found.
     ///
+    /// With --server URL (OCIUP_SERVER) a nick is resolved by that ociup service (upgraded
+    /// there, with its credentials, when its base moved) and its image read from it, by digest;
+    /// the container still runs here, and prints and exits as it would locally. Flags that
+    /// need the local catalog or key (--catalog, --sign-key, --actor, --unsigned,
+    /// --source-date-epoch) and --image are refused then; --dry-run is refused when an upgrade
+    /// is due.
+    ///
     /// Example: ociup run trainer -- python3 /opt/train.py --epochs 3
+    ///
+    /// Example: OCIUP_SERVER=https://ociup.internal:8443 OCIUP_TOKEN=ociup_… ociup run trainer
+    /// -- python3 /opt/train.py
     Run(Box<crate::cmd::run::RunArgs>),
     /// Print a nick's newest version as a Kubernetes batch/v1 Job (YAML, or --json), or
     /// submit it (--apply) and follow it (--wait). The nick is resolved as `resolve` does
@@ -216,6 +226,17 @@ pub enum Command {
     ///
     /// Example: ociup register app --base oci:fixtures/multi:v1 --to oci:images --add
     /// ./app.conf:/etc/app.conf --platform linux/amd64 --platform linux/arm64
+    ///
+    /// With --server URL (OCIUP_SERVER) and an admin token, the recipe is made and checked here
+    /// as above (a missing file fails before anything is sent), then uploaded with the files it
+    /// names (relative names, no `..`, no symlinks) and registered by the service, with its
+    /// catalog, credentials and key; the output is the same. --platform and the flags of the
+    /// local catalog and key (--catalog, --sign-key, --actor, --unsigned, --source-date-epoch)
+    /// are refused then.
+    ///
+    /// Example: OCIUP_SERVER=https://ociup.internal:8443 OCIUP_TOKEN=ociup_… ociup register
+    /// trainer --base registry.example/base/python:3 --to registry.example/apps/trainer --add
+    /// train.py:/opt/train.py
     Register(Box<RegisterArgs>),
     /// The request to run: print the digest-pinned reference of a nick's newest version,
     /// regenerating it on the spot when its base has moved.

@@ -1,25 +1,29 @@
-//! `--server URL`: resolve, status, history, verify, upgrade --all and unregister through an
-//! `ociup serve`, printing what they print when run here.
+//! `--server URL`: resolve, status, history, verify, upgrade --all, unregister, edit,
+//! register, job --apply and run through an `ociup serve`, printing what they print when run
+//! here. `run` runs here, the image read from the service ([`remote_store`]).
 
-use std::path::PathBuf;
+mod remote_store;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, EditArgs, HistoryArgs, ResolveArgs, StatusArgs, UnreachableArg, UnregisterArgs,
-    UpgradeArgs, VerifyArgs,
+    Cli, Command, EditArgs, HistoryArgs, RegisterArgs, ResolveArgs, StatusArgs, UnreachableArg,
+    UnregisterArgs, UpgradeArgs, VerifyArgs,
 };
 use crate::output;
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Go through this ociup service (`ociup serve`) instead of reaching the stores: resolve,
-    /// status, history, verify (and for an admin token upgrade --all and unregister) ask it,
-    /// with the token of OCIUP_TOKEN or --token-file; the registry credentials and signing key
-    /// are then the service's. Example: OCIUP_SERVER=http://127.0.0.1:8080 OCIUP_TOKEN=ociup_…
-    /// ociup resolve trainer
+    /// status, history, verify, job --apply (and for an admin token register, edit, upgrade
+    /// --all and unregister) ask it, with the token of OCIUP_TOKEN or --token-file; the
+    /// registry credentials and signing key are then the service's. `run` runs here, the
+    /// nick resolved by the service and its image read from it. Example:
+    /// OCIUP_SERVER=http://127.0.0.1:8080 OCIUP_TOKEN=ociup_… ociup resolve trainer
     #[arg(long, global = true, env = "OCIUP_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// Read the service's token from this file (default: OCIUP_TOKEN).
@@ -84,6 +88,8 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             | Command::Upgrade(_)
             | Command::Unregister(_)
             | Command::Edit(_)
+            | Command::Register(_)
+            | Command::Run(_)
     ) || matches!(&cli.command, Command::Job(a) if a.apply);
     if let Command::Job(a) = &cli.command
         && !a.apply
@@ -93,16 +99,16 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
              OCIUP_SERVER ({url}) is set: give --apply to have the service run it, or unset it"
         );
     }
+    if let Command::Run(a) = &cli.command
+        && a.image.is_some()
+    {
+        bail!(
+            "ociup run --image reads the image with your own credentials, and --server / \
+             OCIUP_SERVER ({url}) is set: name a nick to run it through the service, or unset it"
+        );
+    }
     if !through {
-        if matches!(
-            cli.command,
-            Command::Register(_)
-                | Command::Edit(_)
-                | Command::Gc(_)
-                | Command::Replay(_)
-                | Command::Run(_)
-                | Command::Job(_)
-        ) {
+        if matches!(cli.command, Command::Gc(_) | Command::Replay(_)) {
             let name = matches.subcommand_name().unwrap_or("this command");
             bail!(
                 "ociup {name} does not go through a service yet, and --server / OCIUP_SERVER \
@@ -132,6 +138,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         Command::Unregister(a) => Some(&a.nick),
         Command::Job(a) => Some(&a.nick),
         Command::Edit(a) => Some(&a.nick),
+        Command::Run(a) => a.nick.as_ref(),
         _ => None,
     };
     if let Some(nick) = nick {
@@ -156,6 +163,12 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
             edit(&server, a, sub).await.map(|()| 0)?
         }
+        Command::Register(a) => {
+            let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
+            register(&server, a, sub).await.map(|()| 0)?
+        }
+        // As `ociup run` exits: its own failures said on stderr, 125.
+        Command::Run(a) => crate::cmd::run::finish(run(&server, a).await)?,
         _ => return Ok(None),
     }))
 }
@@ -806,11 +819,11 @@ impl Server {
     }
 }
 
-/// A tar of `files` (names relative to the working directory: files, or directories and all
-/// under them) beside `extra` (name, bytes) entries, as the service's uploads take it: regular
-/// files and directories only.
-fn upload_tar(extra: &[(&str, &[u8])], files: &[String]) -> Result<Vec<u8>> {
-    use std::path::{Component, Path};
+/// A tar of `files` (names relative to `root`: files, or directories and all under them) beside
+/// `extra` (name, bytes) entries, as the service's uploads take it: regular files and
+/// directories only, named as `files` names them.
+fn upload_tar(root: &Path, extra: &[(&str, &[u8])], files: &[String]) -> Result<Vec<u8>> {
+    use std::path::Component;
     let mut b = tar::Builder::new(Vec::new());
     let header = |size: u64, mode: u32, kind: tar::EntryType| {
         let mut h = tar::Header::new_gnu();
@@ -833,7 +846,12 @@ fn upload_tar(extra: &[(&str, &[u8])], files: &[String]) -> Result<Vec<u8>> {
         {
             bail!(
                 "{f}: through a service, the files a recipe reads are uploaded, so they must \
-                 be named relative to the working directory, without `..`"
+                 be named relative to {}, without `..`",
+                if root == Path::new(".") {
+                    "the working directory".to_owned()
+                } else {
+                    root.display().to_string()
+                }
             );
         }
         todo.push(p.components().collect());
@@ -842,25 +860,33 @@ fn upload_tar(extra: &[(&str, &[u8])], files: &[String]) -> Result<Vec<u8>> {
         if !seen.insert(p.clone()) {
             continue;
         }
-        let meta = std::fs::symlink_metadata(&p)
-            .with_context(|| format!("reading {} to upload it", p.display()))?;
+        let on_disk = if root == Path::new(".") {
+            p.clone()
+        } else {
+            root.join(&p)
+        };
+        let meta = std::fs::symlink_metadata(&on_disk)
+            .with_context(|| format!("reading {} to upload it", on_disk.display()))?;
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o7777;
         if meta.is_dir() {
             let mut h = header(0, mode, tar::EntryType::Directory);
             b.append_data(&mut h, &p, std::io::empty())?;
-            for e in std::fs::read_dir(&p).with_context(|| format!("reading {}", p.display()))? {
-                todo.push(e?.path());
+            let entries = std::fs::read_dir(&on_disk)
+                .with_context(|| format!("reading {}", on_disk.display()))?;
+            for e in entries {
+                todo.push(p.join(e?.file_name()));
             }
         } else if meta.is_file() {
             let mut h = header(meta.len(), mode, tar::EntryType::Regular);
-            let f = std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            let f = std::fs::File::open(&on_disk)
+                .with_context(|| format!("reading {}", on_disk.display()))?;
             b.append_data(&mut h, &p, f)?;
         } else {
             bail!(
                 "{}: only regular files and directories can be uploaded to a service (not \
                  symlinks or devices)",
-                p.display()
+                on_disk.display()
             );
         }
     }
@@ -905,7 +931,11 @@ async fn edit(s: &Server, args: &EditArgs, matches: &clap::ArgMatches) -> Result
     let record = if sources.is_empty() {
         s.call(reqwest::Method::POST, &path, Some(body)).await
     } else {
-        let tar = upload_tar(&[("steps.json", &serde_json::to_vec(&body)?)], &sources)?;
+        let tar = upload_tar(
+            Path::new("."),
+            &[("steps.json", &serde_json::to_vec(&body)?)],
+            &sources,
+        )?;
         s.upload(reqwest::Method::POST, &path, "application/x-tar", tar)
             .await
     }
@@ -921,6 +951,117 @@ async fn edit(s: &Server, args: &EditArgs, matches: &clap::ArgMatches) -> Result
         text(&record, "image")
     ))?;
     Ok(())
+}
+
+/// `register` (admin): the recipe made and checked here as `ociup register` makes it (its files
+/// read before anything is sent), uploaded with the files it names (`POST /v1/register`), the
+/// version record printed as `register` prints it.
+async fn register(s: &Server, args: &RegisterArgs, matches: &clap::ArgMatches) -> Result<()> {
+    if args.platform.iter().any(|p| p != "all") {
+        bail!(
+            "ociup register --platform {}: through a service (--server) a nick on a \
+             multi-platform base has every platform of it; drop --platform, or unset --server / \
+             OCIUP_SERVER to register here",
+            args.platform.join(" --platform ")
+        );
+    }
+    let (recipe, dir, _) = crate::cmd::managed::registration_recipe(args, matches)?;
+    let nick = recipe.nick.clone();
+    let tar = upload_tar(
+        &dir,
+        &[("recipe.json", &serde_json::to_vec(&recipe)?)],
+        &step_sources(&recipe.steps),
+    )
+    .with_context(|| format!("registering {nick}"))?;
+    let path = if args.replace_recipe {
+        "/v1/register?replace_recipe=true"
+    } else {
+        "/v1/register"
+    };
+    let record = s
+        .upload(reqwest::Method::POST, path, "application/x-tar", tar)
+        .await
+        .with_context(|| format!("registering {nick}"))?;
+    // As `ociup register` prints locally (cmd/managed.rs).
+    if args.json {
+        return output::json(&record);
+    }
+    output::line(format!(
+        "registered {} version {}\n  {}\n  base {} ({})",
+        text(&record, "nick"),
+        record["number"],
+        text(&record, "image"),
+        text(&record, "base"),
+        text(&record, "base_digest")
+    ))?;
+    for p in list(&record["platforms"]) {
+        output::line(format!(
+            "  {:<16} {}  base {}",
+            text(p, "platform"),
+            text(p, "digest"),
+            text(p, "base_digest")
+        ))?;
+    }
+    Ok(())
+}
+
+/// `run NICK`: the nick resolved by the service (upgraded there when its base moved), its image
+/// read from the service ([`remote_store::RemoteStore`]) and run here as `ociup run` runs it.
+/// With --dry-run nothing is written: the service is asked whether an upgrade is due, and one
+/// that is refuses the dry run (the service plans only what it writes).
+async fn run(s: &Server, args: &crate::cmd::run::RunArgs) -> Result<u8> {
+    let prepared = crate::cmd::run::prepare(args)?;
+    let nick = args.nick.as_deref().unwrap_or_default();
+    let r = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nicks/{}/resolve", segment(nick)),
+            Some(json!({
+                "check": args.dry_run && !args.offline,
+                "offline": args.offline,
+                "if_unreachable": match args.if_unreachable {
+                    UnreachableArg::Fail => "fail",
+                    UnreachableArg::Stale => "stale",
+                },
+            })),
+        )
+        .await
+        .with_context(|| format!("resolving {nick}"))?;
+    let flag = |k: &str| r[k].as_bool().unwrap_or(false);
+    // As `ociup run` says locally (cmd/run.rs).
+    if flag("stale") {
+        eprintln!(
+            "ociup: the base of {nick} cannot be reached; running the last good version \
+             (stale)"
+        );
+    }
+    if args.dry_run && flag("upgrade_due") {
+        bail!(
+            "a dry run of {nick} through a service: an upgrade is due, and the service makes \
+             an upgrade only by writing it; run `ociup resolve {nick}` (it upgrades), then the \
+             dry run again"
+        );
+    }
+    if flag("upgraded") {
+        eprintln!(
+            "ociup: {nick} upgraded to version {} (base {})",
+            r["version"],
+            text(&r, "base_digest")
+        );
+    }
+    let reference = text(&r, "reference");
+    let digest: ociup_core::Digest = text(&r, "digest")
+        .parse()
+        .with_context(|| format!("the digest the service answered for {nick}"))?;
+    let store = remote_store::RemoteStore::new(s, nick, &reference);
+    crate::cmd::run::run_image(
+        args,
+        prepared,
+        &reference,
+        &store,
+        &ociup_core::store::ManifestRef::Digest(digest),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ fn table() -> Vec<(&'static str, &'static str, MethodRouter<Service>)> {
         ("GET", "/v1/runs/{id}", get(show_run)),
         ("POST", "/v1/nicks/{nick}/edit", post(edit)),
         ("GET", "/v1/nicks/{nick}/recipe", get(recipe)),
+        (
+            "GET",
+            "/v1/nicks/{nick}/blobs/{digest}",
+            get(crate::blobs::blob),
+        ),
         ("POST", "/v1/admission", post(crate::admission::admit)),
     ]
 }
@@ -199,7 +204,7 @@ impl Caller {
 }
 
 impl Caller {
-    fn require(&self, role: Role, what: &str) -> Result<&str, ApiError> {
+    pub(crate) fn require(&self, role: Role, what: &str) -> Result<&str, ApiError> {
         if role == Role::Admin && self.0.role != Role::Admin {
             return Err(ApiError::new(
                 Code::Forbidden,
@@ -260,7 +265,7 @@ pub(crate) fn bearer(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
         .map(str::trim)
 }
 
-fn nick_param(nick: &str) -> Result<(), ApiError> {
+pub(crate) fn nick_param(nick: &str) -> Result<(), ApiError> {
     validate_nick(nick).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))
 }
 
@@ -733,12 +738,12 @@ fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
 }
 
 /// The nick's catalog entry, its recipe checked against the allowlist (as a resolve checks it).
-async fn allowed_entry(
+pub(crate) async fn allowed_entry(
     s: &Service,
     m: &ociup_core::managed::manager::Manager<crate::Guarded>,
     nick: &str,
     context: &str,
-) -> Result<(), ApiError> {
+) -> Result<ociup_core::managed::catalog::Entry, ApiError> {
     let entry = m
         .catalog()
         .get(nick)
@@ -757,7 +762,7 @@ async fn allowed_entry(
     allow
         .check(&entry.recipe.target, Access::Write)
         .map_err(refused)?;
-    Ok(())
+    Ok(entry)
 }
 
 /// The service's cluster, or `no_cluster` saying why there is none.

@@ -17,6 +17,7 @@
 pub mod admission;
 pub mod allow;
 mod api;
+mod blobs;
 mod coalesce;
 pub mod error;
 pub mod metrics;

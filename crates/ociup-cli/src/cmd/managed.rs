@@ -190,7 +190,14 @@ pub(crate) fn ordered_steps(m: &ArgMatches) -> Result<Vec<Step>> {
     Ok(steps.into_iter().map(|(_, s)| s).collect())
 }
 
-pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Result<()> {
+/// The recipe `register` registers, from `--recipe FILE` or the step flags, checked (the files
+/// it reads included) before anything is written, a relative `oci:` base or target made
+/// absolute: the recipe, the folder its sources are read under, and what they may read. Also
+/// what `register --server` uploads (client.rs).
+pub(crate) fn registration_recipe(
+    args: &RegisterArgs,
+    matches: &ArgMatches,
+) -> Result<(Recipe, PathBuf, SourceAccess)> {
     // A recipe file reads only under its folder; steps typed here read what they name.
     let (recipe, dir, access) = match &args.recipe {
         Some(file) => {
@@ -226,6 +233,11 @@ pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Re
     let mut recipe = recipe;
     recipe.base = ociup_registry::absolute_reference(&recipe.base, &dir)?;
     recipe.target = ociup_registry::absolute_reference(&recipe.target, &dir)?;
+    Ok((recipe, dir, access))
+}
+
+pub async fn register(ctx: &Ctx, args: RegisterArgs, matches: &ArgMatches) -> Result<()> {
+    let (recipe, dir, access) = registration_recipe(&args, matches)?;
     let epoch = ociup_core::time::parse_epoch(&args.source_date_epoch)?;
     // `--platform`: none or `all` for every platform of an index base, one for that platform's
     // image, several for an index of them.

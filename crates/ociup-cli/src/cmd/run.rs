@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use ociup_core::managed::manager::{self, Manager, ResolveOptions};
 use ociup_core::ops;
 use ociup_core::reference::PlatformSpec;
+use ociup_core::store::{ManifestRef, Store};
 use ociup_registry::Opener;
 use ociup_run::runtime::{find_runtime, running_as_root};
 use ociup_run::{
@@ -274,7 +275,12 @@ const OCIUP_FAILED: u8 = 125;
 /// ran) fails, the error said on stderr; 126 and 127 when the command cannot be executed or
 /// found.
 pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
-    match run_container(ctx, args).await {
+    finish(run_container(ctx, args).await)
+}
+
+/// A run's outcome as `ociup run` exits: ociup's own failures said on stderr, exit 125.
+pub(crate) fn finish(run: Result<u8>) -> Result<u8> {
+    match run {
         Ok(status) => Ok(status),
         // A closed stdout (of --dry-run) is no failure: main answers success.
         Err(e) if output::is_broken_pipe(&e) => Err(e),
@@ -285,8 +291,40 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<u8> {
     }
 }
 
+/// What is taken from the arguments, checked before anything is resolved.
+pub(crate) struct Prepared {
+    seccomp: Seccomp,
+    mounts: Vec<BindMount>,
+    env: Vec<(String, String)>,
+    entrypoint: Option<Vec<String>>,
+    runtime: Option<PathBuf>,
+}
+
 async fn run_container(ctx: &Ctx, args: RunArgs) -> Result<u8> {
-    let seccomp = seccomp(&args)?;
+    let prepared = prepare(&args)?;
+    let reference = match reference(ctx, &args).await? {
+        Target::Ready(r) => r,
+        Target::Planned(p) => {
+            // A dry run: the upgrade is due, and nothing was written.
+            output::json(&serde_json::json!({
+                "reference": p.reference,
+                "digest": p.digest,
+                "upgrade_due": true,
+                "version": p.version,
+                "base_digest": p.base_digest,
+            }))?;
+            return Ok(0);
+        }
+    };
+    let r = parse_ref(&reference)?;
+    let client = ctx.client(&[&r])?;
+    let (store, image_ref) = open_for_reading(&r, &client)?;
+    run_image(&args, prepared, &reference, &store, &image_ref).await
+}
+
+/// The arguments checked, and the runtime found (none for a dry run).
+pub(crate) fn prepare(args: &RunArgs) -> Result<Prepared> {
+    let seccomp = seccomp(args)?;
     let mounts = args
         .mount
         .iter()
@@ -319,26 +357,34 @@ async fn run_container(ctx: &Ctx, args: RunArgs) -> Result<u8> {
     } else {
         Some(find_runtime(args.runtime.as_deref())?)
     };
+    Ok(Prepared {
+        seccomp,
+        mounts,
+        env,
+        entrypoint,
+        runtime,
+    })
+}
 
-    let reference = match reference(ctx, &args).await? {
-        Target::Ready(r) => r,
-        Target::Planned(p) => {
-            // A dry run: the upgrade is due, and nothing was written.
-            output::json(&serde_json::json!({
-                "reference": p.reference,
-                "digest": p.digest,
-                "upgrade_due": true,
-                "version": p.version,
-                "base_digest": p.base_digest,
-            }))?;
-            return Ok(0);
-        }
-    };
-    let r = parse_ref(&reference)?;
-    let client = ctx.client(&[&r])?;
-    let (store, image_ref) = open_for_reading(&r, &client)?;
+/// Runs `image_ref` of `store` (`reference` names it in messages and --dry-run): its root file
+/// system from the layer cache, its bundle, runc. The store may be any: the stores reached
+/// with the caller's credentials, or a service's (`--server`, client.rs).
+pub(crate) async fn run_image<S: Store>(
+    args: &RunArgs,
+    prepared: Prepared,
+    reference: &str,
+    store: &S,
+    image_ref: &ManifestRef,
+) -> Result<u8> {
+    let Prepared {
+        seccomp,
+        mounts,
+        env,
+        entrypoint,
+        runtime,
+    } = prepared;
     let platform = parse_platform(args.platform.as_deref())?.unwrap_or_else(host_platform);
-    let image = ops::load_image(&store, &image_ref, Some(&platform))
+    let image = ops::load_image(store, image_ref, Some(&platform))
         .await
         .with_context(|| format!("reading {reference}"))?;
     let digest = image.manifest.raw().digest().to_string();
@@ -346,7 +392,7 @@ async fn run_container(ctx: &Ctx, args: RunArgs) -> Result<u8> {
     let root = running_as_root();
     let cache = layer_cache()?;
     let snapshot = cache
-        .snapshot(&store, &image, root)
+        .snapshot(store, &image, root)
         .await
         .with_context(|| format!("preparing the root file system of {reference}"))?;
     let rep = &snapshot.report;

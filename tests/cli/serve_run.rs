@@ -1,0 +1,374 @@
+//! `ociup register --server` and `ociup run NICK --server` (a module of `serve.rs`, sharing its
+//! helpers): a requester with an empty home and no registry environment registers (admin
+//! token) and runs a nick whose image it can read only through the service, on a registry
+//! that hands out bearer tokens; and the service's blob route serves only what the nick's
+//! versions reach.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{Served, client, client_command, http, token};
+use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
+use crate::support::{json, write};
+
+/// A static busybox (Debian's busybox-static).
+fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Whether runc can run containers here (root, runc); says why not.
+fn can_run() -> bool {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !runc {
+        eprintln!(
+            "SKIPPED: the `ociup run --server` part needs root and runc; scripts/test.sh \
+             installs runc"
+        );
+    }
+    root && runc
+}
+
+/// A tree holding busybox (a shell and a few tools) and /etc/base-version.
+fn busybox_tree(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    if !dir.join("bin/busybox").exists() {
+        std::fs::copy(busybox().unwrap(), dir.join("bin/busybox")).unwrap();
+        for a in ["sh", "cat", "echo"] {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
+        }
+    }
+    write(
+        &dir.join("etc/base-version"),
+        format!("{version}\n").as_bytes(),
+        0o644,
+    );
+}
+
+/// The sum of `ociup_http_requests_total` over every method and status of `route`.
+fn route_total(s: &Served, route: &str) -> u64 {
+    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    let prefix = format!("ociup_http_requests_total{{route=\"{route}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn register_and_run_through_the_service() {
+    if busybox().is_none() {
+        eprintln!("SKIPPED: needs a static busybox (scripts/test.sh installs busybox-static)");
+        return;
+    }
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::Token,
+        tls: false,
+    });
+    let host = reg.host();
+    let (user, password) = reg.credentials().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let home = d.join("client-home");
+    let catalog = format!("{host}/ociup/catalog");
+    // ociup here with the registry's credentials: the operator's side, and the local
+    // commands whose output the client's must equal.
+    let local = |cwd: &Path, data: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", data)
+            .env("OCIUP_CATALOG", &catalog)
+            .env("OCIUP_USERNAME", &user)
+            .env("OCIUP_PASSWORD", &password)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ops = d.join("ops");
+    std::fs::create_dir_all(&ops).unwrap();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = local(d, &ops, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    // The base: busybox and /etc/base-version, BASE=v1, in the registry.
+    let base = format!("{host}/base/bb:latest");
+    let push_base = |version: &str| {
+        busybox_tree(&d.join("bb"), version);
+        ok(&[
+            "append",
+            "--base",
+            "scratch",
+            "--add",
+            &format!("{}:/", d.join("bb").display()),
+            "--env",
+            &format!("BASE={version}"),
+            "--to",
+            &base,
+        ]);
+    };
+    push_base("v1");
+    let root = token(d, "root", "admin");
+    let carol = token(d, "carol", "requester");
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            &catalog,
+            "--allow-read",
+            &format!("{host}/base/*"),
+            "--allow-write",
+            &format!("{host}/apps/*"),
+            "--allow-write",
+            &catalog,
+        ],
+        &[
+            ("OCIUP_USERNAME", user.as_str()),
+            ("OCIUP_PASSWORD", password.as_str()),
+        ],
+    );
+    let url = s.url();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("app.conf"), "mode = served\n").unwrap();
+    let target = format!("{host}/apps/app");
+    let register = |nick: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "register".into(),
+            nick.into(),
+            "--base".into(),
+            base.clone(),
+            "--to".into(),
+            target.clone(),
+            "--env".into(),
+            "MODE=served".into(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+
+    // A file the recipe names is missing: the error `register` gives here, from the client,
+    // before anything is sent.
+    let sent = route_total(&s, "/v1/register");
+    let missing = register("app", &["--add", "missing.txt:/etc/missing"]);
+    let (code, _, err) = client(d, &url, &root, &strs(&missing));
+    let (local_code, _, local_err) = local(&home, &ops, &strs(&missing));
+    assert_eq!((code, &err), (local_code, &local_err));
+    assert!(code == 1 && err.contains("missing.txt"), "{err}");
+    assert_eq!(route_total(&s, "/v1/register"), sent, "nothing was sent");
+    // Local-only flags are refused, as for the other commands.
+    let mut keyed = register("app", &["--add", "app.conf:/etc/app.conf"]);
+    keyed.extend(["--sign-key".to_owned(), "/tmp/k.pem".to_owned()]);
+    let (code, _, err) = client(d, &url, &root, &strs(&keyed));
+    assert!(
+        code == 1 && err.contains("--sign-key: through a service"),
+        "{err}"
+    );
+
+    // A requester may not register: 403, nothing registered.
+    let app = register("app", &["--add", "app.conf:/etc/app.conf"]);
+    let (code, _, err) = client(d, &url, &carol, &strs(&app));
+    assert!(code == 1 && err.contains("forbidden"), "{err}");
+    assert_eq!(route_total(&s, "/v1/register"), sent + 1);
+    // The admin registers from an empty home: what `register` prints, for the version the
+    // catalog records (with the requester as actor, the service beside it).
+    let (code, out, err) = client(d, &url, &root, &strs(&app));
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    let v1 = json(&ok(&["history", "app", "--json"]))[0].clone();
+    assert_eq!(
+        (v1["actor"].as_str(), v1["number"].as_u64()),
+        (Some("root"), Some(1))
+    );
+    assert!(
+        v1["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("ociup-serve@"))
+    );
+    assert_eq!(
+        out,
+        format!(
+            "registered app version 1\n  {}\n  base {} ({})\n",
+            v1["image"].as_str().unwrap(),
+            v1["base"].as_str().unwrap(),
+            v1["base_digest"].as_str().unwrap()
+        )
+    );
+    // Another nick in the same repository, from a recipe file (its files named relative to
+    // its folder), --json: the version record, as `register --json` prints it.
+    write(&home.join("sub/other.txt"), b"other\n", 0o644);
+    let recipe = serde_json::json!({
+        "nick": "other", "base": base, "target": target,
+        "steps": [{"add": {"src": "other.txt", "dest": "/etc/other.txt"}}],
+    });
+    std::fs::write(home.join("sub/recipe.json"), recipe.to_string()).unwrap();
+    let (code, out, err) = client(
+        d,
+        &url,
+        &root,
+        &["register", "--recipe", "sub/recipe.json", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out), json(&ok(&["history", "other", "--json"]))[0]);
+
+    // The blob route: what the nick's versions reach, nothing else.
+    let manifest = |nick: &str, digest: &str, tok: Option<&str>| {
+        http(
+            &s.addr,
+            "GET",
+            &format!("/v1/nicks/{nick}/blobs/{digest}"),
+            tok,
+            None,
+        )
+    };
+    let v1_digest = v1["digest"].as_str().unwrap();
+    let r = manifest("app", v1_digest, Some(&carol));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(sha256(&r.body), v1_digest);
+    assert_eq!(
+        r.header("content-type"),
+        json(&String::from_utf8_lossy(&r.body))["mediaType"].as_str()
+    );
+    let layers = |body: &[u8]| -> Vec<String> {
+        json(&String::from_utf8_lossy(body))["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let app_layers = layers(&r.body);
+    let own = app_layers.last().unwrap();
+    let r = manifest("app", own, Some(&carol));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(&sha256(&r.body), own, "the layer, whole and checked");
+    // Without a token: 401.
+    assert_eq!(
+        manifest("app", own, None).error(),
+        (401, "unauthorized".into())
+    );
+    // The other nick's own layer is in the same repository, but no version of app reaches
+    // it: 404 through app, 200 through other.
+    let other = json(&ok(&["history", "other", "--json"]))[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_layer = layers(&manifest("other", &other, Some(&carol)).body)
+        .last()
+        .unwrap()
+        .clone();
+    assert!(!app_layers.contains(&other_layer));
+    assert_eq!(
+        manifest("app", &other_layer, Some(&carol)).error(),
+        (404, "not_found".into())
+    );
+    assert_eq!(manifest("other", &other_layer, Some(&carol)).status, 200);
+    assert_eq!(
+        manifest("app", &other, Some(&carol)).error(),
+        (404, "not_found".into()),
+        "another nick's manifest"
+    );
+    assert_eq!(
+        manifest("app", "sha256:nothex", Some(&carol)).error(),
+        (400, "invalid_request".into())
+    );
+
+    // The base moves: a new busybox layer (another /etc/base-version) and BASE=v2. Before a
+    // version holds it, the route refuses it.
+    push_base("v2");
+    let base_v2 = json(&ok(&["inspect", &base, "--json"]));
+    let new_base_layer = base_v2["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!app_layers.contains(&new_base_layer));
+    assert_eq!(
+        manifest("app", &new_base_layer, Some(&carol)).error(),
+        (404, "not_found".into())
+    );
+
+    if !can_run() {
+        return;
+    }
+    // The requester runs app: the service upgrades it (the requester has no credentials), the
+    // image of version 2 is read through the service and run here; the exit status is the
+    // container's.
+    let script = "cat /etc/base-version /etc/app.conf; echo $BASE $MODE; exit 3";
+    let run_args = ["run", "app", "--", "sh", "-c", script];
+    let with_path = |mut c: Command| {
+        c.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = with_path(client_command(d, &url, &carol, &run_args));
+    assert_eq!(code, 3, "{err}\n{}", s.log());
+    assert_eq!(out, "v2\nmode = served\nv2 served\n");
+    assert!(
+        err.contains("ociup: app upgraded to version 2 (base sha256:"),
+        "{err}"
+    );
+    let v2 = json(&ok(&["history", "app", "--json"]))[0].clone();
+    assert_eq!(
+        (v2["number"].as_u64(), v2["actor"].as_str()),
+        (Some(2), Some("carol"))
+    );
+    // Now a version reaches the new base layer: served.
+    assert_eq!(manifest("app", &new_base_layer, Some(&carol)).status, 200);
+    // The same run here, with the credentials: the same output and status.
+    let (code_here, out_here, err_here) = local(d, &ops, &run_args);
+    assert_eq!((code_here, &out_here), (3, &out), "{err_here}");
+    // --dry-run --json: the same JSON both ways (the same data directory, so the same cached
+    // root file system; nothing is due now).
+    let (code, dry, err) = with_path(client_command(
+        d,
+        &url,
+        &carol,
+        &["run", "app", "--dry-run", "--", "cat", "/etc/app.conf"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, dry_here, err) = local(
+        &home,
+        &home,
+        &["run", "app", "--dry-run", "--", "cat", "/etc/app.conf"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&dry), json(&dry_here));
+    assert_eq!(json(&dry)["digest"], v2["digest"]);
+    assert_eq!(
+        json(&dry)["unpacked"],
+        serde_json::json!([]),
+        "cached by the run"
+    );
+    // --image reads with the caller's own credentials: refused through a service.
+    let (code, _, err) = client(d, &url, &carol, &["run", "--image", &base]);
+    assert!(code == 1 && err.contains("--image"), "{err}");
+}

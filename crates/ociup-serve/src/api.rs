@@ -86,10 +86,9 @@ pub(crate) fn router(service: Service) -> Router {
 
 /// Counts the request by route and status, and logs it.
 async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    // The template as the router holds it (shared, not copied).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(req.method());
     let started = Instant::now();
     s.inner.metrics.start();
@@ -97,7 +96,7 @@ async fn observe(State(s): State<Service>, req: Request, next: Next) -> Response
     let took = started.elapsed();
     s.inner
         .metrics
-        .end(&route, method, resp.status().as_u16(), took);
+        .end(route, method, resp.status().as_u16(), took);
     tracing::info!(
         method,
         route,
@@ -344,11 +343,12 @@ async fn resolve(
             "check and offline exclude each other",
         ));
     }
-    // Nothing due: answered from tag reads coalesced across requests (see coalesce.rs).
+    // Nothing due: answered from tag reads coalesced across requests (see coalesce.rs), with
+    // the JSON kept for the catalog entry.
     if !body.offline
-        && let Some(r) = s.nothing_due(actor, &nick).await
+        && let Some(answer) = s.nothing_due(actor, &nick).await
     {
-        return json(&r);
+        return Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response());
     }
     let m = s.manager(actor)?;
     allowed_entry(&s, &m, &nick, &format!("resolving {nick}")).await?;

@@ -244,13 +244,18 @@ impl Service {
         .with_via(via))
     }
 
-    fn nick_lock(&self, nick: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The service's lock of `nick`, taken by whatever writes it.
+    fn nick_lock(&self, nick: &str) -> NickLock {
         let mut locks = self
             .inner
             .nick_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        Arc::clone(locks.entry(nick.to_owned()).or_default())
+        NickLock {
+            lock: Arc::clone(locks.entry(nick.to_owned()).or_default()),
+            service: self.clone(),
+            nick: nick.to_owned(),
+        }
     }
 
     /// A permit to regenerate, or `busy` with `Retry-After`.
@@ -295,6 +300,46 @@ impl Service {
             .spawn(work)
             .await
             .map_err(|e| ApiError::new(Code::Internal, format!("the work failed: {e}")))?
+    }
+}
+
+/// The service's lock of one nick (whatever writes the nick takes it).
+struct NickLock {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    service: Service,
+    nick: String,
+}
+
+impl NickLock {
+    async fn lock(&self) -> NickHeld {
+        NickHeld {
+            _guard: Arc::clone(&self.lock).lock_owned().await,
+            service: self.service.clone(),
+            nick: self.nick.clone(),
+        }
+    }
+
+    async fn lock_owned(self) -> NickHeld {
+        NickHeld {
+            _guard: self.lock.lock_owned().await,
+            service: self.service,
+            nick: self.nick,
+        }
+    }
+}
+
+/// A nick's lock, held. Released after a write, so it sets aside the reads of the nick's tags
+/// begun before (still holding the lock): the next resolve here reads them again, whatever
+/// `--fresh-within` says (see `coalesce.rs`).
+struct NickHeld {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    service: Service,
+    nick: String,
+}
+
+impl Drop for NickHeld {
+    fn drop(&mut self) {
+        self.service.inner.coalesce.forget(&self.nick);
     }
 }
 
@@ -461,6 +506,25 @@ mod tests {
             )),
         })
         .expect("service")
+    }
+
+    /// Releasing a nick's lock (after a write) makes the next resolve read the nick's catalog
+    /// tag again, whatever the window.
+    #[tokio::test]
+    async fn releasing_a_nick_lock_sets_aside_the_reads_of_its_tag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = unauthenticated(dir.path());
+        let tags = &s.inner.coalesce;
+        let read = |v: &'static str| tags.catalog_tags_for_test("n", Duration::from_secs(60), v);
+        assert_eq!(read("e1").await.as_deref(), Some("e1"));
+        assert_eq!(read("e2").await.as_deref(), Some("e1"), "within the window");
+        {
+            let lock = s.nick_lock("n");
+            let _held = lock.lock().await;
+        }
+        assert_eq!(read("e3").await.as_deref(), Some("e3"), "read again");
+        s.nick_lock("n").lock_owned().await;
+        assert_eq!(read("e4").await.as_deref(), Some("e4"), "read again");
     }
 
     #[tokio::test]

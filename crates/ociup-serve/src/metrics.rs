@@ -16,11 +16,19 @@ struct Histogram {
     sum: f64,
 }
 
+/// What one route answered: counts by method and status (a handful: a list), and durations.
+#[derive(Debug, Default)]
+struct Route {
+    answers: Vec<(String, u16, u64)>,
+    durations: Histogram,
+}
+
 /// The service's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    durations: Mutex<BTreeMap<String, Histogram>>,
+    /// By route template; one lock per request, no allocation once a route, method and status
+    /// have been seen.
+    routes: Mutex<BTreeMap<String, Route>>,
     in_flight: AtomicI64,
     /// Regenerations (resolves that were due, registrations, upgrades) running now.
     pub regenerations_in_flight: AtomicI64,
@@ -42,15 +50,23 @@ impl Metrics {
     /// path itself, so that the label set stays bounded.
     pub fn end(&self, route: &str, method: &str, status: u16, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route.to_owned(), method.to_owned(), status))
-            .or_default() += 1;
         let secs = took.as_secs_f64();
-        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-        let h = d.entry(route.to_owned()).or_default();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), Route::default());
+        }
+        let Some(r) = routes.get_mut(route) else {
+            return;
+        };
+        match r
+            .answers
+            .iter_mut()
+            .find(|(m, s, _)| *s == status && m == method)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => r.answers.push((method.to_owned(), status, 1)),
+        }
+        let h = &mut r.durations;
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
@@ -68,30 +84,26 @@ impl Metrics {
             "# HELP ociup_http_requests_total HTTP requests answered, by route, method and status.\n\
              # TYPE ociup_http_requests_total counter"
         );
-        for ((route, method, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "ociup_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                escape(route),
-                escape(method)
-            );
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for (route, r) in routes.iter() {
+            let mut answers: Vec<_> = r.answers.iter().collect();
+            answers.sort();
+            for (method, status, n) in answers {
+                let _ = writeln!(
+                    out,
+                    "ociup_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route),
+                    escape(method)
+                );
+            }
         }
         let _ = writeln!(
             out,
             "# HELP ociup_http_request_duration_seconds Time to answer, by route.\n\
              # TYPE ociup_http_request_duration_seconds histogram"
         );
-        for (route, h) in self
-            .durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for (route, r) in routes.iter() {
+            let h = &r.durations;
             let route = escape(route);
             for (b, n) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(
@@ -182,5 +194,35 @@ mod tests {
         assert!(text.contains("ociup_http_request_duration_seconds_count{route=\"/v1/status\"} 2"));
         assert!(text.contains("ociup_http_requests_in_flight 0"));
         assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn answers_are_listed_by_route_method_and_status() {
+        let m = Metrics::default();
+        for (route, method, status) in [
+            ("/v1/status", "GET", 500),
+            ("/metrics", "GET", 200),
+            ("/v1/status", "GET", 200),
+            ("/v1/status", "DELETE", 405),
+            ("/v1/status", "GET", 200),
+        ] {
+            m.start();
+            m.end(route, method, status, Duration::from_millis(1));
+        }
+        let text = m.render();
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("ociup_http_requests_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "ociup_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"200\"} 1",
+                "ociup_http_requests_total{route=\"/v1/status\",method=\"DELETE\",status=\"405\"} 1",
+                "ociup_http_requests_total{route=\"/v1/status\",method=\"GET\",status=\"200\"} 2",
+                "ociup_http_requests_total{route=\"/v1/status\",method=\"GET\",status=\"500\"} 1",
+            ]
+        );
+        assert!(text.contains("ociup_http_request_duration_seconds_count{route=\"/v1/status\"} 4"));
     }
 }

@@ -306,7 +306,8 @@ fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
 #[derive(Debug)]
 struct Loaded {
     stamp: Option<Stamp>,
-    by_hash: HashMap<String, Identity>,
+    /// By the SHA-256 of the token (the bytes, so a request's check allocates nothing).
+    by_hash: HashMap<[u8; 32], Identity>,
     /// Why the file as it is now cannot be read: then no token is accepted.
     broken: Option<String>,
 }
@@ -356,7 +357,7 @@ impl TokenStore {
         if let Some(why) = &loaded.broken {
             return Err(Unreadable(why.clone()));
         }
-        Ok(loaded.by_hash.get(&hash(token)).cloned())
+        Ok(loaded.by_hash.get(&sha256(token)).cloned())
     }
 
     fn refresh(&self) {
@@ -417,19 +418,42 @@ fn warn_if_exposed(path: &Path) {
     }
 }
 
-fn index(file: &TokenFile) -> HashMap<String, Identity> {
+fn index(file: &TokenFile) -> HashMap<[u8; 32], Identity> {
     file.tokens
         .iter()
-        .map(|t| {
-            (
-                t.sha256.to_ascii_lowercase(),
+        .filter_map(|t| {
+            Some((
+                unhex(&t.sha256)?,
                 Identity {
                     name: t.name.clone(),
                     role: t.role,
                 },
-            )
+            ))
         })
         .collect()
+}
+
+/// SHA-256 of a token, as bytes.
+fn sha256(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(token.as_bytes()));
+    out
+}
+
+/// 64 hex digits (either case) as 32 bytes; `None` for anything else (`TokenFile::parse`
+/// refuses such a file before).
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -504,5 +528,29 @@ mod tests {
             );
         }
         assert!(validate_name("a/b").is_err() && validate_name("").is_err());
+    }
+
+    #[test]
+    fn stored_hashes_are_read_in_either_case() {
+        let h = hash("ociup_x");
+        let bytes = sha256("ociup_x");
+        assert_eq!(unhex(&h), Some(bytes));
+        assert_eq!(unhex(&h.to_ascii_uppercase()), Some(bytes));
+        assert_eq!(unhex(&h[..62]), None);
+        assert_eq!(unhex(&format!("{}zz", &h[..62])), None);
+        // A file written with an uppercase hash identifies the token.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let text = format!(
+            r#"{{"tokens":[{{"name":"a","role":"requester","sha256":"{}","created":"t"}}]}}"#,
+            h.to_ascii_uppercase()
+        );
+        std::fs::write(&path, text).expect("write");
+        let store = TokenStore::open(&path).expect("open");
+        assert_eq!(
+            store.identify("ociup_x").expect("readable").map(|i| i.name),
+            Some("a".to_owned())
+        );
+        assert_eq!(store.identify("ociup_y").expect("readable"), None);
     }
 }

@@ -103,9 +103,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub header_timeout: u64,
     /// A resolve with nothing due may be answered from reads of the nick's catalog tag and
-    /// its base's tag that began up to this many milliseconds before the request arrived
-    /// (each tag then read at most once per window, whatever the load). 0: only reads that
-    /// began after it arrived (concurrent requests still share them). Example: 1000.
+    /// its base's tag that began up to this many milliseconds before the request arrived: a
+    /// version recorded elsewhere or a base moved within the window may be answered as the
+    /// version before it. A tag asked for is read again in the background past half the
+    /// window (about twice per window, whatever the load; what this service writes is read
+    /// again at once). 0: only reads that began after the request arrived (concurrent
+    /// requests still share them), as `ociup resolve` run locally. Example: --fresh-within
+    /// 1000 for a busy service whose registry is the bound.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub fresh_within: u64,
     /// Namespaces runs (Kubernetes Jobs, POST /v1/nicks/NICK/runs) may use: a name, or a

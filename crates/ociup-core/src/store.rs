@@ -124,6 +124,34 @@ pub trait Store: Send + Sync {
         self.put_blob(digest, size, data)
     }
 
+    /// Opens an upload for a blob that is not known yet, so that once it is its bytes go in one
+    /// request (a registry: the upload's POST, sent while the blob is still being worked out).
+    /// Finish it with [`Store::put_blob_into`] or give it up with [`Store::cancel_upload`].
+    /// `None` where opening first saves nothing (the default).
+    fn open_upload(&self) -> impl Future<Output = Result<Option<OpenUpload>>> + Send {
+        async { Ok(None) }
+    }
+
+    /// [`Store::put_new_blob`] through `upload`, which [`Store::open_upload`] opened. Defaults
+    /// to [`Store::put_new_blob`].
+    fn put_blob_into<R: AsyncRead + Send + Unpin>(
+        &self,
+        upload: OpenUpload,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = upload;
+        self.put_new_blob(digest, size, data)
+    }
+
+    /// Gives up an upload [`Store::open_upload`] opened that nothing was put into (a registry:
+    /// its DELETE), so that it is not left for the store to expire. The default does nothing.
+    fn cancel_upload(&self, upload: OpenUpload) -> impl Future<Output = Result<()>> + Send {
+        let _ = upload;
+        async { Ok(()) }
+    }
+
     /// Deletes the manifest `digest` (and, in a layout, every tag pointing at it). Blobs stay:
     /// a registry's garbage collector or a layout's owner removes those.
     ///
@@ -251,6 +279,13 @@ pub enum Probe {
     Missing(Vec<Digest>),
     /// Refused for another reason the store answered: every blob is to be checked.
     Refused,
+}
+
+/// An upload a store opened before it knew the blob ([`Store::open_upload`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// Where the store goes on with it (a registry: the upload's URL).
+    pub location: String,
 }
 
 /// A repository a blob can be mounted from.

@@ -9,7 +9,8 @@ use ociup_core::Digest;
 use ociup_core::document::RawDocument;
 use ociup_core::media_type;
 use ociup_core::store::{
-    BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, Probe, Store, check_document_size,
+    BlobReader, MAX_DOCUMENT_SIZE, ManifestRef, MountSource, OpenUpload, Probe, Store,
+    check_document_size,
 };
 use ociup_core::verify::AsyncVerifyingReader;
 use reqwest::header::{
@@ -923,6 +924,55 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// Uploads opened before their blob is known ([`Store::open_upload`]).
+impl Repository {
+    /// Puts a blob that fits one request through the upload at `url`: its closing PUT with the
+    /// bytes. An upload the registry no longer knows (expired, 404) is started again.
+    async fn upload_into(
+        &self,
+        url: Url,
+        digest: &Digest,
+        size: u64,
+        data: impl AsyncRead + Send + Unpin,
+    ) -> ociup_core::Result<()> {
+        let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
+        let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        reader
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| ociup_core::Error::from_io(format!("reading blob {digest}"), e))?;
+        let body = Bytes::from(body);
+        let req = Request::new(
+            Method::PUT,
+            Target::Url(with_digest(&url, digest)),
+            self.push(),
+        )
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(body.clone());
+        match self.send(req, &[201]).await {
+            Ok(resp) => Ok(self.check_blob_digest(&resp, digest)?),
+            Err(Error::Http { status: 404, .. }) => {
+                tracing::debug!(%digest, "the upload opened before is gone; starting another");
+                self.upload(digest, size, &body[..]).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// DELETE of an upload nothing was put into; a failure is logged (the registry's purge
+    /// removes the upload later) and returned.
+    async fn delete_upload(&self, url: Url) -> Result<()> {
+        let req = Request::new(Method::DELETE, Target::Url(url.clone()), self.push());
+        match self.send(req, &[204, 200, 202, 404]).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(url = %display_url(&url), %e, "could not cancel an unused blob upload; the registry will expire it");
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Store for Repository {
     fn location(&self) -> String {
         format!("{}/{}", self.registry, self.name)
@@ -984,6 +1034,44 @@ impl Store for Repository {
         self.upload(digest, size, data).await?;
         self.note_blobs([digest.to_string().as_str()].into_iter());
         Ok(())
+    }
+
+    /// The upload's POST, answered with its URL.
+    async fn open_upload(&self) -> ociup_core::Result<Option<OpenUpload>> {
+        let (url, _) = self.start_upload().await?;
+        Ok(Some(OpenUpload {
+            location: url.to_string(),
+        }))
+    }
+
+    /// The closing PUT with the bytes, where the blob fits one request (the client's chunk
+    /// size); a larger blob cancels the upload and goes as [`Store::put_new_blob`] does.
+    async fn put_blob_into<R: AsyncRead + Send + Unpin>(
+        &self,
+        upload: OpenUpload,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        let url = Url::parse(&upload.location).map_err(|e| Error::Protocol {
+            url: excerpt(&upload.location, 200),
+            reason: format!("not an upload URL: {e}"),
+        })?;
+        if size > self.client.options().chunk_size.max(1) as u64 {
+            let _ = self.delete_upload(url).await;
+            return self.put_new_blob(digest, size, data).await;
+        }
+        self.upload_into(url, digest, size, data).await?;
+        self.note_blobs([digest.to_string().as_str()].into_iter());
+        Ok(())
+    }
+
+    async fn cancel_upload(&self, upload: OpenUpload) -> ociup_core::Result<()> {
+        let url = Url::parse(&upload.location).map_err(|e| Error::Protocol {
+            url: excerpt(&upload.location, 200),
+            reason: format!("not an upload URL: {e}"),
+        })?;
+        Ok(self.delete_upload(url).await?)
     }
 
     async fn read_blob_raw(&self, digest: &Digest, size: u64) -> ociup_core::Result<BlobReader> {

@@ -8,7 +8,7 @@ use ociup_core::Digest;
 use ociup_core::document::RawDocument;
 use ociup_core::layout::OciLayout;
 use ociup_core::reference::LayoutRef;
-use ociup_core::store::{BlobReader, ManifestRef, MountSource, Probe, Store};
+use ociup_core::store::{BlobReader, ManifestRef, MountSource, OpenUpload, Probe, Store};
 use tokio::io::AsyncRead;
 
 use crate::client::Client;
@@ -253,6 +253,24 @@ impl Store for AnyStore {
 
     async fn mount_blob(&self, digest: &Digest, source: &MountSource) -> ociup_core::Result<bool> {
         delegate!(self, s => s.mount_blob(digest, source).await)
+    }
+
+    async fn open_upload(&self) -> ociup_core::Result<Option<OpenUpload>> {
+        delegate!(self, s => s.open_upload().await)
+    }
+
+    async fn put_blob_into<R: AsyncRead + Send + Unpin>(
+        &self,
+        upload: OpenUpload,
+        digest: &Digest,
+        size: u64,
+        data: R,
+    ) -> ociup_core::Result<()> {
+        delegate!(self, s => s.put_blob_into(upload, digest, size, data).await)
+    }
+
+    async fn cancel_upload(&self, upload: OpenUpload) -> ociup_core::Result<()> {
+        delegate!(self, s => s.cancel_upload(upload).await)
     }
 }
 

@@ -13,9 +13,31 @@ use crate::error::{Error, Result};
 use crate::mutate::{self, ConfigMode, OldBase, RebaseInput, RebasePlan, annotations};
 use crate::reference::PlatformSpec;
 use crate::store::{
-    BlobCopy, ManifestRef, Store, check_document_size, copy_blob, copy_missing_blob,
+    BlobCopy, ManifestRef, OpenUpload, Store, check_document_size, copy_blob, copy_missing_blob,
     put_manifest_after_blobs, put_manifest_with_blobs,
 };
+
+/// The upload opened for the new config before it is known ([`Store::open_upload`]), until it
+/// is used or cancelled.
+type UploadSlot = std::sync::Mutex<Option<OpenUpload>>;
+
+fn take_upload(slot: &UploadSlot) -> Option<OpenUpload> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+fn keep_upload(slot: &UploadSlot, upload: OpenUpload) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(upload);
+}
+
+/// Gives up an opened upload nothing went into. A failure is the store's to report (the
+/// registry client logs it; the registry expires the upload): the rebase itself is done.
+async fn cancel_upload<D: Store>(dest: &D, upload: OpenUpload) {
+    let _ = dest.cancel_upload(upload).await;
+}
 
 /// How to rebase.
 #[derive(Clone, Debug, Default)]
@@ -317,6 +339,64 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
     tag: Option<&str>,
     opts: &RebaseOptions,
 ) -> Result<RebaseOutcome> {
+    // A single manifest rebased onto another base gets a new config: the destination opens its
+    // upload (a registry's POST) while the configs are read, so that only the config's PUT and
+    // the manifest's are left once they are. Not when the image visibly sits on the new base
+    // already (nothing is written then). An upload that goes unused (the destination turns out
+    // to hold the config) is cancelled, never left open.
+    let speculate = !opts.dry_run
+        && matches!(request.image, Document::Manifest(_))
+        && !visibly_current(
+            &request.image,
+            &request.old_base,
+            &request.new_base,
+            request.new_base_doc.as_ref(),
+        );
+    let upload = UploadSlot::default();
+    let result = rebase_reading(request, dest, tag, opts, speculate, &upload).await;
+    if let Some(u) = take_upload(&upload) {
+        cancel_upload(dest, u).await;
+    }
+    result
+}
+
+/// Whether the image's base is known, from what is at hand without a request, to be the new
+/// base: the old base's digest (loaded, pinned, or as the image records it) is the new base's.
+fn visibly_current<O: Store>(
+    image: &Document,
+    old_base: &OldBaseSource<'_, O>,
+    new_base: &ManifestRef,
+    new_base_doc: Option<&Document>,
+) -> bool {
+    let new = match (new_base_doc, new_base) {
+        (Some(d), _) => d.raw().digest().to_string(),
+        (None, ManifestRef::Digest(d)) => d.to_string(),
+        (None, ManifestRef::Tag(_)) => return false,
+    };
+    let old = match (old_base, image) {
+        (OldBaseSource::Loaded(_, d), _) => Some(d.raw().digest().to_string()),
+        (OldBaseSource::Image(_, ManifestRef::Digest(d)), _) => Some(d.to_string()),
+        (OldBaseSource::Image(..), _) => None,
+        (OldBaseSource::Recorded, Document::Manifest(m)) => m
+            .parsed()
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(annotations::BASE_DIGEST).cloned()),
+        (OldBaseSource::Recorded, Document::Index(_)) => None,
+    };
+    old.as_deref() == Some(new.as_str())
+}
+
+/// [`rebase_image`] with `upload` (when `speculate`) opened beside the reads; whatever of it is
+/// left in `upload` the caller cancels.
+async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
+    request: RebaseRequest<'_, I, N, O>,
+    dest: &D,
+    tag: Option<&str>,
+    opts: &RebaseOptions,
+    speculate: bool,
+    upload: &UploadSlot,
+) -> Result<RebaseOutcome> {
     let RebaseRequest {
         image_store,
         image: image_doc,
@@ -356,8 +436,18 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
             (Document::Index(_), _) => Ok(None),
         }
     };
-    let (new, old, image_cfg) =
-        futures_util::future::try_join3(new_fut, old_fut, image_cfg_fut).await?;
+    // (A failure to open it is left to the upload proper to meet, or not.)
+    let open_fut = async {
+        if speculate && let Ok(Some(u)) = dest.open_upload().await {
+            keep_upload(upload, u);
+        }
+    };
+    let (reads, ()) = futures_util::future::join(
+        futures_util::future::try_join3(new_fut, old_fut, image_cfg_fut),
+        open_fut,
+    )
+    .await;
+    let (new, old, image_cfg) = reads?;
 
     let mut outcome = RebaseOutcome {
         digest: image_doc.raw().digest().to_string(),
@@ -391,6 +481,7 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
                     tag,
                     &mut outcome.blobs,
                     opts.dry_run,
+                    upload,
                 )
                 .await?;
                 outcome.written = !opts.dry_run;
@@ -463,7 +554,8 @@ async fn rebase_one<O: Store, N: Store>(
 
 /// Writes (or plans) one rebased manifest with what it needs: new base layers from the new
 /// base's store, own layers from the image's (both present already when all share a
-/// repository), and its config.
+/// repository), and its config: through `upload` when one was opened for it (a config found
+/// present leaves it there, or cancels it beside the manifest's PUT).
 #[allow(clippy::too_many_arguments)]
 async fn write_one<I: Store, N: Store, D: Store>(
     image_store: &I,
@@ -473,6 +565,7 @@ async fn write_one<I: Store, N: Store, D: Store>(
     tag: Option<&str>,
     blobs: &mut Vec<BlobAction>,
     dry_run: bool,
+    upload: &UploadSlot,
 ) -> Result<()> {
     let mut jobs = Vec::new();
     for l in &rebased.plan.added_layers {
@@ -508,6 +601,30 @@ async fn write_one<I: Store, N: Store, D: Store>(
     // Own layers are in the image's store by construction: nothing to check when that is the
     // destination.
     let own_here = image_store.location() == dest.location();
+    // The config, through the opened upload while there is one; `check`: not when the
+    // destination has it (the upload is kept, for the caller to cancel).
+    let put_config = |check: bool| {
+        let (digest, size, _) = &jobs[jobs.len() - 1];
+        async move {
+            match take_upload(upload) {
+                Some(u) => {
+                    if check {
+                        let exists = dest.blob_exists(digest).await;
+                        if !matches!(exists, Ok(false)) {
+                            keep_upload(upload, u);
+                            return exists.map(|_| BlobCopy::Copied);
+                        }
+                    }
+                    dest.put_blob_into(u, digest, *size, config.bytes()).await
+                }
+                // Checked before uploading: re-uploading a config the repository has rewrites
+                // its link, which on Distribution races with another writer's manifest PUT.
+                None if check => dest.put_blob(digest, *size, config.bytes()).await,
+                None => dest.put_new_blob(digest, *size, config.bytes()).await,
+            }
+            .map(|()| BlobCopy::Copied)
+        }
+    };
     let supply = |i: usize, known_missing: bool| {
         let (digest, size, source) = &jobs[i];
         async move {
@@ -521,16 +638,7 @@ async fn write_one<I: Store, N: Store, D: Store>(
                 (Source::NewBase, true) => {
                     copy_missing_blob(new_store, dest, digest, *size, |_| {}).await
                 }
-                // Checked before uploading: re-uploading a config the repository has rewrites
-                // its link, which on Distribution races with another writer's manifest PUT.
-                (Source::Config, false) => dest
-                    .put_blob(digest, *size, config.bytes())
-                    .await
-                    .map(|()| BlobCopy::Copied),
-                (Source::Config, true) => dest
-                    .put_new_blob(digest, *size, config.bytes())
-                    .await
-                    .map(|()| BlobCopy::Copied),
+                (Source::Config, known_missing) => put_config(!known_missing).await,
             }
         }
     };
@@ -540,6 +648,12 @@ async fn write_one<I: Store, N: Store, D: Store>(
         // there; the config is new unless seen), and put the manifest with its tag, no probe.
         // A blob gone since it was seen is named by the refusal and supplied then.
         Some(known) => {
+            // A config known there leaves the opened upload unused: cancelled beside the rest.
+            let unused = if known.last().copied().unwrap_or(false) {
+                take_upload(upload)
+            } else {
+                None
+            };
             let mountable = matches!(
                 (new_store.mount_source(), dest.mount_source()),
                 (Some(a), Some(b)) if a.registry == b.registry && a.repository != b.repository
@@ -554,19 +668,25 @@ async fn write_one<I: Store, N: Store, D: Store>(
                         Source::NewBase if mountable => {
                             copy_missing_blob(new_store, dest, digest, *size, |_| {}).await
                         }
-                        Source::Config => dest
-                            .put_new_blob(digest, *size, config.bytes())
-                            .await
-                            .map(|()| BlobCopy::Copied),
+                        Source::Config => put_config(false).await,
                         // Elsewhere a blob is checked before its bytes are sent.
                         _ => supply(i, false).await,
                     }
                 }
             };
-            let supplied = futures_util::future::try_join_all((0..jobs.len()).map(first)).await?;
-            let supplied = supplied.into_iter().map(Some).collect();
-            put_manifest_after_blobs(dest, &rebased.manifest, tag, &digests, supplied, supply)
-                .await?
+            let write = async {
+                let supplied =
+                    futures_util::future::try_join_all((0..jobs.len()).map(first)).await?;
+                let supplied = supplied.into_iter().map(Some).collect();
+                put_manifest_after_blobs(dest, &rebased.manifest, tag, &digests, supplied, supply)
+                    .await
+            };
+            let cancel = async {
+                if let Some(u) = unused {
+                    cancel_upload(dest, u).await;
+                }
+            };
+            futures_util::future::join(write, cancel).await.0?
         }
         None => put_manifest_with_blobs(dest, &rebased.manifest, tag, &digests, supply).await?,
     };
@@ -656,6 +776,7 @@ async fn rebase_index<I: Store, O: Store, N: Store, D: Store>(
                 None,
                 &mut outcome.blobs,
                 opts.dry_run,
+                &UploadSlot::default(),
             )
             .await?;
             e["digest"] = rebased.manifest.digest().to_string().into();

@@ -183,10 +183,16 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
     );
 
     // Cold: the new base's layer is not in team/app. 6 reads (image manifest and config, each
-    // base's manifest and config), its mount, the config's POST and PUT, the tagged PUT: no
-    // probe by digest.
+    // base's manifest and config), its mount, the config's POST (sent beside the reads) and
+    // PUT, the tagged PUT: no probe by digest.
+    let cancelled = |seen: &[(String, String)]| {
+        seen.iter()
+            .filter(|(m, p)| m == "DELETE" && p.contains("/blobs/uploads/"))
+            .count()
+    };
     let (sent, seen) = rebase(&reg, &state, "team/app", "r1", 1).await;
     assert_eq!(sent, 10, "{seen:#?}");
+    assert_eq!(cancelled(&seen), 0, "the upload opened ahead was used");
     assert!(
         !seen
             .iter()
@@ -202,9 +208,11 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
             .any(|(m, p)| m == "HEAD" || p.contains("mount=")),
         "nothing asked of blobs: {seen:?}"
     );
-    // The same config again: only the tagged PUT is written.
+    // The same config again: only the tagged PUT is written; the upload opened for the config
+    // beside the reads goes unused and is cancelled (its DELETE), not left open.
     let (sent, seen) = rebase(&reg, &state, "team/app", "r3", 2).await;
-    assert_eq!(sent, 7, "{seen:#?}");
+    assert_eq!(sent, 9, "{seen:#?}");
+    assert_eq!(cancelled(&seen), 1, "{seen:#?}");
 
     // Remembered wrongly (the blobs of team/app claimed for a new repository): the tagged PUT
     // is refused naming them, they are supplied, and the result is complete (checked in

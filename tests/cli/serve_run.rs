@@ -66,6 +66,27 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// A GET over a plain TcpStream: the raw answer, as much of it as arrives before the
+/// connection ends (cut or closed).
+fn raw_get(addr: &str, path: &str, token: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    raw
+}
+
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
@@ -371,4 +392,89 @@ fn register_and_run_through_the_service() {
     // --image reads with the caller's own credentials: refused through a service.
     let (code, _, err) = client(d, &url, &carol, &["run", "--image", &base]);
     assert!(code == 1 && err.contains("--image"), "{err}");
+}
+
+/// A layer whose bytes no longer match its digest (a layout target changed on disk) is never
+/// relayed whole: the answer stops short of its Content-Length, and the service goes on.
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_cut_short() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let dir = d.display().to_string();
+    std::fs::write(d.join("app.conf"), "mode = test\n".repeat(100)).unwrap();
+    crate::support::ok_at(
+        d,
+        &[
+            "register",
+            "app",
+            "--base",
+            &format!("oci:{}:v1", super::base_dir().display()),
+            "--to",
+            &format!("oci:{dir}/images"),
+            "--add",
+            "app.conf:/etc/app.conf",
+        ],
+    );
+    let alice = token(d, "alice", "requester");
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            "oci:catalog",
+            "--allow-read",
+            &format!("oci:{}", super::base_dir().display()),
+            "--allow-write",
+            "oci:images",
+            "--allow-write",
+            "oci:catalog",
+        ],
+        &[],
+    );
+    let digest = json(&crate::support::ok_at(d, &["history", "app", "--json"]))[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |digest: &str| {
+        http(
+            &s.addr,
+            "GET",
+            &format!("/v1/nicks/app/blobs/{digest}"),
+            Some(&alice),
+            None,
+        )
+    };
+    let manifest = json(&String::from_utf8_lossy(&get(&digest).body));
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let whole = get(&layer);
+    assert_eq!((whole.status, sha256(&whole.body)), (200, layer.clone()));
+    // The same number of bytes, one of them changed.
+    let file = d
+        .join("images/blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // Whatever arrives (the head and part of the body, or nothing when the service gives up
+    // before its first write goes out), the changed bytes never do, whole.
+    let raw = raw_get(&s.addr, &format!("/v1/nicks/app/blobs/{layer}"), &alice);
+    assert!(
+        !raw.windows(bytes.len()).any(|w| w == &bytes[..]),
+        "the changed blob was relayed whole"
+    );
+    if let Some(head) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        let text = String::from_utf8_lossy(&raw[..head]).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/1.1 200")
+                && text.contains(&format!("content-length: {}", bytes.len())),
+            "{text}"
+        );
+        assert!(raw.len() - head - 4 < bytes.len());
+    }
+    assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
 }

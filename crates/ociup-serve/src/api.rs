@@ -588,8 +588,9 @@ struct RegisterQuery {
 /// The largest number of entries an upload may hold.
 const MAX_UPLOAD_ENTRIES: usize = 10_000;
 
-/// Registers the recipe `recipe.json` at the root of an uploaded tar, with the files it names
-/// beside it, checked as `ociup register --recipe` checks them.
+/// Registers the recipe `recipe.json` at the root of an uploaded tar (its first entry of that
+/// name), with the files it names beside it (one of which may be named `recipe.json` too),
+/// checked as `ociup register --recipe` checks them.
 async fn register(
     State(s): State<Service>,
     caller: Caller,
@@ -614,8 +615,7 @@ async fn register(
         .map_err(|e| ApiError::new(Code::Internal, format!("a staging directory: {e}")))?;
     let root = dir.path().to_owned();
     let recipe = tokio::task::spawn_blocking(move || -> Result<Recipe, ApiError> {
-        unpack_upload(&bytes, &root)?;
-        let text = std::fs::read(root.join("recipe.json")).map_err(|_| {
+        let text = unpack_upload(&bytes, &root, "recipe.json")?.ok_or_else(|| {
             ApiError::new(
                 Code::InvalidRecipe,
                 "the upload holds no recipe.json at its root",
@@ -685,11 +685,19 @@ fn untagged(target: &str) -> Result<(), ApiError> {
 }
 
 /// Unpacks an upload into `root`: regular files and directories only, each under `root` by a
-/// relative name without `..`, none twice. Anything else refuses the whole upload.
-fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
+/// relative name without `..`, none twice. Anything else refuses the whole upload. The first
+/// entry named `control` at the top (the recipe or the steps) is not unpacked but answered:
+/// every other entry is a file the recipe may name, so a file may itself be named `control`.
+/// Modes are kept with their setuid, setgid and sticky bits (the staging directory is 0700),
+/// directories' once everything is in (deepest first, so a read-only one still takes its files).
+fn unpack_upload(bytes: &[u8], root: &FsPath, control: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let bad = |m: String| ApiError::new(Code::InvalidRecipe, format!("the upload: {m}"));
     let mut archive = tar::Archive::new(bytes);
     let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+    let mut found = None;
+    let mut dirs = Vec::new();
     for (i, entry) in entries.enumerate() {
         if i >= MAX_UPLOAD_ENTRIES {
             return Err(bad(format!("more than {MAX_UPLOAD_ENTRIES} entries")));
@@ -705,9 +713,21 @@ fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
             }
         }
         let kind = entry.header().entry_type();
+        let mode = entry.header().mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+        if found.is_none() && kind.is_file() && rel == FsPath::new(control) {
+            let mut text = Vec::new();
+            entry
+                .read_to_end(&mut text)
+                .map_err(|e| bad(format!("{control}: {e}")))?;
+            found = Some(text);
+            continue;
+        }
         let dest = root.join(&rel);
         if kind.is_dir() {
             std::fs::create_dir_all(&dest).map_err(|e| bad(format!("{}: {e}", name.display())))?;
+            if !rel.as_os_str().is_empty() {
+                dirs.push((rel.components().count(), dest, mode));
+            }
             continue;
         }
         if !kind.is_file() || rel.as_os_str().is_empty() {
@@ -719,22 +739,26 @@ fn unpack_upload(bytes: &[u8], root: &FsPath) -> Result<(), ApiError> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| bad(format!("{}: {e}", name.display())))?;
         }
-        let mode = entry.header().mode().map_err(|e| bad(e.to_string()))? & 0o777;
         let mut out = {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(mode | 0o600)
+                .mode(0o600)
                 .open(&dest)
                 .map_err(|e| bad(format!("{}: {e}", name.display())))?
         };
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
         drop(out);
-        std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| bad(e.to_string()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| bad(format!("{}: {e}", name.display())))?;
     }
-    Ok(())
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, dest, mode) in dirs {
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| bad(format!("{}: {e}", dest.display())))?;
+    }
+    Ok(found)
 }
 
 /// The nick's catalog entry, its recipe checked against the allowlist (as a resolve checks it).
@@ -1009,8 +1033,9 @@ struct EditBody {
 
 /// `ociup edit`: steps appended to a nick's recipe, and the version made of it. The body is
 /// JSON `{"steps": [...]}` when no step (stored or new) reads a file, else a tar holding
-/// `steps.json` and every file the recipe's steps name, by their relative names (regular files
-/// and directories only, as a registration's upload).
+/// `steps.json` (its first entry of that name at the root) and every file the recipe's steps
+/// name, by their relative names (regular files and directories only, as a registration's
+/// upload; a file may itself be named `steps.json`).
 async fn edit(
     State(s): State<Service>,
     caller: Caller,
@@ -1047,8 +1072,7 @@ async fn edit(
     let root = dir.path().to_owned();
     let body = tokio::task::spawn_blocking(move || -> Result<EditBody, ApiError> {
         let text = if is_tar {
-            unpack_upload(&bytes, &root)?;
-            std::fs::read(root.join("steps.json")).map_err(|_| {
+            unpack_upload(&bytes, &root, "steps.json")?.ok_or_else(|| {
                 ApiError::new(
                     Code::InvalidRecipe,
                     "the upload holds no steps.json at its root",
@@ -1135,20 +1159,25 @@ mod tests {
             ("/etc/evil", tar::EntryType::Regular),
             ("a/../../evil", tar::EntryType::Regular),
             ("link", tar::EntryType::Symlink),
+            ("hard", tar::EntryType::Link),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let err = unpack_upload(&tar_of(&[(name, kind, b"x")]), dir.path()).expect_err(name);
+            let err = unpack_upload(&tar_of(&[(name, kind, b"x")]), dir.path(), "recipe.json")
+                .expect_err(name);
             assert_eq!(err.code, Code::InvalidRecipe, "{name}");
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        unpack_upload(
+        let recipe = unpack_upload(
             &tar_of(&[
                 ("./recipe.json", tar::EntryType::Regular, b"{}"),
                 ("files/a", tar::EntryType::Regular, b"a"),
             ]),
             dir.path(),
+            "recipe.json",
         )
         .expect("a plain upload");
+        assert_eq!(recipe.as_deref(), Some(&b"{}"[..]));
+        assert!(!dir.path().join("recipe.json").exists());
         assert_eq!(
             std::fs::read(dir.path().join("files/a")).expect("read"),
             b"a"
@@ -1159,7 +1188,75 @@ mod tests {
             ("a", tar::EntryType::Regular, b"1"),
             ("a", tar::EntryType::Regular, b"2"),
         ]);
-        assert!(unpack_upload(&twice, dir.path()).is_err());
+        assert!(unpack_upload(&twice, dir.path(), "recipe.json").is_err());
+    }
+
+    #[test]
+    fn a_file_may_be_named_as_the_recipe() {
+        // The first recipe.json at the top is the recipe; a second one is a file it names.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upload = tar_of(&[
+            (
+                "recipe.json",
+                tar::EntryType::Regular,
+                b"{\"the\": \"recipe\"}",
+            ),
+            ("recipe.json", tar::EntryType::Regular, b"a source"),
+            ("sub/recipe.json", tar::EntryType::Regular, b"another"),
+        ]);
+        let recipe = unpack_upload(&upload, dir.path(), "recipe.json").expect("unpacked");
+        assert_eq!(recipe.as_deref(), Some(&b"{\"the\": \"recipe\"}"[..]));
+        assert_eq!(
+            std::fs::read(dir.path().join("recipe.json")).expect("read"),
+            b"a source"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/recipe.json")).expect("read"),
+            b"another"
+        );
+        // No recipe at the top: none answered (a nested one is a file).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nested = tar_of(&[("sub/steps.json", tar::EntryType::Regular, b"[]")]);
+        assert_eq!(
+            unpack_upload(&nested, dir.path(), "steps.json").expect("unpacked"),
+            None
+        );
+    }
+
+    #[test]
+    fn modes_are_kept_with_special_bits_and_on_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, mode) in [
+            ("d", tar::EntryType::Directory, 0o555),
+            ("d/run", tar::EntryType::Regular, 0o4755),
+            ("d/inner", tar::EntryType::Directory, 0o1750),
+            ("d/inner/g", tar::EntryType::Regular, 0o2711),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(if kind.is_dir() { 0 } else { 1 });
+            h.set_mode(mode);
+            let data: &[u8] = if kind.is_dir() { b"" } else { b"x" };
+            b.append_data(&mut h, name, data).expect("append");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        unpack_upload(&b.into_inner().expect("tar"), dir.path(), "recipe.json").expect("unpacked");
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("d"), 0o555);
+        assert_eq!(mode("d/run"), 0o4755);
+        assert_eq!(mode("d/inner"), 0o1750);
+        // setgid on a file is kept by the kernel only for a member of its group: the owner's
+        // own group here.
+        assert_eq!(mode("d/inner/g"), 0o2711);
+        std::fs::set_permissions(dir.path().join("d"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod back, to clean up");
     }
 
     #[test]

@@ -135,6 +135,8 @@ struct Inner {
     tracker: TaskTracker,
     /// Answers with nothing due: tag reads coalesced, entries known by digest.
     coalesce: coalesce::Coalescer,
+    /// What each nick's versions reach, for the blob route.
+    reach: blobs::ReachCache,
     runs: runs::Runs,
     limiter: ratelimit::Limiter,
     /// The TLS configuration, read again when its files change.
@@ -185,6 +187,7 @@ impl Service {
                 tracker: TaskTracker::new(),
                 tls,
                 coalesce: coalesce::Coalescer::default(),
+                reach: blobs::ReachCache::default(),
                 runs: runs::Runs::default(),
                 limiter: ratelimit::Limiter::default(),
             }),
@@ -359,8 +362,13 @@ impl Drop for Regenerating {
     }
 }
 
+/// How long after the request timeout a shutdown waits for connections still open (an answer
+/// still being streamed) before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown` completes, then stops taking connections, lets the requests in
-/// flight finish, and waits for the regenerations they started.
+/// flight finish (for at most the request timeout and [`SHUTDOWN_GRACE`]), and waits for the
+/// regenerations they started.
 ///
 /// # Errors
 /// Accepting connections failed for good; unauthenticated admission reviews
@@ -464,7 +472,18 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Requests in flight have the request timeout to be answered; an answer still streaming
+    // (a blob to a client that stopped reading) gets SHUTDOWN_GRACE more, then its connection
+    // is dropped. Regenerations are waited for below, however long.
+    let grace = service.inner.config.timeout + SHUTDOWN_GRACE;
+    let drained = tokio::time::timeout(grace, graceful.shutdown()).await;
+    if drained.is_err() {
+        tracing::warn!(
+            "connections still open {}s after shutdown began (a client not reading its \
+             answer?): dropped",
+            grace.as_secs()
+        );
+    }
     service.inner.tracker.close();
     service.inner.tracker.wait().await;
     Ok(())

@@ -341,13 +341,16 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
 ) -> Result<RebaseOutcome> {
     // A single manifest rebased onto another base gets a new config: the destination opens its
     // upload (a registry's POST) while the configs are read, so that only the config's PUT and
-    // the manifest's are left once they are. Not when the image visibly sits on the new base
-    // already (nothing is written then). An upload that goes unused (the destination turns out
-    // to hold the config) is cancelled, never left open.
+    // the manifest's are left once they are. Only where the old base is read too (as `ociup
+    // rebase` does): a rebase on the recorded base alone (a managed upgrade) reads little to
+    // hide the POST behind, and its regenerations often replay a config the repository holds,
+    // where the upload would go unused. Not when the image visibly sits on the new base already
+    // (nothing is written then). An upload that goes unused (the destination turns out to hold
+    // the config, an error) is cancelled, never left open.
     let speculate = !opts.dry_run
         && matches!(request.image, Document::Manifest(_))
+        && !matches!(request.old_base, OldBaseSource::Recorded)
         && !visibly_current(
-            &request.image,
             &request.old_base,
             &request.new_base,
             request.new_base_doc.as_ref(),
@@ -361,9 +364,8 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
 }
 
 /// Whether the image's base is known, from what is at hand without a request, to be the new
-/// base: the old base's digest (loaded, pinned, or as the image records it) is the new base's.
+/// base: the old base's digest (loaded or pinned) is the new base's.
 fn visibly_current<O: Store>(
-    image: &Document,
     old_base: &OldBaseSource<'_, O>,
     new_base: &ManifestRef,
     new_base_doc: Option<&Document>,
@@ -373,16 +375,10 @@ fn visibly_current<O: Store>(
         (None, ManifestRef::Digest(d)) => d.to_string(),
         (None, ManifestRef::Tag(_)) => return false,
     };
-    let old = match (old_base, image) {
-        (OldBaseSource::Loaded(_, d), _) => Some(d.raw().digest().to_string()),
-        (OldBaseSource::Image(_, ManifestRef::Digest(d)), _) => Some(d.to_string()),
-        (OldBaseSource::Image(..), _) => None,
-        (OldBaseSource::Recorded, Document::Manifest(m)) => m
-            .parsed()
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(annotations::BASE_DIGEST).cloned()),
-        (OldBaseSource::Recorded, Document::Index(_)) => None,
+    let old = match old_base {
+        OldBaseSource::Loaded(_, d) => Some(d.raw().digest().to_string()),
+        OldBaseSource::Image(_, ManifestRef::Digest(d)) => Some(d.to_string()),
+        OldBaseSource::Image(..) | OldBaseSource::Recorded => None,
     };
     old.as_deref() == Some(new.as_str())
 }
@@ -863,6 +859,88 @@ mod tests {
     use crate::layout::OciLayout;
     use crate::ops::testing::Counted;
     use crate::ops::{self, AppendBase, AppendRequest};
+    use crate::store::BlobReader;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncRead;
+
+    /// A layout that opens uploads ahead as a registry does, counting what becomes of them.
+    struct Ahead<'a> {
+        inner: &'a OciLayout,
+        opened: AtomicUsize,
+        used: AtomicUsize,
+        cancelled: AtomicUsize,
+    }
+
+    impl<'a> Ahead<'a> {
+        fn new(inner: &'a OciLayout) -> Self {
+            Ahead {
+                inner,
+                opened: AtomicUsize::new(0),
+                used: AtomicUsize::new(0),
+                cancelled: AtomicUsize::new(0),
+            }
+        }
+
+        /// (opened, used, cancelled)
+        fn counts(&self) -> (usize, usize, usize) {
+            let n = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+            (n(&self.opened), n(&self.used), n(&self.cancelled))
+        }
+    }
+
+    impl Store for Ahead<'_> {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+            self.inner.blob_size(digest).await
+        }
+        async fn get_blob(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+            self.inner.get_blob(digest, size).await
+        }
+        async fn put_blob<R: AsyncRead + Send + Unpin>(
+            &self,
+            digest: &Digest,
+            size: u64,
+            data: R,
+        ) -> Result<()> {
+            self.inner.put_blob(digest, size, data).await
+        }
+        async fn get_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
+            self.inner.get_manifest(reference).await
+        }
+        async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> Result<()> {
+            self.inner.put_manifest(document, tag).await
+        }
+        async fn resolve_tag(&self, tag: &str) -> Result<oci_spec::image::Descriptor> {
+            self.inner.resolve_tag(tag).await
+        }
+        async fn list_tags(&self) -> Result<Vec<String>> {
+            self.inner.list_tags().await
+        }
+        async fn open_upload(&self) -> Result<Option<OpenUpload>> {
+            let n = self.opened.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(OpenUpload {
+                location: format!("upload-{n}"),
+            }))
+        }
+        async fn put_blob_into<R: AsyncRead + Send + Unpin>(
+            &self,
+            upload: OpenUpload,
+            digest: &Digest,
+            size: u64,
+            data: R,
+        ) -> Result<()> {
+            assert!(upload.location.starts_with("upload-"));
+            self.used.fetch_add(1, Ordering::Relaxed);
+            self.inner.put_blob(digest, size, data).await
+        }
+        async fn cancel_upload(&self, upload: OpenUpload) -> Result<()> {
+            assert!(upload.location.starts_with("upload-"));
+            self.cancelled.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
 
     fn one_file(path: &str) -> AppendRequest {
         let mut layer = LayerBuilder::new(LayerOptions::default());
@@ -925,6 +1003,65 @@ mod tests {
             1,
             "the old base was read from its own store"
         );
+    }
+
+    #[tokio::test]
+    async fn an_upload_opened_ahead_is_used_or_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = app_on_base_1(t.path(), "reg.example/base:1").await;
+        let rebase = |old: &'static str, to: &'static str, dry_run: bool, created: u64| {
+            let layout = &layout;
+            async move {
+                let dest = Ahead::new(layout);
+                let old_ref = ManifestRef::Tag(old.into());
+                let image = load_document(layout, &ManifestRef::Tag("app-1".into()))
+                    .await
+                    .unwrap();
+                let request =
+                    RebaseRequest::new(layout, image, layout, ManifestRef::Tag("base-2".into()))
+                        .old_base(OldBaseSource::Image(layout, &old_ref));
+                let opts = RebaseOptions {
+                    dry_run,
+                    created: Some(created),
+                    ..RebaseOptions::default()
+                };
+                let result = rebase_image(request, &dest, Some(to), &opts).await;
+                (result.map(|o| o.written), dest.counts())
+            }
+        };
+        // A new config: it goes through the upload opened while the configs were read.
+        let (written, counts) = rebase("base-1", "app-2", false, 1).await;
+        assert!(written.unwrap());
+        assert_eq!(counts, (1, 1, 0));
+        // The same config again: the store has it, the upload is cancelled.
+        let (written, counts) = rebase("base-1", "app-2b", false, 1).await;
+        assert!(written.unwrap());
+        assert_eq!(counts, (1, 0, 1));
+        // The rebase fails (the app is not built on base-2): cancelled too.
+        let (written, counts) = rebase("base-2", "app-3", false, 2).await;
+        assert!(written.is_err());
+        assert_eq!(counts, (1, 0, 1));
+        // A plan opens nothing.
+        let (written, counts) = rebase("base-1", "app-4", true, 3).await;
+        assert!(!written.unwrap());
+        assert_eq!(counts, (0, 0, 0));
+        // Nor does a rebase on the recorded base alone.
+        let dest = Ahead::new(&layout);
+        let app = load_document(&layout, &ManifestRef::Tag("app-1".into()))
+            .await
+            .unwrap();
+        let request = RebaseRequest::new(&layout, app, &layout, ManifestRef::Tag("base-2".into()));
+        let opts = RebaseOptions {
+            created: Some(4),
+            ..RebaseOptions::default()
+        };
+        assert!(
+            rebase_image(request, &dest, Some("app-5"), &opts)
+                .await
+                .unwrap()
+                .written
+        );
+        assert_eq!(dest.counts(), (0, 0, 0));
     }
 
     #[tokio::test]

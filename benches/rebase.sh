@@ -24,6 +24,8 @@
 #            and directory, so the client setup loads no system root certificates: the
 #            difference to main is what loading the roots costs (plain HTTP needs none).
 #   version  (diagnostic) `ociup --version`: the floor of starting the process at all.
+#   main-b   (only with OCIUP_B=PATH) main with a second binary, for an A/B test of a change in
+#            the same rounds: its own tags and epochs, the ratio main / main-b reported.
 #   crane    the peer: `crane rebase --insecure HOST/team/app:v1 --old_base HOST/lib/base:v1
 #            --new_base HOST/lib/base:v2 --tag HOST/team/app:crane-R`, interleaved with the
 #            others; its medians give the ratio ociup main / crane (skipped when no crane is
@@ -59,6 +61,7 @@
 #                                  the registries' storage (about 2x the base size each) is
 #                                  removed once the results are in, unless BENCH_KEEP=1
 #   BENCH_REGISTRY=docker-registry registry binary (Distribution 2.x: `serve CONFIG.yml`)
+#   OCIUP_B=PATH                   a second ociup binary, timed as series main-b (A/B test)
 #   OCIUP=PATH                     ociup binary (default: builds target/release/ociup); it is
 #                                  copied into the work dir first, so a concurrent cargo build
 #                                  cannot swap it mid-run
@@ -84,7 +87,7 @@ DIAG=${BENCH_DIAG:-1}
 KEEP=${BENCH_KEEP:-0}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/rebase.json}
 REGISTRY=${BENCH_REGISTRY:-docker-registry}
-EPOCH=1700000000 # --source-date-epoch of main run R is EPOCH+R; of nocerts run R, EPOCH+100000+R
+EPOCH=1700000000 # --source-date-epoch of main run R is EPOCH+R; nocerts EPOCH+100000+R; main-b +200000
 
 # log, die, bench_ociup, bench_machine, bench_load from the shared library. The registries stay
 # this script's own: one per size, all running at once (lib.sh's start_registry keeps one).
@@ -134,6 +137,12 @@ mkdir -p "$WORK/bin"
 cp "$OCIUP" "$WORK/bin/ociup" # a snapshot: others may rebuild target/release meanwhile
 OCIUP_SRC=$OCIUP
 OCIUP=$WORK/bin/ociup
+OCIUP_B_SRC=${OCIUP_B:-}
+if [ -n "$OCIUP_B_SRC" ]; then
+  [ -x "$OCIUP_B_SRC" ] || die "no ociup binary at OCIUP_B=$OCIUP_B_SRC"
+  cp "$OCIUP_B_SRC" "$WORK/bin/ociup-b"
+  OCIUP_B=$WORK/bin/ociup-b
+fi
 
 # An empty root store for the nocerts series.
 mkdir -p "$WORK/no-certs"
@@ -245,6 +254,10 @@ run_one() {
     tag=nocerts-$r
     args+=(--source-date-epoch $((EPOCH + 100000 + r)))
     ;;
+  main-b)
+    tag=main-b-$r
+    args+=(--source-date-epoch $((EPOCH + 200000 + r)))
+    ;;
   version) tag=- ;;
   crane) tag=crane-$r ;;
   esac
@@ -264,6 +277,12 @@ run_one() {
   crane)
     t0=$EPOCHREALTIME
     "$CRANE" "${args[@]}" >"$out.json" 2>"$out.err"
+    rc=$?
+    t1=$EPOCHREALTIME
+    ;;
+  main-b)
+    t0=$EPOCHREALTIME
+    "$OCIUP_B" "${args[@]}" >"$out.json" 2>"$out.err"
     rc=$?
     t1=$EPOCHREALTIME
     ;;
@@ -378,6 +397,7 @@ sync # the bases' write-back must not overlap the timed runs
 # later rounds rotate the starting size and series.
 SERIES=(main same)
 [ -z "$CRANE" ] || SERIES+=(crane)
+[ -z "$OCIUP_B_SRC" ] || SERIES+=(main-b)
 if [ "$DIAG" = 1 ]; then SERIES+=(nocerts version); fi
 log "timing $RUNS rounds of: ${SERIES[*]} x ${SIZE_LIST[*]}"
 nsz=${#SIZE_LIST[@]}
@@ -579,7 +599,7 @@ for run in runs:
             and (run["series"] == "crane" or rd == out.get("digest"))
         if not run["result_ok"]:
             failures.append(f"{rid}: result layers are not v2's followed by the image's own")
-    elif run["series"] in ("main", "same", "crane"):
+    elif run["series"] in ("main", "same", "crane", "main-b"):
         failures.append(f"{rid}: exit status {run['rc']}")
 
 def q(xs):
@@ -689,7 +709,7 @@ GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain -uno 2>/dev/null || true)" ]; then
   GIT_REV+="-dirty"
 fi
-export JSON_OUT RUNS SEED COMPRESSION GIT_REV CPU="${CPU:-unknown}" OCIUP_SRC
+export JSON_OUT RUNS SEED COMPRESSION GIT_REV CPU="${CPU:-unknown}" OCIUP_SRC OCIUP_B_SRC
 export SIZE_JSON_LIST="${SIZE_JSONS[*]}" NPROC=$(nproc)
 export MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 export LOAD_START LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg) CPU_BEFORE CPU_AFTER
@@ -731,7 +751,8 @@ hdr = (f"{'size':>5} {'series':<16} {'runs':>4} {'wall ms':>8} {'(p25-p75)':>13}
 print(hdr)
 print("-" * len(hdr))
 names = [("main", "main (all)"), ("main_cold", "  cold (run 1)"), ("main_warm", "  warm (2..N)"),
-         ("same", "same config"), ("crane", "crane rebase"), ("nocerts", "no root certs"),
+         ("same", "same config"), ("main-b", "main, OCIUP_B"), ("crane", "crane rebase"),
+         ("nocerts", "no root certs"),
          ("version", "ociup --version")]
 for s in sizes:
     for key, title in names:
@@ -835,6 +856,16 @@ targets = [
      + ("identical" if req_same else "DIFFER")
      + f" ({small['total_bytes'] / 1e6:g} MB vs {big['total_bytes'] / 1e6:g} MB of base)"),
 ]
+for s in sizes:
+    b, c = s["series"].get("main-b"), s["series"].get("crane")
+    if b:
+        m = s["series"]["main"]
+        line = (f"A/B {s['label']}: main {m['wall_ms_median']:.1f} ms ({m['requests_median']:g} requests) vs "
+                f"OCIUP_B {b['wall_ms_median']:.1f} ms ({b['requests_median']:g} requests) = "
+                f"{m['wall_ms_median'] / b['wall_ms_median']:.2f}x")
+        if c:
+            line += f"; OCIUP_B / crane {b['wall_ms_median'] / c['wall_ms_median']:.2f}x"
+        print(line)
 print(f"\nsize independence: wall-time median {big['label']}/{small['label']} = {ratio:.2f}x, "
       f"request-count medians " + " / ".join(f"{m['requests_median']:g}" for m in main.values())
       + f", requests {'identical' if req_same else 'DIFFERENT'} in kind")
@@ -850,7 +881,8 @@ summary = {
     "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "machine": machine,
     "ociup_rev": env["GIT_REV"], "ociup_version": env["OCIUP_VERSION"],
-    "ociup_binary": env["OCIUP_SRC"], "registry": env["REG_VERSION"],
+    "ociup_binary": env["OCIUP_SRC"], "ociup_binary_b": env.get("OCIUP_B_SRC") or None,
+    "registry": env["REG_VERSION"],
     "settings": {"runs": int(env["RUNS"]), "seed": int(env["SEED"]),
                  "base_compression": env["COMPRESSION"]},
     "elapsed_s": float(env["ELAPSED_S"]),

@@ -4,9 +4,10 @@
 #
 #   bash benches/resolve.sh            # from the repository root (or from anywhere)
 #
-# One registry of its own (free 127.0.0.1 port, filesystem storage and logs in a temp dir,
-# plain HTTP via OCIUP_INSECURE_REGISTRIES, stopped by pid at exit). Base v1 of fixtures/base
-# is pushed to HOST/lib/base:latest and one nick `app` is registered twice, once per catalog:
+# One registry of its own (`start_registry` of benches/lib.sh: a free 127.0.0.1 port, storage
+# and logs in the work directory, plain HTTP via OCIUP_INSECURE_REGISTRIES, stopped by pid at
+# exit). Base v1 of fixtures/base is pushed to HOST/lib/base:latest and one nick `app` is
+# registered twice, once per catalog:
 #
 #   registry  OCIUP_CATALOG=HOST/ociup/catalog   catalog reads and writes are HTTP requests too
 #             (target HOST/team/app)
@@ -14,7 +15,8 @@
 #             (target HOST/team/app-lc)          registry
 #
 # (Two target repositories, so that the two nicks never write each other's `app-N` tags.)
-# Scenarios, BENCH_RUNS runs each per catalog, round-robin between the catalogs:
+# Scenarios, BENCH_RUNS runs each per catalog, the catalogs interleaved run by run (the first
+# one alternating, `bench_rotate` of lib.sh):
 #   a  `ociup resolve app --json`, nothing due (the base has not moved).
 #   b  `ociup resolve app --json --source-date-epoch E+r` with an upgrade: before each round the
 #      base tag moves (v2, v1, v2, ... with `ociup copy oci:fixtures/base:vX HOST/lib/base:latest`,
@@ -29,12 +31,12 @@
 #      of each layout alone, the rest with `xargs -P 2`). Then bases 0-4 move to v2, so 500 nicks
 #      are stale. BENCH_STATUS_RUNS timed runs with the layout catalog and, unless
 #      BENCH_STATUS_REGISTRY_CATALOG=0, with that catalog copied (`ociup copy`, one tag per nick)
-#      to HOST/ociup/catalog1000.
+#      to HOST/ociup/catalog1000, the two catalogs interleaved.
 #
-# Per run: wall time (bash's $EPOCHREALTIME around the command; GNU time's peak RSS for status)
-# and the registry's access-log lines between two marker requests (curl, user agent
-# "bench-marker ID", sent before and after the run and awaited in the log). Requests are split
-# into catalog (the catalog repository) and image/base requests. Upgrade runs are checked: the
+# Per run (`measure` of lib.sh): wall time (`date +%s%N` around GNU time and the command, `sync`
+# before it, untimed), peak RSS and client CPU (GNU time), the registry's CPU, and the access-log
+# lines the run caused (cut at a curl marker request sent after it). Requests are split into
+# catalog (the catalog repository) and image/base requests. Upgrade runs are checked: the
 # answer says upgraded, the new image's layers are the new base's followed by the app's own, and
 # every blob upload committed (PUT .../blobs/uploads/...?digest=) is either the new image's config
 # or a JSON blob of the catalog: layer bytes sent must be 0 (mounts are not uploads).
@@ -45,17 +47,19 @@
 # Targets (reported as met or MISSED, never failing the script): (a) at most 2 requests per
 # resolve; (b) at most 12 requests per upgrade (median) and 0 layer bytes sent; (c) exactly 10 base
 # lookups (HEAD) per status run and a median under 2 s. The exit status is non-zero only when
-# setup fails, a command fails, or a result is wrong (see the checks above).
+# setup fails, a command fails, or a result is wrong (see the checks above). Figures are medians;
+# fewer than 7 runs (BENCH_RUNS, BENCH_STATUS_RUNS) make a smoke test, and the report says so.
 #
 # Settings (environment variables, all optional):
 #   BENCH_RUNS=20                       runs of a and b per catalog
-#   BENCH_STATUS_RUNS=5                 timed status runs per catalog
+#   BENCH_STATUS_RUNS=7                 timed status runs per catalog
 #   BENCH_NICKS=1000  BENCH_BASES=10    scenario c size (nicks are spread round-robin on bases)
 #   BENCH_JOBS=2                        parallel registrations (xargs -P)
 #   BENCH_STATUS_REGISTRY_CATALOG=1     also time status with the catalog in the registry
 #   BENCH_JSON=PATH                     JSON summary (default benches/results/resolve.json)
 #   BENCH_WORKDIR=DIR                   work directory, kept (default: temp dir, removed at exit)
-#   BENCH_REGISTRY=docker-registry      registry binary (Distribution 2.x: `serve CONFIG.yml`)
+#   BENCH_REGISTRY=docker-registry      registry binary (Distribution 2.x: `serve CONFIG.yml`),
+#                                       put first on PATH as `docker-registry` for lib.sh
 #   OCIUP=PATH                          ociup binary (default: builds target/release/ociup); it is
 #                                       copied into the work dir, so a concurrent cargo build
 #                                       cannot swap it mid-run
@@ -65,17 +69,19 @@
 set -euo pipefail
 shopt -s inherit_errexit # a failing command inside $(...) stops the script too
 export LC_ALL=C          # '.' as the decimal point of $EPOCHREALTIME
-# Loopback only: never through a proxy; no ambient settings changing what ociup does.
-export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+# No ambient settings changing what ociup does (lib.sh keeps proxies off the loopback).
 unset SOURCE_DATE_EPOCH HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy
 unset OCIUP_CATALOG OCIUP_SIGNING_KEY OCIUP_USERNAME OCIUP_PASSWORD
 export OCIUP_ACTOR=bench
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# log, die, bench_need, bench_ociup, bench_workdir, start_registry, measure, bench_rotate,
+# bench_machine, bench_load, bench_git_rev.
+. "$ROOT/benches/lib.sh"
 
 RUNS=${BENCH_RUNS:-20}
-STATUS_RUNS=${BENCH_STATUS_RUNS:-5}
+STATUS_RUNS=${BENCH_STATUS_RUNS:-7}
 NICKS=${BENCH_NICKS:-1000}
 BASES=${BENCH_BASES:-10}
 JOBS=${BENCH_JOBS:-2}
@@ -85,168 +91,61 @@ REGISTRY=${BENCH_REGISTRY:-docker-registry}
 FIXTURE=$ROOT/fixtures/base
 EPOCH=1700000000 # --source-date-epoch of upgrade run r is EPOCH + r
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
 # --- prerequisites ---------------------------------------------------------------------------
 [ "${BASH_VERSINFO[0]}" -ge 5 ] || die "bash 5 is required (for \$EPOCHREALTIME)"
-for tool in curl python3 xargs sha256sum "$REGISTRY"; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
-[ -x /usr/bin/time ] || die "GNU time is required at /usr/bin/time (apt-get install -y time)"
+REGISTRY=$(command -v "$REGISTRY") || die "the registry binary ${BENCH_REGISTRY:-docker-registry} is required"
 [ -f "$FIXTURE/index.json" ] || die "no fixture layout at $FIXTURE"
 [ "$RUNS" -ge 2 ] || die "BENCH_RUNS must be at least 2"
+[ "$STATUS_RUNS" -ge 1 ] || die "BENCH_STATUS_RUNS must be at least 1"
 [ "$BASES" -ge 2 ] && [ "$NICKS" -ge "$BASES" ] || die "need BENCH_NICKS >= BENCH_BASES >= 2"
 
-# --- work directory, binary, registry, cleanup -----------------------------------------------
-if [ -n "${BENCH_WORKDIR:-}" ]; then
-  WORK=$BENCH_WORKDIR
-  mkdir -p "$WORK"
-  WORK=$(cd "$WORK" && pwd)
-  REMOVE_WORK=0
-else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/ociup-resolve-bench.XXXXXX")
-  REMOVE_WORK=1
-fi
-REG_PID= # the registry this script started
-cleanup() {
-  if [ -n "$REG_PID" ]; then
-    kill "$REG_PID" 2>/dev/null || true
-    wait "$REG_PID" 2>/dev/null || true
-  fi
-  if [ "$REMOVE_WORK" = 1 ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM # run the EXIT trap on ^C too
+# --- work directory, binary, registry --------------------------------------------------------
+bench_workdir ociup-resolve-bench # WORK; the exit trap stops the registry (and removes a temp WORK)
+WORK=$(cd "$WORK" && pwd)
+# lib.sh starts `docker-registry`: the one asked for goes first on PATH under that name.
+mkdir -p "$WORK/bin"
+ln -sf "$REGISTRY" "$WORK/bin/docker-registry"
+export PATH=$WORK/bin:$PATH
+bench_need curl python3 xargs sha256sum docker-registry
 
 OCIUP_FROM="given as OCIUP"
-if [ -z "${OCIUP:-}" ]; then
-  OCIUP_FROM="built from the checkout"
-  log "building ociup (release; a no-op when up to date)"
-  cargo build --release --quiet -p ociup-cli
-  OCIUP=$ROOT/target/release/ociup
-fi
-[ -x "$OCIUP" ] || die "no ociup binary at $OCIUP"
+[ -n "${OCIUP:-}" ] || OCIUP_FROM="built from the checkout"
+bench_ociup
 OCIUP_SRC=$OCIUP
-mkdir -p "$WORK/bin"
 cp "$OCIUP" "$WORK/bin/ociup" # a snapshot: others may rebuild target/release meanwhile
 OCIUP=$WORK/bin/ociup
 
 # Every scratch directory of an earlier run with the same BENCH_WORKDIR goes: fresh state.
-REG_DIR=$WORK/registry
-rm -rf "$REG_DIR" "$WORK/out" "$WORK/catalog" "$WORK/c" "$WORK/files"
-mkdir -p "$REG_DIR/storage" "$WORK/out" "$WORK/files"
-ACCESS=$REG_DIR/access.log
+rm -rf "$WORK/out" "$WORK/requests" "$WORK/catalog" "$WORK/c" "$WORK/files"
+mkdir -p "$WORK/out" "$WORK/requests" "$WORK/files"
 RUNS_TSV=$WORK/runs.tsv
 : >"$RUNS_TSV"
 
-free_port() {
-  python3 -c '
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# start_registry: Distribution with storage in REG_DIR/storage; access log (stdout, one Apache
-# combined line per request) in REG_DIR/access.log, its own log (stderr) in registry.log. Sets
-# HOST and REG_PID. A few attempts, as the free port can be taken before the registry binds it.
-start_registry() {
-  local attempt port i
-  for attempt in 1 2 3; do
-    port=$(free_port)
-    cat >"$REG_DIR/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $REG_DIR/storage
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$port
-  secret: ociup-bench
-health:
-  storagedriver:
-    enabled: false
-EOF
-    "$REGISTRY" serve "$REG_DIR/config.yml" >"$ACCESS" 2>"$REG_DIR/registry.log" &
-    REG_PID=$!
-    for ((i = 0; i < 200; i++)); do
-      kill -0 "$REG_PID" 2>/dev/null || break
-      if curl -sf -o /dev/null "http://127.0.0.1:$port/v2/"; then
-        HOST=127.0.0.1:$port
-        return 0
-      fi
-      sleep 0.05
-    done
-    log "registry did not come up on port $port (attempt $attempt):"
-    tail -n 5 "$REG_DIR/registry.log" >&2 || true
-    kill "$REG_PID" 2>/dev/null || true
-    wait "$REG_PID" 2>/dev/null || true
-    REG_PID=
-  done
-  die "cannot start $REGISTRY"
-}
-
-# marker ID: a request the registry logs with user agent "bench-marker ID"; returns once it is in
-# the access log, so the lines between a run's begin and end markers are exactly its requests
-# (a request is logged when its handler returns; the run's process has exited by then).
-marker() {
-  local i
-  curl -s -o /dev/null -A "bench-marker $1" "http://$HOST/v2/" || die "marker request failed"
-  for ((i = 0; i < 1000; i++)); do
-    grep -qF "\"bench-marker $1\"" "$ACCESS" && return 0
-    sleep 0.005
-  done
-  die "marker $1 never reached the access log"
-}
-
-# timed ID SCENARIO MODE RUN NOTE CMD...: one timed run between markers; stdout to out/ID.out,
-# stderr to out/ID.err; appends a line to runs.tsv. Status runs (scenario c) go through GNU time
-# for the peak RSS (its fork costs ~1 ms, nothing against a status of 1,000 nicks); resolve runs
-# do not, their wall time is a few ms.
+# timed ID SCENARIO MODE RUN NOTE CMD...: one run under `measure` (lib.sh): stdout to out/ID.out,
+# stderr to out/ID.err, its access-log lines to requests/ID.log; appends a line to runs.tsv.
+# `measure` stops the script when the command fails.
 timed() {
-  local id=$1 scenario=$2 mode=$3 run=$4 note=$5 t0 t1 rc rss=0
+  local id=$1 scenario=$2 mode=$3 run=$4 note=$5 res
   shift 5
-  marker "$id/begin"
-  set +e
-  if [ "$scenario" = c ]; then
-    t0=$EPOCHREALTIME
-    /usr/bin/time -f %M -o "$WORK/out/$id.rss" "$@" >"$WORK/out/$id.out" 2>"$WORK/out/$id.err"
-    rc=$?
-    t1=$EPOCHREALTIME
-  else
-    t0=$EPOCHREALTIME
-    "$@" >"$WORK/out/$id.out" 2>"$WORK/out/$id.err"
-    rc=$?
-    t1=$EPOCHREALTIME
-  fi
-  set -e
-  marker "$id/end"
-  [ "$scenario" != c ] || rss=$(tail -n 1 "$WORK/out/$id.rss")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$scenario" "$mode" "$run" "$t0" "$t1" "$rc" \
-    "$rss" "$note" >>"$RUNS_TSV"
-  [ "$rc" = 0 ] || die "$id failed (exit $rc): $* :: $(head -c 400 "$WORK/out/$id.err")"
+  res=$(measure "$id" "$@")
+  local wall rss user sys ticks
+  read -r wall rss user sys ticks <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$scenario" "$mode" "$run" "$wall" "$rss" \
+    "$user" "$sys" "$ticks" "$note" >>"$RUNS_TSV"
 }
 
 # catalog_of MODE / target_of MODE: the catalog and target repository of the nick `app`.
 catalog_of() { if [ "$1" = registry ]; then echo "$HOST/ociup/catalog"; else echo "oci:$WORK/catalog"; fi; }
 target_of() { if [ "$1" = registry ]; then echo "$HOST/team/app"; else echo "$HOST/team/app-lc"; fi; }
 
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_START=$(bench_load)
+MACHINE_START=$(bench_machine)
 T_START=$EPOCHREALTIME
+log "machine: $MACHINE_START"
 
 # --- setup: registry, base, the nick `app` in both catalogs ----------------------------------
-start_registry
+start_registry registry
+HOST=$REG_HOST
 export OCIUP_INSECURE_REGISTRIES=$HOST
 log "registry $REGISTRY on $HOST (pid $REG_PID), work dir $WORK"
 
@@ -265,8 +164,8 @@ sync
 # --- a: resolve, nothing due -----------------------------------------------------------------
 log "a: $RUNS x resolve with nothing due, per catalog"
 for ((r = 1; r <= RUNS; r++)); do
-  if ((r % 2)); then order=(registry layout); else order=(layout registry); fi
-  for mode in "${order[@]}"; do
+  bench_rotate $((r - 1)) "${MODES[@]}"
+  for mode in "${ORDER[@]}"; do
     OCIUP_CATALOG=$(catalog_of "$mode") timed "a-$mode-$r" a "$mode" "$r" - \
       "$OCIUP" resolve app --json
   done
@@ -277,8 +176,8 @@ log "b: $RUNS x (move the base tag, then resolve with an upgrade), per catalog"
 for ((r = 1; r <= RUNS; r++)); do
   if ((r % 2)); then v=v2; else v=v1; fi
   "$OCIUP" copy "oci:$FIXTURE:$v" "$HOST/lib/base:latest" >/dev/null # not timed, not counted
-  if ((r % 2)); then order=(registry layout); else order=(layout registry); fi
-  for mode in "${order[@]}"; do
+  bench_rotate $((r - 1)) "${MODES[@]}"
+  for mode in "${ORDER[@]}"; do
     OCIUP_CATALOG=$(catalog_of "$mode") timed "b-$mode-$r" b "$mode" "$r" "$v" \
       "$OCIUP" resolve app --json --source-date-epoch $((EPOCH + r))
   done
@@ -339,27 +238,24 @@ for mode in "${STATUS_MODES[@]}"; do
   OCIUP_CATALOG=$(status_catalog "$mode") "$OCIUP" status --json >"$WORK/out/c-$mode-check.json"
 done
 for ((r = 1; r <= STATUS_RUNS; r++)); do
-  if ((r % 2)); then order=("${STATUS_MODES[@]}"); else order=(); for ((j = ${#STATUS_MODES[@]} - 1; j >= 0; j--)); do order+=("${STATUS_MODES[j]}"); done; fi
-  for mode in "${order[@]}"; do
+  bench_rotate $((r - 1)) "${STATUS_MODES[@]}"
+  for mode in "${ORDER[@]}"; do
     OCIUP_CATALOG=$(status_catalog "$mode") timed "c-$mode-$r" c "$mode" "$r" - "$OCIUP" status
   done
 done
 
+
 # --- analysis and report (the registry is still up: the checks fetch from it) ----------------
 mkdir -p "$(dirname "$JSON_OUT")"
 CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
-GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-# (--no-optional-locks: read-only, never touches the index of a checkout someone works in)
-if [ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain -uno 2>/dev/null || true)" ]; then
-  GIT_REV+="-dirty"
-fi
-export JSON_OUT RUNS STATUS_RUNS NICKS BASES STALE_BASES JOBS GIT_REV CPU="${CPU:-unknown}" OCIUP_SRC
-export OCIUP_FROM OCIUP_SHA=$(sha256sum "$OCIUP" | cut -c1-12)
-export ACCESS RUNS_TSV FIXTURE REGISTER_S COPY_S EPOCH
+export JSON_OUT RUNS STATUS_RUNS NICKS BASES STALE_BASES JOBS CPU="${CPU:-unknown}" OCIUP_SRC
+export GIT_REV=$(bench_git_rev) OCIUP_FROM OCIUP_SHA=$(sha256sum "$OCIUP" | cut -c1-12)
+export RUNS_TSV FIXTURE REGISTER_S COPY_S EPOCH WORK HOST
 export NPROC=$(nproc) MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-export LOAD_START LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+export LOAD_START LOAD_END=$(bench_load) MACHINE_START MACHINE_END="$(bench_machine)"
+export CLK_TCK=$(getconf CLK_TCK)
 export ELAPSED_S=$(python3 -c "print(round($EPOCHREALTIME - $T_START, 1))")
-export REG_VERSION=$("$REGISTRY" --version 2>&1 | head -n1)
+export REG_VERSION=$(docker-registry --version 2>&1 | head -n1)
 export OCIUP_VERSION=$("$OCIUP" --version 2>&1 | head -n1)
 python3 - <<'PY'
 import collections, json, os, re, statistics as st, sys, time, urllib.error, urllib.request
@@ -473,39 +369,38 @@ def kind(path):
     p = re.sub(r"/lib/base\d+/", "/lib/base<k>/", p)
     return p
 
-# ---- the access log, sliced by markers
+# ---- each run's access-log lines (`measure` of lib.sh cut them at a marker sent after the run,
+# the marker's and any other curl line left out)
 LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]+\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-) "[^"]*" "([^"]*)"')
-log_lines = open(env["ACCESS"], encoding="utf-8", errors="replace").read().splitlines()
-marks, parsed, unparsed = {}, [], 0
-for i, line in enumerate(log_lines):
-    m = LINE.match(line)
-    if not m:
-        unparsed += 1
-        parsed.append(None)
-        continue
-    meth, path, status, size, ua = m.groups()
-    if ua.startswith("bench-marker "):
-        marks[ua[len("bench-marker "):]] = i
-    parsed.append({"method": meth, "path": path, "status": int(status),
-                   "bytes": 0 if size == "-" else int(size), "ua": ua})
-
-runs = []
-for line in open(env["RUNS_TSV"]):
-    rid, sc, mode, r, t0, t1, rc, rss, note = line.rstrip("\n").split("\t")
-    b, e = marks[f"{rid}/begin"], marks[f"{rid}/end"]
+unparsed = 0
+def requests_of(rid):
+    global unparsed
     reqs, other = [], 0
-    for x in parsed[b + 1:e]:
-        if x is None:
+    for line in open(f"{WORK}/requests/{rid}.log", encoding="utf-8", errors="replace"):
+        m = LINE.match(line)
+        if not m:
+            unparsed += 1
             other += 1
-        elif x["ua"].startswith("ociup/"):
-            reqs.append(x)
+            continue
+        meth, path, status, size, ua = m.groups()
+        if ua.startswith("ociup/"):
+            reqs.append({"method": meth, "path": path, "status": int(status),
+                         "bytes": 0 if size == "-" else int(size), "ua": ua})
         else:
             other += 1
     if other:
         failures.append(f"{rid}: {other} access-log lines of another client (or unparsed) inside the run")
+    return reqs
+
+CLK = int(env["CLK_TCK"])
+runs = []
+for line in open(env["RUNS_TSV"]):
+    rid, sc, mode, r, wall, rss, user, sys_s, ticks, note = line.rstrip("\n").split("\t")
     runs.append({"id": rid, "scenario": sc, "mode": mode, "run": int(r), "note": note,
-                 "wall_ms": (float(t1) - float(t0)) * 1e3, "rc": int(rc), "peak_rss_kib": int(rss),
-                 "requests": reqs})
+                 "wall_ms": float(wall) * 1e3, "peak_rss_kib": int(rss),
+                 "cpu_ms": (float(user) + float(sys_s)) * 1e3,
+                 "registry_cpu_ms": int(ticks) * 1e3 / CLK,
+                 "requests": requests_of(rid)})
 
 def is_catalog(x):
     return any(x["path"].startswith(f"/v2/{c}/") for c in CATALOG_REPOS)
@@ -648,7 +543,10 @@ def summary(rs):
          "wall_ms_p25_p75": q(w), "wall_ms_min": min(w), "wall_ms_max": max(w),
          "requests": n, "requests_median": st.median(n), "requests_min": min(n), "requests_max": max(n),
          "catalog_requests_median": st.median(r["n_catalog"] for r in rs),
-         "image_requests_median": st.median(r["n_image"] for r in rs)}
+         "image_requests_median": st.median(r["n_image"] for r in rs),
+         "peak_rss_mib_median": st.median(r["peak_rss_kib"] for r in rs) / 1024,
+         "cpu_ms_median": st.median(r["cpu_ms"] for r in rs),
+         "registry_cpu_ms_median": st.median(r["registry_cpu_ms"] for r in rs)}
     if "uploads" in rs[0]:
         s.update({"upload_requests_median": st.median(r["upload_requests"] for r in rs),
                   "mounts_total": sum(r["mounts"] for r in rs),
@@ -659,8 +557,7 @@ def summary(rs):
     if "base_heads" in rs[0]:
         s.update({"base_heads": [r["base_heads"] for r in rs],
                   "distinct_base_heads": [r["distinct_base_heads"] for r in rs],
-                  "base_gets_total": sum(r["base_gets"] for r in rs),
-                  "peak_rss_mib_median": st.median(r["peak_rss_kib"] for r in rs) / 1024})
+                  "base_gets_total": sum(r["base_gets"] for r in rs)})
     # The representative run: the first one with the median request count (cold run 1 of b
     # aside when another run has it).
     med = st.median(n)
@@ -677,7 +574,8 @@ by_id = {r["id"]: r for r in runs}
 
 machine = {"nproc": int(env["NPROC"]), "cpu": env["CPU"],
            "mem_gib": round(int(env["MEM_KIB"]) / 1048576, 1),
-           "loadavg_start": env["LOAD_START"], "loadavg_end": env["LOAD_END"]}
+           "loadavg_start": env["LOAD_START"], "loadavg_end": env["LOAD_END"],
+           "at_start": env["MACHINE_START"], "at_end": env["MACHINE_END"]}
 TITLES = {"a": "resolve, nothing due", "b": "resolve, upgrade",
           "c": f"status, {nicks} nicks / {bases} bases"}
 
@@ -692,7 +590,7 @@ print(f"scenario c setup: {nicks} registrations in {env['REGISTER_S']} s (xargs 
 print()
 hdr = (f"{'scenario':<34} {'catalog':<8} {'runs':>4} {'wall ms':>8} {'(p25-p75)':>15} "
        f"{'reqs':>5} {'(min-max)':>9} {'catalog':>7} {'images':>6} {'uploads':>7} {'mounts':>6} "
-       f"{'layer B':>7}")
+       f"{'layer B':>7} {'RSS MiB':>7} {'CPU ms':>7} {'reg ms':>6}")
 print(hdr)
 print("-" * len(hdr))
 for key, s in summaries.items():
@@ -705,13 +603,18 @@ for key, s in summaries.items():
     print(f"{sc + '  ' + TITLES[sc]:<34} {mode:<8} {s['runs']:>4} {s['wall_ms_median']:8.1f} "
           f"{'(' + format(p[0], '.1f') + '-' + format(p[1], '.1f') + ')':>15} "
           f"{s['requests_median']:5g} {rng:>9} {s['catalog_requests_median']:7g} "
-          f"{s['image_requests_median']:6g} {up:>7} {mo:>6} {lb:>7}")
+          f"{s['image_requests_median']:6g} {up:>7} {mo:>6} {lb:>7} "
+          f"{s['peak_rss_mib_median']:7.1f} {s['cpu_ms_median']:7.0f} {s['registry_cpu_ms_median']:6.0f}")
 print()
 print("wall ms: process start to exit (median, quartiles); reqs: HTTP requests in the access log")
 print("per run (median, min-max), split into catalog-repository and image/base requests; uploads:")
 print("requests on /blobs/uploads/ other than mounts (median per run); mounts: POST ?mount= over")
 print("all runs; layer B: bytes of committed uploads that were not the new config or catalog JSON,")
-print("over all runs (must be 0).")
+print("over all runs (must be 0); RSS MiB, CPU ms: ociup's peak RSS and CPU time (user + system),")
+print("reg ms: the registry's CPU time during the run (medians; `measure` of benches/lib.sh, whose")
+print("wall time includes starting GNU time, about a millisecond).")
+if int(env["RUNS"]) < 7 or int(env["STATUS_RUNS"]) < 7:
+    print("note: fewer than 7 runs per figure: a smoke test, not a measurement")
 
 for key, s in summaries.items():
     sc, mode = key.split("/")
@@ -783,6 +686,8 @@ for f in failures:
     print(f"FAILED: {f}")
 print(f"\nmachine: {machine['nproc']} cores, {machine['cpu']}, {machine['mem_gib']} GiB RAM, "
       f"load {machine['loadavg_start']} -> {machine['loadavg_end']}")
+print(f"  at the start: {machine['at_start']}")
+print(f"  at the end:   {machine['at_end']}")
 
 # ---- JSON
 def run_json(r):

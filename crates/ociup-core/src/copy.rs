@@ -21,10 +21,11 @@ use crate::reference::PlatformSpec;
 use crate::store::{BlobCopy, ManifestRef, Probe, Store, copy_blob_with, copy_missing_blob};
 
 /// Blobs a copy into a layout holds at once, per download slot ([`CopyOptions::jobs`]),
-/// downloading or being made durable: a blob whose bytes have all arrived gives its slot to the
-/// next one while its file is synced and renamed, so the network seldom waits for the disk; the
-/// bound keeps what a blob's writer still holds queued (a few MiB) from piling up when the disk
-/// is slower than the network.
+/// downloading or finishing their writes: a blob whose bytes have all arrived gives its slot to
+/// the next one while its writer thread writes and checks what it still holds queued, so the
+/// network seldom waits for the disk; the bound keeps those queues (a few MiB each) from piling
+/// up when the disk is slower than the network. The layout syncs the blobs together and names
+/// them before the manifest is written ([`crate::layout::OciLayout::settle`]).
 const BLOBS_IN_FLIGHT_PER_JOB: usize = 2;
 
 /// How to copy.
@@ -167,10 +168,12 @@ pub async fn copy_image<A: Store, B: Store>(
         opts,
         events,
         transfers: Arc::new(Semaphore::new(opts.jobs.max(1))),
+        in_flight: Arc::new(Semaphore::new(0)),
         counters: Counters::default(),
         seen: Mutex::new(HashSet::new()),
         root: raw.digest().clone(),
     };
+    copier.in_flight.add_permits(copier.in_flight_bound());
     let new_tag = if tag_current { None } else { tag };
     copier.copy_document(doc, new_tag, 0).await?;
     let c = copier.counters;
@@ -191,9 +194,11 @@ struct Copier<'a, A, B> {
     dst: &'a B,
     opts: &'a CopyOptions,
     events: &'a (dyn Fn(CopyEvent) + Send + Sync),
-    /// Blobs being read at once into a layout ([`CopyOptions::jobs`]); see
-    /// [`MAX_BLOBS_IN_FLIGHT`].
+    /// Blobs being read at once ([`CopyOptions::jobs`]).
     transfers: Arc<Semaphore>,
+    /// Blobs under way at once, across every manifest of the copy (the children of an index go
+    /// at once): [`Copier::in_flight_bound`].
+    in_flight: Arc<Semaphore>,
     counters: Counters,
     /// Documents copied (or being copied) already in this copy.
     seen: Mutex<HashSet<Digest>>,
@@ -279,20 +284,21 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
     }
 
     async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit> {
-        Arc::clone(&self.transfers)
-            .acquire_owned()
-            .await
-            .map_err(|_| {
-                Error::io(
-                    "copying blobs",
-                    std::io::Error::other("the copy was stopped"),
-                )
-            })
+        Self::permit(&self.transfers).await
+    }
+
+    async fn permit(semaphore: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
+        Arc::clone(semaphore).acquire_owned().await.map_err(|_| {
+            Error::io(
+                "copying blobs",
+                std::io::Error::other("the copy was stopped"),
+            )
+        })
     }
 
     /// [`crate::store::copy_missing_blob`] into a destination that does not trust its manifests
     /// (a layout): the source is read under `permit`, given back at its last byte, so the
-    /// destination's sync and rename of this blob overlap the next blob's download.
+    /// destination's last writes of this blob overlap the next blob's download.
     async fn copy_into_layout(
         &self,
         digest: &Digest,
@@ -314,6 +320,30 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
         };
         self.dst.put_new_blob(digest, size, reader).await?;
         Ok(BlobCopy::Copied)
+    }
+
+    /// Blobs under way at once: [`CopyOptions::jobs`], into a layout
+    /// [`BLOBS_IN_FLIGHT_PER_JOB`] times that.
+    fn in_flight_bound(&self) -> usize {
+        let jobs = self.opts.jobs.max(1);
+        if self.dst.manifest_implies_blobs() {
+            jobs
+        } else {
+            jobs * BLOBS_IN_FLIGHT_PER_JOB
+        }
+    }
+
+    /// Reads the child `digest` of an index (listed as `listed_type`) from the source and copies
+    /// it with everything under it.
+    async fn copy_child(&self, digest: Digest, listed_type: String, depth: usize) -> Result<()> {
+        let child_raw = self.src.get_manifest(&ManifestRef::Digest(digest)).await?;
+        let child_raw = if child_raw.media_type().is_empty() {
+            RawDocument::new(child_raw.bytes().to_vec(), listed_type)
+        } else {
+            child_raw
+        };
+        let child_doc = Document::parse(child_raw)?;
+        self.copy_document(child_doc, None, depth + 1).await
     }
 
     /// Copies a document and everything under it, children before parents; `tag` is for the
@@ -399,14 +429,9 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                     } else {
                         HashSet::new()
                     };
-                    // The transfers are bounded by `transfers`; into a layout, as many blobs
-                    // again may be syncing meanwhile.
-                    let jobs = self.opts.jobs.max(1);
-                    let in_flight = if trusted {
-                        jobs
-                    } else {
-                        jobs * BLOBS_IN_FLIGHT_PER_JOB
-                    };
+                    // The transfers are bounded by `transfers`, the blobs under way (across the
+                    // manifests copied at once) by `in_flight`: into a layout, as many blobs
+                    // again as are read may be finishing their writes meanwhile.
                     // On the first error no further blob starts, and the ones under way are
                     // waited for: nothing keeps writing after the copy returned its error.
                     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -415,6 +440,7 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                             let known_missing = named.contains(&digest);
                             let failed = &failed;
                             async move {
+                                let _slot = Self::permit(&self.in_flight).await?;
                                 if failed.load(Ordering::Relaxed) {
                                     return Ok(());
                                 }
@@ -425,7 +451,7 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                                 r
                             }
                         })
-                        .buffer_unordered(in_flight)
+                        .buffer_unordered(self.in_flight_bound())
                         .collect()
                         .await;
                     results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -448,27 +474,51 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                             ),
                         });
                     }
+                    // Each child once, whatever the list repeats; those an earlier part of the
+                    // copy took are complete already (children come before parents).
+                    let mut children = Vec::new();
+                    let mut listed_here = HashSet::new();
                     for child in i.parsed().manifests() {
                         let digest = Digest::try_from(child.digest())?;
-                        let listed = self
+                        let seen = self
                             .seen
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .contains(&digest);
-                        if listed {
-                            continue;
+                        if !seen && listed_here.insert(digest.clone()) {
+                            let nested = matches!(
+                                media_type::document_kind(child.media_type().as_ref()),
+                                Ok((DocumentKind::Index, _))
+                            );
+                            children.push((digest, child.media_type().to_string(), nested));
                         }
-                        let child_raw = self.src.get_manifest(&ManifestRef::Digest(digest)).await?;
-                        let child_raw = if child_raw.media_type().is_empty() {
-                            RawDocument::new(
-                                child_raw.bytes().to_vec(),
-                                child.media_type().to_string(),
-                            )
-                        } else {
-                            child_raw
-                        };
-                        let child_doc = Document::parse(child_raw)?;
-                        self.copy_document(child_doc, None, depth + 1).await?;
+                    }
+                    // The image manifests at once (their blobs share the copy's bounds), then
+                    // the nested indexes one after another: a document two nested indexes list
+                    // is complete before the second one's parent can be written.
+                    let (nested, images): (Vec<_>, Vec<_>) =
+                        children.into_iter().partition(|c| c.2);
+                    let failed = std::sync::atomic::AtomicBool::new(false);
+                    let results: Vec<Result<()>> = futures_util::stream::iter(images)
+                        .map(|(digest, listed_type, _)| {
+                            let failed = &failed;
+                            async move {
+                                if failed.load(Ordering::Relaxed) {
+                                    return Ok(());
+                                }
+                                let r = self.copy_child(digest, listed_type, depth).await;
+                                if r.is_err() {
+                                    failed.store(true, Ordering::Relaxed);
+                                }
+                                r
+                            }
+                        })
+                        .buffer_unordered(self.opts.jobs.max(1))
+                        .collect()
+                        .await;
+                    results.into_iter().collect::<Result<Vec<()>>>()?;
+                    for (digest, listed_type, _) in nested {
+                        self.copy_child(digest, listed_type, depth).await?;
                     }
                 }
             }
@@ -476,9 +526,9 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                 match self.held(raw.digest(), raw.size()).await? {
                     Held::Intact => {
                         c.manifests_present.fetch_add(1, Ordering::Relaxed);
-                        if tag.is_some() {
-                            self.dst.put_manifest(&raw, tag).await?;
-                        }
+                        // Untagged too: a layout puts the blobs copied (repaired) under it in
+                        // place first, and finds the manifest there.
+                        self.dst.put_manifest(&raw, tag).await?;
                         return Ok(());
                     }
                     Held::Damaged => {
@@ -534,8 +584,246 @@ mod tests {
     use super::*;
     use crate::layout::OciLayout;
     use crate::ops::testing::{Counted, index_of, nine_by_ten, tiny_image};
+    use tokio::io::AsyncRead;
 
     fn no_events(_: CopyEvent) {}
+
+    /// An image of layers of `sizes` bytes (distinct by `label`) and a config, stored untagged
+    /// in `layout`.
+    async fn image_of_layers(layout: &OciLayout, label: &str, sizes: &[usize]) -> RawDocument {
+        let mut layers = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = format!("{label}-{i}-")
+                .into_bytes()
+                .into_iter()
+                .cycle()
+                .take(*size)
+                .collect();
+            let digest = Digest::sha256(&bytes);
+            layout
+                .put_blob(&digest, bytes.len() as u64, &bytes[..])
+                .await
+                .unwrap();
+            layers.push(serde_json::json!({"mediaType": media_type::OCI_LAYER_GZIP,
+                "digest": digest.to_string(), "size": bytes.len()}));
+        }
+        let config = RawDocument::canonical(
+            &serde_json::json!({"architecture": "amd64", "os": "linux", "label": label,
+                "rootfs": {"type": "layers", "diff_ids": []}}),
+            media_type::OCI_CONFIG,
+        )
+        .unwrap();
+        layout
+            .put_blob(config.digest(), config.size(), config.bytes())
+            .await
+            .unwrap();
+        let manifest = RawDocument::canonical(
+            &serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                "config": {"mediaType": media_type::OCI_CONFIG,
+                    "digest": config.digest().to_string(), "size": config.size()},
+                "layers": layers}),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap();
+        layout.put_manifest(&manifest, None).await.unwrap();
+        manifest
+    }
+
+    /// A layout read through: reading `broken` fails (the others as the layout reads them);
+    /// each blob read takes `delay` and the most read at once is counted.
+    struct Source<'a> {
+        inner: &'a OciLayout,
+        broken: Option<Digest>,
+        delay: std::time::Duration,
+        reading: AtomicU64,
+        most: AtomicU64,
+    }
+
+    impl<'a> Source<'a> {
+        fn new(inner: &'a OciLayout) -> Self {
+            Source {
+                inner,
+                broken: None,
+                delay: std::time::Duration::ZERO,
+                reading: AtomicU64::new(0),
+                most: AtomicU64::new(0),
+            }
+        }
+    }
+
+    impl Store for Source<'_> {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+            self.inner.blob_size(digest).await
+        }
+        async fn get_blob(&self, digest: &Digest, size: u64) -> Result<crate::store::BlobReader> {
+            self.read_blob_raw(digest, size).await
+        }
+        async fn read_blob_raw(
+            &self,
+            digest: &Digest,
+            size: u64,
+        ) -> Result<crate::store::BlobReader> {
+            let now = self.reading.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.reading.fetch_sub(1, Ordering::SeqCst);
+            if self.broken.as_ref() == Some(digest) {
+                return Err(Error::io(
+                    format!("reading blob {digest}"),
+                    std::io::Error::other("the source broke off"),
+                ));
+            }
+            self.inner.read_blob_raw(digest, size).await
+        }
+        async fn put_blob<R: AsyncRead + Send + Unpin>(
+            &self,
+            digest: &Digest,
+            size: u64,
+            data: R,
+        ) -> Result<()> {
+            self.inner.put_blob(digest, size, data).await
+        }
+        async fn get_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
+            self.inner.get_manifest(reference).await
+        }
+        async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> Result<()> {
+            self.inner.put_manifest(document, tag).await
+        }
+        async fn resolve_tag(&self, tag: &str) -> Result<oci_spec::image::Descriptor> {
+            self.inner.resolve_tag(tag).await
+        }
+        async fn list_tags(&self) -> Result<Vec<String>> {
+            self.inner.list_tags().await
+        }
+    }
+
+    /// What `blobs/` of a layout holds: blob names, and how many temporary files.
+    fn blob_files(layout: &std::path::Path) -> (Vec<String>, usize) {
+        let mut named = Vec::new();
+        let mut temporary = 0;
+        for dir in [layout.join("blobs"), layout.join("blobs/sha256")] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue; // blobs/sha256 appears with the first blob named
+            };
+            for e in entries {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if name.starts_with(".ociup-") {
+                    temporary += 1;
+                } else if name != "sha256" {
+                    named.push(name);
+                }
+            }
+        }
+        named.sort();
+        (named, temporary)
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_breaks_off_names_nothing_unsynced_and_the_next_one_resumes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = OciLayout::open_or_create(t.path().join("src")).unwrap();
+        let image = image_of_layers(&src, "a", &[3 << 20, 2 << 20]).await;
+        let m = crate::document::Manifest::parse(image.clone()).unwrap();
+        let config = m.config_digest().unwrap();
+        let layers: Vec<String> = m
+            .parsed()
+            .layers()
+            .iter()
+            .map(|l| l.digest().to_string())
+            .collect();
+        let hex = |d: &str| d.split_once(':').unwrap().1.to_owned();
+        let dst_dir = t.path().join("dst");
+        // One blob at a time, largest first: both layers are written before the config fails.
+        let opts = CopyOptions {
+            jobs: 1,
+            ..CopyOptions::default()
+        };
+        {
+            let dst = OciLayout::open_or_create(&dst_dir).unwrap();
+            let mut broken = Source::new(&src);
+            broken.broken = Some(config.clone());
+            let err = copy_image(
+                &broken,
+                &ManifestRef::Digest(image.digest().clone()),
+                &dst,
+                Some("t"),
+                &opts,
+                &no_events,
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::Io { source, .. } if source.to_string() == "the source broke off"),
+                "{err:?}"
+            );
+            assert!(dst.index_entries().unwrap().is_empty(), "nothing tagged");
+            // The finished layers are checked and staged, not named: nothing synced them yet.
+            assert_eq!(blob_files(&dst_dir), (vec![], 2));
+        }
+        // The last handle gone, the finished layers are synced and named; nothing else is there.
+        let mut want: Vec<String> = layers.iter().map(|d| hex(d)).collect();
+        want.sort();
+        assert_eq!(blob_files(&dst_dir), (want, 0));
+
+        let dst = OciLayout::open_or_create(&dst_dir).unwrap();
+        let report = copy_image(
+            &src,
+            &ManifestRef::Digest(image.digest().clone()),
+            &dst,
+            Some("t"),
+            &opts,
+            &no_events,
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.blobs_copied, report.blobs_present), (1, 2));
+        assert_eq!(dst.list_tags().await.unwrap(), ["t"]);
+        for d in layers
+            .iter()
+            .chain([&config.to_string(), &image.digest().to_string()])
+        {
+            let digest: Digest = d.parse().unwrap();
+            let bytes = std::fs::read(dst.blob_path(&digest)).unwrap();
+            assert_eq!(Digest::sha256(&bytes), digest);
+        }
+        assert_eq!(blob_files(&dst_dir).1, 0, "no temporary file left");
+    }
+
+    #[tokio::test]
+    async fn the_platforms_of_an_index_are_copied_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let src = OciLayout::open_or_create(t.path().join("src")).unwrap();
+        let dst = OciLayout::open_or_create(t.path().join("dst")).unwrap();
+        let mut images = Vec::new();
+        for label in ["a", "b", "c"] {
+            images.push(image_of_layers(&src, label, &[1000]).await);
+        }
+        let children: Vec<_> = images.iter().map(|i| (i, Some("linux/amd64"))).collect();
+        let index = index_of(&src, &children, 0).await;
+        let mut source = Source::new(&src);
+        source.delay = std::time::Duration::from_millis(200);
+        let report = copy_image(
+            &source,
+            &ManifestRef::Digest(index.digest().clone()),
+            &dst,
+            Some("t"),
+            &CopyOptions::default(),
+            &no_events,
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.manifests_written, report.blobs_copied), (4, 6));
+        // Each image has two blobs: more read at once means images copied at once.
+        let most = source.most.load(Ordering::SeqCst);
+        assert!(most > 2, "at most {most} blobs were read at once");
+        assert!(
+            most <= 4,
+            "{most} blobs were read at once, more than --jobs"
+        );
+    }
 
     #[tokio::test]
     async fn an_index_listed_many_times_is_copied_once() {

@@ -3,9 +3,11 @@
 //!
 //! Writes never leave anything half-done: a blob is written to a hidden temporary file under
 //! `blobs/` (by a blocking thread, while the rest of it downloads), checked, synced to disk and
-//! renamed into place; `index.json` is rewritten to a temporary file and
-//! renamed over the old one, under an exclusive `flock` of the layout directory so that concurrent writers do not lose
-//! each other's tags. `index.json` is edited as JSON, so fields ociup does not know survive.
+//! renamed into place (a copy's blobs, from [`Store::put_new_blob`], are staged: synced together
+//! and renamed before anything names them, see [`OciLayout::settle`]); `index.json` is
+//! rewritten to a temporary file and renamed over the old one, under an exclusive `flock` of the
+//! layout directory so that concurrent writers do not lose each other's tags. `index.json` is
+//! edited as JSON, so fields ociup does not know survive.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,6 +43,8 @@ pub struct OciLayout {
     cache: Arc<Mutex<Option<IndexCache>>>,
     /// Whether this value has looked for stale temporary files yet (once, at its first write).
     swept: Arc<std::sync::atomic::AtomicBool>,
+    /// Blobs [`Store::put_new_blob`] wrote and checked, not yet synced nor named.
+    staged: Arc<Staging>,
 }
 
 /// How long after its last write a temporary file of a layout (`blobs/.ociup-*`,
@@ -85,11 +89,7 @@ impl OciLayout {
     /// [`Error::InvalidLayout`] when `oci-layout` is missing or names another version, or
     /// `index.json` is missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<OciLayout> {
-        let layout = OciLayout {
-            root: root.into(),
-            cache: Arc::default(),
-            swept: Arc::default(),
-        };
+        let layout = OciLayout::new(root.into());
         let bytes = match layout.read_small(LAYOUT_FILE, MAX_MARKER_SIZE)? {
             Some(b) => b,
             None => {
@@ -163,23 +163,40 @@ impl OciLayout {
                     .map_err(|e| Error::io(format!("creating {}", staged.display()), e))?;
                 std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
                     .map_err(|e| Error::io(format!("creating {}", staged.display()), e))?;
-                let layout = OciLayout {
-                    root: staged.clone(),
-                    cache: Arc::default(),
-                    swept: Arc::default(),
-                };
-                layout.write_atomic(
-                    LAYOUT_FILE,
-                    &canonical_json(&json!({"imageLayoutVersion": "1.0.0"}))?,
-                )?;
-                layout.write_atomic(
-                    INDEX_FILE,
-                    &canonical_json(&json!({
-                        "schemaVersion": 2,
-                        "mediaType": media_type::OCI_INDEX,
-                        "manifests": [],
-                    }))?,
-                )
+                // Nobody sees the directory before the rename: its files are written in
+                // place, and they and the directories are synced at once (one journal commit,
+                // not one per file).
+                let mut synced = Vec::new();
+                for (name, value) in [
+                    (LAYOUT_FILE, json!({"imageLayoutVersion": "1.0.0"})),
+                    (
+                        INDEX_FILE,
+                        json!({
+                            "schemaVersion": 2,
+                            "mediaType": media_type::OCI_INDEX,
+                            "manifests": [],
+                        }),
+                    ),
+                ] {
+                    let path = staged.join(name);
+                    let bytes = canonical_json(&value)?;
+                    let f = std::fs::File::create_new(&path)
+                        .and_then(|mut f| {
+                            f.write_all(&bytes)?;
+                            readable(&f)?;
+                            Ok(f)
+                        })
+                        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                    synced.push(f);
+                }
+                for dir in [staged.join("blobs"), staged.clone()] {
+                    synced.push(
+                        std::fs::File::open(&dir)
+                            .map_err(|e| Error::io(format!("opening {}", dir.display()), e))?,
+                    );
+                }
+                sync_at_once(&synced)
+                    .map_err(|e| Error::io(format!("syncing {}", staged.display()), e))
             })();
             let moved = made.and_then(|()| {
                 std::fs::rename(&staged, &root)
@@ -193,13 +210,22 @@ impl OciLayout {
                 }
             }
             moved?;
-            return Ok(OciLayout {
-                root,
-                cache: Arc::default(),
-                swept: Arc::default(),
-            });
+            return Ok(OciLayout::new(root));
         }
         OciLayout::open(root)
+    }
+
+    fn new(root: PathBuf) -> OciLayout {
+        OciLayout {
+            staged: Arc::new(Staging {
+                root: root.clone(),
+                blobs: Mutex::default(),
+                settling: Mutex::default(),
+            }),
+            root,
+            cache: Arc::default(),
+            swept: Arc::default(),
+        }
     }
 
     /// The directory.
@@ -449,21 +475,50 @@ impl OciLayout {
     /// manifests) in place survive a crash. Done before `index.json` names what they hold, once
     /// per edit rather than once per blob.
     fn sync_blob_dirs(&self) -> Result<()> {
-        let blobs = self.root.join("blobs");
-        let entries = std::fs::read_dir(&blobs)
-            .map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                sync_dir(&entry.path())?;
-            }
-        }
-        sync_dir(&blobs)
+        sync_blob_dirs(&self.root)
     }
 
+    /// Syncs the blobs [`Store::put_new_blob`] staged, all at once, renames them into place and
+    /// syncs the directories holding them; returns when every blob staged before the call is
+    /// in place (also those another task was settling meanwhile). A no-op when none is staged.
+    /// Whatever names a blob (a manifest written, an `index.json` edit) and whatever reads a
+    /// staged one calls it first, and it runs when the last handle on the layout is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a sync or a rename fails: the blobs not renamed are removed.
+    pub async fn settle(&self) -> Result<()> {
+        if let Ok(_idle) = self.staged.settling.try_lock()
+            && self.staged.is_empty()
+        {
+            return Ok(());
+        }
+        let staging = Arc::clone(&self.staged);
+        tokio::task::spawn_blocking(move || staging.settle())
+            .await
+            .map_err(|e| Error::io("syncing blobs", std::io::Error::other(e)))?
+    }
+}
+
+/// See [`OciLayout::sync_blob_dirs`].
+fn sync_blob_dirs(root: &Path) -> Result<()> {
+    let blobs = root.join("blobs");
+    let entries = std::fs::read_dir(&blobs)
+        .map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            sync_dir(&entry.path())?;
+        }
+    }
+    sync_dir(&blobs)
+}
+
+impl OciLayout {
     /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
     fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
         self.sweep_stale_temp_files();
+        // Staged blobs are named before the index can name anything that holds them.
+        self.staged.settle()?;
         // flock on the directory itself: no lock file to leave behind in the layout.
         let lock = std::fs::File::open(&self.root)
             .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
@@ -556,6 +611,9 @@ impl OciLayout {
     /// descriptor; a FIFO, a device or a link to `/dev/zero` is refused unread. Returns the file
     /// and its size.
     async fn open_blob_file(&self, digest: &Digest) -> Result<(std::fs::File, u64)> {
+        if self.staged.size_of(digest).is_some() {
+            self.settle().await?;
+        }
         let (path, root) = (self.blob_path(digest), self.root.clone());
         let opened = tokio::task::spawn_blocking(move || open_regular(&path, &root))
             .await
@@ -658,6 +716,22 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))
 }
 
+/// `fsync`s every file at once, a thread each (a few files): the file system commits them
+/// together. The first error.
+fn sync_at_once(files: &[std::fs::File]) -> std::io::Result<()> {
+    std::thread::scope(|scope| {
+        let syncs: Vec<_> = files.iter().map(|f| scope.spawn(|| f.sync_all())).collect();
+        let results: Vec<std::io::Result<()>> = syncs
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
+        results.into_iter().collect()
+    })
+}
+
 fn readable(f: &std::fs::File) -> std::io::Result<()> {
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
@@ -738,6 +812,132 @@ impl BlobWriter {
             .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
         Ok((digest, size))
     }
+}
+
+/// Blobs [`Store::put_new_blob`] wrote and checked, neither synced nor named yet. A copy writes
+/// every blob of an image this way; [`OciLayout::settle`] then syncs them together (journal
+/// commits shared, no download waiting for another blob's sync) and renames them into place,
+/// before anything names them. A staged blob counts as present ([`Store::blob_size`]); reading
+/// one settles first.
+#[derive(Debug)]
+struct Staging {
+    root: PathBuf,
+    blobs: Mutex<Vec<StagedBlob>>,
+    /// Held while a batch is synced and renamed: a settle that finds nothing staged once it
+    /// holds this knows that every blob staged before it is in place.
+    settling: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct StagedBlob {
+    digest: Digest,
+    size: u64,
+    /// Checked and readable; removed when dropped unnamed.
+    tmp: tempfile::NamedTempFile,
+}
+
+/// Threads syncing one batch of staged blobs at once: enough for the file system to put many
+/// small files in one journal commit.
+const SETTLE_THREADS: usize = 8;
+
+impl Staging {
+    fn blobs(&self) -> std::sync::MutexGuard<'_, Vec<StagedBlob>> {
+        self.blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.blobs().is_empty()
+    }
+
+    fn size_of(&self, digest: &Digest) -> Option<u64> {
+        self.blobs()
+            .iter()
+            .find(|b| &b.digest == digest)
+            .map(|b| b.size)
+    }
+
+    /// Adds a blob; one staged under the same digest before is replaced (and removed).
+    fn stage(&self, blob: StagedBlob) {
+        let mut blobs = self.blobs();
+        blobs.retain(|b| b.digest != blob.digest);
+        blobs.push(blob);
+    }
+
+    /// See [`OciLayout::settle`].
+    fn settle(&self) -> Result<()> {
+        let _one = self
+            .settling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let batch = std::mem::take(&mut *self.blobs());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        sync_files(&batch)?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for b in batch {
+            let dest = self
+                .root
+                .join("blobs")
+                .join(b.digest.algorithm().as_str())
+                .join(b.digest.hex());
+            if let Some(parent) = dest.parent()
+                && !dirs.iter().any(|d| d == parent)
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                dirs.push(parent.to_owned());
+            }
+            b.tmp
+                .persist(&dest)
+                .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        }
+        // The renames survive a crash once the directories holding them are synced.
+        sync_blob_dirs(&self.root)
+    }
+}
+
+impl Drop for Staging {
+    /// The last handle on the layout is gone: what was written and checked is named now (a
+    /// copy that failed half way keeps the blobs it finished, for the next one to skip). A
+    /// failure leaves those blobs out (their temporary files are removed): nothing named them.
+    fn drop(&mut self) {
+        let _ = self.settle();
+    }
+}
+
+/// `fsync`s every staged file, [`SETTLE_THREADS`] at once; the first error.
+fn sync_files(batch: &[StagedBlob]) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(b) = batch.get(i) else {
+                return Ok(());
+            };
+            b.tmp
+                .as_file()
+                .sync_all()
+                .map_err(|e| Error::io(format!("syncing blob {}", b.digest), e))?;
+        }
+    };
+    let threads = batch.len().min(SETTLE_THREADS);
+    if threads <= 1 {
+        return work();
+    }
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut result = work();
+        for h in helpers {
+            let r = h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(r);
+        }
+        result
+    })
 }
 
 /// Bytes read from a download before they go to the writer thread as one chunk.
@@ -824,7 +1024,8 @@ impl OciLayout {
         size: u64,
         mut chunks: tokio::sync::mpsc::Receiver<Chunk>,
         recycle: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
-    ) -> Result<()> {
+        name_now: bool,
+    ) -> Result<Option<tempfile::NamedTempFile>> {
         let ctx = || format!("writing blob {digest} to {}", self.location());
         let file = tmp.as_file();
         let (written, actual) = std::thread::scope(|scope| -> Result<(u64, Digest)> {
@@ -892,9 +1093,11 @@ impl OciLayout {
                 actual,
             });
         }
-        readable(tmp.as_file())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| Error::io(ctx(), e))?;
+        readable(tmp.as_file()).map_err(|e| Error::io(ctx(), e))?;
+        if !name_now {
+            return Ok(Some(tmp));
+        }
+        tmp.as_file().sync_all().map_err(|e| Error::io(ctx(), e))?;
         let dest = self.blob_path(digest);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
@@ -902,6 +1105,52 @@ impl OciLayout {
         }
         tmp.persist(&dest)
             .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        Ok(None)
+    }
+
+    /// Writes a blob through a writer thread ([`OciLayout::write_blob`]): named at once
+    /// (`name_now`), or staged for the next [`OciLayout::settle`].
+    async fn write_new_blob<R: AsyncRead + Send + Unpin>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        data: R,
+        name_now: bool,
+    ) -> Result<()> {
+        self.sweep_stale_temp_files();
+        let dir = self.root.join("blobs");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".ociup-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        let (chunks, queued) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let (recycle, spare) = tokio::sync::mpsc::unbounded_channel();
+        let writer = {
+            let (layout, digest) = (self.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || {
+                layout.write_blob(tmp, &digest, size, queued, &recycle, name_now)
+            })
+        };
+        let read = read_chunks(data, digest, size, &chunks, spare).await;
+        drop(chunks); // without Chunk::End: the writer gives up and removes the file
+        let written = writer.await.map_err(|e| {
+            Error::io(
+                format!("writing blob {digest} to {}", self.location()),
+                std::io::Error::other(e),
+            )
+        });
+        // A failed download is the cause of whatever the writer then says.
+        read?;
+        if let Some(tmp) = written?? {
+            self.staged.stage(StagedBlob {
+                digest: digest.clone(),
+                size,
+                tmp,
+            });
+        }
         Ok(())
     }
 }
@@ -916,7 +1165,12 @@ impl Store for OciLayout {
         false
     }
 
+    /// A blob staged by [`Store::put_new_blob`] counts, at its size: it is named before
+    /// anything names it.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.staged.size_of(digest) {
+            return Ok(Some(size));
+        }
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
@@ -952,45 +1206,20 @@ impl Store for OciLayout {
         if self.blob_size(digest).await? == Some(size) {
             return Ok(());
         }
-        self.put_new_blob(digest, size, data).await
+        self.write_new_blob(digest, size, data, true).await
     }
 
     /// Writes the blob whatever the layout holds under its digest: a copy that found it
     /// missing, or damaged, replaces it (by rename, so readers see the old file or the new).
+    /// Staged: checked as it is written, then synced and named by the next
+    /// [`OciLayout::settle`] together with the other blobs written meanwhile.
     async fn put_new_blob<R: AsyncRead + Send + Unpin>(
         &self,
         digest: &Digest,
         size: u64,
         data: R,
     ) -> Result<()> {
-        self.sweep_stale_temp_files();
-        let dir = self.root.join("blobs");
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".ociup-")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
-        let (chunks, queued) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        let (recycle, spare) = tokio::sync::mpsc::unbounded_channel();
-        let writer = {
-            let (layout, digest) = (self.clone(), digest.clone());
-            tokio::task::spawn_blocking(move || {
-                layout.write_blob(tmp, &digest, size, queued, &recycle)
-            })
-        };
-        let read = read_chunks(data, digest, size, &chunks, spare).await;
-        drop(chunks); // without Chunk::End: the writer gives up and removes the file
-        let written = writer.await.map_err(|e| {
-            Error::io(
-                format!("writing blob {digest} to {}", self.location()),
-                std::io::Error::other(e),
-            )
-        });
-        // A failed download is the cause of whatever the writer then says.
-        read?;
-        written?
+        self.write_new_blob(digest, size, data, false).await
     }
 
     async fn get_manifest(&self, reference: &ManifestRef) -> Result<RawDocument> {
@@ -1023,6 +1252,8 @@ impl Store for OciLayout {
             validate_tag(t)?;
         }
         crate::store::check_document_size("manifest", document)?;
+        // The blobs it references are in place before it is.
+        self.settle().await?;
         self.put_blob(document.digest(), document.size(), document.bytes())
             .await?;
         match tag {
@@ -1182,6 +1413,76 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == data);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[tokio::test]
+    async fn a_new_blob_is_staged_until_something_reads_or_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("l");
+        let layout = OciLayout::open_or_create(&root).unwrap();
+        let temporaries = || {
+            std::fs::read_dir(root.join("blobs"))
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().starts_with(".ociup-")
+                })
+                .count()
+        };
+        let put = |bytes: &'static [u8]| {
+            let layout = layout.clone();
+            async move {
+                let d = Digest::sha256(bytes);
+                layout
+                    .put_new_blob(&d, bytes.len() as u64, bytes)
+                    .await
+                    .unwrap();
+                d
+            }
+        };
+        // Written and checked, not named; it counts as present.
+        let a = put(b"staged a").await;
+        assert!(!layout.blob_path(&a).exists());
+        assert_eq!(temporaries(), 1);
+        assert_eq!(layout.blob_size(&a).await.unwrap(), Some(8));
+        // Reading it names it first.
+        let mut read = Vec::new();
+        layout
+            .get_blob(&a, 8)
+            .await
+            .unwrap()
+            .read_to_end(&mut read)
+            .await
+            .unwrap();
+        assert_eq!(read, b"staged a");
+        assert!(layout.blob_path(&a).exists());
+        assert_eq!(temporaries(), 0);
+
+        // A manifest is written only after the blobs staged before it are in place.
+        let b = put(b"staged b").await;
+        let c = put(b"staged c").await;
+        layout.put_manifest(&doc(1), None).await.unwrap();
+        for d in [&b, &c, doc(1).digest()] {
+            assert!(layout.blob_path(d).exists(), "{d}");
+        }
+        // So is an index.json edit; a failed write stages nothing.
+        let e = put(b"staged e").await;
+        let wrong = Digest::sha256(b"something else");
+        assert!(layout.put_new_blob(&wrong, 3, &b"abc"[..]).await.is_err());
+        layout.set_tag(&doc(1).descriptor(), Some("t")).unwrap();
+        assert!(layout.blob_path(&e).exists());
+        assert!(!layout.blob_path(&wrong).exists());
+        assert_eq!(temporaries(), 0);
+
+        // The last handle gone, what is staged is named.
+        let f = put(b"staged f").await;
+        assert!(!layout.blob_path(&f).exists());
+        drop(layout);
+        assert_eq!(
+            std::fs::read(root.join("blobs/sha256").join(f.hex())).unwrap(),
+            b"staged f"
+        );
+        assert_eq!(temporaries(), 0);
     }
 
     #[test]

@@ -357,6 +357,8 @@ async fn a_dropped_download_resumes_with_range() {
     copy_blob(&repo(&fake), &layout, &digest, data.len() as u64)
         .await
         .unwrap();
+    // Copied blobs are staged until something names them; read by path, it is named first.
+    layout.settle().await.unwrap();
     assert_eq!(std::fs::read(layout.blob_path(&digest)).unwrap(), data);
     let gets = fake.requests();
     assert_eq!(gets.len(), 2);

@@ -4,7 +4,7 @@
 //! that hands out bearer tokens; and the service's blob route serves only what the nick's
 //! versions reach.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -256,6 +256,80 @@ fn register_and_run_through_the_service() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out), json(&ok(&["history", "other", "--json"]))[0]);
 
+    // Modes (setuid on a file, a directory's own mode) and a file named recipe.json, as the
+    // upload's recipe is: the same recipe registered here and through the service, at the same
+    // SOURCE_DATE_EPOCH, makes the same image.
+    let here = d.join("here");
+    for root in [&home, &here] {
+        write(
+            &root.join("recipe.json"),
+            b"{\"not\": \"the recipe\"}\n",
+            0o644,
+        );
+        write(&root.join("tool"), b"#!/bin/sh\n", 0o4755);
+        write(&root.join("d/inner.txt"), b"inner\n", 0o640);
+        std::fs::set_permissions(root.join("d"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let modes = |nick: &str| {
+        let mut args = register(nick, &[]);
+        args.extend(
+            [
+                "--add",
+                "recipe.json:/etc/recipe.json",
+                "--add",
+                "tool:/usr/local/bin/tool",
+                "--add",
+                "d:/opt/d",
+                "--json",
+            ]
+            .map(str::to_owned),
+        );
+        args
+    };
+    let (code, out, err) = client(d, &url, &root, &strs(&modes("modes")));
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    // Here: the same nick (it names the config's history) in a catalog and repository of its own.
+    let mut here_args = modes("modes");
+    let to = here_args.iter().position(|a| a == "--to").unwrap() + 1;
+    here_args[to] = format!("{host}/apps/modes-here");
+    here_args.extend([
+        "--catalog".to_owned(),
+        format!("oci:{}", d.join("here-catalog").display()),
+    ]);
+    let (code, out_here, err) = local(&here, &ops, &strs(&here_args));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["digest"],
+        json(&out_here)["digest"],
+        "the same image through the service as here"
+    );
+    // Refused before anything is sent: files that are one (hard links), and a layout named
+    // relative to this machine's folder.
+    std::fs::hard_link(home.join("tool"), home.join("tool-again")).unwrap();
+    let sent = route_total(&s, "/v1/register");
+    let linked = register(
+        "linked",
+        &["--add", "tool:/bin/a", "--add", "tool-again:/bin/b"],
+    );
+    let (code, _, err) = client(d, &url, &root, &strs(&linked));
+    assert!(code == 1 && err.contains("hard links"), "{err}");
+    let relative = [
+        "register",
+        "rel",
+        "--base",
+        &base,
+        "--to",
+        "oci:images",
+        "--add",
+        "tool:/bin/a",
+    ];
+    let (code, _, err) = client(d, &url, &root, &relative);
+    assert!(
+        code == 1 && err.contains("oci:images is a layout relative to this machine"),
+        "{err}"
+    );
+    assert_eq!(route_total(&s, "/v1/register"), sent, "nothing was sent");
+
     // The blob route: what the nick's versions reach, nothing else.
     let manifest = |nick: &str, digest: &str, tok: Option<&str>| {
         http(
@@ -288,6 +362,19 @@ fn register_and_run_through_the_service() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     assert_eq!(&sha256(&r.body), own, "the layer, whole and checked");
+    // HEAD: the size from the descriptor, no body.
+    let head = http(
+        &s.addr,
+        "HEAD",
+        &format!("/v1/nicks/app/blobs/{own}"),
+        Some(&carol),
+        None,
+    );
+    let size = r.body.len().to_string();
+    assert_eq!(
+        (head.status, head.header("content-length"), head.body.len()),
+        (200, Some(size.as_str()), 0)
+    );
     // Without a token: 401.
     assert_eq!(
         manifest("app", own, None).error(),
@@ -318,6 +405,58 @@ fn register_and_run_through_the_service() {
         manifest("app", "sha256:nothex", Some(&carol)).error(),
         (400, "invalid_request".into())
     );
+
+    // A dry run through the service (it needs neither root nor runc): the JSON of a dry run
+    // here, the layers unpacked from the service into the requester's cache, then cached.
+    let dry_args = ["run", "app", "--dry-run", "--", "cat", "/etc/app.conf"];
+    let out = client_command(d, &url, &carol, &dry_args)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{}", s.log());
+    let mut dry = json(&String::from_utf8_lossy(&out.stdout));
+    let (code, dry_here, err) = local(&home, &home, &dry_args);
+    assert_eq!(code, 0, "{err}");
+    let mut dry_here = json(&dry_here);
+    assert_eq!(dry["digest"].as_str(), Some(v1_digest));
+    assert_eq!(
+        dry["unpacked"].as_array().map(Vec::len),
+        Some(app_layers.len()),
+        "every layer, read through the service: {dry}"
+    );
+    assert_eq!(dry_here["unpacked"], serde_json::json!([]), "cached");
+    assert_eq!(
+        (dry["assembled"].as_bool(), dry_here["assembled"].as_bool()),
+        (Some(true), Some(false))
+    );
+    for key in ["unpacked", "assembled"] {
+        dry[key].take();
+        dry_here[key].take();
+    }
+    assert_eq!(dry, dry_here);
+    // ociup's own failures before the run exit 125, as `run` does here: no token, a bad
+    // nick, --image (read with one's own credentials), a local-only flag.
+    let out = client_command(d, &url, &carol, &dry_args)
+        .env_remove("OCIUP_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(125) && err.contains("needs a token"),
+        "{err}"
+    );
+    for (args, says) in [
+        (&["run", "Bad/Nick", "--", "true"][..], "the nick"),
+        (&["run", "--image", &base, "--", "true"][..], "--image"),
+        (
+            &["run", "app", "--catalog", "oci:/x", "--", "true"][..],
+            "--catalog",
+        ),
+    ] {
+        let (code, _, err) = client(d, &url, &carol, args);
+        assert!(code == 125 && err.contains(says), "{args:?}: {err}");
+    }
 
     // The base moves: a new busybox layer (another /etc/base-version) and BASE=v2. Before a
     // version holds it, the route refuses it.
@@ -389,9 +528,6 @@ fn register_and_run_through_the_service() {
         serde_json::json!([]),
         "cached by the run"
     );
-    // --image reads with the caller's own credentials: refused through a service.
-    let (code, _, err) = client(d, &url, &carol, &["run", "--image", &base]);
-    assert!(code == 1 && err.contains("--image"), "{err}");
 }
 
 /// A layer whose bytes no longer match its digest (a layout target changed on disk) is never
@@ -452,6 +588,17 @@ fn a_blob_that_does_not_match_its_digest_is_cut_short() {
         .to_owned();
     let whole = get(&layer);
     assert_eq!((whole.status, sha256(&whole.body)), (200, layer.clone()));
+    let config = json(&String::from_utf8_lossy(
+        &get(manifest["config"]["digest"].as_str().unwrap()).body,
+    ));
+    let diff_id = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .replace(':', "-");
     // The same number of bytes, one of them changed.
     let file = d
         .join("images/blobs/sha256")
@@ -477,4 +624,30 @@ fn a_blob_that_does_not_match_its_digest_is_cut_short() {
         assert!(raw.len() - head - 4 < bytes.len());
     }
     assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
+    // A dry run through the service reads the layer to unpack it: it fails as ociup's own
+    // failure (125), and nothing of that layer is in the requester's cache.
+    let out = client_command(
+        d,
+        &s.url(),
+        &alice,
+        &["run", "app", "--dry-run", "--", "true"],
+    )
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}\n{}", s.log());
+    let layers = d.join("client-home/.local/share/ociup/rootfs-cache/layers");
+    let cached: Vec<String> = std::fs::read_dir(&layers)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !cached
+            .iter()
+            .any(|n| *n == diff_id || *n == format!("{diff_id}.caller")),
+        "{diff_id} in {cached:?}"
+    );
 }

@@ -62,6 +62,8 @@ struct Server {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// For image reads (`run`): as `http`, and an answer silent for `--timeout` fails.
+    blob_http: reqwest::Client,
 }
 
 /// Runs the command through the service when `--server` is given and the command goes through
@@ -70,6 +72,17 @@ struct Server {
 /// here (the service has its own catalog, key and epoch, and records the token's name as the
 /// actor) are refused rather than ignored.
 pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u8>> {
+    match go_through(cli, matches).await {
+        // As `ociup run` exits: its own failures (before the run too: no token, a refused
+        // flag, a bad nick or URL) said on stderr, 125.
+        Err(e) if matches!(cli.command, Command::Run(_)) => {
+            crate::cmd::run::finish(Err(e)).map(Some)
+        }
+        answer => answer,
+    }
+}
+
+async fn go_through(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u8>> {
     let Some(url) = cli
         .global
         .server
@@ -150,6 +163,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
         cli.global.server.token_file.as_deref(),
         cli.global.server.insecure_server,
         &cli.global.server,
+        cli.global.timeout,
     )?;
     Ok(Some(match &cli.command {
         Command::Resolve(a) => resolve(&server, a).await?,
@@ -167,8 +181,7 @@ pub async fn intercept(cli: &Cli, matches: &clap::ArgMatches) -> Result<Option<u
             let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
             register(&server, a, sub).await.map(|()| 0)?
         }
-        // As `ociup run` exits: its own failures said on stderr, 125.
-        Command::Run(a) => crate::cmd::run::finish(run(&server, a).await)?,
+        Command::Run(a) => run(&server, a).await?,
         _ => return Ok(None),
     }))
 }
@@ -179,6 +192,7 @@ impl Server {
         token_file: Option<&std::path::Path>,
         insecure: bool,
         tls: &ServerArgs,
+        silence: std::time::Duration,
     ) -> Result<Server> {
         let parsed =
             reqwest::Url::parse(url).with_context(|| format!("--server {url}: not a URL"))?;
@@ -209,10 +223,20 @@ impl Server {
         if token.is_empty() && tls.client_cert.is_none() {
             bail!("the service token is empty");
         }
+        // The API never redirects: one followed could carry the token elsewhere (to plain
+        // http:// on the same host and port, say).
+        let builder = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(silence)
+        };
         Ok(Server {
             base: url.trim_end_matches('/').to_owned(),
             token,
-            http: tls_options(reqwest::Client::builder(), tls)?
+            http: tls_options(builder(), tls)?
+                .build()
+                .context("making the HTTP client")?,
+            blob_http: tls_options(builder().read_timeout(silence), tls)?
                 .build()
                 .context("making the HTTP client")?,
         })
@@ -837,6 +861,9 @@ fn upload_tar(root: &Path, extra: &[(&str, &[u8])], files: &[String]) -> Result<
         b.append_data(&mut h, name, *data)?;
     }
     let mut seen = std::collections::BTreeSet::new();
+    // Files with more than one name, by (device, inode): a layer built here would link them
+    // (a hard link entry), an upload cannot say so.
+    let mut linked = std::collections::HashMap::new();
     let mut todo: Vec<std::path::PathBuf> = Vec::new();
     for f in files {
         let p = Path::new(f);
@@ -878,6 +905,18 @@ fn upload_tar(root: &Path, extra: &[(&str, &[u8])], files: &[String]) -> Result<
                 todo.push(p.join(e?.file_name()));
             }
         } else if meta.is_file() {
+            use std::os::unix::fs::MetadataExt;
+            if meta.nlink() > 1
+                && let Some(other) = linked.insert((meta.dev(), meta.ino()), on_disk.clone())
+            {
+                bail!(
+                    "{} and {} are the same file (hard links): a service cannot be sent hard \
+                     links, and the layer would differ from the one built here; copy one of \
+                     them, or register without --server",
+                    other.display(),
+                    on_disk.display()
+                );
+            }
             let mut h = header(meta.len(), mode, tar::EntryType::Regular);
             let f = std::fs::File::open(&on_disk)
                 .with_context(|| format!("reading {}", on_disk.display()))?;
@@ -967,6 +1006,30 @@ async fn register(s: &Server, args: &RegisterArgs, matches: &clap::ArgMatches) -
     }
     let (recipe, dir, _) = crate::cmd::managed::registration_recipe(args, matches)?;
     let nick = recipe.nick.clone();
+    // A relative layout would be made absolute against this machine's folder, and the service
+    // would read and write that path on its own disk.
+    let given = match &args.recipe {
+        Some(file) => {
+            let r = ociup_core::managed::recipe::Recipe::parse(
+                &std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+                &file.display().to_string(),
+            )?;
+            [r.base, r.target]
+        }
+        None => [
+            args.base.clone().unwrap_or_default(),
+            args.to.clone().unwrap_or_default(),
+        ],
+    };
+    for r in &given {
+        if r.strip_prefix("oci:").is_some_and(|p| !p.starts_with('/')) {
+            bail!(
+                "registering {nick}: {r} is a layout relative to this machine's folder; \
+                 through a service (--server) it would name a folder on the service's disk: \
+                 give its absolute path there (oci:/...) or a registry repository"
+            );
+        }
+    }
     let tar = upload_tar(
         &dir,
         &[("recipe.json", &serde_json::to_vec(&recipe)?)],
@@ -1067,6 +1130,60 @@ async fn run(s: &Server, args: &crate::cmd::run::RunArgs) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redirect from the service is not followed: the token goes nowhere else.
+    #[tokio::test]
+    async fn the_service_client_follows_no_redirect() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = format!("http://{}/v1/status", elsewhere.local_addr().unwrap());
+        let url = format!("http://{}", service.local_addr().unwrap());
+        let answering = tokio::spawn(async move {
+            let (mut c, _) = service.accept().await.unwrap();
+            let mut buf = [0; 4096];
+            let _ = c.read(&mut buf).await.unwrap();
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+            );
+            c.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ociup_secret").unwrap();
+        let args = ServerArgs {
+            server: None,
+            token_file: None,
+            insecure_server: false,
+            server_ca: None,
+            client_cert: None,
+            client_key: None,
+        };
+        let s = Server::new(
+            &url,
+            Some(&token),
+            false,
+            &args,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        // Followed, the request would wait for `elsewhere`, which never answers.
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            s.call(reqwest::Method::GET, "/v1/status", None),
+        )
+        .await
+        .expect("answered without following the redirect")
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("307"), "{err:#}");
+        answering.await.unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), elsewhere.accept())
+                .await
+                .is_err(),
+            "the redirect was followed"
+        );
+    }
 
     #[test]
     fn a_run_that_left_a_job_names_it() {

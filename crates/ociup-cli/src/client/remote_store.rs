@@ -36,26 +36,40 @@ impl RemoteStore {
             .rsplit_once('@')
             .map_or(reference, |(repo, _)| repo);
         RemoteStore {
-            http: server.http.clone(),
+            http: server.blob_http.clone(),
             blobs: format!("{}/v1/nicks/{}/blobs/", server.base, segment(nick)),
             token: server.token.clone(),
             location: repo.strip_prefix("docker://").unwrap_or(repo).to_owned(),
         }
     }
 
-    /// Asks for `digest`: the answer, whatever its status.
+    /// Asks for `digest`: the answer, whatever its status. A 429 (the token's rate limit) or
+    /// a 503 with `Retry-After` is asked again after the time it says (at most
+    /// [`MAX_RETRY_WAIT`] each time, [`RETRIES`] times).
     async fn send(&self, method: reqwest::Method, digest: &Digest) -> Result<reqwest::Response> {
         let url = format!("{}{digest}", self.blobs);
-        let mut req = self.http.request(method, &url);
-        if !self.token.is_empty() {
-            req = req.bearer_auth(&self.token);
+        let mut tries = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), &url);
+            if !self.token.is_empty() {
+                req = req.bearer_auth(&self.token);
+            }
+            let resp = req.send().await.map_err(|e| {
+                backend(format!(
+                    "reading {digest} of {} through the service: {e}",
+                    self.location
+                ))
+            })?;
+            let wait = retry_after(&resp);
+            match wait {
+                Some(wait) if tries < RETRIES => {
+                    tries += 1;
+                    drop(resp);
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Ok(resp),
+            }
         }
-        req.send().await.map_err(|e| {
-            backend(format!(
-                "reading {digest} of {} through the service: {e}",
-                self.location
-            ))
-        })
     }
 
     /// Asks for `digest`: the answer when it is 200, else the service's error.
@@ -83,6 +97,27 @@ impl RemoteStore {
             ),
         }
     }
+}
+
+/// How many times a busy answer is asked again.
+const RETRIES: u32 = 5;
+
+/// The longest wait for a busy answer's `Retry-After`.
+const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long to wait before asking again: a 429, or a 503 with `Retry-After` (its seconds,
+/// 1 s when absent or unreadable, at most [`MAX_RETRY_WAIT`]); `None` for any other answer.
+fn retry_after(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    let header = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    match resp.status().as_u16() {
+        429 => {}
+        503 if header.is_some() => {}
+        _ => return None,
+    }
+    Some(std::time::Duration::from_secs(header.unwrap_or(1).max(1)).min(MAX_RETRY_WAIT))
 }
 
 fn backend(message: String) -> Error {

@@ -1349,10 +1349,51 @@ impl Drop for Namespace<'_> {
     }
 }
 
+/// A balancer in front of `backends` (`host:port`): each connection goes to the next backend
+/// in turn and carries one request (`Connection: close` is added to it), so that a client's
+/// requests alternate between them. Its address; it serves until the test process ends.
+fn balancer(backends: Vec<String>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut client) = conn else { continue };
+            let backend = backends[i % backends.len()].clone();
+            std::thread::spawn(move || {
+                let _ = relay(&mut client, &backend);
+            });
+        }
+    });
+    addr
+}
+
+/// One request of `client` to `backend`, and its answer back.
+fn relay(client: &mut TcpStream, backend: &str) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let mut server = TcpStream::connect(backend)?;
+    server.write_all(&head[..head.len() - 2])?;
+    server.write_all(b"Connection: close\r\n\r\n")?;
+    let (mut up, mut to_server) = (client.try_clone()?, server.try_clone()?);
+    // The body, if any.
+    std::thread::spawn(move || std::io::copy(&mut up, &mut to_server));
+    std::io::copy(&mut server, client)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
 /// A run through the service on the real API server and controller manager: answered
 /// `pending`, then `submitted` with the Job held until the new version was recorded; the pod
 /// the controller makes runs that version; a namespace outside the allowlist is refused with
-/// nothing made; the CLI as a client prints what `ociup job --apply` prints.
+/// nothing made; the CLI as a client prints what `ociup job --apply` prints. A second replica
+/// over the same catalog and cluster answers the run from its Job (the same state and Job, to
+/// its requester only), and `ociup job --apply --wait` through a balancer alternating between
+/// the two follows a run made on either.
 #[test]
 fn runs_through_the_service_on_a_cluster() {
     let Some(k) = Kube::new("runs_through_the_service_on_a_cluster") else {
@@ -1413,28 +1454,28 @@ fn runs_through_the_service_on_a_cluster() {
     let alice = token(d, "alice", "requester");
     let bob = token(d, "bob", "requester");
     let ns = k.namespace("ociup-serve-runs");
-    let s = Served::start(
-        d,
-        &[
-            "--tokens",
-            "tokens.json",
-            "--catalog",
-            "oci:catalog",
-            "--allow-read",
-            "oci:base",
-            "--allow-write",
-            &format!("{host}/team/*"),
-            "--allow-write",
-            "oci:catalog",
-            "--kubeconfig",
-            &k.kubeconfig,
-            "--allow-namespace",
-            "ociup-serve-runs-*",
-            "--identity",
-            "ociup-serve@test",
-        ],
-        &[],
-    );
+    let write = format!("{host}/team/*");
+    let replica_args = [
+        "--tokens",
+        "tokens.json",
+        "--catalog",
+        "oci:catalog",
+        "--allow-read",
+        "oci:base",
+        "--allow-write",
+        &write,
+        "--allow-write",
+        "oci:catalog",
+        "--kubeconfig",
+        &k.kubeconfig,
+        "--allow-namespace",
+        "ociup-serve-runs-*",
+        "--identity",
+        "ociup-serve@test",
+    ];
+    let s = Served::start(d, &replica_args, &[]);
+    // Another replica: the same catalog and cluster, none of the first one's runs in memory.
+    let b = Served::start(d, &replica_args, &[]);
     let run = |body: &str| {
         s.call(
             "POST",
@@ -1465,11 +1506,26 @@ fn runs_through_the_service_on_a_cluster() {
     let path = format!("/v1/runs/{id}");
     let mut seen = vec![accepted["state"].as_str().unwrap().to_owned()];
     let mut got = accepted;
+    // What the other replica says meanwhile: nothing of it before its Job exists (404
+    // run_unknown), then pending while the Job is held, then submitted; never an end of its own.
+    let mut on_b = Vec::new();
     k.until("the run's end", || {
         got = s.call("GET", &path, Some(&alice), None).json();
         seen.push(got["state"].as_str().unwrap().to_owned());
+        let r = b.call("GET", &path, Some(&alice), None);
+        on_b.push(if r.status == 404 {
+            r.error().1
+        } else {
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["state"].as_str().unwrap().to_owned()
+        });
         got["state"] != "pending"
     });
+    assert!(
+        on_b.iter()
+            .all(|x| ["run_unknown", "pending", "submitted"].contains(&x.as_str())),
+        "{on_b:?}"
+    );
     assert_eq!(got["state"], "submitted", "{got}");
     assert_eq!(seen.last().unwrap(), "submitted");
     let v = versions();
@@ -1491,9 +1547,48 @@ fn runs_through_the_service_on_a_cluster() {
     assert!(got["job_error"].is_null());
     // Submitted: no Job said to be left (the key is there, null).
     assert_eq!(got.get("job_left"), Some(&serde_json::Value::Null), "{got}");
-    // Another requester does not see it.
+    // The other replica answers it from its Job as this one does.
+    let from_b = b.call("GET", &path, Some(&alice), None).json();
+    for key in [
+        "id",
+        "nick",
+        "requester",
+        "created",
+        "state",
+        "error",
+        "job_left",
+        "namespace",
+        "name",
+        "uid",
+        "version",
+        "image",
+        "digest",
+        "base_digest",
+        "upgraded",
+        "held",
+        "stale",
+        "job_error",
+    ] {
+        assert_eq!(from_b[key], got[key], "{key}: {from_b} {got}");
+    }
+    assert_eq!(from_b["job"]["suspended"], false, "{from_b}");
+    // Another requester sees it on neither replica: the same answer as a run that is not there.
+    for replica in [&s, &b] {
+        assert_eq!(
+            replica.call("GET", &path, Some(&bob), None).error(),
+            (404, "run_unknown".into())
+        );
+    }
+    let mark = id.rsplit_once('-').unwrap().1;
+    let absent = format!("/v1/runs/run-{}-{}", ns.name, "0".repeat(mark.len()));
     assert_eq!(
-        s.call("GET", &path, Some(&bob), None).error(),
+        b.call("GET", &absent, Some(&alice), None).error(),
+        (404, "run_unknown".into())
+    );
+    // Not an id a service makes (an older service's, say): not looked for.
+    let old = format!("/v1/runs/run-{mark}");
+    assert_eq!(
+        b.call("GET", &old, Some(&alice), None).error(),
         (404, "not_found".into())
     );
     // The Job as the API server has it, and the pod the controller made: the new version.
@@ -1580,7 +1675,9 @@ fn runs_through_the_service_on_a_cluster() {
     }
     assert_eq!(remote, local);
 
-    // --wait follows the Job until it ends (the test sets its condition: there is no kubelet).
+    // --wait follows the Job until it ends (the test sets its condition: there is no kubelet),
+    // through a balancer: the run is made on one replica and followed on both in turn.
+    let balanced = format!("http://{}", balancer(vec![s.addr.clone(), b.addr.clone()]));
     let before: Vec<String> = k
         .jobs_of(&ns.name, "runner")
         .into_iter()
@@ -1588,7 +1685,7 @@ fn runs_through_the_service_on_a_cluster() {
         .collect();
     let mut waiting = client_command(
         d,
-        &s.url(),
+        &balanced,
         &alice,
         &[
             "job",

@@ -638,6 +638,106 @@ fn condition_line(c: &Value) -> String {
 /// How often in a row the service may fail to read a run's Job before `--wait` gives up.
 const JOB_READS: u32 = 6;
 
+/// How often in a row the service itself may go unreached (the connection refused or cut, no
+/// answer: a replica restarting behind a balancer, say) while a run is followed, a second
+/// apart, before `job --apply` gives up.
+const SERVICE_TRIES: u32 = 5;
+
+/// How long a followed run may be answered `run_unknown` (not on the replica that answered, no
+/// Job of it yet: it may be pending on another one) with no other answer in between before
+/// `job --apply` gives up.
+const UNKNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One read of a run being followed.
+enum Read {
+    /// The run.
+    Run(Value),
+    /// 404 `run_unknown`: the replica that answered does not hold it and found no Job of it
+    /// (yet); the message says so.
+    Unknown(String),
+    /// The service could not be reached, or its answer read.
+    Unreached(anyhow::Error),
+}
+
+impl Server {
+    /// `GET path` for a run being followed: the run, `run_unknown`, the service unreached, or
+    /// any other failure as this command's error (as [`Server::call`] says it).
+    async fn read_run(&self, path: &str) -> Result<Read> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Read::Unreached(
+                    anyhow::Error::new(e).context(format!("reaching the service at {}", self.base)),
+                ));
+            }
+        };
+        let status = resp.status();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Read::Unreached(
+                    anyhow::Error::new(e).context(format!("reading the answer of {url}")),
+                ));
+            }
+        };
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the service answered {status} without JSON at {url}"))?;
+        if status.is_success() {
+            return Ok(Read::Run(value));
+        }
+        let message = value["message"].as_str().unwrap_or("(no message)");
+        let code = value["code"].as_str().unwrap_or("?");
+        if status == reqwest::StatusCode::NOT_FOUND && code == "run_unknown" {
+            return Ok(Read::Unknown(message.to_owned()));
+        }
+        bail!("{message} (the service: {code}, HTTP {})", status.as_u16());
+    }
+
+    /// The run at `path` read again: a service unreached is asked again a second later, up to
+    /// [`SERVICE_TRIES`] times in a row; `run_unknown` (another replica answered, before the
+    /// run's Job exists) asked again every `pause` until [`UNKNOWN_FOR`] has passed since the
+    /// first such answer with none other in between (`unknown_since` keeps it across calls).
+    async fn follow_run(
+        &self,
+        path: &str,
+        pause: std::time::Duration,
+        unknown_since: &mut Option<std::time::Instant>,
+    ) -> Result<Value> {
+        let mut unreached = 0;
+        loop {
+            match self.read_run(path).await? {
+                Read::Run(v) => {
+                    *unknown_since = None;
+                    return Ok(v);
+                }
+                Read::Unknown(message) => {
+                    unreached = 0;
+                    let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= UNKNOWN_FOR {
+                        bail!(
+                            "{message} (the service: run_unknown, HTTP 404, for {}s)",
+                            UNKNOWN_FOR.as_secs()
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Read::Unreached(e) => {
+                    unreached += 1;
+                    if unreached >= SERVICE_TRIES {
+                        return Err(e.context(format!("{unreached} times in a row")));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Why a run that ended other than `submitted` (`unreleased`, `failed`) ran nothing, with the
 /// Job it left in the cluster, if any.
 fn not_submitted(nick: &str, id: &str, run: &Value) -> String {
@@ -695,10 +795,14 @@ async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
     let id = text(&created, "id");
     let path = format!("/v1/runs/{}", segment(&id));
     let mut run = created;
+    // Behind a balancer another replica may answer: it reads the run from its Job, or says
+    // `run_unknown` before the Job exists (asked again, a bounded while).
+    let mut unknown_since = None;
     while run["state"] == "pending" {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let pause = std::time::Duration::from_millis(200);
+        tokio::time::sleep(pause).await;
         run = s
-            .call(reqwest::Method::GET, &path, None)
+            .follow_run(&path, pause, &mut unknown_since)
             .await
             .with_context(|| format!("following run {id} of {nick}"))?;
     }
@@ -765,9 +869,10 @@ async fn job(s: &Server, args: &crate::cmd::job::JobArgs) -> Result<u8> {
             {
                 bail!("Job {namespace}/{name} had not finished after {limit}s");
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let pause = std::time::Duration::from_secs(1);
+            tokio::time::sleep(pause).await;
             run = s
-                .call(reqwest::Method::GET, &path, None)
+                .follow_run(&path, pause, &mut unknown_since)
                 .await
                 .with_context(|| format!("following Job {namespace}/{name}"))?;
         }

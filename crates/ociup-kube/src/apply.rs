@@ -79,7 +79,7 @@ const LOOKS: u32 = 2;
 const LOOK_AGAIN_MAX: Duration = Duration::from_secs(30);
 
 /// Whether `job` carries this request's `mark`.
-fn is_ours(job: &Job, mark: &str) -> bool {
+pub(crate) fn is_ours(job: &Job, mark: &str) -> bool {
     job.metadata
         .annotations
         .as_ref()
@@ -122,6 +122,67 @@ fn request_mark() -> String {
             char::from(c)
         })
         .collect()
+}
+
+/// A request mark given to [`Cluster::apply_marked`] or [`Cluster::find_marked`]: 5 to 63
+/// lowercase letters and digits (a label value, and its first five letters a name's suffix).
+pub(crate) fn check_mark(mark: &str) -> Result<()> {
+    if (5..=63).contains(&mark.len())
+        && mark
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "request mark {mark:?}: expected 5 to 63 lowercase letters and digits"
+        )))
+    }
+}
+
+/// What [`Cluster::apply_marked`] puts on the Job beyond what [`Cluster::apply`] puts.
+#[derive(Clone, Debug, Default)]
+pub struct Marks {
+    /// The request's mark ([`keys::REQUEST`], label and annotation): given, the Job can be
+    /// found by it later ([`Cluster::find_marked`]); `None` picks a fresh one. 5 to 63
+    /// lowercase letters and digits, unguessable if it is to stay private.
+    pub request: Option<String>,
+    /// Annotations on the Job (not its pods): who asked, say. Keys ociup sets itself win.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// Annotate the Job with how its version was come to ([`keys::RESOLUTION`]).
+    pub outcome: bool,
+}
+
+impl Marks {
+    /// `job` with the annotations, and `outcome` when asked for.
+    fn put(&self, job: &mut Job, outcome: &str) {
+        let annotations = job
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        for (k, v) in &self.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if self.outcome {
+            annotations.insert(keys::RESOLUTION.into(), outcome.to_owned());
+        }
+    }
+}
+
+/// The words of [`keys::RESOLUTION`] for a Job created as it is.
+fn outcome_of(resolution: &Resolution) -> String {
+    let words: Vec<&str> = [
+        (resolution.upgraded, "upgraded"),
+        (resolution.stale, "stale"),
+    ]
+    .into_iter()
+    .filter_map(|(on, w)| on.then_some(w))
+    .collect();
+    if words.is_empty() {
+        "current".to_owned()
+    } else {
+        words.join(" ")
+    }
 }
 
 /// Marks a Job as this request's (its [`keys::REQUEST`] annotation and label: `kubectl get
@@ -289,7 +350,29 @@ impl Cluster {
         options: &JobOptions,
         cancel: impl Future<Output = ()>,
     ) -> Result<Applied> {
+        self.apply_marked(manager, nick, resolve, options, &Marks::default(), cancel)
+            .await
+    }
+
+    /// [`Cluster::apply`], the Job marked as `marks` says: with a request mark of the caller's
+    /// (found again by [`Cluster::find_marked`]), annotations, and how its version was come to.
+    ///
+    /// # Errors
+    /// As [`Cluster::apply`]; [`Error::Invalid`] for a request mark that is not 5 to 63
+    /// lowercase letters and digits.
+    pub async fn apply_marked<P: Stores>(
+        &self,
+        manager: &Manager<P>,
+        nick: &str,
+        resolve: ResolveOptions,
+        options: &JobOptions,
+        marks: &Marks,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Applied> {
         options.validate()?;
+        if let Some(mark) = &marks.request {
+            check_mark(mark)?;
+        }
         let mut options = options.clone();
         let namespace = options
             .namespace
@@ -306,6 +389,7 @@ impl Cluster {
                 nick,
                 resolve,
                 &options,
+                marks,
                 Arc::clone(&created),
                 Arc::clone(&running),
             )
@@ -338,21 +422,24 @@ impl Cluster {
     /// [`Cluster::apply`] once the rights are checked; `created` names the held Job while it
     /// is suspended, or the Job created unsuspended until `apply` answers (for the cancellation
     /// to delete; `running` then).
+    #[allow(clippy::too_many_arguments)]
     async fn apply_checked<P: Stores>(
         &self,
         manager: &Manager<P>,
         nick: &str,
         resolve: ResolveOptions,
         options: &JobOptions,
+        marks: &Marks,
         created: Held,
         running: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Applied> {
         let options = options.clone();
-        let mark = request_mark();
+        let mark = marks.request.clone().unwrap_or_else(request_mark);
         let held: Arc<Mutex<Option<(Job, Pinned)>>> = Arc::default();
         let refusal = Arc::default();
         let resolve = {
             let (cluster, options, held) = (self.clone(), options.clone(), Arc::clone(&held));
+            let marks = marks.clone();
             let created = Arc::clone(&created);
             let mark = mark.clone();
             with_hook(resolve, Arc::clone(&refusal), move |pinned| {
@@ -362,9 +449,11 @@ impl Cluster {
                     Arc::clone(&held),
                     Arc::clone(&created),
                 );
-                let mark = mark.clone();
+                let (mark, marks) = (mark.clone(), marks.clone());
                 async move {
-                    let job = build_job(&pinned, &options, true)?;
+                    let mut job = build_job(&pinned, &options, true)?;
+                    // Only a regeneration holds a Job: the version is new.
+                    marks.put(&mut job, "upgraded held");
                     let job = cluster.create_recorded(job, mark, created).await?;
                     *lock(&held) = Some((job, pinned));
                     Ok(())
@@ -381,7 +470,8 @@ impl Cluster {
             };
             let pinned = Pinned::from(&resolution);
             let image = pinned.image()?;
-            let job = build_job(&pinned, &options, false)?;
+            let mut job = build_job(&pinned, &options, false)?;
+            marks.put(&mut job, &outcome_of(&resolution));
             running.store(true, std::sync::atomic::Ordering::SeqCst);
             let job = self
                 .create_recorded(job, mark, Arc::clone(&created))

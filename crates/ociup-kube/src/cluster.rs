@@ -451,6 +451,30 @@ impl Cluster {
             .await
     }
 
+    /// The Job in `namespace` that carries the request mark `mark` (its `ociup.dev/request`
+    /// label and annotation, as [`Cluster::apply`] and [`Cluster::apply_marked`] put them),
+    /// listed by that label within the request timeout; `None` when there is none. Needs
+    /// `list` on `jobs.batch` in `namespace`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a mark that is not a label value; [`Error::Refused`],
+    /// [`Error::Unreachable`], [`Error::TimedOut`].
+    pub async fn find_marked(&self, namespace: &str, mark: &str) -> Result<Option<Job>> {
+        crate::apply::check_mark(mark)?;
+        let api = self.jobs(namespace);
+        let params = ListParams::default().labels(&format!("{}={mark}", keys::REQUEST));
+        let list = self
+            .call(
+                || format!("looking for the Job of request {mark} in {namespace}"),
+                api.list(&params),
+            )
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|job| crate::apply::is_ours(job, mark)))
+    }
+
     /// [`Cluster::delete`] bounded by `limit`.
     pub(crate) async fn delete_within(
         &self,

@@ -34,6 +34,11 @@ pub mod keys {
     /// that request, so that a Job whose creation went unanswered is known as its own before
     /// it is deleted.
     pub const REQUEST: &str = "ociup.dev/request";
+    /// Annotation on a Job submitted by [`Cluster::apply_marked`](crate::Cluster::apply_marked)
+    /// with [`Marks::outcome`](crate::Marks::outcome): how its version was come to, words among
+    /// `upgraded` (the version is new), `held` (the Job was created suspended while it was
+    /// written) and `stale` (the base could not be asked), `current` when none applies.
+    pub const RESOLUTION: &str = "ociup.dev/resolution";
     /// The standard label naming the tool that manages the object: `ociup`.
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 }

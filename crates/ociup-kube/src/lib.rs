@@ -43,7 +43,7 @@ mod cluster;
 mod error;
 mod job;
 
-pub use apply::{Applied, job_for};
+pub use apply::{Applied, Marks, job_for};
 pub use cluster::{
     Cluster, Condition, ConnectOptions, DEFAULT_REQUEST_TIMEOUT, Finished, conditions, finished,
 };

@@ -872,7 +872,7 @@ async fn create_run(
             None
         }
     };
-    let id = crate::runs::new_id()
+    let id = crate::runs::new_id(&namespace)
         .map_err(|e| ApiError::new(Code::Internal, format!("a run id: {e}")))?;
     let run = crate::runs::Run::new(
         id.clone(),
@@ -898,13 +898,23 @@ async fn create_run(
     }
     tracing::info!(run = id, nick, namespace, requester = actor, "run accepted");
     let (service, run_id) = (s.clone(), id.clone());
+    // The Job carries the run's mark, requester and time: any replica can answer the run.
+    let marks = crate::runs::marks(&run);
     s.inner.tracker.spawn(async move {
         let (_permit, id) = (permit, run_id);
         let lock = service.nick_lock(&nick);
         let _held = lock.lock().await;
-        let applied = cluster
-            .apply(&m, &nick, resolve, &options, std::future::pending())
-            .await;
+        // Boxed: the request to run is a deep future, too large for a worker's stack in a
+        // debug build when polled in place.
+        let applied = Box::pin(cluster.apply_marked(
+            &m,
+            &nick,
+            resolve,
+            &options,
+            &marks,
+            std::future::pending(),
+        ))
+        .await;
         match applied {
             Ok(a) => {
                 if a.upgraded {
@@ -941,7 +951,16 @@ async fn create_run(
                     }
                     _ => None,
                 };
-                tracing::warn!(run = id, left = ?left, "run failed: {why}");
+                if let crate::runs::Left::Unreleased { job, version } = &left {
+                    tracing::warn!(
+                        run = id,
+                        job,
+                        version,
+                        "run unreleased (its version is recorded, its Job left held): {why}"
+                    );
+                } else {
+                    tracing::warn!(run = id, left = ?left, "run failed: {why}");
+                }
                 service.inner.runs.update(&id, |r| {
                     r.ended(left, format!("{context}: {why}"), recorded.as_ref());
                 });
@@ -974,23 +993,33 @@ fn run_answer(
 }
 
 /// A run: its state, and its Job's read from the API server. Only its requester and admins
-/// see it.
+/// see it. A run this replica does not hold (made by another, or forgotten) is answered from
+/// its Job, looked up by the mark its id names ([`crate::runs::RunId`]).
 async fn show_run(State(s): State<Service>, caller: Caller, Path(id): Path<String>) -> Answer {
     let name = caller.require(Role::Requester, "show runs")?;
-    let run = s
+    let held = s
         .inner
         .runs
         .get(&id)
-        .filter(|r| r.requester == name || caller.is_admin())
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::NotFound,
-                format!(
-                    "no run {id:?} (runs are kept in memory: a restarted service has forgotten \
-                     its runs; their Jobs stay in the cluster)"
-                ),
-            )
-        })?;
+        .filter(|r| r.requester == name || caller.is_admin());
+    let run = match held {
+        Some(run) => run,
+        None => {
+            let Some(run_id) = crate::runs::RunId::parse(&id) else {
+                return Err(ApiError::new(
+                    Code::NotFound,
+                    format!("no run {id:?} (not an id this service makes)"),
+                ));
+            };
+            let (run, job) = run_from_cluster(&s, &caller, name, &id, run_id).await?;
+            // The Job's status once submitted or unreleased, as the replica that made it says.
+            let shown = matches!(
+                run.state,
+                crate::runs::State::Submitted | crate::runs::State::Unreleased
+            );
+            return json(&run_answer(&run, shown.then_some(Ok(job))));
+        }
+    };
     let job = match (&run.state, &run.name) {
         (crate::runs::State::Submitted | crate::runs::State::Unreleased, Some(job_name)) => {
             Some(match cluster(&s) {
@@ -1001,6 +1030,67 @@ async fn show_run(State(s): State<Service>, caller: Caller, Path(id): Path<Strin
         _ => None,
     };
     json(&run_answer(&run, job))
+}
+
+/// The run `id` this replica does not hold, from its Job in the cluster: found by its mark
+/// within the cluster's request timeout and shown to its requester (or an admin) as the
+/// replica that made it would show it. No such Job (or someone else's): 404 `run_unknown`,
+/// since the run may still be pending on another replica, before its Job is created.
+async fn run_from_cluster(
+    s: &Service,
+    caller: &Caller,
+    name: &str,
+    id: &str,
+    run_id: crate::runs::RunId<'_>,
+) -> Result<(crate::runs::Run, crate::runs::JobStatus), ApiError> {
+    let unknown = || {
+        ApiError::new(
+            Code::RunUnknown,
+            format!(
+                "no run {id:?} on this replica and no Job of it in the cluster (yet): it may be \
+                 pending on another replica, before its Job is created, or have failed there \
+                 (ask again), or it is not yours"
+            ),
+        )
+    };
+    if !s.inner.config.runs.allows(run_id.namespace) {
+        return Err(unknown());
+    }
+    let cluster = cluster(s)?;
+    // A lookup that fails (the API server slow, say) is no answer either: asked again later.
+    let found = cluster
+        .find_marked(run_id.namespace, run_id.mark)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                Code::RunUnknown,
+                format!(
+                    "no run {id:?} on this replica, and its Job could not be looked up: {}",
+                    chain(&e)
+                ),
+            )
+        })?;
+    let Some(job) = found.filter(|j| crate::runs::visible(j, name, caller.is_admin())) else {
+        return Err(unknown());
+    };
+    let mut run = crate::runs::Run::of_job(id, &job).ok_or_else(unknown)?;
+    if run.state == crate::runs::State::Pending {
+        // Held: released soon, or left so when its version has long been recorded.
+        let recorded = match s.manager(name) {
+            Ok(m) => m
+                .history(&run.nick)
+                .await
+                .ok()
+                .and_then(|h| h.into_iter().find(|r| Some(r.number) == run.version)),
+            Err(_) => None,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grace = crate::runs::release_grace(&cluster).as_secs();
+        run.settle_held(recorded.as_ref(), now, grace);
+    }
+    Ok((run, crate::runs::JobStatus::of(&job)))
 }
 
 /// The recipe a nick is built from, as the catalog holds it (its steps name the files an edit

@@ -22,6 +22,9 @@ pub enum Code {
     NotFound,
     /// 404: no nick of that name in the catalog.
     UnknownNick,
+    /// 404: no run of that id on this replica and no Job of it in the cluster (yet): it may be
+    /// pending on another replica (ask again), have failed there, or be someone else's.
+    RunUnknown,
     /// 405: the route exists, not with this method.
     MethodNotAllowed,
     /// 409: the nick cannot do this now (unregistered, no version yet, registered already).
@@ -62,7 +65,7 @@ impl Code {
             Code::InvalidRequest => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden | Code::OutsideAllowlist => StatusCode::FORBIDDEN,
-            Code::NotFound | Code::UnknownNick => StatusCode::NOT_FOUND,
+            Code::NotFound | Code::UnknownNick | Code::RunUnknown => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

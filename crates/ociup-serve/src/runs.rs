@@ -6,9 +6,16 @@
 //! turns (see [`State`]) `submitted` (the Job created unsuspended, or released), `unreleased`
 //! (the new version recorded and its Job created, but releasing it failed: the Job is left, most
 //! likely suspended) or `failed` (with why; no Job is left, unless `job_left` names one that may
-//! be: [`Left`]). Runs are kept in memory only, at most [`MAX_RUNS`]: the oldest finished ones
-//! are forgotten first, and a restart forgets them all (the Jobs stay in the cluster, labelled
-//! with the nick).
+//! be: [`Left`]). Runs are kept in memory, at most [`MAX_RUNS`]: the oldest finished ones
+//! are forgotten first, and a restart forgets them all.
+//!
+//! A run is read from any replica all the same: its id names its namespace and the mark its Job
+//! carries (`run-<namespace>-<32 hex digits>`, [`RunId`]; the digits, from the operating
+//! system's random source, are the Job's `ociup.dev/request` label), and the Job is annotated
+//! with its requester ([`REQUESTER`], bounded as admission usernames are) and the time it was
+//! asked ([`REQUESTED`]). A replica that does not hold a run looks its Job up by that mark
+//! ([`Cluster::find_marked`]) and answers it as the replica that made it would
+//! ([`Run::of_job`], [`Run::settle_held`]), to its requester only.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -415,14 +422,179 @@ impl Runs {
     }
 }
 
-/// A new run id: `run-` and 32 hex digits from the operating system's random source.
-pub fn new_id() -> Result<String, getrandom::Error> {
+/// A new run id for a run in `namespace`: `run-<namespace>-` and 32 hex digits (128 bits) from
+/// the operating system's random source, the mark of its Job ([`RunId`]).
+pub fn new_id(namespace: &str) -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
     Ok(format!(
-        "run-{}",
+        "run-{namespace}-{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
+}
+
+/// Annotation on a run's Job: who asked (the token's name, escaped and bounded as admission
+/// usernames are: [`crate::admission::bounded_user`]).
+pub const REQUESTER: &str = "ociup.dev/requester";
+/// Annotation on a run's Job: when the run was asked (RFC 3339, UTC).
+pub const REQUESTED: &str = "ociup.dev/requested";
+
+/// What a run id says: the Job's namespace and the mark it carries (`ociup.dev/request`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunId<'a> {
+    /// The namespace the run's Job is in.
+    pub namespace: &'a str,
+    /// The 32 lowercase hex digits that mark its Job.
+    pub mark: &'a str,
+}
+
+impl<'a> RunId<'a> {
+    /// `id` read as [`new_id`] makes them: `run-`, a namespace (an RFC 1123 label) and `-`
+    /// with 32 lowercase hex digits; `None` otherwise (an id of an older service, say, or one
+    /// made up: no replica can have it then but the one that holds it).
+    pub fn parse(id: &'a str) -> Option<RunId<'a>> {
+        let (namespace, mark) = id.strip_prefix("run-")?.rsplit_once('-')?;
+        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        let label = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let ok_mark = mark.len() == 32 && mark.bytes().all(hex);
+        let ok_namespace = (1..=63).contains(&namespace.len())
+            && namespace.bytes().all(|b| label(b) || b == b'-')
+            && namespace.bytes().next().is_some_and(label)
+            && namespace.bytes().last().is_some_and(label);
+        (ok_mark && ok_namespace).then_some(RunId { namespace, mark })
+    }
+}
+
+/// How [`ociup_kube::Cluster::apply_marked`] marks the Job of `run`: its id's mark, who asked
+/// and when, and how its version was come to.
+pub fn marks(run: &Run) -> ociup_kube::Marks {
+    ociup_kube::Marks {
+        request: RunId::parse(&run.id).map(|id| id.mark.to_owned()),
+        annotations: BTreeMap::from([
+            (
+                REQUESTER.to_owned(),
+                crate::admission::bounded_user(&run.requester),
+            ),
+            (REQUESTED.to_owned(), run.created.clone()),
+        ]),
+        outcome: true,
+    }
+}
+
+/// Whether `job` (a run's, found by its mark) may be shown to `requester`: its requester
+/// annotation is theirs (bounded as it was written), or they are an admin. A Job without
+/// that annotation (made by `ociup job --apply`, not a service) is no requester's run.
+pub fn visible(job: &Job, requester: &str, admin: bool) -> bool {
+    let Some(annotations) = job.metadata.annotations.as_ref() else {
+        return false;
+    };
+    match annotations.get(REQUESTER) {
+        Some(owner) => admin || *owner == crate::admission::bounded_user(requester),
+        None => false,
+    }
+}
+
+/// Whether `job` is held: created suspended while its version was written, not released
+/// (its `ociup.dev/held` label).
+pub fn is_held(job: &Job) -> bool {
+    job.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ociup_kube::keys::HELD))
+        .is_some_and(|v| v == "true")
+}
+
+/// How long after its version was recorded a held Job may still be being released by the
+/// replica that made it (the release is tried 4 times, each bounded by the request timeout,
+/// with pauses of 3.5 s in all, then the Job read once more): until then another replica says
+/// `pending`, after it `unreleased`.
+pub fn release_grace(cluster: &Cluster) -> std::time::Duration {
+    let call = cluster.request_timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    call * 5 + std::time::Duration::from_secs(5)
+}
+
+impl Run {
+    /// The run `id` as its Job `job` (found by the id's mark) says it: `submitted`, or
+    /// `pending` while the Job is held (see [`Run::settle_held`]); what the Job does not say
+    /// (`upgraded`, `held`, `stale` without a [`ociup_kube::keys::RESOLUTION`] annotation) is
+    /// `false`. `None` for a Job that is no run's (no [`REQUESTER`] annotation).
+    pub fn of_job(id: &str, job: &Job) -> Option<Run> {
+        use ociup_kube::keys;
+        let meta = &job.metadata;
+        let annotations = meta.annotations.as_ref()?;
+        let get = |k: &str| annotations.get(k).cloned();
+        let requester = get(REQUESTER)?;
+        let words = get(keys::RESOLUTION).unwrap_or_default();
+        let word = |w: &str| words.split(' ').any(|x| x == w);
+        let image = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.image.clone())
+            .or_else(|| get(keys::IMAGE));
+        let held = is_held(job);
+        Some(Run {
+            id: id.to_owned(),
+            nick: get(keys::NICK).unwrap_or_default(),
+            requester,
+            created: get(REQUESTED).unwrap_or_default(),
+            state: if held {
+                State::Pending
+            } else {
+                State::Submitted
+            },
+            error: None,
+            job_left: None,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            version: get(keys::VERSION).and_then(|v| v.parse().ok()),
+            image,
+            digest: get(keys::DIGEST),
+            base_digest: get(keys::BASE_DIGEST),
+            upgraded: word("upgraded"),
+            held: word("held"),
+            stale: word("stale"),
+        })
+    }
+
+    /// A run read from its held Job ([`Run::of_job`], `pending`), as the replica that made it
+    /// would say it: still `pending` while its version is not recorded (being regenerated, or
+    /// that replica stopped before it was written), or recorded less than `grace` before `now`
+    /// (seconds since 1970; being released); `unreleased` after that (`recorded`: the record
+    /// of the nick's version the Job pins, if the catalog has it with the Job's digest).
+    pub fn settle_held(&mut self, recorded: Option<&VersionRecord>, now: u64, grace: u64) {
+        if self.state != State::Pending {
+            return;
+        }
+        let Some(record) = recorded.filter(|r| {
+            Some(r.number) == self.version && Some(r.digest.as_str()) == self.digest.as_deref()
+        }) else {
+            return;
+        };
+        // Both are `YYYY-MM-DDTHH:MM:SSZ`: compared as text, as times.
+        let before = ociup_core::time::rfc3339(now.saturating_sub(grace));
+        if record.time.as_str() > before.as_str() {
+            return;
+        }
+        let name = self.name.clone().unwrap_or_default();
+        let (namespace, nick) = (&self.namespace, &self.nick);
+        self.state = State::Unreleased;
+        self.job_left = Some(format!("{namespace}/{name}"));
+        self.image = Some(record.image.clone());
+        self.base_digest = Some(record.base_digest.clone());
+        self.upgraded = true;
+        self.held = true;
+        self.error = Some(format!(
+            "version {} of {nick} was recorded at {} but its Job {namespace}/{name} is still held, \
+             not released (releasing it failed, or the replica that made it stopped): release it \
+             with kubectl patch job -n {namespace} {name} --type merge -p \
+             '{{\"spec\":{{\"suspend\":false}}}}' (and remove its ociup.dev/held label), or \
+             delete it with kubectl delete job -n {namespace} {name}",
+            record.number, record.time
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -576,6 +748,183 @@ mod tests {
         };
         run.ended(left, "e".into(), Some(&other));
         assert_eq!((run.version, run.digest.as_deref()), (Some(3), None));
+    }
+
+    #[test]
+    fn a_run_id_names_its_namespace_and_an_unguessable_mark() {
+        let id = new_id("team-a").expect("an id");
+        let parsed = RunId::parse(&id).expect("parsed");
+        assert_eq!(parsed.namespace, "team-a");
+        assert_eq!(parsed.mark.len(), 32);
+        assert_eq!(id, format!("run-team-a-{}", parsed.mark));
+        let other = new_id("team-a").expect("an id");
+        assert_ne!(RunId::parse(&other).expect("parsed").mark, parsed.mark);
+        let mark = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            RunId::parse(&format!("run-a-b-c-{mark}")),
+            Some(RunId {
+                namespace: "a-b-c",
+                mark
+            })
+        );
+        for bad in [
+            // An older service's id: no namespace.
+            format!("run-{mark}"),
+            format!("run--{mark}"),
+            format!("run-ns-{}", &mark[..31]),
+            format!("run-ns-{mark}0"),
+            format!("run-ns-{}", mark.to_uppercase()),
+            format!("run-Ns-{mark}"),
+            format!("run--ns-{mark}"),
+            format!("run-ns--{mark}"),
+            format!("run-n.s-{mark}"),
+            format!("run-{}-{mark}", "a".repeat(64)),
+            format!("job-ns-{mark}"),
+            "run-".into(),
+            String::new(),
+        ] {
+            assert_eq!(RunId::parse(&bad), None, "{bad}");
+        }
+        assert!(RunId::parse(&format!("run-{}-{mark}", "a".repeat(63))).is_some());
+    }
+
+    /// A run's Job as `Cluster::apply_marked` makes it, from the marks of `run`.
+    fn job_of(run: &Run, held: bool) -> Job {
+        let pinned = ociup_kube::Pinned {
+            nick: run.nick.clone(),
+            version: 3,
+            reference: "r.example/t@sha256:aa".into(),
+            digest: "sha256:aa".into(),
+            base_digest: "sha256:bb".into(),
+        };
+        let options = JobOptions {
+            namespace: Some(run.namespace.clone()),
+            ..JobOptions::default()
+        };
+        let mut job = ociup_kube::build_job(&pinned, &options, held).expect("a job");
+        let marks = marks(run);
+        let meta = &mut job.metadata;
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.extend(marks.annotations);
+        let outcome = if held { "upgraded held" } else { "current" };
+        annotations.insert(ociup_kube::keys::RESOLUTION.into(), outcome.into());
+        meta.name = Some("trainer-v3-abcde".into());
+        meta.namespace = Some(run.namespace.clone());
+        meta.uid = Some("u-1".into());
+        job
+    }
+
+    #[test]
+    fn a_runs_job_shows_it_to_its_requester_only() {
+        let id = new_id("ml").expect("an id");
+        let run = Run::new(
+            id.clone(),
+            "trainer",
+            "alice",
+            "ml",
+            "2026-11-29T10:00:00Z".into(),
+        );
+        let m = marks(&run);
+        assert_eq!(m.request.as_deref(), RunId::parse(&id).map(|r| r.mark));
+        assert!(m.outcome);
+        let job = job_of(&run, false);
+        assert!(visible(&job, "alice", false));
+        assert!(!visible(&job, "bob", false));
+        assert!(visible(&job, "bob", true), "admins see every run");
+        // A requester whose name needs escaping: written bounded, compared bounded.
+        let odd = Run::new(id.clone(), "trainer", "eve\nx", "ml", String::new());
+        let job_odd = job_of(&odd, false);
+        assert_eq!(
+            job_odd.metadata.annotations.as_ref().unwrap()[REQUESTER],
+            "eve\\nx"
+        );
+        assert!(visible(&job_odd, "eve\nx", false));
+        assert!(!visible(&job_odd, "eve", false) && !visible(&job_odd, "evenx", false));
+        // A Job no service made (no requester annotation) is no one's run, not even an admin's.
+        let mut plain = job.clone();
+        plain
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(REQUESTER);
+        assert!(!visible(&plain, "alice", true));
+        assert!(Run::of_job(&id, &plain).is_none());
+
+        let seen = Run::of_job(&id, &job).expect("a run");
+        assert_eq!(seen.state, State::Submitted);
+        assert_eq!(
+            (
+                seen.id.as_str(),
+                seen.nick.as_str(),
+                seen.requester.as_str()
+            ),
+            (id.as_str(), "trainer", "alice")
+        );
+        assert_eq!(seen.created, "2026-11-29T10:00:00Z");
+        assert_eq!(
+            (
+                seen.namespace.as_str(),
+                seen.name.as_deref(),
+                seen.uid.as_deref()
+            ),
+            ("ml", Some("trainer-v3-abcde"), Some("u-1"))
+        );
+        assert_eq!(seen.version, Some(3));
+        assert_eq!(seen.image.as_deref(), Some("r.example/t@sha256:aa"));
+        assert_eq!(seen.digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(seen.base_digest.as_deref(), Some("sha256:bb"));
+        assert!(!seen.upgraded && !seen.held && !seen.stale);
+        assert!(seen.error.is_none() && seen.job_left.is_none());
+    }
+
+    #[test]
+    fn a_held_job_is_pending_until_its_version_has_long_been_recorded() {
+        let id = new_id("ml").expect("an id");
+        let run = Run::new(id.clone(), "trainer", "alice", "ml", String::new());
+        let job = job_of(&run, true);
+        assert!(is_held(&job));
+        let seen = Run::of_job(&id, &job).expect("a run");
+        assert_eq!(seen.state, State::Pending);
+        assert!(seen.upgraded && seen.held);
+        let record: VersionRecord = serde_json::from_value(serde_json::json!({
+            "nick": "trainer", "number": 3, "image": "r.example/t@sha256:aa",
+            "digest": "sha256:aa", "base": "r/b", "base_digest": "sha256:bb",
+            "recipe": "sha256:cc", "reason": "base moved", "time": "2026-11-29T10:00:00Z",
+            "actor": "alice", "previous": null, "build_manifest": null, "epoch": 0
+        }))
+        .expect("a version record");
+        let at = 1_795_946_400; // 2026-11-29T10:00:00Z
+        assert_eq!(ociup_core::time::rfc3339(at), record.time);
+        let settled = |recorded: Option<&VersionRecord>, now: u64| {
+            let mut r = seen.clone();
+            r.settle_held(recorded, now, 155);
+            r
+        };
+        // Not recorded (being regenerated): pending.
+        assert_eq!(settled(None, at + 10_000).state, State::Pending);
+        // Recorded just now (being released): pending.
+        assert_eq!(settled(Some(&record), at + 154).state, State::Pending);
+        // Another version's record, or this number with another digest: not this Job's.
+        let other = VersionRecord {
+            digest: "sha256:ff".into(),
+            ..record.clone()
+        };
+        assert_eq!(settled(Some(&other), at + 10_000).state, State::Pending);
+        // Recorded long ago and still held: unreleased, the Job named and how to release it.
+        let r = settled(Some(&record), at + 155);
+        assert_eq!(r.state, State::Unreleased);
+        assert_eq!(r.job_left.as_deref(), Some("ml/trainer-v3-abcde"));
+        let e = r.error.as_deref().unwrap();
+        assert!(
+            e.contains("kubectl patch job -n ml trainer-v3-abcde")
+                && e.contains("kubectl delete job -n ml trainer-v3-abcde"),
+            "{e}"
+        );
+        // A released Job is submitted whatever the catalog says.
+        let mut released = Run::of_job(&id, &job_of(&run, false)).expect("a run");
+        released.settle_held(Some(&record), at + 10_000, 155);
+        assert_eq!(released.state, State::Submitted);
     }
 
     #[tokio::test]

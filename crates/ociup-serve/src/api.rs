@@ -350,25 +350,30 @@ async fn resolve(
     {
         return Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response());
     }
-    let m = s.manager(actor)?;
-    allowed_entry(&s, &m, &nick, &format!("resolving {nick}")).await?;
-    let unreachable = match body.if_unreachable {
-        Policy::Fail => Unreachable::Fail,
-        Policy::Stale => Unreachable::Stale,
-    };
-    // Requests for one nick that find an upgrade due wait for each other (whoever the
-    // requester): the first regenerates; the others then find the new version current and take
-    // no permit.
-    let r = s
-        .resolve_pinned(
-            m,
-            &nick,
-            body.check || body.offline,
-            body.offline,
-            unreachable,
-        )
-        .await?;
-    json(&r)
+    // The library's way, in a future of its own (boxed): the answer above stays small to
+    // move and poll, this one is large.
+    Box::pin(async {
+        let m = s.manager(actor)?;
+        allowed_entry(&s, &m, &nick, &format!("resolving {nick}")).await?;
+        let unreachable = match body.if_unreachable {
+            Policy::Fail => Unreachable::Fail,
+            Policy::Stale => Unreachable::Stale,
+        };
+        // Requests for one nick that find an upgrade due wait for each other (whoever the
+        // requester): the first regenerates; the others then find the new version current and
+        // take no permit.
+        let r = s
+            .resolve_pinned(
+                m,
+                &nick,
+                body.check || body.offline,
+                body.offline,
+                unreachable,
+            )
+            .await?;
+        json(&r)
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]

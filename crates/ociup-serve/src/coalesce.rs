@@ -18,13 +18,16 @@
 //!   long before it arrived: the exact guarantee is then that each tag was read no earlier than
 //!   that window before the request arrived, so an upgrade recorded elsewhere or a base moved
 //!   within the window may be answered as the version before it.
-//! - **Read ahead.** With a window, a request that takes a read older than half the window
-//!   starts the tag's next read in the background (unless one is under way) and does not wait
-//!   for it: requests arriving later find a read begun within their window, so a tag that is
-//!   asked for at least once per half window is never waited for ([`take`] is the rule). Only
-//!   requests start reads: a tag nobody asks for is not read, and the reads stop when the
-//!   requests do. A replica then reads each tag it is asked for at most about twice per window
-//!   however many requests it answers.
+//! - **Read ahead.** With a window, a request that takes a read close to the end of its window
+//!   (within twice what the tag's last read took, at least a sixteenth of the window:
+//!   [`ahead`]) starts the tag's next read in the background (unless one is under way) and
+//!   does not wait for it: requests arriving later find a read begun within their window, so a
+//!   tag asked for often enough is never waited for ([`take`] is the rule). Only requests start
+//!   reads: a tag nobody asks for is not read, and the reads stop when the requests do. A
+//!   replica reads each tag it is asked for at most 4/3 times per window (about once when the
+//!   registry answers quickly), however many requests it answers; a registry slower than an
+//!   eighth of the window gets no read ahead (one read per window, waited for): reads cost the
+//!   registry, and reading more often when it is slow would slow it further.
 //! - **What this replica writes, it answers at once.** Whatever writes a nick here does so
 //!   under the service's lock of the nick; releasing it ([`Coalescer::forget`]) sets aside
 //!   every read of the nick's catalog tag and of its base's tag begun before, so the next
@@ -79,14 +82,15 @@ enum Take {
 
 /// The rule: a request that arrived at sequence number `arrived` and instant `now` may take
 /// `last` when it started after the request arrived, or (with a `window`) at most `window`
-/// before `now`; never when it started at or before `floor` (the key was written since). Past
-/// half the window, the next read is started ahead.
+/// before `now`; never when it started at or before `floor` (the key was written since). Within
+/// `ahead` of the end of its window, the next read is started ahead.
 fn take<T>(
     last: Option<&Read<T>>,
     floor: u64,
     arrived: u64,
     now: Instant,
     window: Duration,
+    ahead: Duration,
 ) -> Take {
     let Some(r) = last else { return Take::Wait };
     if r.started <= floor {
@@ -101,16 +105,32 @@ fn take<T>(
     let age = now.saturating_duration_since(r.at);
     if age > window {
         Take::Wait
-    } else if age >= window / 2 {
+    } else if age + ahead >= window {
         Take::UseAndRefresh
     } else {
         Take::Use
     }
 }
 
-/// The last read of a key, and the floor below which no read is taken.
+/// How long before the end of a read's window the next is started: twice what the last read
+/// took (so it has ended before the window does), at least a sixteenth of the window. At most
+/// a quarter: a tag is then read at most 4/3 times per window, about once when the registry
+/// answers quickly. A registry slower than an eighth of the window gets no read ahead at all
+/// (one read per window, waited for at its end): reading more often would slow it further,
+/// and each slower read would start the next earlier still.
+fn ahead(window: Duration, took: Duration) -> Duration {
+    let twice = took.saturating_mul(2);
+    if twice > window / 4 {
+        return Duration::ZERO;
+    }
+    twice.max(window / 16)
+}
+
+/// The last read of a key, how long the last read to end took, and the floor below which no
+/// read is taken.
 struct Last<T> {
     read: Option<Read<T>>,
+    took: Duration,
     floor: u64,
 }
 
@@ -126,6 +146,7 @@ impl<T: Clone> Slot<T> {
         Slot {
             last: Mutex::new(Last {
                 read: None,
+                took: Duration::ZERO,
                 floor: 0,
             }),
             reading: Arc::default(),
@@ -135,7 +156,14 @@ impl<T: Clone> Slot<T> {
     /// What `take` says of the last read, and its value when it may be taken.
     fn taken(&self, arrived: u64, now: Instant, window: Duration) -> (Take, Option<T>) {
         let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let t = take(last.read.as_ref(), last.floor, arrived, now, window);
+        let t = take(
+            last.read.as_ref(),
+            last.floor,
+            arrived,
+            now,
+            window,
+            ahead(window, last.took),
+        );
         let value = match t {
             Take::Use | Take::UseAndRefresh => last.read.as_ref().map(|r| r.value.clone()),
             Take::Wait => None,
@@ -143,8 +171,10 @@ impl<T: Clone> Slot<T> {
         (t, value)
     }
 
-    fn store(&self, read: Read<T>) {
+    /// Keeps `read` (unless a later one is kept), which took until `ended`.
+    fn store(&self, read: Read<T>, ended: Instant) {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.took = ended.saturating_duration_since(read.at);
         if last.read.as_ref().is_none_or(|r| r.started < read.started) {
             last.read = Some(read);
         }
@@ -221,11 +251,14 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
                     _ => {
                         let (started, at) = (self.tick(), (self.now)());
                         let value = check().await;
-                        slot.store(Read {
-                            started,
-                            at,
-                            value: value.clone(),
-                        });
+                        slot.store(
+                            Read {
+                                started,
+                                at,
+                                value: value.clone(),
+                            },
+                            (self.now)(),
+                        );
                         value
                     }
                 }
@@ -254,10 +287,10 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
             return;
         };
         let (started, at) = (self.tick(), (self.now)());
-        let (slot, read) = (Arc::clone(slot), check());
+        let (slot, read, now) = (Arc::clone(slot), check(), Arc::clone(&self.now));
         tokio::spawn(async move {
             let value = read.await;
-            slot.store(Read { started, at, value });
+            slot.store(Read { started, at, value }, now());
             drop(reading);
         });
     }
@@ -363,7 +396,7 @@ impl Service {
             .cloned();
         let Some(k) = known else {
             let entry = self.catalog_tag(nick).await?;
-            return self.learn(actor, nick, entry).await;
+            return Box::pin(self.learn(actor, nick, entry)).await;
         };
         // The entry last seen is most likely still the nick's: its base is read at the same
         // time as the nick's tag (both reads are begun for this request, or within its window).
@@ -376,7 +409,7 @@ impl Service {
         let (entry, base) = tokio::join!(self.catalog_tag(nick), base);
         let entry = entry?;
         if entry != k.entry {
-            return self.learn(actor, nick, entry).await;
+            return Box::pin(self.learn(actor, nick, entry)).await;
         }
         (*base? == *k.base_digest).then(|| k.body.clone())
     }
@@ -518,10 +551,17 @@ mod tests {
         fn open(&self, n: usize) {
             self.gate.as_ref().expect("gated").add_permits(n);
         }
+        /// Waits until `n` checks have started (a test that expects one that never starts
+        /// fails after 10 s rather than hanging).
         async fn started(&self, n: usize) {
-            while self.runs() < n {
-                tokio::task::yield_now().await;
-            }
+            let wait = async {
+                while self.runs() < n {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .unwrap_or_else(|_| panic!("check {n} never started ({} did)", self.runs()));
         }
     }
 
@@ -534,33 +574,63 @@ mod tests {
             at: t0 + ms(at_ms),
             value: (),
         };
-        let w = ms(1000);
+        let (w, zero) = (ms(1000), Duration::ZERO);
+        let half = ms(500);
         // Nothing read yet: wait (and read).
-        assert_eq!(take::<()>(None, 0, 5, t0, w), Take::Wait);
+        assert_eq!(take::<()>(None, 0, 5, t0, w, half), Take::Wait);
         // Begun after the request arrived: taken, window or not.
-        assert_eq!(take(Some(&read(6, 0)), 0, 5, t0, Duration::ZERO), Take::Use);
-        assert_eq!(take(Some(&read(6, 0)), 0, 5, t0 + ms(5000), w), Take::Use);
+        assert_eq!(take(Some(&read(6, 0)), 0, 5, t0, zero, zero), Take::Use);
+        assert_eq!(
+            take(Some(&read(6, 0)), 0, 5, t0 + ms(5000), w, half),
+            Take::Use
+        );
         // Begun before it: only within the window.
+        assert_eq!(take(Some(&read(4, 0)), 0, 5, t0, zero, zero), Take::Wait);
         assert_eq!(
-            take(Some(&read(4, 0)), 0, 5, t0, Duration::ZERO),
-            Take::Wait
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(499), w, half),
+            Take::Use
         );
-        assert_eq!(take(Some(&read(4, 0)), 0, 5, t0 + ms(499), w), Take::Use);
-        // Past half the window: taken, and the next read started ahead.
+        // Within `ahead` of the window's end: taken, and the next read started ahead.
         assert_eq!(
-            take(Some(&read(4, 0)), 0, 5, t0 + ms(500), w),
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(500), w, half),
             Take::UseAndRefresh
         );
         assert_eq!(
-            take(Some(&read(4, 0)), 0, 5, t0 + ms(1000), w),
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(1000), w, half),
             Take::UseAndRefresh
+        );
+        assert_eq!(
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(936), w, ms(63)),
+            Take::Use
+        );
+        assert_eq!(
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(937), w, ms(63)),
+            Take::UseAndRefresh
+        );
+        assert_eq!(
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(999), w, zero),
+            Take::Use
         );
         // Past the window: never.
-        assert_eq!(take(Some(&read(4, 0)), 0, 5, t0 + ms(1001), w), Take::Wait);
+        assert_eq!(
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(1001), w, half),
+            Take::Wait
+        );
         // Begun at or before the floor (the key was written since): never, however recent.
-        assert_eq!(take(Some(&read(4, 0)), 4, 5, t0, w), Take::Wait);
-        assert_eq!(take(Some(&read(6, 0)), 7, 5, t0, w), Take::Wait);
-        assert_eq!(take(Some(&read(8, 0)), 7, 5, t0, w), Take::Use);
+        assert_eq!(take(Some(&read(4, 0)), 4, 5, t0, w, half), Take::Wait);
+        assert_eq!(take(Some(&read(6, 0)), 7, 5, t0, w, half), Take::Wait);
+        assert_eq!(take(Some(&read(8, 0)), 7, 5, t0, w, half), Take::Use);
+        assert_eq!(
+            take(Some(&read(4, 0)), 0, 5, t0 + ms(1000), w, zero),
+            Take::UseAndRefresh
+        );
+        // How far ahead: twice the last read, at least a sixteenth of the window; none when the
+        // last read took more than an eighth of it.
+        assert_eq!(ahead(w, zero), ms(62) + Duration::from_micros(500));
+        assert_eq!(ahead(w, ms(50)), ms(100));
+        assert_eq!(ahead(w, ms(125)), ms(250));
+        assert_eq!(ahead(w, ms(126)), zero);
+        assert_eq!(ahead(w, Duration::MAX), zero);
     }
 
     /// Requests that arrive while a check runs do not take its result: they share the next one,
@@ -650,11 +720,12 @@ mod tests {
         assert!(!flights.slots.lock().unwrap().contains_key("gone"));
     }
 
-    /// Past half the window, the next read starts in the background: the request that starts
-    /// it and those after it do not wait, later requests take the new read, and a request whose
-    /// window has passed waits only for the read under way. No request, no read.
+    /// Close to the end of its window, the next read starts in the background: the request
+    /// that starts it and those after it do not wait, later requests take the new read, and a
+    /// request whose window has passed waits only for the read under way. How close depends on
+    /// how long the last read took. No request, no read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_ahead_past_half_the_window_and_nobody_waits() {
+    async fn reads_ahead_before_the_window_ends_and_nobody_waits() {
         let (flights, t) = manual_clock::<Option<usize>>();
         let flights = Arc::new(flights);
         let window = Duration::from_millis(1000);
@@ -663,38 +734,46 @@ mod tests {
             let (f, c) = (Arc::clone(&flights), c.clone());
             tokio::spawn(async move { f.run("k", window, Option::is_some, || c.check()).await })
         };
-        // t=0: the first read, waited for.
+        // t=0: the first read, waited for; it takes no time on this clock, so the next one is
+        // started a sixteenth of the window (62.5 ms) before the end.
         let first = run(&c);
         c.started(1).await;
         c.open(1);
         assert_eq!(first.await.unwrap(), Some(1));
-        // t=400: within the first half: taken, nothing started.
-        advance(&t, 400);
+        // t=900: taken, nothing started.
+        advance(&t, 900);
         assert_eq!(run(&c).await.unwrap(), Some(1));
         assert_eq!(c.runs(), 1);
-        // t=600: taken at once (the gate is closed: it would hang if it waited), and the next
+        // t=950: taken at once (the gate is closed: it would hang if it waited), and the next
         // read starts in the background.
-        advance(&t, 200);
+        advance(&t, 50);
         assert_eq!(run(&c).await.unwrap(), Some(1));
         c.started(2).await;
-        // t=700: the read ahead is under way: the old one is still taken, no third read.
-        advance(&t, 100);
+        // t=980: the read ahead is under way: the old one is still taken, no third read.
+        advance(&t, 30);
         assert_eq!(run(&c).await.unwrap(), Some(1));
         assert_eq!(c.runs(), 2);
         // t=1100: the first read is out of this request's window; the one under way (begun at
-        // 600) is within it: the request waits for that one, and starts none of its own.
-        advance(&t, 400);
+        // 950) is within it: the request waits for that one, and starts none of its own.
+        advance(&t, 120);
         let waiting = run(&c);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         c.open(1);
         assert_eq!(waiting.await.unwrap(), Some(2));
         assert_eq!(c.runs(), 2);
-        // t=1200: the second read is taken at once, and (past its half) the third starts.
-        advance(&t, 100);
+        // That read took 150 ms, more than an eighth of the window: no read ahead (the
+        // registry is slow; reading more often would slow it further). t=1940: taken, nothing
+        // started; t=1960: out of the window, read again and waited for.
+        advance(&t, 840);
         assert_eq!(run(&c).await.unwrap(), Some(2));
+        assert_eq!(c.runs(), 2);
+        advance(&t, 20);
+        let waiting = run(&c);
         c.started(3).await;
+        assert!(!waiting.is_finished());
         c.open(1);
+        assert_eq!(waiting.await.unwrap(), Some(3));
         // Nobody asks for a long while: nothing more is read.
         advance(&t, 60_000);
         for _ in 0..100 {
@@ -779,7 +858,7 @@ mod tests {
         assert_eq!(run(&c).await.unwrap(), Some(2), "read again at once");
         assert_eq!(run(&c).await.unwrap(), Some(2), "then taken in the window");
         // A read ahead begun before a forget is not taken by the requests after it.
-        advance(&t, 600);
+        advance(&t, 950);
         assert_eq!(run(&c).await.unwrap(), Some(2));
         c.started(3).await;
         flights.forget("k");

@@ -105,9 +105,9 @@ pub struct ServeArgs {
     /// A resolve with nothing due may be answered from reads of the nick's catalog tag and
     /// its base's tag that began up to this many milliseconds before the request arrived: a
     /// version recorded elsewhere or a base moved within the window may be answered as the
-    /// version before it. A tag asked for is read again in the background past half the
-    /// window (about twice per window, whatever the load; what this service writes is read
-    /// again at once). 0: only reads that began after the request arrived (concurrent
+    /// version before it. A tag asked for is read again in the background before its window
+    /// ends (a little more than once per window, whatever the load; what this service writes
+    /// is read again at once). 0: only reads that began after the request arrived (concurrent
     /// requests still share them), as `ociup resolve` run locally. Example: --fresh-within
     /// 1000 for a busy service whose registry is the bound.
     #[arg(long, value_name = "MS", default_value_t = 0)]

@@ -20,9 +20,20 @@
 #    each stopping after its share (wrk is stopped with SIGINT once the replicas' /metrics
 #    count them all). Checked: no request failed (wrk errors, non-200 answers), every moved
 #    nick has exactly one new version and no other nick has one (history of every nick).
-# 2. Nothing due: BENCH_RUNS (7) runs of `wrk -t2 -c BENCH_CLIENTS -d BENCH_SECONDS` (5 s) after
-#    a 2 s warm-up, same script: requests/s, median and p99 latency (wrk's), failures; then no
-#    nick has a new version. The registry requests they caused (access log) per answer.
+# 2. Nothing due, two ways, BENCH_RUNS (7) runs of BENCH_SECONDS (5 s) each, after a 2 s warm-up,
+#    interleaved run by run with each other and with (3):
+#    a. SATURATION (closed loop): `wrk -t2 -c BENCH_CLIENTS`, each connection sending its next
+#       request as soon as the answer comes. Gives the capacity (resolves/s); its latency is
+#       mostly queueing: by Little's law p50 ~ BENCH_CLIENTS / throughput (100 connections at
+#       2,500/s wait ~40 ms whatever one answer costs), so read it as "how much", not "how fast".
+#    b. PACED (offered load): BENCH_CLIENTS clients (wrk threads of one connection) each asking
+#       BENCH_RATE / BENCH_CLIENTS times a second (1,000 / 100 = 10/s: one request every 100 ms
+#       on a schedule, the wait before each computed from a monotonic clock, a random phase per
+#       client; wrk's `delay()`, not counted in the latency). Gives the latency at the target
+#       load: p50 and p99 (wrk's), and the rate achieved (below BENCH_RATE when answers are
+#       slower than the schedule: a client never has two requests out).
+#    Both: failures (non-200, socket errors); then no nick has a new version. The registry
+#    requests they caused (access log) and the replicas' CPU (user + system, /proc) per answer.
 # 3. Floor: the requests one nothing-due `ociup resolve` makes (its access-log lines, the
 #    per-process `GET /v2/` left out) replayed by wrk straight at the registry, every nick in
 #    turn, same connections and duration, BENCH_RUNS runs interleaved with (2): the registry's
@@ -33,18 +44,24 @@
 #    requests/s, median and p99 of each process's wall time.
 # Peak RSS per replica: VmHWM of /proc/PID/status at the end.
 #
-# Targets (reported, never failing the script): nothing due median < 20 ms, p99 < 200 ms,
-# >= 1,000 resolves/s; < 100 MiB per replica; every moved nick upgraded once; no failure.
+# Targets (reported, never failing the script): nothing due median < 20 ms and p99 < 200 ms
+# (paced at BENCH_RATE, and saturated), >= 1,000 resolves/s (saturated; and the rate the paced
+# run achieved); < 100 MiB per replica; every moved nick upgraded once; no failure.
 # The exit status is non-zero only when setup fails or a check (versions, failures) fails.
 #
 # Settings: BENCH_RUNS=7 BENCH_SECONDS=5 BENCH_NICKS=100 BENCH_BASES=10 BENCH_MOVED=5
-# BENCH_REQUESTS=2000 BENCH_CLIENTS=100 BENCH_BASELINE=400 BENCH_MAX_REGENERATIONS=64
-# BENCH_FRESH_WITHIN=MS (the replicas' --fresh-within; not given by default: a binary without
-# the flag can be measured too)
+# BENCH_REQUESTS=2000 BENCH_CLIENTS=100 BENCH_BASELINE=400 (0: no baseline)
+# BENCH_MAX_REGENERATIONS=64 BENCH_RATE=1000 (the paced run's total offered resolves/s; 0: no
+# paced run) BENCH_FRESH_WITHIN=MS (the replicas' --fresh-within; not given by default: a binary
+# without the flag can be measured too)
+# The final figures, both freshness settings (about 4 minutes each on 2 cores):
+#   bash benches/serve.sh; BENCH_FRESH_WITHIN=1000 bash benches/serve.sh
+# A quick look (one run of each): BENCH_RUNS=1 BENCH_SECONDS=3 BENCH_BASELINE=0 bash benches/serve.sh
 # BENCH_WORKDIR=DIR (kept) BENCH_JSON=PATH (benches/results/serve.json) OCIUP=PATH (default:
 # builds target/release/ociup; copied into the work directory). Needs bash 5, curl, python3, GNU
-# time, docker-registry and wrk (apt-get install -y wrk). Only 127.0.0.1 is contacted. About 3
-# minutes on 2 cores.
+# time, docker-registry and wrk (apt-get install -y wrk). Only 127.0.0.1 is contacted. About 4
+# minutes on 2 cores. BENCH_PERF=1: `perf record -g` of replica a during the first saturation
+# run, into WORK/perf-a.data (with BENCH_WORKDIR to keep it; `perf report -i` it).
 set -euo pipefail
 shopt -s inherit_errexit
 export LC_ALL=C
@@ -64,9 +81,11 @@ REQUESTS=${BENCH_REQUESTS:-2000}
 CLIENTS=${BENCH_CLIENTS:-100}
 BASELINE=${BENCH_BASELINE:-400}
 MAX_REGEN=${BENCH_MAX_REGENERATIONS:-64}
+RATE=${BENCH_RATE:-1000}
 FRESH_WITHIN=${BENCH_FRESH_WITHIN:-}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/serve.json}
 [ $((REQUESTS % CLIENTS)) = 0 ] || die "BENCH_REQUESTS must be a multiple of BENCH_CLIENTS"
+[[ $RATE =~ ^[0-9]+$ ]] || die "BENCH_RATE must be a whole number of resolves/s"
 bench_need python3 curl docker-registry wrk
 bench_ociup
 bench_workdir ociup-serve
@@ -135,6 +154,13 @@ resolves_answered() {
   done
   echo "$total"
 }
+# replica_cpu_ticks: user + system CPU of both replicas so far, in clock ticks.
+replica_cpu_ticks() {
+  local p t=0
+  for p in "${REPLICA_PIDS[@]}"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+  echo "$t"
+}
+TICK_HZ=$(getconf CLK_TCK)
 upgrades_counted() {
   local a
   for a in "${ADDRS[@]}"; do
@@ -187,6 +213,39 @@ function done(summary, latency, requests)
     latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
 end
 EOF
+# The paced variant: the same requests on a schedule. wrk calls delay() before each request of
+# a thread and starts its latency clock after it; one connection per thread, so each thread is
+# one client asking WRK_RATE times a second (a random phase, then every 1/WRK_RATE s by a
+# monotonic clock: a late answer shortens the next wait, never below 0, and is not made up by
+# a burst).
+cat "$WORK/wrk/resolve.lua" - >"$WORK/wrk/paced.lua" <<'LUA'
+local ffi = require("ffi")
+ffi.cdef [[
+  typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+  int clock_gettime(int clk, bench_timespec *ts);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval, next_at
+function delay()
+  if not interval then
+    interval = 1000 / tonumber(os.getenv("WRK_RATE"))
+    math.randomseed(id * 7919 + 1)
+    next_at = now_ms() + math.random() * interval
+  else
+    next_at = next_at + interval
+  end
+  local wait = next_at - now_ms()
+  if wait < 0 then
+    next_at = now_ms()
+    return 0
+  end
+  return math.floor(wait + 0.5)
+end
+LUA
 export WRK_ADDRS WRK_NICKS=$NICKS WRK_TOKEN=$TOKEN
 WRK_ADDRS=$(IFS=,; echo "${ADDRS[*]}")
 
@@ -282,27 +341,49 @@ function done(summary, latency, requests)
 end
 EOF
 
-log "pass 2: nothing due, warm-up then $RUNS runs of ${SECONDS_PER_RUN} s (floor interleaved)"
+log "pass 2: nothing due, warm-up then $RUNS runs of ${SECONDS_PER_RUN} s each: saturation, paced at $RATE/s, floor"
 wrk -t2 -c "$CLIENTS" -d 2s --timeout 30s -s "$WORK/wrk/resolve.lua" "http://${ADDRS[0]}" >"$WORK/wrk/warm.out" 2>&1
 : >"$WORK/nothing-due.jsonl"
+: >"$WORK/paced.jsonl"
 : >"$WORK/floor.jsonl"
+KINDS=(serve floor)
+[ "$RATE" = 0 ] || KINDS+=(paced)
 for ((r = 1; r <= RUNS; r++)); do
-  bench_rotate "$r" serve floor
+  bench_rotate "$r" "${KINDS[@]}"
   for what in "${ORDER[@]}"; do
-    if [ "$what" = serve ]; then
+    if [ "$what" = paced ]; then
       lines0=$(wc -l <"$REG_DIR/access.log")
       load=$(bench_load)
+      cpu0=$(replica_cpu_ticks)
+      WRK_RATE=$(python3 -c "print($RATE / $CLIENTS)") wrk -t "$CLIENTS" -c "$CLIENTS" \
+        -d "${SECONDS_PER_RUN}s" --timeout 30s -s "$WORK/wrk/paced.lua" "http://${ADDRS[0]}" \
+        >"$WORK/wrk/paced-$r.out" 2>&1
+      cpu1=$(replica_cpu_ticks)
+      lines1=$(wc -l <"$REG_DIR/access.log")
+      echo "$(wrk_json "$WORK/wrk/paced-$r.out" | sed "s/}\$/, \"registry_requests\": $((lines1 - lines0)), \"replica_cpu_s\": $(python3 -c "print(($cpu1 - $cpu0) / $TICK_HZ)"), \"load\": \"$load\"}/")" >>"$WORK/paced.jsonl"
+    elif [ "$what" = serve ]; then
+      lines0=$(wc -l <"$REG_DIR/access.log")
+      load=$(bench_load)
+      cpu0=$(replica_cpu_ticks)
+      PERF_PID=
+      if [ -n "${BENCH_PERF:-}" ] && [ "$r" = 1 ]; then
+        perf record -q -F 499 -g -p "${REPLICA_PIDS[0]}" -o "$WORK/perf-a.data" -- sleep "$SECONDS_PER_RUN" 2>"$WORK/perf.log" &
+        PERF_PID=$!
+      fi
       wrk -t2 -c "$CLIENTS" -d "${SECONDS_PER_RUN}s" --timeout 30s -s "$WORK/wrk/resolve.lua" \
         "http://${ADDRS[0]}" >"$WORK/wrk/due-$r.out" 2>&1
+      cpu1=$(replica_cpu_ticks)
+      [ -z "$PERF_PID" ] || wait "$PERF_PID" || log "perf record failed: $(tail -n 3 "$WORK/perf.log")"
       lines1=$(wc -l <"$REG_DIR/access.log")
-      echo "$(wrk_json "$WORK/wrk/due-$r.out" | sed "s/}\$/, \"registry_requests\": $((lines1 - lines0)), \"load\": \"$load\"}/")" >>"$WORK/nothing-due.jsonl"
+      echo "$(wrk_json "$WORK/wrk/due-$r.out" | sed "s/}\$/, \"registry_requests\": $((lines1 - lines0)), \"replica_cpu_s\": $(python3 -c "print(($cpu1 - $cpu0) / $TICK_HZ)"), \"load\": \"$load\"}/")" >>"$WORK/nothing-due.jsonl"
     else
       wrk -t2 -c "$CLIENTS" -d "${SECONDS_PER_RUN}s" --timeout 30s -s "$WORK/wrk/floor.lua" \
         "http://$H" >"$WORK/wrk/floor-$r.out" 2>&1
       grep '^{"requests"' "$WORK/wrk/floor-$r.out" >>"$WORK/floor.jsonl" || die "wrk (floor): $(cat "$WORK/wrk/floor-$r.out")"
     fi
   done
-  log "  run $r: $(tail -n 1 "$WORK/nothing-due.jsonl")"
+  log "  run $r: saturation $(tail -n 1 "$WORK/nothing-due.jsonl")"
+  [ "$RATE" = 0 ] || log "  run $r: paced $(tail -n 1 "$WORK/paced.jsonl")"
 done
 history_lengths >"$WORK/history-2.txt"
 RSS=()
@@ -311,7 +392,8 @@ for p in "${REPLICA_PIDS[@]}"; do RSS+=("$(awk '/^VmHWM:/ { print $2 }' "/proc/$
 # 4. Baseline: one process per request.
 log "baseline: $BASELINE x ociup resolve, $CLIENTS at once"
 export OCIUP BASELINE CLIENTS NICKS
-BASELINE_JSON=$(python3 - <<'EOF'
+BASELINE_JSON=null
+[ "$BASELINE" = 0 ] || BASELINE_JSON=$(python3 - <<'EOF'
 import concurrent.futures, os, statistics, subprocess, time
 ociup, n, c, nicks = os.environ["OCIUP"], int(os.environ["BASELINE"]), int(os.environ["CLIENTS"]), int(os.environ["NICKS"])
 def one(i):
@@ -331,7 +413,7 @@ EOF
 )
 log "baseline: $BASELINE_JSON"
 
-export FRESH_WITHIN WORK RUNS NICKS BASES MOVED REQUESTS CLIENTS MAX_REGEN JSON_OUT UPGRADE UPGRADE_WALL UPGRADE_SERVED
+export RATE FRESH_WITHIN WORK RUNS NICKS BASES MOVED REQUESTS CLIENTS MAX_REGEN JSON_OUT UPGRADE UPGRADE_WALL UPGRADE_SERVED
 export UPGRADES BASELINE_JSON RSS_KIB="${RSS[*]}" MACHINE="$(bench_machine)" REV="$(bench_git_rev)"
 export SECONDS_PER_RUN OCIUP_VERSION="$("$OCIUP" --version)"
 mkdir -p "$(dirname "$JSON_OUT")"
@@ -352,13 +434,17 @@ upgrade = json.loads(E["UPGRADE"])
 due = [json.loads(l) for l in open(f"{W}/nothing-due.jsonl")]
 floor = [json.loads(l) for l in open(f"{W}/floor.jsonl")]
 base = json.loads(E["BASELINE_JSON"])
-failures = upgrade["non_200"] + upgrade["errors"] + sum(d["non_200"] + d["errors"] for d in due) + base["failed"]
+paced = [json.loads(l) for l in open(f"{W}/paced.jsonl")]
+failures = (upgrade["non_200"] + upgrade["errors"] + sum(d["non_200"] + d["errors"] for d in due + paced)
+            + (base["failed"] if base else 0))
 if upgrade["answered"] != int(E["REQUESTS"]):
     bad.append(f"pass 1: wrk counted {upgrade['answered']} answers, not {E['REQUESTS']}")
 med = lambda xs: statistics.median(xs)
 rps = [d["requests"] / d["duration_s"] for d in due]
 p50 = med([d["p50_ms"] for d in due]); p99 = med([d["p99_ms"] for d in due])
 reg_per = med([d["registry_requests"] / d["requests"] for d in due])
+# CPU of both replicas per answer, in microseconds (what one answer costs the service).
+cpu_us = med([d["replica_cpu_s"] * 1e6 / max(d["requests"], 1) for d in due])
 floor_rps = [f["requests"] / f["duration_s"] for f in floor]
 per_resolve = floor[0]["per_resolve"]
 floor_resolves = med(floor_rps) / per_resolve
@@ -372,31 +458,49 @@ out = {
     "upgrade_pass": {**upgrade, "served_by_replicas": int(E["UPGRADE_SERVED"]), "wall_s": float(E["UPGRADE_WALL"]),
                      "upgrades_counted_per_replica": [int(x) for x in E["UPGRADES"].split()]},
     "nothing_due": {"runs": due, "median_per_s": round(med(rps), 1), "median_p50_ms": p50, "median_p99_ms": p99,
-                    "registry_requests_per_answer": round(reg_per, 3), "seconds_per_run": int(E["SECONDS_PER_RUN"])},
+                    "registry_requests_per_answer": round(reg_per, 3), "replica_cpu_us_per_answer": round(cpu_us, 1), "seconds_per_run": int(E["SECONDS_PER_RUN"])},
     "floor": {"runs": floor, "requests_per_resolve": per_resolve, "median_registry_requests_per_s": round(med(floor_rps), 1),
               "median_resolves_per_s": round(floor_resolves, 1), "median_p50_ms": med([f["p50_ms"] for f in floor]),
               "median_p99_ms": med([f["p99_ms"] for f in floor])},
+    "paced": None if not paced else {
+        "clients": int(E["CLIENTS"]), "offered_per_s": int(E["RATE"]), "runs": paced,
+        "median_achieved_per_s": round(med([p["requests"] / p["duration_s"] for p in paced]), 1),
+        "median_p50_ms": med([p["p50_ms"] for p in paced]), "median_p99_ms": med([p["p99_ms"] for p in paced]),
+        "registry_requests_per_answer": round(med([p["registry_requests"] / max(p["requests"], 1) for p in paced]), 3),
+        "replica_cpu_us_per_answer": round(med([p["replica_cpu_s"] * 1e6 / max(p["requests"], 1) for p in paced]), 1)},
     "baseline_process_per_request": base,
     "peak_rss_mib": [round(x, 1) for x in rss],
     "failures": failures, "version_errors": bad,
 }
+pc = out["paced"]
 targets = {
-    "nothing-due median < 20 ms": p50 < 20, "nothing-due p99 < 200 ms": p99 < 200,
-    ">= 1000 resolves/s nothing due": med(rps) >= 1000, "< 100 MiB per replica": max(rss) < 100,
+    "nothing-due median < 20 ms (saturated)": p50 < 20, "nothing-due p99 < 200 ms (saturated)": p99 < 200,
+    ">= 1000 resolves/s nothing due (saturated)": med(rps) >= 1000, "< 100 MiB per replica": max(rss) < 100,
     "every moved nick upgraded exactly once": not bad, "no request failed": failures == 0,
 }
+if pc:
+    targets.update({
+        f"nothing-due median < 20 ms (paced at {pc['offered_per_s']}/s)": pc["median_p50_ms"] < 20,
+        f"nothing-due p99 < 200 ms (paced at {pc['offered_per_s']}/s)": pc["median_p99_ms"] < 200,
+        "paced run achieved >= 1000 resolves/s": pc["median_achieved_per_s"] >= 1000,
+    })
 out["targets"] = targets
 json.dump(out, open(E["JSON_OUT"], "w"), indent=2)
 print(f"ociup serve, 2 replicas, --fresh-within {E['FRESH_WITHIN'] or '(not given)'} ({out['machine']}; {out['ociup']}, {out['commit']})")
 u = out["upgrade_pass"]
 print(f"  upgrade pass: {u['answered']} answers ({u['served_by_replicas']} served), {u['non_200']} non-200, {u['errors']} errors, "
       f"{u['wall_s']} s, p50 {u['p50_ms']:.1f} ms, p99 {u['p99_ms']:.1f} ms; upgrades counted {u['upgrades_counted_per_replica']} for {moved_nicks} moved nicks")
-print(f"  nothing due (median of {len(due)} x {E['SECONDS_PER_RUN']} s): {med(rps):.0f} resolves/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-      f"{reg_per:.3f} registry requests per answer")
+print(f"  nothing due, saturation (wrk -c{E['CLIENTS']}, closed loop; median of {len(due)} x {E['SECONDS_PER_RUN']} s): {med(rps):.0f} resolves/s, "
+      f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, {reg_per:.3f} registry requests and {cpu_us:.0f} us of replica CPU per answer; load {due[0]['load']} .. {due[-1]['load']}")
+if pc:
+    print(f"  nothing due, paced ({pc['clients']} clients, {pc['offered_per_s']}/s offered; median of {len(paced)} x {E['SECONDS_PER_RUN']} s): "
+          f"{pc['median_achieved_per_s']:.0f} resolves/s achieved, p50 {pc['median_p50_ms']:.2f} ms, p99 {pc['median_p99_ms']:.2f} ms, "
+          f"{pc['registry_requests_per_answer']:.3f} registry requests and {pc['replica_cpu_us_per_answer']:.0f} us of replica CPU per answer; load {paced[0]['load']} .. {paced[-1]['load']}")
 print(f"  floor: registry {med(floor_rps):.0f} requests/s for the {per_resolve} requests of a resolve = {floor_resolves:.0f} resolves/s "
       f"(service / floor: {med(rps) / floor_resolves:.2f})")
-print(f"  baseline (process per request, {base['requests']} requests): {base['per_s']} /s, p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms "
-      f"(service / baseline throughput: {med(rps) / base['per_s']:.1f}x)")
+if base:
+    print(f"  baseline (process per request, {base['requests']} requests): {base['per_s']} /s, p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms "
+          f"(service / baseline throughput: {med(rps) / base['per_s']:.1f}x)")
 print(f"  peak RSS per replica: {', '.join(f'{x:.1f} MiB' for x in rss)}")
 for k, v in targets.items():
     print(f"  target {k}: {'met' if v else 'MISSED'}")

@@ -171,6 +171,7 @@ pub async fn copy_image<A: Store, B: Store>(
         in_flight: Arc::new(Semaphore::new(0)),
         counters: Counters::default(),
         seen: Mutex::new(HashSet::new()),
+        blobs: Mutex::default(),
         root: raw.digest().clone(),
     };
     copier.in_flight.add_permits(copier.in_flight_bound());
@@ -202,6 +203,9 @@ struct Copier<'a, A, B> {
     counters: Counters,
     /// Documents copied (or being copied) already in this copy.
     seen: Mutex<HashSet<Digest>>,
+    /// Blobs taken in hand in this copy (the images of an index go at once and may share one):
+    /// whoever comes second waits for the first, and finds it done.
+    blobs: Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<bool>>>>,
     /// The top document, for messages.
     root: Digest,
 }
@@ -239,6 +243,18 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
     /// destination has just named it missing (no existence check then).
     async fn copy_blob(&self, digest: Digest, size: u64, known_missing: bool) -> Result<()> {
         let c = &self.counters;
+        let cell = Arc::clone(
+            self.blobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(digest.clone())
+                .or_default(),
+        );
+        let mut done = cell.lock().await;
+        if *done {
+            c.blobs_present.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         (self.events)(CopyEvent::BlobStarted {
             digest: digest.clone(),
             size,
@@ -279,6 +295,7 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
             BlobCopy::Copied => &c.blobs_copied,
         }
         .fetch_add(1, Ordering::Relaxed);
+        *done = true;
         (self.events)(CopyEvent::BlobDone { digest, how });
         Ok(())
     }

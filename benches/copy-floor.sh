@@ -37,6 +37,11 @@
 # checked (pushed manifests served with the image's digest, pulled blobs hash to their names)
 # outside the timed part. Settings (environment variables, all optional):
 #   BENCH_RUNS=5          rounds
+#   BENCH_IMAGE=mixed     the copy-throughput.sh image: "mixed" (20 layers) or "large" (one layer)
+#   BENCH_PUSH_SERIES="skopeo crane ociup curl"   push series (crane and curl: the floor)
+#   BENCH_PULL_SERIES="skopeo crane ociup curl-files curl-null curl-fsync disk"   pull series
+#                         (crane, curl-null and disk: the floor); without skopeo its ratios and
+#                         floor are left out, and skopeo need not be installed
 #   BENCH_JOBS=4          blobs in flight for curl (4 = ociup's default --jobs; ociup gets
 #                         --jobs only when this is set)
 #   BENCH_WORKDIR=DIR     work directory (default: a temp dir, removed at exit); the image (the
@@ -62,7 +67,13 @@ JOBS=${BENCH_JOBS:-4}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/copy-floor.json}
 TAG=v1
 
-bench_need python3 skopeo docker-registry curl sha256sum xargs
+IMAGE_NAME=${BENCH_IMAGE:-mixed}
+PUSH_SERIES=(${BENCH_PUSH_SERIES:-skopeo crane ociup curl})
+PULL_SERIES=(${BENCH_PULL_SERIES:-skopeo crane ociup curl-files curl-null curl-fsync disk})
+HAVE_SKOPEO=0
+[[ " ${PUSH_SERIES[*]} ${PULL_SERIES[*]} " != *" skopeo "* ]] || HAVE_SKOPEO=1
+bench_need python3 docker-registry curl sha256sum xargs
+[ "$HAVE_SKOPEO" = 0 ] || bench_need skopeo
 CRANE=${CRANE:-$(command -v crane || echo "$HOME/.local/bin/crane")}
 [ -x "$CRANE" ] || die "no crane at $CRANE (bash ../shared/peers/install.sh)"
 curl --help all 2>/dev/null | grep -q -- --parallel-max || die "curl >= 7.66 (--parallel) is required"
@@ -74,11 +85,14 @@ JOBS_ARGS=()
 
 bench_workdir ociup-copy-floor
 
-# --- the image: the one copy-throughput.sh uses ----------------------------------------------
-OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGES=mixed BENCH_IMAGE_ONLY=1 \
+# --- the image: one of those copy-throughput.sh uses ------------------------------------------
+OCIUP="$OCIUP" BENCH_WORKDIR="$WORK" BENCH_IMAGES=$IMAGE_NAME BENCH_IMAGE_ONLY=1 \
   bash "$ROOT/benches/copy-throughput.sh"
-IMAGE=$WORK/image
-IMAGE_INFO=$(cat "$WORK/image.json")
+case $IMAGE_NAME in
+  mixed) IMAGE=$WORK/image ;;
+  *) IMAGE=$WORK/image-$IMAGE_NAME ;;
+esac
+IMAGE_INFO=$(cat "$IMAGE.json")
 jq_py() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$1)" "$IMAGE_INFO"; }
 IMAGE_DIGEST=$(jq_py '["digest"]')
 BLOB_BYTES=$(jq_py '["blob_bytes"]')
@@ -180,7 +194,9 @@ floor_measure() {
 }
 
 manifest_sha() {
-  echo "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$1" | sha256sum | cut -d' ' -f1)"
+  local repo=${1%:*} tag=${1##*:}
+  echo "sha256:$(curl -fsS -H "Accept: $MANIFEST_TYPE" "http://${repo%%/*}/v2/${repo#*/}/manifests/$tag" \
+    | sha256sum | cut -d' ' -f1)"
 }
 # check_blobs DIR: every file under DIR/blobs/sha256 hashes to its name, and the image's are there.
 check_blobs() {
@@ -194,8 +210,6 @@ check_blobs() {
   done
 }
 
-PUSH_SERIES=(skopeo crane ociup curl)
-PULL_SERIES=(skopeo crane ociup curl-files curl-null curl-fsync disk)
 if [ -n "${OCIUP_B:-}" ]; then
   PUSH_SERIES+=(ociup-b)
   PULL_SERIES+=(ociup-b)
@@ -262,7 +276,7 @@ mkdir -p "$(dirname "$JSON_OUT")"
 CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
 export SAMPLES JSON_OUT RUNS JOBS BLOB_BYTES IMAGE_INFO NPROC=$(nproc) CPU="${CPU:-unknown}"
 export CLK_TCK=$(getconf CLK_TCK) MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-export VERSIONS="crane $("$CRANE" version 2>/dev/null || echo -), $(skopeo --version), $(docker-registry --version | awk '{ print $2, $3 }'), $(curl --version | head -n 1 | awk '{ print $1, $2 }')"
+export VERSIONS="crane $("$CRANE" version 2>/dev/null || echo -), $(skopeo --version 2>/dev/null || echo no skopeo), $(docker-registry --version | awk '{ print $2, $3 }'), $(curl --version | head -n 1 | awk '{ print $1, $2 }')"
 export OCIUP OCIUP_B="${OCIUP_B:-}" LOAD_END="$(bench_load)"
 python3 - <<'PY'
 import collections, json, os, statistics as st, time
@@ -325,25 +339,32 @@ for k, t in summary.items():
           f"{t['peak_rss_mib_max']:6.1f} {t['requests_median']:5g}")
 
 print()
-print("ratios over skopeo and over crane (peer median wall / series median wall; > 1 is faster):")
+peers = [p for p in ("crane", "skopeo") if f"push/{p}" in summary or f"pull/{p}" in summary]
+print("ratios over " + " and over ".join(peers) + " (peer median wall / series median wall; > 1 is faster):")
 ratios, ratios_crane = {}, {}
 for d in ("push", "pull"):
-    sk = summary[f"{d}/skopeo"]["wall_s_median"]
-    cr = summary[f"{d}/crane"]["wall_s_median"]
+    sk = summary.get(f"{d}/skopeo", {}).get("wall_s_median")
+    cr = summary.get(f"{d}/crane", {}).get("wall_s_median")
     for k, t in summary.items():
         if k.startswith(d + "/") and not k.endswith(("/skopeo", "/sync-after-curl", "/disk")):
-            ratios[k] = sk / t["wall_s_median"]
-            ratios_crane[k] = cr / t["wall_s_median"]
-            print(f"  {k:<24} {ratios[k]:5.2f}x skopeo  {ratios_crane[k]:5.2f}x crane")
-# Floors. A floor is a wall time no client can beat here; the best ratio over skopeo any client
-# could reach is skopeo's wall over the floor, taken per round (the machine's speed drifts between
-# rounds; skopeo and the floor series run minutes apart at most) and then the median.
+            line = f"  {k:<24}"
+            if cr:
+                ratios_crane[k] = cr / t["wall_s_median"]
+                line += f" {ratios_crane[k]:5.2f}x crane"
+            if sk:
+                ratios[k] = sk / t["wall_s_median"]
+                line += f" {ratios[k]:5.2f}x skopeo"
+            print(line)
+# Floors. A floor is a wall time no client can beat here; the best ratio over a peer any client
+# could reach is the peer's wall over the floor, taken per round (the machine's speed drifts
+# between rounds; the peer and the floor series run seconds apart) and then the median.
 #   push: the registry hashes and stores every byte, whoever sends it. Measured floor: plain curl
 #         (monolithic PUTs, hardly any client CPU). Hard bound: the registry's CPU for the curl
 #         push over all cores, as if the client cost nothing and the registry used every core.
 #   pull: a durable copy needs the bytes off the registry AND onto the disk. Measured floor:
 #         max(curl-null, disk), each resource alone, as if they overlapped perfectly (a plain
-#         curl + fsync per blob does not overlap them and is slower than that).
+#         curl + fsync per blob does not overlap them and is slower than that). crane writes
+#         without any fsync: its wall can be under this floor.
 per_round = collections.defaultdict(dict)
 for r in rows:
     per_round[(r["direction"], r["round"])][r["series"]] = r
@@ -351,41 +372,58 @@ for r in rows:
 
 def floor_of(d, m):
     if d == "push":
+        if "curl" not in m:
+            return None
         return {"measured": m["curl"]["wall_s"], "hard": m["curl"]["registry_cpu_s"] / nproc}
-    return {"measured": max(m["curl-null"]["wall_s"], m["disk"]["wall_s"]),
-            "hard": max(m["curl-null"]["wall_s"], m["disk"]["wall_s"])}
+    if "curl-null" not in m or "disk" not in m:
+        return None
+    f = max(m["curl-null"]["wall_s"], m["disk"]["wall_s"])
+    return {"measured": f, "hard": f}
 
 
 print()
-print("floors (what no client can beat here; ratio = skopeo wall / floor, median of the rounds):")
+print("floors (what no client can beat here; ratio = peer wall / floor, median of the rounds):")
 conclusion = {}
+targets = {"crane": 1.1, "skopeo": 1.5}
 for d in ("push", "pull"):
     rr = [(rnd, m) for (dd, rnd), m in sorted(per_round.items()) if dd == d]
     fl = [floor_of(d, m) for _, m in rr]
-    sk = [m["skopeo"]["wall_s"] for _, m in rr]
-    best = st.median(s / f["measured"] for s, f in zip(sk, fl))
-    hard = st.median(s / f["hard"] for s, f in zip(sk, fl))
-    got = {k: st.median(s / m[k]["wall_s"] for s, (_, m) in zip(sk, rr))
-           for k in ("ociup", "ociup-b") if k in rr[0][1]}
-    conclusion[d] = {
-        "floor_wall_s_median": st.median(f["measured"] for f in fl),
-        "hard_bound_wall_s_median": st.median(f["hard"] for f in fl),
-        "max_ratio_over_skopeo_measured_floor": best,
-        "max_ratio_over_skopeo_hard_bound": hard,
-        "ociup_ratio_over_skopeo_per_round_median": got,
-        "target_4x_reachable": max(best, hard) >= 4,
-    }
+    if not rr or any(f is None for f in fl):
+        continue
     how = ("curl push" if d == "push" else "max(curl-null, disk)")
     hard_how = ("registry CPU of the curl push / cores" if d == "push" else "same")
-    print(f"  {d}: floor {how} {conclusion[d]['floor_wall_s_median']:.2f} s -> at most "
-          f"{best:.2f}x skopeo; hard bound ({hard_how}) "
-          f"{conclusion[d]['hard_bound_wall_s_median']:.2f} s -> at most {hard:.2f}x; "
-          + ", ".join(f"{k} reaches {v:.2f}x" for k, v in got.items())
-          + f"  => 4x {'REACHABLE' if max(best, hard) >= 4 else 'NOT reachable'} on this machine")
-print(f"  pull, for reference: no fsync at all (curl-files) {ratios['pull/curl-files']:.2f}x skopeo;"
-      f" downloads then one sync (curl-files+sync) {ratios['pull/curl-files+sync']:.2f}x;"
-      f" curl + fsync per blob (curl-fsync) {ratios['pull/curl-fsync']:.2f}x;"
-      f" writing nothing (curl-null) {ratios['pull/curl-null']:.2f}x")
+    c = {"floor_wall_s_median": st.median(f["measured"] for f in fl),
+         "hard_bound_wall_s_median": st.median(f["hard"] for f in fl)}
+    print(f"  {d}: floor {how} {c['floor_wall_s_median']:.3f} s; hard bound ({hard_how}) "
+          f"{c['hard_bound_wall_s_median']:.3f} s")
+    for k in ("ociup", "ociup-b"):
+        if k in rr[0][1]:
+            over = st.median(m[k]["wall_s"] / f["measured"] for (_, m), f in zip(rr, fl))
+            c[f"{k}_wall_over_floor"] = over
+            print(f"    {k}: {over:.2f}x the floor's wall time (1.00 = at the floor)")
+    for peer in peers:
+        if peer not in rr[0][1]:
+            continue
+        pw = [m[peer]["wall_s"] for _, m in rr]
+        best = st.median(p / f["measured"] for p, f in zip(pw, fl))
+        hard = st.median(p / f["hard"] for p, f in zip(pw, fl))
+        got = {k: st.median(p / m[k]["wall_s"] for p, (_, m) in zip(pw, rr))
+               for k in ("ociup", "ociup-b") if k in rr[0][1]}
+        want = targets[peer] if not (peer == "skopeo" and d == "pull") else None
+        c[peer] = {"max_ratio_measured_floor": best, "max_ratio_hard_bound": hard,
+                   "ociup_ratio_per_round_median": got, "target": want,
+                   "target_reachable": None if want is None else max(best, hard) >= want}
+        print(f"    over {peer}: at most {best:.2f}x (measured floor), {hard:.2f}x (hard bound); "
+              + ", ".join(f"{k} reaches {v:.2f}x" for k, v in got.items())
+              + ("" if want is None else
+                 f"  => {want}x {'REACHABLE' if max(best, hard) >= want else 'NOT reachable'} on this machine"))
+    conclusion[d] = c
+if "pull/curl-files" in summary and "pull/crane" in summary:
+    cr = summary["pull/crane"]["wall_s_median"]
+    print("  pull, for reference (crane's median wall over each): "
+          + "; ".join(f"{k} {cr / summary['pull/' + k]['wall_s_median']:.2f}x"
+                      for k in ("curl-files", "curl-files+sync", "curl-fsync", "curl-null")
+                      if "pull/" + k in summary))
 
 out = {"benchmark": "copy-floor", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
        "machine": {"nproc": nproc, "cpu": env["CPU"],

@@ -758,7 +758,7 @@ fn unpack_upload(bytes: &[u8], root: &FsPath, control: &str) -> Result<Option<Ve
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
             .map_err(|e| bad(format!("{}: {e}", name.display())))?;
     }
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, dest, mode) in dirs {
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
             .map_err(|e| bad(format!("{}: {e}", dest.display())))?;

@@ -666,8 +666,10 @@ type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 const PUMP_BUFFER: usize = 1024 * 1024;
 
 /// Pieces queued for an upload's hashing thread (memory: this many [`PUMP_BUFFER`]s at most,
-/// shared with the send, which holds them anyway).
-const HASH_QUEUE: usize = 8;
+/// shared with the send, which holds them anyway). Kept short: with four uploads at once on a
+/// loaded machine, eight pieces each took a push's peak memory past 64 MiB; hashing runs at
+/// several times the speed of a loopback upload, so two pieces keep it off the send's path.
+const HASH_QUEUE: usize = 2;
 
 /// The source of a streamed upload: read [`PUMP_BUFFER`] at a time, its size checked as it
 /// goes (a source longer than announced fails at the first extra byte, shorter at its end) and

@@ -10,6 +10,6 @@ mod hostile;
 mod known;
 mod probe;
 mod registry;
-mod upload_ahead;
 #[path = "../support/mod.rs"]
 mod support;
+mod upload_ahead;

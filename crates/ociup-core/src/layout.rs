@@ -220,6 +220,8 @@ impl OciLayout {
             staged: Arc::new(Staging {
                 root: root.clone(),
                 blobs: Mutex::default(),
+                in_flight: Mutex::default(),
+                failures: std::sync::atomic::AtomicU64::new(0),
                 settling: Mutex::default(),
             }),
             root,
@@ -823,8 +825,14 @@ impl BlobWriter {
 struct Staging {
     root: PathBuf,
     blobs: Mutex<Vec<StagedBlob>>,
+    /// The batch being synced and renamed (digest, size): still present to [`Staging::size_of`]
+    /// (a reader of one waits for the batch, through `settling`), never missing for a moment.
+    in_flight: Mutex<Vec<(Digest, u64)>>,
+    /// Batches that failed: their blobs were removed unnamed. A settle that waited while one
+    /// failed returns an error, since blobs its caller counted on may have been in it.
+    failures: std::sync::atomic::AtomicU64,
     /// Held while a batch is synced and renamed: a settle that finds nothing staged once it
-    /// holds this knows that every blob staged before it is in place.
+    /// holds this (and no failure meanwhile) knows that every blob staged before it is in place.
     settling: Mutex<()>,
 }
 
@@ -834,7 +842,13 @@ struct StagedBlob {
     size: u64,
     /// Checked and readable; removed when dropped unnamed.
     tmp: tempfile::NamedTempFile,
+    /// When it was staged (see [`STAGED_AGE`]).
+    at: std::time::Instant,
 }
+
+/// A blob staged longer than this is settled at the next write: other processes sweep
+/// temporary files older than [`STALE_TEMP_AGE`] from `blobs/`, staged ones included.
+const STAGED_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Threads syncing one batch of staged blobs at once: enough for the file system to put many
 /// small files in one journal commit.
@@ -852,10 +866,24 @@ impl Staging {
     }
 
     fn size_of(&self, digest: &Digest) -> Option<u64> {
-        self.blobs()
+        let staged = self
+            .blobs()
             .iter()
             .find(|b| &b.digest == digest)
-            .map(|b| b.size)
+            .map(|b| b.size);
+        staged.or_else(|| {
+            self.in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .find(|(d, _)| d == digest)
+                .map(|(_, size)| *size)
+        })
+    }
+
+    /// Whether the oldest blob staged has waited longer than [`STAGED_AGE`].
+    fn is_old(&self) -> bool {
+        self.blobs().iter().any(|b| b.at.elapsed() > STAGED_AGE)
     }
 
     /// Adds a blob; one staged under the same digest before is replaced (and removed).
@@ -867,14 +895,43 @@ impl Staging {
 
     /// See [`OciLayout::settle`].
     fn settle(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let failures = self.failures.load(Ordering::SeqCst);
         let _one = self
             .settling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.failures.load(Ordering::SeqCst) != failures {
+            return Err(Error::io(
+                format!("naming the blobs staged in {}", self.root.display()),
+                std::io::Error::other(
+                    "another task's sync of staged blobs failed meanwhile; the blobs in it \
+                     were removed unnamed",
+                ),
+            ));
+        }
         let batch = std::mem::take(&mut *self.blobs());
         if batch.is_empty() {
             return Ok(());
         }
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            batch.iter().map(|b| (b.digest.clone(), b.size)).collect();
+        let named = self.name(batch);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        if named.is_err() {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+        }
+        named
+    }
+
+    /// Syncs a batch, renames its blobs into place and syncs their directories.
+    fn name(&self, batch: Vec<StagedBlob>) -> Result<()> {
         sync_files(&batch)?;
         let mut dirs: Vec<PathBuf> = Vec::new();
         for b in batch {
@@ -1149,7 +1206,11 @@ impl OciLayout {
                 digest: digest.clone(),
                 size,
                 tmp,
+                at: std::time::Instant::now(),
             });
+            if self.staged.is_old() {
+                self.settle().await?;
+            }
         }
         Ok(())
     }
@@ -1413,6 +1474,55 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == data);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[tokio::test]
+    async fn a_failed_settle_fails_its_waiters_and_names_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("l");
+        let layout = OciLayout::open_or_create(&root).unwrap();
+        let a = Digest::sha256(b"staged a");
+        layout.put_new_blob(&a, 8, &b"staged a"[..]).await.unwrap();
+        // The batch cannot be named: blobs/sha256 is a file.
+        let dir = root.join("blobs/sha256");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(&dir, b"in the way").unwrap();
+        // Two settles wait at the lock; the first to take it takes the batch and fails, and
+        // the other, which waited meanwhile, fails too: its caller may have counted on blobs
+        // of that batch (without the failure count it would find nothing staged and say Ok).
+        let held = layout.staged.settling.lock().unwrap();
+        let settles: Vec<_> = (0..2)
+            .map(|_| {
+                let staged = Arc::clone(&layout.staged);
+                std::thread::spawn(move || staged.settle())
+            })
+            .collect();
+        // Both read the failure count and wait at the lock by then.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(held);
+        for settle in settles {
+            assert!(settle.join().unwrap().is_err());
+        }
+        assert!(!layout.blob_path(&a).exists());
+        // Through the public path: staged again, the settle fails, the blob is not counted as
+        // present any more, nothing is left behind, and index.json names nothing.
+        layout.put_new_blob(&a, 8, &b"staged a"[..]).await.unwrap();
+        let err = layout.settle().await.unwrap_err().to_string();
+        assert!(err.contains("blobs/sha256"), "{err}");
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(layout.blob_size(&a).await.unwrap(), None);
+        let leftovers = std::fs::read_dir(root.join("blobs"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".ociup-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        assert!(layout.list_tags().await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -7,36 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{json, repo, write};
+use crate::support::{self, busybox, json, repo, write};
 use crate::unpack::{entry, layout_with, tar_of};
 
-/// A static busybox (Debian's busybox-static).
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// Whether runc can run containers here (root, runc and busybox at hand); says why not.
+/// Whether runc can run containers here; says why not.
 fn can_run() -> bool {
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let have = |t: &str| {
-        Command::new(t)
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if !root || !have("runc") || busybox().is_none() {
-        eprintln!(
-            "SKIPPED: `ociup run` tests need root, runc and a static busybox; \
-             scripts/test.sh installs runc and busybox-static"
-        );
-        return false;
-    }
-    true
+    support::can_run("`ociup run` tests")
 }
 
 /// A scratch area: the data directory (layer cache, bundles), the catalog and a layout `lay`

@@ -4,37 +4,13 @@
 //! that hands out bearer tokens; and the service's blob route serves only what the nick's
 //! versions reach.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
-use super::{Served, client, client_command, http, token};
+use super::{Served, client, client_command, http, requests_counted, token};
 use crate::registry_support::{AuthMode, RegistryOptions, TestRegistry};
-use crate::support::{json, write};
-
-/// A static busybox (Debian's busybox-static).
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// Whether runc can run containers here (root, runc); says why not.
-fn can_run() -> bool {
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !root || !runc {
-        eprintln!(
-            "SKIPPED: the `ociup run --server` part needs root and runc; scripts/test.sh \
-             installs runc"
-        );
-    }
-    root && runc
-}
+use crate::support::{busybox, can_run, json, sha256, write};
 
 /// A tree holding busybox (a shell and a few tools) and /etc/base-version.
 fn busybox_tree(dir: &Path, version: &str) {
@@ -50,16 +26,6 @@ fn busybox_tree(dir: &Path, version: &str) {
         format!("{version}\n").as_bytes(),
         0o644,
     );
-}
-
-/// The sum of `ociup_http_requests_total` over every method and status of `route`.
-fn route_total(s: &Served, route: &str) -> u64 {
-    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
-    let prefix = format!("ociup_http_requests_total{{route=\"{route}\",");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -85,11 +51,6 @@ fn raw_get(addr: &str, path: &str, token: &str) -> Vec<u8> {
         raw.extend_from_slice(&buf[..n]);
     }
     raw
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
 }
 
 #[test]
@@ -195,13 +156,17 @@ fn register_and_run_through_the_service() {
 
     // A file the recipe names is missing: the error `register` gives here, from the client,
     // before anything is sent.
-    let sent = route_total(&s, "/v1/register");
+    let sent = requests_counted(&s, "/v1/register", None, None);
     let missing = register("app", &["--add", "missing.txt:/etc/missing"]);
     let (code, _, err) = client(d, &url, &root, &strs(&missing));
     let (local_code, _, local_err) = local(&home, &ops, &strs(&missing));
     assert_eq!((code, &err), (local_code, &local_err));
     assert!(code == 1 && err.contains("missing.txt"), "{err}");
-    assert_eq!(route_total(&s, "/v1/register"), sent, "nothing was sent");
+    assert_eq!(
+        requests_counted(&s, "/v1/register", None, None),
+        sent,
+        "nothing was sent"
+    );
     // Local-only flags are refused, as for the other commands.
     let mut keyed = register("app", &["--add", "app.conf:/etc/app.conf"]);
     keyed.extend(["--sign-key".to_owned(), "/tmp/k.pem".to_owned()]);
@@ -215,7 +180,7 @@ fn register_and_run_through_the_service() {
     let app = register("app", &["--add", "app.conf:/etc/app.conf"]);
     let (code, _, err) = client(d, &url, &carol, &strs(&app));
     assert!(code == 1 && err.contains("forbidden"), "{err}");
-    assert_eq!(route_total(&s, "/v1/register"), sent + 1);
+    assert_eq!(requests_counted(&s, "/v1/register", None, None), sent + 1);
     // The admin registers from an empty home: what `register` prints, for the version the
     // catalog records (with the requester as actor, the service beside it).
     let (code, out, err) = client(d, &url, &root, &strs(&app));
@@ -306,7 +271,7 @@ fn register_and_run_through_the_service() {
     // Refused before anything is sent: files that are one (hard links), and a layout named
     // relative to this machine's folder.
     std::fs::hard_link(home.join("tool"), home.join("tool-again")).unwrap();
-    let sent = route_total(&s, "/v1/register");
+    let sent = requests_counted(&s, "/v1/register", None, None);
     let linked = register(
         "linked",
         &["--add", "tool:/bin/a", "--add", "tool-again:/bin/b"],
@@ -328,7 +293,11 @@ fn register_and_run_through_the_service() {
         code == 1 && err.contains("oci:images is a layout relative to this machine"),
         "{err}"
     );
-    assert_eq!(route_total(&s, "/v1/register"), sent, "nothing was sent");
+    assert_eq!(
+        requests_counted(&s, "/v1/register", None, None),
+        sent,
+        "nothing was sent"
+    );
 
     // The blob route: what the nick's versions reach, nothing else.
     let manifest = |nick: &str, digest: &str, tok: Option<&str>| {
@@ -472,7 +441,7 @@ fn register_and_run_through_the_service() {
         (404, "not_found".into())
     );
 
-    if !can_run() {
+    if !can_run("the `ociup run --server` part") {
         return;
     }
     // The requester runs app: the service upgrades it (the requester has no credentials), the

@@ -298,3 +298,38 @@ pub fn ok_at(dir: &Path, args: &[&str]) -> String {
     assert_eq!(code, 0, "ociup {args:?}: {err}");
     out
 }
+
+/// A static busybox (Debian's busybox-static), if installed.
+pub fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Whether runc can run containers here (root, runc and a static busybox at hand); when not,
+/// says that `what` is skipped and why.
+pub fn can_run(what: &str) -> bool {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !runc || busybox().is_none() {
+        eprintln!(
+            "SKIPPED: {what}: needs root, runc and a static busybox (scripts/test.sh installs \
+             runc and busybox-static)"
+        );
+        return false;
+    }
+    true
+}
+
+/// `sha256:` and the hex SHA-256 of `bytes`: a digest as OCI writes it.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::support::{fixtures, json, ociup_err, ociup_ok, sample_tree, tool, write};
+use crate::support::{fixtures, json, ociup_err, ociup_ok, sample_tree, sha256, tool, write};
 
 /// What is compared of one entry of a tree.
 #[derive(Debug, PartialEq, Eq)]
@@ -254,10 +252,6 @@ fn whiteouts_and_opaque_dirs_unpack_as_umoci_unpacks_them() {
     let tool = std::fs::metadata(mine.join("opt/app/bin/tool")).unwrap();
     assert_eq!((tool.uid(), tool.gid()), (me.uid(), me.gid()));
     assert_eq!(tool.mode() & 0o7777, 0o4755);
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// A tar entry with its name (and link name) written as raw bytes, as a hostile layer would

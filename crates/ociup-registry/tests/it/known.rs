@@ -85,7 +85,7 @@ async fn rebase(
     to: &str,
     created: u64,
 ) -> (u64, Vec<(String, String)>) {
-    let from = completed(reg);
+    let from = reg.completed();
     let c = process(state, reg);
     let (app, old, new) = (
         repo(&c, reg, "team/app"),
@@ -103,7 +103,12 @@ async fn rebase(
     };
     let outcome = rebase_image(request, &dest, Some(to), &opts).await.unwrap();
     assert!(outcome.written);
-    let seen = requests_since(reg, from);
+    // (method, URI) of each request answered since.
+    let seen: Vec<(String, String)> = reg
+        .completed_since(from)
+        .into_iter()
+        .map(|c| (c.method, c.uri))
+        .collect();
     // The result is complete where it was written: every blob it names is there.
     let check = process(&state.join("unused"), reg);
     let d = repo(&check, reg, dest_repo);
@@ -116,32 +121,6 @@ async fn rebase(
         );
     }
     (c.requests_sent(), seen)
-}
-
-/// Requests in the registry's log since `from` lines: (method, path) of each.
-fn requests_since(reg: &TestRegistry, from: usize) -> Vec<(String, String)> {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("response completed"))
-        .skip(from)
-        .map(|l| {
-            let field = |k: &str| {
-                l.split(&format!("{k}="))
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            (field("http.request.method"), field("http.request.uri"))
-        })
-        .collect()
-}
-
-fn completed(reg: &TestRegistry) -> usize {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("response completed"))
-        .count()
 }
 
 #[tokio::test]

@@ -12,31 +12,13 @@ fn repo(c: &Client, reg: &TestRegistry, name: &str) -> Repository {
     c.repository(&Reference::parse(&format!("{}/{name}", reg.host())).unwrap())
 }
 
-/// (method, status) of the registry's answers since `from` lines on upload URLs.
+/// (method, status) of the registry's answers on upload URLs past the first `from` answers.
 fn upload_requests(reg: &TestRegistry, from: usize) -> Vec<(String, String)> {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("response completed"))
-        .skip(from)
-        .filter(|l| l.contains("/blobs/uploads/"))
-        .map(|l| {
-            let field = |k: &str| {
-                l.split(&format!("{k}="))
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            (field("http.request.method"), field("http.response.status"))
-        })
+    reg.completed_since(from)
+        .into_iter()
+        .filter(|c| c.uri.contains("/blobs/uploads/"))
+        .map(|c| (c.method, c.status))
         .collect()
-}
-
-fn completed(reg: &TestRegistry) -> usize {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("response completed"))
-        .count()
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -62,7 +44,7 @@ async fn an_upload_opened_ahead_is_used_cancelled_or_started_again() {
     let blob = |b: &[u8]| (Digest::sha256(b), b.len() as u64);
 
     // Used: the POST opened it, one PUT carries the bytes.
-    let from = completed(&reg);
+    let from = reg.completed();
     let (d, size) = blob(b"{\"config\":1}");
     let u = r
         .open_upload()
@@ -79,7 +61,7 @@ async fn an_upload_opened_ahead_is_used_cancelled_or_started_again() {
     );
 
     // Cancelled: its DELETE, and the registry no longer knows it.
-    let from = completed(&reg);
+    let from = reg.completed();
     let u = r.open_upload().await.unwrap().unwrap();
     r.cancel_upload(u.clone()).await.unwrap();
     let status = reqwest::Client::builder()
@@ -98,7 +80,7 @@ async fn an_upload_opened_ahead_is_used_cancelled_or_started_again() {
     );
 
     // Gone before it is used (here: cancelled): started again, the blob still arrives.
-    let from = completed(&reg);
+    let from = reg.completed();
     let (d, size) = blob(b"{\"config\":2}");
     r.put_blob_into(u, &d, size, &b"{\"config\":2}"[..])
         .await
@@ -110,7 +92,7 @@ async fn an_upload_opened_ahead_is_used_cancelled_or_started_again() {
     );
 
     // Too large for one request: cancelled, then streamed as any new blob is.
-    let from = completed(&reg);
+    let from = reg.completed();
     let big = vec![7u8; 3000];
     let (d, size) = blob(&big);
     let u = r.open_upload().await.unwrap().unwrap();
@@ -128,10 +110,10 @@ async fn an_upload_opened_ahead_is_used_cancelled_or_started_again() {
     );
 
     // A location that is no URL is refused before anything is sent.
-    let from = completed(&reg);
+    let from = reg.completed();
     let bad = OpenUpload {
         location: "not a url".into(),
     };
     assert!(r.cancel_upload(bad).await.is_err());
-    assert_eq!(completed(&reg), from);
+    assert_eq!(reg.completed(), from);
 }

@@ -244,6 +244,27 @@ impl TestRegistry {
             .count()
     }
 
+    /// How many requests the registry has answered past authentication so far: its
+    /// `msg="response completed"` lines, with an error or not (see the module documentation).
+    /// A mark to give [`TestRegistry::completed_since`].
+    pub fn completed(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("response completed"))
+            .count()
+    }
+
+    /// The requests answered past authentication after the first `from` of them (a count of
+    /// [`TestRegistry::completed`]), in the order logged.
+    pub fn completed_since(&self, from: usize) -> Vec<Completed> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("response completed"))
+            .skip(from)
+            .map(Completed::of)
+            .collect()
+    }
+
     /// How many requests the token endpoint received; 0 unless token auth.
     pub fn token_requests(&self) -> usize {
         self.token.as_ref().map_or(0, TokenServer::requests)
@@ -542,6 +563,36 @@ fn access_log_request(line: &str) -> Option<(&str, &str)> {
             Some((method, uri))
         }
         _ => None,
+    }
+}
+
+/// A request the registry answered past authentication, from its `response completed` line:
+/// each field as logged (a value holding `?`, `=`, `:` or spaces keeps its quotes), empty when
+/// the line lacks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    /// `http.request.method`.
+    pub method: String,
+    /// `http.request.uri`.
+    pub uri: String,
+    /// `http.response.status`.
+    pub status: String,
+}
+
+impl Completed {
+    fn of(line: &str) -> Completed {
+        let field = |k: &str| {
+            line.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        Completed {
+            method: field("http.request.method"),
+            uri: field("http.request.uri"),
+            status: field("http.response.status"),
+        }
     }
 }
 

@@ -90,6 +90,10 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
+        // A failing test shows what the service said (its log goes with the test's directory).
+        if std::thread::panicking() {
+            eprintln!("--- ociup serve {} ---\n{}", self.addr, self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -242,15 +246,21 @@ fn client(dir: &Path, url: &str, token: &str, args: &[&str]) -> (i32, String, St
     )
 }
 
-/// The count of one `ociup_http_requests_total` series in `/metrics` (0 when absent).
-fn requests_counted(s: &Served, route: &str, method: &str, status: u16) -> u64 {
+/// The count of `ociup_http_requests_total` in `/metrics` for `route`, summed over its series
+/// of method `method` and status `status` (`None`: any); 0 when there is none.
+fn requests_counted(s: &Served, route: &str, method: Option<&str>, status: Option<u16>) -> u64 {
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
-    let series = format!(
-        "ociup_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
-    );
+    let prefix = format!("ociup_http_requests_total{{route=\"{route}\",method=\"");
     text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |n| n.parse().unwrap())
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (m, rest) = rest.split_once("\",status=\"")?;
+            let (st, n) = rest.split_once("\"} ")?;
+            let wanted =
+                method.is_none_or(|w| w == m) && status.is_none_or(|w| w.to_string() == st);
+            wanted.then(|| n.parse::<u64>().unwrap())
+        })
+        .sum()
 }
 
 /// A tar of `entries` (name, bytes), as a client would upload.
@@ -896,21 +906,24 @@ fn serve_over_a_layout_catalog() {
     assert_eq!(st[0]["status"], "removed");
 
     // Metrics count the requests by route and status.
-    let before = requests_counted(&s, "/v1/status", "GET", 200);
+    let before = requests_counted(&s, "/v1/status", Some("GET"), Some(200));
     for _ in 0..3 {
         assert_eq!(s.call("GET", "/v1/status", Some(&alice), None).status, 200);
     }
-    assert_eq!(requests_counted(&s, "/v1/status", "GET", 200), before + 3);
-    assert!(requests_counted(&s, "/v1/nicks/{nick}/resolve", "POST", 401) >= 2);
+    assert_eq!(
+        requests_counted(&s, "/v1/status", Some("GET"), Some(200)),
+        before + 3
+    );
+    assert!(requests_counted(&s, "/v1/nicks/{nick}/resolve", Some("POST"), Some(401)) >= 2);
     // Invented methods and paths share one label each: the label set stays bounded.
-    let other_before = requests_counted(&s, "unmatched", "other", 404);
+    let other_before = requests_counted(&s, "unmatched", Some("other"), Some(404));
     for i in 0..3 {
         let r = s.call(&format!("XYZ{i}"), &format!("/nope{i}"), None, None);
         assert_eq!(r.status, 404);
         s.call(&format!("XYZ{i}"), "/healthz", None, None);
     }
     assert_eq!(
-        requests_counted(&s, "unmatched", "other", 404),
+        requests_counted(&s, "unmatched", Some("other"), Some(404)),
         other_before + 3
     );
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
@@ -1246,7 +1259,10 @@ fn rate_limits_and_runs_without_a_cluster() {
         (429, "rate_limited".into()),
         "bob made 3 already"
     );
-    assert_eq!(requests_counted(&s, "/v1/status", "GET", 429), 2);
+    assert_eq!(
+        requests_counted(&s, "/v1/status", Some("GET"), Some(429)),
+        2
+    );
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
     assert!(text.contains("ociup_rate_limited_total 2"), "{text}");
 }
@@ -1753,6 +1769,69 @@ fn runs_through_the_service_on_a_cluster() {
             "job.batch/{new} created ({image})\n  Complete=True (SetByTheTest): done\njob.batch/{new} completed\n"
         )
     );
+
+    // A Job held for good by a replica that stopped before recording its version, made here as
+    // that replica would have made it (its run's mark, requester and deadline; held; pinning a
+    // version 3 never recorded): any replica answers its run `pending` until the deadline has
+    // passed, `failed` after, naming the Job, so that a client following it stops.
+    let held_for_good = |mark: &str, deadline: &str| {
+        let pinned = ociup_kube::Pinned {
+            nick: "runner".into(),
+            version: 3,
+            reference: format!("docker://{host}/team/runner@sha256:{}", "e".repeat(64)),
+            digest: format!("sha256:{}", "e".repeat(64)),
+            base_digest: format!("sha256:{}", "b".repeat(64)),
+        };
+        let options = ociup_kube::JobOptions {
+            namespace: Some(ns.name.clone()),
+            ..ociup_kube::JobOptions::default()
+        };
+        let mut job = ociup_kube::build_job(&pinned, &options, true).unwrap();
+        let meta = &mut job.metadata;
+        meta.name = Some(format!("runner-v3-{}", &mark[..5]));
+        meta.labels
+            .get_or_insert_with(Default::default)
+            .insert("ociup.dev/request".into(), mark.into());
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .extend([
+                ("ociup.dev/request".into(), mark.into()),
+                ("ociup.dev/requester".into(), "alice".into()),
+                ("ociup.dev/requested".into(), "2026-01-01T00:00:00Z".into()),
+                ("ociup.dev/deadline".into(), deadline.into()),
+                ("ociup.dev/resolution".into(), "upgraded held".into()),
+            ]);
+        k.rt.block_on(
+            k.jobs(&ns.name)
+                .create(&ociup_kube::kube::api::PostParams::default(), &job),
+        )
+        .unwrap();
+        format!("/v1/runs/run-{}-{mark}", ns.name)
+    };
+    let past = held_for_good("0123456789abcdef0123456789abcdef", "2026-01-01T00:15:00Z");
+    let ahead = held_for_good("fedcba9876543210fedcba9876543210", "2999-01-01T00:15:00Z");
+    for replica in [&s, &b] {
+        let r = replica.call("GET", &past, Some(&alice), None);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let r = r.json();
+        assert_eq!(r["state"], "failed", "{r}");
+        assert_eq!(
+            r["job_left"].as_str(),
+            Some(format!("{}/runner-v3-01234", ns.name).as_str()),
+            "{r}"
+        );
+        let error = r["error"].as_str().unwrap();
+        assert!(
+            error.contains("version 3 of runner was not recorded by 2026-01-01T00:15:00Z")
+                && error.contains(&format!(
+                    "kubectl delete job -n {} runner-v3-01234",
+                    ns.name
+                )),
+            "{error}"
+        );
+        let r = replica.call("GET", &ahead, Some(&alice), None).json();
+        assert_eq!(r["state"], "pending", "{r}");
+    }
 }
 
 /// `register` and `run` through the service: its own file, sharing these helpers.

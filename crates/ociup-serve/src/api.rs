@@ -884,11 +884,7 @@ async fn create_run(
         &nick,
         &actor,
         &namespace,
-        ociup_core::time::rfc3339(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        ),
+        ociup_core::time::rfc3339(unix_now()),
     );
     if !s.inner.runs.insert(run.clone()) {
         let mut e = ApiError::new(
@@ -903,23 +899,35 @@ async fn create_run(
     }
     tracing::info!(run = id, nick, namespace, requester = actor, "run accepted");
     let (service, run_id) = (s.clone(), id.clone());
-    // The Job carries the run's mark, requester and time: any replica can answer the run.
-    let marks = crate::runs::marks(&run);
+    let created = run.clone();
     s.inner.tracker.spawn(async move {
         let (_permit, id) = (permit, run_id);
         let lock = service.nick_lock(&nick);
         let _held = lock.lock().await;
+        // The work is given up after WORK_LIMIT (a held Job deleted); the Job carries the run's
+        // mark, requester, time and that deadline: any replica can answer the run, and tell a
+        // Job held for good by a replica that stopped from one still being regenerated.
+        let limit = crate::runs::WORK_LIMIT;
+        let deadline = ociup_core::time::rfc3339(unix_now() + limit.as_secs());
+        let marks = crate::runs::marks(&created, &deadline);
+        let timed_out = std::sync::atomic::AtomicBool::new(false);
+        let give_up = async {
+            tokio::time::sleep(limit).await;
+            timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
         // Boxed: the request to run is a deep future, too large for a worker's stack in a
         // debug build when polled in place.
-        let applied = Box::pin(cluster.apply_marked(
-            &m,
-            &nick,
-            resolve,
-            &options,
-            &marks,
-            std::future::pending(),
-        ))
-        .await;
+        let applied =
+            Box::pin(cluster.apply_marked(&m, &nick, resolve, &options, &marks, give_up)).await;
+        let context = if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            format!(
+                "{context}: not done by {deadline} ({} min after its work began, the bound of a \
+                 run's work)",
+                limit.as_secs() / 60
+            )
+        } else {
+            context
+        };
         match applied {
             Ok(a) => {
                 if a.upgraded {
@@ -978,6 +986,13 @@ async fn create_run(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// Seconds since 1970 by this machine's clock (0 before).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A run as answered: its fields, `job` (the Job's status as the API server has it, once
@@ -1062,6 +1077,9 @@ async fn run_from_cluster(
         return Err(unknown());
     }
     let cluster = cluster(s)?;
+    // Read before the Job: a deadline past by then was past while the Job and the catalog
+    // were read (the work given up, nothing recorded or released after).
+    let now = unix_now();
     // A lookup that fails (the API server slow, say) is no answer either: asked again later.
     let found = cluster
         .find_marked(run_id.namespace, run_id.mark)
@@ -1080,20 +1098,19 @@ async fn run_from_cluster(
     };
     let mut run = crate::runs::Run::of_job(id, &job).ok_or_else(unknown)?;
     if run.state == crate::runs::State::Pending {
-        // Held: released soon, or left so when its version has long been recorded.
-        let recorded = match s.manager(name) {
-            Ok(m) => m
-                .history(&run.nick)
-                .await
-                .ok()
-                .and_then(|h| h.into_iter().find(|r| Some(r.number) == run.version)),
+        // Held: released soon, or left so when its version has long been recorded, or given up
+        // (or left held for good) when its deadline passed before it was recorded.
+        // A catalog that cannot be read says nothing: pending, asked again.
+        let history = match s.manager(name) {
+            Ok(m) => m.history(&run.nick).await.ok(),
             Err(_) => None,
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let grace = crate::runs::release_grace(&cluster).as_secs();
-        run.settle_held(recorded.as_ref(), now, grace);
+        if let Some(history) = history {
+            let recorded = history.into_iter().find(|r| Some(r.number) == run.version);
+            let grace = crate::runs::release_grace(&cluster).as_secs();
+            let deadline = crate::runs::deadline_of(&job);
+            run.settle_held(recorded.as_ref(), deadline, now, grace);
+        }
     }
     Ok((run, crate::runs::JobStatus::of(&job)))
 }

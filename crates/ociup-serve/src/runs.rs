@@ -438,6 +438,24 @@ pub fn new_id(namespace: &str) -> Result<String, getrandom::Error> {
 pub const REQUESTER: &str = "ociup.dev/requester";
 /// Annotation on a run's Job: when the run was asked (RFC 3339, UTC).
 pub const REQUESTED: &str = "ociup.dev/requested";
+/// Annotation on a run's Job: when the replica making it gives its work up (RFC 3339, UTC; the
+/// moment the work began, by that replica's clock, and [`WORK_LIMIT`]). A Job still held then
+/// was deleted by that replica, or was left held for good by a replica that stopped: another
+/// replica answers it `failed` once that time has passed by its own clock ([`CLOCK_SKEW`]
+/// later).
+pub const DEADLINE: &str = "ociup.dev/deadline";
+
+/// How long a run's work (resolving and regenerating its nick, creating and releasing its Job)
+/// may take from the moment it began (the nick's lock taken) before the replica doing it gives
+/// it up: the work is stopped, a Job held meanwhile deleted ([`ociup_kube::Error::Cancelled`])
+/// and the run `failed`. A Job the replica holds when it stops (killed, crashed) outlives it:
+/// this bounds how long other replicas answer such a Job `pending` ([`Run::settle_held`]).
+pub const WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// How far apart, in seconds, two replicas' clocks may be for what one says of a run made on
+/// the other: a run's deadline ([`DEADLINE`], by the clock of the replica making it) counts as
+/// passed only this much later by the clock of the one answering.
+pub const CLOCK_SKEW: u64 = 5;
 
 /// What a run id says: the Job's namespace and the mark it carries (`ociup.dev/request`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -466,8 +484,9 @@ impl<'a> RunId<'a> {
 }
 
 /// How [`ociup_kube::Cluster::apply_marked`] marks the Job of `run`: its id's mark, who asked
-/// and when, and how its version was come to.
-pub fn marks(run: &Run) -> ociup_kube::Marks {
+/// and when, when its work is given up (`deadline`, RFC 3339, UTC: [`DEADLINE`]), and how its
+/// version was come to.
+pub fn marks(run: &Run, deadline: &str) -> ociup_kube::Marks {
     ociup_kube::Marks {
         request: RunId::parse(&run.id).map(|id| id.mark.to_owned()),
         annotations: BTreeMap::from([
@@ -476,9 +495,26 @@ pub fn marks(run: &Run) -> ociup_kube::Marks {
                 crate::admission::bounded_user(&run.requester),
             ),
             (REQUESTED.to_owned(), run.created.clone()),
+            (DEADLINE.to_owned(), deadline.to_owned()),
         ]),
         outcome: true,
     }
+}
+
+/// The [`DEADLINE`] of `job`, if it has one of the form [`ociup_core::time::rfc3339`] writes
+/// (`YYYY-MM-DDTHH:MM:SSZ`, compared as text); `None` for a Job made before replicas wrote one,
+/// or an annotation edited into something else.
+pub fn deadline_of(job: &Job) -> Option<&str> {
+    let d = job.metadata.annotations.as_ref()?.get(DEADLINE)?;
+    let shape = d.len() == 20
+        && d.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    shape.then_some(d.as_str())
 }
 
 /// Whether `job` (a run's, found by its mark) may be shown to `requester`: its requester
@@ -560,17 +596,32 @@ impl Run {
     }
 
     /// A run read from its held Job ([`Run::of_job`], `pending`), as the replica that made it
-    /// would say it: still `pending` while its version is not recorded (being regenerated, or
-    /// that replica stopped before it was written), or recorded less than `grace` before `now`
-    /// (seconds since 1970; being released); `unreleased` after that (`recorded`: the record
-    /// of the nick's version the Job pins, if the catalog has it with the Job's digest).
-    pub fn settle_held(&mut self, recorded: Option<&VersionRecord>, now: u64, grace: u64) {
+    /// would say it, `now` (seconds since 1970) read before the Job was: while its version is
+    /// not recorded (`recorded`: the record of the nick's version the Job pins, if the catalog
+    /// has it with the Job's digest), still `pending` (being regenerated) until the Job's
+    /// `deadline` ([`deadline_of`]) is more than [`CLOCK_SKEW`] behind `now`, `failed` after
+    /// it (the replica that made it gave the work up and deletes the Job, or stopped before
+    /// recording the version and left the Job held for good: `job_left` names it); a Job
+    /// without a deadline stays `pending`. Once recorded: `pending` while that was less than
+    /// `grace` before `now` (being released), `unreleased` after.
+    pub fn settle_held(
+        &mut self,
+        recorded: Option<&VersionRecord>,
+        deadline: Option<&str>,
+        now: u64,
+        grace: u64,
+    ) {
         if self.state != State::Pending {
             return;
         }
         let Some(record) = recorded.filter(|r| {
             Some(r.number) == self.version && Some(r.digest.as_str()) == self.digest.as_deref()
         }) else {
+            // Both are `YYYY-MM-DDTHH:MM:SSZ`: compared as text, as times.
+            let passed = ociup_core::time::rfc3339(now.saturating_sub(CLOCK_SKEW));
+            if let Some(deadline) = deadline.filter(|d| passed.as_str() > *d) {
+                self.given_up(deadline);
+            }
             return;
         };
         // Both are `YYYY-MM-DDTHH:MM:SSZ`: compared as text, as times.
@@ -593,6 +644,23 @@ impl Run {
              '{{\"spec\":{{\"suspend\":false}}}}' (and remove its ociup.dev/held label), or \
              delete it with kubectl delete job -n {namespace} {name}",
             record.number, record.time
+        ));
+    }
+
+    /// `failed`: its Job still held, its version not recorded, past its `deadline`.
+    fn given_up(&mut self, deadline: &str) {
+        let name = self.name.clone().unwrap_or_default();
+        let (namespace, nick) = (&self.namespace, &self.nick);
+        let version = self
+            .version
+            .map_or_else(|| "its version".to_owned(), |v| format!("version {v}"));
+        self.state = State::Failed;
+        self.job_left = Some(format!("{namespace}/{name}"));
+        self.error = Some(format!(
+            "{version} of {nick} was not recorded by {deadline}, when the replica that made \
+             this run gives its work up: that replica stopped before recording it (or gave it \
+             up, and deletes the Job), so its Job {namespace}/{name}, held suspended, will not \
+             be released; delete it with kubectl delete job -n {namespace} {name}"
         ));
     }
 }
@@ -788,6 +856,9 @@ mod tests {
         assert!(RunId::parse(&format!("run-{}-{mark}", "a".repeat(63))).is_some());
     }
 
+    /// The deadline of the runs of [`job_of`]: 15 minutes after 2026-11-29T10:00:00Z.
+    const DEADLINE_AT: &str = "2026-11-29T10:15:00Z";
+
     /// A run's Job as `Cluster::apply_marked` makes it, from the marks of `run`.
     fn job_of(run: &Run, held: bool) -> Job {
         let pinned = ociup_kube::Pinned {
@@ -802,7 +873,7 @@ mod tests {
             ..JobOptions::default()
         };
         let mut job = ociup_kube::build_job(&pinned, &options, held).expect("a job");
-        let marks = marks(run);
+        let marks = marks(run, DEADLINE_AT);
         let meta = &mut job.metadata;
         let annotations = meta.annotations.get_or_insert_with(Default::default);
         annotations.extend(marks.annotations);
@@ -824,8 +895,9 @@ mod tests {
             "ml",
             "2026-11-29T10:00:00Z".into(),
         );
-        let m = marks(&run);
+        let m = marks(&run, DEADLINE_AT);
         assert_eq!(m.request.as_deref(), RunId::parse(&id).map(|r| r.mark));
+        assert_eq!(m.annotations[DEADLINE], DEADLINE_AT);
         assert!(m.outcome);
         let job = job_of(&run, false);
         assert!(visible(&job, "alice", false));
@@ -898,7 +970,8 @@ mod tests {
         assert_eq!(ociup_core::time::rfc3339(at), record.time);
         let settled = |recorded: Option<&VersionRecord>, now: u64| {
             let mut r = seen.clone();
-            r.settle_held(recorded, now, 155);
+            // A Job made before replicas wrote deadlines: see the next test for those.
+            r.settle_held(recorded, None, now, 155);
             r
         };
         // Not recorded (being regenerated): pending.
@@ -923,8 +996,98 @@ mod tests {
         );
         // A released Job is submitted whatever the catalog says.
         let mut released = Run::of_job(&id, &job_of(&run, false)).expect("a run");
-        released.settle_held(Some(&record), at + 10_000, 155);
+        released.settle_held(Some(&record), Some(DEADLINE_AT), at + 10_000, 155);
         assert_eq!(released.state, State::Submitted);
+    }
+
+    #[test]
+    fn a_held_job_whose_version_is_not_recorded_fails_once_its_deadline_has_passed() {
+        let id = new_id("ml").expect("an id");
+        let run = Run::new(id.clone(), "trainer", "alice", "ml", String::new());
+        let job = job_of(&run, true);
+        let deadline = deadline_of(&job).expect("the Job's deadline");
+        assert_eq!(deadline, DEADLINE_AT);
+        let due = 1_795_946_400 + 15 * 60;
+        assert_eq!(ociup_core::time::rfc3339(due), deadline);
+        let seen = Run::of_job(&id, &job).expect("a run");
+        assert_eq!(seen.state, State::Pending);
+        let settled = |recorded: Option<&VersionRecord>, deadline: Option<&str>, now: u64| {
+            let mut r = seen.clone();
+            r.settle_held(recorded, deadline, now, 155);
+            r
+        };
+        // Being regenerated: pending until the deadline, and CLOCK_SKEW seconds more (the clock
+        // of the replica that wrote it may be behind this one's).
+        for now in [due - 600, due, due + CLOCK_SKEW] {
+            assert_eq!(
+                settled(None, Some(deadline), now).state,
+                State::Pending,
+                "{now}"
+            );
+        }
+        // Past it, never recorded (the replica that made it stopped, or gave it up): failed,
+        // the Job held for good named, and how to delete it.
+        let r = settled(None, Some(deadline), due + CLOCK_SKEW + 1);
+        assert_eq!(r.state, State::Failed);
+        assert_eq!(r.job_left.as_deref(), Some("ml/trainer-v3-abcde"));
+        assert_eq!(
+            (r.version, r.digest.as_deref()),
+            (Some(3), Some("sha256:aa"))
+        );
+        let e = r.error.as_deref().expect("why");
+        assert!(
+            e.contains("version 3 of trainer was not recorded by 2026-11-29T10:15:00Z")
+                && e.contains("kubectl delete job -n ml trainer-v3-abcde"),
+            "{e}"
+        );
+        // Answered as a failed run with a Job left: a final state.
+        let answer = serde_json::to_value(&r).expect("json");
+        assert_eq!(answer["state"], "failed");
+        assert_eq!(answer["job_left"], "ml/trainer-v3-abcde");
+        // A record of this number with another digest is not this Job's version: failed too.
+        let record: VersionRecord = serde_json::from_value(serde_json::json!({
+            "nick": "trainer", "number": 3, "image": "r.example/t@sha256:aa",
+            "digest": "sha256:aa", "base": "r/b", "base_digest": "sha256:bb",
+            "recipe": "sha256:cc", "reason": "base moved",
+            "time": ociup_core::time::rfc3339(due - 60),
+            "actor": "alice", "previous": null, "build_manifest": null, "epoch": 0
+        }))
+        .expect("a version record");
+        let other = VersionRecord {
+            digest: "sha256:ff".into(),
+            ..record.clone()
+        };
+        let late = due + 10_000;
+        assert_eq!(
+            settled(Some(&other), Some(deadline), late).state,
+            State::Failed
+        );
+        // Recorded before the deadline: being released, then unreleased, never failed.
+        assert_eq!(
+            settled(Some(&record), Some(deadline), due + CLOCK_SKEW + 1).state,
+            State::Pending
+        );
+        assert_eq!(
+            settled(Some(&record), Some(deadline), late).state,
+            State::Unreleased
+        );
+        // No deadline (a Job of a replica that wrote none): pending however late.
+        assert_eq!(settled(None, None, late).state, State::Pending);
+        // A deadline of another shape is none.
+        for odd in [
+            "2026-11-29 10:15:00Z",
+            "2026-11-29T10:15:00+00:00",
+            "soon",
+            "",
+        ] {
+            let mut j = job.clone();
+            j.metadata
+                .annotations
+                .as_mut()
+                .expect("annotations")
+                .insert(DEADLINE.into(), odd.into());
+            assert_eq!(deadline_of(&j), None, "{odd}");
+        }
     }
 
     #[tokio::test]

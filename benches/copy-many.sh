@@ -18,7 +18,9 @@
 #
 # Settings: BENCH_RUNS (7), BENCH_LAYERS (500), BENCH_PLATFORMS (8), BENCH_SEED (20240601),
 # BENCH_WORKDIR (kept; default a temp dir), BENCH_JSON (benches/results/copy-many.json),
-# OCIUP, CRANE (as in copy-throughput.sh).
+# OCIUP, CRANE (as in copy-throughput.sh); OCIUP_B=PATH adds a second ociup binary as tool
+# "ociup-b" (A/B runs: its ratio to crane is printed beside ociup's); BENCH_IMAGES ("many
+# multi") and BENCH_DIRECTIONS ("copy pull") narrow the run.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -36,6 +38,11 @@ TAG=v1
 bench_need python3 curl docker-registry sha256sum
 bench_workdir ociup-copy-many
 bench_ociup
+[ -z "${OCIUP_B:-}" ] || [ -x "$OCIUP_B" ] || die "no ociup binary at $OCIUP_B"
+IMAGES=(${BENCH_IMAGES:-many multi})
+DIRECTIONS=(${BENCH_DIRECTIONS:-copy pull})
+TOOLS=(ociup crane)
+[ -z "${OCIUP_B:-}" ] || TOOLS+=(ociup-b)
 CRANE=${CRANE:-$(command -v crane || echo "$HOME/.local/bin/crane")}
 [ -x "$CRANE" ] || die "no crane at $CRANE (bash ../shared/peers/install.sh)"
 
@@ -147,7 +154,9 @@ one() {
   case $direction-$tool in
     copy-ociup) res=$(measure "$id" "$OCIUP" copy --insecure-registry "$REG_HOST" "$src" "$dst") ;;
     copy-crane) res=$(measure "$id" "$CRANE" copy --insecure "$src" "$dst") ;;
+    copy-ociup-b) res=$(measure "$id" "$OCIUP_B" copy --insecure-registry "$REG_HOST" "$src" "$dst") ;;
     pull-ociup) res=$(measure "$id" "$OCIUP" copy --insecure-registry "$REG_HOST" "$src" "oci:$out:$TAG") ;;
+    pull-ociup-b) res=$(measure "$id" "$OCIUP_B" copy --insecure-registry "$REG_HOST" "$src" "oci:$out:$TAG") ;;
     pull-crane) res=$(measure "$id" "$CRANE" pull --insecure --format oci "$src" "$out") ;;
   esac
   if [ "$direction" = copy ]; then
@@ -159,7 +168,7 @@ one() {
   read -r wall rss user sys ticks <<<"$res"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$img" "$direction" "$tool" \
     "$round" "$wall" "$rss" "$user" "$sys" "$ticks" "$load" "$check" >>"$SAMPLES"
-  log "  $(printf '%-5s %-4s %-5s round %-2s' "$img" "$direction" "$tool" "$round") ${wall}s" \
+  log "  $(printf '%-5s %-4s %-7s round %-2s' "$img" "$direction" "$tool" "$round") ${wall}s" \
     "$((rss / 1024)) MiB  $(wc -l <"$WORK/requests/$id.log") requests  load $load  $check"
 }
 
@@ -168,13 +177,13 @@ log "images: many (${BLOBS[many]} blobs), multi (${BLOBS[multi]} blobs and docum
 for ((round = 1; round <= RUNS; round++)); do
   [ -z "${REG_DIR:-}" ] || { stop_registry; rm -rf "$REG_DIR/data"; }
   start_registry "registry-$round"
-  for img in many multi; do
+  for img in "${IMAGES[@]}"; do
     "$OCIUP" copy --insecure-registry "$REG_HOST" "oci:$WORK/src-$img:$TAG" "$REG_HOST/src/$img:$TAG" \
       >/dev/null || die "pushing $img failed"
   done
-  bench_rotate "$((round - 1))" ociup crane
-  for img in many multi; do
-    for direction in copy pull; do
+  bench_rotate "$((round - 1))" "${TOOLS[@]}"
+  for img in "${IMAGES[@]}"; do
+    for direction in "${DIRECTIONS[@]}"; do
       for tool in "${ORDER[@]}"; do one "$img" "$direction" "$tool" "$round"; done
     done
   done
@@ -223,7 +232,7 @@ for s in samples:
 print()
 print(f"machine: {env['MACHINE']} (at the end)  |  ociup {env['GIT_REV']}  |  {env['VERSIONS']}")
 print(f"medians over {env['RUNS']} rounds (tools interleaved):")
-hdr = f"{'image':<6} {'dir':<5} {'tool':<6} {'wall s':>7} {'(min-max)':>13} {'cpu s':>6} {'reg cpu':>7} {'RSS MiB':>8} {'reqs':>6} {'load':>5}  requests (round 1)"
+hdr = f"{'image':<6} {'dir':<5} {'tool':<7} {'wall s':>7} {'(min-max)':>13} {'cpu s':>6} {'reg cpu':>7} {'RSS MiB':>8} {'reqs':>6} {'load':>5}  requests (round 1)"
 print(hdr)
 print("-" * len(hdr))
 out, targets = {}, []
@@ -237,20 +246,21 @@ for (img, d, tool), ss in summary.items():
          "load_1min_median": st.median(s["load_1min"] for s in ss),
          "by_kind_round1": ss[0]["by_kind"]}
     out[f"{img}/{d}/{tool}"] = t
-    print(f"{img:<6} {d:<5} {tool:<6} {t['wall_s_median']:7.3f} {'(' + format(min(w), '.2f') + '-' + format(max(w), '.2f') + ')':>13} "
+    print(f"{img:<6} {d:<5} {tool:<7} {t['wall_s_median']:7.3f} {'(' + format(min(w), '.2f') + '-' + format(max(w), '.2f') + ')':>13} "
           f"{t['cpu_s_median']:6.2f} {t['registry_cpu_s_median']:7.2f} {t['peak_rss_mib_max']:8.1f} "
           f"{t['requests_median']:6g} {t['load_1min_median']:5.2f}  "
           + ", ".join(f"{k} {v}" for k, v in t["by_kind_round1"].items()))
 ratios = {}
 for img in ("many", "multi"):
     for d in ("copy", "pull"):
-        o, c = out.get(f"{img}/{d}/ociup"), out.get(f"{img}/{d}/crane")
-        if o and c:
-            r = c["wall_s_median"] / o["wall_s_median"]
-            ratios[f"{img}/{d}"] = r
-            targets.append((f"{img} {d}: ociup at least as fast as crane", r >= 1,
-                            f"{r:.2f}x, {o['requests_median']:g} vs {c['requests_median']:g} requests"))
-rss = max(s["peak_rss_mib"] for s in samples if s["tool"] == "ociup")
+        for tool in ("ociup", "ociup-b"):
+            o, c = out.get(f"{img}/{d}/{tool}"), out.get(f"{img}/{d}/crane")
+            if o and c:
+                r = c["wall_s_median"] / o["wall_s_median"]
+                ratios[f"{img}/{d}" + ("" if tool == "ociup" else "/ociup-b")] = r
+                targets.append((f"{img} {d}: {tool} at least as fast as crane", r >= 1,
+                                f"{r:.2f}x, {o['requests_median']:g} vs {c['requests_median']:g} requests"))
+rss = max(s["peak_rss_mib"] for s in samples if s["tool"].startswith("ociup"))
 targets.append(("ociup peak RSS < 64 MiB", rss < 64, f"{rss:.1f} MiB"))
 print()
 print("targets:")

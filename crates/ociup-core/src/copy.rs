@@ -177,6 +177,14 @@ pub async fn copy_image<A: Store, B: Store>(
     copier.in_flight.add_permits(copier.in_flight_bound());
     let new_tag = if tag_current { None } else { tag };
     copier.copy_document(doc, new_tag, 0).await?;
+    if new_tag.is_none() && !dst.manifest_implies_blobs() {
+        // A layout stages what a copy writes (the blobs, and the documents above them), to
+        // sync and name it all at once when a tag is written; untagged, reading the top
+        // document back names everything before the copy returns (a layout names what is
+        // staged before it serves it).
+        dst.get_manifest(&ManifestRef::Digest(raw.digest().clone()))
+            .await?;
+    }
     let c = copier.counters;
     report.manifests_written = c.manifests_written.into_inner();
     report.manifests_present = c.manifests_present.into_inner();
@@ -510,9 +518,11 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                             children.push((digest, child.media_type().to_string(), nested));
                         }
                     }
-                    // The image manifests at once (their blobs share the copy's bounds), then
-                    // the nested indexes one after another: a document two nested indexes list
-                    // is complete before the second one's parent can be written.
+                    // The image manifests at once (their blobs share the copy's bounds, so
+                    // more of them than blobs in flight costs only their manifest reads, which
+                    // then overlap: an index of many small images waits on requests, not
+                    // bytes), then the nested indexes one after another: a document two nested
+                    // indexes list is complete before the second one's parent can be written.
                     let (nested, images): (Vec<_>, Vec<_>) =
                         children.into_iter().partition(|c| c.2);
                     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -530,7 +540,7 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                                 r
                             }
                         })
-                        .buffer_unordered(self.opts.jobs.max(1))
+                        .buffer_unordered(2 * self.in_flight_bound())
                         .collect()
                         .await;
                     results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -780,9 +790,16 @@ mod tests {
             // The finished layers are checked and staged, not named: nothing synced them yet.
             assert_eq!(blob_files(&dst_dir), (vec![], 2));
         }
-        // The last handle gone, the finished layers are synced and named; nothing else is there.
+        // The last handle gone, the finished layers are synced and named (on the blocking
+        // pool); nothing else is there.
         let mut want: Vec<String> = layers.iter().map(|d| hex(d)).collect();
         want.sort();
+        for _ in 0..200 {
+            if blob_files(&dst_dir) == (want.clone(), 0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         assert_eq!(blob_files(&dst_dir), (want, 0));
 
         let dst = OciLayout::open_or_create(&dst_dir).unwrap();
@@ -833,6 +850,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((report.manifests_written, report.blobs_copied), (4, 6));
+        // Blobs, manifests and index synced and named together, not once per platform.
+        assert_eq!(dst.batches_named(), 1);
         // Each image has two blobs: more read at once means images copied at once.
         let most = source.most.load(Ordering::SeqCst);
         assert!(most > 2, "at most {most} blobs were read at once");

@@ -202,6 +202,9 @@ impl OciLayout {
                 std::fs::rename(&staged, &root)
                     .map_err(|e| Error::io(format!("creating {}", root.display()), e))
             });
+            // The rename survives a crash once the parent is synced: without it, a layout a
+            // copy then fills could vanish with everything in it.
+            let moved = moved.and_then(|()| sync_dir(&parent));
             if moved.is_err() {
                 let _ = std::fs::remove_dir_all(&staged);
                 // Another process may have created it first.
@@ -223,11 +226,20 @@ impl OciLayout {
                 in_flight: Mutex::default(),
                 failures: std::sync::atomic::AtomicU64::new(0),
                 settling: Mutex::default(),
+                batches: std::sync::atomic::AtomicU64::new(0),
             }),
             root,
             cache: Arc::default(),
             swept: Arc::default(),
         }
+    }
+
+    /// Batches of staged blobs synced and named so far ([`OciLayout::settle`]).
+    #[cfg(test)]
+    pub(crate) fn batches_named(&self) -> u64 {
+        self.staged
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The directory.
@@ -456,23 +468,6 @@ impl OciLayout {
         }
     }
 
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.root.join(name);
-        let ctx = |what: &str| format!("{what} {}", path.display());
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .tempfile_in(&self.root)
-            .map_err(|e| Error::io(ctx("creating a temporary file for"), e))?;
-        tmp.write_all(bytes)
-            .and_then(|()| readable(tmp.as_file()))
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| Error::io(ctx("writing"), e))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io(ctx("replacing"), e.error))?;
-        // The rename itself survives a crash only once the directory is synced.
-        sync_dir(&self.root)
-    }
-
     /// Syncs `blobs/` and each of its algorithm directories: the renames that put blobs (and
     /// manifests) in place survive a crash. Done before `index.json` names what they hold, once
     /// per edit rather than once per blob.
@@ -495,7 +490,7 @@ impl OciLayout {
             return Ok(());
         }
         let staging = Arc::clone(&self.staged);
-        tokio::task::spawn_blocking(move || staging.settle())
+        tokio::task::spawn_blocking(move || staging.settle(None))
             .await
             .map_err(|e| Error::io("syncing blobs", std::io::Error::other(e)))?
     }
@@ -516,11 +511,10 @@ fn sync_blob_dirs(root: &Path) -> Result<()> {
 }
 
 impl OciLayout {
-    /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically.
+    /// Runs `edit` on `index.json` under the layout's lock and replaces it atomically. Blocks
+    /// (syncs, a lock): from async code, go through the blocking pool.
     fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
         self.sweep_stale_temp_files();
-        // Staged blobs are named before the index can name anything that holds them.
-        self.staged.settle()?;
         // flock on the directory itself: no lock file to leave behind in the layout.
         let lock = std::fs::File::open(&self.root)
             .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
@@ -530,17 +524,37 @@ impl OciLayout {
         if let Some(Value::Array(list)) = index.get_mut("manifests") {
             edit(list);
         }
-        // What the index is about to name (a manifest and its blobs, renamed into place) is
-        // made durable first.
-        let result = self
-            .sync_blob_dirs()
-            .and_then(|()| self.write_atomic(INDEX_FILE, &canonical_json(&Value::Object(index))?));
+        let result = (|| {
+            let path = self.root.join(INDEX_FILE);
+            let ctx = |what: &str| format!("{what} {}", path.display());
+            let bytes = canonical_json(&Value::Object(index))?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(&format!(".{INDEX_FILE}."))
+                .tempfile_in(&self.root)
+                .map_err(|e| Error::io(ctx("creating a temporary file for"), e))?;
+            tmp.write_all(&bytes)
+                .and_then(|()| readable(tmp.as_file()))
+                .map_err(|e| Error::io(ctx("writing"), e))?;
+            // Staged blobs (and documents) are named before the index can name anything that
+            // holds them; the new index is synced with them, in the same journal commit.
+            self.staged.settle(Some(tmp.as_file()))?;
+            // What the index is about to name that was renamed into place without its
+            // directory synced (a blob put whole, a manifest) is made durable first.
+            self.sync_blob_dirs()?;
+            tmp.persist(&path)
+                .map_err(|e| Error::io(ctx("replacing"), e.error))?;
+            // The rename itself survives a crash only once the directory is synced.
+            sync_dir(&self.root)
+        })();
         drop(lock); // unlocks
         result
     }
 
     /// Points `tag` at `descriptor` in `index.json` (replacing what it pointed at), or lists the
     /// descriptor untagged when `tag` is `None` and it is not listed yet.
+    ///
+    /// Names what is staged first ([`OciLayout::settle`]). Blocks on syncs and the layout's
+    /// lock: async code calls [`OciLayout::put_tag`].
     ///
     /// # Errors
     /// [`Error::InvalidReference`] for an invalid tag; errors reading or writing `index.json`.
@@ -576,6 +590,18 @@ impl OciLayout {
                 }
             }
         })
+    }
+
+    /// [`OciLayout::set_tag`] on the blocking pool: the runtime's thread does not wait for the
+    /// syncs or the lock.
+    ///
+    /// # Errors
+    /// As [`OciLayout::set_tag`].
+    pub async fn put_tag(&self, descriptor: Descriptor, tag: Option<String>) -> Result<()> {
+        let layout = self.clone();
+        tokio::task::spawn_blocking(move || layout.set_tag(&descriptor, tag.as_deref()))
+            .await
+            .map_err(|e| Error::io("writing index.json", std::io::Error::other(e)))?
     }
 
     /// The image a reference without tag or digest means: the layout's only entry.
@@ -816,9 +842,11 @@ impl BlobWriter {
     }
 }
 
-/// Blobs [`Store::put_new_blob`] wrote and checked, neither synced nor named yet. A copy writes
-/// every blob of an image this way; [`OciLayout::settle`] then syncs them together (journal
-/// commits shared, no download waiting for another blob's sync) and renames them into place,
+/// Blobs [`Store::put_new_blob`] wrote and checked, neither synced nor named yet, and the
+/// documents [`Store::put_manifest`] staged above them (the children of an index a copy writes). A copy
+/// writes every blob of an image this way; [`OciLayout::settle`] then syncs them together
+/// (journal commits shared, no download waiting for another blob's sync) and renames them into
+/// place, rank by rank (blobs, then the manifests that reference them, then the indexes...),
 /// before anything names them. A staged blob counts as present ([`Store::blob_size`]); reading
 /// one settles first.
 #[derive(Debug)]
@@ -834,6 +862,8 @@ struct Staging {
     /// Held while a batch is synced and renamed: a settle that finds nothing staged once it
     /// holds this (and no failure meanwhile) knows that every blob staged before it is in place.
     settling: Mutex<()>,
+    /// Batches synced and named so far.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -844,6 +874,10 @@ struct StagedBlob {
     tmp: tempfile::NamedTempFile,
     /// When it was staged (see [`STAGED_AGE`]).
     at: std::time::Instant,
+    /// 0 for a blob; for a document, one more than the highest rank among the staged blobs and
+    /// documents it references. A settle names rank after rank, syncing the directories in
+    /// between: nothing is named before what it references.
+    rank: u32,
 }
 
 /// A blob staged longer than this is settled at the next write: other processes sweep
@@ -886,6 +920,26 @@ impl Staging {
         self.blobs().iter().any(|b| b.at.elapsed() > STAGED_AGE)
     }
 
+    /// The rank a document referencing `references` takes: see [`StagedBlob::rank`].
+    fn rank_above(&self, references: &[Digest]) -> u32 {
+        self.blobs()
+            .iter()
+            .filter(|b| references.contains(&b.digest))
+            .map(|b| b.rank + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Raises the rank of the staged `digest` to at least `rank`; whether it is staged.
+    fn raise(&self, digest: &Digest, rank: u32) -> bool {
+        let mut blobs = self.blobs();
+        let Some(b) = blobs.iter_mut().find(|b| &b.digest == digest) else {
+            return false;
+        };
+        b.rank = b.rank.max(rank);
+        true
+    }
+
     /// Adds a blob; one staged under the same digest before is replaced (and removed).
     fn stage(&self, blob: StagedBlob) {
         let mut blobs = self.blobs();
@@ -893,8 +947,9 @@ impl Staging {
         blobs.push(blob);
     }
 
-    /// See [`OciLayout::settle`].
-    fn settle(&self) -> Result<()> {
+    /// See [`OciLayout::settle`]. `extra` (a file the caller renames once everything staged is
+    /// named: a new `index.json`) is synced with the batch, sharing its journal commit.
+    fn settle(&self, extra: Option<&std::fs::File>) -> Result<()> {
         use std::sync::atomic::Ordering;
         let failures = self.failures.load(Ordering::SeqCst);
         let _one = self
@@ -912,6 +967,11 @@ impl Staging {
         }
         let batch = std::mem::take(&mut *self.blobs());
         if batch.is_empty() {
+            if let Some(f) = extra {
+                f.sync_all().map_err(|e| {
+                    Error::io(format!("syncing a file in {}", self.root.display()), e)
+                })?;
+            }
             return Ok(());
         }
         *self
@@ -919,7 +979,8 @@ impl Staging {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             batch.iter().map(|b| (b.digest.clone(), b.size)).collect();
-        let named = self.name(batch);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let named = name_batch(&self.root, batch, extra);
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -929,30 +990,73 @@ impl Staging {
         }
         named
     }
+}
 
-    /// Syncs a batch, renames its blobs into place and syncs their directories.
-    fn name(&self, batch: Vec<StagedBlob>) -> Result<()> {
-        sync_files(&batch)?;
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for b in batch {
-            let dest = self
-                .root
-                .join("blobs")
-                .join(b.digest.algorithm().as_str())
-                .join(b.digest.hex());
-            if let Some(parent) = dest.parent()
-                && !dirs.iter().any(|d| d == parent)
-            {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-                dirs.push(parent.to_owned());
-            }
-            b.tmp
-                .persist(&dest)
-                .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+/// Syncs a batch of staged blobs (and `extra`) at once, then renames them into place rank by
+/// rank ([`StagedBlob::rank`]), syncing the directories after each rank. Each file's time is
+/// set to now first: a sweep of unreached blobs (which keeps those written recently) counts
+/// a blob's age from its naming, not from its download, which may be long before.
+fn name_batch(
+    root: &Path,
+    mut batch: Vec<StagedBlob>,
+    extra: Option<&std::fs::File>,
+) -> Result<()> {
+    let now = std::time::SystemTime::now();
+    for b in &batch {
+        b.tmp
+            .as_file()
+            .set_modified(now)
+            .map_err(|e| Error::io(format!("writing blob {}", b.digest), e))?;
+    }
+    sync_files(&batch, extra)?;
+    batch.sort_by_key(|b| b.rank);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut batch = batch.into_iter().peekable();
+    while let Some(b) = batch.next() {
+        let dest = root
+            .join("blobs")
+            .join(b.digest.algorithm().as_str())
+            .join(b.digest.hex());
+        if let Some(parent) = dest.parent()
+            && !dirs.iter().any(|d| d == parent)
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            dirs.push(parent.to_owned());
         }
-        // The renames survive a crash once the directories holding them are synced.
-        sync_blob_dirs(&self.root)
+        let rank = b.rank;
+        b.tmp
+            .persist(&dest)
+            .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        // The renames survive a crash once the directories holding them are synced; the next
+        // rank is named only then.
+        if batch.peek().is_none_or(|next| next.rank != rank) {
+            sync_blob_dirs(root)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the last handle on a layout left staged, named on a blocking thread (see the `Drop`
+/// of [`Staging`]); named where it is dropped if that thread never ran it.
+struct Leftover {
+    root: PathBuf,
+    blobs: Vec<StagedBlob>,
+}
+
+impl Leftover {
+    fn name(mut self) {
+        let blobs = std::mem::take(&mut self.blobs);
+        let _ = name_batch(&self.root, blobs, None);
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        if !self.blobs.is_empty() {
+            let blobs = std::mem::take(&mut self.blobs);
+            let _ = name_batch(&self.root, blobs, None);
+        }
     }
 }
 
@@ -960,27 +1064,53 @@ impl Drop for Staging {
     /// The last handle on the layout is gone: what was written and checked is named now (a
     /// copy that failed half way keeps the blobs it finished, for the next one to skip). A
     /// failure leaves those blobs out (their temporary files are removed): nothing named them.
+    ///
+    /// Within a tokio runtime the syncs and renames go to its blocking pool, so a task that
+    /// drops the last handle does not hold up the runtime's thread; the runtime waits for them
+    /// as it shuts down (and one it no longer runs names them where it drops them).
     fn drop(&mut self) {
-        let _ = self.settle();
+        let blobs = std::mem::take(
+            self.blobs
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if blobs.is_empty() {
+            return;
+        }
+        let leftover = Leftover {
+            root: self.root.clone(),
+            blobs,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || leftover.name())),
+            Err(_) => leftover.name(),
+        }
     }
 }
 
-/// `fsync`s every staged file, [`SETTLE_THREADS`] at once; the first error.
-fn sync_files(batch: &[StagedBlob]) -> Result<()> {
+/// `fsync`s every staged file and `extra`, [`SETTLE_THREADS`] at once; the first error.
+fn sync_files(batch: &[StagedBlob], extra: Option<&std::fs::File>) -> Result<()> {
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let count = batch.len() + usize::from(extra.is_some());
     let work = || -> Result<()> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(b) = batch.get(i) else {
+            if let Some(b) = batch.get(i) {
+                b.tmp
+                    .as_file()
+                    .sync_all()
+                    .map_err(|e| Error::io(format!("syncing blob {}", b.digest), e))?;
+            } else if i == batch.len()
+                && let Some(f) = extra
+            {
+                f.sync_all()
+                    .map_err(|e| Error::io("syncing a file of the layout", e))?;
+            } else {
                 return Ok(());
-            };
-            b.tmp
-                .as_file()
-                .sync_all()
-                .map_err(|e| Error::io(format!("syncing blob {}", b.digest), e))?;
+            }
         }
     };
-    let threads = batch.len().min(SETTLE_THREADS);
+    let threads = count.min(SETTLE_THREADS);
     if threads <= 1 {
         return work();
     }
@@ -1005,7 +1135,11 @@ const WRITE_QUEUE: usize = 2;
 /// Bytes written to a blob between two requests to its helper thread to `fdatasync` it: the
 /// disk writes while the rest downloads, so the `fsync` before the rename finds little left to
 /// do (without it, the whole blob waited for the disk after its last byte arrived).
-const SYNC_EVERY: u64 = 8 << 20;
+const SYNC_EVERY: u64 = 4 << 20;
+/// A staged blob at least this large is `fdatasync`ed by its writer thread at its end: the
+/// settle that names it (after the copy's last byte) finds it on disk already. Smaller ones are
+/// left to the settle, sharing its journal commit.
+const SYNC_AT_END: u64 = 256 << 10;
 
 /// What the download hands to a blob's writer thread.
 enum Chunk {
@@ -1067,8 +1201,9 @@ async fn read_chunks<R: AsyncRead + Unpin>(
 
 impl OciLayout {
     /// A blob's writer thread: writes and hashes the chunks, and after [`Chunk::End`] checks size
-    /// and digest, makes the file readable, `fsync`s it and renames it into place. Anything else
-    /// leaves no file behind (`tmp` is removed when dropped).
+    /// and digest, makes the file readable, `fsync`s it and renames it into place (`name_now`),
+    /// or returns it to be staged, `fdatasync`ed first when at least [`SYNC_AT_END`] bytes.
+    /// Anything else leaves no file behind (`tmp` is removed when dropped).
     ///
     /// Written bytes go to disk while the rest downloads: every [`SYNC_EVERY`] bytes a helper
     /// thread is asked to `fdatasync` the file (the writer does not wait for it), so the `fsync`
@@ -1152,6 +1287,11 @@ impl OciLayout {
         }
         readable(tmp.as_file()).map_err(|e| Error::io(ctx(), e))?;
         if !name_now {
+            // Its last bytes go to disk now, while other blobs download (its download slot is
+            // free already), not with every other blob's at the settle after the last byte.
+            if written >= SYNC_AT_END {
+                tmp.as_file().sync_data().map_err(|e| Error::io(ctx(), e))?;
+            }
             return Ok(Some(tmp));
         }
         tmp.as_file().sync_all().map_err(|e| Error::io(ctx(), e))?;
@@ -1207,6 +1347,7 @@ impl OciLayout {
                 size,
                 tmp,
                 at: std::time::Instant::now(),
+                rank: 0,
             });
             if self.staged.is_old() {
                 self.settle().await?;
@@ -1214,6 +1355,74 @@ impl OciLayout {
         }
         Ok(())
     }
+}
+
+impl OciLayout {
+    /// Writes a document (manifest or index) unsynced and stages it above the staged blobs and
+    /// documents it references ([`StagedBlob::rank`]); whether it is staged. Nothing is written
+    /// (and `false` said) when it is in place already; one staged already keeps its file, at a
+    /// rank at least as high.
+    async fn stage_document(&self, document: &RawDocument) -> Result<bool> {
+        let references = referenced_digests(document.bytes());
+        let rank = self.staged.rank_above(&references);
+        if self.staged.raise(document.digest(), rank) {
+            return Ok(true);
+        }
+        let path = self.blob_path(document.digest());
+        if tokio::fs::metadata(&path)
+            .await
+            .is_ok_and(|m| m.is_file() && m.len() == document.size())
+        {
+            return Ok(false);
+        }
+        self.sweep_stale_temp_files();
+        let (dir, bytes) = (self.root.join("blobs"), document.bytes().to_vec());
+        let tmp = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".ociup-")
+                .tempfile_in(&dir)?;
+            tmp.write_all(&bytes)?;
+            readable(tmp.as_file())?;
+            Ok::<_, std::io::Error>(tmp)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| {
+            Error::io(
+                format!("writing {} to {}", document.digest(), self.location()),
+                e,
+            )
+        })?;
+        self.staged.stage(StagedBlob {
+            digest: document.digest().clone(),
+            size: document.size(),
+            tmp,
+            at: std::time::Instant::now(),
+            rank: self.staged.rank_above(&references),
+        });
+        Ok(true)
+    }
+}
+
+/// The digests of every descriptor a manifest or index lists (config, layers, manifests,
+/// subject, blobs); those that do not parse are left out.
+fn referenced_digests(bytes: &[u8]) -> Vec<Digest> {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return Vec::new();
+    };
+    let one = |d: &Value| d.get("digest")?.as_str()?.parse::<Digest>().ok();
+    let mut out = Vec::new();
+    for key in ["config", "subject"] {
+        out.extend(v.get(key).and_then(one));
+    }
+    for key in ["layers", "manifests", "blobs"] {
+        if let Some(list) = v.get(key).and_then(Value::as_array) {
+            out.extend(list.iter().filter_map(one));
+        }
+    }
+    out
 }
 
 impl Store for OciLayout {
@@ -1308,18 +1517,38 @@ impl Store for OciLayout {
 
     /// With a tag, the manifest is listed in `index.json` under it; without, only its blob is
     /// stored (as for the children of an index): [`OciLayout::set_tag`] lists it untagged.
+    ///
+    /// Nothing is named before what it references. Untagged, a document that references
+    /// staged blobs or documents (a copy's) is staged above them, to be named with them at the
+    /// next [`OciLayout::settle`] (an index copy syncs once, not once per platform); otherwise
+    /// it is named on return. With a tag, it is staged and everything staged is named with
+    /// the `index.json` edit: one sync of all the files at once, the renames rank by rank,
+    /// then `index.json`.
     async fn put_manifest(&self, document: &RawDocument, tag: Option<&str>) -> Result<()> {
         if let Some(t) = tag {
             validate_tag(t)?;
         }
         crate::store::check_document_size("manifest", document)?;
-        // The blobs it references are in place before it is.
-        self.settle().await?;
-        self.put_blob(document.digest(), document.size(), document.bytes())
-            .await?;
         match tag {
-            Some(t) => self.set_tag(&document.descriptor(), Some(t)),
-            None => Ok(()),
+            None => {
+                if self
+                    .staged
+                    .rank_above(&referenced_digests(document.bytes()))
+                    > 0
+                    && self.stage_document(document).await?
+                {
+                    return Ok(());
+                }
+                // The blobs it references are in place before it is.
+                self.settle().await?;
+                self.put_blob(document.digest(), document.size(), document.bytes())
+                    .await
+            }
+            Some(t) => {
+                self.stage_document(document).await?;
+                self.put_tag(document.descriptor(), Some(t.to_owned()))
+                    .await
+            }
         }
     }
 
@@ -1338,8 +1567,14 @@ impl Store for OciLayout {
     }
 
     async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
-        let d = digest.to_string();
-        self.edit_index(|list| list.retain(|e| e.get("digest").and_then(Value::as_str) != Some(&d)))
+        let (layout, d) = (self.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            layout.edit_index(|list| {
+                list.retain(|e| e.get("digest").and_then(Value::as_str) != Some(&d));
+            })
+        })
+        .await
+        .map_err(|e| Error::io("writing index.json", std::io::Error::other(e)))?
     }
 
     async fn list_tags(&self) -> Result<Vec<String>> {
@@ -1494,7 +1729,7 @@ mod tests {
         let settles: Vec<_> = (0..2)
             .map(|_| {
                 let staged = Arc::clone(&layout.staged);
-                std::thread::spawn(move || staged.settle())
+                std::thread::spawn(move || staged.settle(None))
             })
             .collect();
         // Both read the failure count and wait at the lock by then.
@@ -1584,15 +1819,218 @@ mod tests {
         assert!(!layout.blob_path(&wrong).exists());
         assert_eq!(temporaries(), 0);
 
-        // The last handle gone, what is staged is named.
+        // The last handle gone, what is staged is named (on the blocking pool).
         let f = put(b"staged f").await;
         assert!(!layout.blob_path(&f).exists());
         drop(layout);
-        assert_eq!(
-            std::fs::read(root.join("blobs/sha256").join(f.hex())).unwrap(),
-            b"staged f"
-        );
+        let named = root.join("blobs/sha256").join(f.hex());
+        eventually(|| named.exists()).await;
+        assert_eq!(std::fs::read(&named).unwrap(), b"staged f");
         assert_eq!(temporaries(), 0);
+    }
+
+    /// Waits (10 s at most) until `done`.
+    async fn eventually(done: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(done(), "not done after 10 s");
+    }
+
+    /// A manifest of `config` and `layers` (descriptors of 1 byte: only the digests matter).
+    fn manifest_of(config: &Digest, layers: &[&Digest]) -> RawDocument {
+        let desc = |d: &Digest| json!({"mediaType": "x", "digest": d.to_string(), "size": 1});
+        RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST,
+                "config": desc(config), "layers": layers.iter().map(|d| desc(d)).collect::<Vec<_>>()}),
+            media_type::OCI_MANIFEST,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn documents_over_staged_blobs_are_staged_above_them_and_named_in_one_batch() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let mut blobs = Vec::new();
+        for bytes in [&b"config a"[..], b"layer a", b"config b", b"layer b"] {
+            let d = Digest::sha256(bytes);
+            layout
+                .put_new_blob(&d, bytes.len() as u64, bytes)
+                .await
+                .unwrap();
+            blobs.push(d);
+        }
+        let a = manifest_of(&blobs[0], &[&blobs[1]]);
+        let b = manifest_of(&blobs[2], &[&blobs[3]]);
+        let index = RawDocument::canonical(
+            &json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX,
+                "manifests": [a.descriptor(), b.descriptor()]}),
+            media_type::OCI_INDEX,
+        )
+        .unwrap();
+        // Untagged over staged blobs: staged too, one rank up; present, not named.
+        layout.put_manifest(&a, None).await.unwrap();
+        layout.put_manifest(&b, None).await.unwrap();
+        assert!(!layout.blob_path(a.digest()).exists());
+        assert_eq!(layout.blob_size(a.digest()).await.unwrap(), Some(a.size()));
+        let ranks = |layout: &OciLayout| -> Vec<(Digest, u32)> {
+            let mut r: Vec<_> = layout
+                .staged
+                .blobs()
+                .iter()
+                .map(|b| (b.digest.clone(), b.rank))
+                .collect();
+            r.sort();
+            r
+        };
+        let mut want: Vec<_> = blobs.iter().map(|d| (d.clone(), 0)).collect();
+        want.extend([(a.digest().clone(), 1), (b.digest().clone(), 1)]);
+        want.sort();
+        assert_eq!(ranks(&layout), want);
+        // Tagged: the index is staged above them, and everything is named at once.
+        assert_eq!(layout.batches_named(), 0);
+        layout.put_manifest(&index, Some("t")).await.unwrap();
+        assert_eq!(layout.batches_named(), 1, "one sync for the whole index");
+        for d in blobs.iter().chain([a.digest(), b.digest(), index.digest()]) {
+            assert!(layout.blob_path(d).exists(), "{d}");
+        }
+        assert!(ranks(&layout).is_empty());
+        assert_eq!(layout.list_tags().await.unwrap(), ["t"]);
+        // Untagged over nothing staged: named on return, as before.
+        let c = Digest::sha256(b"config c");
+        layout.put_blob(&c, 8, &b"config c"[..]).await.unwrap();
+        let m = manifest_of(&c, &[]);
+        layout.put_manifest(&m, None).await.unwrap();
+        assert!(layout.blob_path(m.digest()).exists());
+    }
+
+    #[test]
+    fn the_last_handle_dropped_in_a_runtime_names_its_blobs_off_the_runtime_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("l");
+        // One thread for tasks, one for blocking work.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layout = OciLayout::open_or_create(&root).unwrap();
+            let d = Digest::sha256(b"staged");
+            layout.put_new_blob(&d, 6, &b"staged"[..]).await.unwrap();
+            let named = layout.blob_path(&d);
+            // The blocking thread is busy until released.
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || wait.recv());
+            // Dropped on the runtime's thread, which must not sync and rename there: the work
+            // waits for the blocking thread.
+            drop(layout);
+            assert!(!named.exists(), "named on the runtime's thread");
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+            eventually(|| named.exists()).await;
+        });
+        // Dropped again while the blocking thread is busy, and the runtime shut down at once
+        // (as the CLI's, when its command returns): named by the time the runtime is gone.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let d = Digest::sha256(b"staged 2");
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        runtime.block_on(async {
+            let layout = OciLayout::open(&root).unwrap();
+            layout.put_new_blob(&d, 8, &b"staged 2"[..]).await.unwrap();
+            drop(tokio::task::spawn_blocking(move || wait.recv()));
+            drop(layout);
+        });
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            release.send(())
+        });
+        drop(runtime);
+        let _ = releaser.join().unwrap();
+        assert!(root.join("blobs/sha256").join(d.hex()).exists());
+    }
+
+    #[test]
+    fn a_tag_written_from_async_code_waits_for_the_lock_off_the_runtime_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("l");
+        let layout = OciLayout::open_or_create(&root).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Another writer holds the layout's lock for a second.
+            let lock = std::fs::File::open(&root).unwrap();
+            lock.lock().unwrap();
+            let unlock = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                drop(lock);
+            });
+            let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let ticker = tokio::spawn({
+                let ticks = Arc::clone(&ticks);
+                async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            layout.put_manifest(&doc(1), Some("a")).await.unwrap();
+            // The runtime's only thread went on with the other task meanwhile.
+            let ticked = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                ticked >= 5,
+                "{ticked} ticks while the tag waited for the lock"
+            );
+            ticker.abort();
+            unlock.join().unwrap();
+            assert_eq!(layout.list_tags().await.unwrap(), ["a"]);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_blob_staged_long_ago_counts_its_age_from_its_naming() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+        let d = Digest::sha256(b"downloaded long ago");
+        layout
+            .put_new_blob(&d, 19, &b"downloaded long ago"[..])
+            .await
+            .unwrap();
+        // Its download ended two hours ago (a copy that went on with larger blobs since).
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+        let tmp = layout.staged.blobs()[0].tmp.path().to_owned();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(hours_ago)
+            .unwrap();
+        layout.settle().await.unwrap();
+        let modified = std::fs::metadata(layout.blob_path(&d))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert!(
+            modified.elapsed().unwrap() < std::time::Duration::from_secs(600),
+            "named with the time of its download"
+        );
+        // Not referenced yet (its manifest comes next): a sweep that keeps the last hour's
+        // blobs keeps it.
+        let swept = crate::managed::gc::sweep(&layout, crate::managed::gc::SweepOptions::default())
+            .unwrap();
+        assert_eq!(swept.removed, 0);
+        assert!(layout.blob_path(&d).exists());
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, args: CopyArgs) -> Result<()> {
         let digest: ociup_core::Digest = report.digest.parse()?;
         let size = l.blob_size(&digest).await?.unwrap_or(0);
         let desc = oci_spec_descriptor(&report.media_type, size, &digest);
-        l.set_tag(&desc, None)?;
+        l.put_tag(desc, None).await?;
     }
     if args.json {
         return output::json(&serde_json::json!({

@@ -8,11 +8,14 @@ pub fn line(text: impl std::fmt::Display) -> std::io::Result<()> {
     writeln!(out, "{text}")
 }
 
-/// Pretty JSON on stdout.
+/// Pretty JSON on stdout, in one write (stdout is line-buffered: written as it is made, a
+/// document would go out in a system call per line).
 pub fn json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    out.write_all(&text)?;
+    out.flush()?;
     Ok(())
 }
 

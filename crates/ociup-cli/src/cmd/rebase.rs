@@ -30,16 +30,17 @@ fn pinned_ref(name: &str, digest: &Digest) -> Result<StoreRef> {
 
 pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
     let image_ref = parse_ref(&args.image)?;
+    // Each reference parsed once (a parse looks for a layout directory of that name).
+    let explicit_old = args.old_base.as_deref().map(parse_ref).transpose()?;
+    let explicit_new_ref = args.new_base.as_deref().map(parse_ref).transpose()?;
+    let explicit_to = args.to.as_deref().map(parse_ref).transpose()?;
     // One client for the whole rebase (its connections and tokens are shared); a login given
     // on the command line applies to every reference named there.
-    let named: Vec<StoreRef> = [&args.old_base, &args.new_base, &args.to]
-        .into_iter()
-        .flatten()
-        .map(|r| parse_ref(r))
-        .collect::<Result<_>>()?;
     let client = ctx.client(
         &std::iter::once(&image_ref)
-            .chain(&named)
+            .chain(&explicit_old)
+            .chain(&explicit_new_ref)
+            .chain(&explicit_to)
             .collect::<Vec<_>>(),
     )?;
     let (image_store, image) = open_for_reading(&image_ref, &client)?;
@@ -56,9 +57,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         }
     };
     // Bases named on the command line are read beside the image.
-    let explicit_old = args.old_base.as_deref().map(parse_ref).transpose()?;
-    let explicit_new = match &args.new_base {
-        Some(n) => Some(open_for_reading(&parse_ref(n)?, &client)?),
+    let explicit_new = match &explicit_new_ref {
+        Some(r) => Some(open_for_reading(r, &client)?),
         None => None,
     };
     let (doc, early_old, early_new) = tokio::join!(
@@ -88,14 +88,17 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             annotations::BASE_NAME
         ),
     };
-    let new_ref = parse_ref(&new_name)?;
-    let old_ref = match (&args.old_base, &recorded_name, &recorded_digest) {
-        (Some(o), _, _) => Some((parse_ref(o)?, true)),
+    let new_ref = match explicit_new_ref {
+        Some(r) => r,
+        None => parse_ref(&new_name)?,
+    };
+    let old_ref = match (&explicit_old, &recorded_name, &recorded_digest) {
+        (Some(o), _, _) => Some((o.clone(), true)),
         (None, Some(n), Some(d)) => Some((pinned_ref(n, d)?, false)),
         _ => None,
     };
-    let dest_ref = match (&args.to, &args.tag) {
-        (Some(to), _) => parse_ref(to)?,
+    let dest_ref = match (explicit_to, &args.tag) {
+        (Some(to), _) => to,
         (None, Some(t)) => match &image_ref {
             StoreRef::Layout(l) => StoreRef::Layout(LayoutRef {
                 dir: l.dir.clone(),

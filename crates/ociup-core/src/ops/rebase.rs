@@ -18,17 +18,66 @@ use crate::store::{
 };
 
 /// The upload opened for the new config before it is known ([`Store::open_upload`]), until it
-/// is used or cancelled.
-type UploadSlot = std::sync::Mutex<Option<OpenUpload>>;
+/// is used or cancelled, and whether opening it is over: the config's upload waits for that,
+/// nothing else does (the reads, the layers' mounts go on while the POST is answered).
+struct UploadSlot {
+    upload: std::sync::Mutex<Option<OpenUpload>>,
+    /// Opening is over: opened, failed, or never tried.
+    settled: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl UploadSlot {
+    /// A slot where nothing is being opened.
+    fn none() -> Self {
+        UploadSlot {
+            upload: std::sync::Mutex::new(None),
+            settled: std::sync::atomic::AtomicBool::new(true),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A slot an upload is being opened for: [`UploadSlot::settle`] says when it is over.
+    fn opening() -> Self {
+        let slot = Self::none();
+        slot.settled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        slot
+    }
+
+    /// The opening is over, with `upload` if it opened one.
+    fn settle(&self, upload: Option<OpenUpload>) {
+        if let Some(u) = upload {
+            keep_upload(self, u);
+        }
+        self.settled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until the opening is over.
+    async fn settled(&self) {
+        loop {
+            // Made before the check, so a `settle` in between still wakes it.
+            let woken = self.notify.notified();
+            if self.settled.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
 
 fn take_upload(slot: &UploadSlot) -> Option<OpenUpload> {
-    slot.lock()
+    slot.upload
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take()
 }
 
 fn keep_upload(slot: &UploadSlot, upload: OpenUpload) {
     *slot
+        .upload
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(upload);
 }
@@ -355,8 +404,21 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
             &request.new_base,
             request.new_base_doc.as_ref(),
         );
-    let upload = UploadSlot::default();
-    let result = rebase_reading(request, dest, tag, opts, speculate, &upload).await;
+    let upload = if speculate {
+        UploadSlot::opening()
+    } else {
+        UploadSlot::none()
+    };
+    // Opened beside everything else, its POST sent first (the slowest request of the reads,
+    // written to disk by the registry): only the config's upload waits for it. (A failure to
+    // open it is left to the upload proper to meet, or not.)
+    let open = async {
+        if speculate {
+            upload.settle(dest.open_upload().await.ok().flatten());
+        }
+    };
+    let ((), result) =
+        futures_util::future::join(open, rebase_reading(request, dest, tag, opts, &upload)).await;
     if let Some(u) = take_upload(&upload) {
         cancel_upload(dest, u).await;
     }
@@ -383,14 +445,13 @@ fn visibly_current<O: Store>(
     old.as_deref() == Some(new.as_str())
 }
 
-/// [`rebase_image`] with `upload` (when `speculate`) opened beside the reads; whatever of it is
-/// left in `upload` the caller cancels.
+/// [`rebase_image`] with `upload` being opened (or not) beside it; whatever of it is left in
+/// `upload` the caller cancels.
 async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
     request: RebaseRequest<'_, I, N, O>,
     dest: &D,
     tag: Option<&str>,
     opts: &RebaseOptions,
-    speculate: bool,
     upload: &UploadSlot,
 ) -> Result<RebaseOutcome> {
     let RebaseRequest {
@@ -432,18 +493,8 @@ async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
             (Document::Index(_), _) => Ok(None),
         }
     };
-    // (A failure to open it is left to the upload proper to meet, or not.)
-    let open_fut = async {
-        if speculate && let Ok(Some(u)) = dest.open_upload().await {
-            keep_upload(upload, u);
-        }
-    };
-    let (reads, ()) = futures_util::future::join(
-        futures_util::future::try_join3(new_fut, old_fut, image_cfg_fut),
-        open_fut,
-    )
-    .await;
-    let (new, old, image_cfg) = reads?;
+    let (new, old, image_cfg) =
+        futures_util::future::try_join3(new_fut, old_fut, image_cfg_fut).await?;
 
     let mut outcome = RebaseOutcome {
         digest: image_doc.raw().digest().to_string(),
@@ -597,11 +648,13 @@ async fn write_one<I: Store, N: Store, D: Store>(
     // Own layers are in the image's store by construction: nothing to check when that is the
     // destination.
     let own_here = image_store.location() == dest.location();
-    // The config, through the opened upload while there is one; `check`: not when the
-    // destination has it (the upload is kept, for the caller to cancel).
+    // The config, through the opened upload while there is one (waiting for its POST if that
+    // is still out); `check`: not when the destination has it (the upload is kept, for the
+    // caller to cancel).
     let put_config = |check: bool| {
         let (digest, size, _) = &jobs[jobs.len() - 1];
         async move {
+            upload.settled().await;
             match take_upload(upload) {
                 Some(u) => {
                     if check {
@@ -644,12 +697,9 @@ async fn write_one<I: Store, N: Store, D: Store>(
         // there; the config is new unless seen), and put the manifest with its tag, no probe.
         // A blob gone since it was seen is named by the refusal and supplied then.
         Some(known) => {
-            // A config known there leaves the opened upload unused: cancelled beside the rest.
-            let unused = if known.last().copied().unwrap_or(false) {
-                take_upload(upload)
-            } else {
-                None
-            };
+            // A config known there leaves the opened upload unused: cancelled beside the rest
+            // once its POST is answered (the manifest's PUT does not wait for that).
+            let config_known = known.last().copied().unwrap_or(false);
             let mountable = matches!(
                 (new_store.mount_source(), dest.mount_source()),
                 (Some(a), Some(b)) if a.registry == b.registry && a.repository != b.repository
@@ -678,8 +728,11 @@ async fn write_one<I: Store, N: Store, D: Store>(
                     .await
             };
             let cancel = async {
-                if let Some(u) = unused {
-                    cancel_upload(dest, u).await;
+                if config_known {
+                    upload.settled().await;
+                    if let Some(u) = take_upload(upload) {
+                        cancel_upload(dest, u).await;
+                    }
                 }
             };
             futures_util::future::join(write, cancel).await.0?
@@ -772,7 +825,7 @@ async fn rebase_index<I: Store, O: Store, N: Store, D: Store>(
                 None,
                 &mut outcome.blobs,
                 opts.dry_run,
-                &UploadSlot::default(),
+                &UploadSlot::none(),
             )
             .await?;
             e["digest"] = rebased.manifest.digest().to_string().into();

@@ -58,10 +58,10 @@ pub struct ClientOptions {
     pub max_concurrent_requests: usize,
     /// Retries of failed requests.
     pub retry: RetryPolicy,
-    /// Blobs up to this size are uploaded in one PUT; larger ones stream in one PATCH, of which
-    /// the last this many bytes sent (or the registry's `OCI-Chunk-Min-Length`, if larger) are
-    /// kept to resume from where the registry stopped. Also the most a single upload holds in
-    /// memory.
+    /// Blobs up to this size are uploaded in one PUT (streamed beyond 1 MiB, never held whole);
+    /// larger ones stream in one PATCH, then an empty PUT commits them. A streamed upload keeps
+    /// the last 4 MiB it sent (or this size, if smaller) to resume from where the registry
+    /// stopped: about the most a single upload holds in memory, beside the pieces in flight.
     pub chunk_size: usize,
     /// Times a broken blob download is resumed with `Range`.
     pub download_resumes: u32,

@@ -329,38 +329,34 @@ impl Repository {
         self.note_blobs(digests);
     }
 
-    /// The most bytes an upload keeps to send again after a failed PATCH, whatever minimum chunk
-    /// the registry asks for (`OCI-Chunk-Min-Length`).
-    const MAX_KEPT_FOR_RESUME: usize = 64 * 1024 * 1024;
-
-    async fn start_upload(&self) -> Result<(Url, usize)> {
+    async fn start_upload(&self) -> Result<Url> {
         let req = Request::new(Method::POST, self.path("blobs/uploads/"), self.push())
             .header(CONTENT_LENGTH, "0");
         let resp = self.send(req, &[202]).await?;
-        let min_chunk = header_str(resp.headers(), "oci-chunk-min-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        Ok((location(&resp)?, min_chunk))
+        location(&resp)
     }
 
-    /// Uploads a blob: one PUT when it fits a chunk, else one PATCH streaming it from `data`
-    /// then the closing PUT. A PATCH that fails is resumed from the registry's `Range`, from
-    /// the bytes kept of what was sent (the last chunk's worth) and then from `data` again.
+    /// Uploads a blob. Up to one [`PUMP_BUFFER`] (or the chunk size, if smaller), it is read
+    /// whole and sent in one PUT (retried as any request). Up to the chunk size, it streams in
+    /// the one PUT that commits it, its last piece held back until the source is known to hash
+    /// to `digest`. Larger, it streams in one PATCH, then an empty PUT commits it. A streamed
+    /// request that fails is resumed from the registry's `Range`: the bytes kept of what was
+    /// sent (the last [`RESUME_KEEP`] at least), then `data` again, in a PATCH; an empty PUT
+    /// commits.
     async fn upload<R: AsyncRead + Send + Unpin>(
         &self,
         digest: &Digest,
         size: u64,
         data: R,
     ) -> ociup_core::Result<()> {
-        let (url, min_chunk) = self.start_upload().await?;
-        // The registry's minimum chunk only sizes the bytes kept for a resume (capped, so a
-        // hostile minimum cannot make an upload hold a whole layer in memory); whether a blob
-        // goes in one PUT is this client's own chunk size.
+        let url = self.start_upload().await?;
+        // Whether a blob goes in one request is this client's own chunk size; the registry's
+        // `OCI-Chunk-Min-Length` does not apply to a single request or to the last PATCH, and
+        // does not size the bytes kept (a hostile minimum would make an upload hold a layer).
         let chunk_size = self.client.options().chunk_size.max(1);
-        let min_chunk = min_chunk.min(Self::MAX_KEPT_FOR_RESUME);
         // A source that does not match its digest fails here, before the commit.
         let read_err = |e| ociup_core::Error::from_io(format!("reading blob {digest}"), e);
-        if size <= chunk_size as u64 {
+        if size <= PUMP_BUFFER.min(chunk_size) as u64 {
             let mut reader = AsyncVerifyingReader::new(data, digest.clone(), size);
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             reader.read_to_end(&mut body).await.map_err(read_err)?;
@@ -376,29 +372,70 @@ impl Repository {
         }
         // Hashed on a thread of its own beside the send; checked before the commit.
         let mut reader = StreamSource::new(data, digest, size);
-        let mut sent = Sent::new(chunk_size.max(min_chunk));
+        let mut sent = Sent::new(RESUME_KEEP.min(chunk_size));
         let mut url = url;
         let mut offset = 0u64;
         let mut resumes = self.client.options().retry.max_attempts.max(1);
+        let mut how = if size <= chunk_size as u64 {
+            Streamed::Commit
+        } else {
+            Streamed::Append
+        };
         loop {
-            let (status, failure) = match self
-                .patch_from(url.clone(), offset, size, &mut sent, &mut reader)
+            let failure = match self
+                .send_from(how, url.clone(), offset, size, &mut sent, &mut reader)
                 .await
+                .map_err(read_err)?
             {
-                Ok(Ok(next)) => {
+                Ok(Answer::Committed(resp)) => return Ok(self.check_blob_digest(&resp, digest)?),
+                Ok(Answer::Appended(next)) => {
                     url = next;
                     break;
                 }
-                Ok(Err(failure)) => (url.clone(), failure),
-                Err(e) => return Err(read_err(e)),
+                Err(failure) => failure,
             };
             if resumes == 0 {
                 return Err(failure.into());
             }
             resumes -= 1;
             // How much did the registry keep?
-            let req = Request::new(Method::GET, Target::Url(status), self.push());
-            let resp = self.send(req, &[204]).await.map_err(|_| failure)?;
+            let req = Request::new(Method::GET, Target::Url(url.clone()), self.push());
+            let resp = match self.send(req, &[204]).await {
+                Ok(resp) => resp,
+                // The registry no longer knows the upload. A PUT whose answer was lost may have
+                // committed the blob (its bytes were checked before the last piece went).
+                // Distribution forgets an upload whose request broke off (its URL's state
+                // names the offset before that request): where every byte sent is still kept,
+                // the blob starts again in a new upload; otherwise it cannot go on.
+                Err(Error::Http { status: 404, .. }) => {
+                    if matches!(how, Streamed::Commit)
+                        && self.blob_size(digest).await.ok().flatten() == Some(size)
+                    {
+                        return Ok(());
+                    }
+                    if sent.start > 0 {
+                        return Err(Error::Protocol {
+                            url: display_url(&url),
+                            reason: format!(
+                                "the upload cannot resume: the registry no longer knows it \
+                                 ({failure}), and only bytes {}-{} of the blob are kept to \
+                                 send again",
+                                sent.start,
+                                sent.end()
+                            ),
+                        }
+                        .into());
+                    }
+                    tracing::debug!(%failure, "the registry lost the upload; starting it again");
+                    url = self.start_upload().await?;
+                    offset = 0;
+                    if size <= chunk_size as u64 {
+                        how = Streamed::Commit;
+                    }
+                    continue;
+                }
+                Err(_) => return Err(failure.into()),
+            };
             // `Range: 0-E` holds E+1 bytes, except that Distribution answers `0-0` for an
             // upload that holds none: a single byte cannot be told from none, so `0-0` counts
             // as nothing kept (sending a byte again is harmless; skipping one is not).
@@ -425,6 +462,8 @@ impl Repository {
                 .into());
             }
             tracing::debug!(have, sent = sent.end(), "resuming an upload");
+            // The rest goes as a PATCH, committed by an empty PUT.
+            how = Streamed::Append;
             if have == size {
                 break;
             }
@@ -460,25 +499,39 @@ impl Repository {
         Ok(self.check_blob_digest(&resp, digest)?)
     }
 
-    /// One PATCH of the bytes from `offset` to the end: the kept bytes from `offset`, then the
-    /// rest read from `reader` as the request goes. `Err` when reading fails (the request is
-    /// aborted, nothing is committed); `Ok(Err)` when the request fails; `Ok(Ok)` with the next
-    /// upload URL when the registry took every byte.
-    async fn patch_from<R: AsyncRead + Unpin>(
+    /// One request with the bytes from `offset` to the end: the kept bytes from `offset`, then
+    /// the rest read from `reader` as the request goes. A PATCH ([`Streamed::Append`]), or the
+    /// PUT that commits ([`Streamed::Commit`], from 0 only), whose last piece goes only once
+    /// the source has ended there and hashes to its digest. `Err` when reading or that check
+    /// fails (the request is broken off, nothing is committed); `Ok(Err)` when the request
+    /// fails; `Ok(Ok)` when the registry took every byte.
+    async fn send_from<R: AsyncRead + Unpin>(
         &self,
+        how: Streamed,
         url: Url,
         offset: u64,
         size: u64,
         sent: &mut Sent,
         reader: &mut StreamSource<R>,
-    ) -> std::io::Result<Result<Url>> {
+    ) -> std::io::Result<Result<Answer>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
         let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|item| (item, rx))
         }));
-        let req = Request::new(Method::PATCH, Target::Url(url.clone()), self.push())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_RANGE, &format!("{offset}-{}", size - 1));
+        let commit = matches!(how, Streamed::Commit);
+        let (method, req) = if commit {
+            let req = Request::new(
+                Method::PUT,
+                Target::Url(with_digest(&url, &reader.digest)),
+                self.push(),
+            );
+            (Method::PUT, req)
+        } else {
+            let req = Request::new(Method::PATCH, Target::Url(url.clone()), self.push())
+                .header(CONTENT_RANGE, &format!("{offset}-{}", size - 1));
+            (Method::PATCH, req)
+        };
+        let req = req.header(CONTENT_TYPE, "application/octet-stream");
         let request = self
             .client
             .send_streamed(&self.api_host, &req, body, size - offset);
@@ -514,7 +567,19 @@ impl Repository {
                 }
             }
             loop {
-                let b = match reader.next().await {
+                let mut b = reader.next().await;
+                if commit
+                    && let Ok(Some(_)) = b
+                    && reader.seen == size
+                {
+                    // The last piece: the source must end here and hash to the digest before
+                    // the registry has the whole body (and commits it).
+                    b = match reader.next().await {
+                        Ok(_) => reader.verify().await.map_err(|e| e.into_io()).and(b),
+                        Err(e) => Err(e),
+                    };
+                }
+                let b = match b {
                     Ok(Some(b)) => b,
                     Ok(None) => return Ok(()),
                     Err(e) => {
@@ -533,15 +598,19 @@ impl Repository {
         };
         let (pumped, answer) = futures_util::future::join(pump, request).await;
         pumped?;
+        let want = if commit { 201 } else { 202 };
         Ok(match answer {
-            Some(Ok(resp)) if resp.status().as_u16() == 202 => location(&resp),
-            Some(Ok(resp)) => Err(self
-                .client
-                .http_error(&self.api_host, &Method::PATCH, resp)
-                .await),
+            Some(Ok(resp)) if resp.status().as_u16() == want => {
+                if commit {
+                    Ok(Answer::Committed(resp))
+                } else {
+                    location(&resp).map(Answer::Appended)
+                }
+            }
+            Some(Ok(resp)) => Err(self.client.http_error(&self.api_host, &method, resp).await),
             Some(Err(e)) => Err(e),
             None => Err(Error::Transport {
-                method: Method::PATCH.to_string(),
+                method: method.to_string(),
                 url: display_url(&url),
                 reason: format!(
                     "timed out: the registry took none of the upload for {} (it stopped \
@@ -670,6 +739,33 @@ const PUMP_BUFFER: usize = 1024 * 1024;
 /// loaded machine, eight pieces each took a push's peak memory past 64 MiB; hashing runs at
 /// several times the speed of a loopback upload, so two pieces keep it off the send's path.
 const HASH_QUEUE: usize = 2;
+
+/// The bytes a streamed upload keeps of what it has sent (at least; at most one
+/// [`PUMP_BUFFER`] more), to send again when a request breaks off. A registry that answers the
+/// upload's status with a `Range` lost what it had not yet stored: at most this process's queue
+/// (a few pieces), the two sockets' buffers and its own. Distribution instead forgets an upload
+/// whose request broke off (`it::resume_keep` cuts uploads to it mid-body): a blob of at most
+/// this size, kept whole, starts again in a new upload; a larger one fails with a clear error
+/// (a new copy sends it again). Four uploads at once keep 16 MiB in all, where a whole chunk
+/// (8 MiB) each took a push's peak memory past 64 MiB.
+pub(crate) const RESUME_KEEP: usize = 4 * 1024 * 1024;
+
+/// How a streamed request carries a blob's bytes.
+#[derive(Clone, Copy, Debug)]
+enum Streamed {
+    /// A PATCH of the bytes from an offset to the end, the commit left to an empty PUT.
+    Append,
+    /// The PUT `?digest=` of the whole blob, which commits it.
+    Commit,
+}
+
+/// What a streamed request that the registry took gives.
+enum Answer {
+    /// The next upload URL (after a PATCH).
+    Appended(Url),
+    /// The registry's answer to the committing PUT.
+    Committed(Response),
+}
 
 /// The source of a streamed upload: read [`PUMP_BUFFER`] at a time, its size checked as it
 /// goes (a source longer than announced fails at the first extra byte, shorter at its end) and
@@ -1040,14 +1136,15 @@ impl Store for Repository {
 
     /// The upload's POST, answered with its URL.
     async fn open_upload(&self) -> ociup_core::Result<Option<OpenUpload>> {
-        let (url, _) = self.start_upload().await?;
+        let url = self.start_upload().await?;
         Ok(Some(OpenUpload {
             location: url.to_string(),
         }))
     }
 
-    /// The closing PUT with the bytes, where the blob fits one request (the client's chunk
-    /// size); a larger blob cancels the upload and goes as [`Store::put_new_blob`] does.
+    /// The closing PUT with the bytes, where the blob is small enough to be read whole (one
+    /// [`PUMP_BUFFER`], or the client's chunk size if smaller); a larger blob cancels the
+    /// upload and goes as [`Store::put_new_blob`] does (streamed, never held whole).
     async fn put_blob_into<R: AsyncRead + Send + Unpin>(
         &self,
         upload: OpenUpload,
@@ -1059,7 +1156,7 @@ impl Store for Repository {
             url: excerpt(&upload.location, 200),
             reason: format!("not an upload URL: {e}"),
         })?;
-        if size > self.client.options().chunk_size.max(1) as u64 {
+        if size > PUMP_BUFFER.min(self.client.options().chunk_size.max(1)) as u64 {
             let _ = self.delete_upload(url).await;
             return self.put_new_blob(digest, size, data).await;
         }
@@ -1290,6 +1387,36 @@ impl Store for Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an upload keeps to resume stays within [`RESUME_KEEP`] and one piece, however long
+    /// the blob, and gives back exactly the bytes from any offset it still holds.
+    #[test]
+    fn an_upload_keeps_a_bounded_tail_of_what_it_sent() {
+        let piece = |i: u64| Bytes::from(vec![(i % 251) as u8; PUMP_BUFFER]);
+        let mut sent = Sent::new(RESUME_KEEP);
+        for i in 0..100u64 {
+            sent.push(piece(i));
+            assert!(
+                sent.kept_len < RESUME_KEEP + PUMP_BUFFER,
+                "{}",
+                sent.kept_len
+            );
+            assert!(sent.kept_len >= RESUME_KEEP.min((i as usize + 1) * PUMP_BUFFER));
+        }
+        assert_eq!(sent.end(), 100 * PUMP_BUFFER as u64);
+        assert_eq!(sent.kept_len as u64, sent.end() - sent.start);
+        // From an offset within the kept range: the bytes of the pieces from there on.
+        let at = sent.start + PUMP_BUFFER as u64 + 10;
+        let from: Vec<u8> = sent.from(at).iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(from.len() as u64, sent.end() - at);
+        let first_piece = at / PUMP_BUFFER as u64;
+        assert!(
+            from[..PUMP_BUFFER - 10]
+                .iter()
+                .all(|b| u64::from(*b) == first_piece % 251)
+        );
+        assert_eq!(from.last(), Some(&99));
+    }
 
     #[test]
     fn link_headers() {

@@ -10,6 +10,7 @@ mod hostile;
 mod known;
 mod probe;
 mod registry;
+mod resume_keep;
 #[path = "../support/mod.rs"]
 mod support;
 mod upload_ahead;

@@ -417,8 +417,10 @@ pub async fn rebase_image<I: Store, N: Store, O: Store, D: Store>(
             upload.settle(dest.open_upload().await.ok().flatten());
         }
     };
-    let ((), result) =
-        futures_util::future::join(open, rebase_reading(request, dest, tag, opts, &upload)).await;
+    // Boxed: the reads, mounts and uploads make a deep future, polled in place it outgrows a
+    // worker thread's stack in a debug build (a service's run regenerating an image).
+    let reading = Box::pin(rebase_reading(request, dest, tag, opts, &upload));
+    let ((), result) = futures_util::future::join(open, reading).await;
     if let Some(u) = take_upload(&upload) {
         cancel_upload(dest, u).await;
     }

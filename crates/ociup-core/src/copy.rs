@@ -28,6 +28,14 @@ use crate::store::{BlobCopy, ManifestRef, Probe, Store, copy_blob_with, copy_mis
 /// them before the manifest is written ([`crate::layout::OciLayout::settle`]).
 const BLOBS_IN_FLIGHT_PER_JOB: usize = 2;
 
+/// A blob this small, copied into a layout, waits on its requests, not on bytes: it goes in a
+/// lane of its own, [`SMALL_BLOBS_PER_JOB`] per download slot, outside the slots and the bound
+/// on blobs under way (its writer's queue is the blob itself). An index of many small images
+/// is then not read four requests at a time.
+const SMALL_BLOB: u64 = 64 * 1024;
+/// Small blobs read at once per download slot ([`SMALL_BLOB`]).
+const SMALL_BLOBS_PER_JOB: usize = 4;
+
 /// How to copy.
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
@@ -168,6 +176,7 @@ pub async fn copy_image<A: Store, B: Store>(
         opts,
         events,
         transfers: Arc::new(Semaphore::new(opts.jobs.max(1))),
+        small: Arc::new(Semaphore::new(opts.jobs.max(1) * SMALL_BLOBS_PER_JOB)),
         in_flight: Arc::new(Semaphore::new(0)),
         counters: Counters::default(),
         seen: Mutex::new(HashSet::new()),
@@ -205,6 +214,8 @@ struct Copier<'a, A, B> {
     events: &'a (dyn Fn(CopyEvent) + Send + Sync),
     /// Blobs being read at once ([`CopyOptions::jobs`]).
     transfers: Arc<Semaphore>,
+    /// Small blobs being read into a layout at once: [`SMALL_BLOB`].
+    small: Arc<Semaphore>,
     /// Blobs under way at once, across every manifest of the copy (the children of an index go
     /// at once): [`Copier::in_flight_bound`].
     in_flight: Arc<Semaphore>,
@@ -285,7 +296,11 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
             // Taken in the order the blobs are listed (largest first; the queue is fair), and
             // before the check, whose stat goes through the blocking pool and would let the
             // blobs reach the queue in any order.
-            let permit = self.transfer_permit().await?;
+            let permit = if self.small_lane(size) {
+                Self::permit(&self.small).await?
+            } else {
+                self.transfer_permit().await?
+            };
             match self.held(&digest, size).await? {
                 Held::Intact => BlobCopy::Present,
                 held => {
@@ -306,6 +321,20 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
         *done = true;
         (self.events)(CopyEvent::BlobDone { digest, how });
         Ok(())
+    }
+
+    /// Whether a blob of `size` goes in the small blobs' lane ([`SMALL_BLOB`]).
+    fn small_lane(&self, size: u64) -> bool {
+        size <= SMALL_BLOB && !self.dst.manifest_implies_blobs()
+    }
+
+    /// Small blobs read at once, beside [`Copier::in_flight_bound`]: none but into a layout.
+    fn small_lane_bound(&self) -> usize {
+        if self.dst.manifest_implies_blobs() {
+            0
+        } else {
+            self.opts.jobs.max(1) * SMALL_BLOBS_PER_JOB
+        }
     }
 
     async fn transfer_permit(&self) -> Result<OwnedSemaphorePermit> {
@@ -465,7 +494,11 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                             let known_missing = named.contains(&digest);
                             let failed = &failed;
                             async move {
-                                let _slot = Self::permit(&self.in_flight).await?;
+                                let _slot = if self.small_lane(size) {
+                                    None
+                                } else {
+                                    Some(Self::permit(&self.in_flight).await?)
+                                };
                                 if failed.load(Ordering::Relaxed) {
                                     return Ok(());
                                 }
@@ -476,7 +509,7 @@ impl<A: Store, B: Store> Copier<'_, A, B> {
                                 r
                             }
                         })
-                        .buffer_unordered(self.in_flight_bound())
+                        .buffer_unordered(self.in_flight_bound() + self.small_lane_bound())
                         .collect()
                         .await;
                     results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -657,13 +690,16 @@ mod tests {
     }
 
     /// A layout read through: reading `broken` fails (the others as the layout reads them);
-    /// each blob read takes `delay` and the most read at once is counted.
+    /// each blob read takes `delay` and the most read at once is counted (and apart, the most
+    /// blobs over [`SMALL_BLOB`] read at once).
     struct Source<'a> {
         inner: &'a OciLayout,
         broken: Option<Digest>,
         delay: std::time::Duration,
         reading: AtomicU64,
         most: AtomicU64,
+        reading_large: AtomicU64,
+        most_large: AtomicU64,
     }
 
     impl<'a> Source<'a> {
@@ -674,6 +710,8 @@ mod tests {
                 delay: std::time::Duration::ZERO,
                 reading: AtomicU64::new(0),
                 most: AtomicU64::new(0),
+                reading_large: AtomicU64::new(0),
+                most_large: AtomicU64::new(0),
             }
         }
     }
@@ -695,8 +733,16 @@ mod tests {
         ) -> Result<crate::store::BlobReader> {
             let now = self.reading.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
+            let large = size > SMALL_BLOB;
+            if large {
+                let now = self.reading_large.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_large.fetch_max(now, Ordering::SeqCst);
+            }
             tokio::time::sleep(self.delay).await;
             self.reading.fetch_sub(1, Ordering::SeqCst);
+            if large {
+                self.reading_large.fetch_sub(1, Ordering::SeqCst);
+            }
             if self.broken.as_ref() == Some(digest) {
                 return Err(Error::io(
                     format!("reading blob {digest}"),
@@ -852,12 +898,64 @@ mod tests {
         assert_eq!((report.manifests_written, report.blobs_copied), (4, 6));
         // Blobs, manifests and index synced and named together, not once per platform.
         assert_eq!(dst.batches_named(), 1);
-        // Each image has two blobs: more read at once means images copied at once.
+        // Each image has two blobs: more read at once means images copied at once; all six
+        // are small, so more than the four download slots go at once, in the small lane.
         let most = source.most.load(Ordering::SeqCst);
-        assert!(most > 2, "at most {most} blobs were read at once");
+        assert_eq!(most, 6, "at most {most} blobs were read at once");
+    }
+
+    #[tokio::test]
+    async fn small_blobs_have_a_lane_of_their_own_and_large_ones_keep_the_slots() {
+        let t = tempfile::tempdir().unwrap();
+        let src = OciLayout::open_or_create(t.path().join("src")).unwrap();
+        let dst = OciLayout::open_or_create(t.path().join("dst")).unwrap();
+        // Six large layers and twenty small ones (and the config).
+        let big = SMALL_BLOB as usize + 1;
+        let mut sizes = vec![big; 6];
+        sizes.extend((0..20).map(|i| 100 + i));
+        let image = image_of_layers(&src, "lanes", &sizes).await;
+        let mut source = Source::new(&src);
+        source.delay = std::time::Duration::from_millis(150);
+        let opts = CopyOptions {
+            jobs: 2,
+            ..CopyOptions::default()
+        };
+        let report = copy_image(
+            &source,
+            &ManifestRef::Digest(image.digest().clone()),
+            &dst,
+            Some("t"),
+            &opts,
+            &no_events,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.blobs_copied, 27);
+        let large = source.most_large.load(Ordering::SeqCst);
+        assert_eq!(large, 2, "large blobs read at once: {large}, --jobs 2");
+        // The small lane (4 per slot) goes beside the two slots.
+        let most = source.most.load(Ordering::SeqCst);
         assert!(
-            most <= 4,
-            "{most} blobs were read at once, more than --jobs"
+            most > 2 && most <= 2 + 2 * SMALL_BLOBS_PER_JOB as u64,
+            "{most} blobs read at once"
+        );
+        // Into a registry (a store whose manifests imply their blobs) there is no small lane.
+        assert_eq!(
+            Copier {
+                src: &source,
+                dst: &Counted::new(&dst, usize::MAX),
+                opts: &opts,
+                events: &no_events,
+                transfers: Arc::new(Semaphore::new(2)),
+                small: Arc::new(Semaphore::new(8)),
+                in_flight: Arc::new(Semaphore::new(0)),
+                counters: Counters::default(),
+                seen: Mutex::default(),
+                blobs: Mutex::default(),
+                root: image.digest().clone(),
+            }
+            .small_lane_bound(),
+            0
         );
     }
 

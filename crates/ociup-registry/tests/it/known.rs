@@ -71,6 +71,17 @@ fn process(state: &Path, reg: &TestRegistry) -> Client {
     .unwrap()
 }
 
+/// The file of what the client learnt of `reg` (the one of `state`'s `registries-v2/` naming
+/// its host).
+fn facts_file(state: &Path, reg: &TestRegistry) -> std::path::PathBuf {
+    let first_line = format!("host {}\n", reg.host());
+    std::fs::read_dir(state.join("registries-v2"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(&first_line)))
+        .expect("a file of what was learnt of the registry")
+}
+
 fn repo(c: &Client, reg: &TestRegistry, name: &str) -> Repository {
     c.repository(&Reference::parse(&format!("{}/{name}", reg.host())).unwrap())
 }
@@ -155,9 +166,9 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
         }
     }
     assert!(
-        std::fs::read_to_string(state.join("registries-v1"))
+        std::fs::read_to_string(facts_file(&state, &reg))
             .unwrap()
-            .contains(&format!("checks-blobs {} ", reg.host())),
+            .contains("\nchecks-blobs "),
         "remembered that the registry checks blobs"
     );
 
@@ -196,14 +207,15 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
     // Remembered wrongly (the blobs of team/app claimed for a new repository): the tagged PUT
     // is refused naming them, they are supplied, and the result is complete (checked in
     // `rebase`).
-    let facts = std::fs::read_to_string(state.join("registries-v1")).unwrap();
+    let file = facts_file(&state, &reg);
+    let facts = std::fs::read_to_string(&file).unwrap();
     let claimed: String = facts
         .lines()
-        .filter(|l| l.contains(" team/app "))
+        .filter(|l| l.starts_with("blob team/app "))
         .map(|l| l.replace(" team/app ", " team/copy ") + "\n")
         .collect();
     assert!(!claimed.is_empty());
-    std::fs::write(state.join("registries-v1"), facts + &claimed).unwrap();
+    std::fs::write(&file, facts + &claimed).unwrap();
     let (sent, seen) = rebase(&reg, &state, "team/copy", "r1", 3).await;
     let refused = seen
         .iter()

@@ -813,7 +813,15 @@ impl<R: AsyncRead + Unpin> StreamSource<R> {
     /// The next piece of the source, `None` at its end.
     async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
         let mut buf = BytesMut::with_capacity(PUMP_BUFFER);
-        let n = self.reader.read_buf(&mut buf).await?;
+        // Filled before it goes: a source read in small chunks (another registry's body, 16 KiB
+        // a frame) would otherwise pin a whole buffer for each chunk among the pieces kept for
+        // a resume, hundreds of MiB for an upload's 4 MiB.
+        while buf.len() < PUMP_BUFFER {
+            if self.reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        let n = buf.len();
         if n == 0 {
             if self.seen != self.size {
                 return Err(self.size_mismatch(self.seen));
@@ -1416,6 +1424,54 @@ mod tests {
                 .all(|b| u64::from(*b) == first_piece % 251)
         );
         assert_eq!(from.last(), Some(&99));
+    }
+
+    /// A source that hands out at most 16 KiB a read, as an HTTP/2 body does.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = (self.data.len() - self.at)
+                .min(16 * 1024)
+                .min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_read_in_small_chunks_goes_in_whole_pieces() {
+        let data: Vec<u8> = (0..2 * PUMP_BUFFER + 100)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let digest = Digest::sha256(&data);
+        let mut source = StreamSource::new(
+            Trickle {
+                data: data.clone(),
+                at: 0,
+            },
+            &digest,
+            data.len() as u64,
+        );
+        let mut lens = Vec::new();
+        let mut back = Vec::new();
+        while let Some(piece) = source.next().await.unwrap() {
+            lens.push(piece.len());
+            back.extend_from_slice(&piece);
+        }
+        // Each piece fills its buffer: 4 MiB kept for a resume are 4 buffers, not 256.
+        assert_eq!(lens, [PUMP_BUFFER, PUMP_BUFFER, 100]);
+        assert_eq!(back, data);
+        source.verify().await.unwrap();
     }
 
     #[test]

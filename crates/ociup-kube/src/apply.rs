@@ -309,7 +309,9 @@ impl Cluster {
     ///
     /// `cancel` stops the request when it completes first (give it SIGINT and SIGTERM, say):
     /// a Job created meanwhile (suspended, or running when nothing was due and `apply` had not
-    /// answered yet) is deleted before [`Error::Cancelled`] is returned.
+    /// answered yet) is deleted before [`Error::Cancelled`] is returned. Once the held Job's
+    /// version is recorded, `cancel` no longer stops it: the release (retried a bounded number
+    /// of times) finishes and answers as it would have, since that Job pins a recorded version.
     /// A Job left behind all the same (ociup killed outright) carries the label
     /// `ociup.dev/held=true` until it is released: `kubectl delete jobs -l ociup.dev/held=true`.
     ///
@@ -381,6 +383,9 @@ impl Cluster {
         // Every right the request needs, asked before anything is written.
         let created: Held = Arc::default();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Set once the held Job's version is recorded: the Job then pins a recorded version and
+        // is released, or left for the user to release, never deleted.
+        let recorded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let work = async {
             self.check_access(&namespace, &["create", "get", "patch", "delete"])
                 .await?;
@@ -392,12 +397,18 @@ impl Cluster {
                 marks,
                 Arc::clone(&created),
                 Arc::clone(&running),
+                Arc::clone(&recorded),
             )
             .await
         };
         let (work, cancel) = (std::pin::pin!(work), std::pin::pin!(cancel));
         match futures_util::future::select(work, cancel).await {
             Either::Left((result, _)) => result,
+            // Stopped while the Job of a recorded version is being released: the release
+            // (retried a bounded number of times) is let finish, and answers.
+            Either::Right(((), work)) if recorded.load(std::sync::atomic::Ordering::SeqCst) => {
+                work.await
+            }
             // The work is not polled again (it is dropped on return).
             Either::Right(((), _)) => {
                 // A create still in flight holds the slot until it is answered.
@@ -432,6 +443,7 @@ impl Cluster {
         marks: &Marks,
         created: Held,
         running: Arc<std::sync::atomic::AtomicBool>,
+        recorded: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Applied> {
         let options = options.clone();
         let mark = marks.request.clone().unwrap_or_else(request_mark);
@@ -505,6 +517,7 @@ impl Cluster {
                 return failed(format!("regenerating {nick} failed"), Error::Resolve(e)).await;
             }
         };
+        recorded.store(true, std::sync::atomic::Ordering::SeqCst);
         match self.release_retrying(namespace, name).await {
             Ok(job) => {
                 *created.lock().await = None;

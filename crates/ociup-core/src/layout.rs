@@ -202,9 +202,6 @@ impl OciLayout {
                 std::fs::rename(&staged, &root)
                     .map_err(|e| Error::io(format!("creating {}", root.display()), e))
             });
-            // The rename survives a crash once the parent is synced: without it, a layout a
-            // copy then fills could vanish with everything in it.
-            let moved = moved.and_then(|()| sync_dir(&parent));
             if moved.is_err() {
                 let _ = std::fs::remove_dir_all(&staged);
                 // Another process may have created it first.
@@ -213,6 +210,10 @@ impl OciLayout {
                 }
             }
             moved?;
+            // The rename survives a crash once the parent is synced: without it, a layout a
+            // copy then fills could vanish with everything in it. A failure here is ours (the
+            // rename succeeded), not another process's layout: it is reported.
+            sync_dir(&parent)?;
             return Ok(OciLayout::new(root));
         }
         OciLayout::open(root)
@@ -853,9 +854,10 @@ impl BlobWriter {
 struct Staging {
     root: PathBuf,
     blobs: Mutex<Vec<StagedBlob>>,
-    /// The batch being synced and renamed (digest, size): still present to [`Staging::size_of`]
-    /// (a reader of one waits for the batch, through `settling`), never missing for a moment.
-    in_flight: Mutex<Vec<(Digest, u64)>>,
+    /// The batch being synced and renamed (digest, size, rank): still present to
+    /// [`Staging::size_of`] (a reader of one waits for the batch, through `settling`), never
+    /// missing for a moment (it moves here from `blobs` under both locks).
+    in_flight: Mutex<Vec<(Digest, u64, u32)>>,
     /// Batches that failed: their blobs were removed unnamed. A settle that waited while one
     /// failed returns an error, since blobs its caller counted on may have been in it.
     failures: std::sync::atomic::AtomicU64,
@@ -874,10 +876,14 @@ struct StagedBlob {
     tmp: tempfile::NamedTempFile,
     /// When it was staged (see [`STAGED_AGE`]).
     at: std::time::Instant,
-    /// 0 for a blob; for a document, one more than the highest rank among the staged blobs and
-    /// documents it references. A settle names rank after rank, syncing the directories in
-    /// between: nothing is named before what it references.
+    /// 0 for a blob; for a document, one more than the highest rank among the staged (or in
+    /// flight) blobs and documents it references. A settle names rank after rank, syncing the
+    /// directories in between: nothing is named before what it references.
     rank: u32,
+    /// What it references that was staged or in flight when it was staged: each must be in
+    /// place when it is named. A batch that failed removed its blobs unnamed, and a document
+    /// staged over one of them is then not named either ([`name_batch`]).
+    needs: Vec<Digest>,
 }
 
 /// A blob staged longer than this is settled at the next write: other processes sweep
@@ -910,8 +916,8 @@ impl Staging {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
-                .find(|(d, _)| d == digest)
-                .map(|(_, size)| *size)
+                .find(|(d, _, _)| d == digest)
+                .map(|(_, size, _)| *size)
         })
     }
 
@@ -920,23 +926,47 @@ impl Staging {
         self.blobs().iter().any(|b| b.at.elapsed() > STAGED_AGE)
     }
 
-    /// The rank a document referencing `references` takes: see [`StagedBlob::rank`].
-    fn rank_above(&self, references: &[Digest]) -> u32 {
-        self.blobs()
-            .iter()
-            .filter(|b| references.contains(&b.digest))
-            .map(|b| b.rank + 1)
-            .max()
-            .unwrap_or(0)
+    /// The rank a document referencing `references` takes ([`StagedBlob::rank`]) and what it
+    /// needs in place to be named ([`StagedBlob::needs`]): the references staged or in flight.
+    fn rank_above(&self, references: &[Digest]) -> (u32, Vec<Digest>) {
+        // Both locks, in the order a settle takes them: a blob moving from one to the other
+        // is seen in one of them.
+        let blobs = self.blobs();
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rank = 0;
+        let mut needs = Vec::new();
+        for r in references {
+            let found = blobs
+                .iter()
+                .find(|b| &b.digest == r)
+                .map(|b| b.rank)
+                .or_else(|| in_flight.iter().find(|f| &f.0 == r).map(|f| f.2));
+            if let Some(below) = found {
+                rank = rank.max(below + 1);
+                if !needs.contains(r) {
+                    needs.push(r.clone());
+                }
+            }
+        }
+        (rank, needs)
     }
 
-    /// Raises the rank of the staged `digest` to at least `rank`; whether it is staged.
-    fn raise(&self, digest: &Digest, rank: u32) -> bool {
+    /// Raises the rank of the staged `digest` to at least `rank` and adds `needs` to what it
+    /// needs; whether it is staged.
+    fn raise(&self, digest: &Digest, rank: u32, needs: &[Digest]) -> bool {
         let mut blobs = self.blobs();
         let Some(b) = blobs.iter_mut().find(|b| &b.digest == digest) else {
             return false;
         };
         b.rank = b.rank.max(rank);
+        for n in needs {
+            if !b.needs.contains(n) {
+                b.needs.push(n.clone());
+            }
+        }
         true
     }
 
@@ -965,7 +995,18 @@ impl Staging {
                 ),
             ));
         }
-        let batch = std::mem::take(&mut *self.blobs());
+        let batch = {
+            let mut blobs = self.blobs();
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *in_flight = blobs
+                .iter()
+                .map(|b| (b.digest.clone(), b.size, b.rank))
+                .collect();
+            std::mem::take(&mut *blobs)
+        };
         if batch.is_empty() {
             if let Some(f) = extra {
                 f.sync_all().map_err(|e| {
@@ -974,11 +1015,6 @@ impl Staging {
             }
             return Ok(());
         }
-        *self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            batch.iter().map(|b| (b.digest.clone(), b.size)).collect();
         self.batches.fetch_add(1, Ordering::Relaxed);
         let named = name_batch(&self.root, batch, extra);
         self.in_flight
@@ -996,6 +1032,10 @@ impl Staging {
 /// rank ([`StagedBlob::rank`]), syncing the directories after each rank. Each file's time is
 /// set to now first: a sweep of unreached blobs (which keeps those written recently) counts
 /// a blob's age from its naming, not from its download, which may be long before.
+///
+/// A document one of whose [`StagedBlob::needs`] is not in place (its batch failed, and its
+/// file was removed unnamed) is not named: its file is removed, the rest is named, and the
+/// batch fails naming the missing blob (a caller about to write `index.json` writes nothing).
 fn name_batch(
     root: &Path,
     mut batch: Vec<StagedBlob>,
@@ -1011,12 +1051,40 @@ fn name_batch(
     sync_files(&batch, extra)?;
     batch.sort_by_key(|b| b.rank);
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut missing: Option<Error> = None;
     let mut batch = batch.into_iter().peekable();
     while let Some(b) = batch.next() {
-        let dest = root
-            .join("blobs")
-            .join(b.digest.algorithm().as_str())
-            .join(b.digest.hex());
+        let final_path = |d: &Digest| {
+            root.join("blobs")
+                .join(d.algorithm().as_str())
+                .join(d.hex())
+        };
+        let dest = final_path(&b.digest);
+        let rank = b.rank;
+        let ends_rank = batch.peek().is_none_or(|next| next.rank != rank);
+        if let Some(gone) = b
+            .needs
+            .iter()
+            .find(|d| !std::fs::symlink_metadata(final_path(d)).is_ok_and(|m| m.is_file()))
+        {
+            missing.get_or_insert_with(|| {
+                Error::io(
+                    format!(
+                        "naming {} in {}: blob {gone} it references is missing",
+                        b.digest,
+                        root.display()
+                    ),
+                    std::io::Error::other(
+                        "the sync of the batch that held it failed and removed it unnamed",
+                    ),
+                )
+            });
+            drop(b); // removes its file
+            if ends_rank {
+                sync_blob_dirs(root)?;
+            }
+            continue;
+        }
         if let Some(parent) = dest.parent()
             && !dirs.iter().any(|d| d == parent)
         {
@@ -1024,17 +1092,16 @@ fn name_batch(
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
             dirs.push(parent.to_owned());
         }
-        let rank = b.rank;
         b.tmp
             .persist(&dest)
             .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
         // The renames survive a crash once the directories holding them are synced; the next
         // rank is named only then.
-        if batch.peek().is_none_or(|next| next.rank != rank) {
+        if ends_rank {
             sync_blob_dirs(root)?;
         }
     }
-    Ok(())
+    missing.map_or(Ok(()), Err)
 }
 
 /// What the last handle on a layout left staged, named on a blocking thread (see the `Drop`
@@ -1348,6 +1415,7 @@ impl OciLayout {
                 tmp,
                 at: std::time::Instant::now(),
                 rank: 0,
+                needs: Vec::new(),
             });
             if self.staged.is_old() {
                 self.settle().await?;
@@ -1364,8 +1432,8 @@ impl OciLayout {
     /// rank at least as high.
     async fn stage_document(&self, document: &RawDocument) -> Result<bool> {
         let references = referenced_digests(document.bytes());
-        let rank = self.staged.rank_above(&references);
-        if self.staged.raise(document.digest(), rank) {
+        let (rank, needs) = self.staged.rank_above(&references);
+        if self.staged.raise(document.digest(), rank, &needs) {
             return Ok(true);
         }
         let path = self.blob_path(document.digest());
@@ -1395,12 +1463,14 @@ impl OciLayout {
                 e,
             )
         })?;
+        let (rank, needs) = self.staged.rank_above(&references);
         self.staged.stage(StagedBlob {
             digest: document.digest().clone(),
             size: document.size(),
             tmp,
             at: std::time::Instant::now(),
-            rank: self.staged.rank_above(&references),
+            rank,
+            needs,
         });
         Ok(true)
     }
@@ -1534,6 +1604,7 @@ impl Store for OciLayout {
                 if self
                     .staged
                     .rank_above(&referenced_digests(document.bytes()))
+                    .0
                     > 0
                     && self.stage_document(document).await?
                 {
@@ -1758,6 +1829,78 @@ mod tests {
             .count();
         assert_eq!(leftovers, 0);
         assert!(layout.list_tags().await.unwrap().is_empty());
+    }
+
+    /// Two copies into one layout: the first's batch holds a layer the second also uses (in
+    /// flight, so present to it) when the second stages its manifest over it; then that batch
+    /// fails and removes the layer. Neither the tag (through `put_tag`) nor the last handle
+    /// dropped names the manifest over the missing layer.
+    #[test]
+    fn a_document_staged_over_a_batch_that_failed_is_not_named() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for through_the_tag in [true, false] {
+            let t = tempfile::tempdir().unwrap();
+            let layout = OciLayout::open_or_create(t.path().join("l")).unwrap();
+            let (a, b) = (Digest::sha256(b"layer a"), Digest::sha256(b"layer b"));
+            let config = Digest::sha256(b"config");
+            runtime.block_on(async {
+                layout.put_new_blob(&a, 7, &b"layer a"[..]).await.unwrap();
+                layout.put_blob(&config, 6, &b"config"[..]).await.unwrap();
+            });
+            // (1) A settle takes the batch holding layer a, as `Staging::settle` does.
+            let settling = layout.staged.settling.lock().unwrap();
+            let batch = {
+                let mut blobs = layout.staged.blobs();
+                *layout.staged.in_flight.lock().unwrap() = blobs
+                    .iter()
+                    .map(|b| (b.digest.clone(), b.size, b.rank))
+                    .collect();
+                std::mem::take(&mut *blobs)
+            };
+            // (2) The other copy finishes layer b and puts its manifest over both.
+            let manifest = manifest_of(&config, &[&a, &b]);
+            runtime.block_on(async {
+                layout.put_new_blob(&b, 7, &b"layer b"[..]).await.unwrap();
+                layout.put_manifest(&manifest, None).await.unwrap();
+            });
+            // (3) The batch fails: its files are removed unnamed.
+            drop(batch);
+            layout.staged.in_flight.lock().unwrap().clear();
+            layout
+                .staged
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(settling);
+            // (4) The tag, or the last handle dropped (outside a runtime: named where dropped).
+            let (root, m) = (
+                layout.root().to_owned(),
+                layout.blob_path(manifest.digest()),
+            );
+            if through_the_tag {
+                let err = runtime
+                    .block_on(layout.put_tag(manifest.descriptor(), Some("t".into())))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(&a.to_string()), "{err}");
+                assert!(runtime.block_on(layout.list_tags()).unwrap().is_empty());
+            } else {
+                drop(layout);
+            }
+            assert!(!root.join("blobs/sha256").join(a.hex()).exists());
+            assert!(!m.exists(), "a manifest named over a missing layer");
+            // Layer b, in place, was named all the same; no temporary file is left.
+            assert!(root.join("blobs/sha256").join(b.hex()).exists());
+            let temporaries = std::fs::read_dir(root.join("blobs"))
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().starts_with(".ociup-")
+                })
+                .count();
+            assert_eq!(temporaries, 0);
+        }
     }
 
     #[tokio::test]

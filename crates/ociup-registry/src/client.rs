@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -148,62 +148,7 @@ struct Inner {
     /// Registries (API hosts) seen refusing a manifest for blobs they lacked, naming them: they
     /// check a manifest's blobs, so their taking a manifest proves it complete; and blobs seen
     /// in repositories. Kept in `opts.state_dir` between processes.
-    known: KnownSlot,
-}
-
-/// What the client knows of registries ([`crate::known`]), read from the state directory on a
-/// thread of its own as the client is made (the file holds up to 20,000 facts: tens of
-/// milliseconds to parse), and waited for only where it is first asked: a pull never asks.
-struct KnownSlot {
-    loading: std::sync::Mutex<Option<std::thread::JoinHandle<crate::known::Known>>>,
-    ready: std::sync::OnceLock<crate::known::Known>,
-}
-
-impl KnownSlot {
-    fn new(dir: Option<PathBuf>) -> KnownSlot {
-        let slot = KnownSlot {
-            loading: std::sync::Mutex::new(None),
-            ready: std::sync::OnceLock::new(),
-        };
-        let Some(dir) = dir else {
-            let _ = slot.ready.set(crate::known::Known::new(None));
-            return slot;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("ociup-known".into())
-            .spawn({
-                let dir = dir.clone();
-                move || crate::known::Known::new(Some(&dir))
-            });
-        match spawned {
-            Ok(h) => *slot.loading.lock().unwrap_or_else(PoisonError::into_inner) = Some(h),
-            // No thread to spare: read it now.
-            Err(_) => {
-                let _ = slot.ready.set(crate::known::Known::new(Some(&dir)));
-            }
-        }
-        slot
-    }
-
-    /// The facts, waiting for the read if it is still going on.
-    fn get(&self) -> &crate::known::Known {
-        self.ready.get_or_init(|| {
-            let loading = self
-                .loading
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            // A read that panicked leaves the facts in memory only.
-            loading
-                .and_then(|h| h.join().ok())
-                .unwrap_or_else(|| crate::known::Known::new(None))
-        })
-    }
-
-    /// The facts if anything asked for them (only then can there be any to save).
-    fn if_read(&self) -> Option<&crate::known::Known> {
-        self.ready.get()
-    }
+    known: crate::known::Known,
 }
 
 /// A registry client. Cheap to clone; clones share connections, tokens and limits.
@@ -306,7 +251,7 @@ impl Client {
             .redirect(redirect_policy(true))
             .build()
             .map_err(|e| Error::Config(format!("setting up HTTP: {e}")))?;
-        let known = KnownSlot::new(opts.state_dir.clone());
+        let known = crate::known::Known::new(opts.state_dir.as_deref());
         Ok(Client {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(opts.max_concurrent_requests.max(1)),
@@ -390,20 +335,17 @@ impl Client {
     /// blobs it lacked: such a registry checks a manifest's blobs, and its taking a manifest
     /// proves it has them. The distribution spec lets a registry take a manifest without them.
     pub(crate) fn checks_blobs(&self, registry: &str) -> bool {
-        self.inner.known.get().checks_blobs(registry)
+        self.inner.known.checks_blobs(registry)
     }
 
     /// Notes that `registry` refused a manifest naming the blobs it lacked.
     pub(crate) fn note_checks_blobs(&self, registry: &str) {
-        self.inner.known.get().note_checks_blobs(registry);
+        self.inner.known.note_checks_blobs(registry);
     }
 
     /// Whether `repository` of `registry` was seen holding `digest` (within a day).
     pub(crate) fn knows_blob(&self, registry: &str, repository: &str, digest: &str) -> bool {
-        self.inner
-            .known
-            .get()
-            .has_blob(registry, repository, digest)
+        self.inner.known.has_blob(registry, repository, digest)
     }
 
     /// Notes that `repository` of `registry` holds these blobs.
@@ -413,18 +355,13 @@ impl Client {
         repository: &str,
         digests: impl Iterator<Item = &'a str>,
     ) {
-        self.inner
-            .known
-            .get()
-            .note_blobs(registry, repository, digests);
+        self.inner.known.note_blobs(registry, repository, digests);
     }
 
     /// Writes what was learnt of registries to [`ClientOptions::state_dir`] now (it is written
     /// when the last clone of the client is dropped too).
     pub fn save_state(&self) {
-        if let Some(known) = self.inner.known.if_read() {
-            known.save();
-        }
+        self.inner.known.save();
     }
 
     /// Tokens fetched so far.

@@ -648,6 +648,25 @@ mod tests {
 
     fn no_events(_: CopyEvent) {}
 
+    /// `copy_image` of `top` from `src` into `dst`, tagged `t`.
+    async fn copy_tagged<A: Store, B: Store>(
+        src: &A,
+        top: &RawDocument,
+        dst: &B,
+        opts: &CopyOptions,
+    ) -> CopyReport {
+        copy_image(
+            src,
+            &ManifestRef::Digest(top.digest().clone()),
+            dst,
+            Some("t"),
+            opts,
+            &no_events,
+        )
+        .await
+        .unwrap()
+    }
+
     /// An image of layers of `sizes` bytes (distinct by `label`) and a config, stored untagged
     /// in `layout`.
     async fn image_of_layers(layout: &OciLayout, label: &str, sizes: &[usize]) -> RawDocument {
@@ -849,16 +868,7 @@ mod tests {
         assert_eq!(blob_files(&dst_dir), (want, 0));
 
         let dst = OciLayout::open_or_create(&dst_dir).unwrap();
-        let report = copy_image(
-            &src,
-            &ManifestRef::Digest(image.digest().clone()),
-            &dst,
-            Some("t"),
-            &opts,
-            &no_events,
-        )
-        .await
-        .unwrap();
+        let report = copy_tagged(&src, &image, &dst, &opts).await;
         assert_eq!((report.blobs_copied, report.blobs_present), (1, 2));
         assert_eq!(dst.list_tags().await.unwrap(), ["t"]);
         for d in layers
@@ -885,16 +895,7 @@ mod tests {
         let index = index_of(&src, &children, 0).await;
         let mut source = Source::new(&src);
         source.delay = std::time::Duration::from_millis(200);
-        let report = copy_image(
-            &source,
-            &ManifestRef::Digest(index.digest().clone()),
-            &dst,
-            Some("t"),
-            &CopyOptions::default(),
-            &no_events,
-        )
-        .await
-        .unwrap();
+        let report = copy_tagged(&source, &index, &dst, &CopyOptions::default()).await;
         assert_eq!((report.manifests_written, report.blobs_copied), (4, 6));
         // Blobs, manifests and index synced and named together, not once per platform.
         assert_eq!(dst.batches_named(), 1);
@@ -920,16 +921,7 @@ mod tests {
             jobs: 2,
             ..CopyOptions::default()
         };
-        let report = copy_image(
-            &source,
-            &ManifestRef::Digest(image.digest().clone()),
-            &dst,
-            Some("t"),
-            &opts,
-            &no_events,
-        )
-        .await
-        .unwrap();
+        let report = copy_tagged(&source, &image, &dst, &opts).await;
         assert_eq!(report.blobs_copied, 27);
         let large = source.most_large.load(Ordering::SeqCst);
         assert_eq!(large, 2, "large blobs read at once: {large}, --jobs 2");
@@ -966,16 +958,7 @@ mod tests {
         let dst = OciLayout::open_or_create(t.path().join("dst")).unwrap();
         let top = nine_by_ten(&src).await;
         let counted = Counted::new(&src, 1000);
-        let report = copy_image(
-            &counted,
-            &ManifestRef::Digest(top.digest().clone()),
-            &dst,
-            Some("t"),
-            &CopyOptions::default(),
-            &no_events,
-        )
-        .await
-        .unwrap();
+        let report = copy_tagged(&counted, &top, &dst, &CopyOptions::default()).await;
         assert_eq!(counted.reads(), 10, "each document read once");
         assert_eq!(report.manifests_written, 10);
         assert_eq!(report.tags_written, 1);

@@ -20,6 +20,10 @@
 #            find them present. The headline numbers are this series' medians over all N runs.
 #   same     no --source-date-epoch: the config is identical every run, so from run 2 on only
 #            the manifest is new.
+#   nocache  like main, but each run with an empty cache of its own (XDG_CACHE_HOME): the
+#            image's and both bases' configs are read from the registry every time, as in a
+#            first rebase of this image (main and same read them in their first run only; ociup
+#            keeps configs by digest in $XDG_CACHE_HOME/ociup/blobs, this script's own cache).
 #   nocerts  (diagnostic) like main, but with SSL_CERT_FILE/SSL_CERT_DIR naming an empty file
 #            and directory, so the client setup loads no system root certificates: the
 #            difference to main is what loading the roots costs (plain HTTP needs none).
@@ -43,7 +47,7 @@
 #
 # Targets (reported as met or MISSED, never failing the script): at most 10 HTTP requests per
 # rebase (median; the cold run, which also mounts the 3 new base layers, one POST each, is shown
-# beside it), zero layer bytes sent, median wall time under 15 ms and at most 0.45x crane's, and
+# beside it), zero layer bytes sent, median wall time under 15 ms and at most 0.45x crane's (main; nocache beside it), and
 # a cost independent of the layer sizes (same requests; wall-time medians within 0.8x-1.25x of each other). The exit
 # status is non-zero only if setup fails, a main/same rebase fails, or a result is wrong (its
 # layers are not v2's layers followed by the image's own).
@@ -87,7 +91,7 @@ DIAG=${BENCH_DIAG:-1}
 KEEP=${BENCH_KEEP:-0}
 JSON_OUT=${BENCH_JSON:-$ROOT/benches/results/rebase.json}
 REGISTRY=${BENCH_REGISTRY:-docker-registry}
-EPOCH=1700000000 # --source-date-epoch of main run R is EPOCH+R; nocerts EPOCH+100000+R; main-b +200000
+EPOCH=1700000000 # --source-date-epoch of main run R is EPOCH+R; nocerts EPOCH+100000+R; main-b +200000; nocache +300000
 
 # log, die, bench_ociup, bench_machine, bench_load from the shared library. The registries stay
 # this script's own: one per size, all running at once (lib.sh's start_registry keeps one).
@@ -117,6 +121,10 @@ fi
 # setup's pushes and kept from run to run, as for a user running rebase again and again.
 rm -rf "$WORK/data"
 export XDG_DATA_HOME=$WORK/data
+# Its cache: the configs it has read, by digest (never the user's ~/.cache), kept from run to
+# run likewise; the nocache series gives each run an empty one.
+rm -rf "$WORK/cache"
+export XDG_CACHE_HOME=$WORK/cache
 
 REG_PIDS=() # every registry this script started (one per size)
 # stop_registry PID: stops one registry this script started, by its pid.
@@ -258,6 +266,11 @@ run_one() {
     tag=main-b-$r
     args+=(--source-date-epoch $((EPOCH + 200000 + r)))
     ;;
+  nocache)
+    tag=nocache-$r
+    args+=(--source-date-epoch $((EPOCH + 300000 + r)))
+    mkdir -p "$SIZE_DIR/nocache-$r"
+    ;;
   version) tag=- ;;
   crane) tag=crane-$r ;;
   esac
@@ -283,6 +296,12 @@ run_one() {
   main-b)
     t0=$EPOCHREALTIME
     "$OCIUP_B" "${args[@]}" >"$out.json" 2>"$out.err"
+    rc=$?
+    t1=$EPOCHREALTIME
+    ;;
+  nocache)
+    t0=$EPOCHREALTIME
+    XDG_CACHE_HOME=$SIZE_DIR/nocache-$r "$OCIUP" "${args[@]}" >"$out.json" 2>"$out.err"
     rc=$?
     t1=$EPOCHREALTIME
     ;;
@@ -395,7 +414,7 @@ sync # the bases' write-back must not overlap the timed runs
 # Every round runs each series once against each size, so machine noise spreads over all of them
 # alike. Round 1 keeps the listed order (main first: its run 1 is the cold run of that size);
 # later rounds rotate the starting size and series.
-SERIES=(main same)
+SERIES=(main same nocache)
 [ -z "$CRANE" ] || SERIES+=(crane)
 [ -z "$OCIUP_B_SRC" ] || SERIES+=(main-b)
 if [ "$DIAG" = 1 ]; then SERIES+=(nocerts version); fi
@@ -599,7 +618,7 @@ for run in runs:
             and (run["series"] == "crane" or rd == out.get("digest"))
         if not run["result_ok"]:
             failures.append(f"{rid}: result layers are not v2's followed by the image's own")
-    elif run["series"] in ("main", "same", "crane", "main-b"):
+    elif run["series"] in ("main", "same", "crane", "main-b", "nocache"):
         failures.append(f"{rid}: exit status {run['rc']}")
 
 def q(xs):
@@ -751,7 +770,8 @@ hdr = (f"{'size':>5} {'series':<16} {'runs':>4} {'wall ms':>8} {'(p25-p75)':>13}
 print(hdr)
 print("-" * len(hdr))
 names = [("main", "main (all)"), ("main_cold", "  cold (run 1)"), ("main_warm", "  warm (2..N)"),
-         ("same", "same config"), ("main-b", "main, OCIUP_B"), ("crane", "crane rebase"),
+         ("same", "same config"), ("nocache", "no cache"), ("main-b", "main, OCIUP_B"),
+         ("crane", "crane rebase"),
          ("nocerts", "no root certs"),
          ("version", "ociup --version")]
 for s in sizes:
@@ -834,6 +854,9 @@ wall_ok = all(m["wall_ms_median"] < 15 for m in main.values())
 cold_reqs = max(m["requests"][0] for m in main.values())
 crane = {s["label"]: s["series"].get("crane") for s in sizes}
 crane_ratio = {l: main[l]["wall_ms_median"] / c["wall_ms_median"] for l, c in crane.items() if c}
+nocache = {s["label"]: s["series"].get("nocache") for s in sizes}
+nocache_ratio = {l: nocache[l]["wall_ms_median"] / c["wall_ms_median"]
+                 for l, c in crane.items() if c and nocache.get(l)}
 indep = req_same and 0.8 <= ratio <= 1.25
 targets = [
     ("<= 10 HTTP requests per rebase (median)", med_reqs <= 10,
@@ -851,6 +874,11 @@ targets = [
      ", ".join(f"{l}: {r:.2f}x ({main[l]['wall_ms_median']:.1f} / {crane[l]['wall_ms_median']:.1f} "
                f"ms; crane {crane[l]['requests_median']:g} requests)" for l, r in crane_ratio.items())
      or "crane not run"),
+    ("... and with no cache (every config read)", bool(nocache_ratio) and
+     all(r <= 0.45 for r in nocache_ratio.values()),
+     ", ".join(f"{l}: {r:.2f}x ({nocache[l]['wall_ms_median']:.1f} / "
+               f"{crane[l]['wall_ms_median']:.1f} ms; {nocache[l]['requests_median']:g} requests)"
+               for l, r in nocache_ratio.items()) or "crane not run"),
     ("cost independent of layer sizes", indep,
      f"wall median {big['label']}/{small['label']} = {ratio:.2f}x; requests "
      + ("identical" if req_same else "DIFFER")
@@ -889,6 +917,7 @@ summary = {
     "sizes": sizes,
     "wall_median_ratio": ratio,
     "ociup_over_crane_wall": crane_ratio,
+    "ociup_nocache_over_crane_wall": nocache_ratio,
     "requests_identical_across_sizes": req_same,
     "targets": {n: {"met": ok, "value": v} for n, ok, v in targets},
     "failures": failures,

@@ -268,7 +268,8 @@ pub fn put_index(lay: &Path, index: &serde_json::Value, tag: &str) {
 
 /// Runs ociup in `dir` with the catalog of that directory (`OCIUP_CATALOG=oci:<dir>/catalog`),
 /// a data directory of its own (`<dir>/.ociup-data`: what the registry client remembers of
-/// registries is keyed by address, and another test's registry may have had this one's port),
+/// registries is keyed by address, and another test's registry may have had this one's port)
+/// and a cache of its own (`<dir>/.ociup-cache`: documents read from registries, by digest),
 /// actor `tester`, `SOURCE_DATE_EPOCH=1700000000` and no signing key from the environment:
 /// exit code, stdout, stderr.
 pub fn ociup_at(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -276,6 +277,7 @@ pub fn ociup_at(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .current_dir(dir)
         .env("XDG_DATA_HOME", dir.join(".ociup-data"))
+        .env("XDG_CACHE_HOME", dir.join(".ociup-cache"))
         .env(
             "OCIUP_CATALOG",
             format!("oci:{}", dir.join("catalog").display()),

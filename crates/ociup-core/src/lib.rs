@@ -7,6 +7,7 @@ pub mod media_type;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod document;

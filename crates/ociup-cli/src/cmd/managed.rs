@@ -81,20 +81,10 @@ fn manager_with(
             platform: parse_platform(platform)?,
             platforms: Vec::new(),
             stored_sources,
-            cache: cache_dir().map(BlobCache::new),
+            cache: super::cache_dir().map(BlobCache::new),
             unsigned: signing.is_some_and(|s| s.unsigned),
         },
     ))
-}
-
-/// Where catalog records and build manifests read from a registry are kept by digest:
-/// `$XDG_CACHE_HOME/ociup/blobs`, else `~/.cache/ociup/blobs`.
-fn cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("ociup/blobs"))
 }
 
 /// What a recipe read back from the catalog may read: only under the directory, unless

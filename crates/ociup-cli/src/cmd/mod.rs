@@ -251,3 +251,13 @@ fn compression_name(c: Compression) -> &'static str {
         _ => "none",
     }
 }
+
+/// Where documents read from a registry are kept by digest (configs, catalog records, build
+/// manifests: see `BlobCache`): `$XDG_CACHE_HOME/ociup/blobs`, else `~/.cache/ociup/blobs`.
+pub(crate) fn cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("ociup/blobs"))
+}

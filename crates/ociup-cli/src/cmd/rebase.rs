@@ -1,4 +1,5 @@
 use anyhow::{Context, Result, bail};
+use ociup_core::cache::BlobCache;
 use ociup_core::mutate::{ConfigMode, annotations};
 use ociup_core::ops::load_document;
 use ociup_core::ops::rebase::{
@@ -183,6 +184,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         new_base_name: Some(new_name.clone()),
         dry_run: args.dry_run,
         image_config: None,
+        // The configs of the image and both bases, once read, cost no request again.
+        cache: super::cache_dir().map(BlobCache::new),
     };
     let outcome = rebase_image(request, &dest, dest_ref.tag(), &opts)
         .await

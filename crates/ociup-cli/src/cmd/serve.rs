@@ -213,7 +213,7 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         key: args.sign_key,
         unsigned: args.unsigned,
         epoch: ociup_core::time::parse_epoch(&args.source_date_epoch)?,
-        cache: cache_dir(),
+        cache: super::cache_dir(),
         tokens: args.tokens,
         allow,
         body_limit: args.max_body,
@@ -321,16 +321,6 @@ fn cert_roles(flags: &[String]) -> Result<std::collections::BTreeMap<String, oci
         }
     }
     Ok(roles)
-}
-
-/// Where catalog records and build manifests read from a registry are kept by digest, as the
-/// other commands keep them: `$XDG_CACHE_HOME/ociup/blobs`, else `~/.cache/ociup/blobs`.
-fn cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("ociup/blobs"))
 }
 
 /// SIGTERM or SIGINT: stop taking connections, finish what is in flight.

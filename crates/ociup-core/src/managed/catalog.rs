@@ -12,19 +12,18 @@
 //! from a registry can be kept in a local [`BlobCache`] by digest, so a check costs no request
 //! once a blob has been seen.
 
-use std::io::Read;
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::recipe::Recipe;
+pub use crate::cache::BlobCache;
+use crate::cache::is_layout;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::document::{Manifest, RawDocument, canonical_json};
 use crate::error::{Error, Result};
 use crate::media_type;
-use crate::store::{MAX_DOCUMENT_SIZE, ManifestRef, Store};
+use crate::store::{ManifestRef, Store};
 
 /// Artifact type of a nick's manifest.
 pub const NICK_ARTIFACT: &str = "application/vnd.ociup.nick.v1+json";
@@ -398,117 +397,6 @@ impl Summary {
         }
         Ok(())
     }
-}
-
-/// A local cache of blobs by digest: catalog records and build manifest envelopes read from a
-/// registry, kept so that reading them again costs no request. Blobs are content-addressed: a
-/// cached file is used only when its bytes hash to its name, so a corrupted or edited file is a
-/// miss, never an answer. Writing is best effort (a cache that cannot be written is no cache).
-#[derive(Clone, Debug)]
-pub struct BlobCache {
-    dir: PathBuf,
-}
-
-impl BlobCache {
-    /// A cache in `dir` (`<dir>/<algorithm>/<hex>`), created when first written.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        BlobCache { dir: dir.into() }
-    }
-
-    fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join(digest.algorithm().as_str())
-            .join(digest.hex())
-    }
-
-    /// The cached bytes of `digest`, if they are there and hash to it.
-    pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
-        let file = std::fs::File::open(self.path(digest)).ok()?;
-        let mut bytes = Vec::new();
-        file.take(MAX_DOCUMENT_SIZE + 1)
-            .read_to_end(&mut bytes)
-            .ok()?;
-        let mut h = digest.algorithm().hasher();
-        h.update(&bytes);
-        (h.finish() == *digest).then_some(bytes)
-    }
-
-    /// Keeps `bytes` (which must hash to `digest`) under `digest`: written to a temporary file
-    /// and renamed, so a reader never sees a partial one (and a damaged file is replaced).
-    pub fn put(&self, digest: &Digest, bytes: &[u8]) {
-        let path = self.path(digest);
-        let Some(dir) = path.parent() else { return };
-        if std::fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, bytes)?;
-            f.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        });
-        // A cache that cannot be written is only slower.
-        drop(written);
-    }
-
-    /// The blob `digest` of `size` bytes from the cache, or from `store` (then cached). A
-    /// layout's blobs are local files already: they are read from the layout, not cached.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub async fn read<S: Store>(
-        cache: Option<&BlobCache>,
-        store: &S,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<Vec<u8>> {
-        let cache = cache.filter(|_| !is_layout(store));
-        if let Some(bytes) = cache.and_then(|c| c.get(digest))
-            && bytes.len() as u64 == size
-        {
-            return Ok(bytes);
-        }
-        let bytes = store.get_blob_bytes(digest, size).await?;
-        if let Some(c) = cache {
-            c.put(digest, &bytes);
-        }
-        Ok(bytes)
-    }
-
-    /// The bytes of the manifest or index `digest` from the cache, or from `store` (then
-    /// cached; a layout's are read from the layout). Checked against `digest` either way.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub async fn read_manifest<S: Store>(
-        cache: Option<&BlobCache>,
-        store: &S,
-        digest: &Digest,
-    ) -> Result<Vec<u8>> {
-        let cache = cache.filter(|_| !is_layout(store));
-        if let Some(bytes) = cache.and_then(|c| c.get(digest)) {
-            return Ok(bytes);
-        }
-        let raw = store
-            .get_manifest(&ManifestRef::Digest(digest.clone()))
-            .await?;
-        digest.verify(raw.bytes(), || format!("document {digest}"))?;
-        if let Some(c) = cache {
-            c.put(digest, raw.bytes());
-        }
-        Ok(raw.bytes().to_vec())
-    }
-
-    /// Keeps `bytes`, just written to `store` as `digest`, unless `store` is a layout.
-    pub fn keep<S: Store>(cache: Option<&BlobCache>, store: &S, digest: &Digest, bytes: &[u8]) {
-        if let Some(c) = cache.filter(|_| !is_layout(store)) {
-            c.put(digest, bytes);
-        }
-    }
-}
-
-/// Whether a store is a layout directory (its blobs are local files).
-fn is_layout<S: Store>(store: &S) -> bool {
-    store.location().starts_with("oci:")
 }
 
 /// A catalog in a store.

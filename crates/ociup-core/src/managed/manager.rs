@@ -1657,6 +1657,8 @@ impl<P: Stores> Manager<P> {
             new_base_name: Some(recipe.base.clone()),
             dry_run,
             image_config: image_config.clone(),
+            // The bases' configs, seen at the last regeneration, cost no request.
+            cache: self.catalog.cache().cloned(),
         };
         // The digest is computed first (a dry run writes nothing) for a caller that must learn
         // it, or refuse it, before anything is written.
@@ -1935,6 +1937,7 @@ impl<P: Stores> Manager<P> {
             new_base_name: Some(recipe.base.clone()),
             dry_run,
             image_config: config,
+            cache: self.catalog.cache().cloned(),
         };
         // Each platform's current manifest (with its config when the record holds it): those
         // kept go into the new index as they are, those whose base manifest moved are rebased.

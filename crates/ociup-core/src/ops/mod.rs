@@ -12,6 +12,7 @@ use std::path::Path;
 
 use oci_spec::image::Descriptor;
 
+use crate::cache::BlobCache;
 use crate::config::{Config, ConfigChange};
 use crate::digest::Digest;
 use crate::document::{Document, Index, Manifest, RawDocument};
@@ -184,6 +185,21 @@ pub async fn image_from_document<S: Store>(
     doc: Document,
     platform: Option<&PlatformSpec>,
 ) -> Result<Image> {
+    image_from_document_cached(store, doc, platform, None).await
+}
+
+/// [`image_from_document`], with the config read through `cache` (see [`BlobCache::read`]): a
+/// config seen before costs no request. A config is named by its digest, so what the cache
+/// answers is what the store would.
+///
+/// # Errors
+/// As [`load_image`].
+pub async fn image_from_document_cached<S: Store>(
+    store: &S,
+    doc: Document,
+    platform: Option<&PlatformSpec>,
+    cache: Option<&BlobCache>,
+) -> Result<Image> {
     let manifest = match doc {
         Document::Manifest(m) => m,
         Document::Index(index) => {
@@ -206,9 +222,7 @@ pub async fn image_from_document<S: Store>(
     };
     let config_digest = manifest.config_digest()?;
     let config_desc = manifest.parsed().config();
-    let bytes = store
-        .get_blob_bytes(&config_digest, config_desc.size())
-        .await?;
+    let bytes = BlobCache::read(cache, store, &config_digest, config_desc.size()).await?;
     let config = Config::parse(RawDocument::verified(
         bytes,
         config_desc.media_type().to_string(),

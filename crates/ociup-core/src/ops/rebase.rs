@@ -6,7 +6,8 @@ use futures_util::TryFutureExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{image_from_document, load_document};
+use super::{image_from_document_cached, load_document};
+use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::document::{Document, Index, Manifest, RawDocument};
 use crate::error::{Error, Result};
@@ -104,6 +105,11 @@ pub struct RebaseOptions {
     /// The config of the image (a single manifest), when the caller has it already (a managed
     /// version records it): it is not read from the image's store again.
     pub image_config: Option<crate::config::Config>,
+    /// Where configs read from a registry are kept by digest (see [`BlobCache`]): the image's
+    /// and both bases' configs, seen in an earlier rebase, cost no request then. A config is
+    /// named by its digest, so the cache answers what the registry would; what is written is
+    /// the same with or without it.
+    pub cache: Option<BlobCache>,
 }
 
 /// What happens to one blob of the result.
@@ -275,22 +281,33 @@ struct Base<'a, S> {
     store: &'a S,
     doc: Document,
     image: Option<super::Image>,
+    cache: Option<&'a BlobCache>,
 }
 
 impl<'a, S: Store> Base<'a, S> {
-    async fn load(store: &'a S, doc: Document) -> Result<Self> {
+    async fn load(store: &'a S, doc: Document, cache: Option<&'a BlobCache>) -> Result<Self> {
         let image = match &doc {
-            Document::Manifest(_) => Some(image_from_document(store, doc.clone(), None).await?),
+            Document::Manifest(_) => {
+                Some(image_from_document_cached(store, doc.clone(), None, cache).await?)
+            }
             Document::Index(_) => None,
         };
-        Ok(Base { store, doc, image })
+        Ok(Base {
+            store,
+            doc,
+            image,
+            cache,
+        })
     }
 
     /// The manifest and config for `platform`: the one image, or the index's match.
     async fn for_platform(&self, platform: &PlatformSpec) -> Result<super::Image> {
         match &self.image {
             Some(i) => Ok(i.clone()),
-            None => image_from_document(self.store, self.doc.clone(), Some(platform)).await,
+            None => {
+                image_from_document_cached(self.store, self.doc.clone(), Some(platform), self.cache)
+                    .await
+            }
         }
     }
 }
@@ -465,15 +482,16 @@ async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
         old_base,
     } = request;
     let new_base = &new_base;
+    let cache = opts.cache.as_ref();
     // The image's config and both bases are independent: fetch them at once, with each base's
     // config when the base is a single manifest.
     let old_fut = async {
         match &old_base {
             OldBaseSource::Image(s, r) => {
                 let d = load_document(*s, r).await?;
-                Base::load(*s, d).map_ok(Some).await
+                Base::load(*s, d, cache).map_ok(Some).await
             }
-            OldBaseSource::Loaded(s, d) => Base::load(*s, (**d).clone()).map_ok(Some).await,
+            OldBaseSource::Loaded(s, d) => Base::load(*s, (**d).clone(), cache).map_ok(Some).await,
             OldBaseSource::Recorded => Ok(None),
         }
     };
@@ -482,13 +500,13 @@ async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
             Some(d) => d,
             None => load_document(new_base_store, new_base).await?,
         };
-        Base::load(new_base_store, d).await
+        Base::load(new_base_store, d, cache).await
     };
     let image_cfg_fut = async {
         match (&image_doc, &opts.image_config) {
             (Document::Manifest(_), Some(c)) => Ok(Some(c.clone())),
             (Document::Manifest(_), None) => {
-                image_from_document(image_store, image_doc.clone(), None)
+                image_from_document_cached(image_store, image_doc.clone(), None, cache)
                     .map_ok(|i| Some(i.config))
                     .await
             }
@@ -812,9 +830,14 @@ async fn rebase_index<I: Store, O: Store, N: Store, D: Store>(
                 .get_manifest(&ManifestRef::Digest(digest.clone()))
                 .await?,
         )?;
-        let cfg = image_from_document(image_store, Document::Manifest(child.clone()), None)
-            .await?
-            .config;
+        let cfg = image_from_document_cached(
+            image_store,
+            Document::Manifest(child.clone()),
+            None,
+            opts.cache.as_ref(),
+        )
+        .await?
+        .config;
         let rebased = rebase_one(&child, &cfg, &platform, old, new, opts).await?;
         let mut e = entry.clone();
         if !rebased.plan.already_current {

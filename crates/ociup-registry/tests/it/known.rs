@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use ociup_core::cache::BlobCache;
 use ociup_core::copy::{CopyOptions, copy_image};
 use ociup_core::layer::{LayerBuilder, LayerOptions};
 use ociup_core::layout::OciLayout;
@@ -96,6 +97,19 @@ async fn rebase(
     to: &str,
     created: u64,
 ) -> (u64, Vec<(String, String)>) {
+    let (sent, seen, _) = rebase_cached(reg, state, dest_repo, to, created, None).await;
+    (sent, seen)
+}
+
+/// [`rebase`] with configs read through `cache`; also the digest of what it wrote.
+async fn rebase_cached(
+    reg: &TestRegistry,
+    state: &Path,
+    dest_repo: &str,
+    to: &str,
+    created: u64,
+    cache: Option<&BlobCache>,
+) -> (u64, Vec<(String, String)>, String) {
     let from = reg.completed();
     let c = process(state, reg);
     let (app, old, new) = (
@@ -110,6 +124,7 @@ async fn rebase(
         .old_base(OldBaseSource::Image(&old, &old_ref));
     let opts = RebaseOptions {
         created: Some(created),
+        cache: cache.cloned(),
         ..RebaseOptions::default()
     };
     let outcome = rebase_image(request, &dest, Some(to), &opts).await.unwrap();
@@ -131,7 +146,7 @@ async fn rebase(
             "{dest_repo}:{to} lacks {digest}"
         );
     }
-    (c.requests_sent(), seen)
+    (c.requests_sent(), seen, outcome.digest)
 }
 
 #[tokio::test]
@@ -227,4 +242,87 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
     assert!(refused >= 2, "refused, then taken: {seen:#?}");
     assert_eq!(mounts, 2, "the two claimed layers supplied: {seen:#?}");
     assert!(sent > 9, "{sent}");
+}
+
+/// Configs are named by their digests: a rebase reading them through a `BlobCache` asks the
+/// registry for none it has seen, and writes what a rebase without the cache writes. A cached
+/// file that does not hash to its name is read again from the registry.
+#[tokio::test]
+async fn configs_seen_before_cost_no_request_and_change_nothing() {
+    let reg = TestRegistry::start(RegistryOptions {
+        auth: AuthMode::None,
+        tls: false,
+    });
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let layout = images(t.path()).await;
+    {
+        let c = process(&state, &reg);
+        for (from, to, name) in [
+            ("base-1", "v1", "lib/base"),
+            ("base-2", "v2", "lib/base"),
+            ("app-1", "v1", "team/app"),
+        ] {
+            let dst = repo(&c, &reg, name);
+            copy_image(
+                &layout,
+                &tag(from),
+                &dst,
+                Some(to),
+                &CopyOptions::default(),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let config_reads = |seen: &[(String, String)]| {
+        seen.iter()
+            .filter(|(m, p)| m == "GET" && p.contains("/blobs/sha256:"))
+            .count()
+    };
+    let cache = BlobCache::new(t.path().join("cache"));
+    // Cold: the image's config and both bases' are read, and kept.
+    let (sent_cold, seen, cold) =
+        rebase_cached(&reg, &state, "team/app", "r1", 1, Some(&cache)).await;
+    assert_eq!(config_reads(&seen), 3, "{seen:#?}");
+    // Warm: none is read; the rebase writes what it wrote without the cache (same epoch).
+    let (sent, seen, warm) = rebase_cached(&reg, &state, "team/app", "r2", 1, Some(&cache)).await;
+    assert_eq!(config_reads(&seen), 0, "{seen:#?}");
+    assert!(
+        sent <= sent_cold - 3,
+        "{sent} requests, {sent_cold} cold: {seen:#?}"
+    );
+    let (_, seen, uncached) = rebase_cached(&reg, &state, "team/app", "r3", 1, None).await;
+    assert_eq!(config_reads(&seen), 3, "{seen:#?}");
+    assert_eq!((&cold, &warm), (&uncached, &uncached));
+
+    // A cached config edited in place is not taken: read again (and the result is the same).
+    let damaged = walkdir_files(&t.path().join("cache"));
+    assert_eq!(damaged.len(), 3, "{damaged:?}");
+    std::fs::write(&damaged[0], b"{}").unwrap();
+    let (_, seen, again) = rebase_cached(&reg, &state, "team/app", "r4", 1, Some(&cache)).await;
+    assert_eq!(config_reads(&seen), 1, "{seen:#?}");
+    assert_eq!(again, uncached);
+    // ... and it is replaced by the good one.
+    let (_, seen, _) = rebase_cached(&reg, &state, "team/app", "r5", 1, Some(&cache)).await;
+    assert_eq!(config_reads(&seen), 0, "{seen:#?}");
+}
+
+/// Every file under `dir`, sorted.
+fn walkdir_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
 }

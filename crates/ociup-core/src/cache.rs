@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use crate::digest::Digest;
+use crate::document::{Document, RawDocument};
 use crate::error::Result;
 use crate::store::{MAX_DOCUMENT_SIZE, ManifestRef, Store};
 
@@ -30,16 +31,31 @@ impl BlobCache {
             .join(digest.hex())
     }
 
-    /// The cached bytes of `digest`, if they are there and hash to it.
+    /// The cached bytes of `digest`, if they are there and hash to it. A file that does not is
+    /// removed (best effort), so that the next [`BlobCache::put_if_absent`] writes it again.
     pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
-        let file = std::fs::File::open(self.path(digest)).ok()?;
+        let path = self.path(digest);
+        let file = std::fs::File::open(&path).ok()?;
         let mut bytes = Vec::new();
         file.take(MAX_DOCUMENT_SIZE + 1)
             .read_to_end(&mut bytes)
             .ok()?;
         let mut h = digest.algorithm().hasher();
         h.update(&bytes);
-        (h.finish() == *digest).then_some(bytes)
+        if h.finish() == *digest {
+            Some(bytes)
+        } else {
+            drop(std::fs::remove_file(&path));
+            None
+        }
+    }
+
+    /// [`BlobCache::put`], unless a file is there under `digest` already: a document read
+    /// again and again is written once.
+    pub fn put_if_absent(&self, digest: &Digest, bytes: &[u8]) {
+        if std::fs::symlink_metadata(self.path(digest)).is_err() {
+            self.put(digest, bytes);
+        }
     }
 
     /// Keeps `bytes` (which must hash to `digest`) under `digest`: written to a temporary file
@@ -107,12 +123,51 @@ impl BlobCache {
         Ok(raw.bytes().to_vec())
     }
 
+    /// The manifest or index `reference` names in `store`. By digest, from the cache when it
+    /// holds it (its media type is the document's own `mediaType`; a document without one is
+    /// always read from the store); otherwise from `store`, and then kept under its digest
+    /// (read by tag too: the base a rebase reads by tag today is the old base it names by
+    /// digest tomorrow). A layout's documents are read from the layout, never cached.
+    ///
+    /// # Errors
+    /// As [`crate::ops::load_document`].
+    pub async fn load_document<S: Store>(
+        cache: Option<&BlobCache>,
+        store: &S,
+        reference: &ManifestRef,
+    ) -> Result<Document> {
+        let cache = cache.filter(|_| !is_layout(store));
+        if let (Some(c), ManifestRef::Digest(digest)) = (cache, reference)
+            && let Some(bytes) = c.get(digest)
+            && let Some(media_type) = own_media_type(&bytes)
+            && let Ok(doc) =
+                RawDocument::verified(bytes, media_type, digest).and_then(Document::parse)
+        {
+            return Ok(doc);
+        }
+        let doc = crate::ops::load_document(store, reference).await?;
+        if let Some(c) = cache {
+            c.put_if_absent(doc.raw().digest(), doc.raw().bytes());
+        }
+        Ok(doc)
+    }
+
     /// Keeps `bytes`, just written to `store` as `digest`, unless `store` is a layout.
     pub fn keep<S: Store>(cache: Option<&BlobCache>, store: &S, digest: &Digest, bytes: &[u8]) {
         if let Some(c) = cache.filter(|_| !is_layout(store)) {
             c.put(digest, bytes);
         }
     }
+}
+
+/// A document's own `mediaType` field.
+fn own_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Typed>(bytes).ok()?.media_type
 }
 
 /// Whether a store is a layout directory (its blobs are local files).

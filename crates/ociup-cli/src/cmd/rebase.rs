@@ -1,7 +1,6 @@
 use anyhow::{Context, Result, bail};
 use ociup_core::cache::BlobCache;
 use ociup_core::mutate::{ConfigMode, annotations};
-use ociup_core::ops::load_document;
 use ociup_core::ops::rebase::{
     OldBaseSource, RebaseOptions, RebaseOutcome, RebaseRequest, rebase_image, recorded_base,
 };
@@ -45,15 +44,17 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             .collect::<Vec<_>>(),
     )?;
     let (image_store, image) = open_for_reading(&image_ref, &client)?;
+    // Manifests by digest (a recorded old base) and configs seen before cost no request.
+    let cache = super::cache_dir().map(BlobCache::new);
     let load_old = |r: StoreRef| {
-        let client = &client;
+        let (client, cache) = (&client, &cache);
         async move {
             let s = r.open(client)?;
             let m = match r.image() {
                 Some(m) => m,
                 None => s.default_image()?,
             };
-            let doc = load_document(&s, &m).await?;
+            let doc = BlobCache::load_document(cache.as_ref(), &s, &m).await?;
             Ok::<_, Error>((s, doc))
         }
     };
@@ -63,7 +64,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         None => None,
     };
     let (doc, early_old, early_new) = tokio::join!(
-        load_document(&image_store, &image),
+        BlobCache::load_document(cache.as_ref(), &image_store, &image),
         async {
             match &explicit_old {
                 Some(r) => Some(load_old(r.clone()).await),
@@ -72,7 +73,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         },
         async {
             match &explicit_new {
-                Some((s, m)) => Some(load_document(s, m).await),
+                Some((s, m)) => Some(BlobCache::load_document(cache.as_ref(), s, m).await),
                 None => None,
             }
         }
@@ -136,7 +137,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         async {
             match early_new {
                 Some(loaded) => loaded,
-                None => load_document(&new_store, &new_image).await,
+                None => BlobCache::load_document(cache.as_ref(), &new_store, &new_image).await,
             }
         }
     );
@@ -184,8 +185,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         new_base_name: Some(new_name.clone()),
         dry_run: args.dry_run,
         image_config: None,
-        // The configs of the image and both bases, once read, cost no request again.
-        cache: super::cache_dir().map(BlobCache::new),
+        cache: cache.clone(),
     };
     let outcome = rebase_image(request, &dest, dest_ref.tag(), &opts)
         .await

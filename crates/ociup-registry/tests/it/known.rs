@@ -246,7 +246,8 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
 
 /// Configs are named by their digests: a rebase reading them through a `BlobCache` asks the
 /// registry for none it has seen, and writes what a rebase without the cache writes. A cached
-/// file that does not hash to its name is read again from the registry.
+/// file that does not hash to its name is read again from the registry. Manifests read by tag
+/// are kept under their digests, and one read by digest is read once.
 #[tokio::test]
 async fn configs_seen_before_cost_no_request_and_change_nothing() {
     let reg = TestRegistry::start(RegistryOptions {
@@ -298,15 +299,53 @@ async fn configs_seen_before_cost_no_request_and_change_nothing() {
     assert_eq!((&cold, &warm), (&uncached, &uncached));
 
     // A cached config edited in place is not taken: read again (and the result is the same).
-    let damaged = walkdir_files(&t.path().join("cache"));
-    assert_eq!(damaged.len(), 3, "{damaged:?}");
-    std::fs::write(&damaged[0], b"{}").unwrap();
+    // (Beside them, the two bases' manifests, read by tag and kept under their digests.)
+    let files = walkdir_files(&t.path().join("cache"));
+    let configs: Vec<_> = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).unwrap().contains("\"rootfs\""))
+        .collect();
+    assert_eq!((files.len(), configs.len()), (5, 3), "{files:?}");
+    std::fs::write(configs[0], b"{}").unwrap();
     let (_, seen, again) = rebase_cached(&reg, &state, "team/app", "r4", 1, Some(&cache)).await;
     assert_eq!(config_reads(&seen), 1, "{seen:#?}");
     assert_eq!(again, uncached);
     // ... and it is replaced by the good one.
     let (_, seen, _) = rebase_cached(&reg, &state, "team/app", "r5", 1, Some(&cache)).await;
     assert_eq!(config_reads(&seen), 0, "{seen:#?}");
+
+    // Manifests: one read by tag is kept under its digest; one read by digest is read once.
+    let c = process(&state, &reg);
+    let base = repo(&c, &reg, "lib/base");
+    let v1 = base
+        .get_manifest(&tag("v1"))
+        .await
+        .unwrap()
+        .digest()
+        .clone();
+    let app = repo(&c, &reg, "team/app");
+    let app_digest = app.get_manifest(&tag("v1")).await.unwrap().digest().clone();
+    let from = reg.completed();
+    let cache = &cache;
+    let read = |s, d| async move {
+        let d = BlobCache::load_document(Some(cache), s, &ManifestRef::Digest(d))
+            .await
+            .unwrap();
+        d.raw().digest().clone()
+    };
+    assert_eq!(
+        read(&base, v1.clone()).await,
+        v1,
+        "the old base, read by tag before"
+    );
+    assert_eq!(reg.completed_since(from).len(), 0);
+    assert_eq!(read(&app, app_digest.clone()).await, app_digest);
+    assert_eq!(read(&app, app_digest.clone()).await, app_digest);
+    assert_eq!(
+        reg.completed_since(from).len(),
+        1,
+        "the image read once by digest"
+    );
 }
 
 /// Every file under `dir`, sorted.

@@ -61,6 +61,30 @@ async fn images(dir: &Path) -> OciLayout {
     layout
 }
 
+/// [`images`] made in `dir` and pushed to `reg` by a process remembering in `state`: lib/base:v1
+/// and :v2, team/app:v1.
+async fn push_images(dir: &Path, state: &Path, reg: &TestRegistry) {
+    let layout = images(dir).await;
+    let c = process(state, reg);
+    for (from, to, name) in [
+        ("base-1", "v1", "lib/base"),
+        ("base-2", "v2", "lib/base"),
+        ("app-1", "v1", "team/app"),
+    ] {
+        let dst = repo(&c, reg, name);
+        copy_image(
+            &layout,
+            &tag(from),
+            &dst,
+            Some(to),
+            &CopyOptions::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    }
+}
+
 /// A client as a new process makes it, remembering in `state`, for the plain-HTTP `reg` (no
 /// HTTPS attempt first, which would count as a request).
 fn process(state: &Path, reg: &TestRegistry) -> Client {
@@ -157,29 +181,9 @@ async fn a_new_process_rebases_without_asking_what_the_last_one_learnt() {
     });
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let layout = images(t.path()).await;
-    {
-        // The pushes teach the client that this registry checks a manifest's blobs (its probe
-        // is refused naming them).
-        let c = process(&state, &reg);
-        for (from, to, name) in [
-            ("base-1", "v1", "lib/base"),
-            ("base-2", "v2", "lib/base"),
-            ("app-1", "v1", "team/app"),
-        ] {
-            let dst = repo(&c, &reg, name);
-            copy_image(
-                &layout,
-                &tag(from),
-                &dst,
-                Some(to),
-                &CopyOptions::default(),
-                &|_| {},
-            )
-            .await
-            .unwrap();
-        }
-    }
+    // The pushes teach the client that this registry checks a manifest's blobs (its probe is
+    // refused naming them).
+    push_images(t.path(), &state, &reg).await;
     assert!(
         std::fs::read_to_string(facts_file(&state, &reg))
             .unwrap()
@@ -256,27 +260,7 @@ async fn configs_seen_before_cost_no_request_and_change_nothing() {
     });
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let layout = images(t.path()).await;
-    {
-        let c = process(&state, &reg);
-        for (from, to, name) in [
-            ("base-1", "v1", "lib/base"),
-            ("base-2", "v2", "lib/base"),
-            ("app-1", "v1", "team/app"),
-        ] {
-            let dst = repo(&c, &reg, name);
-            copy_image(
-                &layout,
-                &tag(from),
-                &dst,
-                Some(to),
-                &CopyOptions::default(),
-                &|_| {},
-            )
-            .await
-            .unwrap();
-        }
-    }
+    push_images(t.path(), &state, &reg).await;
     let config_reads = |seen: &[(String, String)]| {
         seen.iter()
             .filter(|(m, p)| m == "GET" && p.contains("/blobs/sha256:"))

@@ -440,7 +440,7 @@ async fn decide(
                 // The nick exists and is allowed: a manager for this review's actor, dropped
                 // with it (actors are whatever the API server names; none is kept).
                 let m = Arc::new(s.new_manager(&actor, via)?);
-                s.resolve_pinned(m, &nick, dry_run, false, unreachable)
+                s.resolve_pinned(m, &actor, &nick, dry_run, false, unreachable)
                     .await
             };
             let r = match tokio::time::timeout_at(deadline, work).await {
@@ -692,10 +692,12 @@ impl Service {
     /// registration and upgrade of it), asked again under it, and a permit of the regeneration
     /// bound taken, so that requests at once for one nick make one version. `check_only` (a
     /// dry run, a check, an offline resolve) answers the current version and writes nothing;
-    /// `offline` reads nothing of the base.
+    /// `offline` reads nothing of the base. `m` acts for `actor`: a version it makes is counted
+    /// in `ociup_upgrades_total` when recorded here ([`Service::count_upgrade`]).
     pub(crate) async fn resolve_pinned(
         &self,
         m: Arc<ociup_core::managed::manager::Manager<crate::Guarded>>,
+        actor: &str,
         nick: &str,
         check_only: bool,
         offline: bool,
@@ -725,7 +727,7 @@ impl Service {
         }
         let permit = self.regeneration_permit()?;
         let service = self.clone();
-        let nick = nick.to_owned();
+        let (nick, actor) = (nick.to_owned(), actor.to_owned());
         self.run_to_end(async move {
             let (_held, _permit) = (held, permit);
             let r = m
@@ -733,12 +735,16 @@ impl Service {
                 .await
                 .map_err(|e| ApiError::from_core(&context, e))?;
             if r.upgraded {
-                service
-                    .inner
-                    .metrics
-                    .upgrades
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(nick, version = r.version, digest = r.digest, "upgraded");
+                let here = service
+                    .count_upgrade(&m, &nick, r.version, &r.digest, &actor)
+                    .await;
+                tracing::info!(
+                    nick,
+                    version = r.version,
+                    digest = r.digest,
+                    recorded_here = here,
+                    "upgraded"
+                );
             }
             Ok(r)
         })

@@ -365,6 +365,7 @@ async fn resolve(
         let r = s
             .resolve_pinned(
                 m,
+                actor,
                 &nick,
                 body.check || body.offline,
                 body.offline,
@@ -535,7 +536,7 @@ async fn upgrade_all(State(s): State<Service>, caller: Caller) -> Answer {
     let actor = caller.require(Role::Admin, "upgrade all")?;
     let m = s.manager(actor)?;
     let permit = s.regeneration_permit()?;
-    let service = s.clone();
+    let (service, actor) = (s.clone(), actor.to_owned());
     let out = s
         .run_to_end(async move {
             let _permit = permit;
@@ -566,10 +567,8 @@ async fn upgrade_all(State(s): State<Service>, caller: Caller) -> Answer {
                     Ok(r) => {
                         if r.upgraded {
                             service
-                                .inner
-                                .metrics
-                                .upgrades
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                .count_upgrade(&m, &nick, r.version, &r.digest, &actor)
+                                .await;
                         }
                         serde_json::to_value(&r)
                             .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?
@@ -904,10 +903,11 @@ async fn create_run(
         let (_permit, id) = (permit, run_id);
         let lock = service.nick_lock(&nick);
         let _held = lock.lock().await;
-        // The work is given up after WORK_LIMIT (a held Job deleted); the Job carries the run's
-        // mark, requester, time and that deadline: any replica can answer the run, and tell a
-        // Job held for good by a replica that stopped from one still being regenerated.
-        let limit = crate::runs::WORK_LIMIT;
+        // The work is given up after the service's work limit (a held Job deleted); the Job
+        // carries the run's mark, requester, time and that deadline: any replica can answer the
+        // run, and tell a Job held for good by a replica that stopped from one still being
+        // regenerated, whatever its own limit.
+        let limit = service.inner.config.runs.work_limit;
         let deadline = ociup_core::time::rfc3339(unix_now() + limit.as_secs());
         let marks = crate::runs::marks(&created, &deadline);
         let timed_out = std::sync::atomic::AtomicBool::new(false);
@@ -921,9 +921,9 @@ async fn create_run(
             Box::pin(cluster.apply_marked(&m, &nick, resolve, &options, &marks, give_up)).await;
         let context = if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
             format!(
-                "{context}: not done by {deadline} ({} min after its work began, the bound of a \
-                 run's work)",
-                limit.as_secs() / 60
+                "{context}: not done by {deadline} ({} after its work began, the service's bound \
+                 of a run's work, --work-limit)",
+                crate::runs::duration_text(limit)
             )
         } else {
             context
@@ -932,10 +932,8 @@ async fn create_run(
             Ok(a) => {
                 if a.upgraded {
                     service
-                        .inner
-                        .metrics
-                        .upgrades
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .count_upgrade(&m, &nick, a.version, &a.digest, &actor)
+                        .await;
                 }
                 tracing::info!(
                     run = id,
@@ -952,15 +950,17 @@ async fn create_run(
                 // The version is recorded: its record names the image and digests it pins.
                 let recorded = match &left {
                     crate::runs::Left::Unreleased { version, .. } => {
-                        service
-                            .inner
-                            .metrics
-                            .upgrades
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        m.history(&nick)
+                        let recorded = m
+                            .history(&nick)
                             .await
                             .ok()
-                            .and_then(|h| h.into_iter().find(|r| r.number == *version))
+                            .and_then(|h| h.into_iter().find(|r| r.number == *version));
+                        if let Some(r) = &recorded {
+                            service
+                                .count_upgrade(&m, &nick, r.number, &r.digest, &actor)
+                                .await;
+                        }
+                        recorded
                     }
                     _ => None,
                 };

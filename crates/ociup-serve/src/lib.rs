@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ociup_core::managed::build_manifest::{Key, PublicKey};
-use ociup_core::managed::catalog::BlobCache;
+use ociup_core::managed::catalog::{BlobCache, VersionRecord};
 use ociup_core::managed::manager::{Manager, ManagerOptions};
 use ociup_registry::{AnyStore, Client, Opener};
 use tokio_util::task::TaskTracker;
@@ -98,6 +98,33 @@ pub struct Config {
     pub admission: Option<admission::Admission>,
 }
 
+/// Whether the version a resolve answered as made (`upgraded`, with `digest`), acting for
+/// `actor` on the service named `identity`, was recorded here: `seen` is the catalog's record
+/// of that version number read after it (`Some(None)`: the catalog has none; `None`: it could
+/// not be read). It was when that record has the digest, the actor, and `via` this service
+/// (`identity`, or `identity for <caller>` as the admission webhook records it). A record by
+/// another replica (another `via`: replicas need identities of their own, as the default
+/// `ociup-serve@HOSTNAME` is per pod) was adopted or won the race: not this replica's. A record
+/// that cannot be read is counted on the resolve's word.
+pub(crate) fn written_here(
+    seen: Option<Option<&VersionRecord>>,
+    digest: &str,
+    actor: &str,
+    identity: &str,
+) -> bool {
+    let Some(seen) = seen else {
+        return true;
+    };
+    seen.is_some_and(|r| {
+        let via = r.via.as_deref().unwrap_or_default();
+        let ours = via == identity
+            || via
+                .strip_prefix(identity)
+                .is_some_and(|rest| rest.starts_with(" for "));
+        r.digest == digest && r.actor == actor && ours
+    })
+}
+
 /// A service error at start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -113,6 +140,9 @@ pub enum StartError {
     /// The TLS certificate, key or client CA.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A setting out of its bounds (what [`runs::check_work_limit`] refuses).
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// The service: what every request shares. Cheap to clone.
@@ -156,8 +186,10 @@ impl Service {
     /// Opens the tokens file, the catalog (which must be allowed for writing) and the key.
     ///
     /// # Errors
-    /// A malformed tokens file, a catalog outside the allowlist or not openable, a bad key.
+    /// A malformed tokens file, a catalog outside the allowlist or not openable, a bad key, a
+    /// work limit of runs out of its bounds.
     pub fn new(config: Config) -> Result<Service, StartError> {
+        runs::check_work_limit(config.runs.work_limit).map_err(StartError::Setting)?;
         let tokens = TokenStore::open(&config.tokens)?;
         let tls = config
             .tls
@@ -290,6 +322,59 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// Counts in `ociup_upgrades_total` a version that a resolve of `nick` acting for `actor`
+    /// answered as made (`upgraded`: version `version`, digest `digest`), once the catalog's
+    /// record of that version is found to be this replica's ([`written_here`]). A replica that
+    /// lost a race for the nick (it adopted the version another replica recorded meanwhile,
+    /// or its record was overwritten by theirs) does not count it: the replicas' counts add up
+    /// to the versions the history holds. Whether it was counted.
+    async fn count_upgrade(
+        &self,
+        m: &Manager<Guarded>,
+        nick: &str,
+        version: u64,
+        digest: &str,
+        actor: &str,
+    ) -> bool {
+        let read = async {
+            let Some(entry) = m.catalog().get(nick).await? else {
+                return Ok(None);
+            };
+            match &entry.version {
+                Some((r, _)) if r.number == version => Ok(Some(r.clone())),
+                // Moved on already (a later version recorded meanwhile): the history has it.
+                Some((r, _)) if r.number > version => Ok(m
+                    .catalog()
+                    .history(&entry)
+                    .await?
+                    .into_iter()
+                    .find(|r| r.number == version)),
+                _ => Ok(None),
+            }
+        };
+        let read: ociup_core::Result<Option<VersionRecord>> = read.await;
+        let seen = match &read {
+            Ok(r) => Some(r.as_ref()),
+            Err(e) => {
+                tracing::warn!(
+                    nick,
+                    version,
+                    "reading the record of the version just made, to count it: {}",
+                    error::chain(e)
+                );
+                None
+            }
+        };
+        let counted = written_here(seen, digest, actor, &self.inner.config.identity);
+        if counted {
+            self.inner
+                .metrics
+                .upgrades
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        counted
     }
 
     /// Runs `work` as a task the service waits for at shutdown, so that a regeneration finishes
@@ -525,6 +610,220 @@ mod tests {
             )),
         })
         .expect("service")
+    }
+
+    /// A replica named `identity` over the layout catalog `dir/catalog`, reading the layout
+    /// `dir/base` and writing `dir/images`.
+    fn replica(
+        dir: &std::path::Path,
+        identity: &str,
+        runs: runs::RunsConfig,
+    ) -> Result<Service, StartError> {
+        let layout = |name: &str| format!("oci:{}", dir.join(name).display());
+        Service::new(Config {
+            catalog: layout("catalog"),
+            client: Client::new(ociup_registry::ClientOptions::default()).expect("client"),
+            key: None,
+            unsigned: false,
+            epoch: 1_700_000_000,
+            cache: None,
+            tokens: dir.join("tokens.json"),
+            allow: Allowlist::new(
+                vec![layout("base")],
+                vec![layout("catalog"), layout("images")],
+            )
+            .expect("allowlist"),
+            body_limit: 1024,
+            upload_limit: 1024,
+            timeout: Duration::from_secs(30),
+            max_regenerations: 2,
+            retry_after: 1,
+            header_timeout: Duration::from_secs(5),
+            fresh_within: Duration::ZERO,
+            runs,
+            rate_limit: None,
+            identity: identity.into(),
+            tls: None,
+            cert_roles: Default::default(),
+            admission: None,
+        })
+    }
+
+    /// `from` copied to `to`, recursively.
+    fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let target = to.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_tree(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn a_work_limit_out_of_bounds_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for limit in [Duration::ZERO, Duration::from_secs(2 * 24 * 3600)] {
+            let runs = runs::RunsConfig {
+                work_limit: limit,
+                ..runs::RunsConfig::default()
+            };
+            let e = replica(dir.path(), "ociup-serve@a", runs).expect_err("refused");
+            assert!(
+                matches!(e, StartError::Setting(_))
+                    && e.to_string()
+                        .contains("the work limit of runs (--work-limit) is"),
+                "{e}"
+            );
+        }
+        let runs = runs::RunsConfig {
+            work_limit: Duration::from_secs(2),
+            ..runs::RunsConfig::default()
+        };
+        let s = replica(dir.path(), "ociup-serve@a", runs).expect("a short limit is taken");
+        assert_eq!(s.inner.config.runs.work_limit, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_upgrade_is_counted_by_the_replica_whose_record_the_catalog_holds() {
+        let record: VersionRecord = serde_json::from_value(serde_json::json!({
+            "nick": "app", "number": 2, "image": "r/a@sha256:aa", "digest": "sha256:aa",
+            "base": "r/b", "base_digest": "sha256:bb", "recipe": "sha256:cc",
+            "reason": "base moved", "time": "2026-11-29T08:00:00Z", "actor": "alice",
+            "via": "ociup-serve@a", "previous": null, "build_manifest": null, "epoch": 0
+        }))
+        .expect("a version record");
+        let here = |r: &VersionRecord, digest: &str, actor: &str, identity: &str| {
+            written_here(Some(Some(r)), digest, actor, identity)
+        };
+        assert!(here(&record, "sha256:aa", "alice", "ociup-serve@a"));
+        // Another replica's record (adopted, or it won the race): not counted here.
+        assert!(!here(&record, "sha256:aa", "alice", "ociup-serve@b"));
+        assert!(!here(&record, "sha256:aa", "alice", "ociup-serve@"));
+        // Another requester's, another digest's.
+        assert!(!here(&record, "sha256:aa", "bob", "ociup-serve@a"));
+        assert!(!here(&record, "sha256:ff", "alice", "ociup-serve@a"));
+        // The admission webhook records `<identity> for <caller>`.
+        let webhook = VersionRecord {
+            via: Some("ociup-serve@a for kube-apiserver".into()),
+            ..record.clone()
+        };
+        assert!(here(&webhook, "sha256:aa", "alice", "ociup-serve@a"));
+        let longer = VersionRecord {
+            via: Some("ociup-serve@ab for kube-apiserver".into()),
+            ..record.clone()
+        };
+        assert!(!here(&longer, "sha256:aa", "alice", "ociup-serve@a"));
+        // A record with no `via` (a local command's).
+        let local = VersionRecord {
+            via: None,
+            ..record
+        };
+        assert!(!here(&local, "sha256:aa", "alice", "ociup-serve@a"));
+        // No record of that version in the catalog: not counted; unreadable: on the resolve's word.
+        assert!(!written_here(
+            Some(None),
+            "sha256:aa",
+            "alice",
+            "ociup-serve@a"
+        ));
+        assert!(written_here(None, "sha256:aa", "alice", "ociup-serve@a"));
+    }
+
+    /// Two replicas over one catalog regenerate one nick at once: b's regeneration finds, just
+    /// before it records, the same version recorded by a, and adopts it. The manager answers
+    /// b `upgraded` too; only a counts it.
+    #[tokio::test]
+    async fn a_version_adopted_from_another_replica_is_not_counted() {
+        use ociup_core::managed::manager::{Planned, Registration, ResolveOptions, Unreachable};
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = t.path();
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/base");
+        copy_tree(&fixture, &d.join("base"));
+        std::fs::write(d.join("app.conf"), "mode = test\n").expect("write");
+        let a = replica(d, "ociup-serve@a", runs::RunsConfig::default()).expect("a");
+        let b = replica(d, "ociup-serve@b", runs::RunsConfig::default()).expect("b");
+        let (ma, mb) = (
+            a.manager("alice").expect("a's"),
+            b.manager("alice").expect("b's"),
+        );
+        let recipe: ociup_core::managed::recipe::Recipe =
+            serde_json::from_value(serde_json::json!({
+                "nick": "app",
+                "base": format!("oci:{}:latest", d.join("base").display()),
+                "target": format!("oci:{}", d.join("images").display()),
+                "steps": [{"add": {"src": "app.conf", "dest": "/etc/app.conf"}}]
+            }))
+            .expect("a recipe");
+        ma.register(Registration::new(recipe, d))
+            .await
+            .expect("registered");
+        // The base moves: its `latest` names v2's manifest.
+        let index_path = d.join("base/index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).expect("index")).expect("json");
+        let manifests = index["manifests"].as_array_mut().expect("manifests");
+        let name =
+            |m: &serde_json::Value| m["annotations"]["org.opencontainers.image.ref.name"].clone();
+        let v2 = manifests
+            .iter()
+            .find(|m| name(m) == "v2")
+            .expect("v2")
+            .clone();
+        for m in manifests.iter_mut().filter(|m| name(m) == "latest") {
+            m["digest"] = v2["digest"].clone();
+            m["size"] = v2["size"].clone();
+        }
+        std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).expect("write");
+
+        // b's regeneration: a makes and records the same version just before b writes.
+        let (first, first_m) = (a.clone(), Arc::clone(&ma));
+        let opts = ResolveOptions {
+            before_write: Some(Arc::new(move |_: &Planned| {
+                let (a, m) = (first.clone(), Arc::clone(&first_m));
+                Box::pin(async move {
+                    let r = a
+                        .resolve_pinned(m, "alice", "app", false, false, Unreachable::Fail)
+                        .await
+                        .map_err(|e| ociup_core::Error::InvalidChange { reason: e.message })?;
+                    assert!(r.upgraded && r.version == 2, "{r:?}");
+                    Ok(())
+                })
+            })),
+            ..ResolveOptions::default()
+        };
+        let r = mb.resolve("app", opts).await.expect("b resolves");
+        assert!(
+            r.upgraded && r.version == 2,
+            "the manager answers b as if it made it: {r:?}"
+        );
+        let counted = b
+            .count_upgrade(&mb, "app", r.version, &r.digest, "alice")
+            .await;
+        assert!(!counted, "b adopted a's version");
+        let count = |s: &Service| {
+            s.inner
+                .metrics
+                .upgrades
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!((count(&a), count(&b)), (1, 0));
+        // The history holds one version 2: a's.
+        let history = ma.history("app").await.expect("history");
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (
+                history[0].number,
+                history[0].via.as_deref(),
+                history[0].digest.as_str()
+            ),
+            (2, Some("ociup-serve@a"), r.digest.as_str())
+        );
+        // Counted again by a (the replica that recorded it), it would be.
+        assert!(a.count_upgrade(&ma, "app", 2, &r.digest, "alice").await);
     }
 
     /// Releasing a nick's lock (after a write) makes the next resolve read the nick's catalog

@@ -29,14 +29,29 @@ use serde::{Deserialize, Serialize};
 /// refused with 503 `busy` only when every run kept is still pending).
 pub const MAX_RUNS: usize = 1024;
 
-/// Where runs go: a cluster (or why there is none) and the namespaces the service may use.
-#[derive(Debug, Default)]
+/// Where runs go: a cluster (or why there is none), the namespaces the service may use, and
+/// how long a run's work may take.
+#[derive(Debug)]
 pub struct RunsConfig {
     /// The cluster, or why none could be configured (said to whoever asks for a run).
     pub cluster: Option<Result<Cluster, String>>,
     /// Namespace patterns a run may use (`*` matches any run of characters): none refuses
     /// every run.
     pub allow_namespaces: Vec<String>,
+    /// How long a run's work may take before it is given up ([`DEFAULT_WORK_LIMIT`] by
+    /// default; within [`MIN_WORK_LIMIT`]..=[`MAX_WORK_LIMIT`], see [`check_work_limit`]).
+    pub work_limit: std::time::Duration,
+}
+
+impl Default for RunsConfig {
+    /// No cluster, no namespace, [`DEFAULT_WORK_LIMIT`].
+    fn default() -> Self {
+        RunsConfig {
+            cluster: None,
+            allow_namespaces: Vec::new(),
+            work_limit: DEFAULT_WORK_LIMIT,
+        }
+    }
 }
 
 impl RunsConfig {
@@ -439,18 +454,62 @@ pub const REQUESTER: &str = "ociup.dev/requester";
 /// Annotation on a run's Job: when the run was asked (RFC 3339, UTC).
 pub const REQUESTED: &str = "ociup.dev/requested";
 /// Annotation on a run's Job: when the replica making it gives its work up (RFC 3339, UTC; the
-/// moment the work began, by that replica's clock, and [`WORK_LIMIT`]). A Job still held then
-/// was deleted by that replica, or was left held for good by a replica that stopped: another
-/// replica answers it `failed` once that time has passed by its own clock ([`CLOCK_SKEW`]
-/// later).
+/// moment the work began, by that replica's clock, and its work limit,
+/// [`RunsConfig::work_limit`]). A Job still held then was deleted by that replica, or was left
+/// held for good by a replica that stopped: another replica answers it `failed` once that time
+/// has passed by its own clock ([`CLOCK_SKEW`] later), whatever its own work limit.
 pub const DEADLINE: &str = "ociup.dev/deadline";
 
 /// How long a run's work (resolving and regenerating its nick, creating and releasing its Job)
-/// may take from the moment it began (the nick's lock taken) before the replica doing it gives
-/// it up: the work is stopped, a Job held meanwhile deleted ([`ociup_kube::Error::Cancelled`])
-/// and the run `failed`. A Job the replica holds when it stops (killed, crashed) outlives it:
-/// this bounds how long other replicas answer such a Job `pending` ([`Run::settle_held`]).
-pub const WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// may take by default ([`RunsConfig::work_limit`], `ociup serve --work-limit`) from the moment
+/// it began (the nick's lock taken) before the replica doing it gives it up: the work is
+/// stopped, a Job held meanwhile deleted ([`ociup_kube::Error::Cancelled`]) and the run
+/// `failed`. A Job the replica holds when it stops (killed, crashed) outlives it: the limit
+/// also bounds how long other replicas answer such a Job `pending` ([`Run::settle_held`]).
+pub const DEFAULT_WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The shortest work limit taken: the deadline a run's Job carries counts whole seconds.
+pub const MIN_WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest work limit taken: a day. A run's Job is held suspended, and answered `pending`
+/// by every replica, for as long as its work may take; a regeneration taking longer than that
+/// is stuck rather than slow.
+pub const MAX_WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// `limit` as a work limit of runs, or why it is refused: zero, under [`MIN_WORK_LIMIT`] or
+/// over [`MAX_WORK_LIMIT`].
+///
+/// # Errors
+/// A text naming the value and the bounds.
+pub fn check_work_limit(limit: std::time::Duration) -> Result<(), String> {
+    if (MIN_WORK_LIMIT..=MAX_WORK_LIMIT).contains(&limit) {
+        return Ok(());
+    }
+    Err(format!(
+        "the work limit of runs (--work-limit) is {}: give {} to {} seconds ({}), the longest \
+         a run's regeneration and Job may take before the run is given up",
+        duration_text(limit),
+        MIN_WORK_LIMIT.as_secs(),
+        MAX_WORK_LIMIT.as_secs(),
+        duration_text(MAX_WORK_LIMIT)
+    ))
+}
+
+/// `d` for people: `15 min`, `2 h`, `90 s`, `1.5 s`.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        format!("{d:?}")
+    } else if secs == 0 {
+        "0 s".to_owned()
+    } else if secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}
 
 /// How far apart, in seconds, two replicas' clocks may be for what one says of a run made on
 /// the other: a run's deadline ([`DEADLINE`], by the clock of the replica making it) counts as
@@ -670,10 +729,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_work_limit_is_taken_between_a_second_and_a_day() {
+        use std::time::Duration;
+        assert_eq!(RunsConfig::default().work_limit, DEFAULT_WORK_LIMIT);
+        assert_eq!(DEFAULT_WORK_LIMIT, Duration::from_secs(900));
+        for ok in [1, 2, 900, 3600, 86_400] {
+            assert_eq!(check_work_limit(Duration::from_secs(ok)), Ok(()), "{ok}");
+        }
+        for (bad, said) in [
+            (Duration::ZERO, "is 0 s:"),
+            (Duration::from_millis(500), "is 500ms:"),
+            (Duration::from_secs(86_401), "is 86401 s:"),
+            (Duration::from_secs(u64::MAX), "s:"),
+        ] {
+            let e = check_work_limit(bad).expect_err("refused");
+            assert!(
+                e.starts_with("the work limit of runs (--work-limit) ")
+                    && e.contains(said)
+                    && e.contains("give 1 to 86400 seconds (24 h)"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert_eq!(duration_text(Duration::from_secs(900)), "15 min");
+        assert_eq!(duration_text(Duration::from_secs(7200)), "2 h");
+        assert_eq!(duration_text(Duration::from_secs(90)), "90 s");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
     fn namespace_patterns() {
         let c = RunsConfig {
-            cluster: None,
             allow_namespaces: vec!["ml".into(), "team-*".into()],
+            ..RunsConfig::default()
         };
         assert!(c.allows("ml"));
         assert!(c.allows("team-a") && c.allows("team-"));

@@ -116,6 +116,17 @@ pub struct ServeArgs {
     /// pattern with `*` (team-*). Repeatable; none given: every run is refused.
     #[arg(long, value_name = "PATTERN")]
     pub allow_namespace: Vec<String>,
+    /// The longest a run's work may take, in seconds (1 to 86400): resolving and regenerating
+    /// its nick (copying the new version's layers between registries), creating its Job held
+    /// and releasing it, from the moment the nick's lock is taken. Beyond, the work is stopped,
+    /// the held Job deleted and the run `failed`. The deadline is written on the Job
+    /// (`ociup.dev/deadline`), so other replicas answer the run by it whatever their own value.
+    /// Raise it when regenerations copy large layers over slow links. Example: --work-limit
+    /// 3600
+    #[arg(long, value_name = "SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64)
+              .range(1..=ociup_serve::runs::MAX_WORK_LIMIT.as_secs()))]
+    pub work_limit: u64,
     /// The kubeconfig runs are created with (default: KUBECONFIG, else ~/.kube/config, else the
     /// in-cluster service account, as kubectl finds them; none found: runs answer 503
     /// no_cluster).
@@ -226,6 +237,7 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
         runs: ociup_serve::runs::RunsConfig {
             cluster: Some(cluster(args.kubeconfig, args.context).await?),
             allow_namespaces: args.allow_namespace,
+            work_limit: std::time::Duration::from_secs(args.work_limit),
         },
         rate_limit: args.rate_limit,
         identity: args.identity.unwrap_or_else(identity),

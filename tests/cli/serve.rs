@@ -1834,6 +1834,154 @@ fn runs_through_the_service_on_a_cluster() {
     }
 }
 
+/// `--work-limit`: a value out of its bounds is refused at start; a run whose regeneration is
+/// still writing when its limit passes (the registry's answer to the new image's manifest held
+/// by a proxy) is stopped: its held Job, created with the deadline the limit gives, is deleted
+/// and the run ends `failed`, saying why, with nothing recorded.
+#[test]
+fn a_run_past_its_work_limit_is_stopped_and_its_held_job_deleted() {
+    for bad in ["0", "86401"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ociup"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--tokens", "t.json"])
+            .args(["--catalog", "oci:/nonexistent/catalog", "--work-limit", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!(
+                    "invalid value '{bad}' for '--work-limit <SECS>': {bad} is not in 1..=86400"
+                )),
+            "{err}"
+        );
+    }
+    let Some(k) = Kube::new("a_run_past_its_work_limit_is_stopped_and_its_held_job_deleted") else {
+        return;
+    };
+    let reg = TestRegistry::start(RegistryOptions::default());
+    let proxy = crate::serve_replicas::Proxy::start(reg.port());
+    let host = proxy.host();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let dir = d.display().to_string();
+    let base = |v: &str| {
+        ok_at(
+            d,
+            &[
+                "copy",
+                &format!("oci:{}:{v}", base_dir().display()),
+                "oci:base:latest",
+            ],
+        )
+    };
+    base("v1");
+    std::fs::write(d.join("app.txt"), "app\n").unwrap();
+    ok_at(
+        d,
+        &[
+            "register",
+            "slow",
+            "--base",
+            &format!("oci:{dir}/base:latest"),
+            "--to",
+            &format!("{host}/team/slow"),
+            "--add",
+            "app.txt:/opt/app.txt",
+        ],
+    );
+    base("v2");
+    let alice = token(d, "alice", "requester");
+    let ns = k.namespace("ociup-serve-limit");
+    let write = format!("{host}/team/*");
+    let limit = 5;
+    let s = Served::start(
+        d,
+        &[
+            "--tokens",
+            "tokens.json",
+            "--catalog",
+            "oci:catalog",
+            "--allow-read",
+            "oci:base",
+            "--allow-write",
+            &write,
+            "--allow-write",
+            "oci:catalog",
+            "--kubeconfig",
+            &k.kubeconfig,
+            "--allow-namespace",
+            "ociup-serve-limit-*",
+            "--work-limit",
+            &limit.to_string(),
+        ],
+        &[],
+    );
+    // The new image's manifest is never answered: the regeneration stalls once its Job is held.
+    proxy.arm("PUT /v2/team/slow/manifests/");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let asked = now();
+    let r = s.call(
+        "POST",
+        "/v1/nicks/slow/runs",
+        Some(&alice),
+        Some((
+            "application/json",
+            format!(r#"{{"namespace": "{}"}}"#, ns.name).as_bytes(),
+        )),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let path = format!("/v1/runs/{}", r.json()["id"].as_str().unwrap());
+    proxy.wait_held(std::time::Duration::from_secs(30), || s.log());
+    // Held, carrying the deadline its limit gives (from the moment the work began).
+    let mut held = Vec::new();
+    k.until("the run's held Job", || {
+        held = k.jobs_of(&ns.name, "slow");
+        !held.is_empty()
+    });
+    let seen = now();
+    let job = serde_json::to_value(&held[0]).unwrap();
+    assert_eq!(job["spec"]["suspend"], true, "{job}");
+    let deadline = job["metadata"]["annotations"]["ociup.dev/deadline"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        ociup_core::time::rfc3339(asked + limit) <= deadline
+            && deadline <= ociup_core::time::rfc3339(seen + limit),
+        "{deadline}: {limit} s after the work began, between {asked} and {seen}"
+    );
+    assert_eq!(
+        s.call("GET", &path, Some(&alice), None).json()["state"],
+        "pending"
+    );
+    let mut got = serde_json::Value::Null;
+    k.until("the run's end", || {
+        got = s.call("GET", &path, Some(&alice), None).json();
+        got["state"] != "pending"
+    });
+    let ended = now();
+    assert_eq!(got["state"], "failed", "{got}");
+    assert!(ended >= asked + limit, "ended after {} s", ended - asked);
+    let error = got["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "running slow: not done by {deadline} ({limit} s after its work began, the \
+             service's bound of a run's work, --work-limit): "
+        )),
+        "{error}"
+    );
+    assert!(got["job_left"].is_null(), "{got}");
+    // The held Job is gone; nothing was recorded.
+    assert!(k.jobs_of(&ns.name, "slow").is_empty());
+    let history = json(&ok_at(d, &["history", "slow", "--json"]));
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+}
+
 /// `register` and `run` through the service: its own file, sharing these helpers.
 #[path = "serve_run.rs"]
 mod through;

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use crate::registry_support::{RegistryOptions, TestRegistry};
 use crate::support::{fixtures, json};
 
-/// A forwarding proxy to `127.0.0.1:upstream`; see the module documentation.
-struct Proxy {
+/// A forwarding proxy to `127.0.0.1:upstream`; see the module documentation. Also used by
+/// `serve.rs` to hold a run's regeneration past its work limit.
+pub(crate) struct Proxy {
     port: u16,
     /// The request line (its start) whose answer to hold, once; `None`: forward everything.
     armed: Arc<Mutex<Option<String>>>,
@@ -30,7 +31,7 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(upstream: u16) -> Proxy {
+    pub(crate) fn start(upstream: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let armed: Arc<Mutex<Option<String>>> = Arc::default();
@@ -97,17 +98,17 @@ impl Proxy {
         Proxy { port, armed, held }
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// Holds the answer to the next request whose request line starts with `line`.
-    fn arm(&self, line: &str) {
+    pub(crate) fn arm(&self, line: &str) {
         *self.armed.lock().unwrap() = Some(line.to_owned());
     }
 
     /// Waits until an armed request was seen; panics after `limit`.
-    fn wait_held(&self, limit: Duration, what: impl Fn() -> String) {
+    pub(crate) fn wait_held(&self, limit: Duration, what: impl Fn() -> String) {
         let deadline = Instant::now() + limit;
         while self.held.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "nothing held: {}", what());

@@ -32,7 +32,8 @@ pub struct Metrics {
     in_flight: AtomicI64,
     /// Regenerations (resolves that were due, registrations, upgrades) running now.
     pub regenerations_in_flight: AtomicI64,
-    /// Versions made by resolves and upgrades.
+    /// Versions made by resolves, upgrades and runs and recorded by this replica (counted by
+    /// `Service::count_upgrade`: not those adopted from another replica).
     pub upgrades: AtomicU64,
     /// Requests refused with 503 because the regeneration bound was reached.
     pub regenerations_refused: AtomicU64,
@@ -136,7 +137,8 @@ impl Metrics {
             ),
             (
                 "ociup_upgrades_total",
-                "New versions made because a base moved.",
+                "New versions made because a base moved, recorded by this replica (not those \
+                 adopted from another).",
                 "counter",
                 self.upgrades.load(Ordering::Relaxed).to_string(),
             ),

@@ -125,7 +125,7 @@ pub async fn run(ctx: &Ctx, args: AppendArgs, matches: &ArgMatches) -> Result<()
     .with_context(|| format!("appending to {}", args.base))?;
     if let (AnyStore::Layout(l), None) = (&dest, dest_ref.tag()) {
         // An untagged result is listed in index.json, so oci:<dir> finds it.
-        l.set_tag(&outcome.document().descriptor(), None)?;
+        l.put_tag(outcome.document().descriptor(), None).await?;
     }
     let outcome = match outcome {
         AppendResult::Image(o) => o,

@@ -194,7 +194,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         (&dest, dest_ref.tag(), &outcome.document, args.dry_run)
     {
         // An untagged result is listed in index.json, so oci:<dir> finds it.
-        l.set_tag(&doc.descriptor(), None)?;
+        l.put_tag(doc.descriptor(), None).await?;
     }
     print(&args, &dest_ref, &new_name, &outcome)?;
     Ok(if outcome.already_current {

@@ -9,6 +9,7 @@ mod append;
 mod bad_input;
 mod conventions;
 mod copy;
+mod durable_copy;
 mod faults;
 mod fixtures;
 mod hostile_layout;

@@ -469,13 +469,6 @@ impl OciLayout {
         }
     }
 
-    /// Syncs `blobs/` and each of its algorithm directories: the renames that put blobs (and
-    /// manifests) in place survive a crash. Done before `index.json` names what they hold, once
-    /// per edit rather than once per blob.
-    fn sync_blob_dirs(&self) -> Result<()> {
-        sync_blob_dirs(&self.root)
-    }
-
     /// Syncs the blobs [`Store::put_new_blob`] staged, all at once, renames them into place and
     /// syncs the directories holding them; returns when every blob staged before the call is
     /// in place (also those another task was settling meanwhile). A no-op when none is staged.
@@ -491,22 +484,28 @@ impl OciLayout {
             return Ok(());
         }
         let staging = Arc::clone(&self.staged);
-        tokio::task::spawn_blocking(move || staging.settle(None))
+        tokio::task::spawn_blocking(move || staging.settle(None).map(|_| ()))
             .await
             .map_err(|e| Error::io("syncing blobs", std::io::Error::other(e)))?
     }
 }
 
-/// See [`OciLayout::sync_blob_dirs`].
-fn sync_blob_dirs(root: &Path) -> Result<()> {
+/// Syncs `blobs/` and each of its algorithm directories: the renames that put blobs (and
+/// manifests) in place survive a crash. Done before `index.json` names what they hold, once
+/// per edit rather than once per blob. `synced`: directories synced since the caller's last
+/// rename already (by the settle it ran just before), not synced again.
+fn sync_blob_dirs(root: &Path, synced: &[PathBuf]) -> Result<()> {
     let blobs = root.join("blobs");
     let entries = std::fs::read_dir(&blobs)
         .map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("reading {}", blobs.display()), e))?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !synced.contains(&entry.path()) {
             sync_dir(&entry.path())?;
         }
+    }
+    if synced.contains(&blobs) {
+        return Ok(());
     }
     sync_dir(&blobs)
 }
@@ -538,10 +537,12 @@ impl OciLayout {
                 .map_err(|e| Error::io(ctx("writing"), e))?;
             // Staged blobs (and documents) are named before the index can name anything that
             // holds them; the new index is synced with them, in the same journal commit.
-            self.staged.settle(Some(tmp.as_file()))?;
+            let synced = self.staged.settle(Some(tmp.as_file()))?;
             // What the index is about to name that was renamed into place without its
-            // directory synced (a blob put whole, a manifest) is made durable first.
-            self.sync_blob_dirs()?;
+            // directory synced (a blob put whole, a manifest) is made durable first: the
+            // directories the settle synced (after every rename made before this call) are
+            // not synced again.
+            sync_blob_dirs(&self.root, &synced)?;
             tmp.persist(&path)
                 .map_err(|e| Error::io(ctx("replacing"), e.error))?;
             // The rename itself survives a crash only once the directory is synced.
@@ -978,8 +979,10 @@ impl Staging {
     }
 
     /// See [`OciLayout::settle`]. `extra` (a file the caller renames once everything staged is
-    /// named: a new `index.json`) is synced with the batch, sharing its journal commit.
-    fn settle(&self, extra: Option<&std::fs::File>) -> Result<()> {
+    /// named: a new `index.json`) is synced with the batch, sharing its journal commit. Returns
+    /// the directories it synced (none when nothing was staged): all after the call began, so
+    /// after every rename the caller made before it.
+    fn settle(&self, extra: Option<&std::fs::File>) -> Result<Vec<PathBuf>> {
         use std::sync::atomic::Ordering;
         let failures = self.failures.load(Ordering::SeqCst);
         let _one = self
@@ -1013,7 +1016,7 @@ impl Staging {
                     Error::io(format!("syncing a file in {}", self.root.display()), e)
                 })?;
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         let named = name_batch(&self.root, batch, extra);
@@ -1029,9 +1032,12 @@ impl Staging {
 }
 
 /// Syncs a batch of staged blobs (and `extra`) at once, then renames them into place rank by
-/// rank ([`StagedBlob::rank`]), syncing the directories after each rank. Each file's time is
-/// set to now first: a sweep of unreached blobs (which keeps those written recently) counts
-/// a blob's age from its naming, not from its download, which may be long before.
+/// rank ([`StagedBlob::rank`]), syncing the directories renamed into after each rank. Each
+/// file's time is set to now first: a sweep of unreached blobs (which keeps those written
+/// recently) counts a blob's age from its naming, not from its download, which may be long
+/// before. The algorithm directories (`blobs/sha256`) are made first, and `blobs/` holding them
+/// is synced with the files (one journal commit): a renamed blob's entry then needs only its
+/// own directory synced, one commit per rank. Returns the directories synced.
 ///
 /// A document one of whose [`StagedBlob::needs`] is not in place (its batch failed, and its
 /// file was removed unnamed) is not named: its file is removed, the rest is named, and the
@@ -1040,17 +1046,29 @@ fn name_batch(
     root: &Path,
     mut batch: Vec<StagedBlob>,
     extra: Option<&std::fs::File>,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     let now = std::time::SystemTime::now();
+    let blobs = root.join("blobs");
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for b in &batch {
         b.tmp
             .as_file()
             .set_modified(now)
             .map_err(|e| Error::io(format!("writing blob {}", b.digest), e))?;
+        let dir = blobs.join(b.digest.algorithm().as_str());
+        if !dirs.contains(&dir) {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            dirs.push(dir);
+        }
     }
-    sync_files(&batch, extra)?;
+    let blobs_dir = std::fs::File::open(&blobs)
+        .map_err(|e| Error::io(format!("opening {}", blobs.display()), e))?;
+    sync_files(&batch, &[Some(&blobs_dir), extra])?;
+    let mut synced = vec![blobs];
     batch.sort_by_key(|b| b.rank);
-    let mut dirs: Vec<PathBuf> = Vec::new();
+    // The directories renamed into in the rank being named.
+    let mut touched: Vec<PathBuf> = Vec::new();
     let mut missing: Option<Error> = None;
     let mut batch = batch.into_iter().peekable();
     while let Some(b) = batch.next() {
@@ -1058,6 +1076,15 @@ fn name_batch(
             root.join("blobs")
                 .join(d.algorithm().as_str())
                 .join(d.hex())
+        };
+        let mut end_rank = |touched: &mut Vec<PathBuf>| -> Result<()> {
+            for dir in touched.drain(..) {
+                sync_dir(&dir)?;
+                if !synced.contains(&dir) {
+                    synced.push(dir);
+                }
+            }
+            Ok(())
         };
         let dest = final_path(&b.digest);
         let rank = b.rank;
@@ -1081,27 +1108,25 @@ fn name_batch(
             });
             drop(b); // removes its file
             if ends_rank {
-                sync_blob_dirs(root)?;
+                end_rank(&mut touched)?;
             }
             continue;
-        }
-        if let Some(parent) = dest.parent()
-            && !dirs.iter().any(|d| d == parent)
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            dirs.push(parent.to_owned());
         }
         b.tmp
             .persist(&dest)
             .map_err(|e| Error::io(format!("moving a blob to {}", dest.display()), e.error))?;
+        if let Some(parent) = dest.parent()
+            && !touched.iter().any(|d| d == parent)
+        {
+            touched.push(parent.to_owned());
+        }
         // The renames survive a crash once the directories holding them are synced; the next
         // rank is named only then.
         if ends_rank {
-            sync_blob_dirs(root)?;
+            end_rank(&mut touched)?;
         }
     }
-    missing.map_or(Ok(()), Err)
+    missing.map_or(Ok(synced), Err)
 }
 
 /// What the last handle on a layout left staged, named on a blocking thread (see the `Drop`
@@ -1155,10 +1180,12 @@ impl Drop for Staging {
     }
 }
 
-/// `fsync`s every staged file and `extra`, [`SETTLE_THREADS`] at once; the first error.
-fn sync_files(batch: &[StagedBlob], extra: Option<&std::fs::File>) -> Result<()> {
+/// `fsync`s every staged file and the `extra` ones, [`SETTLE_THREADS`] at once; the first
+/// error.
+fn sync_files(batch: &[StagedBlob], extra: &[Option<&std::fs::File>]) -> Result<()> {
+    let extra: Vec<&std::fs::File> = extra.iter().flatten().copied().collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let count = batch.len() + usize::from(extra.is_some());
+    let count = batch.len() + extra.len();
     let work = || -> Result<()> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1167,9 +1194,7 @@ fn sync_files(batch: &[StagedBlob], extra: Option<&std::fs::File>) -> Result<()>
                     .as_file()
                     .sync_all()
                     .map_err(|e| Error::io(format!("syncing blob {}", b.digest), e))?;
-            } else if i == batch.len()
-                && let Some(f) = extra
-            {
+            } else if let Some(f) = i.checked_sub(batch.len()).and_then(|j| extra.get(j)) {
                 f.sync_all()
                     .map_err(|e| Error::io("syncing a file of the layout", e))?;
             } else {

@@ -116,8 +116,41 @@ fn a_copy_into_a_layout_syncs_each_file_before_naming_it_and_names_in_order() {
         .unwrap()
         .trim_start_matches("sha256:");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let calls = parse(&log);
+    if let Err(broken) = check_order(&log, &lay, manifest) {
+        panic!("{broken}:\n{log}");
+    }
 
+    // The checks see what they are for: the same log without the directory syncs between the
+    // ranks, or without the files' syncs, or without the layout directory's sync, fails them.
+    let sha256 = format!("<{}>", lay.join("blobs/sha256").display());
+    let root = format!("<{}>", lay.display());
+    let without = |drop: &dyn Fn(&str) -> bool| -> String {
+        log.lines()
+            .filter(|l| !drop(l))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    for (what, drop) in [
+        (
+            "blobs/sha256 syncs",
+            &(|l: &str| l.contains(&sha256)) as &dyn Fn(&str) -> bool,
+        ),
+        ("file syncs", &|l: &str| {
+            l.contains("/.ociup-") && l.contains("sync(")
+        }),
+        ("the layout's sync", &|l: &str| l.contains(&root)),
+    ] {
+        assert!(
+            check_order(&without(drop), &lay, manifest).is_err(),
+            "the log without {what} passes the checks"
+        );
+    }
+}
+
+/// The first rule the calls in `log` (a copy into the new layout `lay` of the image whose
+/// manifest is `manifest`) break, if any.
+fn check_order(log: &str, lay: &Path, manifest: &str) -> Result<(), String> {
+    let calls = parse(log);
     let p = |path: &Path| path.to_str().unwrap().to_owned();
     let (sha256, blobs, root) = (p(&lay.join("blobs/sha256")), p(&lay.join("blobs")), p(&lay));
     let syncs_of = |path: &str| -> Vec<&Call> {
@@ -147,36 +180,32 @@ fn a_copy_into_a_layout_syncs_each_file_before_naming_it_and_names_in_order() {
         .iter()
         .filter(|(_, _, to)| to.starts_with(&format!("{sha256}/")))
         .collect();
-    assert!(
-        named.len() >= 3,
-        "config, layer(s) and manifest renamed into place: {log}"
-    );
+    if named.len() < 3 {
+        return Err("fewer than 3 renames into blobs/sha256 (config, layer, manifest)".into());
+    }
     for (call, from, to) in &named {
-        assert!(
-            syncs_of(from).iter().any(|s| s.end < call.start),
-            "{to} named before {from} was synced:\n{log}"
-        );
+        if !syncs_of(from).iter().any(|s| s.end < call.start) {
+            return Err(format!("{to} named before {from} was synced"));
+        }
     }
 
     // The manifest is named after its blobs' renames are durable.
     let (m, _, _) = named
         .iter()
         .find(|(_, _, to)| to.ends_with(manifest))
-        .unwrap_or_else(|| panic!("no rename of the manifest {manifest}:\n{log}"));
+        .ok_or_else(|| format!("no rename of the manifest {manifest}"))?;
     let last_blob = named
         .iter()
         .filter(|(_, _, to)| !to.ends_with(manifest))
         .map(|(c, _, _)| c.end)
         .max()
-        .unwrap();
-    assert!(
-        last_blob < m.start,
-        "a blob named after the manifest:\n{log}"
-    );
-    assert!(
-        synced_between(&sha256, last_blob, m.start),
-        "blobs/sha256 not synced between the blobs' renames and the manifest's:\n{log}"
-    );
+        .unwrap_or(0);
+    if last_blob > m.start {
+        return Err("a blob named after the manifest".into());
+    }
+    if !synced_between(&sha256, last_blob, m.start) {
+        return Err("blobs/sha256 not synced between the blobs' renames and the manifest's".into());
+    }
 
     // index.json, synced, is named after the manifest's rename is durable, and its own rename
     // is made durable before the copy ends.
@@ -184,27 +213,28 @@ fn a_copy_into_a_layout_syncs_each_file_before_naming_it_and_names_in_order() {
     let (i, from, _) = renames
         .iter()
         .find(|(_, _, to)| *to == index)
-        .unwrap_or_else(|| panic!("no rename of index.json:\n{log}"));
-    assert!(
-        syncs_of(from).iter().any(|s| s.end < i.start),
-        "index.json named before it was synced:\n{log}"
-    );
-    assert!(
-        synced_between(&sha256, m.end, i.start),
-        "blobs/sha256 not synced between the manifest's rename and index.json's:\n{log}"
-    );
-    assert!(
-        synced_between(&root, i.end, usize::MAX),
-        "the layout directory not synced after index.json's rename:\n{log}"
-    );
+        .ok_or("no rename of index.json")?;
+    if !syncs_of(from).iter().any(|s| s.end < i.start) {
+        return Err("index.json named before it was synced".into());
+    }
+    if !synced_between(&sha256, m.end, i.start) {
+        return Err(
+            "blobs/sha256 not synced between the manifest's rename and index.json's".into(),
+        );
+    }
+    if !synced_between(&root, i.end, usize::MAX) {
+        return Err("the layout directory not synced after index.json's rename".into());
+    }
 
     // blobs/sha256, made by this copy, is durable in blobs/ before index.json names anything.
     let made = calls
         .iter()
         .find(|c| c.name.starts_with("mkdir") && c.ok() && c.quoted().first() == Some(&&*sha256))
-        .unwrap_or_else(|| panic!("blobs/sha256 not made by the copy:\n{log}"));
-    assert!(
-        synced_between(&blobs, made.end, i.start),
-        "blobs/ not synced between the making of blobs/sha256 and index.json's rename:\n{log}"
-    );
+        .ok_or("blobs/sha256 not made by the copy")?;
+    if !synced_between(&blobs, made.end, i.start) {
+        return Err(
+            "blobs/ not synced between the making of blobs/sha256 and index.json's rename".into(),
+        );
+    }
+    Ok(())
 }

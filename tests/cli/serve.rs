@@ -928,8 +928,15 @@ fn serve_over_a_layout_catalog() {
     );
     let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
     assert!(!text.contains("XYZ") && !text.contains("/nope"), "{text}");
-    let text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
-    assert!(text.contains("ociup_upgrades_total 2"), "{text}");
+    // Upgrades are counted a few seconds after they are recorded (by then the catalog says
+    // which replica's record it holds).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut text = String::new();
+    while !text.contains("ociup_upgrades_total 2\n") {
+        assert!(std::time::Instant::now() < end, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        text = String::from_utf8(s.call("GET", "/metrics", None, None).body).unwrap();
+    }
     assert!(
         text.contains("ociup_http_requests_in_flight 1"),
         "the /metrics request itself: {text}"

@@ -140,6 +140,7 @@ impl Replica {
             .args(["--allow-write", &format!("{host}/apps/*")])
             .args(["--allow-write", &format!("{host}/ociup/catalog")])
             .args(["--sign-key", "signer.key"])
+            .args(["--identity", &format!("ociup-serve@{name}")])
             .current_dir(dir)
             .env_remove("OCIUP_SERVER")
             .env_remove("OCIUP_SIGNING_KEY")
@@ -394,6 +395,50 @@ fn two_replicas_record_one_version_and_finish_a_killed_upgrade() {
             "{nick}: {mine:?}"
         );
     }
+
+    // Each replica counts in ociup_upgrades_total the versions whose record the history holds
+    // as its own (by its identity), once it has looked (a few seconds after recording them);
+    // both answered `upgraded` for a nick they regenerated at once.
+    let upgrades = |addr: &str| -> u64 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let line = raw.lines().find(|l| l.starts_with("ociup_upgrades_total "));
+        line.unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let recorded_by = |replica: &str| {
+        nicks
+            .iter()
+            .filter(|n| history(d, &host, n)[0]["via"] == format!("ociup-serve@{replica}"))
+            .count() as u64
+    };
+    let (by_a, by_b) = (recorded_by("a"), recorded_by("b"));
+    assert_eq!(
+        by_a + by_b,
+        4,
+        "each nick's version 2 recorded by a replica"
+    );
+    let end = Instant::now() + ociup_serve::COUNT_AFTER + Duration::from_secs(20);
+    while upgrades(&a.addr) + upgrades(&b.addr) < 4 {
+        assert!(Instant::now() < end, "not counted\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(ociup_serve::COUNT_AFTER);
+    let answered = answers
+        .iter()
+        .filter(|(_, _, r)| r.as_ref().is_some_and(|(_, b)| b["upgraded"] == true))
+        .count();
+    assert_eq!(
+        (upgrades(&a.addr), upgrades(&b.addr)),
+        (by_a, by_b),
+        "{answered} answers said upgraded\n{}",
+        logs()
+    );
 
     // Each replica answers each nick as current now (and keeps what it read). Then b1 moves
     // back: a upgrades n2; b, which answered n2's version 2 a moment ago, answers a's version

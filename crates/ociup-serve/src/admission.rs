@@ -693,7 +693,7 @@ impl Service {
     /// bound taken, so that requests at once for one nick make one version. `check_only` (a
     /// dry run, a check, an offline resolve) answers the current version and writes nothing;
     /// `offline` reads nothing of the base. `m` acts for `actor`: a version it makes is counted
-    /// in `ociup_upgrades_total` when recorded here ([`Service::count_upgrade`]).
+    /// in `ociup_upgrades_total` when recorded here ([`Service::count_upgrade_later`]).
     pub(crate) async fn resolve_pinned(
         &self,
         m: Arc<ociup_core::managed::manager::Manager<crate::Guarded>>,
@@ -735,16 +735,8 @@ impl Service {
                 .await
                 .map_err(|e| ApiError::from_core(&context, e))?;
             if r.upgraded {
-                let here = service
-                    .count_upgrade(&m, &nick, r.version, &r.digest, &actor)
-                    .await;
-                tracing::info!(
-                    nick,
-                    version = r.version,
-                    digest = r.digest,
-                    recorded_here = here,
-                    "upgraded"
-                );
+                tracing::info!(nick, version = r.version, digest = r.digest, "upgraded");
+                service.count_upgrade_later(Arc::clone(&m), &nick, r.version, &r.digest, &actor);
             }
             Ok(r)
         })

@@ -566,9 +566,13 @@ async fn upgrade_all(State(s): State<Service>, caller: Caller) -> Answer {
                 out.push(match r {
                     Ok(r) => {
                         if r.upgraded {
-                            service
-                                .count_upgrade(&m, &nick, r.version, &r.digest, &actor)
-                                .await;
+                            service.count_upgrade_later(
+                                std::sync::Arc::clone(&m),
+                                &nick,
+                                r.version,
+                                &r.digest,
+                                &actor,
+                            );
                         }
                         serde_json::to_value(&r)
                             .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?
@@ -931,9 +935,13 @@ async fn create_run(
         match applied {
             Ok(a) => {
                 if a.upgraded {
-                    service
-                        .count_upgrade(&m, &nick, a.version, &a.digest, &actor)
-                        .await;
+                    service.count_upgrade_later(
+                        std::sync::Arc::clone(&m),
+                        &nick,
+                        a.version,
+                        &a.digest,
+                        &actor,
+                    );
                 }
                 tracing::info!(
                     run = id,
@@ -956,9 +964,13 @@ async fn create_run(
                             .ok()
                             .and_then(|h| h.into_iter().find(|r| r.number == *version));
                         if let Some(r) = &recorded {
-                            service
-                                .count_upgrade(&m, &nick, r.number, &r.digest, &actor)
-                                .await;
+                            service.count_upgrade_later(
+                                std::sync::Arc::clone(&m),
+                                &nick,
+                                r.number,
+                                &r.digest,
+                                &actor,
+                            );
                         }
                         recorded
                     }

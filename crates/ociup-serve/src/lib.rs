@@ -98,6 +98,11 @@ pub struct Config {
     pub admission: Option<admission::Admission>,
 }
 
+/// How long after a version was recorded it is counted in `ociup_upgrades_total`
+/// ([`Service::count_upgrade_later`]): longer than another replica regenerating the same nick
+/// at once takes from its last check of the catalog to writing its own record (a few requests).
+pub const COUNT_AFTER: Duration = Duration::from_secs(3);
+
 /// Whether the version a resolve answered as made (`upgraded`, with `digest`), acting for
 /// `actor` on the service named `identity`, was recorded here: `seen` is the catalog's record
 /// of that version number read after it (`Some(None)`: the catalog has none; `None`: it could
@@ -322,6 +327,40 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// [`Service::count_upgrade`], [`COUNT_AFTER`] from now, in a task of its own: by then a
+    /// replica that recorded the same version a moment after this one has written its record
+    /// (the catalog's tag names the last one written; there is no compare-and-swap), and the
+    /// read tells which replica's record the history holds. A version recorded just before the
+    /// service stops may go uncounted.
+    fn count_upgrade_later(
+        &self,
+        m: Arc<Manager<Guarded>>,
+        nick: &str,
+        version: u64,
+        digest: &str,
+        actor: &str,
+    ) {
+        let (service, nick, digest, actor) = (
+            self.clone(),
+            nick.to_owned(),
+            digest.to_owned(),
+            actor.to_owned(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(COUNT_AFTER).await;
+            let here = service
+                .count_upgrade(&m, &nick, version, &digest, &actor)
+                .await;
+            tracing::info!(
+                nick,
+                version,
+                digest,
+                recorded_here = here,
+                "upgrade counted"
+            );
+        });
     }
 
     /// Counts in `ociup_upgrades_total` a version that a resolve of `nick` acting for `actor`
@@ -735,7 +774,7 @@ mod tests {
 
     /// Two replicas over one catalog regenerate one nick at once: b's regeneration finds, just
     /// before it records, the same version recorded by a, and adopts it. The manager answers
-    /// b `upgraded` too; only a counts it.
+    /// b `upgraded` too; only a counts it ([`COUNT_AFTER`] later).
     #[tokio::test]
     async fn a_version_adopted_from_another_replica_is_not_counted() {
         use ociup_core::managed::manager::{Planned, Registration, ResolveOptions, Unreachable};
@@ -810,6 +849,13 @@ mod tests {
                 .upgrades
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
+        // a counts it COUNT_AFTER after it recorded it (a's resolve answered before b's).
+        assert_eq!((count(&a), count(&b)), (0, 0), "not yet counted");
+        let end = tokio::time::Instant::now() + COUNT_AFTER + Duration::from_secs(10);
+        while count(&a) == 0 {
+            assert!(tokio::time::Instant::now() < end, "a never counted it");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!((count(&a), count(&b)), (1, 0));
         // The history holds one version 2: a's.
         let history = ma.history("app").await.expect("history");

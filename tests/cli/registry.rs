@@ -38,6 +38,9 @@ pub fn run_in(
     ] {
         cmd.env_remove(var);
     }
+    // A cache of its own, empty: documents read from registries are not kept in ~/.cache.
+    let cache = tempfile::tempdir().unwrap();
+    cmd.env("XDG_CACHE_HOME", cache.path());
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

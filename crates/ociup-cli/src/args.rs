@@ -202,9 +202,9 @@ pub enum Command {
     /// org.opencontainers.image.base.name and .base.digest annotations): the recorded name is
     /// looked up again for the new base. When the old base is gone, the layer boundary recorded
     /// by ociup (dev.ociup.base.layers) is used instead. An index is rebased platform by
-    /// platform; attestation manifests of rebased platforms are dropped. Configs and manifests read
-    /// from a registry are kept by digest in $XDG_CACHE_HOME/ociup/blobs: a rebase of an image
-    /// whose configs were read before asks only for the manifests named by tag.
+    /// platform; attestation manifests of rebased platforms are dropped. Configs read from a
+    /// registry are kept by digest in $XDG_CACHE_HOME/ociup/blobs, so a rebase of an image
+    /// whose configs were read before asks only for the manifests.
     ///
     /// Exit status: 0 rebased (or, with --dry-run, planned), 3 already on the new base (nothing
     /// written), 1 failed.

@@ -1,19 +1,25 @@
 //! A local cache of small immutable blobs by digest: documents read from a registry (image
-//! configs, catalog records, build manifests, manifests by digest), kept so that reading them
+//! configs, catalog records, build manifests, indexes by digest), kept so that reading them
 //! again costs no request.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use crate::digest::Digest;
-use crate::document::{Document, RawDocument};
 use crate::error::Result;
 use crate::store::{MAX_DOCUMENT_SIZE, ManifestRef, Store};
 
 /// A local cache of blobs by digest: catalog records, build manifest envelopes and image
-/// configs read from a registry, kept so that reading them again costs no request. Blobs are content-addressed: a
-/// cached file is used only when its bytes hash to its name, so a corrupted or edited file is a
-/// miss, never an answer. Writing is best effort (a cache that cannot be written is no cache).
+/// configs read from a registry, kept so that reading them again costs no request. Blobs are
+/// content-addressed: a cached file is used only when its bytes hash to its name, so a corrupted
+/// or edited file is a miss, never an answer. Writing is best effort (a cache that cannot be
+/// written is no cache).
+///
+/// What [`BlobCache::read`], [`BlobCache::read_manifest`] and [`BlobCache::keep`] keep is kept
+/// apart for each store (registry and repository) it was read from: a blob read from one
+/// repository is never the answer for another, where the registry might not serve it (no link
+/// there, or no right to read it), so the cache grants nothing the registry would refuse.
 #[derive(Clone, Debug)]
 pub struct BlobCache {
     dir: PathBuf,
@@ -31,31 +37,37 @@ impl BlobCache {
             .join(digest.hex())
     }
 
-    /// The cached bytes of `digest`, if they are there and hash to it. A file that does not is
-    /// removed (best effort), so that the next [`BlobCache::put_if_absent`] writes it again.
+    /// The part of the cache for what is read from `store`: `<dir>/<sha256 of its location,
+    /// 32 hex digits>`.
+    fn for_store<S: Store>(&self, store: &S) -> BlobCache {
+        let scope = Digest::sha256(store.location().as_bytes());
+        BlobCache {
+            dir: self.dir.join(&scope.hex()[..32]),
+        }
+    }
+
+    /// The cached bytes of `digest`, if they are there (a regular file, not followed through a
+    /// symlink, of at most [`MAX_DOCUMENT_SIZE`] bytes) and hash to it. Opened without
+    /// blocking: a FIFO planted under that name is a miss, not a hang.
     pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
-        let path = self.path(digest);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.path(digest))
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
         let mut bytes = Vec::new();
         file.take(MAX_DOCUMENT_SIZE + 1)
             .read_to_end(&mut bytes)
             .ok()?;
+        if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+            return None;
+        }
         let mut h = digest.algorithm().hasher();
         h.update(&bytes);
-        if h.finish() == *digest {
-            Some(bytes)
-        } else {
-            drop(std::fs::remove_file(&path));
-            None
-        }
-    }
-
-    /// [`BlobCache::put`], unless a file is there under `digest` already: a document read
-    /// again and again is written once.
-    pub fn put_if_absent(&self, digest: &Digest, bytes: &[u8]) {
-        if std::fs::symlink_metadata(self.path(digest)).is_err() {
-            self.put(digest, bytes);
-        }
+        (h.finish() == *digest).then_some(bytes)
     }
 
     /// Keeps `bytes` (which must hash to `digest`) under `digest`: written to a temporary file
@@ -75,6 +87,18 @@ impl BlobCache {
         drop(written);
     }
 
+    /// The cached bytes of `digest` as read from `store` before, if any (never from a layout:
+    /// its blobs are local files, not cached).
+    pub fn lookup<S: Store>(
+        cache: Option<&BlobCache>,
+        store: &S,
+        digest: &Digest,
+    ) -> Option<Vec<u8>> {
+        cache
+            .filter(|_| !is_layout(store))
+            .and_then(|c| c.for_store(store).get(digest))
+    }
+
     /// The blob `digest` of `size` bytes from the cache, or from `store` (then cached). A
     /// layout's blobs are local files already: they are read from the layout, not cached.
     ///
@@ -86,8 +110,10 @@ impl BlobCache {
         digest: &Digest,
         size: u64,
     ) -> Result<Vec<u8>> {
-        let cache = cache.filter(|_| !is_layout(store));
-        if let Some(bytes) = cache.and_then(|c| c.get(digest))
+        let cache = cache
+            .filter(|_| !is_layout(store))
+            .map(|c| c.for_store(store));
+        if let Some(bytes) = cache.as_ref().and_then(|c| c.get(digest))
             && bytes.len() as u64 == size
         {
             return Ok(bytes);
@@ -109,8 +135,10 @@ impl BlobCache {
         store: &S,
         digest: &Digest,
     ) -> Result<Vec<u8>> {
-        let cache = cache.filter(|_| !is_layout(store));
-        if let Some(bytes) = cache.and_then(|c| c.get(digest)) {
+        let cache = cache
+            .filter(|_| !is_layout(store))
+            .map(|c| c.for_store(store));
+        if let Some(bytes) = cache.as_ref().and_then(|c| c.get(digest)) {
             return Ok(bytes);
         }
         let raw = store
@@ -123,54 +151,55 @@ impl BlobCache {
         Ok(raw.bytes().to_vec())
     }
 
-    /// The manifest or index `reference` names in `store`. By digest, from the cache when it
-    /// holds it (its media type is the document's own `mediaType`; a document without one is
-    /// always read from the store); otherwise from `store`, and then kept under its digest
-    /// (read by tag too: the base a rebase reads by tag today is the old base it names by
-    /// digest tomorrow). A layout's documents are read from the layout, never cached.
-    ///
-    /// # Errors
-    /// As [`crate::ops::load_document`].
-    pub async fn load_document<S: Store>(
-        cache: Option<&BlobCache>,
-        store: &S,
-        reference: &ManifestRef,
-    ) -> Result<Document> {
-        let cache = cache.filter(|_| !is_layout(store));
-        if let (Some(c), ManifestRef::Digest(digest)) = (cache, reference)
-            && let Some(bytes) = c.get(digest)
-            && let Some(media_type) = own_media_type(&bytes)
-            && let Ok(doc) =
-                RawDocument::verified(bytes, media_type, digest).and_then(Document::parse)
-        {
-            return Ok(doc);
-        }
-        let doc = crate::ops::load_document(store, reference).await?;
-        if let Some(c) = cache {
-            c.put_if_absent(doc.raw().digest(), doc.raw().bytes());
-        }
-        Ok(doc)
-    }
-
     /// Keeps `bytes`, just written to `store` as `digest`, unless `store` is a layout.
     pub fn keep<S: Store>(cache: Option<&BlobCache>, store: &S, digest: &Digest, bytes: &[u8]) {
         if let Some(c) = cache.filter(|_| !is_layout(store)) {
-            c.put(digest, bytes);
+            c.for_store(store).put(digest, bytes);
         }
     }
 }
 
-/// A document's own `mediaType` field.
-fn own_media_type(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Typed {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    serde_json::from_slice::<Typed>(bytes).ok()?.media_type
+/// Whether a store is a layout directory (its blobs are local files).
+fn is_layout<S: Store>(store: &S) -> bool {
+    store.location().starts_with("oci:")
 }
 
-/// Whether a store is a layout directory (its blobs are local files).
-pub(crate) fn is_layout<S: Store>(store: &S) -> bool {
-    store.location().starts_with("oci:")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What sits under a digest's name and is not a regular file of the right bytes is a miss:
+    /// a FIFO (opened without blocking: no hang), a symlink (not followed, even to the right
+    /// bytes), a directory; a put then replaces the FIFO or the symlink.
+    #[test]
+    fn only_a_regular_file_that_hashes_to_its_name_is_an_answer() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(t.path().join("cache"));
+        let bytes = br#"{"architecture":"amd64"}"#;
+        let digest = Digest::sha256(bytes);
+        let path = cache.path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let good = t.path().join("good");
+        std::fs::write(&good, bytes).unwrap();
+
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(cache.get(&digest), None);
+        cache.put(&digest, bytes);
+        assert_eq!(cache.get(&digest).as_deref(), Some(&bytes[..]));
+
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&good, &path).unwrap();
+        assert_eq!(cache.get(&digest), None);
+        cache.put(&digest, bytes);
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(cache.get(&digest).as_deref(), Some(&bytes[..]));
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert_eq!(cache.get(&digest), None);
+    }
 }

@@ -1,6 +1,7 @@
 use anyhow::{Context, Result, bail};
 use ociup_core::cache::BlobCache;
 use ociup_core::mutate::{ConfigMode, annotations};
+use ociup_core::ops::load_document;
 use ociup_core::ops::rebase::{
     OldBaseSource, RebaseOptions, RebaseOutcome, RebaseRequest, rebase_image, recorded_base,
 };
@@ -44,17 +45,15 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
             .collect::<Vec<_>>(),
     )?;
     let (image_store, image) = open_for_reading(&image_ref, &client)?;
-    // Manifests by digest (a recorded old base) and configs seen before cost no request.
-    let cache = super::cache_dir().map(BlobCache::new);
     let load_old = |r: StoreRef| {
-        let (client, cache) = (&client, &cache);
+        let client = &client;
         async move {
             let s = r.open(client)?;
             let m = match r.image() {
                 Some(m) => m,
                 None => s.default_image()?,
             };
-            let doc = BlobCache::load_document(cache.as_ref(), &s, &m).await?;
+            let doc = load_document(&s, &m).await?;
             Ok::<_, Error>((s, doc))
         }
     };
@@ -64,7 +63,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         None => None,
     };
     let (doc, early_old, early_new) = tokio::join!(
-        BlobCache::load_document(cache.as_ref(), &image_store, &image),
+        load_document(&image_store, &image),
         async {
             match &explicit_old {
                 Some(r) => Some(load_old(r.clone()).await),
@@ -73,7 +72,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         },
         async {
             match &explicit_new {
-                Some((s, m)) => Some(BlobCache::load_document(cache.as_ref(), s, m).await),
+                Some((s, m)) => Some(load_document(s, m).await),
                 None => None,
             }
         }
@@ -137,7 +136,7 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         async {
             match early_new {
                 Some(loaded) => loaded,
-                None => BlobCache::load_document(cache.as_ref(), &new_store, &new_image).await,
+                None => load_document(&new_store, &new_image).await,
             }
         }
     );
@@ -185,7 +184,8 @@ pub async fn run(ctx: &Ctx, args: RebaseArgs) -> Result<u8> {
         new_base_name: Some(new_name.clone()),
         dry_run: args.dry_run,
         image_config: None,
-        cache: cache.clone(),
+        // The configs of the image and both bases, once read, cost no request again.
+        cache: super::cache_dir().map(BlobCache::new),
     };
     let outcome = rebase_image(request, &dest, dest_ref.tag(), &opts)
         .await

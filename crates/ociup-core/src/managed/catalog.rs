@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 
 use super::recipe::Recipe;
 pub use crate::cache::BlobCache;
-use crate::cache::is_layout;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::document::{Manifest, RawDocument, canonical_json};
@@ -479,12 +478,7 @@ impl<S: Store> Catalog<S> {
     /// # Errors
     /// Store errors, [`Error::MalformedDocument`].
     pub async fn version(&self, digest: &Digest) -> Result<VersionRecord> {
-        if let Some(bytes) = self
-            .cache
-            .as_ref()
-            .filter(|_| !is_layout(&self.store))
-            .and_then(|c| c.get(digest))
-        {
+        if let Some(bytes) = BlobCache::lookup(self.cache.as_ref(), &self.store, digest) {
             return serde_json::from_slice(&bytes).map_err(|source| Error::MalformedDocument {
                 what: format!("version record {digest} in the catalog"),
                 source,

@@ -188,6 +188,9 @@ pub async fn image_from_document<S: Store>(
     image_from_document_cached(store, doc, platform, None).await
 }
 
+/// The largest config [`image_from_document_cached`] keeps in its cache.
+pub const CACHED_CONFIG_MAX: u64 = 1 << 20;
+
 /// [`image_from_document`], with the config read through `cache` (see [`BlobCache::read`]): a
 /// config seen before costs no request. A config is named by its digest, so what the cache
 /// answers is what the store would.
@@ -222,6 +225,9 @@ pub async fn image_from_document_cached<S: Store>(
     };
     let config_digest = manifest.config_digest()?;
     let config_desc = manifest.parsed().config();
+    // Only configs of a sane size are kept (real ones are a few KiB): a registry serving huge
+    // ones cannot fill the disk through the cache.
+    let cache = cache.filter(|_| config_desc.size() <= CACHED_CONFIG_MAX);
     let bytes = BlobCache::read(cache, store, &config_digest, config_desc.size()).await?;
     let config = Config::parse(RawDocument::verified(
         bytes,

@@ -488,7 +488,7 @@ async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
     let old_fut = async {
         match &old_base {
             OldBaseSource::Image(s, r) => {
-                let d = BlobCache::load_document(cache, *s, r).await?;
+                let d = load_document(*s, r).await?;
                 Base::load(*s, d, cache).map_ok(Some).await
             }
             OldBaseSource::Loaded(s, d) => Base::load(*s, (**d).clone(), cache).map_ok(Some).await,
@@ -498,7 +498,7 @@ async fn rebase_reading<I: Store, N: Store, O: Store, D: Store>(
     let new_fut = async {
         let d = match new_base_doc {
             Some(d) => d,
-            None => BlobCache::load_document(cache, new_base_store, new_base).await?,
+            None => load_document(new_base_store, new_base).await?,
         };
         Base::load(new_base_store, d, cache).await
     };

@@ -152,7 +152,7 @@ fn a_copy_into_a_layout_syncs_each_file_before_naming_it_and_names_in_order() {
 fn check_order(log: &str, lay: &Path, manifest: &str) -> Result<(), String> {
     let calls = parse(log);
     let p = |path: &Path| path.to_str().unwrap().to_owned();
-    let (sha256, blobs, root) = (p(&lay.join("blobs/sha256")), p(&lay.join("blobs")), p(&lay));
+    let (sha256, blobs, root) = (p(&lay.join("blobs/sha256")), p(&lay.join("blobs")), p(lay));
     let syncs_of = |path: &str| -> Vec<&Call> {
         calls
             .iter()

@@ -427,10 +427,11 @@ for d in ("push", "pull"):
 # between rounds; the peer and the floor series run seconds apart) and then the median.
 #   push: the registry hashes and stores every byte, whoever sends it. Measured floor: the
 #         faster of plain curl (monolithic PUTs) and the sendfile client (zero-copy PUTs, no
-#         hashing), round by round. Hard bound: that push's registry CPU over all cores, as if
-#         the client cost nothing and the registry used every core; but never under the
-#         largest blob's share of it, which the registry spends on one goroutine (one request
-#         body read, hashed and written in turn), so that no core count shortens it.
+#         hashing), round by round. Hard bound (an estimate): that push's registry CPU over all
+#         cores, as if the client cost nothing and the registry used every core; but not under
+#         the largest blob's share of it by bytes, which the registry spends on one goroutine
+#         (one request body read, hashed and written in turn), so that no core count shortens
+#         it; and never over the measured floor (the share also counts fixed per-request work).
 #   pull: a durable copy needs the bytes off the registry AND onto the disk. Measured floor:
 #         max(curl-null, disk), each resource alone, as if they overlapped perfectly (a plain
 #         curl + fsync per blob does not overlap them and is slower than that). crane writes
@@ -451,7 +452,8 @@ def floor_of(d, m):
             return None
         best = min(got, key=lambda r: r["wall_s"])
         cpu = best["registry_cpu_s"]
-        return {"measured": best["wall_s"], "hard": max(cpu / nproc, cpu * largest_share)}
+        hard = min(best["wall_s"], max(cpu / nproc, cpu * largest_share))
+        return {"measured": best["wall_s"], "hard": hard, "client": best["series"]}
     if "curl-null" not in m or "disk" not in m:
         return None
     f = max(m["curl-null"]["wall_s"], m["disk"]["wall_s"])
@@ -492,10 +494,13 @@ for d in ("push", "pull"):
                    "ociup_ratio_per_round_median": got, "target": want,
                    "target_reachable": None if want is None else max(best, hard) >= want,
                    "target_reached_by_a_floor_client": None if want is None else best >= want}
+        clients = sorted({f.get("client") for f in fl if f.get("client")})
         if want is None:
             verdict = ""
         elif best >= want:
-            verdict = f"  => {want}x REACHABLE: a plain client reaches it here"
+            verdict = (f"  => {want}x REACHABLE: a plain client ({'/'.join(clients)}) reaches it "
+                       f"here (the sendfile client does no hashing, which ociup must)"
+                       if d == "push" else f"  => {want}x REACHABLE")
         elif hard >= want:
             verdict = (f"  => {want}x reached by no plain client here; only the hard bound (a "
                        f"client costing nothing) leaves room for it")

@@ -21,9 +21,11 @@
 #   same     no --source-date-epoch: the config is identical every run, so from run 2 on only
 #            the manifest is new.
 #   nocache  like main, but each run with an empty cache of its own (XDG_CACHE_HOME): the
-#            image's and both bases' configs are read from the registry every time, as in a
-#            first rebase of this image (main and same read them in their first run only; ociup
-#            keeps configs by digest in $XDG_CACHE_HOME/ociup/blobs, this script's own cache).
+#            image's and both bases' configs are read from the registry every time (main and
+#            same read them in their first run only: ociup keeps configs by digest in
+#            $XDG_CACHE_HOME/ociup/blobs, here this script's own). What the client learnt of the
+#            registry (XDG_DATA_HOME) and the layers mounted by main's first run are kept, as for
+#            main: this is main without the cache, not a first rebase on a new machine.
 #   nocerts  (diagnostic) like main, but with SSL_CERT_FILE/SSL_CERT_DIR naming an empty file
 #            and directory, so the client setup loads no system root certificates: the
 #            difference to main is what loading the roots costs (plain HTTP needs none).
@@ -847,10 +849,12 @@ ratio = big["series"]["main"]["wall_ms_median"] / small["series"]["main"]["wall_
 req_same = all(s["patterns"] == small["patterns"] for s in sizes)
 med_reqs = max(m["requests_median"] for m in main.values())
 copied = sum(s["series"][k]["copied_blobs_total"] + s["series"][k]["patch_requests_total"]
-             for s in sizes for k in ("main", "same") if s["series"].get(k))
-copied_bytes = sum(s["series"][k]["copied_bytes_total"] for s in sizes for k in ("main", "same")
-                   if s["series"].get(k))
+             for s in sizes for k in ("main", "same", "nocache") if s["series"].get(k))
+copied_bytes = sum(s["series"][k]["copied_bytes_total"] for s in sizes
+                   for k in ("main", "same", "nocache") if s["series"].get(k))
 wall_ok = all(m["wall_ms_median"] < 15 for m in main.values())
+nocache_wall_ok = all(s["series"]["nocache"]["wall_ms_median"] < 15 for s in sizes
+                      if s["series"].get("nocache"))
 cold_reqs = max(m["requests"][0] for m in main.values())
 crane = {s["label"]: s["series"].get("crane") for s in sizes}
 crane_ratio = {l: main[l]["wall_ms_median"] / c["wall_ms_median"] for l, c in crane.items() if c}
@@ -867,9 +871,12 @@ targets = [
     ("zero layer bytes sent", copied == 0,
      f"{copied} blobs copied / PATCH requests, {copied_bytes} layer bytes; only the config "
      f"({small['series']['main']['config_bytes_median']:g} bytes) and manifest are uploaded"),
-    ("median wall time < 15 ms", wall_ok,
-     ", ".join(f"{l}: {m['wall_ms_median']:.1f} ms" for l, m in main.items())),
-    ("wall time <= 0.45x crane's (medians)", bool(crane_ratio) and
+    ("median wall time < 15 ms", wall_ok and nocache_wall_ok,
+     ", ".join(f"{l}: {m['wall_ms_median']:.1f} ms" for l, m in main.items())
+     + "".join(f"; nocache {s['label']}: {s['series']['nocache']['wall_ms_median']:.1f} ms"
+               for s in sizes if s["series"].get("nocache"))),
+    ("wall time <= 0.45x crane's (medians; main: configs cached after its first run)",
+     bool(crane_ratio) and
      all(r <= 0.45 for r in crane_ratio.values()),
      ", ".join(f"{l}: {r:.2f}x ({main[l]['wall_ms_median']:.1f} / {crane[l]['wall_ms_median']:.1f} "
                f"ms; crane {crane[l]['requests_median']:g} requests)" for l, r in crane_ratio.items())
@@ -916,6 +923,7 @@ summary = {
     "elapsed_s": float(env["ELAPSED_S"]),
     "sizes": sizes,
     "wall_median_ratio": ratio,
+    # main's median: run 1 reads the configs, runs 2..N find them in ociup's cache.
     "ociup_over_crane_wall": crane_ratio,
     "ociup_nocache_over_crane_wall": nocache_ratio,
     "requests_identical_across_sizes": req_same,

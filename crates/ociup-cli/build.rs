@@ -13,35 +13,6 @@ fn main() {
         None => version.to_owned(),
     };
     println!("cargo:rustc-env=OCIUP_VERSION={full}");
-    link_position_dependent();
-}
-
-/// Links the `ociup` executable at a fixed address (not as a position-independent executable)
-/// on Linux, unless `OCIUP_PIE=1` is set at build time.
-///
-/// Why: as a PIE the binary carries about 45,000 relative relocations that the dynamic loader
-/// applies at every start, writing to (so copying) some 190 pages of relocated read-only data
-/// (`.data.rel.ro`, the GOT). Linked at a fixed address it has none: `ociup --version` takes
-/// about 200 fewer page faults and 1 to 1.6 ms less CPU (2026-11-29, medians of 100-200 runs on
-/// 2 loaded cores: 3.98 against 4.95-5.61 ms, 326 against 507-527 faults), a rebase about as
-/// much: a few percent of a `rebase` against a nearby registry.
-///
-/// The cost: the executable's own code and data are no longer at a random address (the
-/// libraries, stack, heap and every other mapping still are), which makes a memory-safety bug,
-/// were one found (ociup's crates forbid `unsafe`, but dependencies have some, and zstd is C),
-/// easier to exploit. A build for a long-running `ociup serve` exposed to others, or one for a
-/// distribution whose policy requires PIE, sets `OCIUP_PIE=1`.
-///
-/// `-no-pie` reaches only this package's binaries (not build scripts or proc-macros, which must
-/// stay position-independent); the code is compiled position-independent as before, and the
-/// linker resolves its relocations at link time.
-fn link_position_dependent() {
-    println!("cargo:rerun-if-env-changed=OCIUP_PIE");
-    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
-    let keep_pie = std::env::var_os("OCIUP_PIE").is_some_and(|v| v == "1");
-    if linux && !keep_pie {
-        println!("cargo:rustc-link-arg-bins=-no-pie");
-    }
 }
 
 /// The short hash of HEAD of the repository this crate sits in (`crates/ociup-cli` under its

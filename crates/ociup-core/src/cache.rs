@@ -26,7 +26,9 @@ pub struct BlobCache {
 }
 
 impl BlobCache {
-    /// A cache in `dir` (`<dir>/<algorithm>/<hex>`), created when first written.
+    /// A cache in `dir`, created when first written: [`BlobCache::get`] and [`BlobCache::put`]
+    /// use `<dir>/<algorithm>/<hex>`, what is read from or kept for a store
+    /// `<dir>/<scope>/<algorithm>/<hex>`, the scope naming the store.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         BlobCache { dir: dir.into() }
     }

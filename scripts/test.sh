@@ -14,6 +14,8 @@ done
 command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# The durable-copy test watches a copy's system calls (which files are synced before renames).
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # The Kubernetes tests: etcd for ../shared/k8s/start.sh, python3 for their admission webhook.
 if [ -d ../shared/k8s ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
